@@ -1,0 +1,46 @@
+# Every target creates or reuses the local virtualenv itself: a fresh machine needs only python3.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help demo test lint crds bench e2e images clean
+
+help:
+	@echo "make demo   - run the operator against a local API emulator and reconcile the examples"
+	@echo "make test   - unit and integration tests (installs into $(VENV) first)"
+	@echo "make lint   - ruff and mypy"
+	@echo "make crds   - regenerate crds/ and the chart's CRD from the API models"
+	@echo "make bench  - benchmarks (print figures)"
+	@echo "make e2e    - e2e suite against KUBECONFIG, or the local sandbox"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/voxtral-operator demo --examples examples
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests bench e2e
+	$(BIN)/ruff format --check operator tests bench e2e
+	$(BIN)/mypy
+
+crds: $(STAMP)
+	$(BIN)/voxtral-operator crd > crds/voxtralendpoints.voxtral.dev.yaml
+	mkdir -p charts/voxtral-operator/crds
+	cp crds/voxtralendpoints.voxtral.dev.yaml charts/voxtral-operator/crds/
+
+bench: $(STAMP)
+	$(BIN)/python bench/reconcile.py
+
+e2e: $(STAMP)
+	$(BIN)/python -m pytest e2e
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,425 @@
+"""The VoxtralEndpoint API: the single source of truth for the CRD schema and for validation.
+
+Field descriptions become `kubectl explain` text; `x-kubernetes-validations` entries are CEL
+rules the API server enforces, mirrored here by model validators so `voxtral-operator render`
+refuses the same inputs a cluster would.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from voxtral_operator.api import catalog
+
+GROUP = "voxtral.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "VoxtralEndpoint"
+PLURAL = "voxtralendpoints"
+SINGULAR = "voxtralendpoint"
+SHORT_NAMES = ["vxe"]
+
+# vLLM flags the operator renders itself; setting them through extraArgs would silently
+# fight the spec (or, for --api-key, put a secret on the command line).
+OPERATOR_OWNED_FLAGS: tuple[str, ...] = (
+    "model",
+    "host",
+    "port",
+    "served-model-name",
+    "tensor-parallel-size",
+    "tokenizer-mode",
+    "config-format",
+    "load-format",
+    "tool-call-parser",
+    "enable-auto-tool-choice",
+    "limit-mm-per-prompt",
+    "max-model-len",
+    "gpu-memory-utilization",
+    "max-num-seqs",
+    "max-num-queued-reqs",
+    "api-key",
+    "shutdown-timeout",
+    "download-dir",
+)
+# Flag names are [a-z-] only, so no escaping: CEL string literals reject `\-`.
+OWNED_FLAG_PATTERN = r"^--(" + "|".join(OPERATOR_OWNED_FLAGS) + r")(=.*)?$"
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_enum_values=True,
+    )
+
+
+class GpuSpec(_Model):
+    type: Literal[*catalog.GPU_TYPES] = Field(  # type: ignore[valid-type]
+        description=(
+            "GPU model the endpoint runs on; sets the node selector and the GPU memory the fit check "
+            "uses. One of: " + ", ".join(catalog.GPU_TYPES) + "."
+        ),
+    )
+
+
+class ModelProfileSpec(_Model):
+    weights_gb: float = Field(
+        alias="weightsGB",
+        gt=0,
+        le=2000,
+        description="Size of the model weights in GB (10^9 bytes); required for models outside the catalog.",
+    )
+    kv_cache_bytes_per_token: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "KV cache bytes per token of context (2 x layers x KV heads x head dim x dtype bytes). "
+            "Defaults to the largest catalog model's value."
+        ),
+    )
+
+
+class AutoscalingMode(enum.StrEnum):
+    OPERATOR = "operator"
+    KEDA = "keda"
+
+
+class AutoscalingSpec(_Model):
+    enabled: bool = Field(default=True, description="Scale replicas between minReplicas and maxReplicas.")
+    mode: AutoscalingMode = Field(
+        default=AutoscalingMode.OPERATOR,
+        description=(
+            "operator: the operator scrapes vLLM's queue metrics and writes spec.replicas. "
+            "keda: render a KEDA ScaledObject that drives the scale subresource instead."
+        ),
+    )
+    target_queue_depth: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Waiting requests per replica the endpoint tolerates before it scales up.",
+    )
+    scale_down_delay_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="Seconds of sustained low load before one replica is removed.",
+    )
+    max_scale_up_step: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Most replicas added by one scale-up decision.",
+    )
+
+
+class Toleration(_Model):
+    key: str | None = Field(default=None, max_length=316, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value to match.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
+class NodePoolSpec(_Model):
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Labels of the reserved GPU nodes, added to the GPU product selector.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Tolerations for the pool's taints."
+    )
+    priority_class_name: str | None = Field(default=None, max_length=253, description="PriorityClass of the vLLM pods.")
+
+
+class AudioLimitsSpec(_Model):
+    max_duration_seconds: int = Field(
+        default=2400,
+        ge=1,
+        le=14400,
+        description="Longest audio accepted (default 40 min: the model's audio-understanding limit).",
+    )
+    max_file_size_mb: int = Field(
+        alias="maxFileSizeMB", default=200, ge=1, le=4096, description="Largest uploaded audio file in MB."
+    )
+
+
+class EngineSpec(_Model):
+    max_model_len: int = Field(
+        default=32768, ge=1024, le=32768, description="Context length in tokens (--max-model-len)."
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        ge=0.5,
+        le=0.98,
+        description="Fraction of each GPU vLLM may use (--gpu-memory-utilization).",
+    )
+    max_num_seqs: int | None = Field(
+        default=None, ge=1, le=4096, description="Most sequences batched at once (--max-num-seqs)."
+    )
+    max_queued_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description="Requests queued beyond this are refused with HTTP 503 (--max-num-queued-reqs).",
+    )
+    shutdown_timeout_seconds: int = Field(
+        default=120,
+        ge=0,
+        le=3600,
+        description="Seconds running requests may drain on shutdown (--shutdown-timeout).",
+    )
+    audio: AudioLimitsSpec = Field(default_factory=AudioLimitsSpec, description="Audio size limits vLLM enforces.")
+    extra_args: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Additional vLLM flags. Flags the operator sets from the spec are refused.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.all(a, !a.matches('{OWNED_FLAG_PATTERN}'))",
+                    "message": "extraArgs may not set flags the operator owns "
+                    "(model, parallelism, limits, auth, ports); use the spec fields",
+                }
+            ]
+        },
+    )
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_owned_flags(cls, args: list[str]) -> list[str]:
+        owned = [a for a in args if re.match(OWNED_FLAG_PATTERN, a)]
+        if owned:
+            raise ValueError(f"{', '.join(owned)}: set by the operator from the spec; use the spec fields instead")
+        return args
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(max_length=253, pattern=DNS_LABEL, description="Secret in the endpoint's namespace.")
+    key: str = Field(default="api-key", max_length=253, description="Key in the Secret.")
+
+
+class AuthSpec(_Model):
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret holding the API key callers must send as a Bearer token.",
+    )
+
+
+class AccessMode(enum.StrEnum):
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_WRITE_ONCE = "ReadWriteOnce"
+
+
+class ModelCacheSpec(_Model):
+    size: str = Field(default="100Gi", pattern=QUANTITY, max_length=32, description="PVC size.")
+    storage_class_name: str | None = Field(
+        default=None, max_length=253, description="StorageClass; the cluster default when empty."
+    )
+    access_mode: AccessMode = Field(
+        default=AccessMode.READ_WRITE_MANY,
+        description=(
+            "ReadWriteMany lets every replica share the cache. ReadWriteOnce only works for a "
+            "single replica (maxReplicas 1)."
+        ),
+    )
+
+
+class AccessSpec(_Model):
+    from_namespaces: list[Annotated[str, Field(max_length=63, pattern=DNS_LABEL)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Other namespaces whose pods may call the endpoint (the own namespace always may).",
+    )
+    from_pod_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="When set, only pods with these labels (in the allowed namespaces) may call it.",
+    )
+
+
+class ResourcesSpec(_Model):
+    cpu: str | None = Field(
+        default=None,
+        pattern=QUANTITY + "|^[0-9]+m$",
+        max_length=16,
+        description="CPU request; default 4 cores per GPU.",
+    )
+    memory: str | None = Field(
+        default=None,
+        pattern=QUANTITY,
+        max_length=16,
+        description="Memory request and limit; default 1.5 x the weights plus 16Gi.",
+    )
+
+
+class VoxtralEndpointSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.minReplicas <= self.maxReplicas",
+                    "message": "minReplicas must not exceed maxReplicas",
+                    "fieldPath": ".minReplicas",
+                },
+                {
+                    "rule": "!has(self.replicas) || (self.replicas >= self.minReplicas"
+                    " && self.replicas <= self.maxReplicas)",
+                    "message": "replicas must lie within [minReplicas, maxReplicas]",
+                    "fieldPath": ".replicas",
+                },
+                {
+                    "rule": "self.model in " + repr(list(catalog.KNOWN_MODELS)) + " || has(self.modelProfile)",
+                    "message": "models outside the catalog ("
+                    + ", ".join(catalog.KNOWN_MODELS)
+                    + ") need modelProfile.weightsGB",
+                    "fieldPath": ".model",
+                },
+                {
+                    "rule": "!has(self.modelCache) || self.modelCache.accessMode != 'ReadWriteOnce'"
+                    " || self.maxReplicas == 1",
+                    "message": "a ReadWriteOnce model cache cannot be shared by more than one replica; "
+                    "use ReadWriteMany or maxReplicas 1",
+                    "fieldPath": ".modelCache.accessMode",
+                },
+            ]
+        }
+    )
+
+    model: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$",
+        description="Hugging Face model id, e.g. mistralai/Voxtral-Small-24B-2507.",
+    )
+    model_profile: ModelProfileSpec | None = Field(
+        default=None, description="Memory profile for a model outside the catalog."
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Model name callers use in requests; defaults to spec.model.",
+    )
+    gpu: GpuSpec = Field(description="GPU the endpoint runs on.")
+    tensor_parallel_size: Literal[1, 2, 4, 8] | None = Field(
+        default=None,
+        description="GPUs per replica; default: the smallest size at which the model fits the GPU type.",
+    )
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Replicas wanted now; the autoscaler and `kubectl scale` write here. Defaults to minReplicas.",
+    )
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Scaling on vLLM's queue depth.")
+    node_pool: NodePoolSpec = Field(
+        default_factory=NodePoolSpec, description="The reserved GPU nodes for this endpoint."
+    )
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM settings.")
+    auth: AuthSpec = Field(default_factory=AuthSpec, description="Who may call the endpoint.")
+    access: AccessSpec = Field(
+        default_factory=AccessSpec, description="Network access to the endpoint (NetworkPolicy)."
+    )
+    model_cache: ModelCacheSpec | None = Field(
+        default=None, description="PersistentVolumeClaim for the Hugging Face cache; emptyDir when unset."
+    )
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="CPU and memory of each replica.")
+    image: str | None = Field(
+        default=None, max_length=512, description="vLLM image; the operator's default when unset."
+    )
+
+    def cross_field_problems(self) -> list[str]:
+        """The rules of the CEL validations above, for inputs that never meet an API server."""
+        problems = []
+        if self.min_replicas > self.max_replicas:
+            problems.append(f"spec.minReplicas: {self.min_replicas} must not exceed maxReplicas ({self.max_replicas})")
+        elif self.replicas is not None and not self.min_replicas <= self.replicas <= self.max_replicas:
+            problems.append(
+                f"spec.replicas: {self.replicas} must lie within "
+                f"[minReplicas {self.min_replicas}, maxReplicas {self.max_replicas}]"
+            )
+        if self.model not in catalog.MODELS and self.model_profile is None:
+            problems.append(
+                f"spec.model: {self.model!r} is not in the catalog ({', '.join(catalog.KNOWN_MODELS)}); "
+                "set spec.modelProfile.weightsGB so the operator can size it"
+            )
+        if (
+            self.model_cache is not None
+            and self.model_cache.access_mode == AccessMode.READ_WRITE_ONCE
+            and self.max_replicas > 1
+        ):
+            problems.append(
+                "spec.modelCache.accessMode: a ReadWriteOnce cache cannot be shared by more than one "
+                "replica; use ReadWriteMany or maxReplicas 1"
+            )
+        return problems
+
+    @property
+    def desired_replicas(self) -> int:
+        return self.min_replicas if self.replicas is None else self.replicas
+
+
+class ConditionStatus(enum.StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(_Model):
+    type: str = Field(max_length=64, description="Ready, Progressing, Degraded or Serving.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(max_length=128, description="CamelCase reason naming the cause.")
+    message: str = Field(default="", max_length=4096, description="Human-readable detail.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(
+        default=None, description="Generation of the spec this condition describes."
+    )
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    LOADING = "Loading"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class ScaleDecision(_Model):
+    replicas: int = Field(description="Replicas decided.")
+    reason: str = Field(max_length=512, description="Why.")
+    time: str = Field(description="When (RFC 3339).")
+
+
+class VoxtralEndpointStatus(_Model):
+    phase: Phase | None = Field(default=None, description="Pending, Loading, Ready, Degraded or Failed.")
+    conditions: list[Condition] = Field(default_factory=list, max_length=16, description="Conditions.")
+    replicas: int | None = Field(default=None, description="Replicas that exist.")
+    ready_replicas: int | None = Field(default=None, description="Replicas that pass readiness.")
+    replica_summary: str | None = Field(default=None, description="ready/desired, for display.")
+    desired_replicas: int | None = Field(default=None, description="Replicas the autoscaler wants.")
+    queue_depth: int | None = Field(default=None, description="Requests waiting across all replicas.")
+    url: str | None = Field(default=None, description="OpenAI-compatible base URL inside the cluster.")
+    observed_generation: int | None = Field(default=None, description="Last spec generation acted on.")
+    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
+    tensor_parallel_size: int | None = Field(default=None, description="Tensor-parallel size in effect.")
+    last_scale_decision: ScaleDecision | None = Field(default=None, description="The autoscaler's last decision.")
+
+
+def parse_spec(spec: dict[str, Any]) -> VoxtralEndpointSpec:
+    return VoxtralEndpointSpec.model_validate(spec)

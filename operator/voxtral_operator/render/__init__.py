@@ -1,0 +1,289 @@
+"""Desired child objects of a VoxtralEndpoint: a pure function of the endpoint and the operator config.
+
+Manifests are jinja2 templates (what a platform engineer reads to see what runs on the GPU
+nodes); the values they need are computed here. Every value is interpolated through `tojson`
+and the output is parsed back, so a spec value can never alter a manifest's structure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
+import yaml
+
+from voxtral_operator.api import models
+from voxtral_operator.api.resolve import Plan, resolve
+from voxtral_operator.config import OperatorConfig
+
+MANAGED_BY = "voxtral-operator"
+APP_NAME = "voxtral-endpoint"
+COMPONENT = "inference-server"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+
+CACHE_MOUNT_PATH = "/models"
+HOME_PATH = "/home/vllm"
+PRE_STOP_SECONDS = 10
+# Audio decoding may happen at the source rate before resampling: 48 kHz, stereo, float32.
+AUDIO_DECODE_BYTES_PER_SECOND = 48_000 * 2 * 4
+STARTUP_PROBE_PERIOD_SECONDS = 10
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("voxtral_operator.render", "templates"),
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=True,
+)
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
+
+
+def standard_labels(name: str) -> dict[str, str]:
+    return {**selector_labels(name), LABEL_COMPONENT: COMPONENT, LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def label_selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+def cache_claim_name(name: str) -> str:
+    return f"{name}-cache"
+
+
+def service_url(name: str, namespace: str, config: OperatorConfig) -> str:
+    return f"http://{name}.{namespace}.svc.{config.cluster_domain}:{config.vllm_port}/v1"
+
+
+def _render_template(template: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    text = _templates.get_template(template).render(**values)
+    obj = yaml.safe_load(text)
+    if not isinstance(obj, dict) or not {"apiVersion", "kind", "metadata", "spec"} <= obj.keys():
+        raise AssertionError(f"{template} rendered no complete object")  # a template bug, not bad input
+    return obj
+
+
+def vllm_args(plan: Plan, config: OperatorConfig) -> list[str]:
+    spec = plan.spec
+    engine = spec.engine
+    args = [
+        spec.model,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(config.vllm_port),
+        "--served-model-name",
+        plan.served_model_name,
+        # The model card's loading flags: Voxtral ships mistral-format weights and tokenizer.
+        "--tokenizer-mode",
+        "mistral",
+        "--config-format",
+        "mistral",
+        "--load-format",
+        "mistral",
+        "--tensor-parallel-size",
+        str(plan.tensor_parallel_size),
+        # Function calling from voice.
+        "--tool-call-parser",
+        "mistral",
+        "--enable-auto-tool-choice",
+        # The model's own cap: five audios per prompt.
+        "--limit-mm-per-prompt",
+        json.dumps({"audio": 5}, separators=(",", ":")),
+        "--max-model-len",
+        str(engine.max_model_len),
+        "--gpu-memory-utilization",
+        str(engine.gpu_memory_utilization),
+        "--shutdown-timeout",
+        str(engine.shutdown_timeout_seconds),
+        "--enable-server-load-tracking",
+    ]
+    if engine.max_num_seqs is not None:
+        args += ["--max-num-seqs", str(engine.max_num_seqs)]
+    if engine.max_queued_requests is not None:
+        args += ["--max-num-queued-reqs", str(engine.max_queued_requests)]
+    return args + list(engine.extra_args)
+
+
+def vllm_env(plan: Plan) -> list[dict[str, Any]]:
+    spec = plan.spec
+    audio = spec.engine.audio
+    env: list[dict[str, Any]] = [
+        {"name": "HF_HOME", "value": f"{CACHE_MOUNT_PATH}/hf"},
+        {"name": "HOME", "value": HOME_PATH},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "DO_NOT_TRACK", "value": "1"},
+        # vLLM's hidden audio caps default to 10 min / 25 MB; the model handles 30-40 min.
+        {"name": "VLLM_MAX_AUDIO_DECODE_DURATION_S", "value": str(audio.max_duration_seconds)},
+        {"name": "VLLM_MAX_AUDIO_CLIP_FILESIZE_MB", "value": str(audio.max_file_size_mb)},
+        {
+            "name": "VLLM_MAX_AUDIO_DECODE_BYTES",
+            "value": str(audio.max_duration_seconds * AUDIO_DECODE_BYTES_PER_SECOND),
+        },
+        # The engine must be allowed as long to come up as the startup probe waits.
+        {"name": "VLLM_ENGINE_READY_TIMEOUT_S", "value": str(plan.model.startup_budget_seconds)},
+    ]
+    key_ref = spec.auth.api_key_secret_ref
+    if key_ref is not None:
+        # From the Secret, never inline: the key stays out of the pod spec and the process list.
+        env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": key_ref.name, "key": key_ref.key}}})
+    return env
+
+
+def _tolerations(spec: models.VoxtralEndpointSpec) -> list[dict[str, Any]]:
+    # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule; tolerate it always.
+    tolerations: list[dict[str, Any]] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    for toleration in spec.node_pool.tolerations:
+        item = toleration.model_dump(by_alias=True, exclude_none=True)
+        if item not in tolerations:
+            tolerations.append(item)
+    return tolerations
+
+
+def deployment(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
+    spec = plan.spec
+    shutdown = spec.engine.shutdown_timeout_seconds
+    budget = plan.model.startup_budget_seconds
+    return _render_template(
+        "deployment.yaml.j2",
+        {
+            "name": plan.name,
+            "namespace": plan.namespace,
+            "labels": standard_labels(plan.name),
+            "selector": selector_labels(plan.name),
+            "replicas": spec.desired_replicas,
+            "progress_deadline_seconds": budget + 300,
+            # preStop pause, then the drain, then a margin for the process to exit.
+            "termination_grace_period_seconds": PRE_STOP_SECONDS + shutdown + 30,
+            "pre_stop_seconds": PRE_STOP_SECONDS,
+            "node_selector": {config.gpu_node_label: plan.gpu.product_label, **spec.node_pool.node_selector},
+            "tolerations": _tolerations(spec),
+            "priority_class_name": spec.node_pool.priority_class_name,
+            "run_as_user": config.vllm_run_as_user,
+            "image": plan.image,
+            "image_pull_policy": config.image_pull_policy,
+            "args": vllm_args(plan, config),
+            "env": vllm_env(plan),
+            "port": config.vllm_port,
+            "cpu": plan.cpu_request,
+            "memory": plan.memory_request,
+            "gpus": str(plan.tensor_parallel_size),
+            "startup_failure_threshold": -(-budget // STARTUP_PROBE_PERIOD_SECONDS),
+            "cache_mount_path": CACHE_MOUNT_PATH,
+            "home_path": HOME_PATH,
+            "cache_claim_name": cache_claim_name(plan.name) if spec.model_cache else None,
+            "shm_size": config.shm_size,
+        },
+    )
+
+
+def service(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
+    return _render_template(
+        "service.yaml.j2",
+        {
+            "name": plan.name,
+            "namespace": plan.namespace,
+            "labels": standard_labels(plan.name),
+            "selector": selector_labels(plan.name),
+            "port": config.vllm_port,
+        },
+    )
+
+
+def pod_disruption_budget(plan: Plan) -> dict[str, Any]:
+    return _render_template(
+        "poddisruptionbudget.yaml.j2",
+        {
+            "name": plan.name,
+            "namespace": plan.namespace,
+            "labels": standard_labels(plan.name),
+            "selector": selector_labels(plan.name),
+        },
+    )
+
+
+def network_policy(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
+    access = plan.spec.access
+    pod_selector = {"matchLabels": dict(access.from_pod_labels)}
+    peers: list[dict[str, Any]] = [{"podSelector": pod_selector}]
+    for namespace in access.from_namespaces:
+        if namespace == plan.namespace:
+            continue
+        peers.append(
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "podSelector": pod_selector,
+            }
+        )
+    # The operator scrapes /metrics (autoscaling) and probes /v1/models (Serving condition).
+    peers.append(
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}},
+            "podSelector": {"matchLabels": dict(config.operator_pod_labels)},
+        }
+    )
+    return _render_template(
+        "networkpolicy.yaml.j2",
+        {
+            "name": plan.name,
+            "namespace": plan.namespace,
+            "labels": standard_labels(plan.name),
+            "selector": selector_labels(plan.name),
+            "peers": peers,
+            "port": config.vllm_port,
+        },
+    )
+
+
+def persistent_volume_claim(plan: Plan) -> dict[str, Any] | None:
+    cache = plan.spec.model_cache
+    if cache is None:
+        return None
+    return _render_template(
+        "persistentvolumeclaim.yaml.j2",
+        {
+            "name": cache_claim_name(plan.name),
+            "namespace": plan.namespace,
+            "labels": standard_labels(plan.name),
+            "access_mode": cache.access_mode,
+            "size": cache.size,
+            "storage_class_name": cache.storage_class_name,
+        },
+    )
+
+
+def owner_reference(plan: Plan) -> dict[str, Any]:
+    return {
+        "apiVersion": models.API_VERSION,
+        "kind": models.KIND,
+        "name": plan.name,
+        "uid": plan.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def render_plan(plan: Plan, config: OperatorConfig) -> list[dict[str, Any]]:
+    objects = [
+        persistent_volume_claim(plan),
+        deployment(plan, config),
+        service(plan, config),
+        pod_disruption_budget(plan),
+        network_policy(plan, config),
+    ]
+    rendered = [obj for obj in objects if obj is not None]
+    if plan.uid:
+        for obj in rendered:
+            obj["metadata"]["ownerReferences"] = [owner_reference(plan)]
+    return rendered
+
+
+def render(endpoint: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
+    """Every child object of the endpoint; raises InvalidSpec naming the field at fault."""
+    return render_plan(resolve(endpoint, config), config)
