@@ -53,6 +53,12 @@ def _cmd_crd(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from voxtral_operator.runner import run_operator
+
+    return run_operator(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from voxtral_operator.demo import run_demo
 
@@ -71,6 +77,16 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crd", help="print the VoxtralEndpoint CustomResourceDefinition")
     p.set_defaults(func=_cmd_crd)
+
+    p = sub.add_parser("run", help="run the operator")
+    p.add_argument("--config", help="operator config YAML")
+    p.add_argument("--namespace", "-n", action="append", default=[], help="watch only these namespaces")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL ('' = off)")
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 = off)")
+    p.add_argument("--peering", default=None, help="KopfPeering name: several replicas, one active")
+    p.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="reconcile the bundled examples against a local API emulator")
     p.add_argument("--examples", default="examples", help="folder of VoxtralEndpoint YAML files")

@@ -1,0 +1,174 @@
+"""kopf glue: watch caches (indexes) and triggers. No logic lives here.
+
+kopf starts non-indexing handlers only after every index is filled by the initial listing, so a
+restarted operator compares against the whole cluster before it could write anything.
+No on.create/on.update handlers, daemons or timers: those would make kopf store progress
+annotations and add finalizers (writes) that a level-triggered design does not need.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from voxtral_operator import render
+from voxtral_operator.api import models
+from voxtral_operator.k8s import resources
+from voxtral_operator.k8s.client import ApiClient, Connection
+from voxtral_operator.reconcile import ChildKey, Key, Reconciler
+from voxtral_operator.runtime import STATE
+from voxtral_operator.status import pod_summary
+
+logger = logging.getLogger(__name__)
+
+MANAGED = {render.LABEL_MANAGED_BY: render.MANAGED_BY}
+POD_LABELS = {render.LABEL_NAME: render.APP_NAME, render.LABEL_INSTANCE: kopf.PRESENT}
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    return {key: body[key] for key in body}
+
+
+class IndexView:
+    """The Reconciler's ClusterView over kopf's in-memory indexes."""
+
+    def __init__(
+        self, endpoints: kopf.Index[Any, Any], children: list[kopf.Index[Any, Any]], pods: kopf.Index[Any, Any]
+    ):
+        self._endpoints = endpoints
+        self._children = children
+        self._pods = pods
+
+    def endpoint(self, key: Key) -> dict[str, Any] | None:
+        for body in self._endpoints.get(key, []):
+            return dict(body)
+        return None
+
+    def children(self, key: Key) -> dict[ChildKey, dict[str, Any]]:
+        found: dict[ChildKey, dict[str, Any]] = {}
+        for index in self._children:
+            for body in index.get(key, []):
+                found[(body["kind"], body["metadata"]["name"])] = body
+        return found
+
+    def pods(self, key: Key) -> list[dict[str, Any]]:
+        return list(self._pods.get(key, []))
+
+
+def post_event(endpoint: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    try:
+        kopf.event(endpoint, type=type_, reason=reason, message=message[:1024])
+    except LookupError:  # outside kopf's context (no event queue): log only
+        logger.info("event %s %s: %s", type_, reason, message)
+
+
+# --- settings and credentials ---------------------------------------------------------------
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # kopf's own log lines become Events only for warnings; the operator posts its own events.
+    settings.posting.level = logging.WARNING
+    # Ask the server to end each watch now and then; kopf resumes from the last resourceVersion.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.peering.priority = STATE.peering_priority
+    # Several replicas with peering: the one with the highest priority acts, the rest wait.
+    settings.peering.stealth = True
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log kopf in (kubeconfig or in-cluster) and give the operator's API client the same credentials."""
+    info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    client = ApiClient(Connection.from_kopf(info))
+    if STATE._reconciler is None:
+        STATE.reconciler = Reconciler(client=client, config=STATE.config, view=None, post_event=post_event)
+    else:
+        STATE.reconciler.client = client
+    return info
+
+
+@kopf.on.cleanup()
+async def close_client(**_: Any) -> None:
+    if STATE._reconciler is not None:
+        await STATE.reconciler.client.close()
+
+
+def _reconciler(**indexes: Any) -> Reconciler:
+    reconciler = STATE.reconciler
+    if not isinstance(reconciler.view, IndexView):
+        reconciler.view = IndexView(
+            indexes["endpoint_index"],
+            [indexes[f"{r.plural}_index"] for r in resources.CHILDREN],
+            indexes["pod_index"],
+        )
+    return reconciler
+
+
+# --- watch caches -------------------------------------------------------------------------
+
+
+@kopf.index(models.GROUP, models.VERSION, models.PLURAL)
+async def endpoint_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace, name): _plain(body)}
+
+
+def _child_index(resource: resources.Resource) -> None:
+    async def index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+        return {(namespace, labels[render.LABEL_INSTANCE]): {"kind": resource.kind, **_plain(body)}}
+
+    kopf.index(
+        resource.group,
+        resource.version,
+        resource.plural,
+        id=f"{resource.plural}_index",
+        labels={**MANAGED, render.LABEL_INSTANCE: kopf.PRESENT},
+    )(index)
+
+    async def changed(namespace: str, name: str, labels: kopf.Labels, **kwargs: Any) -> None:
+        key = (namespace, labels[render.LABEL_INSTANCE])
+        reconciler = _reconciler(**kwargs)
+        reconciler.child_observed(key, resource.kind, name)
+        reconciler.enqueue(key)
+
+    kopf.on.event(
+        resource.group,
+        resource.version,
+        resource.plural,
+        id=f"{resource.plural}_changed",
+        labels={**MANAGED, render.LABEL_INSTANCE: kopf.PRESENT},
+    )(changed)
+
+
+for _resource in resources.CHILDREN:
+    _child_index(_resource)
+
+
+@kopf.index("", "v1", "pods", labels=POD_LABELS)
+async def pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace, labels[render.LABEL_INSTANCE]): pod_summary(_plain(body))}
+
+
+# --- triggers -----------------------------------------------------------------------------
+
+
+@kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
+async def endpoint_changed(namespace: str, name: str, **kwargs: Any) -> None:
+    reconciler = _reconciler(**kwargs)
+    reconciler.endpoint_observed((namespace, name))
+    reconciler.enqueue((namespace, name))
+
+
+@kopf.on.event("", "v1", "pods", labels=POD_LABELS)
+async def pod_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
+    _reconciler(**kwargs).enqueue((namespace, labels[render.LABEL_INSTANCE]))
+
+
+@kopf.on.probe(id="endpoints")
+async def endpoints_probe(**_: Any) -> int:
+    return len(STATE.reconciler._phases)

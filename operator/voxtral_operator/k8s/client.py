@@ -1,0 +1,221 @@
+"""A small asyncio Kubernetes client: apply, patch, delete with retries. Nothing else talks HTTP to the API.
+
+Credentials come from kopf's login (kubeconfig or in-cluster service account), so the operator
+and kopf authenticate the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import random
+import ssl
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from voxtral_operator import metrics
+from voxtral_operator.k8s.resources import Resource
+
+logger = logging.getLogger(__name__)
+
+FIELD_MANAGER = "voxtral-operator"
+RETRYABLE = frozenset({409, 429, 500, 502, 503, 504})
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFound(ApiError):
+    pass
+
+
+@dataclass(frozen=True)
+class Connection:
+    server: str
+    token: str | None = None
+    scheme: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_path: str | None = None
+    ca_data: bytes | None = None
+    insecure: bool = False
+    certificate_path: str | None = None
+    certificate_data: bytes | None = None
+    private_key_path: str | None = None
+    private_key_data: bytes | None = None
+
+    @classmethod
+    def from_kopf(cls, info: Any) -> Connection:
+        fields: dict[str, Any] = {name: getattr(info, name, None) for name in cls.__dataclass_fields__}
+        fields["insecure"] = bool(fields["insecure"])
+        return cls(**fields)
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        if not self.server.startswith("https"):
+            return False
+        if self.insecure:
+            return False
+        context = ssl.create_default_context(
+            cafile=self.ca_path, cadata=self.ca_data.decode() if self.ca_data else None
+        )
+        if self.certificate_path or self.certificate_data:
+            cert_path, key_path = self.certificate_path, self.private_key_path
+            if self.certificate_data:
+                cert_path = _to_file(self.certificate_data)
+            if self.private_key_data:
+                key_path = _to_file(self.private_key_data)
+            assert cert_path is not None
+            context.load_cert_chain(cert_path, key_path)
+        return context
+
+    def headers(self) -> dict[str, str]:
+        if self.token:
+            return {"Authorization": f"{self.scheme or 'Bearer'} {self.token}"}
+        if self.username and self.password:
+            raw = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+            return {"Authorization": f"Basic {raw}"}
+        return {}
+
+
+def _to_file(data: bytes) -> str:
+    handle = tempfile.NamedTemporaryFile(delete=False, suffix=".pem")  # noqa: SIM115 - must outlive this call
+    handle.write(data)
+    handle.close()
+    return handle.name
+
+
+class ApiClient:
+    """Retries 409/429/5xx and connection errors with jittered exponential backoff.
+
+    Every write the operator makes is idempotent (apply, status merge patch, scale patch,
+    delete with a uid precondition), so retrying one can never double an effect.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        attempts: int = 6,
+        base_delay: float = 0.1,
+        max_delay: float = 5.0,
+        timeout: float = 30.0,
+    ) -> None:
+        self.connection = connection
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self.connection.ssl_context(), limit=64)
+            self._session = aiohttp.ClientSession(
+                base_url=None, connector=connector, headers=self.connection.headers(), timeout=self._timeout
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        retry_statuses: frozenset[int] = RETRYABLE,
+    ) -> dict[str, Any]:
+        session = await self._get_session()
+        url = self.connection.server.rstrip("/") + path
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": content_type} if data is not None else {}
+        metrics.API_REQUESTS.labels(method.lower()).inc()
+        for attempt in range(1, self.attempts + 1):
+            retry_after: float | None = None
+            try:
+                async with session.request(method, url, params=params, data=data, headers=headers) as response:
+                    text = await response.text()
+                    if response.status < 400:
+                        return json.loads(text) if text else {}
+                    metrics.API_ERRORS.labels(str(response.status)).inc()
+                    error = _api_error(response.status, text)
+                    if response.status not in retry_statuses or attempt == self.attempts:
+                        raise error
+                    if response.headers.get("Retry-After", "").isdigit():
+                        retry_after = float(response.headers["Retry-After"])
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                metrics.API_ERRORS.labels("connection").inc()
+                if attempt == self.attempts:
+                    raise ApiError(0, "ConnectionError", str(exc)) from exc
+            delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            if retry_after is not None:
+                delay = min(max(delay, retry_after), self.max_delay)
+            logger.debug("retrying %s %s in %.2fs (attempt %d)", method, path, delay, attempt)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def apply(self, resource: Resource, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply as the operator's one field manager, taking over conflicting fields."""
+        meta = obj["metadata"]
+        return await self.request(
+            "PATCH",
+            resource.path(meta.get("namespace"), meta["name"]),
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def patch_status(self, resource: Resource, namespace: str, name: str, status: dict[str, Any]) -> None:
+        # Replace whole fields of status (merge patch on status keys; conditions is one list).
+        await self.request(
+            "PATCH",
+            resource.path(namespace, name, "status"),
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    async def scale(self, resource: Resource, namespace: str, name: str, replicas: int) -> None:
+        await self.request(
+            "PATCH",
+            resource.path(namespace, name, "scale"),
+            body={"spec": {"replicas": replicas}},
+            content_type="application/merge-patch+json",
+        )
+
+    async def delete(self, resource: Resource, namespace: str, name: str, uid: str | None) -> None:
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        with contextlib.suppress(NotFound):  # already gone is what was wanted
+            await self.request("DELETE", resource.path(namespace, name), body=body)
+
+    async def get(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", resource.path(namespace, name))
+        except NotFound:
+            return None
+
+
+def _api_error(status: int, text: str) -> ApiError:
+    try:
+        payload = json.loads(text)
+        reason, message = str(payload.get("reason", "")), str(payload.get("message", ""))
+    except (ValueError, AttributeError):
+        reason, message = "", text[:500]
+    return (NotFound if status == 404 else ApiError)(status, reason, message)

@@ -1,0 +1,46 @@
+"""Where each kind the operator manages lives in the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from voxtral_operator.api import models
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+        prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        parts = [prefix]
+        if namespace is not None:
+            parts.append(f"namespaces/{quote(namespace)}")
+        parts.append(self.plural)
+        if name is not None:
+            parts.append(quote(name))
+        if subresource is not None:
+            parts.append(subresource)
+        return "/".join(parts)
+
+
+ENDPOINTS = Resource(models.GROUP, models.VERSION, models.PLURAL, models.KIND)
+DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
+SERVICES = Resource("", "v1", "services", "Service")
+PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
+NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+SCALED_OBJECTS = Resource("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject")
+PODS = Resource("", "v1", "pods", "Pod")
+
+# Children the operator creates, in the order it applies them.
+CHILDREN: tuple[Resource, ...] = (PVCS, DEPLOYMENTS, SERVICES, PDBS, NETWORK_POLICIES)
+BY_KIND: dict[str, Resource] = {r.kind: r for r in (*CHILDREN, SCALED_OBJECTS)}

@@ -1,0 +1,269 @@
+"""Level-triggered reconciliation: gather (from watch caches) -> decide (pure) -> act (thin API layer).
+
+Every trigger (the endpoint changed, a child or pod changed) only enqueues the endpoint's key.
+One worker per key at a time; triggers during a run coalesce into one more run. A reconcile of
+an unchanged endpoint reads only in-memory caches and writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from voxtral_operator import diffing, metrics, render, status
+from voxtral_operator.api.resolve import InvalidSpec, resolve
+from voxtral_operator.config import OperatorConfig
+from voxtral_operator.k8s import resources
+from voxtral_operator.k8s.client import ApiClient, ApiError
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, endpoint name)
+ChildKey = tuple[str, str]  # (kind, name)
+JSON = dict[str, Any]
+
+
+class ClusterView(Protocol):
+    """What the watch caches know: the endpoint, its children and its pods."""
+
+    def endpoint(self, key: Key) -> JSON | None: ...
+
+    def children(self, key: Key) -> dict[ChildKey, JSON]: ...
+
+    def pods(self, key: Key) -> list[JSON]: ...
+
+
+EventPoster = Callable[[JSON, str, str, str], None]  # (endpoint body, type, reason, message)
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    return any(
+        ref.get("controller") and ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
+
+
+def _status_view(current: Mapping[str, Any], keys: Iterable[str]) -> JSON:
+    return {k: current.get(k) for k in keys}
+
+
+@dataclass
+class _Work:
+    task: asyncio.Task[None] | None = None
+    dirty: bool = False
+    failures: int = 0
+
+
+@dataclass
+class Reconciler:
+    client: ApiClient
+    config: OperatorConfig
+    view: ClusterView
+    post_event: EventPoster
+    clock: Callable[[], str] = utc_now
+    concurrency: int = 32
+    max_backoff: float = 60.0
+    _work: dict[Key, _Work] = field(default_factory=dict)
+    # Writes whose watch event has not arrived yet: the caches are behind, not the cluster.
+    _pending_children: dict[tuple[Key, ChildKey], str | None] = field(default_factory=dict)
+    _pending_status: dict[Key, JSON] = field(default_factory=dict)
+    _semaphore: asyncio.Semaphore = field(init=False)
+    _phases: dict[Key, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._semaphore = asyncio.Semaphore(self.concurrency)
+
+    # --- triggers -------------------------------------------------------------------------
+
+    def enqueue(self, key: Key) -> None:
+        work = self._work.setdefault(key, _Work())
+        if work.task is not None and not work.task.done():
+            work.dirty = True
+            return
+        work.dirty = False
+        work.task = asyncio.get_running_loop().create_task(self._run(key), name=f"reconcile {key[0]}/{key[1]}")
+
+    def child_observed(self, key: Key, kind: str, name: str) -> None:
+        """A child's watch event arrived: the cache is current for it again."""
+        self._pending_children.pop((key, (kind, name)), None)
+
+    def endpoint_observed(self, key: Key) -> None:
+        self._pending_status.pop(key, None)
+
+    def forget(self, key: Key) -> None:
+        self._phases.pop(key, None)
+        self._update_phase_gauge()
+
+    async def idle(self) -> None:
+        """Wait until no reconcile is running or queued (tests and the demo use this)."""
+        while any(w.task is not None and not w.task.done() for w in self._work.values()):
+            await asyncio.gather(*(w.task for w in self._work.values() if w.task is not None), return_exceptions=True)
+
+    async def _run(self, key: Key) -> None:
+        work = self._work[key]
+        while True:
+            work.dirty = False
+            started = time.perf_counter()
+            try:
+                async with self._semaphore:
+                    await self.reconcile(key)
+            except Exception as exc:  # never lose the endpoint: retry with backoff
+                work.failures += 1
+                if work.failures == 1:
+                    endpoint = self.view.endpoint(key)
+                    if endpoint is not None:
+                        self.post_event(endpoint, "Warning", "ReconcileFailed", str(exc)[:1000])
+                metrics.RECONCILES.labels("error").inc()
+                delay = min(self.max_backoff, 0.5 * 2 ** (work.failures - 1))
+                logger.warning("reconcile of %s/%s failed (%s); retrying in %.1fs", *key, exc, delay)
+                await asyncio.sleep(delay)
+                work.dirty = True
+            else:
+                work.failures = 0
+                metrics.RECONCILES.labels("ok").inc()
+            finally:
+                metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+            if not work.dirty:
+                break
+        if self.view.endpoint(key) is None:
+            self._work.pop(key, None)
+
+    # --- one reconcile --------------------------------------------------------------------
+
+    async def reconcile(self, key: Key) -> None:
+        endpoint = self.view.endpoint(key)
+        if endpoint is None:
+            self.forget(key)  # deleted: owner references take the children with it
+            return
+        meta = endpoint.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return
+        generation = meta.get("generation")
+        current_status: JSON = dict(endpoint.get("status") or {})
+        try:
+            plan = resolve(endpoint, self.config)
+        except InvalidSpec as exc:
+            message = "; ".join(exc.problems)
+            new_status = status.invalid_status(
+                generation=generation, previous=current_status, message=message, now=self.clock()
+            )
+            if await self._write_status(key, endpoint, current_status, new_status):
+                self.post_event(endpoint, "Warning", status.INVALID_SPEC, message)
+            return
+
+        desired = [diffing.with_applied_hash(obj) for obj in render.render_plan(plan, self.config)]
+        live_children = self.view.children(key)
+        created, updated = await self._apply_children(key, plan.uid, desired, live_children)
+        await self._delete_stale_children(key, plan.uid, desired, live_children)
+
+        deployment = live_children.get(("Deployment", plan.name))
+        new_status = status.compute_status(
+            generation=generation,
+            desired_replicas=plan.spec.desired_replicas,
+            deployment=deployment,
+            pods=self.view.pods(key),
+            previous=current_status,
+            url=render.service_url(plan.name, plan.namespace, self.config),
+            selector=render.label_selector_string(plan.name),
+            tensor_parallel_size=plan.tensor_parallel_size,
+            now=self.clock(),
+        )
+        self._post_change_events(endpoint, created, updated, deployment, plan.spec.desired_replicas)
+        old_ready = status.condition_of(current_status, status.READY)
+        if await self._write_status(key, endpoint, current_status, new_status):
+            self._post_condition_events(endpoint, old_ready, status.condition_of(new_status, status.READY))
+
+    async def _apply_children(
+        self, key: Key, uid: str | None, desired: list[JSON], live_children: Mapping[ChildKey, JSON]
+    ) -> tuple[list[str], list[str]]:
+        created: list[str] = []
+        updated: list[str] = []
+        for obj in desired:
+            child: ChildKey = (obj["kind"], obj["metadata"]["name"])
+            live = live_children.get(child)
+            if not diffing.needs_apply(obj, live):
+                continue
+            live_version = (live or {}).get("metadata", {}).get("resourceVersion")
+            pending = (key, child)
+            if pending in self._pending_children and self._pending_children[pending] == live_version:
+                continue  # our last write has not reached the cache yet
+            resource = resources.BY_KIND[obj["kind"]]
+            if live is None:
+                # Not in the cache: look before applying, so an object someone else made under
+                # this name is never silently taken over (it may also be ours with its labels edited).
+                live = await self.client.get(resource, key[0], child[1])
+            if live is not None and not _owned_by(live, uid):
+                raise ApiError(409, "Conflict", f"{child[0]} {child[1]} exists and is not owned by this endpoint")
+            # Create and update alike by server-side apply, so one field manager owns every field
+            # and fields the spec stops setting are removed.
+            await self.client.apply(resource, obj)
+            self._pending_children[pending] = live_version
+            (created if live is None else updated).append(f"{child[0]}/{child[1]}")
+        return created, updated
+
+    async def _delete_stale_children(
+        self, key: Key, uid: str | None, desired: list[JSON], live_children: Mapping[ChildKey, JSON]
+    ) -> None:
+        wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in desired}
+        for child, live in live_children.items():
+            if child in wanted or not _owned_by(live, uid):
+                continue
+            await self.client.delete(resources.BY_KIND[child[0]], key[0], child[1], live["metadata"].get("uid"))
+            self._pending_children.pop((key, child), None)
+
+    async def _write_status(self, key: Key, endpoint: JSON, current: JSON, new: JSON) -> bool:
+        """Write status only when it differs from what is there (or what was just written)."""
+        if _status_view(current, new.keys()) == new or self._pending_status.get(key) == new:
+            self._record_phase(key, new.get("phase"))
+            return False
+        namespace, name = key
+        await self.client.patch_status(resources.ENDPOINTS, namespace, name, new)
+        self._pending_status[key] = new
+        self._record_phase(key, new.get("phase"))
+        return True
+
+    def _record_phase(self, key: Key, phase: str | None) -> None:
+        if phase and self._phases.get(key) != phase:
+            self._phases[key] = phase
+            self._update_phase_gauge()
+
+    def _update_phase_gauge(self) -> None:
+        counts: dict[str, int] = {}
+        for phase in self._phases.values():
+            counts[phase] = counts.get(phase, 0) + 1
+        for phase in ("Pending", "Loading", "Ready", "Degraded", "Failed"):
+            metrics.ENDPOINTS_BY_PHASE.labels(phase).set(counts.get(phase, 0))
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _post_change_events(
+        self,
+        endpoint: JSON,
+        created: list[str],
+        updated: list[str],
+        deployment: JSON | None,
+        desired_replicas: int,
+    ) -> None:
+        if created:
+            self.post_event(endpoint, "Normal", "Created", "created " + ", ".join(created))
+        if updated:
+            self.post_event(endpoint, "Normal", "Updated", "updated " + ", ".join(updated))
+        live_replicas = ((deployment or {}).get("spec") or {}).get("replicas")
+        if deployment is not None and live_replicas is not None and live_replicas != desired_replicas:
+            self.post_event(endpoint, "Normal", "Scaled", f"replicas {live_replicas} -> {desired_replicas}")
+
+    def _post_condition_events(self, endpoint: JSON, old: JSON | None, new: JSON | None) -> None:
+        if new is None or (old is not None and old.get("reason") == new.get("reason")):
+            return
+        if new.get("reason") in status.FAILURE_REASONS:
+            self.post_event(endpoint, "Warning", str(new["reason"]), str(new.get("message", "")))
+        elif new.get("status") == "True" and (old is None or old.get("status") != "True"):
+            self.post_event(endpoint, "Normal", "Ready", str(new.get("message", "")))

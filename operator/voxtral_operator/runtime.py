@@ -1,0 +1,31 @@
+"""Process-wide state the kopf handlers share: set once by the runner and the login handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from voxtral_operator.config import OperatorConfig
+
+if TYPE_CHECKING:
+    from voxtral_operator.reconcile import Reconciler
+
+
+@dataclass
+class OperatorState:
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    peering_priority: int = 0
+    _reconciler: Reconciler | None = None
+
+    @property
+    def reconciler(self) -> Reconciler:
+        if self._reconciler is None:
+            raise RuntimeError("the operator has not logged in to the API server yet")
+        return self._reconciler
+
+    @reconciler.setter
+    def reconciler(self, value: Reconciler) -> None:
+        self._reconciler = value
+
+
+STATE = OperatorState()

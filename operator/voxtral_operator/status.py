@@ -1,0 +1,237 @@
+"""Pure: the endpoint's status from what its children report.
+
+Conditions keep their lastTransitionTime unless their status flips, so a steady endpoint
+computes the same status every time and the operator writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+JSON = dict[str, Any]
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+SERVING = "Serving"
+
+# Reasons, most blocking first: the first one found among the pods names the blocker.
+INVALID_SPEC = "InvalidSpec"
+IMAGE_PULL_FAILED = "ImagePullFailed"
+OOM_KILLED = "OOMKilled"
+CRASH_LOOP = "CrashLoop"
+WAITING_FOR_GPU = "WaitingForGPU"
+UNSCHEDULABLE = "Unschedulable"
+LOADING = "Loading"
+PENDING = "Pending"
+AVAILABLE = "Available"
+FAILURE_REASONS = (IMAGE_PULL_FAILED, OOM_KILLED, CRASH_LOOP, WAITING_FOR_GPU, UNSCHEDULABLE)
+BLOCKER_ORDER = (*FAILURE_REASONS, LOADING, PENDING)
+
+_IMAGE_PULL_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    reason: str
+    message: str
+
+
+def pod_summary(pod: Mapping[str, Any]) -> JSON:
+    """The few pod fields status needs (what the operator keeps in memory per pod)."""
+    status = pod.get("status") or {}
+    return {
+        "name": pod.get("metadata", {}).get("name"),
+        "phase": status.get("phase"),
+        "conditions": [
+            {k: c.get(k) for k in ("type", "status", "reason", "message")} for c in status.get("conditions") or []
+        ],
+        "containerStatuses": [
+            {
+                "ready": c.get("ready", False),
+                "started": c.get("started"),
+                "restartCount": c.get("restartCount", 0),
+                "waiting": (c.get("state") or {}).get("waiting"),
+                "lastTerminated": (c.get("lastState") or {}).get("terminated"),
+                "terminated": (c.get("state") or {}).get("terminated"),
+            }
+            for c in status.get("containerStatuses") or []
+        ],
+        "deleting": bool(pod.get("metadata", {}).get("deletionTimestamp")),
+    }
+
+
+def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
+    """Why a pod is not serving, or None when it is ready."""
+    name = pod.get("name")
+    conditions = {c["type"]: c for c in pod.get("conditions") or []}
+    scheduled = conditions.get("PodScheduled")
+    if scheduled and scheduled.get("status") == "False":
+        message = scheduled.get("message") or ""
+        if "nvidia.com/gpu" in message:
+            return PodProblem(WAITING_FOR_GPU, f"pod {name} waits for a GPU: {message}")
+        return PodProblem(UNSCHEDULABLE, f"pod {name} cannot be scheduled: {message}")
+    for container in pod.get("containerStatuses") or []:
+        waiting = container.get("waiting") or {}
+        last = container.get("lastTerminated") or {}
+        terminated = container.get("terminated") or {}
+        if waiting.get("reason") in _IMAGE_PULL_WAITING:
+            return PodProblem(IMAGE_PULL_FAILED, f"pod {name}: {waiting.get('message') or waiting['reason']}")
+        if "OOMKilled" in (last.get("reason"), terminated.get("reason")):
+            return PodProblem(OOM_KILLED, f"pod {name}: vLLM was killed for exceeding its memory limit")
+        if waiting.get("reason") == "CrashLoopBackOff":
+            restarts = container.get("restartCount", 0)
+            return PodProblem(
+                CRASH_LOOP,
+                f"pod {name} is crash-looping ({restarts} restarts, last exit code {last.get('exitCode')})",
+            )
+    if pod.get("phase") == "Running":
+        if conditions.get("Ready", {}).get("status") == "True":
+            return None
+        return PodProblem(LOADING, f"pod {name} is loading the model")
+    return PodProblem(PENDING, f"pod {name} is {pod.get('phase') or 'Pending'}")
+
+
+def _condition(
+    previous: Mapping[str, JSON],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> JSON:
+    value = "True" if status else "False"
+    old = previous.get(type_)
+    changed = old is None or old.get("status") != value
+    return {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now if changed else old["lastTransitionTime"],  # type: ignore[index]
+        "observedGeneration": generation,
+    }
+
+
+def _main_problem(pods: Iterable[Mapping[str, Any]]) -> PodProblem | None:
+    problems = [p for p in (pod_problem(pod) for pod in pods if not pod.get("deleting")) if p is not None]
+    for reason in BLOCKER_ORDER:
+        for problem in problems:
+            if problem.reason == reason:
+                return problem
+    return None
+
+
+def compute_status(
+    *,
+    generation: int | None,
+    desired_replicas: int,
+    deployment: Mapping[str, Any] | None,
+    pods: Iterable[Mapping[str, Any]],
+    previous: Mapping[str, Any],
+    url: str,
+    selector: str,
+    tensor_parallel_size: int,
+    now: str,
+) -> JSON:
+    previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
+    dep_status = (deployment or {}).get("status") or {}
+    replicas = int(dep_status.get("replicas") or 0)
+    ready = int(dep_status.get("readyReplicas") or 0)
+    updated = int(dep_status.get("updatedReplicas") or 0)
+    dep_conditions = {c.get("type"): c for c in dep_status.get("conditions") or []}
+    deadline_exceeded = dep_conditions.get("Progressing", {}).get("reason") == "ProgressDeadlineExceeded"
+    rolled_out = (
+        deployment is not None
+        and dep_status.get("observedGeneration") == deployment.get("metadata", {}).get("generation")
+        and updated >= desired_replicas
+        and ready >= desired_replicas
+        and replicas == desired_replicas
+    )
+    problem = _main_problem(pods)
+
+    if ready >= 1:
+        ready_reason, ready_message = AVAILABLE, f"{ready}/{desired_replicas} replicas ready"
+    elif problem is not None:
+        ready_reason, ready_message = problem.reason, problem.message
+    elif desired_replicas == 0:
+        ready_reason, ready_message = "ScaledToZero", "the endpoint has no replicas"
+    else:
+        ready_reason, ready_message = PENDING, "waiting for the first replica"
+
+    failing = problem is not None and problem.reason in FAILURE_REASONS
+    if deadline_exceeded:
+        degraded_reason, degraded_message = "ProgressDeadlineExceeded", dep_conditions["Progressing"].get("message", "")
+    elif failing:
+        assert problem is not None
+        degraded_reason, degraded_message = problem.reason, problem.message
+    else:
+        degraded_reason, degraded_message = "AsExpected", ""
+    degraded = deadline_exceeded or failing
+
+    if rolled_out:
+        progressing_reason, progressing_message = "Complete", f"{ready}/{desired_replicas} replicas ready"
+    elif replicas < desired_replicas or ready < desired_replicas:
+        progressing_reason = problem.reason if problem is not None else "ScalingUp"
+        progressing_message = f"{ready}/{desired_replicas} replicas ready"
+    else:
+        progressing_reason, progressing_message = "RollingOut", f"{updated}/{desired_replicas} replicas updated"
+
+    conditions = [
+        _condition(previous_conditions, READY, ready >= 1, ready_reason, ready_message, generation, now),
+        _condition(
+            previous_conditions, PROGRESSING, not rolled_out, progressing_reason, progressing_message, generation, now
+        ),
+        _condition(previous_conditions, DEGRADED, degraded, degraded_reason, degraded_message, generation, now),
+    ]
+    # Conditions owned by other parts of the operator (the Serving probe) are carried over.
+    conditions += [c for t, c in previous_conditions.items() if t not in (READY, PROGRESSING, DEGRADED)]
+
+    if ready >= 1:
+        phase = "Degraded" if degraded else "Ready"
+    elif failing or deadline_exceeded:
+        phase = "Failed"
+    elif problem is not None and problem.reason == LOADING:
+        phase = "Loading"
+    else:
+        phase = "Pending"
+
+    status = {
+        **{k: v for k, v in previous.items() if k in ("queueDepth", "desiredReplicas", "lastScaleDecision")},
+        "phase": phase,
+        "conditions": conditions,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "replicaSummary": f"{ready}/{desired_replicas}",
+        "url": url,
+        "selector": selector,
+        "observedGeneration": generation,
+        "tensorParallelSize": tensor_parallel_size,
+    }
+    return status
+
+
+def invalid_status(*, generation: int | None, previous: Mapping[str, Any], message: str, now: str) -> JSON:
+    """Status of an endpoint the operator refuses to render: children untouched, the reason stated."""
+    previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
+    conditions = [
+        _condition(previous_conditions, READY, False, INVALID_SPEC, message, generation, now),
+        _condition(previous_conditions, PROGRESSING, False, INVALID_SPEC, "fix the spec to continue", generation, now),
+        _condition(previous_conditions, DEGRADED, True, INVALID_SPEC, message, generation, now),
+    ]
+    return {
+        **{k: v for k, v in previous.items() if k not in ("conditions", "phase", "observedGeneration")},
+        "phase": "Failed",
+        "conditions": conditions,
+        "observedGeneration": generation,
+    }
+
+
+def condition_of(status: Mapping[str, Any], type_: str) -> JSON | None:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == type_:
+            return dict(condition)
+    return None

@@ -1,0 +1,585 @@
+"""A Kubernetes API server stand-in for tests and the demo: kmock's emulator plus what a real one does.
+
+kmock 0.8 serves discovery, routes requests and lets tests inject faults with its DSL
+(`server["patch", kmock.resource(...)] << 409`), but stores objects as plain merged JSON.
+This layer replaces the storage with the semantics the operator relies on from a real API server:
+
+- server-assigned metadata: `uid`, `resourceVersion` (one counter, as etcd's revision),
+  `generation` (bumped on changes outside metadata and status), `creationTimestamp`;
+- no-op writes change nothing: no new resourceVersion, no watch event;
+- optimistic concurrency: a stale `metadata.resourceVersion` in a PUT or PATCH answers 409;
+- the `status` and `scale` subresources: the main endpoint ignores status, `/status` writes only
+  status, `/scale` reads and writes `spec.replicas` as an autoscaling/v1 Scale;
+- patches: JSON merge patch, JSON patch, strategic merge patch (approximated as a merge patch:
+  the operator never sends one), and server-side apply (below);
+- label selectors on list and watch (`=`, `==`, `!=`, `in`, `notin`, exists, `!key`);
+- watch from a resourceVersion (replayed from a bounded history; older answers 410 Gone),
+  `timeoutSeconds`;
+- deletion with finalizers and uid preconditions, and owner-reference garbage collection
+  (background propagation, recursive).
+
+Server-side apply is simplified: each field manager's last applied object is remembered; a new
+apply removes the fields that manager applied before and no longer applies, then merges the new
+object in (maps merge, lists are replaced whole). Conflicts between managers are not emulated:
+every apply behaves as `force=true`, which is what the operator sends.
+
+Not emulated: admission, defaulting beyond metadata, field validation, RBAC, the
+`GET /api/v1/namespaces` listing kmock cannot route (run kopf with `-A`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import datetime
+import itertools
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import kmock
+import yaml
+
+JSON = dict[str, Any]
+
+# Resources the operator and its tests touch: (group/version/plural, kind, namespaced, subresources).
+BUILTIN_RESOURCES: list[tuple[str, str, bool, set[str]]] = [
+    ("v1/pods", "Pod", True, {"status"}),
+    ("v1/services", "Service", True, {"status"}),
+    ("v1/persistentvolumeclaims", "PersistentVolumeClaim", True, {"status"}),
+    ("v1/events", "Event", True, set()),
+    ("v1/secrets", "Secret", True, set()),
+    ("v1/namespaces", "Namespace", False, {"status"}),
+    ("events.k8s.io/v1/events", "Event", True, set()),
+    ("apps/v1/deployments", "Deployment", True, {"status", "scale"}),
+    ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget", True, {"status"}),
+    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, set()),
+    ("coordination.k8s.io/v1/leases", "Lease", True, set()),
+    ("kopf.dev/v1/kopfpeerings", "KopfPeering", True, set()),
+    ("kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering", False, set()),
+    ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, {"status"}),
+    ("keda.sh/v1alpha1/scaledobjects", "ScaledObject", True, {"status"}),
+]
+VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
+HISTORY_LIMIT = 50_000
+
+
+class Gone(kmock.KubernetesError):
+    pass
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _error(status: int, reason: str, message: str) -> kmock.KubernetesError:
+    return kmock.KubernetesError(status=status, reason=reason, message=message, details={})
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _pointer(path: str) -> list[str]:
+    return [p.replace("~1", "/").replace("~0", "~") for p in path.lstrip("/").split("/")] if path else []
+
+
+def json_patch(target: JSON, operations: list[JSON]) -> JSON:
+    """RFC 6902 JSON patch: add, remove, replace, test."""
+    doc = copy.deepcopy(target)
+    for op in operations:
+        *parents, last = _pointer(op["path"])
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        kind = op["op"]
+        if kind == "test":
+            current = node[int(last)] if isinstance(node, list) else node.get(last)
+            if current != op["value"]:
+                raise _error(422, "Invalid", f"test failed at {op['path']}")
+        elif kind == "remove":
+            del node[int(last) if isinstance(node, list) else last]
+        elif kind in ("add", "replace"):
+            if isinstance(node, list):
+                index = len(node) if last == "-" else int(last)
+                if kind == "add":
+                    node.insert(index, op["value"])
+                else:
+                    node[index] = op["value"]
+            else:
+                node[last] = op["value"]
+        else:
+            raise _error(422, "Invalid", f"unsupported JSON patch op {kind!r}")
+    return doc
+
+
+def _drop_unapplied(live: Any, previous: Any, current: Any) -> Any:
+    """Remove from live what `previous` applied and `current` no longer does (maps only)."""
+    if not isinstance(live, dict) or not isinstance(previous, dict):
+        return live
+    current = current if isinstance(current, dict) else {}
+    result = dict(live)
+    for key, value in previous.items():
+        if key not in current:
+            result.pop(key, None)
+        elif key in result:
+            result[key] = _drop_unapplied(result[key], value, current[key])
+    return result
+
+
+def _deep_merge(base: Any, overlay: Any) -> Any:
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        merged = dict(base)
+        for key, value in overlay.items():
+            merged[key] = _deep_merge(base.get(key), value)
+        return merged
+    return copy.deepcopy(overlay)
+
+
+_SELECTOR_TERM = re.compile(
+    r"\s*(?P<neg>!)?(?P<key>[A-Za-z0-9./_-]+)\s*"
+    r"(?:(?P<op>==|=|!=)\s*(?P<value>[A-Za-z0-9._-]*)|\s+(?P<setop>in|notin)\s*\((?P<values>[^)]*)\))?\s*"
+)
+
+
+def _split_selector(selector: str) -> list[str]:
+    terms, depth, current = [], 0, ""
+    for char in selector:
+        depth += char == "("
+        depth -= char == ")"
+        if char == "," and depth == 0:
+            terms.append(current)
+            current = ""
+        else:
+            current += char
+    return [*terms, current] if current.strip() else terms
+
+
+def label_selector_matches(selector: str | None, labels: dict[str, str]) -> bool:
+    for term in _split_selector(selector or ""):
+        match = _SELECTOR_TERM.fullmatch(term)
+        if not match:
+            raise _error(400, "BadRequest", f"unable to parse label selector term {term!r}")
+        key = match["key"]
+        if match["op"] in ("=", "=="):
+            ok = labels.get(key) == match["value"]
+        elif match["op"] == "!=":
+            ok = labels.get(key) != match["value"]
+        elif match["setop"]:
+            values = {v.strip() for v in match["values"].split(",")}
+            ok = (labels.get(key) in values) == (match["setop"] == "in")
+        else:
+            ok = (key in labels) != bool(match["neg"])
+        if not ok:
+            return False
+    return True
+
+
+def _field_selector_matches(selector: str | None, obj: JSON) -> bool:
+    for term in filter(None, (selector or "").split(",")):
+        path, _, value = term.partition("=")
+        negate = path.endswith("!")
+        node: Any = obj
+        for part in path.rstrip("!").split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if (str(node) == value.lstrip("=")) == negate:
+            return False
+    return True
+
+
+class Store:
+    """Objects by (resource, namespace, name), with resourceVersions, history and watchers."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str | None, str], JSON] = {}
+        self.applied: dict[tuple[str, str | None, str, str], JSON] = {}
+        self.history: collections.deque[tuple[int, str, JSON]] = collections.deque(maxlen=HISTORY_LIMIT)
+        self.watchers: dict[str, set[asyncio.Queue[tuple[int, JSON]]]] = collections.defaultdict(set)
+        self.revision = itertools.count(1)
+        self.current_revision = 0
+
+    def next_revision(self) -> str:
+        self.current_revision = next(self.revision)
+        return str(self.current_revision)
+
+    def emit(self, resource: str, event_type: str, obj: JSON) -> None:
+        event = {"type": event_type, "object": copy.deepcopy(obj)}
+        revision = int(obj["metadata"]["resourceVersion"])
+        self.history.append((revision, resource, event))
+        for queue in self.watchers[resource]:
+            queue.put_nowait((revision, event))
+
+
+class ApiServer(kmock.KubernetesEmulator):
+    """kmock's emulator with the real API server's semantics listed in the module docstring."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.store = Store()
+        self.subresources: dict[str, set[str]] = {}
+        self.kinds: dict[str, str] = {}
+        self._write_lock = asyncio.Lock()
+        self._gc_tasks: set[asyncio.Task[None]] = set()
+        # kmock derives no action for PUT; route it (and nothing else) to the replace handler.
+        self.fallback[kmock.method.PUT] << self._serve_put
+        for path, kind, namespaced, subresources in BUILTIN_RESOURCES:
+            self.declare(path, kind, namespaced=namespaced, subresources=subresources)
+
+    # --- declaring resources ------------------------------------------------------------------
+
+    def declare(self, path: str, kind: str, *, namespaced: bool, subresources: Iterable[str] = ()) -> None:
+        subs = set(subresources)
+        self.resources[path] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=VERBS, subresources=subs)
+        self.subresources[path] = subs
+        self.kinds[path] = kind
+
+    def declare_crd(self, crd: JSON) -> None:
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            self.declare(
+                f"{spec['group']}/{version['name']}/{spec['names']['plural']}",
+                spec["names"]["kind"],
+                namespaced=spec["scope"] == "Namespaced",
+                subresources=version.get("subresources", {}).keys(),
+            )
+
+    # --- request routing ----------------------------------------------------------------------
+
+    @staticmethod
+    def _key(resource: Any) -> str:
+        return f"{resource.group}/{resource.version}/{resource.plural}".lstrip("/")
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        # Bypass kmock's own object bookkeeping (KubernetesEmulator._handle): this class keeps
+        # the objects. Reactions added with kmock's DSL still take precedence over these fallbacks.
+        return await kmock.KubernetesScaffold._handle(self, request)
+
+    async def _serve_list(self, request: kmock.Request) -> JSON:
+        resource = self._known(request)
+        items = [
+            copy.deepcopy(obj)
+            for (res, ns, _), obj in sorted(self.store.objects.items(), key=lambda kv: str(kv[0]))
+            if res == resource and self._selected(request, ns, obj)
+        ]
+        kind = self.kinds.get(resource, "")
+        return {
+            "kind": f"{kind}List",
+            "apiVersion": resource.rsplit("/", 1)[0],
+            "metadata": {"resourceVersion": str(self.store.current_revision)},
+            "items": items,
+        }
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        resource = self._known(request)
+        since = request.params.get("resourceVersion")
+        timeout = float(request.params.get("timeoutSeconds") or 0) or None
+        queue: asyncio.Queue[tuple[int, JSON]] = asyncio.Queue()
+        self.store.watchers[resource].add(queue)
+        try:
+            yield b""
+            backlog: list[tuple[int, JSON]]
+            if since in (None, "", "0"):
+                backlog = [
+                    (self.store.current_revision, {"type": "ADDED", "object": copy.deepcopy(obj)})
+                    for (res, ns, _), obj in self.store.objects.items()
+                    if res == resource and self._selected(request, ns, obj)
+                ]
+            else:
+                oldest = self.store.history[0][0] if self.store.history else self.store.current_revision + 1
+                if int(since) < oldest - 1 and int(since) < self.store.current_revision:
+                    yield {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}
+                    return
+                backlog = [(rev, ev) for rev, res, ev in self.store.history if res == resource and rev > int(since)]
+            last = int(since or 0)
+            for revision, event in backlog:
+                last = max(last, revision)
+                if self._selected(request, event["object"]["metadata"].get("namespace"), event["object"]):
+                    yield event
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout if timeout else None
+            while True:
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return
+                try:
+                    revision, event = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    return
+                if revision <= last:
+                    continue
+                obj = event["object"]
+                if self._selected(request, obj["metadata"].get("namespace"), obj):
+                    yield event
+        finally:
+            self.store.watchers[resource].discard(queue)
+
+    async def _serve_fetch(self, request: kmock.Request) -> JSON:
+        resource = self._known(request)
+        obj = self._get(resource, request.namespace, request.name)
+        if request.subresource == "scale":
+            return self._scale_of(resource, obj)
+        return copy.deepcopy(obj)
+
+    async def _serve_create(self, request: kmock.Request) -> JSON:
+        resource = self._known(request)
+        body = self._body(request)
+        async with self._write_lock:
+            return self._create(resource, request.namespace or body.get("metadata", {}).get("namespace"), body)
+
+    async def _serve_update(self, request: kmock.Request) -> JSON:
+        return await self._modify(request)
+
+    async def _serve_delete(self, request: kmock.Request) -> JSON:
+        resource = self._known(request)
+        body = request.data if isinstance(request.data, dict) else {}
+        async with self._write_lock:
+            obj = self._get(resource, request.namespace, request.name)
+            uid = (body.get("preconditions") or {}).get("uid")
+            if uid and uid != obj["metadata"]["uid"]:
+                raise _error(409, "Conflict", f"precondition failed: uid in precondition {uid}")
+            return self._delete(resource, request.namespace, request.name)
+
+    # kmock routes PUT to no fallback; answer it here.
+    async def _serve_put(self, request: kmock.Request) -> JSON:
+        return await self._modify(request)
+
+    # --- semantics ----------------------------------------------------------------------------
+
+    def _known(self, request: kmock.Request) -> str:
+        resource = self._key(request.resource)
+        if resource not in self.subresources:
+            raise kmock.KubernetesResourceNotFoundError()
+        if request.subresource and request.subresource not in self.subresources[resource]:
+            raise _error(404, "NotFound", f"{resource} has no {request.subresource} subresource")
+        return resource
+
+    @staticmethod
+    def _body(request: kmock.Request) -> Any:
+        if request.data is not None:
+            return request.data
+        text = request.body.decode() if request.body else ""
+        return yaml.safe_load(text) if text else {}
+
+    def _selected(self, request: kmock.Request, namespace: str | None, obj: JSON) -> bool:
+        if request.namespace is not None and namespace != request.namespace:
+            return False
+        labels = obj.get("metadata", {}).get("labels") or {}
+        return label_selector_matches(request.params.get("labelSelector"), labels) and _field_selector_matches(
+            request.params.get("fieldSelector"), obj
+        )
+
+    def _get(self, resource: str, namespace: str | None, name: str | None) -> JSON:
+        obj = self.store.objects.get((resource, namespace, name or ""))
+        if obj is None:
+            raise _error(404, "NotFound", f'{resource} "{name}" not found')
+        return obj
+
+    def _scale_of(self, resource: str, obj: JSON) -> JSON:
+        meta = obj["metadata"]
+        return {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta},
+            "spec": {"replicas": obj.get("spec", {}).get("replicas", 0)},
+            "status": {
+                "replicas": obj.get("status", {}).get("replicas", 0),
+                "selector": obj.get("status", {}).get("selector", ""),
+            },
+        }
+
+    def _create(self, resource: str, namespace: str | None, body: JSON) -> JSON:
+        meta = dict(body.get("metadata") or {})
+        name = meta.get("name")
+        if not name and meta.get("generateName"):
+            name = meta["generateName"] + uuid.uuid4().hex[:5]
+        if not name:
+            raise _error(422, "Invalid", "metadata.name: Required value")
+        key = (resource, namespace, name)
+        if key in self.store.objects:
+            raise _error(409, "AlreadyExists", f'{resource} "{name}" already exists')
+        obj = copy.deepcopy(body)
+        if "status" in self.subresources.get(resource, set()):
+            obj.pop("status", None)
+        meta.update(
+            name=name,
+            uid=str(uuid.uuid4()),
+            generation=1,
+            creationTimestamp=_now(),
+            resourceVersion=self.store.next_revision(),
+        )
+        if namespace is not None:
+            meta["namespace"] = namespace
+        obj["metadata"] = meta
+        obj.setdefault("apiVersion", resource.rsplit("/", 1)[0])
+        obj.setdefault("kind", self.kinds.get(resource))
+        self.store.objects[key] = obj
+        self.store.emit(resource, "ADDED", obj)
+        return copy.deepcopy(obj)
+
+    async def _modify(self, request: kmock.Request) -> JSON:
+        resource = self._known(request)
+        namespace, name, sub = request.namespace, request.name, request.subresource
+        content_type = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
+        body = self._body(request)
+        async with self._write_lock:
+            key = (resource, namespace, name or "")
+            live = self.store.objects.get(key)
+            if content_type == "application/apply-patch+yaml":
+                manager = request.params.get("fieldManager")
+                if not manager:
+                    raise _error(422, "Invalid", "fieldManager is required for apply patch")
+                if live is None:
+                    created = self._create(resource, namespace, body)
+                    self.store.applied[(*key, manager)] = copy.deepcopy(body)
+                    return created
+                previous = self.store.applied.get((*key, manager), {})
+                updated = _deep_merge(_drop_unapplied(live, previous, body), body)
+                self.store.applied[(*key, manager)] = copy.deepcopy(body)
+            else:
+                if live is None:
+                    raise _error(404, "NotFound", f'{resource} "{name}" not found')
+                if request.method == kmock.method.PUT:
+                    updated = self._put_body(resource, live, body, sub)
+                elif content_type == "application/json-patch+json":
+                    updated = json_patch(self._view(resource, live, sub), body)
+                else:  # merge patch; strategic merge patch approximated by it
+                    updated = merge_patch(self._view(resource, live, sub), body)
+                if sub == "scale":
+                    updated = merge_patch(live, {"spec": {"replicas": updated.get("spec", {}).get("replicas", 0)}})
+            expected = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
+            if expected and expected != live["metadata"]["resourceVersion"]:
+                raise _error(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified; '
+                    "please apply your changes to the latest version and try again",
+                )
+            result = self._commit(resource, key, live, updated, sub)
+            return self._scale_of(resource, result) if sub == "scale" else copy.deepcopy(result)
+
+    def _view(self, resource: str, live: JSON, sub: str | None) -> JSON:
+        return self._scale_of(resource, live) if sub == "scale" else live
+
+    def _put_body(self, resource: str, live: JSON, body: JSON, sub: str | None) -> JSON:
+        if sub == "scale":
+            return dict(body)
+        return {**body, "metadata": {**live["metadata"], **(body.get("metadata") or {})}}
+
+    def _commit(
+        self, resource: str, key: tuple[str, str | None, str], live: JSON, updated: JSON, sub: str | None
+    ) -> JSON:
+        has_status = "status" in self.subresources.get(resource, set())
+        if sub == "status":
+            # Only status changes through /status.
+            updated = {**live, "status": updated.get("status", {})}
+        elif has_status:
+            # The main endpoint ignores status changes when the status subresource exists.
+            updated = {k: v for k, v in updated.items() if k != "status"}
+            if "status" in live:
+                updated["status"] = live["status"]
+        meta = dict(updated.get("metadata") or {})
+        for field in ("uid", "creationTimestamp", "name", "namespace", "generation", "resourceVersion"):
+            if field in live["metadata"]:
+                meta[field] = live["metadata"][field]
+        updated["metadata"] = meta
+        if updated == live:
+            return live  # a no-op write: no new resourceVersion, no event
+        outside = {"metadata", "status"}
+        if {k: v for k, v in updated.items() if k not in outside} != {
+            k: v for k, v in live.items() if k not in outside
+        }:
+            meta["generation"] = live["metadata"].get("generation", 1) + 1
+        meta["resourceVersion"] = self.store.next_revision()
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            self.store.objects[key] = updated
+            return self._remove(resource, key)
+        self.store.objects[key] = updated
+        self.store.emit(resource, "MODIFIED", updated)
+        return updated
+
+    def _delete(self, resource: str, namespace: str | None, name: str | None) -> JSON:
+        key = (resource, namespace, name or "")
+        obj = self.store.objects[key]
+        meta = obj["metadata"]
+        if meta.get("finalizers"):
+            if not meta.get("deletionTimestamp"):
+                meta = {**meta, "deletionTimestamp": _now(), "resourceVersion": self.store.next_revision()}
+                obj = {**obj, "metadata": meta}
+                self.store.objects[key] = obj
+                self.store.emit(resource, "MODIFIED", obj)
+            return copy.deepcopy(obj)
+        return self._remove(resource, key)
+
+    def _remove(self, resource: str, key: tuple[str, str | None, str]) -> JSON:
+        obj = self.store.objects.pop(key)
+        for applied_key in [k for k in self.store.applied if k[:3] == key]:
+            del self.store.applied[applied_key]
+        obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": self.store.next_revision()}}
+        self.store.emit(resource, "DELETED", obj)
+        task = asyncio.get_running_loop().create_task(self._collect_garbage(obj["metadata"]["uid"]))
+        self._gc_tasks.add(task)
+        task.add_done_callback(self._gc_tasks.discard)
+        return copy.deepcopy(obj)
+
+    async def _collect_garbage(self, owner_uid: str) -> None:
+        """Background propagation: delete every object that names the deleted owner."""
+        async with self._write_lock:
+            dependents = [
+                (res, ns, name)
+                for (res, ns, name), obj in self.store.objects.items()
+                if any(ref.get("uid") == owner_uid for ref in obj["metadata"].get("ownerReferences") or [])
+            ]
+            for res, ns, name in dependents:
+                if (res, ns, name) in self.store.objects:
+                    self._delete(res, ns, name)
+
+    # --- direct access for test-support controllers (no HTTP) ----------------------------------
+
+    def objects_of(self, resource: str, namespace: str | None = None) -> list[JSON]:
+        return [
+            copy.deepcopy(obj)
+            for (res, ns, _), obj in self.store.objects.items()
+            if res == resource and (namespace is None or ns == namespace)
+        ]
+
+    def find(self, resource: str, namespace: str | None, name: str) -> JSON | None:
+        obj = self.store.objects.get((resource, namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    async def write_status(self, resource: str, namespace: str | None, name: str, status: JSON) -> None:
+        async with self._write_lock:
+            key = (resource, namespace, name)
+            live = self.store.objects.get(key)
+            if live is not None:
+                self._commit(resource, key, live, {**live, "status": status}, "status")
+
+    async def create_object(self, resource: str, obj: JSON) -> JSON:
+        async with self._write_lock:
+            return self._create(resource, obj["metadata"].get("namespace"), obj)
+
+    async def delete_object(self, resource: str, namespace: str | None, name: str) -> None:
+        async with self._write_lock:
+            if (resource, namespace, name) in self.store.objects:
+                self._delete(resource, namespace, name)
+
+
+def writes(server: ApiServer) -> list[kmock.Request]:
+    """Every write request the server received (what "zero writes" counts)."""
+    write_methods = (kmock.method.POST, kmock.method.PUT, kmock.method.PATCH, kmock.method.DELETE)
+    return [r for r in server if r.method in write_methods]  # iterating a kmock view yields its requests
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)

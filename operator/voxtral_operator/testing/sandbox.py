@@ -1,0 +1,236 @@
+"""A local cluster stand-in: the API server emulator on loopback, a kubeconfig for it, and fake
+controllers that play the parts of kube-controller-manager and the kubelet for Deployments.
+
+The fake controllers give each Deployment pods and status the way a cluster would, with a
+per-endpoint behaviour (`ready after N seconds`, `no GPU free`, `image pull fails`, `crash loop`,
+`OOM`) so the operator's status logic meets every case it must name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import dataclasses
+import enum
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import kmock
+import yaml
+
+from voxtral_operator.api.crd import custom_resource_definition
+from voxtral_operator.testing.apiserver import ApiServer
+
+DEPLOYMENTS = "apps/v1/deployments"
+PODS = "v1/pods"
+ENDPOINTS = "voxtral.dev/v1alpha1/voxtralendpoints"
+
+
+class PodBehaviour(enum.StrEnum):
+    READY = "ready"
+    LOADING_FOREVER = "loading"
+    NO_GPU = "no-gpu"
+    IMAGE_PULL = "image-pull"
+    CRASH_LOOP = "crash-loop"
+    OOM = "oom"
+
+
+@dataclasses.dataclass
+class Behaviour:
+    kind: PodBehaviour = PodBehaviour.READY
+    load_seconds: float = 0.0
+    # Where a pod's HTTP server is, when something (a simulator) really serves it.
+    pod_ip: str = "127.0.0.1"
+
+
+def _pod_status(behaviour: Behaviour, age: float) -> dict[str, Any]:
+    kind = behaviour.kind
+    if kind == PodBehaviour.NO_GPU:
+        return {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        }
+    waiting: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    ready = False
+    if kind == PodBehaviour.IMAGE_PULL:
+        waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "vllm:missing"'}
+    elif kind == PodBehaviour.CRASH_LOOP:
+        waiting = {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}
+        last = {"reason": "Error", "exitCode": 1}
+    elif kind == PodBehaviour.OOM:
+        waiting = {"reason": "CrashLoopBackOff", "message": "back-off restarting failed container"}
+        last = {"reason": "OOMKilled", "exitCode": 137}
+    else:
+        ready = kind == PodBehaviour.READY and age >= behaviour.load_seconds
+    phase = "Pending" if kind == PodBehaviour.IMAGE_PULL else "Running"
+    container: dict[str, Any] = {
+        "name": "vllm",
+        "ready": ready,
+        "started": waiting is None,
+        "restartCount": 3 if last else 0,
+        "state": {"waiting": waiting} if waiting else {"running": {"startedAt": "2026-01-01T00:00:00Z"}},
+    }
+    if last:
+        container["lastState"] = {"terminated": last}
+    return {
+        "phase": phase,
+        "podIP": behaviour.pod_ip,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "True" if ready else "False"},
+        ],
+        "containerStatuses": [container],
+    }
+
+
+class FakeControllers:
+    """Deployment controller + kubelet, simplified: pods `<deployment>-<n>`, status from behaviour."""
+
+    def __init__(self, server: ApiServer, interval: float = 0.1) -> None:
+        self.server = server
+        self.interval = interval
+        self.behaviours: dict[tuple[str, str], Behaviour] = {}
+        self.default = Behaviour()
+        self._born: dict[tuple[str, str], float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def behave(self, namespace: str, deployment: str, behaviour: Behaviour) -> None:
+        self.behaviours[(namespace, deployment)] = behaviour
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await self.step()
+            await asyncio.sleep(self.interval)
+
+    async def step(self) -> None:
+        now = asyncio.get_running_loop().time()
+        deployments = self.server.objects_of(DEPLOYMENTS)
+        wanted_pods: set[tuple[str, str]] = set()
+        for deployment in deployments:
+            meta = deployment["metadata"]
+            namespace, name = meta["namespace"], meta["name"]
+            behaviour = self.behaviours.get((namespace, name), self.default)
+            replicas = int(deployment["spec"].get("replicas", 1))
+            template = deployment["spec"]["template"]
+            ready = 0
+            for index in range(replicas):
+                pod_name = f"{name}-{index}"
+                wanted_pods.add((namespace, pod_name))
+                pod = self.server.find(PODS, namespace, pod_name)
+                if pod is None:
+                    self._born[(namespace, pod_name)] = now
+                    pod = await self.server.create_object(
+                        PODS,
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Pod",
+                            "metadata": {
+                                "name": pod_name,
+                                "namespace": namespace,
+                                "labels": copy.deepcopy(template["metadata"].get("labels", {})),
+                                "ownerReferences": [
+                                    {
+                                        "apiVersion": "apps/v1",
+                                        "kind": "Deployment",
+                                        "name": name,
+                                        "uid": meta["uid"],
+                                        "controller": True,
+                                    }
+                                ],
+                            },
+                            "spec": copy.deepcopy(template["spec"]),
+                        },
+                    )
+                age = now - self._born.setdefault((namespace, pod_name), now)
+                pod_status = _pod_status(behaviour, age)
+                if pod.get("status") != pod_status:
+                    await self.server.write_status(PODS, namespace, pod_name, pod_status)
+                ready += pod_status["conditions"][-1].get("status") == "True"
+            status = {
+                "observedGeneration": meta.get("generation"),
+                "replicas": replicas,
+                "updatedReplicas": replicas,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+                "conditions": [{"type": "Available", "status": "True" if ready >= replicas else "False"}],
+            }
+            if deployment.get("status") != status:
+                await self.server.write_status(DEPLOYMENTS, namespace, name, status)
+        for pod in self.server.objects_of(PODS):
+            key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+            owned_by_deployment = any(r.get("kind") == "Deployment" for r in pod["metadata"].get("ownerReferences", []))
+            if owned_by_deployment and key not in wanted_pods:
+                await self.server.delete_object(PODS, *key)
+                self._born.pop(key, None)
+
+
+class Sandbox:
+    """`async with Sandbox() as sandbox:` an API server on loopback, a kubeconfig, fake controllers."""
+
+    def __init__(self, *, port: int | None = None, controllers: bool = True) -> None:
+        self.api = ApiServer()
+        self._port = port
+        self._server: kmock.Server | None = None
+        self._with_controllers = controllers
+        self.controllers = FakeControllers(self.api)
+        self._tmp = tempfile.TemporaryDirectory(prefix="voxtral-sandbox-")
+        self.kubeconfig = Path(self._tmp.name) / "kubeconfig"
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return str(self._server.url).rstrip("/")
+
+    async def __aenter__(self) -> Sandbox:
+        await self.api.__aenter__()
+        server = kmock.Server(self.api, port=self._port) if self._port else kmock.Server(self.api)
+        self._server = await server.__aenter__()
+        crd = custom_resource_definition()
+        self.api.declare_crd(crd)
+        await self.api.create_object("apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig_for(self.url)))
+        if self._with_controllers:
+            self.controllers.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.controllers.stop()
+        if self._server is not None:
+            await self._server.__aexit__(exc_type, exc, tb)
+        # kmock re-raises errors its handlers met; the sandbox reports them through responses instead.
+        with contextlib.suppress(Exception):
+            await self.api.__aexit__(None, None, None)
+        self._tmp.cleanup()
+
+
+def kubeconfig_for(url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "sandbox", "cluster": {"server": url}}],
+        "users": [{"name": "sandbox", "user": {"token": "sandbox-token"}}],
+        "contexts": [{"name": "sandbox", "context": {"cluster": "sandbox", "user": "sandbox"}}],
+        "current-context": "sandbox",
+    }
