@@ -75,8 +75,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.peering.priority = STATE.peering_priority
-    # Several replicas with peering: the one with the highest priority acts, the rest wait.
-    settings.peering.stealth = True
 
 
 @kopf.on.login()

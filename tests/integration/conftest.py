@@ -1,0 +1,39 @@
+"""The real operator process against the API server stand-in, over HTTP on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from voxtral_operator.testing.harness import Kube, OperatorProcess
+from voxtral_operator.testing.sandbox import Sandbox
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with Sandbox() as running:
+        yield running
+
+
+@pytest.fixture
+async def kube(sandbox: Sandbox) -> AsyncIterator[Kube]:
+    async with aiohttp.ClientSession() as session:
+        yield Kube(sandbox.url, session)
+
+
+@pytest.fixture
+def operator(sandbox: Sandbox, tmp_path: Path) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(sandbox.kubeconfig, tmp_path / "operator.log").start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    # Show the operator's log beside a failure: it is the first thing anyone looks at.
+    if call.excinfo is not None and "operator" in getattr(item, "funcargs", {}):
+        item.add_report_section(call.when, "operator log", item.funcargs["operator"].log()[-6000:])

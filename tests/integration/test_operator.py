@@ -1,0 +1,313 @@
+"""The operator loop, end to end: the real `voxtral-operator run` process, the API over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+
+from voxtral_operator.testing.apiserver import writes
+from voxtral_operator.testing.harness import Kube, OperatorProcess, condition, endpoint_path, eventually
+from voxtral_operator.testing.sandbox import Behaviour, PodBehaviour, Sandbox
+
+pytestmark = pytest.mark.integration
+
+NS = "team"
+NAME = "asr"
+DEPLOYMENT = f"/apis/apps/v1/namespaces/{NS}/deployments/{NAME}"
+SERVICE = f"/api/v1/namespaces/{NS}/services/{NAME}"
+PVC = f"/api/v1/namespaces/{NS}/persistentvolumeclaims/{NAME}-cache"
+CHILD_PATHS = [
+    DEPLOYMENT,
+    SERVICE,
+    PVC,
+    f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/{NAME}",
+    f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/{NAME}",
+]
+
+
+def endpoint(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "voxtral.dev/v1alpha1",
+        "kind": "VoxtralEndpoint",
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {
+            "model": "mistralai/Voxtral-Mini-3B-2507",
+            "gpu": {"type": "L4-24GB"},
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "modelCache": {"size": "40Gi"},
+            **spec,
+        },
+    }
+
+
+async def ready(kube: Kube, generation: int | None = None) -> dict[str, Any] | None:
+    current = await kube.get(endpoint_path(NS, NAME))
+    if condition(current, "Ready").get("status") != "True":
+        return None
+    if generation is not None and (current or {}).get("status", {}).get("observedGeneration") != generation:
+        return None
+    return current
+
+
+def vllm_args(deployment: dict[str, Any]) -> list[str]:
+    args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def events(sandbox: Sandbox) -> list[tuple[str, str]]:
+    return [(e.get("type", ""), e.get("reason", "")) for e in sandbox.api.objects_of("v1/events", NS)]
+
+
+async def quiet_writes(sandbox: Sandbox, seconds: float) -> int:
+    before = len(writes(sandbox.api))
+    await asyncio.sleep(seconds)
+    return len(writes(sandbox.api)) - before
+
+
+async def test_create_makes_owned_children_and_ready_status(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess
+) -> None:
+    created = await kube.create(endpoint_path(NS), endpoint())
+    current = await eventually(lambda: ready(kube), timeout=30)
+
+    status = current["status"]
+    assert status["observedGeneration"] == 1
+    assert status["url"] == f"http://{NAME}.{NS}.svc.cluster.local:8000/v1"
+    assert status["replicas"] == status["readyReplicas"] == 1
+    assert status["selector"] == f"app.kubernetes.io/name=voxtral-endpoint,app.kubernetes.io/instance={NAME}"
+    assert status["phase"] == "Ready"
+    assert condition(current, "Degraded")["status"] == "False"
+    for path in CHILD_PATHS:
+        child = await kube.get(path)
+        assert child is not None, path
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner["uid"] == created["metadata"]["uid"]
+        assert owner["controller"] is True
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "voxtral-operator"
+    assert ("Normal", "Created") in events(sandbox)
+    assert await quiet_writes(sandbox, 3) == 0
+
+
+async def test_spec_change_updates_children_in_place_and_removes_dropped_ones(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess
+) -> None:
+    await kube.create(endpoint_path(NS), endpoint())
+    await eventually(lambda: ready(kube, generation=1), timeout=30)
+    uid_before = (await kube.get(DEPLOYMENT))["metadata"]["uid"]
+
+    await kube.merge(endpoint_path(NS, NAME), {"spec": {"engine": {"maxNumSeqs": 16}, "modelCache": None}})
+
+    async def updated() -> dict[str, Any] | None:
+        deployment = await kube.get(DEPLOYMENT)
+        return deployment if deployment and "--max-num-seqs" in vllm_args(deployment) else None
+
+    deployment = await eventually(updated)
+    assert deployment["metadata"]["uid"] == uid_before  # updated in place, not recreated
+    assert vllm_args(deployment)[vllm_args(deployment).index("--max-num-seqs") + 1] == "16"
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "model-cache", "emptyDir": {}} in volumes  # the PVC volume was removed by apply
+    await eventually(lambda: _absent(kube, PVC))
+    await eventually(lambda: ready(kube, generation=2))
+    assert ("Normal", "Updated") in events(sandbox)
+
+
+async def _absent(kube: Kube, path: str) -> bool:
+    return await kube.get(path) is None
+
+
+async def test_deleted_child_is_recreated_and_hand_edit_reverted(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess
+) -> None:
+    await kube.create(endpoint_path(NS), endpoint())
+    await eventually(lambda: ready(kube), timeout=30)
+    service_uid = (await kube.get(SERVICE))["metadata"]["uid"]
+
+    await kube.delete(SERVICE)
+
+    async def recreated() -> bool:
+        service = await kube.get(SERVICE)
+        return service is not None and service["metadata"]["uid"] != service_uid
+
+    await eventually(recreated, timeout=10)
+
+    container = (await kube.get(DEPLOYMENT))["spec"]["template"]["spec"]["containers"][0]
+    original_args = container["args"]
+    hand_edit = {
+        "spec": {"template": {"spec": {"containers": [{**container, "args": [*original_args, "--enforce-eager"]}]}}}
+    }
+    await kube.merge(DEPLOYMENT, hand_edit)
+
+    async def reverted() -> bool:
+        return vllm_args(await kube.get(DEPLOYMENT)) == original_args
+
+    await eventually(reverted, timeout=10)
+
+
+async def test_invalid_spec_reports_why_and_creates_nothing(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess
+) -> None:
+    # Voxtral Small on one L4: only arithmetic can refuse it, so it reaches the operator.
+    await kube.create(endpoint_path(NS), endpoint(model="mistralai/Voxtral-Small-24B-2507", tensorParallelSize=1))
+
+    async def refused() -> dict[str, Any] | None:
+        current = await kube.get(endpoint_path(NS, NAME))
+        return current if condition(current, "Ready").get("reason") == "InvalidSpec" else None
+
+    current = await eventually(refused)
+    message = condition(current, "Ready")["message"]
+    assert "spec.tensorParallelSize" in message
+    assert "tensorParallelSize 4 on L4-24GB" in message
+    assert current["status"]["phase"] == "Failed"
+    await eventually(lambda: _has_event(sandbox, ("Warning", "InvalidSpec")))
+    for path in CHILD_PATHS:
+        assert await kube.get(path) is None, path
+    assert await quiet_writes(sandbox, 2) == 0
+
+
+async def _has_event(sandbox: Sandbox, wanted: tuple[str, str]) -> bool:
+    return wanted in events(sandbox)
+
+
+async def test_invalid_update_leaves_running_children_untouched(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess
+) -> None:
+    await kube.create(endpoint_path(NS), endpoint())
+    await eventually(lambda: ready(kube), timeout=30)
+    before = await kube.get(DEPLOYMENT)
+
+    await kube.merge(endpoint_path(NS, NAME), {"spec": {"engine": {"extraArgs": ["--tensor-parallel-size=8"]}}})
+
+    async def refused() -> bool:
+        return condition(await kube.get(endpoint_path(NS, NAME)), "Ready").get("reason") == "InvalidSpec"
+
+    await eventually(refused)
+    after = await kube.get(DEPLOYMENT)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason", "phase"),
+    [
+        (PodBehaviour.LOADING_FOREVER, "Loading", "Loading"),
+        (PodBehaviour.NO_GPU, "WaitingForGPU", "Failed"),
+        (PodBehaviour.IMAGE_PULL, "ImagePullFailed", "Failed"),
+        (PodBehaviour.CRASH_LOOP, "CrashLoop", "Failed"),
+        (PodBehaviour.OOM, "OOMKilled", "Failed"),
+    ],
+)
+async def test_ready_condition_names_the_real_blocker(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess, behaviour: PodBehaviour, reason: str, phase: str
+) -> None:
+    sandbox.controllers.behave(NS, NAME, Behaviour(kind=behaviour))
+    await kube.create(endpoint_path(NS), endpoint())
+
+    async def blocked() -> dict[str, Any] | None:
+        current = await kube.get(endpoint_path(NS, NAME))
+        return current if condition(current, "Ready").get("reason") == reason else None
+
+    current = await eventually(blocked)
+    assert condition(current, "Ready")["status"] == "False"
+    assert current["status"]["phase"] == phase
+    if reason != "Loading":
+        assert condition(current, "Degraded")["status"] == "True"
+        await eventually(lambda: _has_event(sandbox, ("Warning", reason)))
+
+    # The blocker clears (a GPU frees up, the image is fixed...): Ready within seconds.
+    sandbox.controllers.behave(NS, NAME, Behaviour(kind=PodBehaviour.READY))
+    current = await eventually(lambda: ready(kube))
+    assert condition(current, "Degraded")["status"] == "False"
+
+
+async def test_operator_restart_makes_no_writes(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    for index in range(3):
+        body = endpoint()
+        body["metadata"]["name"] = f"{NAME}-{index}"
+        await kube.create(endpoint_path(NS), body)
+    for index in range(3):
+        await eventually(lambda i=index: _ready_named(kube, f"{NAME}-{i}"), timeout=30)
+    assert await quiet_writes(sandbox, 1) == 0
+    operator.stop()
+
+    before = len(writes(sandbox.api))
+    restarted = OperatorProcess(sandbox.kubeconfig, tmp_path / "restarted.log").start()
+    try:
+        # The new process has looked at all three endpoints...
+        await eventually(lambda: _metric_at_least(restarted, 3), timeout=30)
+        await asyncio.sleep(1)
+        # ...and found nothing to change.
+        assert len(writes(sandbox.api)) == before, [str(r.url) for r in writes(sandbox.api)[before:]]
+    finally:
+        restarted.stop()
+
+
+async def _ready_named(kube: Kube, name: str) -> bool:
+    return condition(await kube.get(endpoint_path(NS, name)), "Ready").get("status") == "True"
+
+
+async def _metric_at_least(process: OperatorProcess, count: int) -> bool:
+    value = process.metric("voxtral_operator_reconciles_total", 'result="ok"')
+    return value is not None and value >= count
+
+
+async def test_api_errors_are_retried_until_converged(sandbox: Sandbox, kube: Kube, operator: OperatorProcess) -> None:
+    sandbox.api["patch", kmock.resource("apps", "v1", "deployments")][:2] << 500
+    sandbox.api["patch", kmock.resource("", "v1", "services")][:2] << 429
+    (
+        sandbox.api[
+            "patch", kmock.resource("voxtral.dev", "v1alpha1", "voxtralendpoints"), kmock.subresource("status")
+        ][:2]
+        << 409
+    )
+
+    await kube.create(endpoint_path(NS), endpoint())
+    await eventually(lambda: ready(kube), timeout=30)
+    for path in CHILD_PATHS:
+        assert await kube.get(path) is not None, path
+
+
+async def test_two_replicas_with_peering_only_one_acts(sandbox: Sandbox, kube: Kube, tmp_path: Path) -> None:
+    await kube.create(
+        "/apis/kopf.dev/v1/clusterkopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "voxtral"}},
+    )
+    high = OperatorProcess(sandbox.kubeconfig, tmp_path / "high.log", "--peering", "voxtral", "--priority", "200")
+    low = OperatorProcess(sandbox.kubeconfig, tmp_path / "low.log", "--peering", "voxtral", "--priority", "100")
+    low.start()
+    high.start()
+    try:
+        await eventually(lambda: _metric_at_least(high, 0), timeout=20)
+        await eventually(lambda: _metric_at_least(low, 0), timeout=20)
+        await asyncio.sleep(3)  # let the peers see each other
+        await kube.create(endpoint_path(NS), endpoint())
+        await eventually(lambda: ready(kube), timeout=30)
+        assert (high.metric("voxtral_operator_reconciles_total", 'result="ok"') or 0) > 0
+        assert low.metric("voxtral_operator_reconciles_total", 'result="ok"') == 0
+        assert "Pausing" in low.log()
+    finally:
+        high.stop()
+        low.stop()
+
+
+async def test_deleting_the_endpoint_takes_its_children(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess
+) -> None:
+    await kube.create(endpoint_path(NS), endpoint())
+    await eventually(lambda: ready(kube), timeout=30)
+    assert not (await kube.get(endpoint_path(NS, NAME)))["metadata"].get("finalizers")
+
+    await kube.delete(endpoint_path(NS, NAME))
+
+    for path in CHILD_PATHS:
+        await eventually(lambda p=path: _absent(kube, p), timeout=10)
+    await eventually(lambda: _no_pods(sandbox))
+
+
+async def _no_pods(sandbox: Sandbox) -> bool:
+    return not sandbox.api.objects_of("v1/pods", NS)
