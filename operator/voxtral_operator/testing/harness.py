@@ -83,7 +83,7 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 20.0, interval: float = 0.1) -> T:
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 20.0, interval: float = 0.1) -> T:  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
     """Poll until check() returns something truthy; fail with the last value after timeout."""
     deadline = time.monotonic() + timeout
     last: T | None = None
