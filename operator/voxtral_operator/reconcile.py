@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from voxtral_operator import diffing, metrics, render, status
-from voxtral_operator.api.resolve import InvalidSpec, resolve
+from voxtral_operator.api.resolve import InvalidSpec, Plan, resolve
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s import resources
 from voxtral_operator.k8s.client import ApiClient, ApiError
@@ -77,6 +78,7 @@ class Reconciler:
     _pending_status: dict[Key, JSON] = field(default_factory=dict)
     _semaphore: asyncio.Semaphore = field(init=False)
     _phases: dict[Key, str] = field(default_factory=dict)
+    _rendered: dict[Key, tuple[str, list[JSON]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(self.concurrency)
@@ -100,6 +102,7 @@ class Reconciler:
 
     def forget(self, key: Key) -> None:
         self._phases.pop(key, None)
+        self._rendered.pop(key, None)
         self._update_phase_gauge()
 
     async def idle(self) -> None:
@@ -159,7 +162,7 @@ class Reconciler:
                 self.post_event(endpoint, "Warning", status.INVALID_SPEC, message)
             return
 
-        desired = [diffing.with_applied_hash(obj) for obj in render.render_plan(plan, self.config)]
+        desired = self._desired(key, endpoint, plan)
         live_children = self.view.children(key)
         created, updated = await self._apply_children(key, plan.uid, desired, live_children)
         await self._delete_stale_children(key, plan.uid, desired, live_children)
@@ -180,6 +183,17 @@ class Reconciler:
         old_ready = status.condition_of(current_status, status.READY)
         if await self._write_status(key, endpoint, current_status, new_status):
             self._post_condition_events(endpoint, old_ready, status.condition_of(new_status, status.READY))
+
+    def _desired(self, key: Key, endpoint: JSON, plan: Plan) -> list[JSON]:
+        """Rendered children, re-rendered only when the spec (or the endpoint's identity) changes:
+        most reconciles are triggered by children and pods, not by the spec."""
+        fingerprint = json.dumps([endpoint.get("spec"), plan.uid], sort_keys=True)
+        cached = self._rendered.get(key)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        desired = [diffing.with_applied_hash(obj) for obj in render.render_plan(plan, self.config)]
+        self._rendered[key] = (fingerprint, desired)
+        return desired
 
     async def _apply_children(
         self, key: Key, uid: str | None, desired: list[JSON], live_children: Mapping[ChildKey, JSON]
