@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from voxtral_operator.testing.apiserver import writes
-from voxtral_operator.testing.harness import Kube, OperatorProcess, endpoint_path
+from voxtral_operator.testing.harness import Kube, OperatorProcess, endpoint_path, eventually
 from voxtral_operator.testing.sandbox import ENDPOINTS, Sandbox
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -38,8 +38,12 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+async def _serving(operator: OperatorProcess) -> bool:
+    return operator.metric("voxtral_operator_reconciles_total") is not None
+
+
 def _pct(values: list[float], pct: int) -> float:
-    return values[max(0, int(round(len(values) * pct / 100)) - 1)]
+    return values[max(0, round(len(values) * pct / 100) - 1)]
 
 
 def _endpoint(index: int) -> dict[str, Any]:
@@ -59,8 +63,7 @@ async def _bench(count: int, paced: int, idle_seconds: float) -> None:
         assert operator.process is not None
         pid = operator.process.pid
         try:
-            while operator.metric("voxtral_operator_reconciles_total") is None:
-                await asyncio.sleep(0.1)
+            await eventually(lambda: _serving(operator), timeout=60)
             await asyncio.sleep(1.0)  # watches established
 
             created: dict[tuple[str, str], float] = {}
@@ -124,7 +127,8 @@ async def _bench(count: int, paced: int, idle_seconds: float) -> None:
             endpoints = len(sandbox.api.objects_of(ENDPOINTS))
 
             print(
-                f"endpoints created:               {endpoints} ({count} in a burst taking {creating:.1f} s, {paced} paced)"
+                f"endpoints created:               {endpoints} "
+                f"({count} in a burst taking {creating:.1f} s, {paced} paced)"
             )
             print(f"burst: create -> status p50:     {_pct(burst, 50):.0f} ms")
             print(f"burst: create -> status p95:     {_pct(burst, 95):.0f} ms")

@@ -44,6 +44,7 @@ from typing import Any
 import aiohttp.web
 import kmock
 import yaml
+from kmock._internal.rendering import ReactionMismatchError  # exported by kmock, missing from its __all__
 
 JSON = dict[str, Any]
 
@@ -273,7 +274,7 @@ class ApiServer(kmock.KubernetesEmulator):
             if request in reaction._source and not reaction._disabled.is_set():
                 try:
                     return await reaction(request)
-                except kmock.ReactionMismatchError:  # a sliced reaction used up
+                except ReactionMismatchError:  # a sliced reaction used up
                     reaction._disabled.set()
                 except NotImplementedError:
                     pass
