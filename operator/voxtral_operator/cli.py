@@ -59,6 +59,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_operator(args)
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from voxtral_operator.simulator import run_simulator
+
+    return run_simulator(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from voxtral_operator.demo import run_demo
 
@@ -87,6 +93,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("simulate-vllm", help="serve a stand-in for a vLLM Voxtral replica (tests, demos)")
+    from voxtral_operator.simulator import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("demo", help="reconcile the bundled examples against a local API emulator")
     p.add_argument("--examples", default="examples", help="folder of VoxtralEndpoint YAML files")
