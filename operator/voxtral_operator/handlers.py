@@ -8,6 +8,7 @@ annotations and add finalizers (writes) that a level-triggered design does not n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -15,6 +16,7 @@ import kopf
 
 from voxtral_operator import render
 from voxtral_operator.api import models
+from voxtral_operator.autoscale.loop import Autoscaler, peering_is_active
 from voxtral_operator.k8s import resources
 from voxtral_operator.k8s.client import ApiClient, Connection
 from voxtral_operator.reconcile import ChildKey, Key, Reconciler
@@ -56,6 +58,9 @@ class IndexView:
     def pods(self, key: Key) -> list[dict[str, Any]]:
         return list(self._pods.get(key, []))
 
+    def endpoint_keys(self) -> list[Key]:
+        return list(self._endpoints.keys())
+
 
 def post_event(endpoint: dict[str, Any], type_: str, reason: str, message: str) -> None:
     try:
@@ -78,21 +83,23 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """Log kopf in (kubeconfig or in-cluster) and give the operator's API client the same credentials."""
-    info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+    info: kopf.ConnectionInfo | None = await asyncio.to_thread(kopf.login_via_client, **kwargs)
     if info is None:
         return None
-    client = ApiClient(Connection.from_kopf(info))
     if STATE._reconciler is None:
+        client = ApiClient(Connection.from_kopf(info))
         STATE.reconciler = Reconciler(client=client, config=STATE.config, view=None, post_event=post_event)
-    else:
-        STATE.reconciler.client = client
+    else:  # the reconciler and the autoscaler share this client
+        await STATE.reconciler.client.reconnect(Connection.from_kopf(info))
     return info
 
 
 @kopf.on.cleanup()
 async def close_client(**_: Any) -> None:
+    if STATE.autoscaler_task is not None:
+        STATE.autoscaler_task.cancel()
     if STATE._reconciler is not None:
         await STATE.reconciler.client.close()
 
@@ -105,7 +112,30 @@ def _reconciler(**indexes: Any) -> Reconciler:
             [indexes[f"{r.plural}_index"] for r in resources.CHILDREN],
             indexes["pod_index"],
         )
+        _start_autoscaler(reconciler)
     return reconciler
+
+
+def _start_autoscaler(reconciler: Reconciler) -> None:
+    """Started from within a handler, so its events post through kopf like the reconciler's."""
+    is_active = None
+    if STATE.peering_name:
+        if STATE.namespaces:
+            path = f"/apis/kopf.dev/v1/namespaces/{STATE.namespaces[0]}/kopfpeerings/{STATE.peering_name}"
+        else:
+            path = f"/apis/kopf.dev/v1/clusterkopfpeerings/{STATE.peering_name}"
+
+        async def is_active() -> bool:
+            return await peering_is_active(reconciler.client, path, STATE.peering_priority)
+
+    autoscaler = Autoscaler(
+        client=reconciler.client,
+        config=STATE.config,
+        view=reconciler.view,
+        post_event=post_event,
+        is_active=is_active,
+    )
+    STATE.autoscaler_task = asyncio.get_running_loop().create_task(autoscaler.run_forever(), name="autoscaler")
 
 
 # --- watch caches -------------------------------------------------------------------------

@@ -19,6 +19,8 @@ def run_operator(args: argparse.Namespace) -> int:
     namespaces = list(args.namespace) or list(STATE.config.watched_namespaces)
     # Distinct priorities: equal ones would pause every replica.
     STATE.peering_priority = args.priority if args.priority is not None else random.randint(1, 2**30)
+    STATE.peering_name = args.peering
+    STATE.namespaces = namespaces
     import voxtral_operator.handlers  # noqa: F401 - registers the handlers with kopf
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
 class OperatorState:
     config: OperatorConfig = field(default_factory=OperatorConfig)
     peering_priority: int = 0
+    peering_name: str | None = None
+    namespaces: list[str] = field(default_factory=list)
+    autoscaler_task: asyncio.Task[None] | None = None
     _reconciler: Reconciler | None = None
 
     @property

@@ -42,8 +42,11 @@ class PodProblem:
 def pod_summary(pod: Mapping[str, Any]) -> JSON:
     """The few pod fields status needs (what the operator keeps in memory per pod)."""
     status = pod.get("status") or {}
+    conditions = status.get("conditions") or []
     return {
         "name": pod.get("metadata", {}).get("name"),
+        "ip": status.get("podIP"),
+        "ready": any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions),
         "phase": status.get("phase"),
         "conditions": [
             {k: c.get(k) for k in ("type", "status", "reason", "message")} for c in status.get("conditions") or []

@@ -127,6 +127,11 @@ class ApiClient:
             )
         return self._session
 
+    async def reconnect(self, connection: Connection) -> None:
+        """New credentials (kopf logged in again): later requests use them."""
+        self.connection = connection
+        await self.close()
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

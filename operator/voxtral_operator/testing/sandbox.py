@@ -13,11 +13,15 @@ import contextlib
 import copy
 import dataclasses
 import enum
+import itertools
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import kmock
 import yaml
 
@@ -31,6 +35,8 @@ ENDPOINTS = "voxtral.dev/v1alpha1/voxtralendpoints"
 
 class PodBehaviour(enum.StrEnum):
     READY = "ready"
+    # A real process per pod: `simulate-vllm` on its own loopback address, readiness from /health.
+    SIMULATED = "simulated"
     LOADING_FOREVER = "loading"
     NO_GPU = "no-gpu"
     IMAGE_PULL = "image-pull"
@@ -44,6 +50,7 @@ class Behaviour:
     load_seconds: float = 0.0
     # Where a pod's HTTP server is, when something (a simulator) really serves it.
     pod_ip: str = "127.0.0.1"
+    simulator_args: tuple[str, ...] = ()
 
 
 def _pod_status(behaviour: Behaviour, age: float) -> dict[str, Any]:
@@ -97,9 +104,13 @@ def _pod_status(behaviour: Behaviour, age: float) -> dict[str, Any]:
 class FakeControllers:
     """Deployment controller + kubelet, simplified: pods `<deployment>-<n>`, status from behaviour."""
 
-    def __init__(self, server: ApiServer, interval: float = 0.1) -> None:
+    def __init__(self, server: ApiServer, interval: float = 0.1, vllm_port: int = 8000) -> None:
         self.server = server
         self.interval = interval
+        self.vllm_port = vllm_port
+        self.simulators: dict[tuple[str, str], tuple[str, subprocess.Popen[bytes]]] = {}
+        self._next_ip = itertools.count(2)
+        self._probe: aiohttp.ClientSession | None = None
         self.behaviours: dict[tuple[str, str], Behaviour] = {}
         self.default = Behaviour()
         self._born: dict[tuple[str, str], float] = {}
@@ -116,6 +127,45 @@ class FakeControllers:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for key in list(self.simulators):
+            self._stop_simulator(key)
+        if self._probe is not None:
+            await self._probe.close()
+
+    def _start_simulator(self, key: tuple[str, str], behaviour: Behaviour) -> str:
+        ip = f"127.0.0.{next(self._next_ip)}"
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "voxtral_operator.cli",
+                "simulate-vllm",
+                "--host",
+                ip,
+                "--port",
+                str(self.vllm_port),
+                *behaviour.simulator_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.simulators[key] = (ip, process)
+        return ip
+
+    def _stop_simulator(self, key: tuple[str, str]) -> None:
+        entry = self.simulators.pop(key, None)
+        if entry is not None and entry[1].poll() is None:
+            entry[1].terminate()  # SIGTERM: the simulator drains, as a pod being deleted
+
+    async def _healthy(self, ip: str) -> bool:
+        """The kubelet's readiness probe: GET /health."""
+        if self._probe is None:
+            self._probe = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
+        try:
+            async with self._probe.get(f"http://{ip}:{self.vllm_port}/health") as response:
+                return response.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            return False
 
     async def _loop(self) -> None:
         while True:
@@ -162,7 +212,15 @@ class FakeControllers:
                         },
                     )
                 age = now - self._born.setdefault((namespace, pod_name), now)
-                pod_status = _pod_status(behaviour, age)
+                if behaviour.kind == PodBehaviour.SIMULATED:
+                    key = (namespace, pod_name)
+                    ip = self.simulators[key][0] if key in self.simulators else self._start_simulator(key, behaviour)
+                    healthy = await self._healthy(ip)
+                    pod_status = _pod_status(
+                        Behaviour(PodBehaviour.READY if healthy else PodBehaviour.LOADING_FOREVER, pod_ip=ip), age
+                    )
+                else:
+                    pod_status = _pod_status(behaviour, age)
                 if pod.get("status") != pod_status:
                     await self.server.write_status(PODS, namespace, pod_name, pod_status)
                 ready += pod_status["conditions"][-1].get("status") == "True"
@@ -182,17 +240,18 @@ class FakeControllers:
             if owned_by_deployment and key not in wanted_pods:
                 await self.server.delete_object(PODS, *key)
                 self._born.pop(key, None)
+                self._stop_simulator(key)
 
 
 class Sandbox:
     """`async with Sandbox() as sandbox:` an API server on loopback, a kubeconfig, fake controllers."""
 
-    def __init__(self, *, port: int | None = None, controllers: bool = True) -> None:
+    def __init__(self, *, port: int | None = None, controllers: bool = True, vllm_port: int = 8000) -> None:
         self.api = ApiServer()
         self._port = port
         self._server: kmock.Server | None = None
         self._with_controllers = controllers
-        self.controllers = FakeControllers(self.api)
+        self.controllers = FakeControllers(self.api, vllm_port=vllm_port)
         self._tmp = tempfile.TemporaryDirectory(prefix="voxtral-sandbox-")
         self.kubeconfig = Path(self._tmp.name) / "kubeconfig"
 

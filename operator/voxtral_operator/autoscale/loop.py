@@ -1,0 +1,216 @@
+"""The autoscaler's edges: gather (scrape ready pods' /metrics) and act (the scale subresource, status).
+
+Every interval, all endpoints with operator-mode autoscaling are scraped concurrently with short
+timeouts, so one hung pod costs one timeout, not a stalled loop. The decision is
+`policy.decide`; the result goes to `spec.replicas` through the endpoint's scale subresource, the
+same field `kubectl scale`, HPA or KEDA would write, and the reconciler carries it to the Deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+from prometheus_client import Counter, Histogram
+
+from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
+from voxtral_operator.autoscale.policy import History, Limits, Observation, decide
+from voxtral_operator.autoscale.scrape import QueueSample, parse_queue_metrics
+from voxtral_operator.config import OperatorConfig
+from voxtral_operator.k8s import resources
+from voxtral_operator.k8s.client import ApiClient
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+JSON = dict[str, Any]
+
+SCRAPE_SECONDS = Histogram(
+    "voxtral_operator_scrape_duration_seconds",
+    "Time to scrape one vLLM pod's /metrics",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+SCRAPE_ERRORS = Counter("voxtral_operator_scrape_errors_total", "vLLM pod scrapes that failed")
+DECISIONS = Counter("voxtral_operator_scale_decisions_total", "Scale decisions written, by direction", ["direction"])
+# queueDepth changes with every request; status carries it at most this often unless a decision changes.
+QUEUE_DEPTH_STATUS_INTERVAL = 10.0
+
+
+class EndpointSource(Protocol):
+    def endpoint_keys(self) -> list[Key]: ...
+
+    def endpoint(self, key: Key) -> JSON | None: ...
+
+    def pods(self, key: Key) -> list[JSON]: ...
+
+
+EventPoster = Callable[[JSON, str, str, str], None]
+
+
+@dataclass
+class _EndpointState:
+    history: History = field(default_factory=History)
+    last_status: JSON = field(default_factory=dict)
+    last_status_time: float = 0.0
+
+
+@dataclass
+class Autoscaler:
+    client: ApiClient
+    config: OperatorConfig
+    view: EndpointSource
+    post_event: EventPoster
+    is_active: Callable[[], Any] | None = None  # async () -> bool; None: always active
+    clock: Callable[[], float] = time.monotonic
+    _states: dict[Key, _EndpointState] = field(default_factory=dict)
+    _session: aiohttp.ClientSession | None = None
+    _semaphore: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
+
+    async def run_forever(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.config.scrape_timeout_seconds)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            self._session = session
+            while True:
+                started = self.clock()
+                try:
+                    if self.is_active is None or await self.is_active():
+                        await self.tick()
+                except Exception:  # the loop must outlive any one bad tick
+                    logger.exception("autoscaler tick failed")
+                elapsed = self.clock() - started
+                await asyncio.sleep(max(0.0, self.config.scrape_interval_seconds - elapsed))
+
+    async def tick(self) -> None:
+        keys = self.view.endpoint_keys()
+        await asyncio.gather(*(self._one(key) for key in keys))
+        for gone in set(self._states) - set(keys):
+            del self._states[gone]
+
+    async def _one(self, key: Key) -> None:
+        endpoint = self.view.endpoint(key)
+        if endpoint is None:
+            return
+        try:
+            spec = VoxtralEndpointSpec.model_validate(endpoint.get("spec") or {})
+        except ValueError:
+            return  # the reconciler reports invalid specs
+        if spec.cross_field_problems() or not spec.autoscaling.enabled:
+            return
+        if spec.autoscaling.mode != AutoscalingMode.OPERATOR:
+            return
+        ready_ips = [p["ip"] for p in self.view.pods(key) if p.get("ready") and p.get("ip") and not p.get("deleting")]
+        samples = await asyncio.gather(*(self._scrape(ip) for ip in ready_ips))
+        scraped = [s for s in samples if s is not None]
+        seen = Observation(
+            replicas=spec.desired_replicas,
+            ready=len(ready_ips),
+            scraped=len(scraped),
+            waiting=sum(s.waiting for s in scraped),
+            running=sum(s.running for s in scraped),
+        )
+        limits = Limits(
+            min_replicas=spec.min_replicas,
+            max_replicas=spec.max_replicas,
+            target_queue_depth=spec.autoscaling.target_queue_depth,
+            scale_down_delay_seconds=spec.autoscaling.scale_down_delay_seconds,
+            max_scale_up_step=spec.autoscaling.max_scale_up_step,
+            **({"max_num_seqs": spec.engine.max_num_seqs} if spec.engine.max_num_seqs else {}),
+        )
+        state = self._states.setdefault(key, _EndpointState())
+        now = self.clock()
+        decision = decide(limits, seen, state.history, now)
+        state.history = decision.history
+        namespace, name = key
+        if decision.replicas != seen.replicas:
+            await self.client.scale(resources.ENDPOINTS, namespace, name, decision.replicas)
+            direction = "up" if decision.replicas > seen.replicas else "down"
+            DECISIONS.labels(direction).inc()
+            self.post_event(
+                endpoint,
+                "Normal",
+                f"ScaledReplicas{direction.capitalize()}",
+                f"replicas {seen.replicas} -> {decision.replicas}: {decision.reason}",
+            )
+            logger.info(
+                "%s/%s: replicas %d -> %d (%s)", namespace, name, seen.replicas, decision.replicas, decision.reason
+            )
+        await self._reflect(
+            key, state, seen, decision.replicas, decision.reason, now, changed=decision.replicas != seen.replicas
+        )
+
+    async def _reflect(
+        self,
+        key: Key,
+        state: _EndpointState,
+        seen: Observation,
+        replicas: int,
+        reason: str,
+        now: float,
+        *,
+        changed: bool,
+    ) -> None:
+        status: JSON = {"queueDepth": round(seen.waiting), "desiredReplicas": replicas}
+        if changed:
+            status["lastScaleDecision"] = {
+                "replicas": replicas,
+                "reason": reason[:512],
+                "time": datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        current = (self.view.endpoint(key) or {}).get("status") or {}
+        if all(current.get(k) == v for k, v in status.items()):
+            return
+        if not changed and status == state.last_status:
+            return
+        if not changed and now - state.last_status_time < QUEUE_DEPTH_STATUS_INTERVAL and state.last_status:
+            return
+        await self.client.patch_status(resources.ENDPOINTS, key[0], key[1], status)
+        state.last_status, state.last_status_time = status, now
+
+    async def _scrape(self, ip: str) -> QueueSample | None:
+        assert self._session is not None
+        url = f"http://{ip}:{self.config.vllm_port}/metrics"
+        started = time.perf_counter()
+        async with self._semaphore:
+            try:
+                async with self._session.get(url) as response:
+                    if response.status != 200:
+                        raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+                    sample = parse_queue_metrics(await response.text())
+            except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError) as exc:
+                SCRAPE_ERRORS.inc()
+                logger.debug("scrape of %s failed: %s", url, exc)
+                return None
+            finally:
+                SCRAPE_SECONDS.observe(time.perf_counter() - started)
+        if sample is None:
+            SCRAPE_ERRORS.inc()
+        return sample
+
+
+async def peering_is_active(client: ApiClient, path: str, own_priority: int) -> bool:
+    """Whether this replica leads its kopf peering: no other live peer has an equal or higher priority.
+
+    kopf pauses handlers on every replica but the top one; the autoscaler, which runs outside
+    kopf's handlers, follows the same rule by reading kopf's peering object.
+    """
+    peering = await client.request("GET", path)
+    now = datetime.datetime.now(tz=datetime.UTC)
+    rivals = 0
+    for peer in (peering.get("status") or {}).values():
+        if not isinstance(peer, dict):
+            continue
+        with contextlib.suppress(KeyError, ValueError, TypeError):
+            seen = datetime.datetime.fromisoformat(str(peer["lastseen"]).replace("Z", "+00:00"))
+            if seen.tzinfo is None:
+                seen = seen.replace(tzinfo=datetime.UTC)
+            alive = (now - seen).total_seconds() < float(peer.get("lifetime", 60))
+            if alive and int(peer.get("priority", 0)) >= own_priority:
+                rivals += 1
+    return rivals <= 1  # the one entry at our priority is ourselves

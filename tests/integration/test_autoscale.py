@@ -1,0 +1,183 @@
+"""Autoscaling end to end: simulator processes as pods, the real operator scraping them, the scale subresource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from voxtral_operator.testing.harness import Kube, OperatorProcess, condition, endpoint_path, eventually, free_port
+from voxtral_operator.testing.sandbox import Behaviour, PodBehaviour, Sandbox
+
+pytestmark = pytest.mark.integration
+NS = "speech"
+
+
+@pytest.fixture
+def vllm_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+async def sandbox(vllm_port: int) -> AsyncIterator[Sandbox]:
+    async with Sandbox(vllm_port=vllm_port) as running:
+        running.controllers.default = Behaviour(
+            PodBehaviour.SIMULATED, simulator_args=("--max-num-seqs", "2", "--request-seconds", "0.5")
+        )
+        yield running
+
+
+@pytest.fixture
+def operator(sandbox: Sandbox, tmp_path: Path, vllm_port: int) -> Iterator[OperatorProcess]:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"vllmPort": vllm_port, "scrapeIntervalSeconds": 0.5, "scrapeTimeoutSeconds": 0.5})
+    )
+    process = OperatorProcess(sandbox.kubeconfig, tmp_path / "operator.log", "--config", str(config)).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def endpoint(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "voxtral.dev/v1alpha1",
+        "kind": "VoxtralEndpoint",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "model": "mistralai/Voxtral-Mini-3B-2507",
+            "gpu": {"type": "L4-24GB"},
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "autoscaling": {"targetQueueDepth": 2, "scaleDownDelaySeconds": 3, "maxScaleUpStep": 2},
+            **spec,
+        },
+    }
+
+
+async def spec_replicas(kube: Kube, name: str) -> int:
+    current = await kube.get(endpoint_path(NS, name))
+    return int(((current or {}).get("spec") or {}).get("replicas") or 0)
+
+
+async def ready_replicas(kube: Kube, name: str) -> int:
+    current = await kube.get(endpoint_path(NS, name))
+    return int(((current or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
+def pod_ips(sandbox: Sandbox, name: str) -> list[str]:
+    pods = sandbox.api.objects_of("v1/pods", NS)
+    return [p["status"]["podIP"] for p in pods if p["metadata"]["name"].startswith(f"{name}-") and p.get("status")]
+
+
+@contextlib.asynccontextmanager
+async def load(ips: list[str], port: int, concurrency: int) -> AsyncIterator[None]:
+    """Keep `concurrency` chat requests in flight against the given pods until the block ends."""
+    stop = asyncio.Event()
+
+    async def caller(session: aiohttp.ClientSession, index: int) -> None:
+        url = f"http://{ips[index % len(ips)]}:{port}/v1/chat/completions"
+        body = {"model": "mistralai/Voxtral-Mini-3B-2507", "messages": [{"role": "user", "content": "hi"}]}
+        while not stop.is_set():
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.post(url, json=body) as response:
+                    await response.read()
+
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.create_task(caller(session, i)) for i in range(concurrency)]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_burst_scales_up_then_back_down_after_the_delay(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess, vllm_port: int
+) -> None:
+    await kube.create(endpoint_path(NS), endpoint("asr"))
+    await eventually(lambda: ready_replicas(kube, "asr"), timeout=30)
+
+    async with load(pod_ips(sandbox, "asr"), vllm_port, concurrency=12):
+        # 12 in flight on max-num-seqs 2: ~10 waiting against 2 tolerated -> scale up at once.
+        await eventually(lambda: _at_least(kube, "asr", 2), timeout=15)
+        current = await kube.get(endpoint_path(NS, "asr"))
+        assert current["status"]["queueDepth"] > 2
+        decision = current["status"]["lastScaleDecision"]
+        assert "queue" in decision["reason"]
+
+    # Load stopped: one replica removed per scaleDownDelaySeconds, back to minReplicas.
+    await eventually(lambda: _exactly(kube, "asr", 1), timeout=40)
+    current = await kube.get(endpoint_path(NS, "asr"))
+    assert "low load" in current["status"]["lastScaleDecision"]["reason"]
+    assert condition(current, "Ready")["status"] == "True"
+    reasons = [e.get("reason") for e in sandbox.api.objects_of("v1/events", NS)]
+    assert "ScaledReplicasUp" in reasons
+    assert "ScaledReplicasDown" in reasons
+
+
+async def _at_least(kube: Kube, name: str, count: int) -> bool:
+    return await spec_replicas(kube, name) >= count
+
+
+async def _exactly(kube: Kube, name: str, count: int) -> bool:
+    return await spec_replicas(kube, name) == count
+
+
+async def hung_metrics_server(ip: str, port: int) -> web.AppRunner:
+    """A pod that is healthy but whose /metrics never answers."""
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response()
+
+    async def metrics(_: web.Request) -> web.Response:
+        await asyncio.sleep(3600)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, ip, port).start()
+    return runner
+
+
+async def test_hung_or_failing_scrapes_never_shrink_and_never_stall_others(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess, vllm_port: int
+) -> None:
+    await kube.create(endpoint_path(NS), endpoint("stuck", replicas=2, minReplicas=1))
+    await kube.create(endpoint_path(NS), endpoint("busy"))
+    await eventually(lambda: _ready_exactly(kube, "stuck", 2), timeout=30)
+    await eventually(lambda: ready_replicas(kube, "busy"), timeout=30)
+
+    # Replace one of "stuck"'s simulators with a server whose /metrics hangs.
+    victim = next(key for key in sandbox.controllers.simulators if key[1].startswith("stuck-"))
+    ip, process = sandbox.controllers.simulators[victim]
+    process.terminate()
+    await asyncio.to_thread(process.wait, 10)
+    hung = await hung_metrics_server(ip, vllm_port)
+    try:
+        # "busy" still scales up within a few scrape intervals...
+        async with load(pod_ips(sandbox, "busy"), vllm_port, concurrency=12):
+            await eventually(lambda: _at_least(kube, "busy", 2), timeout=15)
+        # ...while "stuck", idle but with a replica whose metrics are missing, is never scaled down,
+        # though its scaleDownDelaySeconds (3 s) passes several times over.
+        await asyncio.sleep(8)
+        assert await spec_replicas(kube, "stuck") == 2
+        reason = (await kube.get(endpoint_path(NS, "stuck")))["status"].get("lastScaleDecision")
+        assert reason is None  # no decision was ever written for it
+    finally:
+        await hung.cleanup()
+
+
+async def _ready_exactly(kube: Kube, name: str, count: int) -> bool:
+    return await ready_replicas(kube, name) == count
