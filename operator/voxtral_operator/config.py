@@ -36,6 +36,8 @@ class OperatorConfig(_Config):
     scrape_interval_seconds: float = Field(default=2.0, gt=0)
     scrape_timeout_seconds: float = Field(default=1.0, gt=0)
     watched_namespaces: list[str] = Field(default_factory=list)
+    # Where KEDA's Prometheus trigger reads vLLM's metrics (autoscaling.mode: keda).
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     # vLLM images run as this user; the official image works as any uid with a writable HOME.
     vllm_run_as_user: int = 1000
     shm_size: str = "8Gi"

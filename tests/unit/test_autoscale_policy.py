@@ -32,13 +32,30 @@ CASES = [
     pytest.param(seen(1, waiting=40), History(), 0, 3, "queue 40", None, id="spike-bounded-by-step"),
     pytest.param(seen(5, waiting=100), History(), 0, 6, "queue 100", None, id="spike-bounded-by-max"),
     pytest.param(seen(6, waiting=100), History(), 0, 6, "at maxReplicas", None, id="at-max-holds"),
-    pytest.param(seen(3, ready=1, waiting=40), History(), 0, 3, "2 replica(s) loading", None, id="holds-while-loading"),
+    pytest.param(
+        seen(3, ready=1, waiting=20, running=8),
+        History(),
+        0,
+        3,
+        "2 replica(s) loading",
+        None,
+        id="holds-while-loading-capacity-suffices",
+    ),
+    pytest.param(
+        seen(3, ready=1, waiting=60, running=8),
+        History(),
+        0,
+        5,
+        "queue 60",
+        None,
+        id="loading-capacity-overflowed-scales-on",
+    ),
     pytest.param(seen(2, waiting=0, running=3), History(), 100, 2, "low load for 0s", 100, id="low-starts-timer"),
     pytest.param(
         seen(2, waiting=0, running=3), History(100), 399, 2, "low load for 299s", 100, id="low-not-long-enough"
     ),
     pytest.param(
-        seen(3, waiting=0, running=3), History(100), 400, 2, "low load for 300s", 400, id="low-long-enough-removes-one"
+        seen(3, waiting=0, running=3), History(100), 400, 2, "low load for 300s", 100, id="low-long-enough-removes-one"
     ),
     pytest.param(
         seen(2, waiting=0, running=9), History(100), 1000, 2, "within target", None, id="running-would-not-fit-on-fewer"
@@ -82,5 +99,5 @@ def test_scale_down_is_one_at_a_time_each_after_the_delay() -> None:
             assert decision.replicas == replicas - 1
             removed_at.append(now)
         replicas, history, now = decision.replicas, decision.history, now + 10
-    assert removed_at == [300.0, 600.0, 900.0]
+    assert removed_at == [300.0, 330.0, 360.0]
     assert replicas == 1

@@ -285,3 +285,20 @@ def test_cli_crd_prints_the_committed_crd() -> None:
     result = _cli("crd")
     assert result.returncode == 0
     assert result.stdout == (ROOT / "crds" / "voxtralendpoints.voxtral.dev.yaml").read_text()
+
+
+def test_keda_mode_renders_a_scaled_object_on_the_scale_subresource() -> None:
+    objects = _by_kind(
+        render(_endpoint(minReplicas=1, maxReplicas=5, autoscaling={"mode": "keda", "targetQueueDepth": 3}), CONFIG)
+    )
+    scaled = objects["ScaledObject"]["spec"]
+    assert scaled["scaleTargetRef"] == {"apiVersion": "voxtral.dev/v1alpha1", "kind": "VoxtralEndpoint", "name": "ep"}
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (1, 5)
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"]["threshold"] == "3"
+    assert trigger["metadata"]["query"] == (
+        'sum(vllm:num_requests_waiting{namespace="team-a",pod=~"ep-[a-z0-9]+-[a-z0-9]+"})'
+    )
+    assert "ScaledObject" not in _by_kind(render(_endpoint(), CONFIG))
+    assert "ScaledObject" not in _by_kind(render(_endpoint(autoscaling={"mode": "keda", "enabled": False}), CONFIG))

@@ -42,5 +42,5 @@ SCALED_OBJECTS = Resource("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject"
 PODS = Resource("", "v1", "pods", "Pod")
 
 # Children the operator creates, in the order it applies them.
-CHILDREN: tuple[Resource, ...] = (PVCS, DEPLOYMENTS, SERVICES, PDBS, NETWORK_POLICIES)
-BY_KIND: dict[str, Resource] = {r.kind: r for r in (*CHILDREN, SCALED_OBJECTS)}
+CHILDREN: tuple[Resource, ...] = (PVCS, DEPLOYMENTS, SERVICES, PDBS, NETWORK_POLICIES, SCALED_OBJECTS)
+BY_KIND: dict[str, Resource] = {r.kind: r for r in CHILDREN}

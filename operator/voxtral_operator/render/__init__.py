@@ -260,6 +260,32 @@ def persistent_volume_claim(plan: Plan) -> dict[str, Any] | None:
     )
 
 
+def scaled_object(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
+    autoscaling = plan.spec.autoscaling
+    if not autoscaling.enabled or autoscaling.mode != models.AutoscalingMode.KEDA:
+        return None
+    # Deployment pods are named <deployment>-<replicaset hash>-<suffix>; PromQL regexes are anchored.
+    pods = f"{plan.name}-[a-z0-9]+-[a-z0-9]+"
+    query = f'sum(vllm:num_requests_waiting{{namespace="{plan.namespace}",pod=~"{pods}"}})'
+    return _render_template(
+        "scaledobject.yaml.j2",
+        {
+            "name": plan.name,
+            "namespace": plan.namespace,
+            "labels": standard_labels(plan.name),
+            "target_api_version": models.API_VERSION,
+            "target_kind": models.KIND,
+            "min_replicas": plan.spec.min_replicas,
+            "max_replicas": plan.spec.max_replicas,
+            "scale_down_delay_seconds": autoscaling.scale_down_delay_seconds,
+            "max_scale_up_step": autoscaling.max_scale_up_step,
+            "prometheus_url": config.prometheus_url,
+            "query": query,
+            "threshold": str(autoscaling.target_queue_depth),
+        },
+    )
+
+
 def owner_reference(plan: Plan) -> dict[str, Any]:
     return {
         "apiVersion": models.API_VERSION,
@@ -278,6 +304,7 @@ def render_plan(plan: Plan, config: OperatorConfig) -> list[dict[str, Any]]:
         service(plan, config),
         pod_disruption_budget(plan),
         network_policy(plan, config),
+        scaled_object(plan, config),
     ]
     rendered = [obj for obj in objects if obj is not None]
     if plan.uid:
