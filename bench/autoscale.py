@@ -98,7 +98,8 @@ async def spike_to_decision(spikes: int) -> list[float]:
                 await asyncio.sleep(random.uniform(2.0, 4.0))  # spikes land anywhere in the scrape cycle
                 queue["waiting"] = 50
                 started = time.perf_counter()
-                while (sandbox.api.find(ENDPOINTS, "bench", "spiky") or {})["spec"]["replicas"] == 1:
+                # Polls the API server's store: the moment of the write is what is measured.
+                while (sandbox.api.find(ENDPOINTS, "bench", "spiky") or {})["spec"]["replicas"] == 1:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
                 latencies.append(time.perf_counter() - started)
                 queue["waiting"] = 0
@@ -120,7 +121,7 @@ async def spike_to_decision(spikes: int) -> list[float]:
 
 async def scrape_cost(pod_count: int) -> tuple[float, float]:
     port = free_port()
-    simulator = subprocess.Popen(
+    simulator = subprocess.Popen(  # noqa: ASYNC220 - starts a server process; does not wait for it
         [sys.executable, "-m", "voxtral_operator.cli", "simulate-vllm", "--host", "0.0.0.0", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
