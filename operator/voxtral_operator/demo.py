@@ -17,8 +17,22 @@ from typing import Any
 import aiohttp
 import yaml
 
-from voxtral_operator.testing.harness import Kube, OperatorProcess, condition, endpoint_path, eventually
-from voxtral_operator.testing.sandbox import Behaviour, Sandbox
+from voxtral_operator.testing.harness import Kube, OperatorProcess, condition, endpoint_path, eventually, free_port
+from voxtral_operator.testing.sandbox import Behaviour, PodBehaviour, Sandbox
+
+BURST_ENDPOINT = {
+    "apiVersion": "voxtral.dev/v1alpha1",
+    "kind": "VoxtralEndpoint",
+    "metadata": {"name": "voxtral-burst", "namespace": "speech"},
+    "spec": {
+        "model": "mistralai/Voxtral-Mini-3B-2507",
+        "gpu": {"type": "L4-24GB"},
+        "minReplicas": 1,
+        "maxReplicas": 3,
+        "engine": {"maxNumSeqs": 2},
+        "autoscaling": {"targetQueueDepth": 2, "scaleDownDelaySeconds": 5},
+    },
+}
 
 CHILDREN = [
     ("persistentvolumeclaims", "/api/v1/namespaces/{ns}/persistentvolumeclaims"),
@@ -63,13 +77,17 @@ async def _print_endpoints(kube: Kube, namespace: str) -> None:
 async def _demo(examples: list[Path]) -> int:
     endpoints = [yaml.safe_load(path.read_text()) for path in examples]
     namespaces = sorted({e["metadata"].get("namespace", "default") for e in endpoints})
-    async with Sandbox() as sandbox, aiohttp.ClientSession() as session:
+    vllm_port = free_port()
+    async with Sandbox(vllm_port=vllm_port) as sandbox, aiohttp.ClientSession() as session:
         # Pods take a few seconds to "load the model", so the Loading phase is visible.
         sandbox.controllers.default = Behaviour(load_seconds=3.0)
         kube = Kube(sandbox.url, session)
-        log = Path(tempfile.mkdtemp(prefix="voxtral-demo-")) / "operator.log"
+        workdir = Path(tempfile.mkdtemp(prefix="voxtral-demo-"))
+        log = workdir / "operator.log"
+        config = workdir / "config.yaml"
+        config.write_text(yaml.safe_dump({"vllmPort": vllm_port, "scrapeIntervalSeconds": 1.0}))
         _say(f"API server stand-in at {sandbox.url}; operator log: {log}")
-        operator = OperatorProcess(sandbox.kubeconfig, log).start()
+        operator = OperatorProcess(sandbox.kubeconfig, log, "--config", str(config)).start()
         try:
             started = time.monotonic()
             for body in endpoints:
@@ -136,10 +154,77 @@ async def _demo(examples: list[Path]) -> int:
             await eventually(scaled, timeout=60)
             for ns in namespaces:
                 await _print_endpoints(kube, ns)
-            _say("\ndemo complete: the operator reconciled every example; stopping")
+            await _burst(sandbox, kube, vllm_port)
+            _say("\ndemo complete: the operator reconciled every example and scaled on queue depth; stopping")
         finally:
             operator.stop()
     return 0
+
+
+async def _burst(sandbox: Sandbox, kube: Kube, vllm_port: int) -> None:
+    """A burst of callers against simulated vLLM replicas: the endpoint scales up, then back down."""
+    namespace, name = "speech", "voxtral-burst"
+    sandbox.controllers.behave(
+        namespace,
+        name,
+        Behaviour(PodBehaviour.SIMULATED, simulator_args=("--max-num-seqs", "2", "--request-seconds", "0.5")),
+    )
+    _say(f"\n$ kubectl apply -f {name}.yaml   # pods are simulated vLLM processes; maxNumSeqs 2, targetQueueDepth 2")
+    await kube.create(endpoint_path(namespace), BURST_ENDPOINT)
+
+    async def status() -> dict[str, Any]:
+        current = await kube.get(endpoint_path(namespace, name))
+        return {
+            **((current or {}).get("status") or {}),
+            "spec.replicas": (current or {}).get("spec", {}).get("replicas"),
+        }
+
+    async def ready() -> bool:
+        return bool((await status()).get("readyReplicas", 0) >= 1)
+
+    await eventually(ready, timeout=60)
+    pod_ips = [ip for (ns, _), (ip, _) in sandbox.controllers.simulators.items() if ns == namespace]
+    _say(f"ready; sending 12 concurrent chat requests to {pod_ips[0]} for 12 s")
+    stop = asyncio.Event()
+
+    async def caller(session: aiohttp.ClientSession) -> None:
+        body = {"model": "mistralai/Voxtral-Mini-3B-2507", "messages": [{"role": "user", "content": "hi"}]}
+        while not stop.is_set():
+            try:
+                async with session.post(f"http://{pod_ips[0]}:{vllm_port}/v1/chat/completions", json=body) as r:
+                    await r.read()
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+
+    def line(current: dict[str, Any], elapsed: float) -> str:
+        decision = (current.get("lastScaleDecision") or {}).get("reason", "")
+        return (
+            f"  t={elapsed:5.1f}s  queueDepth={current.get('queueDepth', 0):>3}  "
+            f"spec.replicas={current.get('spec.replicas')}  ready={current.get('readyReplicas')}  {decision}"
+        )
+
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        callers = [asyncio.create_task(caller(session)) for _ in range(12)]
+        while time.monotonic() - started < 12:
+            _say(line(await status(), time.monotonic() - started))
+            await asyncio.sleep(2)
+        stop.set()
+        await asyncio.gather(*callers, return_exceptions=True)
+    _say("load stopped; scaleDownDelaySeconds is 5")
+
+    async def back_to_one() -> bool:
+        return (await status()).get("spec.replicas") == 1
+
+    while not await back_to_one() and time.monotonic() - started < 90:
+        _say(line(await status(), time.monotonic() - started))
+        await asyncio.sleep(2)
+    _say(line(await status(), time.monotonic() - started))
+    listing = await kube.get(f"/api/v1/namespaces/{namespace}/events")
+    scaled = [e for e in (listing or {}).get("items", []) if e.get("reason", "").startswith("ScaledReplicas")]
+    _say(f"\n$ kubectl get events -n {namespace} --field-selector involvedObject.name={name}")
+    for event in scaled:
+        _say(f"  {event['reason']}: {event.get('message', '')}")
 
 
 def run_demo(args: argparse.Namespace) -> int:
