@@ -49,6 +49,9 @@ class StaticView:
     def pods(self, key: Key) -> list[dict[str, Any]]:
         return [{"ip": ip, "ready": True} for ip in self._pods[key]]
 
+    def children(self, key: Key) -> dict[tuple[str, str], dict[str, Any]]:
+        return {}
+
 
 def _endpoint(name: str) -> dict[str, Any]:
     return {

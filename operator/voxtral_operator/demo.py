@@ -174,24 +174,24 @@ async def _burst(sandbox: Sandbox, kube: Kube, vllm_port: int) -> None:
 
     async def status() -> dict[str, Any]:
         current = await kube.get(endpoint_path(namespace, name))
-        return {
-            **((current or {}).get("status") or {}),
-            "spec.replicas": (current or {}).get("spec", {}).get("replicas"),
-        }
+        spec = (current or {}).get("spec") or {}
+        # An unset spec.replicas means minReplicas.
+        return {**((current or {}).get("status") or {}), "spec.replicas": spec.get("replicas", spec.get("minReplicas"))}
 
     async def ready() -> bool:
         return bool((await status()).get("readyReplicas", 0) >= 1)
 
     await eventually(ready, timeout=60)
-    pod_ips = [ip for (ns, _), (ip, _) in sandbox.controllers.simulators.items() if ns == namespace]
-    _say(f"ready; sending 12 concurrent chat requests to {pod_ips[0]} for 12 s")
+    service = await kube.get(f"/api/v1/namespaces/{namespace}/services/{name}")
+    cluster_ip = (service or {})["spec"]["clusterIP"]
+    _say(f"ready; 12 callers send chat requests through Service {name} ({cluster_ip}) for 12 s")
     stop = asyncio.Event()
 
     async def caller(session: aiohttp.ClientSession) -> None:
         body = {"model": "mistralai/Voxtral-Mini-3B-2507", "messages": [{"role": "user", "content": "hi"}]}
         while not stop.is_set():
             try:
-                async with session.post(f"http://{pod_ips[0]}:{vllm_port}/v1/chat/completions", json=body) as r:
+                async with session.post(f"http://{cluster_ip}:{vllm_port}/v1/chat/completions", json=body) as r:
                     await r.read()
             except aiohttp.ClientError:
                 await asyncio.sleep(0.1)

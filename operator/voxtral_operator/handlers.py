@@ -134,6 +134,7 @@ def _start_autoscaler(reconciler: Reconciler) -> None:
         view=reconciler.view,
         post_event=post_event,
         is_active=is_active,
+        serving_sink=reconciler.serving_checked,
     )
     STATE.autoscaler_task = asyncio.get_running_loop().create_task(autoscaler.run_forever(), name="autoscaler")
 

@@ -38,6 +38,8 @@ class ClusterView(Protocol):
 
     def pods(self, key: Key) -> list[JSON]: ...
 
+    def endpoint_keys(self) -> list[Key]: ...
+
 
 EventPoster = Callable[[JSON, str, str, str], None]  # (endpoint body, type, reason, message)
 
@@ -79,6 +81,8 @@ class Reconciler:
     _semaphore: asyncio.Semaphore = field(init=False)
     _phases: dict[Key, str] = field(default_factory=dict)
     _rendered: dict[Key, tuple[str, list[JSON]]] = field(default_factory=dict)
+    # The last active check through each endpoint's Service: (ok, reason, message).
+    serving: dict[Key, tuple[bool, str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(self.concurrency)
@@ -100,7 +104,14 @@ class Reconciler:
     def endpoint_observed(self, key: Key) -> None:
         self._pending_status.pop(key, None)
 
+    def serving_checked(self, key: Key, result: tuple[bool, str, str]) -> None:
+        """A Serving check finished: a changed result is a reason to recompute status."""
+        if self.serving.get(key) != result:
+            self.serving[key] = result
+            self.enqueue(key)
+
     def forget(self, key: Key) -> None:
+        self.serving.pop(key, None)
         self._phases.pop(key, None)
         self._rendered.pop(key, None)
         self._update_phase_gauge()
@@ -178,6 +189,7 @@ class Reconciler:
             selector=render.label_selector_string(plan.name),
             tensor_parallel_size=plan.tensor_parallel_size,
             now=self.clock(),
+            serving=self.serving.get(key),
         )
         self._post_change_events(endpoint, created, updated, deployment, plan.spec.desired_replicas)
         old_ready = status.condition_of(current_status, status.READY)

@@ -139,7 +139,9 @@ def compute_status(
     selector: str,
     tensor_parallel_size: int,
     now: str,
+    serving: tuple[bool, str, str] | None = None,
 ) -> JSON:
+    """serving: the last active check through the Service (ok, reason, message), if any."""
     previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
     dep_status = (deployment or {}).get("status") or {}
     replicas = int(dep_status.get("replicas") or 0)
@@ -166,14 +168,18 @@ def compute_status(
         ready_reason, ready_message = PENDING, "waiting for the first replica"
 
     failing = problem is not None and problem.reason in FAILURE_REASONS
-    if deadline_exceeded:
+    not_serving = serving is not None and not serving[0] and ready >= 1
+    if not_serving:
+        assert serving is not None
+        degraded_reason, degraded_message = serving[1], serving[2]
+    elif deadline_exceeded:
         degraded_reason, degraded_message = "ProgressDeadlineExceeded", dep_conditions["Progressing"].get("message", "")
     elif failing:
         assert problem is not None
         degraded_reason, degraded_message = problem.reason, problem.message
     else:
         degraded_reason, degraded_message = "AsExpected", ""
-    degraded = deadline_exceeded or failing
+    degraded = deadline_exceeded or failing or not_serving
 
     if rolled_out:
         progressing_reason, progressing_message = "Complete", f"{ready}/{desired_replicas} replicas ready"
@@ -190,8 +196,11 @@ def compute_status(
         ),
         _condition(previous_conditions, DEGRADED, degraded, degraded_reason, degraded_message, generation, now),
     ]
-    # Conditions owned by other parts of the operator (the Serving probe) are carried over.
-    conditions += [c for t, c in previous_conditions.items() if t not in (READY, PROGRESSING, DEGRADED)]
+    if serving is not None:
+        conditions.append(_condition(previous_conditions, SERVING, serving[0], serving[1], serving[2], generation, now))
+    # Conditions this function does not compute (Serving before its first check) are carried over.
+    computed = {c["type"] for c in conditions}
+    conditions += [c for t, c in previous_conditions.items() if t not in computed]
 
     if ready >= 1:
         phase = "Degraded" if degraded else "Ready"

@@ -38,7 +38,14 @@ async def sandbox(vllm_port: int) -> AsyncIterator[Sandbox]:
 def operator(sandbox: Sandbox, tmp_path: Path, vllm_port: int) -> Iterator[OperatorProcess]:
     config = tmp_path / "config.yaml"
     config.write_text(
-        yaml.safe_dump({"vllmPort": vllm_port, "scrapeIntervalSeconds": 0.5, "scrapeTimeoutSeconds": 0.5})
+        yaml.safe_dump(
+            {
+                "vllmPort": vllm_port,
+                "scrapeIntervalSeconds": 0.5,
+                "scrapeTimeoutSeconds": 0.5,
+                "servingCheckSeconds": 1.0,
+            }
+        )
     )
     process = OperatorProcess(sandbox.kubeconfig, tmp_path / "operator.log", "--config", str(config)).start()
     try:
@@ -122,6 +129,28 @@ async def test_burst_scales_up_then_back_down_after_the_delay(
     reasons = [e.get("reason") for e in sandbox.api.objects_of("v1/events", NS)]
     assert "ScaledReplicasUp" in reasons
     assert "ScaledReplicasDown" in reasons
+
+
+async def test_serving_is_checked_through_the_service(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess, vllm_port: int, tmp_path: Path
+) -> None:
+    await kube.create(endpoint_path(NS), endpoint("open"))
+    # The spec asks for an API key, but these replicas were started without one: a misconfiguration
+    # only a check through the Service can see.
+    await kube.create(endpoint_path(NS), endpoint("leaky", auth={"apiKeySecretRef": {"name": "leaky-key"}}))
+
+    async def serving(name: str, reason: str) -> dict[str, Any] | None:
+        current = await kube.get(endpoint_path(NS, name))
+        return current if condition(current, "Serving").get("reason") == reason else None
+
+    current = await eventually(lambda: serving("open", "Answering"), timeout=40)
+    assert condition(current, "Serving")["status"] == "True"
+    assert condition(current, "Degraded")["status"] == "False"
+    leaky = await eventually(lambda: serving("leaky", "AuthNotEnforced"), timeout=40)
+    assert condition(leaky, "Serving")["status"] == "False"
+    assert condition(leaky, "Degraded")["status"] == "True"
+    assert condition(leaky, "Degraded")["reason"] == "AuthNotEnforced"
+    assert condition(leaky, "Ready")["status"] == "True"  # pods are up; the endpoint is degraded
 
 
 async def _at_least(kube: Kube, name: str, count: int) -> bool:

@@ -50,8 +50,11 @@ class EndpointSource(Protocol):
 
     def pods(self, key: Key) -> list[JSON]: ...
 
+    def children(self, key: Key) -> dict[tuple[str, str], JSON]: ...
+
 
 EventPoster = Callable[[JSON, str, str, str], None]
+ServingSink = Callable[[Key, tuple[bool, str, str]], None]
 
 
 @dataclass
@@ -68,7 +71,9 @@ class Autoscaler:
     view: EndpointSource
     post_event: EventPoster
     is_active: Callable[[], Any] | None = None  # async () -> bool; None: always active
+    serving_sink: ServingSink | None = None  # where Serving check results go (the reconciler)
     clock: Callable[[], float] = time.monotonic
+    _last_serving_check: float = float("-inf")
     _states: dict[Key, _EndpointState] = field(default_factory=dict)
     _session: aiohttp.ClientSession | None = None
     _semaphore: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
@@ -90,6 +95,12 @@ class Autoscaler:
     async def tick(self) -> None:
         keys = self.view.endpoint_keys()
         await asyncio.gather(*(self._one(key) for key in keys))
+        if (
+            self.serving_sink is not None
+            and self.clock() - self._last_serving_check >= self.config.serving_check_seconds
+        ):
+            self._last_serving_check = self.clock()
+            await asyncio.gather(*(self._check_serving(key) for key in keys))
         for gone in set(self._states) - set(keys):
             del self._states[gone]
 
@@ -172,6 +183,37 @@ class Autoscaler:
             return
         await self.client.patch_status(resources.ENDPOINTS, key[0], key[1], status)
         state.last_status, state.last_status_time = status, now
+
+    async def _check_serving(self, key: Key) -> None:
+        """GET /v1/models through the Service, without a key: the operator never holds callers' keys.
+
+        With auth configured, 401 is the right answer (vLLM is up and enforcing the key) and 200 is
+        a misconfiguration; without auth, 200 is right.
+        """
+        endpoint = self.view.endpoint(key)
+        service = self.view.children(key).get(("Service", key[1]))
+        ready = ((endpoint or {}).get("status") or {}).get("readyReplicas") or 0
+        cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
+        if endpoint is None or not ready or not cluster_ip or cluster_ip == "None" or self.serving_sink is None:
+            return
+        auth = bool(((endpoint.get("spec") or {}).get("auth") or {}).get("apiKeySecretRef"))
+        url = f"http://{cluster_ip}:{self.config.vllm_port}/v1/models"
+        assert self._session is not None
+        try:
+            async with self._session.get(url) as response:
+                code = response.status
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self.serving_sink(key, (False, "NotAnswering", f"GET {url}: {exc.__class__.__name__}"))
+            return
+        if code == (401 if auth else 200):
+            note = "; the API key is enforced" if auth else ""
+            self.serving_sink(key, (True, "Answering", f"GET /v1/models through the Service: {code}{note}"))
+        elif code == 200:
+            self.serving_sink(key, (False, "AuthNotEnforced", "the Service answers /v1 without an API key"))
+        elif code == 401:
+            self.serving_sink(key, (False, "UnexpectedAuth", "the Service wants an API key the spec does not set"))
+        else:
+            self.serving_sink(key, (False, "NotAnswering", f"GET /v1/models through the Service: {code}"))
 
     async def _scrape(self, ip: str) -> QueueSample | None:
         assert self._session is not None

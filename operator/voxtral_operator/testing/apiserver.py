@@ -12,6 +12,7 @@ This layer replaces the storage with the semantics the operator relies on from a
   status, `/scale` reads and writes `spec.replicas` as an autoscaling/v1 Scale;
 - patches: JSON merge patch, JSON patch, strategic merge patch (approximated as a merge patch:
   the operator never sends one), and server-side apply (below);
+- Service `spec.clusterIP` allocation (from 127.0.1.0/24, so tests can really serve it);
 - label selectors on list and watch (`=`, `==`, `!=`, `in`, `notin`, exists, `!key`);
 - watch from a resourceVersion (replayed from a bounded history; older answers 410 Gone),
   `timeoutSeconds`;
@@ -235,6 +236,7 @@ class ApiServer(kmock.KubernetesEmulator):
         self.kinds: dict[str, str] = {}
         self._write_lock = asyncio.Lock()
         self._gc_tasks: set[asyncio.Task[None]] = set()
+        self._cluster_ips = itertools.cycle(range(2, 255))
         # Reactions registered so far are kmock's and this class's fallbacks; later ones are a test's.
         self._builtin_reactions = len(self._payloads)
         for path, kind, namespaced, subresources in BUILTIN_RESOURCES:
@@ -461,6 +463,10 @@ class ApiServer(kmock.KubernetesEmulator):
         if namespace is not None:
             meta["namespace"] = namespace
         obj["metadata"] = meta
+        if resource == "v1/services" and not (obj.get("spec") or {}).get("clusterIP"):
+            # Allocated by the API server, as a real one does; loopback so the sandbox's
+            # kube-proxy stand-in can really serve it.
+            obj.setdefault("spec", {})["clusterIP"] = f"127.0.1.{next(self._cluster_ips)}"
         obj.setdefault("apiVersion", resource.rsplit("/", 1)[0])
         obj.setdefault("kind", self.kinds.get(resource))
         self.store.objects[key] = obj

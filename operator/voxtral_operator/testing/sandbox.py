@@ -24,11 +24,13 @@ from typing import Any
 import aiohttp
 import kmock
 import yaml
+from aiohttp import web
 
 from voxtral_operator.api.crd import custom_resource_definition
 from voxtral_operator.testing.apiserver import ApiServer
 
 DEPLOYMENTS = "apps/v1/deployments"
+SERVICES = "v1/services"
 PODS = "v1/pods"
 ENDPOINTS = "voxtral.dev/v1alpha1/voxtralendpoints"
 
@@ -101,6 +103,51 @@ def _pod_status(behaviour: Behaviour, age: float) -> dict[str, Any]:
     }
 
 
+class _ServiceProxy:
+    """An HTTP forwarder on a Service's clusterIP (only ready simulated pods are backends)."""
+
+    def __init__(self, runner: web.AppRunner) -> None:
+        self.runner = runner
+        self.backends: list[str] = []
+        self._turn = itertools.count()
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    async def start(cls, ip: str, port: int) -> _ServiceProxy:
+        app = web.Application(client_max_size=1 << 30)
+        runner = web.AppRunner(app, access_log=None)
+        proxy = cls(runner)
+        app.router.add_route("*", "/{path:.*}", proxy._forward)
+        await runner.setup()
+        await web.TCPSite(runner, ip, port).start()
+        proxy.port = port
+        return proxy
+
+    port: int = 0
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        if not self.backends:
+            raise web.HTTPServiceUnavailable(text="no ready endpoints")  # connection refused, in kube-proxy
+        backend = self.backends[next(self._turn) % len(self.backends)]
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with self._session.request(
+            request.method, f"http://{backend}:{self.port}{request.rel_url}", headers=headers, data=await request.read()
+        ) as response:
+            body = await response.read()
+            return web.Response(
+                status=response.status,
+                body=body,
+                headers={"Content-Type": response.headers.get("Content-Type", "application/json")},
+            )
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self.runner.cleanup()
+
+
 class FakeControllers:
     """Deployment controller + kubelet, simplified: pods `<deployment>-<n>`, status from behaviour."""
 
@@ -111,6 +158,7 @@ class FakeControllers:
         self.simulators: dict[tuple[str, str], tuple[str, subprocess.Popen[bytes]]] = {}
         self._next_ip = itertools.count(2)
         self._probe: aiohttp.ClientSession | None = None
+        self.proxies: dict[tuple[str, str], _ServiceProxy] = {}
         self.behaviours: dict[tuple[str, str], Behaviour] = {}
         self.default = Behaviour()
         self._born: dict[tuple[str, str], float] = {}
@@ -129,8 +177,26 @@ class FakeControllers:
                 await self._task
         for key in list(self.simulators):
             self._stop_simulator(key)
+        for proxy in self.proxies.values():
+            await proxy.stop()
         if self._probe is not None:
             await self._probe.close()
+
+    async def _proxy_services(self, ready_by_labels: list[tuple[dict[str, str], str]]) -> None:
+        """kube-proxy, simplified: each Service's clusterIP:port forwards to its ready pods, round robin."""
+        for service in self.server.objects_of(SERVICES):
+            spec = service.get("spec") or {}
+            ip, selector = spec.get("clusterIP"), spec.get("selector") or {}
+            if not ip or not selector:
+                continue
+            key = (service["metadata"]["namespace"], service["metadata"]["name"])
+            backends = [pod_ip for labels, pod_ip in ready_by_labels if selector.items() <= labels.items()]
+            if key not in self.proxies:
+                self.proxies[key] = await _ServiceProxy.start(ip, self.vllm_port)
+            self.proxies[key].backends = backends
+        live = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in self.server.objects_of(SERVICES)}
+        for key in set(self.proxies) - live:
+            await self.proxies.pop(key).stop()
 
     def _start_simulator(self, key: tuple[str, str], behaviour: Behaviour) -> str:
         ip = f"127.0.0.{next(self._next_ip)}"
@@ -176,6 +242,7 @@ class FakeControllers:
         now = asyncio.get_running_loop().time()
         deployments = self.server.objects_of(DEPLOYMENTS)
         wanted_pods: set[tuple[str, str]] = set()
+        ready_by_labels: list[tuple[dict[str, str], str]] = []
         for deployment in deployments:
             meta = deployment["metadata"]
             namespace, name = meta["namespace"], meta["name"]
@@ -223,7 +290,10 @@ class FakeControllers:
                     pod_status = _pod_status(behaviour, age)
                 if pod.get("status") != pod_status:
                     await self.server.write_status(PODS, namespace, pod_name, pod_status)
-                ready += pod_status["conditions"][-1].get("status") == "True"
+                pod_ready = pod_status["conditions"][-1].get("status") == "True"
+                ready += pod_ready
+                if pod_ready and behaviour.kind == PodBehaviour.SIMULATED:
+                    ready_by_labels.append((template["metadata"].get("labels", {}), pod_status["podIP"]))
             status = {
                 "observedGeneration": meta.get("generation"),
                 "replicas": replicas,
@@ -234,6 +304,7 @@ class FakeControllers:
             }
             if deployment.get("status") != status:
                 await self.server.write_status(DEPLOYMENTS, namespace, name, status)
+        await self._proxy_services(ready_by_labels)
         for pod in self.server.objects_of(PODS):
             key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
             owned_by_deployment = any(r.get("kind") == "Deployment" for r in pod["metadata"].get("ownerReferences", []))
