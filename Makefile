@@ -35,6 +35,7 @@ crds: $(STAMP)
 	$(BIN)/voxtral-operator crd > crds/voxtralendpoints.voxtral.dev.yaml
 	mkdir -p charts/voxtral-operator/crds
 	cp crds/voxtralendpoints.voxtral.dev.yaml charts/voxtral-operator/crds/
+	$(BIN)/voxtral-operator rbac > charts/voxtral-operator/templates/clusterrole.yaml
 
 bench: $(STAMP)
 	$(BIN)/python bench/reconcile.py

@@ -53,6 +53,13 @@ def _cmd_crd(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rbac(_: argparse.Namespace) -> int:
+    from voxtral_operator.rbac import clusterrole_template
+
+    sys.stdout.write(clusterrole_template())
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from voxtral_operator.runner import run_operator
 
@@ -83,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crd", help="print the VoxtralEndpoint CustomResourceDefinition")
     p.set_defaults(func=_cmd_crd)
+
+    p = sub.add_parser("rbac", help="print the chart's ClusterRole template (the permissions the code uses)")
+    p.set_defaults(func=_cmd_rbac)
 
     p = sub.add_parser("run", help="run the operator")
     p.add_argument("--config", help="operator config YAML")

@@ -20,6 +20,8 @@ import yaml
 from voxtral_operator.testing.harness import Kube, OperatorProcess, condition, endpoint_path, eventually, free_port
 from voxtral_operator.testing.sandbox import Behaviour, PodBehaviour, Sandbox
 
+DEMO_API_KEY = "sk-demo-not-a-secret"
+
 BURST_ENDPOINT = {
     "apiVersion": "voxtral.dev/v1alpha1",
     "kind": "VoxtralEndpoint",
@@ -79,8 +81,9 @@ async def _demo(examples: list[Path]) -> int:
     namespaces = sorted({e["metadata"].get("namespace", "default") for e in endpoints})
     vllm_port = free_port()
     async with Sandbox(vllm_port=vllm_port) as sandbox, aiohttp.ClientSession() as session:
-        # Pods take a few seconds to "load the model", so the Loading phase is visible.
-        sandbox.controllers.default = Behaviour(load_seconds=3.0)
+        # Every pod is a simulated vLLM process that "loads the model" for 3 s (its port refuses
+        # connections meanwhile), so the Loading phase is visible and Services really answer.
+        sandbox.controllers.default = Behaviour(PodBehaviour.SIMULATED, simulator_args=("--load-seconds", "3"))
         kube = Kube(sandbox.url, session)
         workdir = Path(tempfile.mkdtemp(prefix="voxtral-demo-"))
         log = workdir / "operator.log"
@@ -90,6 +93,17 @@ async def _demo(examples: list[Path]) -> int:
         operator = OperatorProcess(sandbox.kubeconfig, log, "--config", str(config)).start()
         try:
             started = time.monotonic()
+            for namespace in namespaces:
+                # The API key the Small example names; vLLM reads it from this Secret.
+                await kube.create(
+                    f"/api/v1/namespaces/{namespace}/secrets",
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Secret",
+                        "metadata": {"name": "voxtral-small-key", "namespace": namespace},
+                        "stringData": {"api-key": DEMO_API_KEY},
+                    },
+                )
             for body in endpoints:
                 namespace = body["metadata"].get("namespace", "default")
                 await kube.create(endpoint_path(namespace), body)
@@ -136,6 +150,8 @@ async def _demo(examples: list[Path]) -> int:
                     )
                 _say(_table(rows))
 
+            await _call_through_services(sandbox, kube, session, endpoints, vllm_port)
+
             first = endpoints[0]
             namespace, name = first["metadata"].get("namespace", "default"), first["metadata"]["name"]
             target = int(first["spec"].get("maxReplicas", 1))
@@ -159,6 +175,24 @@ async def _demo(examples: list[Path]) -> int:
         finally:
             operator.stop()
     return 0
+
+
+async def _call_through_services(
+    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, endpoints: list[dict[str, Any]], port: int
+) -> None:
+    """What a caller sees: GET /v1/models through each endpoint's Service, with and without the key."""
+    _say("\n$ curl http://<service>/v1/models   # from a pod the NetworkPolicy admits")
+    for body in endpoints:
+        namespace, name = body["metadata"].get("namespace", "default"), body["metadata"]["name"]
+        service = await kube.get(f"/api/v1/namespaces/{namespace}/services/{name}")
+        url = f"http://{(service or {})['spec']['clusterIP']}:{port}/v1/models"
+        async with session.get(url) as response:
+            without = response.status
+        async with session.get(url, headers={"Authorization": f"Bearer {DEMO_API_KEY}"}) as response:
+            served = [m["id"] for m in (await response.json()).get("data", [])] if response.status == 200 else []
+            with_key = response.status
+        _say(f"  {name}: without key {without}, with key {with_key}, serves {served}")
+    await asyncio.sleep(0)
 
 
 async def _burst(sandbox: Sandbox, kube: Kube, vllm_port: int) -> None:

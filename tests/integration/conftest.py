@@ -26,7 +26,10 @@ async def kube(sandbox: Sandbox) -> AsyncIterator[Kube]:
 
 @pytest.fixture
 def operator(sandbox: Sandbox, tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(sandbox.kubeconfig, tmp_path / "operator.log").start()
+    # These pods serve nothing (the autoscaling tests use simulated vLLM pods): no Serving checks.
+    config = tmp_path / "operator-config.yaml"
+    config.write_text("servingCheckSeconds: 0\n")
+    process = OperatorProcess(sandbox.kubeconfig, tmp_path / "operator.log", "--config", str(config)).start()
     try:
         yield process
     finally:

@@ -13,7 +13,16 @@ import pytest
 import yaml
 from aiohttp import web
 
-from voxtral_operator.testing.harness import Kube, OperatorProcess, condition, endpoint_path, eventually, free_port
+from voxtral_operator import rbac
+from voxtral_operator.testing.harness import (
+    Kube,
+    OperatorProcess,
+    condition,
+    endpoint_path,
+    eventually,
+    free_port,
+    request_permissions,
+)
 from voxtral_operator.testing.sandbox import Behaviour, PodBehaviour, Sandbox
 
 pytestmark = pytest.mark.integration
@@ -129,6 +138,12 @@ async def test_burst_scales_up_then_back_down_after_the_delay(
     reasons = [e.get("reason") for e in sandbox.api.objects_of("v1/events", NS)]
     assert "ScaledReplicasUp" in reasons
     assert "ScaledReplicasDown" in reasons
+    denied = sorted(
+        p
+        for p in request_permissions(r for r in sandbox.api if "kubectl-test" not in r.headers.get("User-Agent", ""))
+        if not rbac.allowed(*p)
+    )
+    assert not denied, denied
 
 
 async def test_serving_is_checked_through_the_service(

@@ -9,8 +9,16 @@ from typing import Any
 import kmock
 import pytest
 
+from voxtral_operator import rbac
 from voxtral_operator.testing.apiserver import writes
-from voxtral_operator.testing.harness import Kube, OperatorProcess, condition, endpoint_path, eventually
+from voxtral_operator.testing.harness import (
+    Kube,
+    OperatorProcess,
+    condition,
+    endpoint_path,
+    eventually,
+    request_permissions,
+)
 from voxtral_operator.testing.sandbox import Behaviour, PodBehaviour, Sandbox
 
 pytestmark = pytest.mark.integration
@@ -114,6 +122,17 @@ async def test_spec_change_updates_children_in_place_and_removes_dropped_ones(
     await eventually(lambda: _absent(kube, PVC))
     await eventually(lambda: ready(kube, generation=2))
     assert ("Normal", "Updated") in events(sandbox)
+    assert_operator_requests_allowed(sandbox)
+
+
+def assert_operator_requests_allowed(sandbox: Sandbox) -> None:
+    """Every request the operator made is one the chart's ClusterRole allows (the test's own are POSTs
+    and merge patches of endpoints, which the role does not need; they are left out by user agent)."""
+    operator_requests = [r for r in sandbox.api if "kubectl-test" not in r.headers.get("User-Agent", "")]
+    needed = request_permissions(operator_requests)
+    assert needed, "no requests seen"
+    denied = sorted(p for p in needed if not rbac.allowed(*p))
+    assert not denied, denied
 
 
 async def _absent(kube: Kube, path: str) -> bool:
@@ -236,7 +255,7 @@ async def test_operator_restart_makes_no_writes(
     operator.stop()
 
     before = len(writes(sandbox.api))
-    restarted = OperatorProcess(sandbox.kubeconfig, tmp_path / "restarted.log").start()
+    restarted = OperatorProcess(sandbox.kubeconfig, tmp_path / "restarted.log", *operator.extra_args).start()
     try:
         # The new process has looked at all three endpoints...
         await eventually(lambda: _metric_at_least(restarted, 3), timeout=30)

@@ -95,10 +95,8 @@ class Autoscaler:
     async def tick(self) -> None:
         keys = self.view.endpoint_keys()
         await asyncio.gather(*(self._one(key) for key in keys))
-        if (
-            self.serving_sink is not None
-            and self.clock() - self._last_serving_check >= self.config.serving_check_seconds
-        ):
+        interval = self.config.serving_check_seconds  # 0: never
+        if self.serving_sink is not None and interval and self.clock() - self._last_serving_check >= interval:
             self._last_serving_check = self.clock()
             await asyncio.gather(*(self._check_serving(key) for key in keys))
         for gone in set(self._states) - set(keys):

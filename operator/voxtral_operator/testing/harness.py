@@ -10,13 +10,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 
 T = TypeVar("T")
+# Requests the tests make themselves (as kubectl would) carry this, so they can be told apart.
+USER_AGENT = "kubectl-test"
 
 
 def free_port() -> int:
@@ -103,7 +105,7 @@ class Kube:
         self.session = session
 
     async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
-        headers = {"Content-Type": content_type}
+        headers = {"Content-Type": content_type, "User-Agent": USER_AGENT}
         async with self.session.request(method, self.url + path, json=body, headers=headers) as response:
             payload = await response.json(content_type=None)
             if response.status >= 400:
@@ -111,7 +113,7 @@ class Kube:
             return payload
 
     async def get(self, path: str) -> Any | None:
-        async with self.session.get(self.url + path) as response:
+        async with self.session.get(self.url + path, headers={"User-Agent": USER_AGENT}) as response:
             if response.status == 404:
                 return None
             return await response.json(content_type=None)
@@ -136,3 +138,22 @@ def condition(endpoint: dict[str, Any] | None, type_: str) -> dict[str, Any]:
         if item["type"] == type_:
             return dict(item)
     return {}
+
+
+def request_permissions(requests: Iterable[Any]) -> set[tuple[str, str, str]]:
+    """(group, resource[/subresource], verb) for each API request, as RBAC would judge it."""
+    needed = set()
+    for request in requests:
+        resource = request.resource
+        if resource is None or not resource.plural:
+            continue  # discovery
+        method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
+        if method == "GET":
+            verb = "watch" if request.params.get("watch") in ("true", "1") else ("get" if request.name else "list")
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+        name = resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        needed.add((resource.group or "", name, verb))
+        if verb == "patch" and "apply-patch" in request.headers.get("Content-Type", "") and not request.subresource:
+            needed.add((resource.group or "", name, "create"))  # an apply that creates needs create too
+    return needed

@@ -9,6 +9,7 @@ per-endpoint behaviour (`ready after N seconds`, `no GPU free`, `image pull fail
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import dataclasses
@@ -198,8 +199,22 @@ class FakeControllers:
         for key in set(self.proxies) - live:
             await self.proxies.pop(key).stop()
 
-    def _start_simulator(self, key: tuple[str, str], behaviour: Behaviour) -> str:
+    def _start_simulator(self, key: tuple[str, str], behaviour: Behaviour, container: dict[str, Any]) -> str:
+        """Start the pod's process with what its spec says: served model name, API key from the Secret."""
         ip = f"127.0.0.{next(self._next_ip)}"
+        args = list(behaviour.simulator_args)
+        vllm_args = container.get("args") or []
+        if "--served-model-name" in vllm_args:
+            args += ["--served-model-name", vllm_args[vllm_args.index("--served-model-name") + 1]]
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if env["name"] == "VLLM_API_KEY" and ref:
+                secret = self.server.find("v1/secrets", key[0], ref["name"]) or {}
+                value = (secret.get("stringData") or {}).get(ref["key"])
+                if value is None and (secret.get("data") or {}).get(ref["key"]):
+                    value = base64.b64decode(secret["data"][ref["key"]]).decode()
+                if value:
+                    args += ["--api-key", value]
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -210,7 +225,7 @@ class FakeControllers:
                 ip,
                 "--port",
                 str(self.vllm_port),
-                *behaviour.simulator_args,
+                *args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -281,7 +296,12 @@ class FakeControllers:
                 age = now - self._born.setdefault((namespace, pod_name), now)
                 if behaviour.kind == PodBehaviour.SIMULATED:
                     key = (namespace, pod_name)
-                    ip = self.simulators[key][0] if key in self.simulators else self._start_simulator(key, behaviour)
+                    container = template["spec"]["containers"][0]
+                    ip = (
+                        self.simulators[key][0]
+                        if key in self.simulators
+                        else self._start_simulator(key, behaviour, container)
+                    )
                     healthy = await self._healthy(ip)
                     pod_status = _pod_status(
                         Behaviour(PodBehaviour.READY if healthy else PodBehaviour.LOADING_FOREVER, pod_ip=ip), age
