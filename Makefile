@@ -14,6 +14,11 @@ help:
 	@echo "make bench  - benchmarks (print figures)"
 	@echo "make e2e    - e2e suite against KUBECONFIG, or the local sandbox"
 
+HELM := .tools/helm
+
+$(HELM): | $(STAMP)
+	$(BIN)/python scripts/fetch_helm.py .tools
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -23,13 +28,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/voxtral-operator demo --examples examples
 
-test: $(STAMP)
-	$(BIN)/python -m pytest tests
+test: $(STAMP) $(HELM)
+	PATH="$(CURDIR)/$(BIN):$$PATH" HELM=$(CURDIR)/$(HELM) $(BIN)/python -m pytest tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests bench e2e
-	$(BIN)/ruff format --check operator tests bench e2e
+	$(BIN)/ruff check operator tests bench e2e scripts
+	$(BIN)/ruff format --check operator tests bench e2e scripts
 	$(BIN)/mypy
+	$(BIN)/hadolint images/*/Dockerfile
+
 
 crds: $(STAMP)
 	$(BIN)/voxtral-operator crd > crds/voxtralendpoints.voxtral.dev.yaml
@@ -39,9 +46,17 @@ crds: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/autoscale.py
+	$(BIN)/python bench/policy_sim.py
+
+images:
+	@echo "No Docker engine here; with one:"
+	@echo "  docker build -f images/operator/Dockerfile -t ghcr.io/voxtral-dev/voxtral-operator:0.1.0 ."
+	@echo "  docker build -f images/vllm-sim/Dockerfile -t ghcr.io/voxtral-dev/vllm-sim:0.1.0 ."
+	@echo "  docker build -t ghcr.io/voxtral-dev/vllm-voxtral:0.33.0 images/vllm-voxtral"
 
 e2e: $(STAMP)
 	$(BIN)/python -m pytest e2e
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

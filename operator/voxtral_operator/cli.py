@@ -117,7 +117,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args, unknown = top.parse_known_args(argv)
+    if unknown and args.command != "simulate-vllm":
+        top.error(f"unrecognized arguments: {' '.join(unknown)}")
+    # simulate-vllm takes `vllm serve`'s whole command line and ignores what it does not simulate.
     result: int = args.func(args)
     return result
 

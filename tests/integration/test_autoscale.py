@@ -183,13 +183,13 @@ async def hung_metrics_server(ip: str, port: int) -> web.AppRunner:
         return web.Response()
 
     async def metrics(_: web.Request) -> web.Response:
-        await asyncio.sleep(3600)
+        await asyncio.sleep(30)  # far beyond the scrape timeout; bounded so the test always ends
         return web.Response()
 
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)  # do not wait for the hung handlers on cleanup
     await runner.setup()
     await web.TCPSite(runner, ip, port).start()
     return runner

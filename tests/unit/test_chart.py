@@ -1,0 +1,187 @@
+"""The Helm chart, checked with the real Helm 4 binary: lint, templates valid for Kubernetes 1.34, schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from voxtral_operator import config as operator_config
+from voxtral_operator import rbac
+from voxtral_operator.config import OperatorConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "voxtral-operator"
+HELM = os.environ.get("HELM") or str(ROOT / ".tools" / "helm")
+# Kinds that are not part of Kubernetes itself: their own CRDs define them.
+NOT_BUILT_IN = {"ServiceMonitor", "PodMonitor", "KopfPeering", "ClusterKopfPeering"}
+
+pytestmark = pytest.mark.skipif(
+    not Path(HELM).exists() and shutil.which("helm") is None, reason="helm not installed (make test installs it)"
+)
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HELM, *args], capture_output=True, text=True, check=False)
+
+
+def template(*args: str) -> list[dict[str, Any]]:
+    result = helm("template", "vx", str(CHART), "--namespace", "voxtral-system", "--kube-version", "1.34.0", *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {obj["kind"]: obj for obj in objects}
+
+
+def operator_config_of(objects: list[dict[str, Any]]) -> OperatorConfig:
+    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-config")]
+    return OperatorConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
+
+
+NON_DEFAULT = [
+    "--set",
+    "replicaCount=2",
+    "--set",
+    "peering.enabled=true",
+    "--set",
+    "watchNamespaces={speech,call-center}",
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "metrics.podMonitor.enabled=true",
+    "--api-versions",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "--api-versions",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "--set",
+    "operatorConfig.gpuOverrides.L4-24GB.productLabel=nvidia-l4",
+    "--set",
+    "priorityClassName=system-cluster-critical",
+]
+
+
+def test_helm_lint_is_clean() -> None:
+    result = helm("lint", str(CHART), "--strict")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ERROR]" not in result.stdout
+    assert "[WARNING]" not in result.stdout
+
+
+@pytest.mark.parametrize("values", [[], NON_DEFAULT], ids=["defaults", "non-default"])
+def test_templates_validate_against_kubernetes_1_34(values: list[str]) -> None:
+    objects = template(*values)
+    kinds = {obj["kind"] for obj in objects}
+    assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "ConfigMap"} <= kinds
+    for obj in objects:
+        if obj["kind"] not in NOT_BUILT_IN:
+            kubernetes_validate.validate(obj, "1.34", strict=True)
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "voxtral-operator"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_non_default_values_take_effect() -> None:
+    rendered = template(*NON_DEFAULT)
+    objects = by_kind(rendered)
+    args = objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--peering=voxtral-operator" in args
+    assert {"--namespace=speech", "--namespace=call-center"} <= set(args)
+    assert objects["Deployment"]["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert {"ServiceMonitor", "PodMonitor", "KopfPeering"} <= objects.keys()
+    config = operator_config_of(rendered)
+    assert config.gpu_overrides["L4-24GB"].product_label == "nvidia-l4"
+    assert config.watched_namespaces == ["speech", "call-center"]
+
+
+def test_single_replica_recreates_and_monitors_need_their_crds() -> None:
+    objects = by_kind(template("--set", "metrics.serviceMonitor.enabled=true"))
+    assert objects["Deployment"]["spec"]["strategy"]["type"] == "Recreate"
+    assert "ServiceMonitor" not in objects  # the Prometheus Operator CRDs are not there
+
+
+def test_operator_pod_is_locked_down() -> None:
+    pod = by_kind(template())["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["memory"]
+    # The image's user (images/operator/Dockerfile) is the pod's user.
+    dockerfile = (ROOT / "images" / "operator" / "Dockerfile").read_text()
+    assert f"USER {pod['securityContext']['runAsUser']}" in dockerfile
+
+
+def test_operator_config_from_the_chart_is_valid_and_images_are_named_once() -> None:
+    rendered = template()
+    objects = by_kind(rendered)
+    config = operator_config_of(rendered)
+    assert config.vllm_image == operator_config.DEFAULT_VLLM_IMAGE
+    assert config.operator_namespace == "voxtral-system"
+    image = objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == operator_config.DEFAULT_OPERATOR_IMAGE
+    # The operator's pods are the ones every endpoint's NetworkPolicy admits for scraping.
+    pod_labels = objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert config.operator_pod_labels.items() <= pod_labels.items()
+
+
+def test_clusterrole_is_generated_from_the_code_and_has_no_wildcards() -> None:
+    committed = (CHART / "templates" / "clusterrole.yaml").read_text()
+    assert committed == rbac.clusterrole_template(), "ClusterRole drifted from rbac.py: run `make crds`"
+    role = by_kind(template())["ClusterRole"]
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+    secrets = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
+    assert secrets == []  # the operator never reads callers' API keys
+
+
+BAD_VALUES = [
+    pytest.param(["--set", "replicaCount=-1"], "replicaCount", id="negative-replicas"),
+    pytest.param(["--set", "image.pullPolicy=Sometimes"], "pullPolicy", id="bad-pull-policy"),
+    pytest.param(["--set", "operatorConfig.vllmPort=70000"], "vllmPort", id="port-out-of-range"),
+    pytest.param(["--set", "operatorConfig.gpuOverrides.T4.productLabel=x"], "L4-24GB", id="unknown-gpu"),
+    pytest.param(["--set", "unknownKey=1"], "unknownKey", id="unknown-key"),
+    pytest.param(["--set", "watchNamespaces={Bad_Name}"], "watchNamespaces", id="bad-namespace"),
+]
+
+
+@pytest.mark.parametrize(("values", "field"), BAD_VALUES)
+def test_bad_values_are_refused_by_the_schema(values: list[str], field: str) -> None:
+    result = helm("template", "vx", str(CHART), *values)
+    assert result.returncode != 0
+    assert field in result.stderr
+
+
+def test_chart_readme_documents_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+
+    def leaves(node: Any, prefix: str = "") -> list[str]:
+        if isinstance(node, dict) and node:
+            return [leaf for key, value in node.items() for leaf in leaves(value, f"{prefix}{key}.")]
+        return [prefix.rstrip(".")]
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [leaf for leaf in leaves(values) if f"`{leaf}`" not in readme]
+    assert not missing, missing
+
+
+def test_dashboard_is_valid_json_with_the_promised_panels() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "voxtral-endpoints.json").read_text())
+    exprs = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+    for series in (
+        "vllm:num_requests_waiting",
+        "voxtral_operator_scale_decisions_total",
+        "vllm:time_to_first_token_seconds_bucket",
+    ):
+        assert series in exprs
