@@ -19,7 +19,7 @@ from voxtral_operator.api import models
 from voxtral_operator.autoscale.loop import Autoscaler, peering_is_active
 from voxtral_operator.k8s import resources
 from voxtral_operator.k8s.client import ApiClient, Connection
-from voxtral_operator.reconcile import ChildKey, Key, Reconciler
+from voxtral_operator.reconcile import ChildKey, EmptyView, Key, Reconciler
 from voxtral_operator.runtime import STATE
 from voxtral_operator.status import pod_summary
 
@@ -90,7 +90,7 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return None
     if STATE._reconciler is None:
         client = ApiClient(Connection.from_kopf(info))
-        STATE.reconciler = Reconciler(client=client, config=STATE.config, view=None, post_event=post_event)
+        STATE.reconciler = Reconciler(client=client, config=STATE.config, view=EmptyView(), post_event=post_event)
     else:  # the reconciler and the autoscaler share this client
         await STATE.reconciler.client.reconnect(Connection.from_kopf(info))
     return info
@@ -200,4 +200,4 @@ async def pod_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> Non
 
 @kopf.on.probe(id="endpoints")
 async def endpoints_probe(**_: Any) -> int:
-    return len(STATE.reconciler._phases)
+    return STATE.reconciler.endpoints_seen

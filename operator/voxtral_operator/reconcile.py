@@ -41,6 +41,22 @@ class ClusterView(Protocol):
     def endpoint_keys(self) -> list[Key]: ...
 
 
+class EmptyView:
+    """The view before the watch caches exist: nothing is known, so nothing is acted on."""
+
+    def endpoint(self, key: Key) -> JSON | None:
+        return None
+
+    def children(self, key: Key) -> dict[ChildKey, JSON]:
+        return {}
+
+    def pods(self, key: Key) -> list[JSON]:
+        return []
+
+    def endpoint_keys(self) -> list[Key]:
+        return []
+
+
 EventPoster = Callable[[JSON, str, str, str], None]  # (endpoint body, type, reason, message)
 
 
@@ -109,6 +125,10 @@ class Reconciler:
         if self.serving.get(key) != result:
             self.serving[key] = result
             self.enqueue(key)
+
+    @property
+    def endpoints_seen(self) -> int:
+        return len(self._phases)
 
     def forget(self, key: Key) -> None:
         self.serving.pop(key, None)

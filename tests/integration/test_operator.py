@@ -330,3 +330,23 @@ async def test_deleting_the_endpoint_takes_its_children(
 
 async def _no_pods(sandbox: Sandbox) -> bool:
     return not sandbox.api.objects_of("v1/pods", NS)
+
+
+async def test_namespaced_mode_reconciles_only_its_namespaces(sandbox: Sandbox, kube: Kube, tmp_path: Path) -> None:
+    for namespace in (NS, "elsewhere"):
+        await kube.create(
+            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+        )
+    process = OperatorProcess(sandbox.kubeconfig, tmp_path / "namespaced.log", "--namespace", NS).start()
+    try:
+        await kube.create(endpoint_path(NS), endpoint())
+        outside = endpoint()
+        outside["metadata"]["namespace"] = "elsewhere"
+        await kube.create(endpoint_path("elsewhere"), outside)
+        await eventually(lambda: ready(kube), timeout=30)
+        await asyncio.sleep(2)
+        ignored = await kube.get(endpoint_path("elsewhere", NAME))
+        assert not ignored.get("status")
+        assert sandbox.api.objects_of("apps/v1/deployments", "elsewhere") == []
+    finally:
+        process.stop()

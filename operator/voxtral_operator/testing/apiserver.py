@@ -24,8 +24,9 @@ apply removes the fields that manager applied before and no longer applies, then
 object in (maps merge, lists are replaced whole). Conflicts between managers are not emulated:
 every apply behaves as `force=true`, which is what the operator sends.
 
-Not emulated: admission, defaulting beyond metadata, field validation, RBAC, the
-`GET /api/v1/namespaces` listing kmock cannot route (run kopf with `-A`).
+- the namespaces collection (`/api/v1/namespaces`), which kmock's path parser cannot route.
+
+Not emulated: admission, defaulting beyond metadata, field validation, RBAC.
 """
 
 from __future__ import annotations
@@ -265,6 +266,29 @@ class ApiServer(kmock.KubernetesEmulator):
     @staticmethod
     def _key(resource: Any) -> str:
         return f"{resource.group}/{resource.version}/{resource.plural}".lstrip("/")
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock 0.8's path parser fails on the namespaces collection (`/api/v1/namespaces`), which
+        # kopf lists and watches when given --namespace; serve that one path here.
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            body = await raw_request.read()
+            request = kmock.Request(
+                method=raw_request.method,
+                url=str(raw_request.url),
+                params=dict(raw_request.query),
+                headers=dict(raw_request.headers),
+                body=body,
+                data=json.loads(body) if body else None,
+                resource=kmock.resource("", "v1", "namespaces"),
+                raw_request=raw_request,
+            )
+            self._requests.append(request)
+            try:
+                return await self._dispatch(request)
+            except kmock.KubernetesError as exc:
+                return await self._render_error(exc)
+        response: aiohttp.web.StreamResponse = await super().__call__(raw_request)
+        return response
 
     async def _handle(self, request: kmock.Request) -> Any:
         # Object requests skip kmock's own bookkeeping (KubernetesEmulator._handle keeps objects as
