@@ -136,11 +136,6 @@ class Reconciler:
         self._rendered.pop(key, None)
         self._update_phase_gauge()
 
-    async def idle(self) -> None:
-        """Wait until no reconcile is running or queued (tests and the demo use this)."""
-        while any(w.task is not None and not w.task.done() for w in self._work.values()):
-            await asyncio.gather(*(w.task for w in self._work.values() if w.task is not None), return_exceptions=True)
-
     async def _run(self, key: Key) -> None:
         work = self._work[key]
         while True:
@@ -150,21 +145,22 @@ class Reconciler:
                 async with self._semaphore:
                     await self.reconcile(key)
             except Exception as exc:  # never lose the endpoint: retry with backoff
+                metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+                metrics.RECONCILES.labels("error").inc()
                 work.failures += 1
                 if work.failures == 1:
                     endpoint = self.view.endpoint(key)
                     if endpoint is not None:
                         self.post_event(endpoint, "Warning", "ReconcileFailed", str(exc)[:1000])
-                metrics.RECONCILES.labels("error").inc()
                 delay = min(self.max_backoff, 0.5 * 2 ** (work.failures - 1))
                 logger.warning("reconcile of %s/%s failed (%s); retrying in %.1fs", *key, exc, delay)
                 await asyncio.sleep(delay)
                 work.dirty = True
-            else:
-                work.failures = 0
-                metrics.RECONCILES.labels("ok").inc()
-            finally:
-                metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+                continue
+            metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+            metrics.RECONCILES.labels("ok").inc()
+            work.failures = 0
+            # Triggers that arrived during the run (there is no await from here to the end).
             if not work.dirty:
                 break
         if self.view.endpoint(key) is None:
