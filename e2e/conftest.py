@@ -93,6 +93,19 @@ class Target:
             forward.terminate()
 
 
+def endpoint_body(target: Target, name: str, **spec: Any) -> dict[str, Any]:
+    """A Voxtral Mini endpoint on L4s, running the target's image when it names one."""
+    body: dict[str, Any] = {"model": "mistralai/Voxtral-Mini-3B-2507", "gpu": {"type": "L4-24GB"}, **spec}
+    if target.image:
+        body["image"] = target.image
+    return {
+        "apiVersion": "voxtral.dev/v1alpha1",
+        "kind": "VoxtralEndpoint",
+        "metadata": {"name": name, "namespace": target.namespace},
+        "spec": body,
+    }
+
+
 @pytest.fixture
 def unique_name() -> str:
     return f"e2e-{uuid.uuid4().hex[:6]}"

@@ -15,30 +15,22 @@ import pytest
 
 from voxtral_operator.testing.harness import condition, endpoint_path, eventually
 
-from .conftest import Target
+from .conftest import Target, endpoint_body
 
 pytestmark = pytest.mark.e2e
 API_KEY = "sk-e2e-key"
 
 
 def _endpoint(name: str, target: Target) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "model": "mistralai/Voxtral-Mini-3B-2507",
-        "gpu": {"type": "L4-24GB"},
-        "minReplicas": 1,
-        "maxReplicas": 3,
-        "engine": {"maxNumSeqs": 2},
-        "autoscaling": {"targetQueueDepth": 2, "scaleDownDelaySeconds": 5},
-        "auth": {"apiKeySecretRef": {"name": f"{name}-key"}},
-    }
-    if target.image:
-        spec["image"] = target.image
-    return {
-        "apiVersion": "voxtral.dev/v1alpha1",
-        "kind": "VoxtralEndpoint",
-        "metadata": {"name": name, "namespace": target.namespace},
-        "spec": spec,
-    }
+    return endpoint_body(
+        target,
+        name,
+        minReplicas=1,
+        maxReplicas=3,
+        engine={"maxNumSeqs": 2},
+        autoscaling={"targetQueueDepth": 2, "scaleDownDelaySeconds": 5},
+        auth={"apiKeySecretRef": {"name": f"{name}-key"}},
+    )
 
 
 def _wav() -> bytes:

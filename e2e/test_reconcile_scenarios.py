@@ -8,28 +8,16 @@ import pytest
 
 from voxtral_operator.testing.harness import condition, endpoint_path, eventually
 
-from .conftest import Target
+from .conftest import Target, endpoint_body
 
 pytestmark = pytest.mark.e2e
-
-
-def _endpoint(name: str, target: Target, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": "mistralai/Voxtral-Mini-3B-2507", "gpu": {"type": "L4-24GB"}, **spec}
-    if target.image:
-        body["image"] = target.image
-    return {
-        "apiVersion": "voxtral.dev/v1alpha1",
-        "kind": "VoxtralEndpoint",
-        "metadata": {"name": name, "namespace": target.namespace},
-        "spec": body,
-    }
 
 
 async def test_deleted_child_returns_and_hand_edit_is_reverted(target: Target, unique_name: str) -> None:
     kube, namespace, name = target.kube, target.namespace, unique_name
     service = f"/api/v1/namespaces/{namespace}/services/{name}"
     deployment = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
-    await kube.create(endpoint_path(namespace), _endpoint(name, target))
+    await kube.create(endpoint_path(namespace), endpoint_body(target, name))
     try:
 
         async def service_uid() -> str | None:
@@ -62,7 +50,7 @@ async def test_spec_that_cannot_fit_is_refused_by_name(target: Target, unique_na
     kube, namespace, name = target.kube, target.namespace, unique_name
     await kube.create(
         endpoint_path(namespace),
-        _endpoint(name, target, model="mistralai/Voxtral-Small-24B-2507", tensorParallelSize=1),
+        endpoint_body(target, name, model="mistralai/Voxtral-Small-24B-2507", tensorParallelSize=1),
     )
     try:
 
