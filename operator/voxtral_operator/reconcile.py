@@ -41,6 +41,20 @@ class ClusterView(Protocol):
     def endpoint_keys(self) -> list[Key]: ...
 
 
+class ChildRefused(Exception):
+    """A child cannot be applied until something outside the operator changes (reported in status)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+# API answers that retrying the same apply cannot change: bad request, forbidden, no such resource
+# type (a CRD such as KEDA's is missing), invalid or immutable field.
+_REFUSALS = {400, 403, 404, 422}
+
+
 class EmptyView:
     """The view before the watch caches exist: nothing is known, so nothing is acted on."""
 
@@ -148,7 +162,7 @@ class Reconciler:
                 metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
                 metrics.RECONCILES.labels("error").inc()
                 work.failures += 1
-                if work.failures == 1:
+                if work.failures == 1 and not isinstance(exc, ChildRefused):  # refusals are in status
                     endpoint = self.view.endpoint(key)
                     if endpoint is not None:
                         self.post_event(endpoint, "Warning", "ReconcileFailed", str(exc)[:1000])
@@ -191,8 +205,14 @@ class Reconciler:
 
         desired = self._desired(key, endpoint, plan)
         live_children = self.view.children(key)
-        created, updated = await self._apply_children(key, plan.uid, desired, live_children)
-        await self._delete_stale_children(key, plan.uid, desired, live_children)
+        refused: ChildRefused | None = None
+        created: list[str] = []
+        updated: list[str] = []
+        try:
+            created, updated = await self._apply_children(key, plan.uid, desired, live_children)
+            await self._delete_stale_children(key, plan.uid, desired, live_children)
+        except ChildRefused as exc:
+            refused = exc
 
         deployment = live_children.get(("Deployment", plan.name))
         new_status = status.compute_status(
@@ -206,11 +226,16 @@ class Reconciler:
             tensor_parallel_size=plan.tensor_parallel_size,
             now=self.clock(),
             serving=self.serving.get(key),
+            refused=(refused.reason, refused.message) if refused else None,
         )
         self._post_change_events(endpoint, created, updated, deployment, plan.spec.desired_replicas)
         old_ready = status.condition_of(current_status, status.READY)
         if await self._write_status(key, endpoint, current_status, new_status):
             self._post_condition_events(endpoint, old_ready, status.condition_of(new_status, status.READY))
+            if refused is not None:
+                self.post_event(endpoint, "Warning", refused.reason, refused.message)
+        if refused is not None:
+            raise refused  # retried with backoff: the obstacle may be removed by hand
 
     def _desired(self, key: Key, endpoint: JSON, plan: Plan) -> list[JSON]:
         """Rendered children, re-rendered only when the spec (or the endpoint's identity) changes:
@@ -243,10 +268,20 @@ class Reconciler:
                 # this name is never silently taken over (it may also be ours with its labels edited).
                 live = await self.client.get(resource, key[0], child[1])
             if live is not None and not _owned_by(live, uid):
-                raise ApiError(409, "Conflict", f"{child[0]} {child[1]} exists and is not owned by this endpoint")
+                raise ChildRefused(
+                    "NameConflict",
+                    f"{child[0]} {child[1]} exists and is not owned by this endpoint; it is left untouched: "
+                    "remove it or rename the endpoint",
+                )
             # Create and update alike by server-side apply, so one field manager owns every field
             # and fields the spec stops setting are removed.
-            await self.client.apply(resource, obj)
+            try:
+                await self.client.apply(resource, obj)
+            except ApiError as exc:
+                if exc.status not in _REFUSALS:
+                    raise
+                message = f"{child[0]} {child[1]}: {exc.status} {exc.reason}: {exc.message}"
+                raise ChildRefused("ApplyRejected", message) from exc
             self._pending_children[pending] = live_version
             (created if live is None else updated).append(f"{child[0]}/{child[1]}")
         return created, updated

@@ -140,8 +140,10 @@ def compute_status(
     tensor_parallel_size: int,
     now: str,
     serving: tuple[bool, str, str] | None = None,
+    refused: tuple[str, str] | None = None,
 ) -> JSON:
-    """serving: the last active check through the Service (ok, reason, message), if any."""
+    """serving: the last active check through the Service (ok, reason, message), if any.
+    refused: a child the API would not take (reason, message), if any."""
     previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
     dep_status = (deployment or {}).get("status") or {}
     replicas = int(dep_status.get("replicas") or 0)
@@ -169,7 +171,9 @@ def compute_status(
 
     failing = problem is not None and problem.reason in FAILURE_REASONS
     not_serving = serving is not None and not serving[0] and ready >= 1
-    if not_serving:
+    if refused is not None:
+        degraded_reason, degraded_message = refused
+    elif not_serving:
         assert serving is not None
         degraded_reason, degraded_message = serving[1], serving[2]
     elif deadline_exceeded:
@@ -179,7 +183,7 @@ def compute_status(
         degraded_reason, degraded_message = problem.reason, problem.message
     else:
         degraded_reason, degraded_message = "AsExpected", ""
-    degraded = deadline_exceeded or failing or not_serving
+    degraded = deadline_exceeded or failing or not_serving or refused is not None
 
     if rolled_out:
         progressing_reason, progressing_message = "Complete", f"{ready}/{desired_replicas} replicas ready"
@@ -204,7 +208,7 @@ def compute_status(
 
     if ready >= 1:
         phase = "Degraded" if degraded else "Ready"
-    elif failing or deadline_exceeded:
+    elif failing or deadline_exceeded or refused is not None:
         phase = "Failed"
     elif problem is not None and problem.reason == LOADING:
         phase = "Loading"

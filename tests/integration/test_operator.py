@@ -350,3 +350,33 @@ async def test_namespaced_mode_reconciles_only_its_namespaces(sandbox: Sandbox, 
         assert sandbox.api.objects_of("apps/v1/deployments", "elsewhere") == []
     finally:
         process.stop()
+
+
+async def test_object_of_the_same_name_is_never_taken_over(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess
+) -> None:
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": NAME, "namespace": NS, "labels": {"team": "billing"}},
+        "spec": {"selector": {"app": "billing"}, "ports": [{"port": 80}]},
+    }
+    created = await kube.create(f"/api/v1/namespaces/{NS}/services", foreign)
+    await kube.create(endpoint_path(NS), endpoint())
+
+    async def conflicted() -> dict[str, Any] | None:
+        current = await kube.get(endpoint_path(NS, NAME))
+        return current if condition(current, "Degraded").get("reason") == "NameConflict" else None
+
+    current = await eventually(conflicted, timeout=30)
+    assert "Service asr exists and is not owned" in condition(current, "Degraded")["message"]
+    await eventually(lambda: _has_event(sandbox, ("Warning", "NameConflict")))
+    untouched = await kube.get(SERVICE)
+    assert untouched["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+    assert "ownerReferences" not in untouched["metadata"]
+
+    # The owner of the other Service removes it: the endpoint converges without anyone touching it.
+    await kube.delete(SERVICE)
+    current = await eventually(lambda: ready(kube), timeout=60)
+    assert condition(current, "Degraded")["status"] == "False"
+    assert (await kube.get(SERVICE))["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "voxtral-operator"
