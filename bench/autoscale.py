@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import random
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -27,7 +25,7 @@ from aiohttp import web
 from voxtral_operator.autoscale.loop import Autoscaler
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s.client import ApiClient, Connection
-from voxtral_operator.testing.harness import free_port
+from voxtral_operator.testing.harness import free_port, start_simulator
 from voxtral_operator.testing.sandbox import ENDPOINTS, Sandbox
 
 Key = tuple[str, str]
@@ -124,11 +122,7 @@ async def spike_to_decision(spikes: int) -> list[float]:
 
 async def scrape_cost(pod_count: int) -> tuple[float, float]:
     port = free_port()
-    simulator = subprocess.Popen(  # noqa: ASYNC220 - starts a server process; does not wait for it
-        [sys.executable, "-m", "voxtral_operator.cli", "simulate-vllm", "--host", "0.0.0.0", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    simulator = start_simulator("0.0.0.0", port)
     try:
         async with Sandbox(controllers=False) as sandbox:
             pods: dict[Key, list[str]] = {}

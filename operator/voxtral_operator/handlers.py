@@ -148,16 +148,12 @@ async def endpoint_index(namespace: str, name: str, body: kopf.Body, **_: Any) -
 
 
 def _child_index(resource: resources.Resource) -> None:
+    """A watch cache of one child kind, and a trigger for the owning endpoint on every change."""
+    where = (resource.group, resource.version, resource.plural)
+    labels = {**MANAGED, render.LABEL_INSTANCE: kopf.PRESENT}
+
     async def index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
         return {(namespace, labels[render.LABEL_INSTANCE]): {"kind": resource.kind, **_plain(body)}}
-
-    kopf.index(
-        resource.group,
-        resource.version,
-        resource.plural,
-        id=f"{resource.plural}_index",
-        labels={**MANAGED, render.LABEL_INSTANCE: kopf.PRESENT},
-    )(index)
 
     async def changed(namespace: str, name: str, labels: kopf.Labels, **kwargs: Any) -> None:
         key = (namespace, labels[render.LABEL_INSTANCE])
@@ -165,13 +161,8 @@ def _child_index(resource: resources.Resource) -> None:
         reconciler.child_observed(key, resource.kind, name)
         reconciler.enqueue(key)
 
-    kopf.on.event(
-        resource.group,
-        resource.version,
-        resource.plural,
-        id=f"{resource.plural}_changed",
-        labels={**MANAGED, render.LABEL_INSTANCE: kopf.PRESENT},
-    )(changed)
+    kopf.index(*where, id=f"{resource.plural}_index", labels=labels)(index)
+    kopf.on.event(*where, id=f"{resource.plural}_changed", labels=labels)(changed)
 
 
 for _resource in resources.CHILDREN:

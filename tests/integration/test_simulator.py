@@ -7,7 +7,6 @@ import io
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +17,7 @@ import openai
 import pytest
 
 from voxtral_operator.autoscale.scrape import parse_queue_metrics
-from voxtral_operator.testing.harness import free_port
+from voxtral_operator.testing.harness import free_port, start_simulator
 
 pytestmark = pytest.mark.integration
 API_KEY = "sk-test-key"
@@ -26,21 +25,7 @@ API_KEY = "sk-test-key"
 
 def _start(*args: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "voxtral_operator.cli",
-            "simulate-vllm",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_simulator("127.0.0.1", port, *args)
     return process, port
 
 

@@ -28,6 +28,15 @@ def free_port() -> int:
         return port
 
 
+def start_simulator(host: str, port: int, *args: str) -> subprocess.Popen[bytes]:
+    """`voxtral-operator simulate-vllm` on host:port, as a pod's (or a test's) vLLM stand-in."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "voxtral_operator.cli", "simulate-vllm", "--host", host, "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 class OperatorProcess:
     """`voxtral-operator run` as a subprocess, with its metrics port to see what it has done."""
 

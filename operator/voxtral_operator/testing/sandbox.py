@@ -16,7 +16,6 @@ import dataclasses
 import enum
 import itertools
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +28,7 @@ from aiohttp import web
 
 from voxtral_operator.api.crd import custom_resource_definition
 from voxtral_operator.testing.apiserver import ApiServer
+from voxtral_operator.testing.harness import start_simulator
 
 DEPLOYMENTS = "apps/v1/deployments"
 SERVICES = "v1/services"
@@ -215,21 +215,7 @@ class FakeControllers:
                     value = base64.b64decode(secret["data"][ref["key"]]).decode()
                 if value:
                     args += ["--api-key", value]
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "voxtral_operator.cli",
-                "simulate-vllm",
-                "--host",
-                ip,
-                "--port",
-                str(self.vllm_port),
-                *args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        process = start_simulator(ip, self.vllm_port, *args)
         self.simulators[key] = (ip, process)
         return ip
 
