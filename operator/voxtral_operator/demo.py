@@ -192,7 +192,6 @@ async def _call_through_services(
             served = [m["id"] for m in (await response.json()).get("data", [])] if response.status == 200 else []
             with_key = response.status
         _say(f"  {name}: without key {without}, with key {with_key}, serves {served}")
-    await asyncio.sleep(0)
 
 
 async def _burst(sandbox: Sandbox, kube: Kube, vllm_port: int) -> None:

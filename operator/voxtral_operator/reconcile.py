@@ -199,7 +199,7 @@ class Reconciler:
             new_status = status.invalid_status(
                 generation=generation, previous=current_status, message=message, now=self.clock()
             )
-            if await self._write_status(key, endpoint, current_status, new_status):
+            if await self._write_status(key, current_status, new_status):
                 self.post_event(endpoint, "Warning", status.INVALID_SPEC, message)
             return
 
@@ -230,7 +230,7 @@ class Reconciler:
         )
         self._post_change_events(endpoint, created, updated, deployment, plan.spec.desired_replicas)
         old_ready = status.condition_of(current_status, status.READY)
-        if await self._write_status(key, endpoint, current_status, new_status):
+        if await self._write_status(key, current_status, new_status):
             self._post_condition_events(endpoint, old_ready, status.condition_of(new_status, status.READY))
             if refused is not None:
                 self.post_event(endpoint, "Warning", refused.reason, refused.message)
@@ -296,15 +296,14 @@ class Reconciler:
             await self.client.delete(resources.BY_KIND[child[0]], key[0], child[1], live["metadata"].get("uid"))
             self._pending_children.pop((key, child), None)
 
-    async def _write_status(self, key: Key, endpoint: JSON, current: JSON, new: JSON) -> bool:
+    async def _write_status(self, key: Key, current: JSON, new: JSON) -> bool:
         """Write status only when it differs from what is there (or what was just written)."""
+        self._record_phase(key, new.get("phase"))
         if _status_view(current, new.keys()) == new or self._pending_status.get(key) == new:
-            self._record_phase(key, new.get("phase"))
             return False
         namespace, name = key
         await self.client.patch_status(resources.ENDPOINTS, namespace, name, new)
         self._pending_status[key] = new
-        self._record_phase(key, new.get("phase"))
         return True
 
     def _record_phase(self, key: Key, phase: str | None) -> None:

@@ -26,10 +26,10 @@ from voxtral_operator.autoscale.scrape import QueueSample, parse_queue_metrics
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s import resources
 from voxtral_operator.k8s.client import ApiClient
+from voxtral_operator.reconcile import Key, utc_now
 
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, str]
 JSON = dict[str, Any]
 
 SCRAPE_SECONDS = Histogram(
@@ -170,7 +170,7 @@ class Autoscaler:
             status["lastScaleDecision"] = {
                 "replicas": replicas,
                 "reason": reason[:512],
-                "time": datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "time": utc_now(),
             }
         current = (self.view.endpoint(key) or {}).get("status") or {}
         if all(current.get(k) == v for k, v in status.items()):

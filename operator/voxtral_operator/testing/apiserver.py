@@ -407,9 +407,6 @@ class ApiServer(kmock.KubernetesEmulator):
         async with self._write_lock:
             return self._create(resource, request.namespace or body.get("metadata", {}).get("namespace"), body)
 
-    async def _serve_update(self, request: kmock.Request) -> JSON:
-        return await self._modify(request)
-
     async def _serve_delete(self, request: kmock.Request) -> JSON:
         resource = self._known(request)
         body = request.data if isinstance(request.data, dict) else {}
@@ -648,7 +645,3 @@ def writes(server: ApiServer) -> list[kmock.Request]:
     """Every write request the server received (what "zero writes" counts)."""
     write_methods = (kmock.method.POST, kmock.method.PUT, kmock.method.PATCH, kmock.method.DELETE)
     return [r for r in server if r.method in write_methods]  # iterating a kmock view yields its requests
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)

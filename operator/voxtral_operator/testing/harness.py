@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from voxtral_operator.status import condition_of
+
 T = TypeVar("T")
 # Requests the tests make themselves (as kubectl would) carry this, so they can be told apart.
 USER_AGENT = "kubectl-test"
@@ -143,10 +145,8 @@ def endpoint_path(namespace: str, name: str | None = None) -> str:
 
 
 def condition(endpoint: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for item in ((endpoint or {}).get("status") or {}).get("conditions") or []:
-        if item["type"] == type_:
-            return dict(item)
-    return {}
+    """The endpoint's condition of that type, or {} when it has none yet."""
+    return condition_of((endpoint or {}).get("status") or {}, type_) or {}
 
 
 def request_permissions(requests: Iterable[Any]) -> set[tuple[str, str, str]]:
