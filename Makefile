@@ -19,21 +19,21 @@ HELM := .tools/helm
 $(HELM): | $(STAMP)
 	$(BIN)/python scripts/fetch_helm.py .tools
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml testbed/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]' -e ./testbed
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/voxtral-operator demo --examples examples
+	$(BIN)/voxtral-testbed demo --examples examples
 
 test: $(STAMP) $(HELM)
 	PATH="$(CURDIR)/$(BIN):$$PATH" HELM=$(CURDIR)/$(HELM) $(BIN)/python -m pytest tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests bench e2e scripts
-	$(BIN)/ruff format --check operator tests bench e2e scripts
+	$(BIN)/ruff check operator testbed tests bench e2e scripts
+	$(BIN)/ruff format --check operator testbed tests bench e2e scripts
 	$(BIN)/mypy
 	$(BIN)/hadolint images/*/Dockerfile
 

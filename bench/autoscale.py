@@ -25,8 +25,8 @@ from aiohttp import web
 from voxtral_operator.autoscale.loop import Autoscaler
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s.client import ApiClient, Connection
-from voxtral_operator.testing.harness import free_port, start_simulator
-from voxtral_operator.testing.sandbox import ENDPOINTS, Sandbox
+from voxtral_testbed.harness import free_port, start_simulator
+from voxtral_testbed.sandbox import ENDPOINTS, Sandbox
 
 Key = tuple[str, str]
 

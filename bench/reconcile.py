@@ -19,9 +19,9 @@ from typing import Any
 
 import aiohttp
 
-from voxtral_operator.testing.apiserver import writes
-from voxtral_operator.testing.harness import Kube, OperatorProcess, endpoint_path, eventually
-from voxtral_operator.testing.sandbox import ENDPOINTS, Sandbox
+from voxtral_testbed.apiserver import writes
+from voxtral_testbed.harness import Kube, OperatorProcess, endpoint_path, eventually
+from voxtral_testbed.sandbox import ENDPOINTS, Sandbox
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

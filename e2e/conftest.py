@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 import yaml
 
-from voxtral_operator.testing.harness import Kube, OperatorProcess, free_port
-from voxtral_operator.testing.sandbox import Behaviour, PodBehaviour, Sandbox
+from voxtral_testbed.harness import Kube, OperatorProcess, free_port
+from voxtral_testbed.sandbox import Behaviour, PodBehaviour, Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 

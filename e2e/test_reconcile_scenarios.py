@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from voxtral_operator.testing.harness import condition, endpoint_path, eventually
+from voxtral_testbed.harness import condition, endpoint_path, eventually
 
 from .conftest import Target, endpoint_body
 

@@ -1,4 +1,4 @@
-"""`voxtral-operator`: render, crd, run, demo."""
+"""`voxtral-operator`: render, crd, rbac, run."""
 
 from __future__ import annotations
 
@@ -66,19 +66,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_operator(args)
 
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    from voxtral_operator.simulator import run_simulator
-
-    return run_simulator(args)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from voxtral_operator.demo import run_demo
-
-    result: int = run_demo(args)
-    return result
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="voxtral-operator", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -103,25 +90,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_cmd_run)
-
-    p = sub.add_parser("simulate-vllm", help="serve a stand-in for a vLLM Voxtral replica (tests, demos)")
-    from voxtral_operator.simulator import add_arguments
-
-    add_arguments(p)
-    p.set_defaults(func=_cmd_simulate)
-
-    p = sub.add_parser("demo", help="reconcile the bundled examples against a local API emulator")
-    p.add_argument("--examples", default="examples", help="folder of VoxtralEndpoint YAML files")
-    p.set_defaults(func=_cmd_demo)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    top = parser()
-    args, unknown = top.parse_known_args(argv)
-    if unknown and args.command != "simulate-vllm":
-        top.error(f"unrecognized arguments: {' '.join(unknown)}")
-    # simulate-vllm takes `vllm serve`'s whole command line and ignores what it does not simulate.
+    args = parser().parse_args(argv)
     result: int = args.func(args)
     return result
 

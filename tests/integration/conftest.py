@@ -8,8 +8,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from voxtral_operator.testing.harness import Kube, OperatorProcess
-from voxtral_operator.testing.sandbox import Sandbox
+from voxtral_testbed.harness import Kube, OperatorProcess
+from voxtral_testbed.sandbox import Sandbox
 
 
 @pytest.fixture

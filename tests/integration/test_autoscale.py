@@ -14,7 +14,7 @@ import yaml
 from aiohttp import web
 
 from voxtral_operator import rbac
-from voxtral_operator.testing.harness import (
+from voxtral_testbed.harness import (
     Kube,
     OperatorProcess,
     condition,
@@ -23,7 +23,7 @@ from voxtral_operator.testing.harness import (
     free_port,
     request_permissions,
 )
-from voxtral_operator.testing.sandbox import Behaviour, PodBehaviour, Sandbox
+from voxtral_testbed.sandbox import Behaviour, PodBehaviour, Sandbox
 
 pytestmark = pytest.mark.integration
 NS = "speech"

@@ -10,8 +10,8 @@ import kmock
 import pytest
 
 from voxtral_operator import rbac
-from voxtral_operator.testing.apiserver import writes
-from voxtral_operator.testing.harness import (
+from voxtral_testbed.apiserver import writes
+from voxtral_testbed.harness import (
     Kube,
     OperatorProcess,
     condition,
@@ -19,7 +19,7 @@ from voxtral_operator.testing.harness import (
     eventually,
     request_permissions,
 )
-from voxtral_operator.testing.sandbox import Behaviour, PodBehaviour, Sandbox
+from voxtral_testbed.sandbox import Behaviour, PodBehaviour, Sandbox
 
 pytestmark = pytest.mark.integration
 

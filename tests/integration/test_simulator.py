@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from voxtral_operator.autoscale.scrape import parse_queue_metrics
-from voxtral_operator.testing.harness import free_port, start_simulator
+from voxtral_testbed.harness import free_port, start_simulator
 
 pytestmark = pytest.mark.integration
 API_KEY = "sk-test-key"

@@ -1,4 +1,4 @@
-"""`voxtral-operator demo`: the real operator reconciling the bundled examples against a local API server.
+"""`voxtral-testbed demo`: the real operator reconciling the bundled examples against a local API server.
 
 No cluster needed: the sandbox serves the Kubernetes API on loopback and plays the kubelet
 (pods become ready after a short "model load"). The operator runs as its own process, exactly
@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from voxtral_operator.testing.harness import Kube, OperatorProcess, condition, endpoint_path, eventually, free_port
-from voxtral_operator.testing.sandbox import Behaviour, PodBehaviour, Sandbox
+from voxtral_testbed.harness import Kube, OperatorProcess, condition, endpoint_path, eventually, free_port
+from voxtral_testbed.sandbox import Behaviour, PodBehaviour, Sandbox
 
 DEMO_API_KEY = "sk-demo-not-a-secret"
 

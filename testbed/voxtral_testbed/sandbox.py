@@ -27,8 +27,8 @@ import yaml
 from aiohttp import web
 
 from voxtral_operator.api.crd import custom_resource_definition
-from voxtral_operator.testing.apiserver import ApiServer
-from voxtral_operator.testing.harness import start_simulator
+from voxtral_testbed.apiserver import ApiServer
+from voxtral_testbed.harness import start_simulator
 
 DEPLOYMENTS = "apps/v1/deployments"
 SERVICES = "v1/services"

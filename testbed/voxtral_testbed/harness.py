@@ -31,9 +31,9 @@ def free_port() -> int:
 
 
 def start_simulator(host: str, port: int, *args: str) -> subprocess.Popen[bytes]:
-    """`voxtral-operator simulate-vllm` on host:port, as a pod's (or a test's) vLLM stand-in."""
+    """The vLLM simulator (`simulate-vllm`) on host:port, as a pod's (or a test's) vLLM stand-in."""
     return subprocess.Popen(
-        [sys.executable, "-m", "voxtral_operator.cli", "simulate-vllm", "--host", host, "--port", str(port), *args],
+        [sys.executable, "-m", "voxtral_testbed.simulator", "--host", host, "--port", str(port), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

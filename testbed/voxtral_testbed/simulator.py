@@ -1,4 +1,4 @@
-"""`voxtral-operator simulate-vllm`: a stand-in for a vLLM replica serving Voxtral, for tests and demos.
+"""`simulate-vllm`: a stand-in for a vLLM replica serving Voxtral, for tests and demos.
 
 It honours vLLM's HTTP contract where the operator and its callers can see it:
 - the port refuses connections while the "model loads" (nothing listens), then `/health` is 200
@@ -24,8 +24,10 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -394,3 +396,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_simulator(args: argparse.Namespace) -> int:
     return asyncio.run(serve(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="simulate-vllm", description="a stand-in for a vLLM Voxtral replica")
+    add_arguments(parser)
+    # Takes `vllm serve`'s whole command line and ignores the flags it does not simulate.
+    args, _ignored = parser.parse_known_args(argv)
+    return run_simulator(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
