@@ -1,54 +1,59 @@
-"""`voxtral-operator`: render, crd, rbac, run."""
+"""`voxtral-operator`: render, crd, rbac, run.
+
+A user's mistake (a missing file, a bad spec, a config key typo, no cluster credentials) ends
+in one message on stderr and a non-zero exit, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from importlib import metadata
 from typing import Any
 
 import yaml
 
-from voxtral_operator.api.crd import crd_yaml
 from voxtral_operator.api.resolve import InvalidSpec
-from voxtral_operator.config import load_config
-from voxtral_operator.render import render
+from voxtral_operator.inputs import InputError, load_manifests, read_config
 
-EXIT_INVALID = 2
+EXIT_USAGE = 2  # bad input or options, as argparse exits
+EXIT_FAILED = 1  # the environment is not what the command needs (no cluster credentials)
+EXIT_INTERNAL = 70  # a bug (BSD sysexits EX_SOFTWARE)
+DEBUG_ENV = "VOXTRAL_OPERATOR_DEBUG"
 
 
-def _load_documents(path: str) -> list[dict[str, Any]]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+def _describe(body: dict[str, Any]) -> str:
+    """How an object is named in messages, whatever shape its metadata has."""
+    kind = body.get("kind") if isinstance(body.get("kind"), str) else "object"
+    meta = body.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return f"{kind} {name}" if isinstance(name, str) and name else f"{kind} (unnamed)"
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    try:
-        documents = _load_documents(args.filename)
-    except (OSError, yaml.YAMLError) as exc:
-        print(f"error: {args.filename}: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+    from voxtral_operator.render import render
+
+    config = read_config(args.config)
     rendered: list[dict[str, Any]] = []
     failed = False
-    for doc in documents:
-        name = (doc.get("metadata") or {}).get("name", "<unnamed>") if isinstance(doc, dict) else "<not an object>"
+    for document in load_manifests(args.filename):
         try:
-            if not isinstance(doc, dict):
-                raise InvalidSpec(["document: must be a VoxtralEndpoint object"])
-            rendered += render(doc, config)
+            rendered += render(document.body, config)
         except InvalidSpec as exc:
             failed = True
             for problem in exc.problems:
-                print(f"error: VoxtralEndpoint {name}: {problem}", file=sys.stderr)
+                print(f"error: {document.where}: {_describe(document.body)}: {problem}", file=sys.stderr)
     if failed:
-        return EXIT_INVALID
+        return EXIT_USAGE
     sys.stdout.write(yaml.safe_dump_all(rendered, sort_keys=False, width=120))
     return 0
 
 
 def _cmd_crd(_: argparse.Namespace) -> int:
+    from voxtral_operator.api.crd import crd_yaml
+
     sys.stdout.write(crd_yaml())
     return 0
 
@@ -61,18 +66,47 @@ def _cmd_rbac(_: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from voxtral_operator.runner import run_operator
+    from voxtral_operator import runner
 
-    return run_operator(args)
+    config = read_config(args.config)
+    problem = runner.credentials_problem()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    return runner.run_operator(args, config)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("voxtral-operator")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="voxtral-operator", description=__doc__)
-    sub = top.add_subparsers(dest="command", required=True)
+    top = argparse.ArgumentParser(
+        prog="voxtral-operator",
+        description="Dedicated Voxtral speech-model endpoints on Kubernetes, served by vLLM.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("render", help="print the Kubernetes objects an endpoint becomes")
-    p.add_argument("-f", "--filename", required=True, help="VoxtralEndpoint YAML file, or - for stdin")
-    p.add_argument("--config", help="operator config YAML")
+    p = sub.add_parser(
+        "render",
+        help="print the Kubernetes objects endpoints become (what the operator applies)",
+        description="Print the Kubernetes objects each VoxtralEndpoint becomes, or why it is refused (exit 2).",
+    )
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="a YAML or JSON file (several documents, a list or a `kind: List` are fine), a directory "
+        "(its *.yaml, *.yml and *.json files, sorted), or - for stdin; repeat for more",
+    )
+    p.add_argument("--config", metavar="FILE", help="operator config YAML (default: every setting's default)")
     p.set_defaults(func=_cmd_render)
 
     p = sub.add_parser("crd", help="print the VoxtralEndpoint CustomResourceDefinition")
@@ -81,21 +115,56 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rbac", help="print the chart's ClusterRole template (the permissions the code uses)")
     p.set_defaults(func=_cmd_rbac)
 
-    p = sub.add_parser("run", help="run the operator")
-    p.add_argument("--config", help="operator config YAML")
-    p.add_argument("--namespace", "-n", action="append", default=[], help="watch only these namespaces")
-    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL ('' = off)")
-    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 = off)")
-    p.add_argument("--peering", default=None, help="KopfPeering name: several replicas, one active")
+    p = sub.add_parser(
+        "run",
+        help="run the operator (needs a kubeconfig or an in-cluster service account)",
+        description="Run the operator against the cluster of the kubeconfig (KUBECONFIG or ~/.kube/config), "
+        "or the one it runs in.",
+    )
+    p.add_argument("--config", metavar="FILE", help="operator config YAML (default: every setting's default)")
+    p.add_argument("--namespace", "-n", action="append", default=[], help="watch only this namespace; repeat for more")
+    p.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        metavar="URL",
+        help="kopf liveness endpoint URL ('' = off)",
+    )
+    p.add_argument("--metrics-port", type=int, default=9090, metavar="PORT", help="Prometheus metrics port (0 = off)")
+    p.add_argument("--peering", default=None, metavar="NAME", help="KopfPeering name: several replicas, one active")
     p.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="debug logs, kopf's per-handler lines included")
     p.set_defaults(func=_cmd_run)
+
+    # Every command's flags at a glance; `COMMAND --help` explains each one.
+    usages = [command.format_usage().removeprefix("usage: ").strip() for command in sub.choices.values()]
+    top.epilog = "every command and its flags (COMMAND --help explains them):\n" + "\n".join(
+        f"  {usage}" for usage in usages
+    )
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except InputError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `render ... | head`: the reader has gone, nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when exiting
+        return 0
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(
+            f"error: internal error: {type(exc).__name__}: {exc}\n"
+            f"This is a bug in voxtral-operator; {DEBUG_ENV}=1 prints its traceback.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
     return result
 
 

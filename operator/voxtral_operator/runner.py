@@ -5,18 +5,44 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 
 import kopf
 import prometheus_client
 
-from voxtral_operator.config import load_config
+from voxtral_operator.config import OperatorConfig
 from voxtral_operator.runtime import STATE
 
 
-def run_operator(args: argparse.Namespace) -> int:
-    STATE.config = load_config(args.config)
-    namespaces = list(args.namespace) or list(STATE.config.watched_namespaces)
+def credentials_problem() -> str | None:
+    """Why the operator could not log in to a cluster, or None when it can.
+
+    kopf would retry a failed login for ever with a traceback a minute; a missing kubeconfig is
+    a mistake to report once. The check is the one kopf's login (login_via_client) makes.
+    """
+    import kubernetes
+
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return None
+    except kubernetes.config.ConfigException as exc:
+        in_cluster = str(exc)
+    try:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        return None
+    except Exception as exc:  # any reason the kubeconfig is unusable is reported, not raised
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    kubeconfig = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    return (
+        f"no Kubernetes credentials: kubeconfig {kubeconfig}: {reason.rstrip('.')}; "
+        f"not in a cluster either ({in_cluster.rstrip('.')}). Set KUBECONFIG, or run in a pod with a service account"
+    )
+
+
+def run_operator(args: argparse.Namespace, config: OperatorConfig) -> int:
+    STATE.config = config
+    namespaces = list(args.namespace) or list(config.watched_namespaces)
     # Distinct priorities: equal ones would pause every replica.
     STATE.peering_priority = args.priority if args.priority is not None else random.randint(1, 2**30)
     STATE.peering_name = args.peering
