@@ -1,4 +1,4 @@
-"""`voxtral-operator`: render, crd, rbac, run.
+"""`voxtral-operator`: render, hardware, crd, rbac, run.
 
 A user's mistake (a missing file, a bad spec, a config key typo, no cluster credentials) ends
 in one message on stderr and a non-zero exit, never a traceback.
@@ -49,6 +49,12 @@ def _cmd_render(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     sys.stdout.write(yaml.safe_dump_all(rendered, sort_keys=False, width=120))
     return 0
+
+
+def _cmd_hardware(args: argparse.Namespace) -> int:
+    from voxtral_operator.hardware import run_hardware
+
+    return run_hardware(args, read_config(args.config))
 
 
 def _cmd_crd(_: argparse.Namespace) -> int:
@@ -108,6 +114,29 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", metavar="FILE", help="operator config YAML (default: every setting's default)")
     p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser(
+        "hardware",
+        help="GPU types and tensor-parallel sizes a model fits, with KV-cache capacity and price",
+        description="Where a model fits before you create an endpoint: per GPU type and tensor-parallel size, "
+        "the memory left, the KV cache in tokens and in concurrent 30-minute audio streams, and the hourly "
+        "price when the operator config gives one.",
+    )
+    p.add_argument("--model", required=True, help="a Hugging Face model id from the catalog")
+    p.add_argument(
+        "--max-model-len", type=int, default=None, metavar="N", help="context length in tokens (default: 32768)"
+    )
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        metavar="F",
+        help="share of each GPU's memory vLLM may use (default: 0.9)",
+    )
+    p.add_argument("--config", metavar="FILE", help="operator config YAML (GPU memory overrides, prices)")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
+    p.add_argument("--all", action="store_true", help="also list the combinations that do not fit")
+    p.set_defaults(func=_cmd_hardware)
 
     p = sub.add_parser("crd", help="print the VoxtralEndpoint CustomResourceDefinition")
     p.set_defaults(func=_cmd_crd)

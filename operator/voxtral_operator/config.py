@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+
+from voxtral_operator.api.catalog import GPU_TYPES
 
 # The one place the default images are named; the chart's values override them.
 DEFAULT_VLLM_IMAGE = "ghcr.io/voxtral-dev/vllm-voxtral:0.33.0"
@@ -43,6 +46,17 @@ class OperatorConfig(_Config):
     # vLLM images run as this user; the official image works as any uid with a writable HOME.
     vllm_run_as_user: int = 1000
     shm_size: str = "8Gi"
+    # What one GPU of each type costs an hour, shown by `voxtral-operator hardware` (no unit conversion).
+    gpu_hourly_prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    currency: str = "USD"
+
+    @field_validator("gpu_hourly_prices")
+    @classmethod
+    def _known_gpu_types(cls, prices: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(prices) - set(GPU_TYPES))
+        if unknown:
+            raise ValueError(f"unknown GPU type {', '.join(unknown)} (known: {', '.join(GPU_TYPES)})")
+        return prices
 
 
 def load_config(path: str | Path | None) -> OperatorConfig:
