@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test lint crds bench e2e images clean
+.PHONY: help demo test lint crds bench e2e cluster cluster-down images clean
 
 help:
 	@echo "make demo   - run the operator against a local API emulator and reconcile the examples"
@@ -12,7 +12,9 @@ help:
 	@echo "make lint   - ruff and mypy"
 	@echo "make crds   - regenerate crds/ and the chart's CRD from the API models"
 	@echo "make bench  - benchmarks (print figures)"
-	@echo "make e2e    - e2e suite against KUBECONFIG, or the local sandbox"
+	@echo "make cluster      - build (once) and start the local control plane, install the chart, run the operator"
+	@echo "make cluster-down - stop everything make cluster started"
+	@echo "make e2e    - e2e suite against KUBECONFIG, or (unset) against the local control plane"
 
 HELM := .tools/helm
 
@@ -55,8 +57,21 @@ images:
 	@echo "  docker build -f images/vllm-sim/Dockerfile -t ghcr.io/voxtral-dev/vllm-sim:0.1.0 ."
 	@echo "  docker build -t ghcr.io/voxtral-dev/vllm-voxtral:0.33.0 images/vllm-voxtral"
 
-e2e: $(STAMP)
+cluster: $(STAMP) $(HELM)
+	e2e/cluster/up
+
+cluster-down:
+	e2e/cluster/down
+
+# With KUBECONFIG set, against that cluster; without, against the local control plane, from inside
+# its network namespace (where pod and Service addresses are reachable).
+e2e: $(STAMP) $(HELM)
+ifeq ($(KUBECONFIG),)
+	e2e/cluster/up
+	e2e/cluster/exec $(CURDIR)/$(BIN)/python -m pytest e2e
+else
 	$(BIN)/python -m pytest e2e
+endif
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,133 +1,246 @@
-"""e2e: against the cluster KUBECONFIG points at, or, without one, the local sandbox (API stand-in,
-simulated vLLM pods, a kube-proxy stand-in, and the real operator process).
+"""e2e: against the cluster KUBECONFIG points at, through kubectl, as a platform engineer works.
 
-With a real cluster the operator must be installed (see e2e/README.md); endpoints use the image
-in VOXTRAL_E2E_IMAGE (the simulator image on CPU nodes, or a real vLLM image on GPU nodes), and
-Services are reached with `kubectl port-forward`.
+`make e2e` starts the local control plane (`make cluster`: real kube-apiserver, controller manager,
+scheduler and etcd, fake GPU nodes kept by the node agent, the chart installed by Helm, the operator
+under the chart's ServiceAccount) and runs this suite inside its network namespace. There
+VOXTRAL_LOCAL_CLUSTER names the cluster's state folder, which unlocks what only a local cluster
+offers: the API server's audit log, restarting the operator, and faults injected into pods.
+On another cluster (kind, a GPU cluster) those tests skip, and Services are reached through
+`kubectl port-forward`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiohttp
 import pytest
 import yaml
 
-from voxtral_testbed.harness import Kube, OperatorProcess, free_port
-from voxtral_testbed.sandbox import Behaviour, PodBehaviour, Sandbox
-
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+OPERATOR_USER = "system:serviceaccount:voxtral-system:voxtral-operator"
+MINI = "mistralai/Voxtral-Mini-3B-2507"
 
 
-class ClusterKube(Kube):
-    """The same interface over a real cluster, authenticated as kubectl is (kubernetes client config)."""
+def eventually(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
+    """Poll until check() returns something truthy; fail saying what was awaited and what was last seen."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout:.0f}s; last seen: {last!r}")
 
+
+class Kubectl:
     def __init__(self) -> None:
-        from kubernetes import client, config
+        self.binary = shutil.which("kubectl") or str(ROOT / ".tools" / "kubectl")
 
-        config.load_kube_config()
-        self._api = client.ApiClient()
-        self.url = self._api.configuration.host
-
-    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
-        def call() -> Any:
-            return self._api.call_api(
-                path,
-                method,
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
-                body=body,
-                auth_settings=["BearerToken"],
-                response_type="object",
-                _return_http_data_only=True,
-            )
-
-        return await asyncio.to_thread(call)
-
-    async def get(self, path: str) -> Any | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return await self.request("GET", path)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-
-@dataclass
-class Target:
-    kube: Kube
-    namespace: str
-    image: str | None
-    vllm_port: int
-    sandbox: Sandbox | None = None
-
-    @contextlib.asynccontextmanager
-    async def service_url(self, name: str) -> AsyncIterator[str]:
-        """The endpoint's OpenAI base URL as a caller reaches it."""
-        if self.sandbox is not None:
-            service = await self.kube.get(f"/api/v1/namespaces/{self.namespace}/services/{name}")
-            yield f"http://{(service or {})['spec']['clusterIP']}:{self.vllm_port}/v1"
-            return
-        kubectl = shutil.which("kubectl") or str(ROOT / ".tools" / "kubectl")
-        local = free_port()
-        forward = subprocess.Popen(  # noqa: ASYNC220 - a long-lived helper process
-            [kubectl, "-n", self.namespace, "port-forward", f"svc/{name}", f"{local}:{self.vllm_port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, *args], input=stdin, capture_output=True, text=True, timeout=120, check=False
         )
-        try:
-            await asyncio.sleep(2)
-            yield f"http://127.0.0.1:{local}/v1"
-        finally:
-            forward.terminate()
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        result = self.run("get", kind, name, "-n", namespace, "-o", "json", "--ignore-not-found", check=False)
+        if result.returncode != 0:
+            raise AssertionError(f"kubectl get {kind} {name}: {result.stderr.strip()}")
+        return json.loads(result.stdout) if result.stdout.strip() else None
+
+    def apply(self, *objects: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("apply", "-f", "-", stdin=yaml.safe_dump_all(objects), check=check)
 
 
-def endpoint_body(target: Target, name: str, **spec: Any) -> dict[str, Any]:
-    """A Voxtral Mini endpoint on L4s, running the target's image when it names one."""
-    body: dict[str, Any] = {"model": "mistralai/Voxtral-Mini-3B-2507", "gpu": {"type": "L4-24GB"}, **spec}
-    if target.image:
-        body["image"] = target.image
-    return {
-        "apiVersion": "voxtral.dev/v1alpha1",
-        "kind": "VoxtralEndpoint",
-        "metadata": {"name": name, "namespace": target.namespace},
-        "spec": body,
-    }
+def condition(endpoint: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for item in ((endpoint or {}).get("status") or {}).get("conditions") or []:
+        if item.get("type") == type_:
+            return dict(item)
+    return {}
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    user: str
+    verb: str
+    resource: str
+    namespace: str
+    name: str
+    code: int
+    uri: str
+
+    def __str__(self) -> str:
+        return f"{self.verb} {self.resource} {self.namespace}/{self.name} -> {self.code}"
+
+
+class LocalCluster:
+    """What the local control plane offers beyond any cluster: its audit log, operator and faults."""
+
+    def __init__(self, state: Path, kubectl: Kubectl) -> None:
+        self.state = state
+        self.kubectl = kubectl
+        self.audit_log = state / "audit.log"
+
+    def audit(self, since: int = 0) -> tuple[list[AuditEntry], int]:
+        """Completed requests in the audit log from byte offset `since`, and the offset to read on from."""
+        entries = []
+        with self.audit_log.open("rb") as log:
+            log.seek(since)
+            data = log.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        for line in complete.splitlines():
+            event = json.loads(line)
+            if event.get("stage") != "ResponseComplete":
+                continue
+            ref = event.get("objectRef") or {}
+            resource = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            entries.append(
+                AuditEntry(
+                    user=event["user"]["username"],
+                    verb=event["verb"],
+                    resource=resource,
+                    namespace=ref.get("namespace", ""),
+                    name=ref.get("name", ""),
+                    code=int((event.get("responseStatus") or {}).get("code", 0)),
+                    uri=event.get("requestURI", ""),
+                )
+            )
+        return entries, since + len(complete)
+
+    def operator_writes(self, since: int) -> tuple[list[AuditEntry], int]:
+        entries, offset = self.audit(since)
+        writes = {"create", "update", "patch", "delete", "deletecollection"}
+        return [e for e in entries if e.user == OPERATOR_USER and e.verb in writes], offset
+
+    def audit_offset(self) -> int:
+        return self.audit_log.stat().st_size
+
+    def operator(self, action: str, instance: int = 1) -> None:
+        subprocess.run([str(ROOT / "e2e" / "cluster" / "operator"), action, str(instance)], check=True, timeout=120)
+
+    def set_fault(self, namespace: str, endpoint: str, fault: dict[str, Any] | None) -> None:
+        """Pods of the endpoint started from now on behave so (see voxtral_testbed.node_agent)."""
+        current = self.kubectl.get("configmap", "voxtral-testbed-faults", "kube-system") or {}
+        data = dict(current.get("data") or {})
+        key = f"{namespace}.{endpoint}"
+        if fault is None:
+            data.pop(key, None)
+        else:
+            data[key] = json.dumps(fault)
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "voxtral-testbed-faults", "namespace": "kube-system"},
+            "data": data,
+        }
+        self.kubectl.run("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(body))
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> Kubectl:
+    if not os.environ.get("KUBECONFIG"):
+        pytest.skip("no KUBECONFIG: `make e2e` runs this suite on the local control plane")
+    return Kubectl()
+
+
+@pytest.fixture(scope="session")
+def local(kubectl: Kubectl) -> LocalCluster:
+    state = os.environ.get("VOXTRAL_LOCAL_CLUSTER")
+    if not state:
+        pytest.skip("needs the local control plane (audit log, operator process, fault injection)")
+    return LocalCluster(Path(state), kubectl)
+
+
+@pytest.fixture(scope="session")
+def namespace(kubectl: Kubectl) -> Iterator[str]:
+    """One namespace for the session's endpoints; deleting it at the end takes whatever a failure left."""
+    name = os.environ.get("VOXTRAL_E2E_NAMESPACE") or f"e2e-{uuid.uuid4().hex[:6]}"
+    kubectl.run("create", "namespace", name, check=False)
+    yield name
+    if not os.environ.get("VOXTRAL_E2E_NAMESPACE"):
+        kubectl.run("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
 def unique_name() -> str:
-    return f"e2e-{uuid.uuid4().hex[:6]}"
+    return f"vx-{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture
-async def target(tmp_path: Path) -> AsyncIterator[Target]:
-    namespace = os.environ.get("VOXTRAL_E2E_NAMESPACE", "default")
-    if os.environ.get("KUBECONFIG"):
-        yield Target(ClusterKube(), namespace, os.environ.get("VOXTRAL_E2E_IMAGE"), 8000)
+def endpoint_body(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    """Voxtral Mini on the L4 pool, running VOXTRAL_E2E_IMAGE when set (the simulator image on CPU clusters)."""
+    body: dict[str, Any] = {
+        "model": MINI,
+        "gpu": {"type": "L4-24GB"},
+        "nodePool": {
+            "nodeSelector": {"pool": "l4-speech"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "speech", "effect": "NoSchedule"}],
+        },
+        **spec,
+    }
+    if os.environ.get("VOXTRAL_E2E_IMAGE"):
+        body["image"] = os.environ["VOXTRAL_E2E_IMAGE"]
+    return {
+        "apiVersion": "voxtral.dev/v1alpha1",
+        "kind": "VoxtralEndpoint",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body,
+    }
+
+
+def wait_ready(kubectl: Kubectl, name: str, namespace: str, timeout: float = 180) -> dict[str, Any]:
+    kubectl.run(
+        "wait", f"vxe/{name}", "-n", namespace, "--for=condition=Ready", f"--timeout={int(timeout)}s", check=False
+    )
+    endpoint = kubectl.get("vxe", name, namespace)
+    assert condition(endpoint, "Ready").get("status") == "True", f"{name} not Ready: {endpoint and endpoint.get('status')}"
+    assert endpoint is not None
+    return endpoint
+
+
+def delete_endpoint(kubectl: Kubectl, name: str, namespace: str) -> None:
+    """Delete and wait until the garbage collector has taken the pods too (GPUs free for the next test)."""
+    kubectl.run("delete", "vxe", name, "-n", namespace, "--ignore-not-found", "--wait=true", "--timeout=120s")
+    selector = f"app.kubernetes.io/instance={name}"
+    eventually(
+        lambda: not kubectl.json("get", "pods,deployments", "-n", namespace, "-l", selector)["items"],
+        timeout=120,
+        what=f"children and pods of {name} gone",
+    )
+
+
+@contextlib.contextmanager
+def service_base_url(kubectl: Kubectl, name: str, namespace: str, port: int = 8000) -> Iterator[str]:
+    """The endpoint's OpenAI base URL as a caller in the cluster reaches it."""
+    if os.environ.get("VOXTRAL_LOCAL_CLUSTER"):
+        service = kubectl.get("service", name, namespace)
+        assert service is not None
+        yield f"http://{service['spec']['clusterIP']}:{port}/v1"
         return
-    vllm_port = free_port()
-    async with Sandbox(vllm_port=vllm_port) as sandbox, aiohttp.ClientSession() as session:
-        sandbox.controllers.default = Behaviour(
-            PodBehaviour.SIMULATED, simulator_args=("--max-num-seqs", "2", "--request-seconds", "0.5")
-        )
-        config = tmp_path / "config.yaml"
-        config.write_text(
-            yaml.safe_dump({"vllmPort": vllm_port, "scrapeIntervalSeconds": 0.5, "servingCheckSeconds": 1.0})
-        )
-        operator = OperatorProcess(sandbox.kubeconfig, tmp_path / "operator.log", "--config", str(config)).start()
-        try:
-            yield Target(Kube(sandbox.url, session), namespace, None, vllm_port, sandbox)
-        finally:
-            operator.stop()
+    local_port = 18000 + uuid.uuid4().int % 1000
+    forward = subprocess.Popen(
+        [kubectl.binary, "-n", namespace, "port-forward", f"svc/{name}", f"{local_port}:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(2)
+        yield f"http://127.0.0.1:{local_port}/v1"
+    finally:
+        forward.terminate()

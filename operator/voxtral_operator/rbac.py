@@ -28,6 +28,13 @@ RULES: tuple[Rule, ...] = (
     Rule(models.GROUP, (models.PLURAL,), ("get", "list", "watch"), "watch endpoints (kopf)"),
     Rule(models.GROUP, (f"{models.PLURAL}/status",), ("patch",), "status and conditions"),
     Rule(models.GROUP, (f"{models.PLURAL}/scale",), ("patch",), "the autoscaler writes spec.replicas"),
+    Rule(
+        models.GROUP,
+        (f"{models.PLURAL}/finalizers",),
+        ("update",),
+        "children's owner references set blockOwnerDeletion, which OwnerReferencesPermissionEnforcement "
+        "allows only to those who may update the owner's finalizers",
+    ),
     *(
         Rule(
             r.group,

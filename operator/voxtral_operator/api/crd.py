@@ -49,8 +49,9 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
-def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+def _structural(node: dict[str, Any], defs: dict[str, Any], *, nested: bool = False) -> dict[str, Any]:
     node = _resolve(node, defs)
+    optional = False
     if "anyOf" in node:
         variants = [_resolve(v, defs) for v in node["anyOf"]]
         non_null = [v for v in variants if v.get("type") != "null"]
@@ -59,6 +60,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         merged = {**non_null[0], **{k: v for k, v in node.items() if k != "anyOf"}}
         if merged.get("default", "") is None:
             del merged["default"]
+            optional = True
         node = merged
     if "const" in node:  # a one-value Literal
         node = {**node, "enum": [node.pop("const")]}
@@ -71,9 +73,9 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         if key not in _KEPT_KEYWORDS:
             continue
         if key == "properties":
-            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
+            out[key] = {name: _structural(sub, defs, nested=True) for name, sub in value.items()}
         elif key == "items":
-            out[key] = _structural(value, defs)
+            out[key] = _structural(value, defs, nested=True)
         elif key == "additionalProperties":
             # `false` is how pydantic says extra="forbid"; a structural schema forbids unknown
             # fields by pruning them, and `kubectl apply` (strict field validation) reports them.
@@ -86,21 +88,24 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
 
-    # Objects with defaults inside them get `default: {}` so the API server fills the nested
-    # defaults even when the user leaves the whole block out.
-    for prop in out.get("properties", {}).values():
-        if (
-            prop.get("type") == "object"
-            and "properties" in prop
-            and "default" not in prop
-            and any("default" in p for p in prop["properties"].values())
-        ):
-            prop["default"] = {}
     required = [r for r in out.get("required", []) if "default" not in out["properties"][r]]
     if required:
         out["required"] = required
     else:
         out.pop("required", None)
+    # A block with defaults inside gets `default: {}`, so the API server fills the nested defaults
+    # when the user leaves the whole block out; but not a block that is optional (`modelCache: {}`
+    # would ask for a PVC) nor one with required fields (the server checks defaults against the
+    # schema, and `{}` would fail it: the CRD could not be installed).
+    if (
+        nested
+        and not optional
+        and not required
+        and out.get("type") == "object"
+        and "default" not in out
+        and any("default" in p for p in out.get("properties", {}).values())
+    ):
+        out["default"] = {}
     return out
 
 

@@ -1,0 +1,64 @@
+"""The API as the real API server serves it: the CRD installs, kubectl explains and lists it, the
+server's defaulting fills only what the spec left to defaults, and bad endpoints are refused by
+the schema and CEL rules with messages that name the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import ROOT, Kubectl, endpoint_body
+
+pytestmark = pytest.mark.e2e
+
+
+def test_crd_is_established_and_explained(kubectl: Kubectl) -> None:
+    # A CRD whose defaults fail its own schema is refused at install: dry-run the repo's copy.
+    kubectl.run("apply", "--server-side", "--dry-run=server", "-f", str(ROOT / "crds"))
+    crd = kubectl.json("get", "crd", "voxtralendpoints.voxtral.dev")
+    established = [c for c in crd["status"]["conditions"] if c["type"] == "Established"]
+    assert established and established[0]["status"] == "True"
+    explained = kubectl.run("explain", "vxe.spec").stdout
+    for field in ("model", "gpu", "minReplicas", "maxReplicas", "autoscaling", "engine", "auth", "modelCache"):
+        assert field in explained, f"`kubectl explain vxe.spec` lacks {field}:\n{explained}"
+    assert "tensorParallelSize" in kubectl.run("explain", "vxe.spec.tensorParallelSize").stdout
+
+
+def test_server_defaults_fill_blocks_without_inventing_optional_ones(
+    kubectl: Kubectl, namespace: str, unique_name: str
+) -> None:
+    body = endpoint_body(unique_name, namespace)
+    stored = json.loads(kubectl.run("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=yaml.safe_dump(body)).stdout)
+    spec = stored["spec"]
+    # Defaults inside blocks the user left out are filled by the server...
+    assert spec["autoscaling"]["enabled"] is True
+    assert spec["engine"]["shutdownTimeoutSeconds"] > 0
+    # ...but optional blocks stay absent: a modelCache would give every endpoint a PVC it never asked for.
+    assert "modelCache" not in spec, spec
+    assert "apiKeySecretRef" not in spec.get("auth", {}), spec
+
+
+REFUSALS = [
+    ("unknown GPU type", {"gpu": {"type": "T4-16GB"}}, "spec.gpu.type"),
+    ("fewer max than min replicas", {"minReplicas": 3, "maxReplicas": 2}, "maxReplicas"),
+    ("an operator-owned vLLM flag", {"engine": {"extraArgs": ["--tensor-parallel-size", "2"]}}, "extraArgs"),
+    ("an unknown model without a profile", {"model": "someone/other-model"}, "modelProfile"),
+    ("a negative replica count", {"minReplicas": -1}, "spec.minReplicas"),
+    ("an unknown field", {"gpuCount": 2}, "gpuCount"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "field"), REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_bad_endpoint_is_refused_naming_the_field(
+    kubectl: Kubectl, namespace: str, unique_name: str, case: str, change: dict[str, Any], field: str
+) -> None:
+    body = copy.deepcopy(endpoint_body(unique_name, namespace))
+    body["spec"].update(change)
+    result = kubectl.apply(body, check=False)
+    assert result.returncode != 0, f"{case}: accepted by the API server"
+    assert field in result.stderr, f"{case}: the refusal does not name {field}: {result.stderr}"
+    assert kubectl.get("vxe", unique_name, namespace) is None
