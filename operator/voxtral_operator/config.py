@@ -1,14 +1,22 @@
-"""Operator-wide settings: one YAML file (the Helm chart's ConfigMap), every field defaulted."""
+"""Operator-wide settings: one YAML file (the Helm chart's ConfigMap), every field defaulted.
+
+The platform team's limits live here too: which extra vLLM flags, images and media domains
+endpoints may use, and per namespace which GPU types, priority classes, node selectors and
+tolerations, and how many GPUs one endpoint may hold. The defaults are the safe ones.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from voxtral_operator.api import flags
 from voxtral_operator.api.catalog import GPU_TYPES
 
 # The one place the default images are named; the chart's values override them.
@@ -23,6 +31,126 @@ class _Config(BaseModel):
 class GpuOverride(_Config):
     product_label: str | None = Field(default=None, description="Node label value for this GPU type.")
     memory_gb: float | None = Field(default=None, alias="memoryGB", gt=0)
+
+
+# Extra vLLM flags every endpoint may use unless the platform says otherwise: tuning and logging
+# only. Nothing that reads files, loads code, opens listeners, reaches the network, changes how many
+# GPUs a replica uses, or logs request contents. A flag stands for its destination, so
+# `--enable-prefix-caching` also admits `--no-enable-prefix-caching`.
+DEFAULT_ALLOWED_EXTRA_ARGS: tuple[str, ...] = (
+    "--enforce-eager",
+    "--enable-prefix-caching",
+    "--prefix-caching-hash-algo",
+    "--enable-chunked-prefill",
+    "--max-num-batched-tokens",
+    "--max-num-queued-tokens",
+    "--long-prefill-token-threshold",
+    "--block-size",
+    "--kv-cache-dtype",
+    "--dtype",
+    "--quantization",
+    "--seed",
+    "--disable-log-stats",
+    "--max-log-len",
+    "--log-level",
+    "--uvicorn-log-level",
+    "--disable-uvicorn-access-log",
+    "--disable-access-log-for-endpoints",
+    "--max-logprobs",
+    "--override-generation-config",
+    "--response-role",
+    "--return-tokens-as-token-ids",
+    "--enable-request-id-headers",
+    "--enable-prompt-tokens-details",
+    "--enable-force-include-usage",
+    "--disable-cascade-attn",
+    "--async-scheduling",
+    "--scheduling-policy",
+    "--stream-interval",
+    "--sse-keep-alive-interval",
+    "--max-cudagraph-capture-size",
+    "--optimization-level",
+    "--performance-mode",
+    "--disable-sliding-window",
+    "--skip-mm-profiling",
+    "--mm-processor-cache-gb",
+    "--disable-fastapi-docs",
+    "--disable-custom-all-reduce",
+)
+# Addresses no endpoint's egress may reach: cluster and cloud-internal ranges (the metadata service).
+DEFAULT_PRIVATE_CIDRS: tuple[str, ...] = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "127.0.0.0/8",
+    "fc00::/7",
+    "fe80::/10",
+    "::1/128",
+)
+ANY = "*"
+
+
+class AllowedToleration(_Config):
+    key: str = Field(default=ANY, min_length=1, description="Taint key; * for any key.")
+    value: str = Field(default=ANY, description="Taint value; * for any value (and operator Exists).")
+
+
+class NamespacePolicy(_Config):
+    """What the endpoints of some namespaces may ask for. Lists hold exact values or `*` (anything)."""
+
+    # Which namespaces: by name, or by labels (all must match); neither on the default policy.
+    namespaces: list[str] = Field(default_factory=list)
+    namespace_labels: dict[str, str] = Field(default_factory=dict)
+    gpu_types: list[str] = Field(default_factory=lambda: [ANY])
+    max_gpus_per_endpoint: int = Field(default=16, ge=1, le=4096)
+    # Never `system-*`: those preempt cluster components.
+    priority_class_names: list[str] = Field(default_factory=list)
+    # Node label key -> allowed values. The GPU product label is the operator's and never allowed.
+    node_selector: dict[str, list[str]] = Field(default_factory=lambda: {ANY: [ANY]})
+    tolerations: list[AllowedToleration] = Field(default_factory=lambda: [AllowedToleration()])
+    # A toleration with no key and operator Exists tolerates every taint, other teams' pools included.
+    tolerate_all_taints: bool = False
+
+    @field_validator("gpu_types")
+    @classmethod
+    def _known_gpu_types(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t != ANY and t not in GPU_TYPES]
+        if unknown:
+            raise ValueError(f"unknown GPU types {unknown}; known: {', '.join(GPU_TYPES)}")
+        return value
+
+    @field_validator("priority_class_names")
+    @classmethod
+    def _no_system_priority(cls, value: list[str]) -> list[str]:
+        if any(name.startswith("system-") or name == ANY for name in value):
+            raise ValueError("system-* priority classes (and *) cannot be allowed: they preempt cluster components")
+        return value
+
+    def matches(self, namespace: str, labels: dict[str, str]) -> bool:
+        if namespace in self.namespaces:
+            return True
+        return bool(self.namespace_labels) and self.namespace_labels.items() <= labels.items()
+
+
+class EgressConfig(_Config):
+    """The egress half of every endpoint's NetworkPolicy."""
+
+    enabled: bool = True
+    # Where pods resolve names: the cluster DNS pods.
+    dns_namespace: str = "kube-system"
+    dns_pod_labels: dict[str, str] = Field(default_factory=lambda: {"k8s-app": "kube-dns"})
+    # HTTPS to the model hub, and to media domains endpoints list, goes to these ranges less the private ones.
+    public_cidrs: list[str] = Field(default_factory=lambda: ["0.0.0.0/0", "::/0"])
+    private_cidrs: list[str] = Field(default_factory=lambda: list(DEFAULT_PRIVATE_CIDRS))
+
+    @field_validator("public_cidrs", "private_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr)  # raises ValueError naming the bad one
+        return value
 
 
 class OperatorConfig(_Config):
@@ -46,9 +174,50 @@ class OperatorConfig(_Config):
     # vLLM images run as this user; the official image works as any uid with a writable HOME.
     vllm_run_as_user: int = 1000
     shm_size: str = "8Gi"
+    # Platform limits on what endpoints ask for (see the module docstring).
+    allowed_extra_args: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_EXTRA_ARGS))
+    # Images endpoints may run: exact references, or prefixes ending in `*`. Empty: vllmImage only.
+    allowed_images: list[str] = Field(default_factory=list)
+    # Domains endpoints may list in engine.allowedMediaDomains: exact, `*.example.com`, or `*`.
+    allowed_media_domains: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # The first policy matching an endpoint's namespace applies; defaultPolicy when none does.
+    namespace_policies: list[NamespacePolicy] = Field(default_factory=list)
+    default_policy: NamespacePolicy = Field(default_factory=NamespacePolicy)
+    egress: EgressConfig = Field(default_factory=EgressConfig)
+
+    @field_validator("allowed_extra_args")
+    @classmethod
+    def _real_unowned_flags(cls, value: list[str]) -> list[str]:
+        refused = flags.refused_dests()
+        for flag in value:
+            dest = flags.dest_of_flag(flag)
+            if dest is None:
+                raise ValueError(f"{flag!r} is not a vllm serve {flags.table().version} flag")
+            if dest in refused:
+                raise ValueError(f"{flag!r} cannot be allowed: {refused[dest]}")
+        return value
+
+    def allowed_extra_dests(self) -> frozenset[str]:
+        return frozenset(d for d in map(flags.dest_of_flag, self.allowed_extra_args) if d is not None)
+
+    def image_allowed(self, image: str) -> bool:
+        patterns = self.allowed_images or [self.vllm_image]
+        return any(image == p or (p.endswith("*") and image.startswith(p[:-1])) for p in patterns)
+
+    def media_domain_allowed(self, domain: str) -> bool:
+        return any(p == ANY or fnmatch.fnmatchcase(domain, p) for p in self.allowed_media_domains)
+
+    def policy_for(self, namespace: str, labels: dict[str, str]) -> NamespacePolicy:
+        for policy in self.namespace_policies:
+            if policy.matches(namespace, labels):
+                return policy
+        return self.default_policy
+
     # What one GPU of each type costs an hour, shown by `voxtral-operator hardware` (no unit conversion).
     gpu_hourly_prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     currency: str = "USD"
+    # Operator log lines: "text" for people, "json" (one object a line) for log pipelines.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("gpu_hourly_prices")
     @classmethod

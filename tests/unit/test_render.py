@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from voxtral_operator.api import flags
 from voxtral_operator.api.resolve import InvalidSpec, resolve
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.render import render
@@ -118,6 +119,26 @@ def test_deployment_runs_vllm_as_the_model_card_says() -> None:
     assert int(env["VLLM_MAX_AUDIO_DECODE_DURATION_S"]) >= 40 * 60
     assert int(env["VLLM_MAX_AUDIO_CLIP_FILESIZE_MB"]) > 25
     assert int(env["VLLM_MAX_AUDIO_DECODE_BYTES"]) > 256 * 2**20
+
+
+def assert_vllm_reads_the_command_line(args: list[str]) -> None:
+    """vLLM's parser (through the generated table) knows every flag and sees each destination once."""
+    parsed = flags.parse(args)
+    assert parsed.problems == [], parsed.problems
+    assert [token for _, token in parsed.positionals] == [args[0]], "only the model is positional"
+    dests = [d for option in parsed.options for d in option.dests]
+    assert all(len(option.dests) == 1 for option in parsed.options)
+    assert len(dests) == len(set(dests)), sorted(d for d in dests if dests.count(d) > 1)
+
+
+@pytest.mark.parametrize("spec", SPEC_VARIANTS)
+def test_rendered_command_line_reads_cleanly_in_vllms_parser(spec: dict[str, Any]) -> None:
+    assert_vllm_reads_the_command_line(_vllm_container(render(_endpoint(**spec), CONFIG))["args"])
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_examples_command_lines_read_cleanly_in_vllms_parser(example: Path) -> None:
+    assert_vllm_reads_the_command_line(_vllm_container(render(yaml.safe_load(example.read_text()), CONFIG))["args"])
 
 
 def test_startup_budget_grows_with_model_size() -> None:

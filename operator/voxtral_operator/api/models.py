@@ -8,13 +8,12 @@ refuses the same inputs a cluster would.
 from __future__ import annotations
 
 import enum
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from voxtral_operator.api import catalog
+from voxtral_operator.api import catalog, flags
 
 GROUP = "voxtral.dev"
 VERSION = "v1alpha1"
@@ -24,30 +23,12 @@ PLURAL = "voxtralendpoints"
 SINGULAR = "voxtralendpoint"
 SHORT_NAMES = ["vxe"]
 
-# vLLM flags the operator renders itself; setting them through extraArgs would silently
-# fight the spec (or, for --api-key, put a secret on the command line).
-OPERATOR_OWNED_FLAGS: tuple[str, ...] = (
-    "model",
-    "host",
-    "port",
-    "served-model-name",
-    "tensor-parallel-size",
-    "tokenizer-mode",
-    "config-format",
-    "load-format",
-    "tool-call-parser",
-    "enable-auto-tool-choice",
-    "limit-mm-per-prompt",
-    "max-model-len",
-    "gpu-memory-utilization",
-    "max-num-seqs",
-    "max-num-queued-reqs",
-    "api-key",
-    "shutdown-timeout",
-    "download-dir",
+# Extra vLLM flags are read as vLLM's own parser reads them (api/flags.py): this CEL rule refuses the
+# spellings of operator-owned flags at `kubectl apply`; the model validator below is the full check.
+# The patterns hold no backslash escapes but \t \n \r \f \v, which CEL and RE2 read alike.
+_EXTRA_ARGS_RULE = (
+    f"self.all(a, !a.matches('{flags.cel_refused_pattern()}') || a.matches('{flags.cel_exempt_pattern()}'))"
 )
-# Flag names are [a-z-] only, so no escaping: CEL string literals reject `\-`.
-OWNED_FLAG_PATTERN = r"^--(" + "|".join(OPERATOR_OWNED_FLAGS) + r")(=.*)?$"
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
@@ -184,14 +165,18 @@ class EngineSpec(_Model):
         description="Seconds running requests may drain on shutdown (--shutdown-timeout).",
     )
     audio: AudioLimitsSpec = Field(default_factory=AudioLimitsSpec, description="Audio size limits vLLM enforces.")
-    extra_args: list[Annotated[str, Field(max_length=256)]] = Field(
+    extra_args: list[Annotated[str, Field(max_length=256, pattern=r"^[^\x00]*$")]] = Field(
         default_factory=list,
         max_length=32,
-        description="Additional vLLM flags. Flags the operator sets from the spec are refused.",
+        description=(
+            "Additional vLLM flags, within what the operator config allows. Flags the operator sets from "
+            "the spec are refused in every spelling vLLM accepts (aliases, _ for -, prefixes, --flag=value, "
+            "the dotted JSON form)."
+        ),
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": f"self.all(a, !a.matches('{OWNED_FLAG_PATTERN}'))",
+                    "rule": _EXTRA_ARGS_RULE,
                     "message": "extraArgs may not set flags the operator owns "
                     "(model, parallelism, limits, auth, ports); use the spec fields",
                 }
@@ -202,9 +187,9 @@ class EngineSpec(_Model):
     @field_validator("extra_args")
     @classmethod
     def _no_owned_flags(cls, args: list[str]) -> list[str]:
-        owned = [a for a in args if re.match(OWNED_FLAG_PATTERN, a)]
-        if owned:
-            raise ValueError(f"{', '.join(owned)}: set by the operator from the spec; use the spec fields instead")
+        problems = flags.extra_arg_problems(args)
+        if problems:
+            raise ValueError("; ".join(problems))
         return args
 
 
