@@ -20,7 +20,9 @@ from voxtral_operator.render import render
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 GOLDEN = ROOT / "tests" / "golden"
-CONFIG = OperatorConfig()
+# The platform lets every namespace use the priority classes the examples and variants name.
+PLATFORM = {"defaultPolicy": {"priorityClassNames": ["gpu-inference", "gpu", "high"]}}
+CONFIG = OperatorConfig.model_validate(PLATFORM)
 
 
 def _endpoint(**spec: Any) -> dict[str, Any]:
@@ -214,7 +216,7 @@ def test_cache_pvc_only_when_requested() -> None:
 
 
 def test_spec_values_cannot_inject_yaml_structure() -> None:
-    hostile = 'x"\n  injected: true\n- "--api-key=stolen'
+    hostile = 'x"}, injected: true, {"- --api-key=stolen'
     objects = render(_endpoint(servedModelName=hostile), CONFIG)
     args = _vllm_container(objects)["args"]
     assert _flag(args, "--served-model-name") == hostile
@@ -274,6 +276,13 @@ def test_bad_input_is_refused_naming_the_field(spec: dict[str, Any], field: str,
     assert any(p.startswith(field + ":") and hint in p for p in caught.value.problems), caught.value.problems
 
 
+@pytest.fixture(scope="module")
+def platform_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "config.yaml"
+    path.write_text(yaml.safe_dump(PLATFORM))
+    return path
+
+
 def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "voxtral_operator.cli", *args],
@@ -293,8 +302,8 @@ def test_cli_render_exits_2_with_the_message_and_prints_nothing(spec: dict[str, 
     assert hint in result.stderr
 
 
-def test_cli_render_prints_every_object_of_the_example() -> None:
-    result = _cli("render", "-f", str(ROOT / "examples" / "small-on-h100.yaml"))
+def test_cli_render_prints_every_object_of_the_example(platform_config: Path) -> None:
+    result = _cli("render", "--config", str(platform_config), "-f", str(ROOT / "examples" / "small-on-h100.yaml"))
     assert result.returncode == 0, result.stderr
     kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout)]
     assert sorted(kinds) == sorted(

@@ -8,9 +8,10 @@ refuses the same inputs a cluster would.
 from __future__ import annotations
 
 import enum
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from voxtral_operator.api import catalog, flags
@@ -31,7 +32,50 @@ _EXTRA_ARGS_RULE = (
 )
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# What the API server checks inside the children (apimachinery's validation), so the CRD and
+# `render` refuse up front what would otherwise fail the child's apply. `[.]`, not `\.`: CEL
+# string literals reject `\.`, and these patterns appear in CEL rules too.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?" + LABEL_NAME + "$"
+LABEL_VALUE = r"^(" + LABEL_NAME + ")?$"
+LABEL_KEY_MAX = 253 + 1 + 63
+CONFIG_MAP_KEY = r"^[-._a-zA-Z0-9]+$"
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why the API server would refuse `key` as a label key (or node selector key); None when it would not."""
+    prefix, _, name = key.rpartition("/")
+    if not re.match(LABEL_KEY, key) or len(prefix) > 253 or len(name) > 63:
+        return (
+            f"{key!r} is not a valid label key: an optional DNS subdomain prefix and '/', then up to 63 "
+            "letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        )
+    return None
+
+
+def _label_map_rule(what: str) -> dict[str, Any]:
+    return {
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.all(k, k.matches('{LABEL_KEY}'))",
+                "message": f"{what} keys must be valid label keys ([prefix/]name, name up to 63 characters)",
+            }
+        ]
+    }
+
+
+def _label_keys(value: dict[str, str]) -> dict[str, str]:
+    problems = [p for p in map(label_key_problem, value) if p]
+    if problems:
+        raise ValueError("; ".join(problems))
+    return value
+
+
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+LabelKey = Annotated[str, Field(max_length=LABEL_KEY_MAX)]
 
 
 class _Model(BaseModel):
@@ -71,6 +115,11 @@ class ModelProfileSpec(_Model):
     )
 
 
+class WeightsSource(enum.StrEnum):
+    HUB = "hub"
+    PRELOADED = "preloaded"
+
+
 class AutoscalingMode(enum.StrEnum):
     OPERATOR = "operator"
     KEDA = "keda"
@@ -106,25 +155,73 @@ class AutoscalingSpec(_Model):
 
 
 class Toleration(_Model):
-    key: str | None = Field(default=None, max_length=316, description="Taint key the toleration applies to.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.key) && self.key != '' || (has(self.operator) && self.operator == 'Exists')",
+                    "message": "a toleration without a key must have operator Exists (it then tolerates every taint)",
+                },
+                {
+                    "rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                    "message": "value must be empty when operator is Exists",
+                },
+                {
+                    "rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                    "message": "tolerationSeconds needs effect NoExecute",
+                },
+            ]
+        }
+    )
+
+    key: str | None = Field(
+        default=None, max_length=LABEL_KEY_MAX, pattern=LABEL_KEY, description="Taint key the toleration applies to."
+    )
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
-    value: str | None = Field(default=None, max_length=63, description="Taint value to match.")
+    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE, description="Taint value to match.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all."
     )
     toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
 
+    @model_validator(mode="after")
+    def _as_the_api_server_checks(self) -> Toleration:
+        if self.key:
+            problem = label_key_problem(self.key)
+            if problem:
+                raise ValueError(problem)
+        elif self.operator != "Exists":
+            raise ValueError("a toleration without a key must have operator Exists (it then tolerates every taint)")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value must be empty when operator is Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
+
 
 class NodePoolSpec(_Model):
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+    node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
         max_length=32,
-        description="Labels of the reserved GPU nodes, added to the GPU product selector.",
+        description=(
+            "Labels of the reserved GPU nodes, added to the GPU product selector (which it cannot override), "
+            "within the namespace's policy in the operator config."
+        ),
+        json_schema_extra=_label_map_rule("nodeSelector"),
     )
     tolerations: list[Toleration] = Field(
-        default_factory=list, max_length=32, description="Tolerations for the pool's taints."
+        default_factory=list,
+        max_length=32,
+        description="Tolerations for the pool's taints, within the namespace's policy in the operator config.",
     )
-    priority_class_name: str | None = Field(default=None, max_length=253, description="PriorityClass of the vLLM pods.")
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="PriorityClass of the vLLM pods: one the namespace's policy allows (never system-*).",
+    )
+
+    _node_selector_keys = field_validator("node_selector")(_label_keys)
 
 
 class AudioLimitsSpec(_Model):
@@ -165,6 +262,14 @@ class EngineSpec(_Model):
         description="Seconds running requests may drain on shutdown (--shutdown-timeout).",
     )
     audio: AudioLimitsSpec = Field(default_factory=AudioLimitsSpec, description="Audio size limits vLLM enforces.")
+    allowed_media_domains: list[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Domains callers' audio URLs may be fetched from (--allowed-media-domains), within the operator "
+            "config's allowedMediaDomains. Empty: vLLM fetches no URL (audio must be sent inline)."
+        ),
+    )
     extra_args: list[Annotated[str, Field(max_length=256, pattern=r"^[^\x00]*$")]] = Field(
         default_factory=list,
         max_length=32,
@@ -195,7 +300,24 @@ class EngineSpec(_Model):
 
 class SecretKeyRef(_Model):
     name: str = Field(max_length=253, pattern=DNS_LABEL, description="Secret in the endpoint's namespace.")
-    key: str = Field(default="api-key", max_length=253, description="Key in the Secret.")
+    key: str = Field(
+        default="api-key",
+        max_length=253,
+        pattern=CONFIG_MAP_KEY,
+        description="Key in the Secret.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self != '.' && !self.startsWith('..')", "message": "a Secret key cannot be '.' or start '..'"}
+            ]
+        },
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _secret_key(cls, key: str) -> str:
+        if key == "." or key.startswith(".."):
+            raise ValueError("a Secret key cannot be '.' or start '..'")
+        return key
 
 
 class AuthSpec(_Model):
@@ -213,7 +335,7 @@ class AccessMode(enum.StrEnum):
 class ModelCacheSpec(_Model):
     size: str = Field(default="100Gi", pattern=QUANTITY, max_length=32, description="PVC size.")
     storage_class_name: str | None = Field(
-        default=None, max_length=253, description="StorageClass; the cluster default when empty."
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="StorageClass; the cluster default when empty."
     )
     access_mode: AccessMode = Field(
         default=AccessMode.READ_WRITE_MANY,
@@ -230,11 +352,14 @@ class AccessSpec(_Model):
         max_length=64,
         description="Other namespaces whose pods may call the endpoint (the own namespace always may).",
     )
-    from_pod_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+    from_pod_labels: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
         max_length=16,
         description="When set, only pods with these labels (in the allowed namespaces) may call it.",
+        json_schema_extra=_label_map_rule("fromPodLabels"),
     )
+
+    _pod_label_keys = field_validator("from_pod_labels")(_label_keys)
 
 
 class ResourcesSpec(_Model):
@@ -297,6 +422,7 @@ class VoxtralEndpointSpec(_Model):
     served_model_name: str | None = Field(
         default=None,
         max_length=256,
+        pattern=NO_CONTROL_CHARACTERS,
         description="Model name callers use in requests; defaults to spec.model.",
     )
     gpu: GpuSpec = Field(description="GPU the endpoint runs on.")
@@ -326,7 +452,19 @@ class VoxtralEndpointSpec(_Model):
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="CPU and memory of each replica.")
     image: str | None = Field(
-        default=None, max_length=512, description="vLLM image; the operator's default when unset."
+        default=None,
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\s]+$",
+        description="vLLM image; the operator's default when unset. Others must be allowed by the operator config.",
+    )
+    weights_source: WeightsSource = Field(
+        default=WeightsSource.HUB,
+        description=(
+            "hub: vLLM downloads the weights from Hugging Face (the pod may reach it over HTTPS). "
+            "preloaded: the weights are already in the model cache or the image; vLLM runs offline and "
+            "the pod gets no egress for them."
+        ),
     )
 
     def cross_field_problems(self) -> list[str]:

@@ -6,13 +6,23 @@ Pure: no I/O. The renderer takes a Plan and never re-checks anything.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
 
-from voxtral_operator.api import catalog, models
-from voxtral_operator.config import OperatorConfig
+from voxtral_operator.api import catalog, flags, models
+from voxtral_operator.config import ANY, NamespacePolicy, OperatorConfig
+
+# A VoxtralEndpoint is a few levels deep; anything far deeper is refused before it is walked.
+MAX_DEPTH = 32
+# Children append suffixes (e.g. "-cache") and Service names are DNS labels (63).
+MAX_NAME_LENGTH = 52
+# Node labels the operator's own GPU placement uses; an endpoint's node selector may not set them.
+GPU_PRODUCT_LABELS = ("nvidia.com/gpu.product",)
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 class InvalidSpec(ValueError):
@@ -130,21 +140,183 @@ def _default_memory(model: catalog.ModelProfile) -> str:
     return f"{math.ceil(model.weights_bytes * 1.5 / 2**30) + 16}Gi"
 
 
-def resolve(endpoint: dict[str, Any], config: OperatorConfig) -> Plan:
-    """Validate a VoxtralEndpoint object (as the API returns it) and derive everything rendering needs."""
-    metadata = endpoint.get("metadata") or {}
-    name = metadata.get("name")
-    namespace = metadata.get("namespace") or "default"
+def _shape_problems(endpoint: Any) -> list[str]:
+    """What no VoxtralEndpoint can be, checked without recursion: too deep, non-string keys,
+    strings that are not Unicode text (lone surrogates cannot be written as YAML or UTF-8)."""
+    if not isinstance(endpoint, dict):
+        return [f"the endpoint must be an object, not {type(endpoint).__name__}"]
     problems: list[str] = []
+    stack: list[tuple[str, Any, int]] = [("", endpoint, 0)]
+    while stack and len(problems) < 10:
+        path, node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            problems.append(f"{path.lstrip('.')}: nested deeper than {MAX_DEPTH} levels")
+            continue
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    problems.append(f"{path.lstrip('.') or 'the endpoint'}: key {key!r} is not a string")
+                    continue
+                stack.append((f"{path}.{key}", value, depth + 1))
+        elif isinstance(node, list | tuple):
+            stack += [(f"{path}[{i}]", value, depth + 1) for i, value in enumerate(node)]
+        elif isinstance(node, str) and re.search("[\ud800-\udfff]", node):
+            problems.append(f"{path.lstrip('.')}: not valid Unicode text (a lone surrogate)")
+    return problems
+
+
+def _metadata_problems(endpoint: dict[str, Any]) -> tuple[str, str, str | None, list[str]]:
+    metadata = endpoint.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        return "", "", None, ["metadata: must be an object"]
+    problems = []
+    name = metadata.get("name")
+    namespace = metadata.get("namespace")
+    uid = metadata.get("uid")
     if not name:
         problems.append("metadata.name: required")
-    elif len(name) > 52:
-        # Children append suffixes (e.g. "-cache") and Service names are DNS labels (63).
-        problems.append(f"metadata.name: {name!r} is longer than 52 characters")
-    if endpoint.get("apiVersion", models.API_VERSION) != models.API_VERSION:
-        problems.append(f"apiVersion: expected {models.API_VERSION}, got {endpoint.get('apiVersion')!r}")
-    if endpoint.get("kind", models.KIND) != models.KIND:
-        problems.append(f"kind: expected {models.KIND}, got {endpoint.get('kind')!r}")
+    elif not isinstance(name, str):
+        problems.append(f"metadata.name: must be a string, not {type(name).__name__}")
+    elif len(name) > MAX_NAME_LENGTH:
+        problems.append(f"metadata.name: {name!r} is longer than {MAX_NAME_LENGTH} characters")
+    elif not re.match(models.DNS_LABEL, name):
+        problems.append(f"metadata.name: {name!r} must be a DNS label (lowercase letters, digits and '-')")
+    if namespace is None or namespace == "":
+        namespace = "default"
+    elif not isinstance(namespace, str):
+        problems.append(f"metadata.namespace: must be a string, not {type(namespace).__name__}")
+    elif len(namespace) > 63 or not re.match(models.DNS_LABEL, namespace):
+        problems.append(f"metadata.namespace: {namespace!r} is not a namespace name (a DNS label)")
+    if uid is not None and not isinstance(uid, str):
+        problems.append(f"metadata.uid: must be a string, not {type(uid).__name__}")
+    for field in ("apiVersion", "kind"):
+        value, expected = endpoint.get(field), models.API_VERSION if field == "apiVersion" else models.KIND
+        if value is not None and value != expected:
+            problems.append(f"{field}: expected {expected}, got {value!r}")
+    if problems:
+        return "", "", None, problems
+    return str(name), str(namespace), uid, []
+
+
+def _policy(
+    config: OperatorConfig, namespace: str, namespace_labels: Mapping[str, str] | None
+) -> tuple[NamespacePolicy | None, list[str]]:
+    """The first namespace policy matching the namespace, or the default; fails closed when a policy
+    selects by labels and the labels are not known."""
+    known = {NAMESPACE_NAME_LABEL: namespace}
+    for policy in config.namespace_policies:
+        if namespace in policy.namespaces:
+            return policy, []
+        wanted = policy.namespace_labels
+        if not wanted:
+            continue
+        if namespace_labels is None and wanted.keys() - known.keys():
+            return None, [
+                f"metadata.namespace: the operator config selects namespace policies by labels "
+                f"({', '.join(sorted(wanted))}) and the labels of namespace {namespace!r} are not known"
+            ]
+        if wanted.items() <= {**known, **(namespace_labels or {})}.items():
+            return policy, []
+    return config.default_policy, []
+
+
+def _allowed(value: str, allowed: list[str]) -> bool:
+    return ANY in allowed or value in allowed
+
+
+def _toleration_allowed(toleration: models.Toleration, policy: NamespacePolicy) -> bool:
+    if not toleration.key:
+        return policy.tolerate_all_taints
+    for entry in policy.tolerations:
+        if entry.key not in (ANY, toleration.key):
+            continue
+        if entry.value == ANY or (toleration.operator != "Exists" and entry.value == (toleration.value or "")):
+            return True
+    return False
+
+
+def platform_problems(
+    spec: models.VoxtralEndpointSpec,
+    namespace: str,
+    config: OperatorConfig,
+    namespace_labels: Mapping[str, str] | None = None,
+) -> list[str]:
+    """What the platform team's limits (the operator config) refuse in this endpoint."""
+    policy, problems = _policy(config, namespace, namespace_labels)
+    where = f"in namespace {namespace!r}"
+    if spec.image is not None and not config.image_allowed(spec.image):
+        allowed = ", ".join(config.allowed_images or [config.vllm_image])
+        problems.append(f"spec.image: {spec.image!r} is not an image the platform allows (allowedImages: {allowed})")
+    allowed_dests = config.allowed_extra_dests()
+    for option in flags.parse(spec.engine.extra_args).options:
+        for dest in sorted(option.dests - allowed_dests):
+            problems.append(
+                f"spec.engine.extraArgs[{option.index}]: {option.token!r} ({flags.table().flag(dest)}) is not "
+                "allowed by the platform (operator config allowedExtraArgs)"
+            )
+    for index, domain in enumerate(spec.engine.allowed_media_domains):
+        if not config.media_domain_allowed(domain):
+            problems.append(
+                f"spec.engine.allowedMediaDomains[{index}]: {domain!r} is not a domain the platform allows "
+                f"(operator config allowedMediaDomains: {', '.join(config.allowed_media_domains) or 'none'})"
+            )
+    pool = spec.node_pool
+    for key in pool.node_selector:
+        if key in (config.gpu_node_label, *GPU_PRODUCT_LABELS):
+            problems.append(
+                f"spec.nodePool.nodeSelector: {key!r} is the operator's GPU product selector (from spec.gpu.type); "
+                "it cannot be overridden"
+            )
+    if pool.priority_class_name and pool.priority_class_name.startswith("system-"):
+        problems.append(
+            f"spec.nodePool.priorityClassName: {pool.priority_class_name!r}: system-* priority classes are "
+            "for cluster components"
+        )
+    if policy is None:
+        return problems
+    if not _allowed(spec.gpu.type, policy.gpu_types):
+        problems.append(
+            f"spec.gpu.type: {spec.gpu.type} is not allowed {where} (allowed: {', '.join(policy.gpu_types)})"
+        )
+    if (
+        pool.priority_class_name
+        and not pool.priority_class_name.startswith("system-")
+        and pool.priority_class_name not in policy.priority_class_names
+    ):
+        problems.append(
+            f"spec.nodePool.priorityClassName: {pool.priority_class_name!r} is not allowed {where} "
+            f"(allowed: {', '.join(policy.priority_class_names) or 'none'})"
+        )
+    for key, value in pool.node_selector.items():
+        if key in (config.gpu_node_label, *GPU_PRODUCT_LABELS):
+            continue
+        values = policy.node_selector.get(key, policy.node_selector.get(ANY))
+        if values is None or not _allowed(value, values):
+            problems.append(f"spec.nodePool.nodeSelector: {key}={value!r} is not allowed {where}")
+    for index, toleration in enumerate(pool.tolerations):
+        if not _toleration_allowed(toleration, policy):
+            shown = toleration.model_dump(by_alias=True, exclude_none=True)
+            what = "tolerates every taint" if not toleration.key else "is not allowed"
+            problems.append(f"spec.nodePool.tolerations[{index}]: {shown} {what} {where}")
+    return problems
+
+
+def resolve(
+    endpoint: dict[str, Any],
+    config: OperatorConfig,
+    namespace_labels: Mapping[str, str] | None = None,
+) -> Plan:
+    """Validate a VoxtralEndpoint object (as the API returns it) and derive everything rendering needs.
+
+    `namespace_labels` are the labels of the endpoint's namespace, for namespace policies that select
+    by label; None when unknown (a policy that needs them then refuses the endpoint).
+    """
+    problems = _shape_problems(endpoint)
+    if problems:
+        raise InvalidSpec(problems)
+    name, namespace, uid, problems = _metadata_problems(endpoint)
     raw_spec = endpoint.get("spec")
     if not isinstance(raw_spec, dict):
         problems.append("spec: required, and must be an object")
@@ -157,17 +329,29 @@ def resolve(endpoint: dict[str, Any], config: OperatorConfig) -> Plan:
             problems.append(f"{_field_path(error['loc'])}: {message}")
         raise InvalidSpec(problems) from None
     problems += spec.cross_field_problems()
-    if problems or not name:
+    if problems:
         raise InvalidSpec(problems)
+    problems = platform_problems(spec, namespace, config, namespace_labels)
 
     gpus = gpu_catalog(config)
     gpu = gpus[spec.gpu.type]
     model = model_profile(spec)
-    tp = _choose_tensor_parallel_size(spec, model, gpu, gpus)
+    try:
+        tp = _choose_tensor_parallel_size(spec, model, gpu, gpus)
+    except InvalidSpec as exc:
+        raise InvalidSpec(problems + exc.problems) from None
+    policy, _ = _policy(config, namespace, namespace_labels)
+    if policy is not None and tp * spec.max_replicas > policy.max_gpus_per_endpoint:
+        problems.append(
+            f"spec.maxReplicas: {spec.max_replicas} replicas x {tp} GPUs is {tp * spec.max_replicas} GPUs; "
+            f"the platform allows at most {policy.max_gpus_per_endpoint} per endpoint in namespace {namespace!r}"
+        )
+    if problems:
+        raise InvalidSpec(problems)
     return Plan(
         name=name,
         namespace=namespace,
-        uid=metadata.get("uid"),
+        uid=uid,
         spec=spec,
         model=model,
         gpu=gpu,

@@ -1,13 +1,16 @@
 """Desired child objects of a VoxtralEndpoint: a pure function of the endpoint and the operator config.
 
 Manifests are jinja2 templates (what a platform engineer reads to see what runs on the GPU
-nodes); the values they need are computed here. Every value is interpolated through `tojson`
-and the output is parsed back, so a spec value can never alter a manifest's structure.
+nodes); the values they need are computed here. Every value is interpolated through `tojson`,
+which here writes YAML flow style (`yaml_flow`: JSON's shape, YAML's string escapes), and the
+output is parsed back, so a spec value can never alter a manifest's structure.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +35,60 @@ PRE_STOP_SECONDS = 10
 # Audio decoding may happen at the source rate before resampling: 48 kHz, stereo, float32.
 AUDIO_DECODE_BYTES_PER_SECOND = 48_000 * 2 * 4
 STARTUP_PROBE_PERIOD_SECONDS = 10
+# vLLM fetches media from any domain when --allowed-media-domains is not given, and the flag takes
+# at least one domain: an endpoint that lists none gets this reserved name (RFC 2606), which no
+# URL's host can be, so vLLM fetches no URL at all.
+NO_MEDIA_DOMAIN = "none.invalid"
+DNS_PORT = 53
+HTTPS_PORT = 443
+HTTP_PORT = 80
+
+
+# Printable in YAML but read as line breaks (U+2028/9) or a byte-order mark: escaped like controls.
+_YAML_UNSAFE = frozenset((0x2028, 0x2029, 0xFEFF, 0xFFFE, 0xFFFF))
+
+
+def _yaml_string(text: str) -> str:
+    """A YAML double-quoted scalar that reads back as `text`.
+
+    JSON's escapes are not all YAML's: a character outside the Basic Multilingual Plane becomes a
+    JSON surrogate pair, which YAML refuses. Here only what YAML cannot carry raw (controls, DEL,
+    C1, line and paragraph separators, BOM, U+FFFE/FFFF) is escaped; the rest, astral characters
+    included, is written as itself.
+    """
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif code == 0x0A:
+            out.append("\\n")
+        elif code < 0x20 or 0x7F <= code <= 0x9F or code in _YAML_UNSAFE or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def yaml_flow(value: Any) -> str:
+    """`value` as one line of YAML flow style, safe to interpolate anywhere a value goes."""
+    if isinstance(value, str):
+        return _yaml_string(value)
+    if value is None or isinstance(value, bool | int):
+        return json.dumps(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} has no YAML flow form here")  # specs bound every number
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        # Sorted keys, as jinja2's own tojson writes them: the output does not depend on insertion order.
+        items = sorted((str(k), v) for k, v in value.items())
+        return "{" + ", ".join(f"{_yaml_string(k)}: {yaml_flow(v)}" for k, v in items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(yaml_flow(v) for v in value) + "]"
+    raise TypeError(f"cannot render a {type(value).__name__}")
+
 
 _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -41,6 +98,7 @@ _templates = jinja2.Environment(
     autoescape=False,
     keep_trailing_newline=True,
 )
+_templates.filters["tojson"] = yaml_flow
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -104,6 +162,9 @@ def vllm_args(plan: Plan, config: OperatorConfig) -> list[str]:
         str(engine.gpu_memory_utilization),
         "--shutdown-timeout",
         str(engine.shutdown_timeout_seconds),
+        # Callers' audio URLs are fetched only from the domains the endpoint lists (none: no URL at all).
+        "--allowed-media-domains",
+        *(engine.allowed_media_domains or [NO_MEDIA_DOMAIN]),
         "--enable-server-load-tracking",
     ]
     if engine.max_num_seqs is not None:
@@ -130,7 +191,12 @@ def vllm_env(plan: Plan) -> list[dict[str, Any]]:
         },
         # The engine must be allowed as long to come up as the startup probe waits.
         {"name": "VLLM_ENGINE_READY_TIMEOUT_S", "value": str(plan.model.startup_budget_seconds)},
+        # A redirect would lead a media fetch off the allowed domains.
+        {"name": "VLLM_MEDIA_URL_ALLOW_REDIRECTS", "value": "0"},
     ]
+    if spec.weights_source == models.WeightsSource.PRELOADED:
+        # The weights are in the cache or the image: never reach for the hub (the pod has no egress to it).
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     key_ref = spec.auth.api_key_secret_ref
     if key_ref is not None:
         # From the Secret, never inline: the key stays out of the pod spec and the process list.
@@ -164,7 +230,8 @@ def deployment(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
             # preStop pause, then the drain, then a margin for the process to exit.
             "termination_grace_period_seconds": PRE_STOP_SECONDS + shutdown + 30,
             "pre_stop_seconds": PRE_STOP_SECONDS,
-            "node_selector": {config.gpu_node_label: plan.gpu.product_label, **spec.node_pool.node_selector},
+            # The GPU product selector last: the pool's selector can never replace it (resolve refuses it too).
+            "node_selector": {**spec.node_pool.node_selector, config.gpu_node_label: plan.gpu.product_label},
             "tolerations": _tolerations(spec),
             "priority_class_name": spec.node_pool.priority_class_name,
             "run_as_user": config.vllm_run_as_user,
@@ -230,6 +297,7 @@ def network_policy(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
             "podSelector": {"matchLabels": dict(config.operator_pod_labels)},
         }
     )
+    egress = egress_rules(plan, config)
     return _render_template(
         "networkpolicy.yaml.j2",
         {
@@ -239,8 +307,50 @@ def network_policy(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
             "selector": selector_labels(plan.name),
             "peers": peers,
             "port": config.vllm_port,
+            "policy_types": ["Ingress"] if egress is None else ["Ingress", "Egress"],
+            "egress": egress,
         },
     )
+
+
+def _public_peers(config: OperatorConfig) -> list[dict[str, Any]]:
+    """The public ranges less the private ones, one ipBlock per public range (excepts must lie inside it)."""
+    peers = []
+    for cidr in config.egress.public_cidrs:
+        network = ipaddress.ip_network(cidr)
+        excepts = [
+            p
+            for p in config.egress.private_cidrs
+            if (private := ipaddress.ip_network(p)).version == network.version
+            and private != network
+            and private.subnet_of(network)  # type: ignore[arg-type]
+        ]
+        peers.append({"ipBlock": {"cidr": cidr, **({"except": excepts} if excepts else {})}})
+    return peers
+
+
+def egress_rules(plan: Plan, config: OperatorConfig) -> list[dict[str, Any]] | None:
+    """What the vLLM pods may reach: DNS and HTTPS to the hub while weights download, HTTP(S) to public
+    addresses when media domains are listed, nothing otherwise. None: the platform renders no egress policy."""
+    if not config.egress.enabled:
+        return None
+    spec = plan.spec
+    downloads = spec.weights_source == models.WeightsSource.HUB
+    fetches_media = bool(spec.engine.allowed_media_domains)
+    if not downloads and not fetches_media:
+        return []
+    dns = {
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.egress.dns_namespace}},
+                "podSelector": {"matchLabels": dict(config.egress.dns_pod_labels)},
+            }
+        ],
+        "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}],
+    }
+    ports = [HTTPS_PORT] + ([HTTP_PORT] if fetches_media else [])
+    web = {"to": _public_peers(config), "ports": [{"protocol": "TCP", "port": p} for p in ports]}
+    return [dns, web]
 
 
 def persistent_volume_claim(plan: Plan) -> dict[str, Any] | None:
