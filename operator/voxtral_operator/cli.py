@@ -17,6 +17,7 @@ import yaml
 
 from voxtral_operator.api.resolve import InvalidSpec
 from voxtral_operator.inputs import InputError, load_manifests, read_config
+from voxtral_operator.logs import LOG_FORMATS
 
 EXIT_USAGE = 2  # bad input or options, as argparse exits
 EXIT_FAILED = 1  # the environment is not what the command needs (no cluster credentials)
@@ -161,8 +162,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=9090, metavar="PORT", help="Prometheus metrics port (0 = off)")
     p.add_argument("--peering", default=None, metavar="NAME", help="KopfPeering name: several replicas, one active")
     p.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="text lines for people, or JSON lines for log pipelines (default: the config's logFormat, text)",
+    )
     p.add_argument("--verbose", action="store_true", help="debug logs, kopf's per-handler lines included")
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(func=_cmd_run, version=_version())
 
     # Every command's flags at a glance; `COMMAND --help` explains each one.
     usages = [command.format_usage().removeprefix("usage: ").strip() for command in sub.choices.values()]

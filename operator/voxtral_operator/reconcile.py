@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from voxtral_operator import diffing, metrics, render, status
+from voxtral_operator import diffing, logs, metrics, render, status
 from voxtral_operator.api.resolve import InvalidSpec, Plan, resolve
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s import resources
@@ -151,6 +151,7 @@ class Reconciler:
         self._update_phase_gauge()
 
     async def _run(self, key: Key) -> None:
+        logs.bind_endpoint(key)
         work = self._work[key]
         while True:
             work.dirty = False
@@ -185,6 +186,7 @@ class Reconciler:
     async def reconcile(self, key: Key) -> None:
         endpoint = self.view.endpoint(key)
         if endpoint is None:
+            logs.log_endpoint_gone(key)
             self.forget(key)  # deleted: owner references take the children with it
             return
         meta = endpoint.get("metadata") or {}
@@ -268,6 +270,7 @@ class Reconciler:
                 # this name is never silently taken over (it may also be ours with its labels edited).
                 live = await self.client.get(resource, key[0], child[1])
             if live is not None and not _owned_by(live, uid):
+                logs.log_child_change(key, "refused", *child, "exists and is not owned by this endpoint")
                 raise ChildRefused(
                     "NameConflict",
                     f"{child[0]} {child[1]} exists and is not owned by this endpoint; it is left untouched: "
@@ -281,8 +284,10 @@ class Reconciler:
                 if exc.status not in _REFUSALS:
                     raise
                 message = f"{child[0]} {child[1]}: {exc.status} {exc.reason}: {exc.message}"
+                logs.log_child_change(key, "refused", *child, f"{exc.status} {exc.reason}: {exc.message}")
                 raise ChildRefused("ApplyRejected", message) from exc
             self._pending_children[pending] = live_version
+            logs.log_child_change(key, "created" if live is None else "updated", *child, logs.change_reason(obj, live))
             (created if live is None else updated).append(f"{child[0]}/{child[1]}")
         return created, updated
 
@@ -294,6 +299,7 @@ class Reconciler:
             if child in wanted or not _owned_by(live, uid):
                 continue
             await self.client.delete(resources.BY_KIND[child[0]], key[0], child[1], live["metadata"].get("uid"))
+            logs.log_child_change(key, "deleted", *child, "the spec no longer asks for it")
             self._pending_children.pop((key, child), None)
 
     async def _write_status(self, key: Key, current: JSON, new: JSON) -> bool:
@@ -303,6 +309,10 @@ class Reconciler:
             return False
         namespace, name = key
         await self.client.patch_status(resources.ENDPOINTS, namespace, name, new)
+        ready = status.condition_of(new, status.READY) or {}
+        logs.log_phase_change(
+            key, current.get("phase"), new.get("phase"), ready.get("reason", ""), ready.get("message", "")
+        )
         self._pending_status[key] = new
         return True
 

@@ -11,8 +11,11 @@ import random
 import kopf
 import prometheus_client
 
+from voxtral_operator import logs
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.runtime import STATE
+
+logger = logging.getLogger(__name__)
 
 
 def credentials_problem() -> str | None:
@@ -49,8 +52,13 @@ def run_operator(args: argparse.Namespace, config: OperatorConfig) -> int:
     STATE.namespaces = namespaces
     import voxtral_operator.handlers  # noqa: F401 - registers the handlers with kopf
 
-    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logs.configure(args.log_format or config.log_format, verbose=args.verbose)
+    logger.info(
+        "voxtral-operator %s starting: watching %s, %s",
+        args.version,
+        ", ".join(namespaces) if namespaces else "all namespaces",
+        f"peering {args.peering} at priority {STATE.peering_priority}" if args.peering else "standalone",
+    )
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port)
     asyncio.run(

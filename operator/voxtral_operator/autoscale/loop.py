@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 from prometheus_client import Counter, Histogram
 
+from voxtral_operator import logs
 from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
 from voxtral_operator.autoscale.policy import History, Limits, Observation, decide
 from voxtral_operator.autoscale.scrape import QueueSample, parse_queue_metrics
@@ -103,6 +104,7 @@ class Autoscaler:
             del self._states[gone]
 
     async def _one(self, key: Key) -> None:
+        logs.bind_endpoint(key)  # this coroutine runs in its own task (gather)
         endpoint = self.view.endpoint(key)
         if endpoint is None:
             return
@@ -147,9 +149,7 @@ class Autoscaler:
                 f"ScaledReplicas{direction.capitalize()}",
                 f"replicas {seen.replicas} -> {decision.replicas}: {decision.reason}",
             )
-            logger.info(
-                "%s/%s: replicas %d -> %d (%s)", namespace, name, seen.replicas, decision.replicas, decision.reason
-            )
+            logs.log_scale_decision(key, seen.replicas, decision.replicas, decision.reason)
         await self._reflect(
             key, state, seen, decision.replicas, decision.reason, now, changed=decision.replicas != seen.replicas
         )
