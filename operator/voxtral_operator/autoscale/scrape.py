@@ -1,9 +1,55 @@
-"""Pure: the two numbers the autoscaler reads from a vLLM /metrics page."""
+"""The two numbers the autoscaler reads from a vLLM /metrics page (pure), and the one bounded way the
+operator reads anything from a pod (`get_bounded`).
+
+The image, and so whatever answers on the pod's port, is the endpoint author's choice: every read
+from a pod has a time limit (connect to last byte) and a size limit, follows no redirect, and asks
+for an uncompressed body.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
+
+import aiohttp
+
+# A vLLM /metrics page is about 100 KB (histograms included); far more is not vLLM.
+MAX_METRICS_BYTES = 4 * 2**20
+# GET /v1/models answers a few hundred bytes.
+MAX_PROBE_BODY_BYTES = 64 * 2**10
+_CHUNK_BYTES = 64 * 2**10
+
+
+class ReadLimitExceeded(Exception):
+    """The pod sent more than the operator reads."""
+
+
+@dataclass(frozen=True)
+class PodResponse:
+    status: int
+    body: bytes
+
+
+async def get_bounded(
+    session: aiohttp.ClientSession, url: str, *, max_bytes: int, timeout_seconds: float
+) -> PodResponse:
+    """GET `url`; at most `max_bytes` of body (decompressed), all within `timeout_seconds`.
+
+    Raises TimeoutError, aiohttp.ClientError or ReadLimitExceeded.
+    """
+    async with asyncio.timeout(timeout_seconds):
+        headers = {"Accept-Encoding": "identity"}
+        async with session.get(url, headers=headers, allow_redirects=False) as response:
+            if response.content_length is not None and response.content_length > max_bytes:
+                raise ReadLimitExceeded(f"{url}: Content-Length {response.content_length} > {max_bytes} bytes")
+            body = bytearray()
+            while chunk := await response.content.read(min(_CHUNK_BYTES, max_bytes + 1 - len(body))):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise ReadLimitExceeded(f"{url}: body longer than {max_bytes} bytes")
+            return PodResponse(response.status, bytes(body))
+
 
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
