@@ -50,7 +50,7 @@ class Kubectl:
 
     def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [self.binary, *args], input=stdin, capture_output=True, text=True, timeout=120, check=False
+            [self.binary, *args], input=stdin, capture_output=True, text=True, timeout=600, check=False
         )
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")

@@ -10,6 +10,8 @@ pki="$state/pki"
 logs="$state/logs"
 pids="$state/pids"
 venv="$root/.venv/bin"
+# The operator and the node agent run the code of this checkout (a worktree may share another's .venv).
+export PYTHONPATH="$root/operator:$root/testbed${PYTHONPATH:+:$PYTHONPATH}"
 ADMIN_KUBECONFIG="$state/admin.kubeconfig"
 OPERATOR_KUBECONFIG="$state/operator.kubeconfig"
 API_SERVER=https://127.0.0.1:6443

@@ -1,0 +1,157 @@
+"""An endpoint's life as a platform team and its callers see it, on a real control plane: the
+bundled examples become Ready, callers use the OpenAI SDK through the Service, `kubectl scale` and a
+burst of load change replicas, and deleting the endpoint lets the garbage collector take every child."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import wave
+from typing import Any
+
+import openai
+import pytest
+
+from .conftest import (
+    MINI,
+    ROOT,
+    Kubectl,
+    condition,
+    delete_endpoint,
+    endpoint_body,
+    eventually,
+    service_base_url,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.e2e
+API_KEY = "sk-e2e-key"
+CHILD_KINDS = "deployments,services,poddisruptionbudgets,networkpolicies,persistentvolumeclaims,pods"
+
+
+def _wav(seconds: float = 1.0) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(b"\0\0" * int(16000 * seconds))
+    return buffer.getvalue()
+
+
+def test_examples_become_ready_and_list_usefully(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", str(ROOT / "examples"))
+    try:
+        for name in ("voxtral-mini", "voxtral-small"):
+            endpoint = wait_ready(kubectl, name, "speech")
+            assert endpoint["status"]["readyReplicas"] == endpoint["spec"]["minReplicas"]
+        small = kubectl.get("deployment", "voxtral-small", "speech")
+        assert small is not None and small["spec"]["template"]["spec"]["priorityClassName"] == "gpu-inference"
+        claim = kubectl.get("pvc", "voxtral-small-cache", "speech")
+        assert claim is not None and claim["status"]["phase"] == "Bound"
+        listing = kubectl.run("get", "vxe", "-n", "speech").stdout
+        header = listing.splitlines()[0].split()
+        for column in ("NAME", "MODEL", "GPU", "REPLICAS", "READY"):
+            assert column in header, listing
+        assert "voxtral-small" in listing and "2/2" in listing, listing
+    finally:
+        for name in ("voxtral-mini", "voxtral-small"):
+            delete_endpoint(kubectl, name, "speech")
+
+
+def _calls(base_url: str, model: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=2)
+    transcript = client.audio.transcriptions.create(
+        model=model, file=("call.wav", _wav(), "audio/wav"), language="en", temperature=0.0
+    )
+    assert transcript.text
+    audio: Any = {"type": "input_audio", "input_audio": {"data": base64.b64encode(_wav()).decode(), "format": "wav"}}
+    chat = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": [audio, {"type": "text", "text": "Summarise."}]}]
+    )
+    assert chat.choices[0].message.content
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {
+                "name": "create_ticket",
+                "description": "Open a ticket",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+    ]
+    called = client.chat.completions.create(model=model, messages=[{"role": "user", "content": [audio]}], tools=tools)
+    assert (called.choices[0].message.tool_calls or [])[0].function.name == "create_ticket"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0).models.list()
+
+
+def _spec_replicas(kubectl: Kubectl, name: str, namespace: str) -> int:
+    endpoint = kubectl.get("vxe", name, namespace) or {}
+    return int(endpoint.get("spec", {}).get("replicas", 0))
+
+
+def test_callers_scaling_and_garbage_collection(kubectl: Kubectl, namespace: str, unique_name: str) -> None:
+    name = unique_name
+    kubectl.run("create", "secret", "generic", f"{name}-key", "-n", namespace, f"--from-literal=api-key={API_KEY}")
+    body = endpoint_body(
+        name,
+        namespace,
+        minReplicas=1,
+        maxReplicas=3,
+        engine={"maxNumSeqs": 2},
+        autoscaling={"targetQueueDepth": 2, "scaleDownDelaySeconds": 5},
+        auth={"apiKeySecretRef": {"name": f"{name}-key"}},
+    )
+    kubectl.apply(body)
+    try:
+        endpoint = wait_ready(kubectl, name, namespace)
+        assert endpoint["status"]["url"].startswith(f"http://{name}.{namespace}.svc.")
+        eventually(
+            lambda: condition(kubectl.get("vxe", name, namespace), "Serving").get("status") == "True",
+            timeout=60,
+            what="Serving (checked through the Service)",
+        )
+        with service_base_url(kubectl, name, namespace) as base_url:
+            _calls(base_url, MINI)
+
+            # `kubectl scale` goes through the scale subresource to spec.replicas and the Deployment.
+            kubectl.run("scale", f"vxe/{name}", "-n", namespace, "--replicas=2")
+            eventually(
+                lambda: (kubectl.get("deployment", name, namespace) or {}).get("status", {}).get("readyReplicas") == 2,
+                timeout=120,
+                what="2 ready replicas after kubectl scale",
+            )
+            kubectl.run("scale", f"vxe/{name}", "-n", namespace, "--replicas=1")
+            eventually(lambda: _spec_replicas(kubectl, name, namespace) == 1, 30, "spec.replicas back to 1")
+
+            # A burst: 12 callers on replicas that batch 2 requests each.
+            stop = threading.Event()
+
+            def caller() -> None:
+                client = openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0, timeout=30)
+                while not stop.is_set():
+                    try:
+                        client.chat.completions.create(model=MINI, messages=[{"role": "user", "content": "hi"}])
+                    except openai.APIError:
+                        stop.wait(0.1)
+
+            callers = [threading.Thread(target=caller, daemon=True) for _ in range(12)]
+            for thread in callers:
+                thread.start()
+            try:
+                eventually(lambda: _spec_replicas(kubectl, name, namespace) >= 2, 120, "scale up under a burst")
+            finally:
+                stop.set()
+                for thread in callers:
+                    thread.join(timeout=40)
+        eventually(lambda: _spec_replicas(kubectl, name, namespace) == 1, 180, "scale down after the burst")
+    finally:
+        kubectl.run("delete", "vxe", name, "-n", namespace, "--wait=true", "--timeout=120s")
+    selector = f"app.kubernetes.io/instance={name}"
+    eventually(
+        lambda: not kubectl.json("get", CHILD_KINDS, "-n", namespace, "-l", selector)["items"],
+        timeout=120,
+        what="the garbage collector removing every child",
+    )

@@ -1,0 +1,173 @@
+"""The operator loop against the real API server, controllers and scheduler: drift is undone, a spec
+change rolls out with the real Deployment controller and no surge, a refused child does not hold up
+the others, the scheduler's verdict reaches status, and a converged endpoint costs no writes."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from .conftest import (
+    Kubectl,
+    LocalCluster,
+    condition,
+    delete_endpoint,
+    endpoint_body,
+    eventually,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def _args(deployment: dict[str, Any] | None) -> list[str]:
+    return list(((deployment or {}).get("spec") or {})["template"]["spec"]["containers"][0]["args"])
+
+
+def test_deleted_child_returns_and_hand_edit_is_reverted(kubectl: Kubectl, namespace: str, unique_name: str) -> None:
+    name = unique_name
+    kubectl.apply(endpoint_body(name, namespace))
+    try:
+        wait_ready(kubectl, name, namespace)
+        first = (kubectl.get("service", name, namespace) or {})["metadata"]["uid"]
+        kubectl.run("delete", "service", name, "-n", namespace)
+        eventually(
+            lambda: (kubectl.get("service", name, namespace) or {}).get("metadata", {}).get("uid") not in (None, first),
+            timeout=60,
+            what="the deleted Service recreated",
+        )
+        # A hand edit of a field the operator sets, as `kubectl edit` would make it.
+        patch = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--enforce-eager"}]
+        kubectl.run("patch", "deployment", name, "-n", namespace, "--type=json", "-p", json.dumps(patch))
+        eventually(
+            lambda: "--enforce-eager" not in _args(kubectl.get("deployment", name, namespace)),
+            timeout=60,
+            what="the hand-edited Deployment put back",
+        )
+        kubectl.run("patch", "service", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"selector":{"x":"y"}}}')
+        eventually(
+            lambda: "x" not in (kubectl.get("service", name, namespace) or {})["spec"]["selector"],
+            timeout=60,
+            what="the hand-edited Service selector put back",
+        )
+    finally:
+        delete_endpoint(kubectl, name, namespace)
+
+
+def test_spec_change_rolls_out_without_surge(kubectl: Kubectl, namespace: str, unique_name: str) -> None:
+    name = unique_name
+    body = endpoint_body(name, namespace, replicas=2, minReplicas=2, maxReplicas=2)
+    kubectl.apply(body)
+    try:
+        wait_ready(kubectl, name, namespace)
+        body["spec"]["engine"] = {"maxNumSeqs": 7}
+        kubectl.apply(body)
+        selector = f"app.kubernetes.io/instance={name}"
+        most_pods = 0
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            pods = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
+            # Pods holding GPUs: every pod not yet gone, terminating ones included (they still hold theirs).
+            most_pods = max(most_pods, len(pods))
+            deployment = kubectl.get("deployment", name, namespace) or {}
+            status = deployment.get("status") or {}
+            rolled = (
+                status.get("observedGeneration") == deployment["metadata"]["generation"]
+                and status.get("updatedReplicas") == 2
+                and status.get("readyReplicas") == 2
+                and len(pods) == 2
+            )
+            if rolled:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"rollout not finished in 180s: {kubectl.get('deployment', name, namespace)}")
+        args = _args(kubectl.get("deployment", name, namespace))
+        assert args[args.index("--max-num-seqs") + 1] == "7"
+        assert most_pods <= 2, f"maxSurge 0 on a reserved pool: saw {most_pods} pods for 2 replicas"
+        wait_ready(kubectl, name, namespace)
+    finally:
+        delete_endpoint(kubectl, name, namespace)
+
+
+def test_refused_child_does_not_hold_up_the_others(kubectl: Kubectl, namespace: str, unique_name: str) -> None:
+    name = unique_name
+    body = endpoint_body(
+        name, namespace, modelCache={"size": "10Gi", "storageClassName": "filestore-rwx", "accessMode": "ReadWriteMany"}
+    )
+    kubectl.apply(body)
+    try:
+        wait_ready(kubectl, name, namespace)
+        # A claim's storage class is immutable: the server refuses that change, but the flag change
+        # beside it must still roll out.
+        body["spec"]["modelCache"]["storageClassName"] = "another-class"
+        body["spec"]["engine"] = {"maxNumSeqs": 5}
+        kubectl.apply(body)
+        eventually(
+            lambda: "5" in _args(kubectl.get("deployment", name, namespace)),
+            timeout=60,
+            what="the Deployment updated although the PVC change was refused",
+        )
+        endpoint = eventually(
+            lambda: (e := kubectl.get("vxe", name, namespace)) and condition(e, "Degraded").get("status") == "True" and e,
+            timeout=60,
+            what="Degraded naming the refused PVC",
+        )
+        message = condition(endpoint, "Degraded")["message"]
+        assert "PersistentVolumeClaim" in message and "immutable" in message.lower(), message
+    finally:
+        delete_endpoint(kubectl, name, namespace)
+
+
+def test_too_few_gpus_is_the_schedulers_verdict(kubectl: Kubectl, namespace: str, unique_name: str) -> None:
+    name = unique_name
+    # Four L4s in one pod: the pool has four, but two per node.
+    kubectl.apply(endpoint_body(name, namespace, tensorParallelSize=4))
+    try:
+        endpoint = eventually(
+            lambda: (e := kubectl.get("vxe", name, namespace)) and condition(e, "Ready").get("reason") == "WaitingForGPU" and e,
+            timeout=90,
+            what="Ready=False reason WaitingForGPU",
+        )
+        assert "Insufficient nvidia.com/gpu" in condition(endpoint, "Ready")["message"]
+    finally:
+        delete_endpoint(kubectl, name, namespace)
+
+
+def _quiet(local: LocalCluster, settle: float, window: float) -> list[str]:
+    """Wait until the operator has made no write for `settle` seconds, then list its writes over `window`."""
+    offset = local.audit_offset()
+    deadline = time.monotonic() + 120
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < settle:
+        assert time.monotonic() < deadline, "the operator never stopped writing"
+        time.sleep(1)
+        writes, offset = local.operator_writes(offset)
+        if writes:
+            quiet_since = time.monotonic()
+    time.sleep(window)
+    writes, _ = local.operator_writes(offset)
+    return [str(w) for w in writes]
+
+
+def test_converged_endpoint_costs_no_writes_whatever_its_spellings(
+    kubectl: Kubectl, local: LocalCluster, namespace: str, unique_name: str
+) -> None:
+    name = unique_name
+    # Spellings the server normalises: quantities, and defaults it fills in children.
+    body = endpoint_body(name, namespace, resources={"cpu": "4000m", "memory": "32768Mi"})
+    kubectl.apply(body)
+    try:
+        wait_ready(kubectl, name, namespace)
+        eventually(
+            lambda: condition(kubectl.get("vxe", name, namespace), "Serving").get("status") == "True",
+            timeout=60,
+            what="Serving",
+        )
+        writes = _quiet(local, settle=8, window=30)
+        assert not writes, f"a converged endpoint made writes: {writes}"
+    finally:
+        delete_endpoint(kubectl, name, namespace)
