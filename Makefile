@@ -46,8 +46,10 @@ crds: $(STAMP)
 	cp crds/voxtralendpoints.voxtral.dev.yaml charts/voxtral-operator/crds/
 	$(BIN)/voxtral-operator rbac > charts/voxtral-operator/templates/clusterrole.yaml
 
-bench: $(STAMP)
+bench: $(STAMP) $(HELM)
 	$(BIN)/python bench/reconcile.py
+	e2e/cluster/up
+	e2e/cluster/exec $(CURDIR)/$(BIN)/python bench/reconcile_cluster.py
 	$(BIN)/python bench/autoscale.py
 	$(BIN)/python bench/policy_sim.py
 

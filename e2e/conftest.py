@@ -209,7 +209,9 @@ def wait_ready(kubectl: Kubectl, name: str, namespace: str, timeout: float = 180
         "wait", f"vxe/{name}", "-n", namespace, "--for=condition=Ready", f"--timeout={int(timeout)}s", check=False
     )
     endpoint = kubectl.get("vxe", name, namespace)
-    assert condition(endpoint, "Ready").get("status") == "True", f"{name} not Ready: {endpoint and endpoint.get('status')}"
+    assert condition(endpoint, "Ready").get("status") == "True", (
+        f"{name} not Ready: {endpoint and endpoint.get('status')}"
+    )
     assert endpoint is not None
     return endpoint
 

@@ -21,7 +21,8 @@ def test_crd_is_established_and_explained(kubectl: Kubectl) -> None:
     kubectl.run("apply", "--server-side", "--dry-run=server", "-f", str(ROOT / "crds"))
     crd = kubectl.json("get", "crd", "voxtralendpoints.voxtral.dev")
     established = [c for c in crd["status"]["conditions"] if c["type"] == "Established"]
-    assert established and established[0]["status"] == "True"
+    assert established, crd["status"]
+    assert established[0]["status"] == "True"
     explained = kubectl.run("explain", "vxe.spec").stdout
     for field in ("model", "gpu", "minReplicas", "maxReplicas", "autoscaling", "engine", "auth", "modelCache"):
         assert field in explained, f"`kubectl explain vxe.spec` lacks {field}:\n{explained}"
@@ -32,7 +33,9 @@ def test_server_defaults_fill_blocks_without_inventing_optional_ones(
     kubectl: Kubectl, namespace: str, unique_name: str
 ) -> None:
     body = endpoint_body(unique_name, namespace)
-    stored = json.loads(kubectl.run("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=yaml.safe_dump(body)).stdout)
+    stored = json.loads(
+        kubectl.run("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=yaml.safe_dump(body)).stdout
+    )
     spec = stored["spec"]
     # Defaults inside blocks the user left out are filled by the server...
     assert spec["autoscaling"]["enabled"] is True

@@ -47,14 +47,17 @@ def test_examples_become_ready_and_list_usefully(kubectl: Kubectl) -> None:
             endpoint = wait_ready(kubectl, name, "speech")
             assert endpoint["status"]["readyReplicas"] == endpoint["spec"]["minReplicas"]
         small = kubectl.get("deployment", "voxtral-small", "speech")
-        assert small is not None and small["spec"]["template"]["spec"]["priorityClassName"] == "gpu-inference"
+        assert small is not None
+        assert small["spec"]["template"]["spec"]["priorityClassName"] == "gpu-inference"
         claim = kubectl.get("pvc", "voxtral-small-cache", "speech")
-        assert claim is not None and claim["status"]["phase"] == "Bound"
+        assert claim is not None
+        assert claim["status"]["phase"] == "Bound"
         listing = kubectl.run("get", "vxe", "-n", "speech").stdout
         header = listing.splitlines()[0].split()
         for column in ("NAME", "MODEL", "GPU", "REPLICAS", "READY"):
             assert column in header, listing
-        assert "voxtral-small" in listing and "2/2" in listing, listing
+        assert "voxtral-small" in listing, listing
+        assert "2/2" in listing, listing
     finally:
         for name in ("voxtral-mini", "voxtral-small"):
             delete_endpoint(kubectl, name, "speech")

@@ -62,3 +62,23 @@ wait_for() {
     sleep 0.5
   done
 }
+
+# The API server: RBAC, strict owner-reference admission, and an audit log of every write.
+start_apiserver() {
+  start_process kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers=http://127.0.0.1:2379 \
+    --bind-address=127.0.0.1 --advertise-address=10.96.0.1 --secure-port=6443 \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --authorization-mode=Node,RBAC \
+    --enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --endpoint-reconciler-type=none \
+    --allow-privileged=true \
+    --audit-policy-file="$here/audit-policy.yaml" --audit-log-path="$state/audit.log" \
+    --audit-log-format=json --audit-log-mode=blocking --audit-log-maxsize=0
+  wait_for 90 "the API server" in_netns curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" \
+    --key "$pki/admin.key" "$API_SERVER/readyz"
+}

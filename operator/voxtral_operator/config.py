@@ -169,6 +169,8 @@ class OperatorConfig(_Config):
     # How often each ready endpoint is checked end to end through its Service (0: never).
     serving_check_seconds: float = Field(default=10.0, ge=0)
     watched_namespaces: list[str] = Field(default_factory=list)
+    # How often the watch caches are checked against a fresh listing (objects deleted in a watch gap).
+    resync_seconds: float = Field(default=120.0, gt=0)
     # Where KEDA's Prometheus trigger reads vLLM's metrics (autoscaling.mode: keda).
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     # vLLM images run as this user; the official image works as any uid with a writable HOME.

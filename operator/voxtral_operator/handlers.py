@@ -20,6 +20,7 @@ from voxtral_operator.autoscale.loop import Autoscaler, peering_is_active
 from voxtral_operator.k8s import resources
 from voxtral_operator.k8s.client import ApiClient, Connection
 from voxtral_operator.reconcile import ChildKey, EmptyView, Key, Reconciler
+from voxtral_operator.resync import Resync
 from voxtral_operator.runtime import STATE
 from voxtral_operator.status import pod_summary
 
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 MANAGED = {render.LABEL_MANAGED_BY: render.MANAGED_BY}
 POD_LABELS = {render.LABEL_NAME: render.APP_NAME, render.LABEL_INSTANCE: kopf.PRESENT}
+# What the server selects for the operator's watches of children and pods (all carry both labels).
+WATCHED_SELECTOR = f"{render.LABEL_MANAGED_BY}={render.MANAGED_BY},{render.LABEL_INSTANCE}"
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -42,24 +45,48 @@ class IndexView:
         self._endpoints = endpoints
         self._children = children
         self._pods = pods
+        # Objects the indexes still hold that the server no longer has (see resync.py).
+        self._absent: set[str] = set()
+
+    def _present(self, body: Any) -> bool:
+        return not self._absent or _uid(body) not in self._absent
 
     def endpoint(self, key: Key) -> dict[str, Any] | None:
         for body in self._endpoints.get(key, []):
-            return dict(body)
+            if self._present(body):
+                return dict(body)
         return None
 
     def children(self, key: Key) -> dict[ChildKey, dict[str, Any]]:
         found: dict[ChildKey, dict[str, Any]] = {}
         for index in self._children:
             for body in index.get(key, []):
-                found[(body["kind"], body["metadata"]["name"])] = body
+                if self._present(body):
+                    found[(body["kind"], body["metadata"]["name"])] = body
         return found
 
     def pods(self, key: Key) -> list[dict[str, Any]]:
-        return list(self._pods.get(key, []))
+        return [pod for pod in self._pods.get(key, []) if self._present(pod)]
 
     def endpoint_keys(self) -> list[Key]:
-        return list(self._endpoints.keys())
+        return [key for key in self._endpoints if self.endpoint(key) is not None]
+
+    def cached_uids(self) -> dict[str, Key]:
+        uids: dict[str, Key] = {}
+        for index in (self._endpoints, *self._children, self._pods):
+            for key in index:
+                for body in index.get(key, []):
+                    uids[_uid(body)] = key
+        return uids
+
+    def mark_absent(self, uids: set[str]) -> None:
+        cached = self.cached_uids()
+        # Forget marks of objects the indexes have dropped since (their DELETED event came after all).
+        self._absent = {uid for uid in self._absent | uids if uid in cached}
+
+
+def _uid(body: Any) -> str:
+    return str(body.get("uid") or body["metadata"]["uid"])
 
 
 def post_event(endpoint: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -76,6 +103,10 @@ def post_event(endpoint: dict[str, Any], type_: str, reason: str, message: str) 
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf's own log lines become Events only for warnings; the operator posts its own events.
     settings.posting.level = logging.WARNING
+    # Children and pods are filtered by the API server, not after listing: on a large cluster the
+    # operator must never list and cache every Pod (kopf filters handler labels client-side only).
+    for resource in (*resources.CHILDREN, resources.PODS):
+        settings.watching.label_selectors[resource.group, resource.version, resource.plural] = WATCHED_SELECTOR
     # Ask the server to end each watch now and then; kopf resumes from the last resourceVersion.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -98,8 +129,9 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def close_client(**_: Any) -> None:
-    if STATE.autoscaler_task is not None:
-        STATE.autoscaler_task.cancel()
+    for task in (STATE.autoscaler_task, STATE.resync_task):
+        if task is not None:
+            task.cancel()
     if STATE._reconciler is not None:
         await STATE.reconciler.client.close()
 
@@ -113,7 +145,21 @@ def _reconciler(**indexes: Any) -> Reconciler:
             indexes["pod_index"],
         )
         _start_autoscaler(reconciler)
+        _start_resync(reconciler, reconciler.view)
     return reconciler
+
+
+def _start_resync(reconciler: Reconciler, view: IndexView) -> None:
+    watched = [(resources.ENDPOINTS, None)] + [(r, WATCHED_SELECTOR) for r in (*resources.CHILDREN, resources.PODS)]
+    resync = Resync(
+        client=reconciler.client,
+        view=view,
+        watched=watched,
+        namespaces=STATE.namespaces,
+        enqueue=reconciler.enqueue,
+        interval=STATE.config.resync_seconds,
+    )
+    STATE.resync_task = asyncio.get_running_loop().create_task(resync.run_forever(), name="resync")
 
 
 def _start_autoscaler(reconciler: Reconciler) -> None:
@@ -170,8 +216,10 @@ for _resource in resources.CHILDREN:
 
 
 @kopf.index("", "v1", "pods", labels=POD_LABELS)
-async def pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace, labels[render.LABEL_INSTANCE]): pod_summary(_plain(body))}
+async def pod_index(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, uid: str, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    return {(namespace, labels[render.LABEL_INSTANCE]): {**pod_summary(_plain(body)), "uid": uid}}
 
 
 # --- triggers -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,7 +20,7 @@ from voxtral_operator import diffing, logs, metrics, render, status
 from voxtral_operator.api.resolve import InvalidSpec, Plan, resolve
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s import resources
-from voxtral_operator.k8s.client import ApiClient, ApiError
+from voxtral_operator.k8s.client import FIELD_MANAGER, ApiClient, ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ class ChildRefused(Exception):
         self.reason = reason
         self.message = message
 
+
+# NetworkPolicy first: the endpoint serves only once its policy exists (fail closed).
+APPLY_ORDER = ("NetworkPolicy", "PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget", "ScaledObject")
+SERVING_KINDS = ("Deployment", "Service")
 
 # API answers that retrying the same apply cannot change: bad request, forbidden, no such resource
 # type (a CRD such as KEDA's is missing), invalid or immutable field.
@@ -84,8 +88,13 @@ def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
     )
 
 
-def _status_view(current: Mapping[str, Any], keys: Iterable[str]) -> JSON:
-    return {k: current.get(k) for k in keys}
+def _status_view(status: Mapping[str, Any], like: Mapping[str, Any]) -> JSON:
+    """The part of status that `like` sets, comparable regardless of condition order."""
+    view = {k: status.get(k) for k in like if k != "conditions"}
+    if "conditions" in like:
+        types = {c["type"] for c in like["conditions"]}
+        view["conditions"] = {c["type"]: c for c in status.get("conditions") or [] if c.get("type") in types}
+    return view
 
 
 @dataclass
@@ -255,41 +264,69 @@ class Reconciler:
     ) -> tuple[list[str], list[str]]:
         created: list[str] = []
         updated: list[str] = []
-        for obj in desired:
+        refusals: list[ChildRefused] = []
+        # Fail closed: nothing serves until the endpoint's NetworkPolicy exists.
+        policy_in_place = not any(obj["kind"] == "NetworkPolicy" for obj in desired)
+        for obj in sorted(desired, key=lambda o: APPLY_ORDER.index(o["kind"])):
             child: ChildKey = (obj["kind"], obj["metadata"]["name"])
             live = live_children.get(child)
-            if not diffing.needs_apply(obj, live):
-                continue
-            live_version = (live or {}).get("metadata", {}).get("resourceVersion")
-            pending = (key, child)
-            if pending in self._pending_children and self._pending_children[pending] == live_version:
-                continue  # our last write has not reached the cache yet
-            resource = resources.BY_KIND[obj["kind"]]
-            if live is None:
-                # Not in the cache: look before applying, so an object someone else made under
-                # this name is never silently taken over (it may also be ours with its labels edited).
-                live = await self.client.get(resource, key[0], child[1])
-            if live is not None and not _owned_by(live, uid):
-                logs.log_child_change(key, "refused", *child, "exists and is not owned by this endpoint")
-                raise ChildRefused(
-                    "NameConflict",
-                    f"{child[0]} {child[1]} exists and is not owned by this endpoint; it is left untouched: "
-                    "remove it or rename the endpoint",
+            if child[0] in SERVING_KINDS and not policy_in_place:
+                refusals.append(
+                    ChildRefused("NetworkPolicyMissing", f"{child[0]} {child[1]} waits for the NetworkPolicy")
                 )
-            # Create and update alike by server-side apply, so one field manager owns every field
-            # and fields the spec stops setting are removed.
+                continue
             try:
-                await self.client.apply(resource, obj)
-            except ApiError as exc:
-                if exc.status not in _REFUSALS:
-                    raise
-                message = f"{child[0]} {child[1]}: {exc.status} {exc.reason}: {exc.message}"
-                logs.log_child_change(key, "refused", *child, f"{exc.status} {exc.reason}: {exc.message}")
-                raise ChildRefused("ApplyRejected", message) from exc
-            self._pending_children[pending] = live_version
-            logs.log_child_change(key, "created" if live is None else "updated", *child, logs.change_reason(obj, live))
-            (created if live is None else updated).append(f"{child[0]}/{child[1]}")
+                outcome = await self._apply_child(key, uid, obj, live)
+            except ChildRefused as refusal:
+                refusals.append(refusal)  # one refused child never holds up the others
+                continue
+            if child[0] == "NetworkPolicy":
+                policy_in_place = outcome is not None or live is not None
+            if outcome == "created":
+                created.append(f"{child[0]}/{child[1]}")
+            elif outcome == "updated":
+                updated.append(f"{child[0]}/{child[1]}")
+        if refusals:
+            reasons = sorted({r.reason for r in refusals}, key=lambda r: r == "NetworkPolicyMissing")
+            raise ChildRefused(reasons[0], "; ".join(r.message for r in refusals))
         return created, updated
+
+    async def _apply_child(self, key: Key, uid: str | None, obj: JSON, live: JSON | None) -> str | None:
+        """Apply one child if it drifted: "created", "updated", or None when nothing was needed."""
+        child: ChildKey = (obj["kind"], obj["metadata"]["name"])
+        why = diffing.drift(obj, live, FIELD_MANAGER)
+        if not why:
+            return None
+        live_version = (live or {}).get("metadata", {}).get("resourceVersion")
+        pending = (key, child)
+        if pending in self._pending_children and self._pending_children[pending] == live_version:
+            return None  # our last write has not reached the cache yet
+        resource = resources.BY_KIND[obj["kind"]]
+        if live is None:
+            # Not in the cache: look before applying, so an object someone else made under
+            # this name is never silently taken over (it may also be ours with its labels edited).
+            live = await self.client.get(resource, key[0], child[1])
+        if live is not None and not _owned_by(live, uid):
+            logs.log_child_change(key, "refused", *child, "exists and is not owned by this endpoint")
+            raise ChildRefused(
+                "NameConflict",
+                f"{child[0]} {child[1]} exists and is not owned by this endpoint; it is left untouched: "
+                "remove it or rename the endpoint",
+            )
+        # Create and update alike by server-side apply, so one field manager owns every field
+        # and fields the spec stops setting are removed.
+        try:
+            await self.client.apply(resource, obj)
+        except ApiError as exc:
+            if exc.status not in _REFUSALS:
+                raise
+            message = f"{child[0]} {child[1]}: {exc.status} {exc.reason}: {exc.message}"
+            logs.log_child_change(key, "refused", *child, f"{exc.status} {exc.reason}: {exc.message}")
+            raise ChildRefused("ApplyRejected", message) from exc
+        self._pending_children[pending] = live_version
+        logger.debug("%s/%s: applying %s %s: %s", *key, *child, ", ".join(why[:5]))
+        logs.log_child_change(key, "created" if live is None else "updated", *child, logs.change_reason(obj, live))
+        return "created" if live is None else "updated"
 
     async def _delete_stale_children(
         self, key: Key, uid: str | None, desired: list[JSON], live_children: Mapping[ChildKey, JSON]
@@ -305,10 +342,12 @@ class Reconciler:
     async def _write_status(self, key: Key, current: JSON, new: JSON) -> bool:
         """Write status only when it differs from what is there (or what was just written)."""
         self._record_phase(key, new.get("phase"))
-        if _status_view(current, new.keys()) == new or self._pending_status.get(key) == new:
+        if _status_view(current, new) == _status_view(new, new) or self._pending_status.get(key) == new:
             return False
         namespace, name = key
-        await self.client.patch_status(resources.ENDPOINTS, namespace, name, new)
+        # Applied under the operator's field manager: the autoscaler's fields and other writers'
+        # conditions (conditions is a map keyed by type) are left as they are.
+        await self.client.apply_status(resources.ENDPOINTS, namespace, name, new, FIELD_MANAGER)
         ready = status.condition_of(new, status.READY) or {}
         logs.log_phase_change(
             key, current.get("phase"), new.get("phase"), ready.get("reason", ""), ready.get("message", "")

@@ -19,6 +19,7 @@ class OperatorState:
     peering_name: str | None = None
     namespaces: list[str] = field(default_factory=list)
     autoscaler_task: asyncio.Task[None] | None = None
+    resync_task: asyncio.Task[None] | None = None
     _reconciler: Reconciler | None = None
 
     @property

@@ -16,6 +16,7 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 SERVING = "Serving"
+OWN_CONDITIONS = (READY, PROGRESSING, DEGRADED, SERVING)
 
 # Reasons, most blocking first: the first one found among the pods names the blocker.
 INVALID_SPEC = "InvalidSpec"
@@ -27,6 +28,8 @@ UNSCHEDULABLE = "Unschedulable"
 LOADING = "Loading"
 PENDING = "Pending"
 AVAILABLE = "Available"
+# The status fields the autoscaler writes (under its own field manager); the reconciler never sends them.
+AUTOSCALER_FIELDS = ("queueDepth", "desiredReplicas", "lastScaleDecision")
 FAILURE_REASONS = (IMAGE_PULL_FAILED, OOM_KILLED, CRASH_LOOP, WAITING_FOR_GPU, UNSCHEDULABLE)
 BLOCKER_ORDER = (*FAILURE_REASONS, LOADING, PENDING)
 
@@ -202,9 +205,10 @@ def compute_status(
     ]
     if serving is not None:
         conditions.append(_condition(previous_conditions, SERVING, serving[0], serving[1], serving[2], generation, now))
-    # Conditions this function does not compute (Serving before its first check) are carried over.
+    # The operator's conditions this function does not compute (Serving before its first check) are
+    # carried over; other writers' conditions are theirs (status is applied per field manager).
     computed = {c["type"] for c in conditions}
-    conditions += [c for t, c in previous_conditions.items() if t not in computed]
+    conditions += [c for t, c in previous_conditions.items() if t not in computed and t in OWN_CONDITIONS]
 
     if ready >= 1:
         phase = "Degraded" if degraded else "Ready"
@@ -216,7 +220,6 @@ def compute_status(
         phase = "Pending"
 
     status = {
-        **{k: v for k, v in previous.items() if k in ("queueDepth", "desiredReplicas", "lastScaleDecision")},
         "phase": phase,
         "conditions": conditions,
         "replicas": replicas,
@@ -239,7 +242,11 @@ def invalid_status(*, generation: int | None, previous: Mapping[str, Any], messa
         _condition(previous_conditions, DEGRADED, True, INVALID_SPEC, message, generation, now),
     ]
     return {
-        **{k: v for k, v in previous.items() if k not in ("conditions", "phase", "observedGeneration")},
+        **{
+            k: v
+            for k, v in previous.items()
+            if k not in ("conditions", "phase", "observedGeneration", *AUTOSCALER_FIELDS)
+        },
         "phase": "Failed",
         "conditions": conditions,
         "observedGeneration": generation,

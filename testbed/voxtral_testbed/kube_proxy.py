@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -105,7 +106,7 @@ class ServiceProxy:
             listener.backends = backends
             if backends and listener.server is None:
                 listener.server = await asyncio.start_server(
-                    lambda r, w, lst=listener: self._forward(lst, r, w), address[0], address[1], reuse_address=True
+                    functools.partial(self._forward, listener), address[0], address[1], reuse_address=True
                 )
             elif not backends and listener.server is not None:
                 await self._close(listener)

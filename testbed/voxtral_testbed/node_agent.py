@@ -28,6 +28,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import functools
 import ipaddress
 import json
 import logging
@@ -315,8 +316,8 @@ class PodRunner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, sig)
 
-    async def _wait_process(self, timeout: float) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def _wait_process(self, grace: float) -> None:
+        deadline = asyncio.get_running_loop().time() + grace
         while self.process is not None and self.process.poll() is None:
             if asyncio.get_running_loop().time() >= deadline:
                 self._kill(signal.SIGKILL)
@@ -378,7 +379,12 @@ class PodRunner:
             await asyncio.sleep(min(float(pre_stop.get("seconds", 0)), grace))
         self._kill(signal.SIGTERM)
         await self._wait_process(max(0.0, grace - (asyncio.get_running_loop().time() - started)))
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}}
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": self.uid},
+        }
         with contextlib.suppress(ApiError):
             await self.agent.kube.request("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{self.name}", body)
         logger.info("%s/%s: terminated and removed", self.namespace, self.name)
@@ -426,29 +432,59 @@ class NodeAgent:
             status = {
                 "capacity": node.capacity,
                 "allocatable": node.capacity,
-                "addresses": [{"type": "InternalIP", "address": self.node_ip}, {"type": "Hostname", "address": node.name}],
+                "addresses": [
+                    {"type": "InternalIP", "address": self.node_ip},
+                    {"type": "Hostname", "address": node.name},
+                ],
                 "conditions": [
-                    {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "testbed node agent",
-                     "lastHeartbeatTime": stamp, "lastTransitionTime": stamp},
-                    *({"type": t, "status": "False", "reason": f"KubeletHas{r}", "lastHeartbeatTime": stamp,
-                       "lastTransitionTime": stamp}
-                      for t, r in (("MemoryPressure", "SufficientMemory"), ("DiskPressure", "NoDiskPressure"),
-                                   ("PIDPressure", "SufficientPID"))),
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "testbed node agent",
+                        "lastHeartbeatTime": stamp,
+                        "lastTransitionTime": stamp,
+                    },
+                    *(
+                        {
+                            "type": t,
+                            "status": "False",
+                            "reason": f"KubeletHas{r}",
+                            "lastHeartbeatTime": stamp,
+                            "lastTransitionTime": stamp,
+                        }
+                        for t, r in (
+                            ("MemoryPressure", "SufficientMemory"),
+                            ("DiskPressure", "NoDiskPressure"),
+                            ("PIDPressure", "SufficientPID"),
+                        )
+                    ),
                 ],
                 "nodeInfo": {
-                    "kubeletVersion": "v1.34.12-testbed", "kubeProxyVersion": "", "containerRuntimeVersion": "testbed://1",
-                    "operatingSystem": "linux", "architecture": "amd64", "osImage": "testbed", "kernelVersion": "",
-                    "machineID": node.name, "systemUUID": node.name, "bootID": node.name,
+                    "kubeletVersion": "v1.34.12-testbed",
+                    "kubeProxyVersion": "",
+                    "containerRuntimeVersion": "testbed://1",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                    "osImage": "testbed",
+                    "kernelVersion": "",
+                    "machineID": node.name,
+                    "systemUUID": node.name,
+                    "bootID": node.name,
                 },
             }
             await self.kube.request(
-                "PATCH", f"/api/v1/nodes/{node.name}/status", {"status": status},
+                "PATCH",
+                f"/api/v1/nodes/{node.name}/status",
+                {"status": status},
                 content_type="application/merge-patch+json",
             )
             # The TaintNodesByCondition admission plugin gives a new node the not-ready taint; the node
             # lifecycle controller (off here: nothing renews leases) lifts it once the node is Ready.
             await self.kube.request(
-                "PATCH", f"/api/v1/nodes/{node.name}", {"spec": {"taints": node.taints or None}},
+                "PATCH",
+                f"/api/v1/nodes/{node.name}",
+                {"spec": {"taints": node.taints or None}},
                 content_type="application/merge-patch+json",
             )
             logger.info("node %s registered (%s)", node.name, node.capacity)
@@ -474,14 +510,22 @@ class NodeAgent:
                     await self._remove(pod)
                     continue
                 runner = self.runners[uid] = PodRunner(self, pod, node)
-                runner.task.add_done_callback(lambda _t, u=uid: self.runners.pop(u, None))
+                runner.task.add_done_callback(functools.partial(self._forget, uid))
             if pod["metadata"].get("deletionTimestamp"):
                 runner.pod = pod
                 runner.terminating.set()
 
+    def _forget(self, uid: str, _task: asyncio.Task[None]) -> None:
+        self.runners.pop(uid, None)
+
     async def _remove(self, pod: JSON) -> None:
         meta = pod["metadata"]
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": meta["uid"]},
+        }
         with contextlib.suppress(ApiError):
             await self.kube.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", body)
 

@@ -138,6 +138,11 @@ PRINTER_COLUMNS = [
 def custom_resource_definition() -> dict[str, Any]:
     spec_schema = openapi_schema(models.VoxtralEndpointSpec)
     status_schema = openapi_schema(models.VoxtralEndpointStatus)
+    # Conditions are a map keyed by type, so each writer applies its own conditions (server-side
+    # apply) without replacing anyone else's.
+    status_schema["properties"]["conditions"].update(
+        {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+    )
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

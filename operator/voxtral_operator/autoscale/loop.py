@@ -40,6 +40,8 @@ SCRAPE_SECONDS = Histogram(
 )
 SCRAPE_ERRORS = Counter("voxtral_operator_scrape_errors_total", "vLLM pod scrapes that failed")
 DECISIONS = Counter("voxtral_operator_scale_decisions_total", "Scale decisions written, by direction", ["direction"])
+# The autoscaler's status fields are its own, under a field manager of their own.
+AUTOSCALER_FIELD_MANAGER = "voxtral-operator-autoscaler"
 # queueDepth changes with every request; status carries it at most this often unless a decision changes.
 QUEUE_DEPTH_STATUS_INTERVAL = 10.0
 
@@ -166,20 +168,23 @@ class Autoscaler:
         changed: bool,
     ) -> None:
         status: JSON = {"queueDepth": round(seen.waiting), "desiredReplicas": replicas}
+        current = (self.view.endpoint(key) or {}).get("status") or {}
         if changed:
             status["lastScaleDecision"] = {
                 "replicas": replicas,
                 "reason": reason[:512],
                 "time": utc_now(),
             }
-        current = (self.view.endpoint(key) or {}).get("status") or {}
+        elif state.last_status.get("lastScaleDecision") or current.get("lastScaleDecision"):
+            # Applied status keeps only what is sent: the last decision goes with every write.
+            status["lastScaleDecision"] = state.last_status.get("lastScaleDecision") or current["lastScaleDecision"]
         if all(current.get(k) == v for k, v in status.items()):
             return
         if not changed and status == state.last_status:
             return
         if not changed and now - state.last_status_time < QUEUE_DEPTH_STATUS_INTERVAL and state.last_status:
             return
-        await self.client.patch_status(resources.ENDPOINTS, key[0], key[1], status)
+        await self.client.apply_status(resources.ENDPOINTS, key[0], key[1], status, AUTOSCALER_FIELD_MANAGER)
         state.last_status, state.last_status_time = status, now
 
     async def _check_serving(self, key: Key) -> None:

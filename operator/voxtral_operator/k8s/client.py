@@ -186,13 +186,22 @@ class ApiClient:
             content_type="application/apply-patch+yaml",
         )
 
-    async def patch_status(self, resource: Resource, namespace: str, name: str, status: dict[str, Any]) -> None:
-        # Replace whole fields of status (merge patch on status keys; conditions is one list).
+    async def apply_status(
+        self, resource: Resource, namespace: str, name: str, status: dict[str, Any], field_manager: str
+    ) -> None:
+        """Server-side apply of the status fields one writer owns; fields it stops sending are removed."""
+        body = {
+            "apiVersion": resource.api_version,
+            "kind": resource.kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
         await self.request(
             "PATCH",
             resource.path(namespace, name, "status"),
-            body={"status": status},
-            content_type="application/merge-patch+json",
+            params={"fieldManager": field_manager, "force": "true"},
+            body=body,
+            content_type="application/apply-patch+yaml",
         )
 
     async def scale(self, resource: Resource, namespace: str, name: str, replicas: int) -> None:
@@ -209,6 +218,14 @@ class ApiClient:
             body["preconditions"] = {"uid": uid}
         with contextlib.suppress(NotFound):  # already gone is what was wanted
             await self.request("DELETE", resource.path(namespace, name), body=body)
+
+    async def list(
+        self, resource: Resource, namespace: str | None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        listing = await self.request("GET", resource.path(namespace), params=params)
+        items: list[dict[str, Any]] = listing.get("items") or []
+        return items
 
     async def get(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:

@@ -1,0 +1,200 @@
+"""The operator process on the local control plane: what it asks the API server for, what a restart,
+a watch gap and a second replica do, judged by the API server's own audit log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from .conftest import (
+    OPERATOR_USER,
+    ROOT,
+    Kubectl,
+    LocalCluster,
+    condition,
+    delete_endpoint,
+    endpoint_body,
+    eventually,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def _settle_then_count(local: LocalCluster, settle: float, window: float) -> list[str]:
+    """Wait until the operator has written nothing for `settle` seconds, then its writes over `window`."""
+    offset = local.audit_offset()
+    deadline = time.monotonic() + 180
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < settle:
+        assert time.monotonic() < deadline, "the operator never stopped writing"
+        time.sleep(1)
+        writes, offset = local.operator_writes(offset)
+        if writes:
+            quiet_since = time.monotonic()
+    time.sleep(window)
+    writes, _ = local.operator_writes(offset)
+    return [str(w) for w in writes]
+
+
+def test_restart_and_idle_make_no_writes(
+    kubectl: Kubectl, local: LocalCluster, namespace: str, unique_name: str
+) -> None:
+    name = unique_name
+    kubectl.apply(endpoint_body(name, namespace, replicas=2, minReplicas=1, maxReplicas=3))
+    try:
+        wait_ready(kubectl, name, namespace)
+        eventually(
+            lambda: condition(kubectl.get("vxe", name, namespace), "Serving").get("status") == "True",
+            timeout=60,
+            what="Serving",
+        )
+        offset = local.audit_offset()
+        local.operator("restart")
+        # A restarted operator compares the whole cluster before it could write: no write at all, from
+        # its first request through a minute of idling.
+        time.sleep(60)
+        writes, _ = local.operator_writes(offset)
+        assert not [str(w) for w in writes], f"writes after a restart of a converged operator: {writes}"
+    finally:
+        delete_endpoint(kubectl, name, namespace)
+
+
+def test_watches_select_on_the_server(local: LocalCluster, kubectl: Kubectl) -> None:
+    """Pods and children are listed and watched with a label selector: never every Pod of the cluster."""
+    offset = local.audit_offset()
+    local.operator("restart")
+    time.sleep(3)
+    entries, _ = local.audit(offset)
+    reads = [e for e in entries if e.user == OPERATOR_USER and e.verb in ("list", "watch")]
+    by_resource = {e.resource: e.uri for e in reads}
+    for resource in ("pods", "deployments", "services", "persistentvolumeclaims"):
+        assert resource in by_resource, f"no list/watch of {resource} seen: {sorted(by_resource)}"
+        assert "labelSelector=" in by_resource[resource], (
+            f"{resource} listed without a selector: {by_resource[resource]}"
+        )
+
+
+def test_objects_deleted_in_a_watch_gap_are_noticed(
+    kubectl: Kubectl, local: LocalCluster, namespace: str, unique_name: str
+) -> None:
+    name = unique_name
+    kubectl.apply(endpoint_body(name, namespace))
+    try:
+        wait_ready(kubectl, name, namespace)
+        first = (kubectl.get("service", name, namespace) or {})["metadata"]["uid"]
+        operator_pid = int((local.state / "pids" / "operator").read_text())
+        # The operator sleeps through an API server restart and a deletion: when it wakes, its watches
+        # are broken and it lists again, with the Service gone and no DELETED event to tell it.
+        os.kill(operator_pid, signal.SIGSTOP)
+        try:
+            subprocess.run([str(ROOT / "e2e" / "cluster" / "apiserver-restart")], check=True, timeout=120)
+            kubectl.run("delete", "service", name, "-n", namespace)
+        finally:
+            os.kill(operator_pid, signal.SIGCONT)
+        eventually(
+            lambda: (kubectl.get("service", name, namespace) or {}).get("metadata", {}).get("uid") not in (None, first),
+            timeout=90,
+            what="the Service deleted in the watch gap recreated",
+        )
+    finally:
+        delete_endpoint(kubectl, name, namespace)
+
+
+def _reconciles(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("voxtral_operator_reconciles_total{")
+    )
+
+
+def _helm(*args: str) -> None:
+    helm = str(ROOT / ".tools" / "helm")
+    chart = str(ROOT / "charts" / "voxtral-operator")
+    values = str(ROOT / "e2e" / "cluster" / "values.yaml")
+    result = subprocess.run(
+        [helm, "upgrade", "voxtral-operator", chart, "-n", "voxtral-system", "-f", values, *args, "--wait"],
+        timeout=180,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, f"helm upgrade {' '.join(args)}: {result.stderr}"
+
+
+def test_two_peered_operators_one_acts(kubectl: Kubectl, local: LocalCluster, namespace: str, unique_name: str) -> None:
+    name = unique_name
+    _helm("--set", "peering.enabled=true")
+    try:
+        local.operator("restart", 1)
+        local.operator("start", 2)
+        time.sleep(5)  # peers see each other through the peering object, then the lower priority pauses
+        before = (_reconciles(9090), _reconciles(9091))
+        kubectl.apply(endpoint_body(name, namespace))
+        wait_ready(kubectl, name, namespace)
+        after = (_reconciles(9090), _reconciles(9091))
+        acted = [after[i] > before[i] for i in range(2)]
+        assert acted.count(True) == 1, f"reconciles before {before}, after {after}: exactly one peer must act"
+        delete_endpoint(kubectl, name, namespace)
+    finally:
+        local.operator("stop", 2)
+        try:
+            _helm()
+        finally:
+            local.operator("restart", 1)
+
+
+def test_peering_in_every_watched_namespace(kubectl: Kubectl, local: LocalCluster, unique_name: str) -> None:
+    """Namespaced mode with peering: the operator acts in each watched namespace, not only the first."""
+    first, second = f"{unique_name}-a", f"{unique_name}-b"
+    for ns in (first, second):
+        kubectl.run("create", "namespace", ns)
+    _helm("--set", "peering.enabled=true", "--set", f"watchNamespaces={{{first},{second}}}")
+    try:
+        local.operator("restart", 1)
+        kubectl.apply(endpoint_body("vx", second))
+        wait_ready(kubectl, "vx", second, timeout=90)
+        delete_endpoint(kubectl, "vx", second)
+    finally:
+        try:
+            _helm()  # back to e2e/cluster/values.yaml alone: cluster-wide, no peering
+        finally:
+            local.operator("restart", 1)
+        for ns in (first, second):
+            kubectl.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_helm_upgrade_and_uninstall_are_clean(kubectl: Kubectl, local: LocalCluster) -> None:
+    _helm("--set", "operatorConfig.servingCheckSeconds=3")
+    config = kubectl.get("configmap", "voxtral-operator-config", "voxtral-system")
+    assert config is not None
+    assert "servingCheckSeconds: 3" in config["data"]["config.yaml"]
+    helm = str(ROOT / ".tools" / "helm")
+    try:
+        subprocess.run(
+            [helm, "uninstall", "voxtral-operator", "-n", "voxtral-system", "--wait"], check=True, timeout=180
+        )
+        left = kubectl.json(
+            "get",
+            "all,configmaps,serviceaccounts,roles,rolebindings",
+            "-n",
+            "voxtral-system",
+            "-l",
+            "app.kubernetes.io/instance=voxtral-operator",
+        )["items"]
+        assert not left, f"left behind by helm uninstall: {[o['kind'] + '/' + o['metadata']['name'] for o in left]}"
+        assert not kubectl.run("get", "clusterrole", "voxtral-operator", "--ignore-not-found").stdout.strip()
+        # The CRD stays (Helm never deletes CRDs): endpoints survive an operator reinstall.
+        assert kubectl.get("crd", "voxtralendpoints.voxtral.dev", "default") is not None
+    finally:
+        subprocess.run([str(ROOT / "e2e" / "cluster" / "up")], check=True, timeout=600)
+    assert json.loads(kubectl.run("get", "deployment", "voxtral-operator", "-n", "voxtral-system", "-o", "json").stdout)
