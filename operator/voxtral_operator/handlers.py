@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from voxtral_operator import render
+from voxtral_operator import events, render
 from voxtral_operator.api import models
 from voxtral_operator.autoscale.loop import Autoscaler, peering_is_active
 from voxtral_operator.k8s import resources
@@ -63,10 +63,8 @@ class IndexView:
 
 
 def post_event(endpoint: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    try:
-        kopf.event(endpoint, type=type_, reason=reason, message=message[:1024])
-    except LookupError:  # outside kopf's context (no event queue): log only
-        logger.info("event %s %s: %s", type_, reason, message)
+    # events.k8s.io Events from voxtral-operator with an action, repeats folded into a series.
+    events.post(STATE.reconciler.client, endpoint, type_, reason, message)
 
 
 # --- settings and credentials ---------------------------------------------------------------

@@ -68,7 +68,7 @@ def vllm_args(deployment: dict[str, Any]) -> list[str]:
 
 
 def events(sandbox: Sandbox) -> list[tuple[str, str]]:
-    return [(e.get("type", ""), e.get("reason", "")) for e in sandbox.api.objects_of("v1/events", NS)]
+    return [(e.get("type", ""), e.get("reason", "")) for e in sandbox.api.objects_of("events.k8s.io/v1/events", NS)]
 
 
 async def quiet_writes(sandbox: Sandbox, seconds: float) -> int:
