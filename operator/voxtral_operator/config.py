@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -153,6 +153,23 @@ class EgressConfig(_Config):
         return value
 
 
+class MetricsScraper(_Config):
+    """Pods that may read vLLM's /metrics on every endpoint (Prometheus): a NetworkPolicy peer.
+
+    vLLM serves /metrics on its API port, so the peer reaches the API too (which the API key guards).
+    """
+
+    # Required: an empty namespace selector would admit every namespace.
+    namespace_labels: dict[str, str] = Field(min_length=1)
+    pod_labels: dict[str, str] = Field(default_factory=dict)  # empty: every pod of those namespaces
+
+    def peer(self) -> dict[str, Any]:
+        return {
+            "namespaceSelector": {"matchLabels": dict(self.namespace_labels)},
+            "podSelector": {"matchLabels": dict(self.pod_labels)},
+        }
+
+
 class OperatorConfig(_Config):
     vllm_image: str = DEFAULT_VLLM_IMAGE
     image_pull_policy: str = "IfNotPresent"
@@ -220,6 +237,8 @@ class OperatorConfig(_Config):
     currency: str = "USD"
     # Operator log lines: "text" for people, "json" (one object a line) for log pipelines.
     log_format: Literal["text", "json"] = "text"
+    # The monitoring stack every endpoint's NetworkPolicy admits to the vLLM port (the chart's metrics.scrapers).
+    metrics_scrapers: list[MetricsScraper] = Field(default_factory=list)
 
     @field_validator("gpu_hourly_prices")
     @classmethod

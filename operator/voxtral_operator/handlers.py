@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from voxtral_operator import render
+from voxtral_operator import events, render
 from voxtral_operator.api import models
 from voxtral_operator.autoscale.loop import Autoscaler, peering_is_active
 from voxtral_operator.k8s import resources
@@ -40,11 +40,16 @@ class IndexView:
     """The Reconciler's ClusterView over kopf's in-memory indexes."""
 
     def __init__(
-        self, endpoints: kopf.Index[Any, Any], children: list[kopf.Index[Any, Any]], pods: kopf.Index[Any, Any]
+        self,
+        endpoints: kopf.Index[Any, Any],
+        children: list[kopf.Index[Any, Any]],
+        pods: kopf.Index[Any, Any],
+        namespaces: kopf.Index[Any, Any],
     ):
         self._endpoints = endpoints
         self._children = children
         self._pods = pods
+        self._namespaces = namespaces
         # Objects the indexes still hold that the server no longer has (see resync.py).
         self._absent: set[str] = set()
 
@@ -71,6 +76,11 @@ class IndexView:
     def endpoint_keys(self) -> list[Key]:
         return [key for key in self._endpoints if self.endpoint(key) is not None]
 
+    def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        for labels in self._namespaces.get(namespace, []):
+            return dict(labels)
+        return None
+
     def cached_uids(self) -> dict[str, Key]:
         uids: dict[str, Key] = {}
         for index in (self._endpoints, *self._children, self._pods):
@@ -90,10 +100,8 @@ def _uid(body: Any) -> str:
 
 
 def post_event(endpoint: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    try:
-        kopf.event(endpoint, type=type_, reason=reason, message=message[:1024])
-    except LookupError:  # outside kopf's context (no event queue): log only
-        logger.info("event %s %s: %s", type_, reason, message)
+    # events.k8s.io Events from voxtral-operator with an action, repeats folded into a series.
+    events.post(STATE.reconciler.client, endpoint, type_, reason, message)
 
 
 # --- settings and credentials ---------------------------------------------------------------
@@ -143,6 +151,7 @@ def _reconciler(**indexes: Any) -> Reconciler:
             indexes["endpoint_index"],
             [indexes[f"{r.plural}_index"] for r in resources.CHILDREN],
             indexes["pod_index"],
+            indexes["namespace_index"],
         )
         _start_autoscaler(reconciler)
         _start_resync(reconciler, reconciler.view)
@@ -235,6 +244,20 @@ async def endpoint_changed(namespace: str, name: str, **kwargs: Any) -> None:
 @kopf.on.event("", "v1", "pods", labels=POD_LABELS)
 async def pod_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
     _reconciler(**kwargs).enqueue((namespace, labels[render.LABEL_INSTANCE]))
+
+
+@kopf.index("", "v1", "namespaces")
+async def namespace_index(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    return {name: dict(labels)}
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_changed(name: str, **kwargs: Any) -> None:
+    """Namespace policies may select by label: a relabelled namespace is a reason to reconcile its endpoints."""
+    reconciler = _reconciler(**kwargs)
+    for key in reconciler.view.endpoint_keys():
+        if key[0] == name:
+            reconciler.enqueue(key)
 
 
 @kopf.on.probe(id="endpoints")

@@ -45,7 +45,8 @@ RULES: tuple[Rule, ...] = (
         for r in resources.CHILDREN
     ),
     Rule("", ("pods",), ("list", "watch"), "pod status for conditions; pod IPs for scraping"),
-    Rule("", ("events",), ("create",), "Events on endpoints (kopf posts them)"),
+    Rule("", ("events",), ("create",), "kopf's own Events (warnings it logs about objects)"),
+    Rule("events.k8s.io", ("events",), ("create", "patch"), "Events on endpoints; patch: a repeat's series count"),
     Rule("apiextensions.k8s.io", ("customresourcedefinitions",), ("list", "watch"), "kopf resolves resources"),
     Rule("", ("namespaces",), ("list", "watch"), "kopf, when watching named namespaces"),
     Rule("kopf.dev", ("clusterkopfpeerings", "kopfpeerings"), ("get", "list", "watch", "patch"), "kopf peering"),

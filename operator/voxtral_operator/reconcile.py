@@ -40,6 +40,10 @@ class ClusterView(Protocol):
 
     def endpoint_keys(self) -> list[Key]: ...
 
+    def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        """The namespace's labels (for namespace policies that select by label), None when unknown."""
+        ...
+
 
 class ChildRefused(Exception):
     """A child cannot be applied until something outside the operator changes (reported in status)."""
@@ -73,6 +77,9 @@ class EmptyView:
 
     def endpoint_keys(self) -> list[Key]:
         return []
+
+    def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        return None
 
 
 EventPoster = Callable[[JSON, str, str, str], None]  # (endpoint body, type, reason, message)
@@ -204,7 +211,7 @@ class Reconciler:
         generation = meta.get("generation")
         current_status: JSON = dict(endpoint.get("status") or {})
         try:
-            plan = resolve(endpoint, self.config)
+            plan = resolve(endpoint, self.config, self.view.namespace_labels(key[0]))
         except InvalidSpec as exc:
             message = "; ".join(exc.problems)
             new_status = status.invalid_status(

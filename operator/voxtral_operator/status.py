@@ -16,10 +16,13 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 SERVING = "Serving"
-OWN_CONDITIONS = (READY, PROGRESSING, DEGRADED, SERVING)
+# False while pods wait for a node or cannot be created; its lastTransitionTime says since when.
+PODS_SCHEDULED = "PodsScheduled"
+OWN_CONDITIONS = (READY, PROGRESSING, DEGRADED, SERVING, PODS_SCHEDULED)
 
 # Reasons, most blocking first: the first one found among the pods names the blocker.
 INVALID_SPEC = "InvalidSpec"
+POD_CREATION_FAILED = "PodCreationFailed"
 IMAGE_PULL_FAILED = "ImagePullFailed"
 OOM_KILLED = "OOMKilled"
 CRASH_LOOP = "CrashLoop"
@@ -30,8 +33,16 @@ PENDING = "Pending"
 AVAILABLE = "Available"
 # The status fields the autoscaler writes (under its own field manager); the reconciler never sends them.
 AUTOSCALER_FIELDS = ("queueDepth", "desiredReplicas", "lastScaleDecision")
-FAILURE_REASONS = (IMAGE_PULL_FAILED, OOM_KILLED, CRASH_LOOP, WAITING_FOR_GPU, UNSCHEDULABLE)
-BLOCKER_ORDER = (*FAILURE_REASONS, LOADING, PENDING)
+SCHEDULED = "Scheduled"
+# Blockers a person must remove: the endpoint is Failed (Degraded while some replica serves).
+FAILURE_REASONS = (POD_CREATION_FAILED, IMAGE_PULL_FAILED, OOM_KILLED, CRASH_LOOP)
+# Blockers that may clear by themselves (a GPU frees up, the cluster autoscaler adds a node):
+# the endpoint stays Pending, and PodsScheduled says since when it has waited.
+WAITING_REASONS = (WAITING_FOR_GPU, UNSCHEDULABLE)
+BLOCKER_ORDER = (*FAILURE_REASONS, *WAITING_REASONS, LOADING, PENDING)
+
+# The CRD's limit on a condition's message is 4096; API server messages (PodSecurity) can be long.
+MAX_MESSAGE = 2048
 
 _IMAGE_PULL_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
 
@@ -110,6 +121,7 @@ def _condition(
     now: str,
 ) -> JSON:
     value = "True" if status else "False"
+    message = message[:MAX_MESSAGE]
     old = previous.get(type_)
     changed = old is None or old.get("status") != value
     return {
@@ -122,9 +134,24 @@ def _condition(
     }
 
 
-def _main_problem(pods: Iterable[Mapping[str, Any]]) -> PodProblem | None:
-    problems = [p for p in (pod_problem(pod) for pod in pods if not pod.get("deleting")) if p is not None]
-    for reason in BLOCKER_ORDER:
+def deployment_problem(deployment: Mapping[str, Any] | None) -> PodProblem | None:
+    """Pods the Deployment's ReplicaSet cannot create, with the API server's own words: a missing
+    PriorityClass, an exhausted quota, a PodSecurity or admission refusal (reason FailedCreate)."""
+    for condition in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            message = condition.get("message") or condition.get("reason") or "FailedCreate"
+            return PodProblem(POD_CREATION_FAILED, f"the API server refuses the pods: {message}")
+    return None
+
+
+def _pod_problems(pods: Iterable[Mapping[str, Any]]) -> list[PodProblem]:
+    # By pod name, so the same pods always name the same blocker (no status flip-flop between them).
+    live = sorted((pod for pod in pods if not pod.get("deleting")), key=lambda pod: str(pod.get("name")))
+    return [p for p in (pod_problem(pod) for pod in live) if p is not None]
+
+
+def _first(problems: list[PodProblem], reasons: Iterable[str]) -> PodProblem | None:
+    for reason in reasons:
         for problem in problems:
             if problem.reason == reason:
                 return problem
@@ -153,7 +180,15 @@ def compute_status(
     ready = int(dep_status.get("readyReplicas") or 0)
     updated = int(dep_status.get("updatedReplicas") or 0)
     dep_conditions = {c.get("type"): c for c in dep_status.get("conditions") or []}
-    deadline_exceeded = dep_conditions.get("Progressing", {}).get("reason") == "ProgressDeadlineExceeded"
+    creation = deployment_problem(deployment)
+    pod_problems = _pod_problems(pods)
+    problem = creation or _first(pod_problems, BLOCKER_ORDER)
+    unscheduled = creation or _first(pod_problems, WAITING_REASONS)
+    waiting = problem is not None and problem.reason in WAITING_REASONS
+    # A long wait for a GPU is still a wait: the deadline does not fail it.
+    deadline_exceeded = (
+        dep_conditions.get("Progressing", {}).get("reason") == "ProgressDeadlineExceeded" and not waiting
+    )
     rolled_out = (
         deployment is not None
         and dep_status.get("observedGeneration") == deployment.get("metadata", {}).get("generation")
@@ -161,7 +196,6 @@ def compute_status(
         and ready >= desired_replicas
         and replicas == desired_replicas
     )
-    problem = _main_problem(pods)
 
     if ready >= 1:
         ready_reason, ready_message = AVAILABLE, f"{ready}/{desired_replicas} replicas ready"
@@ -203,6 +237,11 @@ def compute_status(
         ),
         _condition(previous_conditions, DEGRADED, degraded, degraded_reason, degraded_message, generation, now),
     ]
+    if unscheduled is not None:
+        scheduled = (False, unscheduled.reason, unscheduled.message)
+    else:
+        scheduled = (True, SCHEDULED, "every pod has a node")
+    conditions.append(_condition(previous_conditions, PODS_SCHEDULED, *scheduled, generation, now))
     if serving is not None:
         conditions.append(_condition(previous_conditions, SERVING, serving[0], serving[1], serving[2], generation, now))
     # The operator's conditions this function does not compute (Serving before its first check) are

@@ -135,7 +135,7 @@ async def test_burst_scales_up_then_back_down_after_the_delay(
     current = await kube.get(endpoint_path(NS, "asr"))
     assert "low load" in current["status"]["lastScaleDecision"]["reason"]
     assert condition(current, "Ready")["status"] == "True"
-    reasons = [e.get("reason") for e in sandbox.api.objects_of("v1/events", NS)]
+    reasons = [e.get("reason") for e in sandbox.api.objects_of("events.k8s.io/v1/events", NS)]
     assert "ScaledReplicasUp" in reasons
     assert "ScaledReplicasDown" in reasons
     denied = sorted(

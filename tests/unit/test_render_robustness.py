@@ -93,6 +93,9 @@ REFUSED = [
     pytest.param(_endpoint(image="vllm:1 --privileged"), "spec.image", id="image-with-space"),
     pytest.param(_endpoint(servedModelName="\ud83d"), "spec.servedModelName", id="lone-surrogate"),
     pytest.param(_endpoint(engine={1: "x"}), "spec.engine", id="non-string-key"),
+    pytest.param(_endpoint(engine={"allowedMediaDomains": ["169.254.169.254"]}), "spec.engine", id="media-ip"),
+    pytest.param(_endpoint(engine={"allowedMediaDomains": ["localhost"]}), "spec.engine", id="media-localhost"),
+    pytest.param(_endpoint(engine={"allowedMediaDomains": ["kubernetes"]}), "spec.engine", id="media-bare-name"),
 ]
 
 

@@ -123,14 +123,21 @@ PRINTER_COLUMNS = [
         "jsonPath": ".status.replicaSummary",
         "description": "Ready replicas / desired replicas",
     },
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {
+        "name": "Reason",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+        "description": "Why the endpoint is or is not ready: the blocker, or Available",
+    },
     {
         "name": "Queue",
         "type": "integer",
         "jsonPath": ".status.queueDepth",
         "description": "Requests waiting across all replicas",
     },
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
     {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
-    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -8,6 +8,7 @@ refuses the same inputs a cluster would.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
@@ -43,6 +44,14 @@ LABEL_KEY_MAX = 253 + 1 + 63
 CONFIG_MAP_KEY = r"^[-._a-zA-Z0-9]+$"
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def label_key_problem(key: str) -> str | None:
@@ -296,6 +305,16 @@ class EngineSpec(_Model):
         if problems:
             raise ValueError("; ".join(problems))
         return args
+
+    @field_validator("allowed_media_domains")
+    @classmethod
+    def _public_domains(cls, domains: list[str]) -> list[str]:
+        # A NetworkPolicy does not govern the pod's loopback, and a name without a dot resolves
+        # through the cluster's search domains to a Service: neither is a media domain.
+        for domain in domains:
+            if _is_ip_address(domain) or domain == "localhost" or domain.endswith(".localhost") or "." not in domain:
+                raise ValueError(f"{domain!r} is not a public domain name (no IP addresses, localhost or bare names)")
+        return domains
 
 
 class SecretKeyRef(_Model):

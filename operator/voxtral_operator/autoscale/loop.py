@@ -23,7 +23,14 @@ from prometheus_client import Counter, Histogram
 from voxtral_operator import logs
 from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
 from voxtral_operator.autoscale.policy import History, Limits, Observation, decide
-from voxtral_operator.autoscale.scrape import QueueSample, parse_queue_metrics
+from voxtral_operator.autoscale.scrape import (
+    MAX_METRICS_BYTES,
+    MAX_PROBE_BODY_BYTES,
+    QueueSample,
+    ReadLimitExceeded,
+    get_bounded,
+    parse_queue_metrics,
+)
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s import resources
 from voxtral_operator.k8s.client import ApiClient
@@ -203,9 +210,15 @@ class Autoscaler:
         url = f"http://{cluster_ip}:{self.config.vllm_port}/v1/models"
         assert self._session is not None
         try:
-            async with self._session.get(url) as response:
-                code = response.status
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            code = (
+                await get_bounded(
+                    self._session,
+                    url,
+                    max_bytes=MAX_PROBE_BODY_BYTES,
+                    timeout_seconds=self.config.scrape_timeout_seconds,
+                )
+            ).status
+        except (TimeoutError, aiohttp.ClientError, ReadLimitExceeded) as exc:
             self.serving_sink(key, (False, "NotAnswering", f"GET {url}: {exc.__class__.__name__}"))
             return
         if code == (401 if auth else 200):
@@ -224,11 +237,12 @@ class Autoscaler:
         started = time.perf_counter()
         async with self._semaphore:
             try:
-                async with self._session.get(url) as response:
-                    if response.status != 200:
-                        raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
-                    sample = parse_queue_metrics(await response.text())
-            except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError) as exc:
+                response = await get_bounded(
+                    self._session, url, max_bytes=MAX_METRICS_BYTES, timeout_seconds=self.config.scrape_timeout_seconds
+                )
+                ok = response.status == 200  # anything else counts as a failed scrape below
+                sample = parse_queue_metrics(response.body.decode("utf-8", errors="replace")) if ok else None
+            except (TimeoutError, aiohttp.ClientError, ReadLimitExceeded) as exc:
                 SCRAPE_ERRORS.inc()
                 logger.debug("scrape of %s failed: %s", url, exc)
                 return None

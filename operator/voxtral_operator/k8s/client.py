@@ -186,6 +186,10 @@ class ApiClient:
             content_type="application/apply-patch+yaml",
         )
 
+    async def create(self, resource: Resource, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a new object. A 409 is final (the object exists), not a conflict to retry."""
+        return await self.request("POST", resource.path(namespace), body=body, retry_statuses=RETRYABLE - {409})
+
     async def apply_status(
         self, resource: Resource, namespace: str, name: str, status: dict[str, Any], field_manager: str
     ) -> None:
