@@ -109,8 +109,9 @@ def post_event(endpoint: dict[str, Any], type_: str, reason: str, message: str) 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # kopf's own log lines become Events only for warnings; the operator posts its own events.
-    settings.posting.level = logging.WARNING
+    # The operator posts its own Events (events.py, from voxtral-operator with real actions); kopf's
+    # log lines never become Events ("From: kopf", "Action?").
+    settings.posting.enabled = False
     # Children and pods are filtered by the API server, not after listing: on a large cluster the
     # operator must never list and cache every Pod (kopf filters handler labels client-side only).
     for resource in (*resources.CHILDREN, resources.PODS):

@@ -148,11 +148,6 @@ def test_notes_warn_when_the_pod_monitor_has_no_scrapers_admitted() -> None:
     assert "metrics.scrapers is empty" not in admitted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="render.network_policy does not pass the template `scrapers` yet: "
-    '"scrapers": [s.peer() for s in config.metrics_scrapers] (remove this mark when it does)',
-)
 def test_scrapers_reach_the_operator_config_and_every_endpoints_network_policy() -> None:
     scraper = {"namespaceLabels": {"kubernetes.io/metadata.name": "monitoring"}, "podLabels": {"app": "prometheus"}}
     config = operator_config_of(template("--set-json", f"metrics.scrapers=[{json.dumps(scraper)}]"))

@@ -309,6 +309,7 @@ def network_policy(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
             "port": config.vllm_port,
             "policy_types": ["Ingress"] if egress is None else ["Ingress", "Egress"],
             "egress": egress,
+            "scrapers": [scraper.peer() for scraper in config.metrics_scrapers],
         },
     )
 
