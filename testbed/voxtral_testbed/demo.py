@@ -88,7 +88,11 @@ async def _demo(examples: list[Path]) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="voxtral-demo-"))
         log = workdir / "operator.log"
         config = workdir / "config.yaml"
-        config.write_text(yaml.safe_dump({"vllmPort": vllm_port, "scrapeIntervalSeconds": 1.0}))
+        # As a platform team would set it: the Small example's PriorityClass allowed in its namespace.
+        policy = {"namespaces": namespaces, "priorityClassNames": ["gpu-inference"]}
+        config.write_text(
+            yaml.safe_dump({"vllmPort": vllm_port, "scrapeIntervalSeconds": 1.0, "namespacePolicies": [policy]})
+        )
         _say(f"API server stand-in at {sandbox.url}; operator log: {log}")
         operator = OperatorProcess(sandbox.kubeconfig, log, "--config", str(config)).start()
         try:
@@ -136,16 +140,17 @@ async def _demo(examples: list[Path]) -> int:
                         rows.append([kind, obj["metadata"]["name"], f"{owners[0].get('kind')}/{owners[0].get('name')}"])
                 _say(_table(rows))
                 _say(f"\n$ kubectl get events -n {namespace}")
-                listing = await kube.get(f"/api/v1/namespaces/{namespace}/events")
+                # The operator posts events.k8s.io/v1 Events (regarding, note), as kubectl shows them.
+                listing = await kube.get(f"/apis/events.k8s.io/v1/namespaces/{namespace}/events")
                 rows = [["TYPE", "REASON", "OBJECT", "MESSAGE"]]
                 for event in (listing or {}).get("items", []):
-                    involved = event.get("involvedObject", {})
+                    regarding = event.get("regarding", {})
                     rows.append(
                         [
                             event.get("type", ""),
                             event.get("reason", ""),
-                            involved.get("name", ""),
-                            event.get("message", "")[:90],
+                            regarding.get("name", ""),
+                            event.get("note", "")[:90],
                         ]
                     )
                 _say(_table(rows))
@@ -253,11 +258,11 @@ async def _burst(sandbox: Sandbox, kube: Kube, vllm_port: int) -> None:
         _say(line(await status(), time.monotonic() - started))
         await asyncio.sleep(2)
     _say(line(await status(), time.monotonic() - started))
-    listing = await kube.get(f"/api/v1/namespaces/{namespace}/events")
+    listing = await kube.get(f"/apis/events.k8s.io/v1/namespaces/{namespace}/events")
     scaled = [e for e in (listing or {}).get("items", []) if e.get("reason", "").startswith("ScaledReplicas")]
     _say(f"\n$ kubectl get events -n {namespace} --field-selector involvedObject.name={name}")
     for event in scaled:
-        _say(f"  {event['reason']}: {event.get('message', '')}")
+        _say(f"  {event['reason']}: {event.get('note', '')}")
 
 
 def run_demo(args: argparse.Namespace) -> int:
