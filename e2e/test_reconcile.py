@@ -181,3 +181,62 @@ def test_converged_endpoint_costs_no_writes_whatever_its_spellings(
         assert not writes, f"a converged endpoint made writes: {writes}"
     finally:
         delete_endpoint(kubectl, name, namespace)
+
+
+def _status_fields(endpoint: dict[str, Any], manager: str) -> dict[str, Any]:
+    for entry in endpoint["metadata"].get("managedFields") or []:
+        if entry["manager"] == manager and entry.get("subresource") == "status":
+            return dict(entry["fieldsV1"].get("f:status") or {})
+    return {}
+
+
+def test_status_writers_keep_to_their_own_fields(kubectl: Kubectl, namespace: str, unique_name: str) -> None:
+    name = unique_name
+    kubectl.apply(endpoint_body(name, namespace, minReplicas=1, maxReplicas=2))
+    try:
+        wait_ready(kubectl, name, namespace)
+        # Another controller's condition, applied under its own field manager.
+        foreign = {
+            "apiVersion": "voxtral.dev/v1alpha1",
+            "kind": "VoxtralEndpoint",
+            "metadata": {"name": name, "namespace": namespace},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "CostApproved",
+                        "status": "True",
+                        "reason": "BudgetOK",
+                        "message": "within the team's budget",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    }
+                ]
+            },
+        }
+        kubectl.run(
+            "apply",
+            "--server-side",
+            "--subresource=status",
+            "--field-manager=cost-controller",
+            "-f",
+            "-",
+            stdin=json.dumps(foreign),
+        )
+        # A change the reconciler reports in status (replicas, conditions).
+        kubectl.run("scale", f"vxe/{name}", "-n", namespace, "--replicas=2")
+        eventually(
+            lambda: (kubectl.get("vxe", name, namespace) or {}).get("status", {}).get("readyReplicas") == 2,
+            timeout=120,
+            what="2 ready replicas reported",
+        )
+        endpoint = kubectl.json("get", "vxe", name, "-n", namespace, "--show-managed-fields")
+        assert condition(endpoint, "CostApproved").get("reason") == "BudgetOK", endpoint["status"]["conditions"]
+        reconciler = _status_fields(endpoint, "voxtral-operator")
+        autoscaler = _status_fields(endpoint, "voxtral-operator-autoscaler")
+        assert "f:conditions" in reconciler, reconciler
+        for field in ("f:queueDepth", "f:desiredReplicas", "f:lastScaleDecision"):
+            assert field not in reconciler, f"the reconciler writes the autoscaler's {field}: {sorted(reconciler)}"
+        assert "f:queueDepth" in autoscaler, autoscaler
+        owned_conditions = reconciler["f:conditions"]
+        assert not [k for k in owned_conditions if "CostApproved" in k], owned_conditions
+    finally:
+        delete_endpoint(kubectl, name, namespace)

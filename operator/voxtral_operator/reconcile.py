@@ -122,8 +122,11 @@ class Reconciler:
     max_backoff: float = 60.0
     _work: dict[Key, _Work] = field(default_factory=dict)
     # Writes whose watch event has not arrived yet: the caches are behind, not the cluster.
-    _pending_children: dict[tuple[Key, ChildKey], str | None] = field(default_factory=dict)
-    _pending_status: dict[Key, JSON] = field(default_factory=dict)
+    # Each entry: (what the cache showed when we wrote, when). The watch event of our own write may
+    # arrive before the entry is made, so entries also expire: a child deleted after that must come back.
+    _pending_children: dict[tuple[Key, ChildKey], tuple[str | None, float]] = field(default_factory=dict)
+    _pending_status: dict[Key, tuple[JSON, float]] = field(default_factory=dict)
+    pending_ttl: float = 10.0
     _semaphore: asyncio.Semaphore = field(init=False)
     _phases: dict[Key, str] = field(default_factory=dict)
     _rendered: dict[Key, tuple[str, list[JSON]]] = field(default_factory=dict)
@@ -306,7 +309,7 @@ class Reconciler:
             return None
         live_version = (live or {}).get("metadata", {}).get("resourceVersion")
         pending = (key, child)
-        if pending in self._pending_children and self._pending_children[pending] == live_version:
+        if self._is_pending(self._pending_children.get(pending), live_version):
             return None  # our last write has not reached the cache yet
         resource = resources.BY_KIND[obj["kind"]]
         if live is None:
@@ -330,7 +333,7 @@ class Reconciler:
             message = f"{child[0]} {child[1]}: {exc.status} {exc.reason}: {exc.message}"
             logs.log_child_change(key, "refused", *child, f"{exc.status} {exc.reason}: {exc.message}")
             raise ChildRefused("ApplyRejected", message) from exc
-        self._pending_children[pending] = live_version
+        self._pending_children[pending] = (live_version, time.monotonic())
         logger.debug("%s/%s: applying %s %s: %s", *key, *child, ", ".join(why[:5]))
         logs.log_child_change(key, "created" if live is None else "updated", *child, logs.change_reason(obj, live))
         return "created" if live is None else "updated"
@@ -346,10 +349,13 @@ class Reconciler:
             logs.log_child_change(key, "deleted", *child, "the spec no longer asks for it")
             self._pending_children.pop((key, child), None)
 
+    def _is_pending(self, entry: tuple[Any, float] | None, value: Any) -> bool:
+        return entry is not None and entry[0] == value and time.monotonic() - entry[1] < self.pending_ttl
+
     async def _write_status(self, key: Key, current: JSON, new: JSON) -> bool:
         """Write status only when it differs from what is there (or what was just written)."""
         self._record_phase(key, new.get("phase"))
-        if _status_view(current, new) == _status_view(new, new) or self._pending_status.get(key) == new:
+        if _status_view(current, new) == _status_view(new, new) or self._is_pending(self._pending_status.get(key), new):
             return False
         namespace, name = key
         # Applied under the operator's field manager: the autoscaler's fields and other writers'
@@ -359,7 +365,7 @@ class Reconciler:
         logs.log_phase_change(
             key, current.get("phase"), new.get("phase"), ready.get("reason", ""), ready.get("message", "")
         )
-        self._pending_status[key] = new
+        self._pending_status[key] = (new, time.monotonic())
         return True
 
     def _record_phase(self, key: Key, phase: str | None) -> None:

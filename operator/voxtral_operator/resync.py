@@ -52,6 +52,7 @@ class Resync:
         self.namespaces = namespaces
         self.enqueue = enqueue
         self.interval = interval
+        self._reported: set[str] = set()
 
     async def run_forever(self) -> None:
         while True:
@@ -73,9 +74,12 @@ class Resync:
                     continue
                 listed.update(item["metadata"]["uid"] for item in items)
         stale = stale_uids(before, listed)
-        if stale:
-            logger.info("watch caches held %d deleted object(s); reconciling their endpoints", len(stale))
-            self.view.mark_absent(stale)
-            for key in {before[uid] for uid in stale}:
+        self.view.mark_absent(stale)
+        # kopf keeps what it missed for good: report and reconcile each stale object once.
+        new = stale - self._reported
+        self._reported = stale
+        if new:
+            logger.info("watch caches held %d deleted object(s); reconciling their endpoints", len(new))
+            for key in {before[uid] for uid in new}:
                 self.enqueue(key)
         return stale
