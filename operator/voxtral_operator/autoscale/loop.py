@@ -21,8 +21,17 @@ import aiohttp
 from prometheus_client import Counter, Histogram
 
 from voxtral_operator import logs
-from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
-from voxtral_operator.autoscale.policy import History, Limits, Observation, decide
+from voxtral_operator.api import resolve
+from voxtral_operator.api.models import AutoscalingMode
+from voxtral_operator.autoscale.policy import (
+    DEFAULT_MAX_NUM_SEQS,
+    Limits,
+    Observation,
+    PodSample,
+    State,
+    decide,
+    prior_work_per_second,
+)
 from voxtral_operator.autoscale.scrape import (
     MAX_METRICS_BYTES,
     MAX_PROBE_BODY_BYTES,
@@ -67,9 +76,29 @@ EventPoster = Callable[[JSON, str, str, str], None]
 ServingSink = Callable[[Key, tuple[bool, str, str]], None]
 
 
+def policy_limits(plan: resolve.Plan) -> Limits:
+    """The policy's bounds and priors from the validated spec and the catalog."""
+    spec = plan.spec
+    max_num_seqs = spec.engine.max_num_seqs or DEFAULT_MAX_NUM_SEQS
+    return Limits(
+        min_replicas=spec.min_replicas,
+        max_replicas=spec.max_replicas,
+        max_num_seqs=max_num_seqs,
+        prior_work_per_second=prior_work_per_second(
+            plan.model.weights_bytes, spec.gpu.type, plan.tensor_parallel_size, max_num_seqs
+        ),
+        cold_start_seconds=float(plan.model.startup_budget_seconds),
+        scale_down_delay_seconds=float(spec.autoscaling.scale_down_delay_seconds),
+        max_scale_up_step=spec.autoscaling.max_scale_up_step,
+        target_queue_depth=spec.autoscaling.target_queue_depth,
+        # Comes with the gateway (autoscaling.scaleToZeroAfterSeconds); absent until then.
+        scale_to_zero_after_seconds=getattr(spec.autoscaling, "scale_to_zero_after_seconds", None),
+    )
+
+
 @dataclass
 class _EndpointState:
-    history: History = field(default_factory=History)
+    policy: State = field(default_factory=State)  # the policy's memory; plain data (State.to_dict)
     last_status: JSON = field(default_factory=dict)
     last_status_time: float = 0.0
 
@@ -83,6 +112,7 @@ class Autoscaler:
     is_active: Callable[[], Any] | None = None  # async () -> bool; None: always active
     serving_sink: ServingSink | None = None  # where Serving check results go (the reconciler)
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time  # the policy's daily profile needs the time of day
     _last_serving_check: float = float("-inf")
     _states: dict[Key, _EndpointState] = field(default_factory=dict)
     _session: aiohttp.ClientSession | None = None
@@ -118,35 +148,35 @@ class Autoscaler:
         if endpoint is None:
             return
         try:
-            spec = VoxtralEndpointSpec.model_validate(endpoint.get("spec") or {})
-        except ValueError:
+            plan = resolve.resolve(endpoint, self.config)
+        except resolve.InvalidSpec:
             return  # the reconciler reports invalid specs
-        if spec.cross_field_problems() or not spec.autoscaling.enabled:
+        spec = plan.spec
+        if not spec.autoscaling.enabled or spec.autoscaling.mode != AutoscalingMode.OPERATOR:
             return
-        if spec.autoscaling.mode != AutoscalingMode.OPERATOR:
-            return
-        ready_ips = [p["ip"] for p in self.view.pods(key) if p.get("ready") and p.get("ip") and not p.get("deleting")]
-        samples = await asyncio.gather(*(self._scrape(ip) for ip in ready_ips))
-        scraped = [s for s in samples if s is not None]
+        ready = [p for p in self.view.pods(key) if p.get("ready") and p.get("ip") and not p.get("deleting")]
+        samples = await asyncio.gather(*(self._scrape(p["ip"]) for p in ready))
         seen = Observation(
             replicas=spec.desired_replicas,
-            ready=len(ready_ips),
-            scraped=len(scraped),
-            waiting=sum(s.waiting for s in scraped),
-            running=sum(s.running for s in scraped),
-        )
-        limits = Limits(
-            min_replicas=spec.min_replicas,
-            max_replicas=spec.max_replicas,
-            target_queue_depth=spec.autoscaling.target_queue_depth,
-            scale_down_delay_seconds=spec.autoscaling.scale_down_delay_seconds,
-            max_scale_up_step=spec.autoscaling.max_scale_up_step,
-            **({"max_num_seqs": spec.engine.max_num_seqs} if spec.engine.max_num_seqs else {}),
+            ready=len(ready),
+            pods=[
+                PodSample(
+                    name=str(pod.get("name") or pod["ip"]),
+                    waiting=sample.waiting,
+                    running=sample.running,
+                    kv_cache_usage=sample.kv_cache_usage,
+                    prompt_tokens=sample.prompt_tokens,
+                    generation_tokens=sample.generation_tokens,
+                    finished=sample.finished,
+                )
+                for pod, sample in zip(ready, samples, strict=True)
+                if sample is not None
+            ],
         )
         state = self._states.setdefault(key, _EndpointState())
         now = self.clock()
-        decision = decide(limits, seen, state.history, now)
-        state.history = decision.history
+        decision = decide(policy_limits(plan), seen, state.policy, self.wall_clock())
+        state.policy = decision.state
         namespace, name = key
         if decision.replicas != seen.replicas:
             await self.client.scale(resources.ENDPOINTS, namespace, name, decision.replicas)

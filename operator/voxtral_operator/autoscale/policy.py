@@ -1,115 +1,600 @@
-"""Pure: how many replicas an endpoint should have, given what its replicas report. No I/O, no clock.
+"""Pure: how many replicas an endpoint should have, from what its replicas (and later its gateway) report.
 
-- Scale up at once when the queue exceeds what the ready replicas tolerate
-  (`targetQueueDepth` waiting requests each), adding at most `maxScaleUpStep` replicas.
-- While replicas are still loading, count them as capacity on its way: scale up further only if
-  the whole demand (waiting + running) overflows every replica, ready or loading, at a full batch
-  (`maxNumSeqs`) plus its tolerated queue. A 15-minute model load must not set off one scale-up
-  per scrape, yet a burst far beyond the incoming capacity is not left waiting for it.
-- Scale down one replica at a time, only after `scaleDownDelaySeconds` of sustained low load
-  (nothing waiting, and the running requests would fit on one replica fewer), then one more
-  every SCALE_DOWN_STEP_SECONDS (or the delay, if shorter) while the load stays that low.
-- Missing metrics (a ready replica that did not answer its scrape) never cause a scale-down.
-- Never outside [minReplicas, maxReplicas].
+No I/O and no clock: `now` is given in epoch seconds (the time of day matters for the daily
+profile). What carries over between decisions is a plain value, `State` (`to_dict`/`from_dict`), so
+the operator can keep it in status or a ConfigMap and a restart forgets nothing.
+
+Load is counted in replicas' worth of work, not in requests (a 5-second clip and a 40-minute file
+are not the same request):
+- a ready replica is as busy as the larger of its KV-cache usage and its share of `maxNumSeqs` in
+  flight; the target keeps that, averaged over the replicas, at `target_utilization`;
+- waiting work (waiting requests x the work a request has taken lately, plus the gateway's queued
+  audio-seconds when there is a gateway) is turned into replica-seconds with the throughput a
+  saturated replica has shown, learned online from vLLM's counters (`vllm:prompt_tokens`,
+  `vllm:generation_tokens`, `vllm:request_success`), the catalog giving the prior (the weights a
+  decode step reads against the GPU's memory bandwidth).
+
+Cold starts (the catalog's startup budget as the prior, then learned from how long replicas took):
+- demand is smoothed over a quarter of a cold start: what will not last until a new replica is
+  ready is not worth one. A surge above the level of the last cold start counts in proportion to how
+  long it has lasted, in full once it has lasted a cold start;
+- a backlog counts only if it would outlive a cold start: the queue in one cold start, at its recent
+  growth (or drain), less what the loading replicas do as they arrive; new replicas clear the rest
+  within one more cold start. Loading replicas count against the target at once;
+- a predictive floor: demand at the same time of day, the median over the last PROFILE_DAYS days
+  (5-minute bins, so one day's burst is not forecast), scaled by how today compares with the profile
+  so far, looked up one cold start ahead: the morning ramp is met by replicas started before it;
+- panic (Knative's idea, cold-start aware): when the short-window demand asks for at least twice the
+  replicas there are and the backlog would outlive a cold start, or the queue is deeper than
+  `targetQueueDepth` per ready replica, scale up at once; nothing scales down during the panic;
+- replicas still loading that the demand no longer needs are cancelled: their nodes stop billing after
+  the retention, and come back warm if wanted again within it.
+
+Scale-down is slow and drain-aware: only after `scaleDownDelaySeconds` of demand below the replicas,
+one replica every SCALE_DOWN_STEP_SECONDS, never while a ready replica's metrics are missing, never
+below what the profile expects over the next cold start plus the node retention (a freed GPU node
+bills that long anyway, so a replica wanted back within it saves nothing). Scale to zero when
+`scale_to_zero_after_seconds` is set, `min_replicas` is 0, the gateway has seen no request for that
+long and the profile expects none within a cold start; a request held at the gateway brings a
+replica back at once.
+
+Every decision carries an `Explanation`: the signal, the capacity, the target and why.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 # vLLM's default --max-num-seqs: the running requests one replica batches when the spec sets none.
 DEFAULT_MAX_NUM_SEQS = 256
-# Once load has been low for the whole delay, further replicas go one at a time this far apart
-# (each removal re-checks that the load still fits on one replica fewer).
+AUDIO_TOKENS_PER_SECOND = 12.5
+# A prompt token costs a fraction of a decode slot: prefill is computed in large chunks while each
+# generated token needs its own step. Work = generated tokens + prompt tokens x this.
+PREFILL_WORK_WEIGHT = 0.125
+# Work one queued audio-second stands for: its prompt tokens, weighted, plus about three tokens of
+# transcript (speech runs at roughly 2.5 words, 3 tokens, a second).
+WORK_PER_AUDIO_SECOND = AUDIO_TOKENS_PER_SECOND * PREFILL_WORK_WEIGHT + 3.0
+# Before the counters have said anything: the work of one request (a minute of audio, transcribed).
+PRIOR_WORK_PER_REQUEST = 60 * WORK_PER_AUDIO_SECOND
+# Decode steps run at about this share of the GPU's memory bandwidth (all weights read per step).
+BANDWIDTH_EFFICIENCY = 0.7
+PRIOR_BATCH = 32  # sequences a busy replica is assumed to decode at once, for the prior only
+SATURATED_KV = 0.9  # a replica this full (or with anything waiting) shows its capacity
+
+STABLE_WINDOW_SECONDS = 120.0  # at least; and never longer than scaleDownDelaySeconds
+STABLE_SHARE_OF_COLD_START = 0.25
+PANIC_WINDOW_SECONDS = 6.0
+PANIC_RATIO = 2.0
+SURGE_MARGIN = 0.1  # demand above the cold-start level by more than this share of it is a surge
+CAPACITY_WINDOW_SECONDS = 600.0  # how fast the learned capacity follows new evidence
+COLD_START_WEIGHT = 0.3  # of each newly observed load time
+CANCEL_DELAY_SECONDS = 120.0  # a loading replica unneeded this long is cancelled
 SCALE_DOWN_STEP_SECONDS = 30.0
+PROFILE_BIN_SECONDS = 300
+PROFILE_BINS = 86400 // PROFILE_BIN_SECONDS
+PROFILE_DAYS = 7
+# Today's level against the profile (a busier Monday, a quiet holiday) follows over this window,
+# within this range; bins below MIN_PROFILE_DEMAND (replicas' worth) are too quiet to compare.
+LEVEL_WINDOW_SECONDS = 3600.0
+LEVEL_RANGE = (0.7, 1.5)
+MIN_PROFILE_DEMAND = 0.5
+IDLE_DEMAND = 0.05  # replicas' worth the profile may expect while the endpoint still goes to zero
+
+# Memory bandwidth (bytes/s) per catalog GPU type, for the capacity prior only.
+GPU_MEMORY_BANDWIDTH: dict[str, float] = {
+    "L4-24GB": 300e9,
+    "A10-24GB": 600e9,
+    "A100-40GB": 1555e9,
+    "A100-80GB": 2039e9,
+    "H100-80GB": 3350e9,
+    "H200-141GB": 4800e9,
+}
+
+
+def prior_work_per_second(weights_bytes: float, gpu_type: str, tensor_parallel_size: int, max_num_seqs: int) -> float:
+    """A replica's throughput in work units per second before anything is measured.
+
+    A decode step reads every weight once, so one sequence decodes at about bandwidth / weights
+    tokens per second; a busy replica decodes a batch of them.
+    """
+    bandwidth = GPU_MEMORY_BANDWIDTH.get(gpu_type, 300e9) * tensor_parallel_size * BANDWIDTH_EFFICIENCY
+    return bandwidth / max(weights_bytes, 1.0) * min(max_num_seqs, PRIOR_BATCH)
 
 
 @dataclass(frozen=True)
 class Limits:
     min_replicas: int
     max_replicas: int
-    target_queue_depth: int
-    scale_down_delay_seconds: float
-    max_scale_up_step: int
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    prior_work_per_second: float = 1000.0  # per replica; see prior_work_per_second()
+    cold_start_seconds: float = 600.0  # the catalog's startup budget: the prior for load time
+    scale_down_delay_seconds: float = 300.0
+    max_scale_up_step: int = 2  # outside panic
+    target_queue_depth: int = 4  # waiting requests per ready replica tolerated before a queue is a surge
+    target_utilization: float = 0.35  # of KV cache and sequence slots, averaged over ready replicas
+    node_retention_seconds: float = 600.0  # a GPU node bills this long after its pod goes
+    scale_to_zero_after_seconds: float | None = None  # with the gateway; needs min_replicas 0
+
+
+@dataclass(frozen=True)
+class PodSample:
+    """One ready replica's /metrics."""
+
+    name: str
+    waiting: float  # vllm:num_requests_waiting
+    running: float  # vllm:num_requests_running
+    kv_cache_usage: float | None = None  # vllm:kv_cache_usage_perc, 0..1
+    prompt_tokens: float | None = None  # vllm:prompt_tokens_total
+    generation_tokens: float | None = None  # vllm:generation_tokens_total
+    finished: float | None = None  # vllm:request_success_total
+
+
+@dataclass(frozen=True)
+class GatewaySample:
+    """What the endpoint's gateway reports: its own queue, in requests and audio-seconds."""
+
+    queued_requests: float
+    queued_audio_seconds: float
+    in_flight_audio_seconds: float = 0.0
+    seconds_since_last_request: float | None = None
 
 
 @dataclass(frozen=True)
 class Observation:
     replicas: int  # spec.replicas now
     ready: int  # replicas passing readiness
-    scraped: int  # ready replicas whose /metrics answered
-    waiting: float  # vllm:num_requests_waiting summed over the scraped replicas
-    running: float  # vllm:num_requests_running summed over the scraped replicas
+    pods: Sequence[PodSample] = ()  # ready replicas whose /metrics answered
+    gateway: GatewaySample | None = None
 
     @property
     def loading(self) -> int:
         return max(0, self.replicas - self.ready)
 
     @property
-    def complete(self) -> bool:
-        return self.scraped == self.ready
+    def missing(self) -> int:
+        return max(0, self.ready - len(self.pods))
+
+    @property
+    def waiting(self) -> float:
+        return sum(p.waiting for p in self.pods) + (self.gateway.queued_requests if self.gateway else 0.0)
+
+
+Bins = tuple[float | None, ...]
+EMPTY_BINS: Bins = (None,) * PROFILE_BINS
+
+
+def _median(values: list[float]) -> float:
+    values.sort()
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def _profile_bin(days: Sequence[Bins], index: int) -> float | None:
+    known = [day[index] for day in days if day[index] is not None]
+    return _median(known) if known else None  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
-class History:
-    low_since: float | None = None  # when load last became low (continuously low since)
+class State:
+    """Everything the policy remembers; plain numbers, so it serialises (to_dict/from_dict)."""
+
+    updated_at: float | None = None
+    capacity: float | None = None  # work units per second a saturated replica does (learned)
+    work_per_request: float | None = None  # learned
+    cold_start: float | None = None  # seconds, learned
+    counters: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)  # pod: prompt, gen, finished
+    demand: float = 0.0  # replicas' worth of work in flight, stable window
+    base: float = 0.0  # the same over one cold start: the level a new replica would meet
+    demand_fast: float = 0.0  # panic window
+    surge_since: float | None = None  # demand above the base since
+    queue: float = 0.0  # replica-seconds waiting, last seen
+    queue_since: float | None = None  # something waiting since
+    growth: float = 0.0  # replica-seconds per second the queue grows, stable window
+    level: float = 1.0  # today's demand over the profile's
+    loading_since: tuple[float, ...] = ()  # when each loading replica was asked for, oldest first
+    ready: int = 0
+    low_since: float | None = None
     last_scale_down: float | None = None
+    panic_until: float | None = None
+    days: tuple[Bins, ...] = ()  # demand per 5-minute bin, one row per day, oldest first
+    day: int | None = None  # the day (epoch days) of the newest row
+    profile: Bins = EMPTY_BINS  # the median over `days`, bin by bin (derived, not serialised)
+    bin_start: float | None = None
+    bin_total: float = 0.0
+    bin_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "updatedAt": self.updated_at,
+            "capacity": self.capacity,
+            "workPerRequest": self.work_per_request,
+            "coldStart": self.cold_start,
+            "counters": {k: list(v) for k, v in self.counters.items()},
+            "demand": self.demand,
+            "base": self.base,
+            "demandFast": self.demand_fast,
+            "surgeSince": self.surge_since,
+            "queue": self.queue,
+            "queueSince": self.queue_since,
+            "growth": self.growth,
+            "level": self.level,
+            "loadingSince": list(self.loading_since),
+            "ready": self.ready,
+            "lowSince": self.low_since,
+            "lastScaleDown": self.last_scale_down,
+            "panicUntil": self.panic_until,
+            "days": [[None if v is None else round(v, 3) for v in day] for day in self.days],
+            "day": self.day,
+            "binStart": self.bin_start,
+            "binTotal": self.bin_total,
+            "binSeconds": self.bin_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> State:
+        """Tolerant: a missing or malformed field falls back to its default, never an error."""
+
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                return float(value)
+            return None
+
+        days: list[Bins] = []
+        raw_days = data.get("days")
+        if isinstance(raw_days, list):
+            for row in raw_days[-PROFILE_DAYS:]:
+                if isinstance(row, list) and len(row) == PROFILE_BINS:
+                    days.append(tuple(float(v) if isinstance(v, int | float) else None for v in row))
+        counters: dict[str, tuple[float, float, float]] = {}
+        raw = data.get("counters")
+        if isinstance(raw, dict):
+            for name, values in raw.items():
+                if isinstance(values, list) and len(values) == 3 and all(isinstance(v, int | float) for v in values):
+                    counters[str(name)] = (float(values[0]), float(values[1]), float(values[2]))
+        loading = data.get("loadingSince")
+        day = number("day")
+        return cls(
+            updated_at=number("updatedAt"),
+            capacity=number("capacity"),
+            work_per_request=number("workPerRequest"),
+            cold_start=number("coldStart"),
+            counters=counters,
+            demand=number("demand") or 0.0,
+            base=number("base") or 0.0,
+            demand_fast=number("demandFast") or 0.0,
+            surge_since=number("surgeSince"),
+            queue=number("queue") or 0.0,
+            queue_since=number("queueSince"),
+            growth=number("growth") or 0.0,
+            level=number("level") or 1.0,
+            loading_since=tuple(float(v) for v in loading if isinstance(v, int | float))
+            if isinstance(loading, list)
+            else (),
+            ready=int(number("ready") or 0),
+            low_since=number("lowSince"),
+            last_scale_down=number("lastScaleDown"),
+            panic_until=number("panicUntil"),
+            days=tuple(days),
+            day=None if day is None else int(day),
+            profile=tuple(_profile_bin(days, i) for i in range(PROFILE_BINS)) if days else EMPTY_BINS,
+            bin_start=number("binStart"),
+            bin_total=number("binTotal") or 0.0,
+            bin_seconds=number("binSeconds") or 0.0,
+        )
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a decision came out as it did; numbers, rendered on demand."""
+
+    why: str
+    busy: float = 0.0  # replicas' worth of work in flight now
+    waiting: float = 0.0  # requests waiting
+    queued_seconds: float = 0.0  # replica-seconds of waiting work
+    demand: float = 0.0  # replicas' worth counted (base, and surges as they last)
+    capacity: float = 0.0  # work units per second per replica
+    cold_start: float = 0.0
+    needed: float = 0.0  # replicas the demand needs now, at the target utilisation
+    backlog: float = 0.0  # replicas added for a backlog that outlives a cold start
+    floor: int = 0  # from the daily profile
+    target: int = 0
+
+    @property
+    def signal(self) -> str:
+        return (
+            f"busy {self.busy:.1f} replicas, queue {self.waiting:g} waiting "
+            f"({self.queued_seconds:.0f} replica-s), demand {self.demand:.1f}"
+        )
+
+    @property
+    def capacity_text(self) -> str:
+        return f"capacity {self.capacity:.0f} work/s per replica, cold start {self.cold_start:.0f}s"
+
+    @property
+    def target_text(self) -> str:
+        parts = [f"target {self.target} (needs {self.needed:.1f}"]
+        if self.backlog:
+            parts.append(f" + {self.backlog:.1f} for the backlog")
+        if self.floor:
+            parts.append(f", profile floor {self.floor}")
+        return "".join(parts) + ")"
+
+    def __str__(self) -> str:
+        return f"{self.why}: {self.signal}; {self.capacity_text}; {self.target_text}"
 
 
 @dataclass(frozen=True)
 class Decision:
     replicas: int
-    reason: str
-    history: History
+    explanation: Explanation
+    state: State
+
+    @property
+    def reason(self) -> str:
+        return str(self.explanation)
 
 
-def decide(limits: Limits, seen: Observation, history: History, now: float) -> Decision:
+def _ewma(old: float, new: float, dt: float, window: float) -> float:
+    return new if dt <= 0 else old + (new - old) * (1.0 - math.exp(-dt / window))
+
+
+def _profile_at(profile: Bins, at: float) -> float | None:
+    """Demand the profile expects at this time of day: the mean of the known bins around it."""
+    index = int(at // PROFILE_BIN_SECONDS)
+    total = count = 0.0
+    for offset in (-1, 0, 1):
+        value = profile[(index + offset) % PROFILE_BINS]
+        if value is not None:
+            total += value
+            count += 1
+    return total / count if count else None
+
+
+def _profile_max(profile: Bins, start: float, end: float) -> float | None:
+    """The highest demand the profile expects from `start` to `end` (epoch seconds)."""
+    best: float | None = None
+    at = start
+    while True:
+        value = _profile_at(profile, at)
+        if value is not None and (best is None or value > best):
+            best = value
+        if at >= end:
+            return best
+        at = min(end, at + PROFILE_BIN_SECONDS)
+
+
+def _fold_profile(state: State, demand: float, now: float, dt: float) -> dict[str, Any]:
+    """Add this interval's demand to the current 5-minute bin; file a finished bin under its day."""
+    start = now - now % PROFILE_BIN_SECONDS
+    if state.bin_start == start:
+        return {"bin_total": state.bin_total + demand * dt, "bin_seconds": state.bin_seconds + dt}
+    changes: dict[str, Any] = {"bin_start": start, "bin_total": demand * dt, "bin_seconds": dt}
+    if state.bin_start is None or state.bin_seconds < PROFILE_BIN_SECONDS / 2:
+        return changes
+    day, index = divmod(int(state.bin_start // PROFILE_BIN_SECONDS), PROFILE_BINS)
+    days = list(state.days)
+    if state.day != day or not days:
+        days = [*days, EMPTY_BINS][-PROFILE_DAYS:]
+    row = days[-1]
+    days[-1] = (*row[:index], state.bin_total / state.bin_seconds, *row[index + 1 :])
+    profile = state.profile
+    changes.update(
+        days=tuple(days),
+        day=day,
+        profile=(*profile[:index], _profile_bin(days, index), *profile[index + 1 :]),
+    )
+    return changes
+
+
+def _ceil(value: float) -> int:
+    """Replicas for this much demand; a twentieth of a replica over does not buy another."""
+    return math.ceil(value - 0.05)
+
+
+def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decision:
     current = seen.replicas
-    bounded = min(max(current, limits.min_replicas), limits.max_replicas)
-    if bounded != current:
-        return Decision(
-            bounded, f"replicas {current} outside [{limits.min_replicas}, {limits.max_replicas}]", History()
-        )
+    first = state.updated_at is None
+    dt = 0.0 if state.updated_at is None else max(0.0, now - state.updated_at)
+    rho = min(max(limits.target_utilization, 0.05), 1.0)
 
+    # -- learn: throughput of saturated replicas, work per request, load time ---------------------
+    capacity = state.capacity or limits.prior_work_per_second
+    work_per_request = state.work_per_request or PRIOR_WORK_PER_REQUEST
+    counters: dict[str, tuple[float, float, float]] = {}
+    saturated_rates: list[float] = []
+    other_rates: list[float] = []
+    work_done = finished_done = 0.0
+    for pod in seen.pods:
+        if pod.prompt_tokens is None or pod.generation_tokens is None:
+            continue
+        counts = (pod.prompt_tokens, pod.generation_tokens, pod.finished or 0.0)
+        counters[pod.name] = counts
+        before = state.counters.get(pod.name)
+        if before is None or dt <= 0 or counts[0] < before[0] or counts[1] < before[1] or counts[2] < before[2]:
+            continue  # a new pod, or its counters restarted
+        work = (counts[0] - before[0]) * PREFILL_WORK_WEIGHT + counts[1] - before[1]
+        work_done += work
+        finished_done += counts[2] - before[2]
+        full = pod.waiting > 0 or (pod.kv_cache_usage or 0.0) >= SATURATED_KV or pod.running >= limits.max_num_seqs
+        (saturated_rates if full else other_rates).append(work / dt)
+    if saturated_rates:
+        capacity = _ewma(capacity, sum(saturated_rates) / len(saturated_rates), dt, CAPACITY_WINDOW_SECONDS)
+    elif other_rates and max(other_rates) > capacity:
+        capacity = _ewma(capacity, max(other_rates), dt, CAPACITY_WINDOW_SECONDS)
+    if finished_done >= 1:
+        work_per_request = _ewma(work_per_request, work_done / finished_done, dt, CAPACITY_WINDOW_SECONDS)
+
+    cold_start = state.cold_start or limits.cold_start_seconds
+    loading_since = list(state.loading_since)
+    if seen.ready > state.ready and loading_since and not first:
+        for _ in range(min(seen.ready - state.ready, len(loading_since))):
+            took = now - loading_since.pop(0)
+            if 0 < took <= 3 * limits.cold_start_seconds:
+                cold_start += (took - cold_start) * COLD_START_WEIGHT
+    del loading_since[seen.loading :]  # loading pods removed: the newest go first
+    loading_since += [now] * (seen.loading - len(loading_since))  # asked for by someone else: just started
+
+    # -- signal: replicas' worth of work in flight, and waiting ------------------------------------
+    busy = float(seen.missing)  # a ready replica that did not answer is assumed busy
+    for pod in seen.pods:
+        busy += min(1.0, max(pod.kv_cache_usage or 0.0, pod.running / limits.max_num_seqs))
+    queued_work = sum(p.waiting for p in seen.pods) * work_per_request
+    if seen.gateway is not None:
+        queued_work += seen.gateway.queued_audio_seconds * WORK_PER_AUDIO_SECOND
+    queue = queued_work / capacity  # replica-seconds
+    queue_since = (state.queue_since if state.queue_since is not None else now) if queue > 0 else None
+    if first:
+        growth, demand, base, demand_fast = 0.0, busy, busy, busy
+    else:
+        growth = _ewma(state.growth, (queue - state.queue) / max(dt, 1e-9), dt, STABLE_WINDOW_SECONDS)
+        stable = max(STABLE_WINDOW_SECONDS, STABLE_SHARE_OF_COLD_START * cold_start)
+        stable = min(stable, max(limits.scale_down_delay_seconds, PANIC_WINDOW_SECONDS))
+        demand = _ewma(state.demand, busy, dt, stable)
+        base = _ewma(state.base, busy, dt, cold_start)
+        demand_fast = _ewma(state.demand_fast, busy, dt, PANIC_WINDOW_SECONDS)
+
+    # A surge counts as it lasts: in full once it has lasted a cold start.
+    surging = demand > base * (1 + SURGE_MARGIN) and demand - base > 0.1
+    surge_since = (state.surge_since if state.surge_since is not None else now) if surging else None
+    weight = 0.0 if surge_since is None else min(1.0, (now - surge_since) / cold_start)
+    counted = base + weight * max(0.0, demand - base)
+
+    # -- forecast: the daily profile, scaled by how today compares with it ------------------------
+    changes = _fold_profile(state, counted, now, dt)
+    profile = changes.get("profile", state.profile)
+    level = state.level
+    expected_now = _profile_at(profile, now)
+    if expected_now is not None and expected_now >= MIN_PROFILE_DEMAND and not first:
+        ratio = min(max(base / expected_now, LEVEL_RANGE[0]), LEVEL_RANGE[1])
+        level = _ewma(level, ratio, dt, LEVEL_WINDOW_SECONDS)
+    ahead = _profile_at(profile, now + cold_start)
+    floor = 0 if ahead is None else _ceil(level * ahead / rho)
+
+    # -- backlog: count it only if it would outlive a cold start ---------------------------------
+    # In one cold start the queue will have grown (for as long as it has been growing, at most a
+    # cold start) or drained at its recent rate, and the loading replicas will have worked on it.
+    lasting = cold_start if queue_since is None or growth <= 0 else min(cold_start, now - queue_since)
+    arriving = sum(max(0.0, now - started) for started in loading_since)  # replica-s within one cold start
+    residual = queue + growth * lasting - arriving if queue > 0 else 0.0
+    backlog = max(0.0, residual) / cold_start
+    needed = counted / rho
+    up = max(_ceil(needed + backlog), floor)
+
+    # -- panic: a surge the smoothing would meet too late ----------------------------------------
+    panic = ""
+    if residual > 0 and demand_fast / rho >= PANIC_RATIO * max(current, 1):
+        needed = max(needed, demand_fast / rho)
+        up = max(up, _ceil(needed + backlog))
+        panic = "short-window demand asks for at least twice the replicas"
     tolerated = limits.target_queue_depth * max(seen.ready, 1)
-    if seen.waiting > tolerated:
-        if current >= limits.max_replicas:
-            return Decision(current, f"queue {seen.waiting:g} > {tolerated}, at maxReplicas", History())
-        if seen.loading:
-            # Loading replicas are capacity on its way: add more only if the whole demand would
-            # overflow every replica, ready or loading, each running a full batch plus its
-            # tolerated queue. A long load then adds what demand needs, not a step per scrape.
-            per_replica = limits.max_num_seqs + limits.target_queue_depth
-            needed = math.ceil((seen.waiting + seen.running) / per_replica)
-            if needed <= current:
-                return Decision(
-                    current, f"queue {seen.waiting:g} > {tolerated}, {seen.loading} replica(s) loading", History()
-                )
-            step = min(limits.max_scale_up_step, needed - current)
+    if seen.waiting > tolerated and residual > 0:
+        # Replicas still loading count as taking a full batch plus the tolerated queue each.
+        per_replica = limits.max_num_seqs + limits.target_queue_depth
+        in_flight = seen.waiting + sum(p.running for p in seen.pods)
+        if not seen.loading or _ceil(in_flight / per_replica) > current:
+            step = min(limits.max_scale_up_step, _ceil((seen.waiting - tolerated) / limits.target_queue_depth))
+            up = max(up, current + max(step, 1))
+            panic = panic or f"queue {seen.waiting:g} waiting, more than {tolerated} tolerated by {seen.ready} ready"
+    panic_until = now + min(STABLE_WINDOW_SECONDS, limits.scale_down_delay_seconds) if panic else state.panic_until
+
+    def decision(replicas: int, why: str, **more: Any) -> Decision:
+        explanation = Explanation(
+            why=why,
+            busy=busy,
+            waiting=seen.waiting,
+            queued_seconds=queue,
+            demand=counted,
+            capacity=capacity,
+            cold_start=cold_start,
+            needed=needed,
+            backlog=backlog,
+            floor=floor,
+            target=replicas,
+        )
+        fields: dict[str, Any] = {
+            "updated_at": now,
+            "capacity": capacity,
+            "work_per_request": work_per_request,
+            "cold_start": cold_start,
+            "counters": counters,
+            "demand": demand,
+            "base": base,
+            "demand_fast": demand_fast,
+            "surge_since": surge_since,
+            "queue": queue,
+            "queue_since": queue_since,
+            "growth": growth,
+            "level": level,
+            "loading_since": (*loading_since, *(now,) * max(0, replicas - current)),
+            "ready": seen.ready,
+            "panic_until": panic_until,
+            **changes,
+            **more,
+        }
+        return Decision(replicas, explanation, replace(state, **fields))
+
+    low, high = limits.min_replicas, limits.max_replicas
+    if current < low or current > high:
+        return decision(min(max(current, low), high), f"replicas {current} outside [{low}, {high}]")
+
+    # -- zero and back -----------------------------------------------------------------------------
+    gateway = seen.gateway
+    if current == 0:
+        if gateway is not None and gateway.queued_requests > 0:
+            return decision(min(high, max(1, up)), "scale up: request held at zero replicas", low_since=None)
+        if floor > 0 and (level * (ahead or 0.0)) > IDLE_DEMAND:
+            return decision(min(high, floor), "scale up: the profile expects load within a cold start")
+        return decision(0, "at zero replicas, no request held")
+    after = limits.scale_to_zero_after_seconds
+    if after is not None and low == 0 and gateway is not None and not seen.loading:
+        idle = gateway.seconds_since_last_request
+        expected = _profile_max(profile, now, now + cold_start)
+        quiet = busy == 0 and seen.waiting == 0 and gateway.in_flight_audio_seconds == 0
+        if quiet and idle is not None and idle >= after and level * (expected or 0.0) <= IDLE_DEMAND:
+            return decision(0, f"idle for {idle:.0f}s: scale to zero", low_since=None)
+
+    # -- up ----------------------------------------------------------------------------------------
+    if up > current:
+        if current >= high:
+            return decision(current, "demand above maxReplicas", low_since=None)
+        if panic:
+            return decision(min(high, up), f"scale up, panic: {panic}", low_since=None)
+        if backlog:
+            why = "queue outlives a cold start"
+        elif floor > _ceil(needed):
+            why = "the profile expects more one cold start ahead"
         else:
-            excess = seen.waiting - tolerated
-            step = min(limits.max_scale_up_step, math.ceil(excess / limits.target_queue_depth))
-        target = min(limits.max_replicas, current + max(step, 1))
-        return Decision(target, f"queue {seen.waiting:g} > {tolerated} tolerated by {seen.ready} ready", History())
+            why = "demand above target"
+        step = min(limits.max_scale_up_step, up - current)
+        return decision(min(high, current + step), f"scale up: {why}", low_since=None)
 
-    if not seen.complete:
-        return Decision(
-            current, f"metrics missing from {seen.ready - seen.scraped} replica(s): not scaling down", History()
-        )
-
-    fits_on_fewer = seen.running <= (seen.ready - 1) * limits.max_num_seqs
-    low = seen.waiting == 0 and seen.ready > 0 and fits_on_fewer and seen.loading == 0
-    if not low or current <= limits.min_replicas:
-        return Decision(current, "load within target", History())
-    low_since = history.low_since if history.low_since is not None else now
+    # -- down: slow, drain-aware, never below the profile over a cold start and the node retention --
+    expected_max = _profile_max(profile, now, now + cold_start + limits.node_retention_seconds)
+    hold = 0 if expected_max is None else _ceil(level * expected_max / rho)
+    down = max(_ceil(needed + backlog), hold, low, 1)  # only the idle rule above goes to zero
+    if down >= current:
+        held = hold >= current > max(_ceil(needed + backlog), low, 1)
+        return decision(current, "the profile expects the load back" if held else "load within target", low_since=None)
+    if seen.missing:
+        return decision(current, f"metrics missing from {seen.missing} replica(s): not scaling down", low_since=None)
+    if panic_until is not None and now < panic_until:
+        return decision(current, "panic window: not scaling down", low_since=None)
+    low_since = state.low_since if state.low_since is not None else now
     waited = now - low_since
+    if seen.loading:
+        delay = min(CANCEL_DELAY_SECONDS, limits.scale_down_delay_seconds)
+        if waited < delay:
+            return decision(current, f"loading replicas unneeded for {waited:.0f}s of {delay:g}s", low_since=low_since)
+        keep = max(down, seen.ready)
+        return decision(keep, f"low load for {waited:.0f}s: cancel {current - keep} loading replica(s)", low_since=None)
     if waited < limits.scale_down_delay_seconds:
-        return Decision(
-            current, f"low load for {waited:.0f}s of {limits.scale_down_delay_seconds:g}s", History(low_since)
-        )
-    step_gap = min(SCALE_DOWN_STEP_SECONDS, limits.scale_down_delay_seconds)
-    if history.last_scale_down is not None and now - history.last_scale_down < step_gap:
-        return Decision(current, f"low load for {waited:.0f}s, next step down soon", history)
-    return Decision(current - 1, f"low load for {waited:.0f}s", History(low_since, last_scale_down=now))
+        delay = limits.scale_down_delay_seconds
+        return decision(current, f"low load for {waited:.0f}s of {delay:g}s", low_since=low_since)
+    gap = min(SCALE_DOWN_STEP_SECONDS, limits.scale_down_delay_seconds)
+    if state.last_scale_down is not None and now - state.last_scale_down < gap:
+        return decision(current, f"low load for {waited:.0f}s, next step down soon", low_since=low_since)
+    return decision(current - 1, f"low load for {waited:.0f}s", low_since=low_since, last_scale_down=now)

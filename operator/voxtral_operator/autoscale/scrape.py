@@ -1,4 +1,4 @@
-"""The two numbers the autoscaler reads from a vLLM /metrics page (pure), and the one bounded way the
+"""The numbers the autoscaler reads from a vLLM /metrics page (pure), and the one bounded way the
 operator reads anything from a pod (`get_bounded`).
 
 The image, and so whatever answers on the pod's port, is the endpoint author's choice: every read
@@ -53,24 +53,34 @@ async def get_bounded(
 
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
+KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
+PROMPT_TOKENS = "vllm:prompt_tokens_total"
+GENERATION_TOKENS = "vllm:generation_tokens_total"
+REQUEST_SUCCESS = "vllm:request_success_total"
+_SUMMED = (WAITING, RUNNING, PROMPT_TOKENS, GENERATION_TOKENS, REQUEST_SUCCESS)
 
 
 @dataclass(frozen=True)
 class QueueSample:
     waiting: float
     running: float
+    kv_cache_usage: float | None = None  # mean over engines, 0..1
+    prompt_tokens: float | None = None  # counters, summed over engines (and labels)
+    generation_tokens: float | None = None
+    finished: float | None = None
 
 
 def parse_queue_metrics(text: str) -> QueueSample | None:
-    """Sum the waiting and running gauges over engines; None when the page has neither.
+    """Sum the queue gauges and the token counters over engines; None when the page has no queue gauge.
 
-    Everything else on the page (help lines, histograms, python_*/process_* series, other
-    vllm: series whose names merely start the same) is skipped.
+    Everything else on the page (help lines, histograms, python_*/process_* series, `_created`
+    series, other vllm: series whose names merely start the same) is skipped.
     """
-    totals = {WAITING: 0.0, RUNNING: 0.0}
+    totals = dict.fromkeys(_SUMMED, 0.0)
+    kv_total = kv_count = 0.0
     seen = set()
     for line in text.splitlines():
-        if not line.startswith("vllm:num_requests_"):
+        if not line.startswith("vllm:"):
             continue
         name_end = len(line)
         for separator in ("{", " "):
@@ -78,7 +88,7 @@ def parse_queue_metrics(text: str) -> QueueSample | None:
             if index != -1:
                 name_end = min(name_end, index)
         name = line[:name_end]
-        if name not in totals:
+        if name not in totals and name != KV_CACHE_USAGE:
             continue
         rest = line[name_end:]
         if rest.startswith("{"):
@@ -89,8 +99,19 @@ def parse_queue_metrics(text: str) -> QueueSample | None:
             continue
         if math.isnan(value):
             continue
-        totals[name] += value
         seen.add(name)
+        if name == KV_CACHE_USAGE:
+            kv_total += value
+            kv_count += 1
+        else:
+            totals[name] += value
     if WAITING not in seen:
         return None
-    return QueueSample(waiting=totals[WAITING], running=totals[RUNNING])
+    return QueueSample(
+        waiting=totals[WAITING],
+        running=totals[RUNNING],
+        kv_cache_usage=kv_total / kv_count if kv_count else None,
+        prompt_tokens=totals[PROMPT_TOKENS] if PROMPT_TOKENS in seen else None,
+        generation_tokens=totals[GENERATION_TOKENS] if GENERATION_TOKENS in seen else None,
+        finished=totals[REQUEST_SUCCESS] if REQUEST_SUCCESS in seen else None,
+    )
