@@ -48,6 +48,8 @@ class ServiceProxy:
         self.services: dict[ServiceKey, dict[str, Any]] = {}
         self.slices: dict[tuple[str, str], dict[str, Any]] = {}
         self.listeners: dict[tuple[str, int], _Listener] = {}
+        # Both watches sync; one at a time, or two could bind the same address.
+        self._syncing = asyncio.Lock()
 
     async def run(self) -> None:
         await asyncio.gather(self._watch_services(), self._watch_slices())
@@ -90,6 +92,10 @@ class ServiceProxy:
         return sorted(found)
 
     async def _sync(self) -> None:
+        async with self._syncing:
+            await self._sync_listeners()
+
+    async def _sync_listeners(self) -> None:
         wanted: dict[tuple[str, int], list[tuple[str, int]]] = {}
         for key, service in self.services.items():
             spec = service.get("spec") or {}
@@ -105,9 +111,12 @@ class ServiceProxy:
             listener = self.listeners.setdefault(address, _Listener())
             listener.backends = backends
             if backends and listener.server is None:
-                listener.server = await asyncio.start_server(
-                    functools.partial(self._forward, listener), address[0], address[1], reuse_address=True
-                )
+                try:
+                    listener.server = await asyncio.start_server(
+                        functools.partial(self._forward, listener), address[0], address[1], reuse_address=True
+                    )
+                except OSError as exc:  # still held by a closing listener: the next sync tries again
+                    logger.warning("cannot serve %s:%d yet: %s", *address, exc)
             elif not backends and listener.server is not None:
                 await self._close(listener)
 

@@ -36,6 +36,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -413,7 +414,10 @@ class NodeAgent:
     async def run(self) -> None:
         self.http = aiohttp.ClientSession()
         await self._register_nodes()
-        await asyncio.gather(self._pods(), self._volumes(), ServiceProxy(self.kube).run())
+        proxy = ServiceProxy(self.kube)
+        await asyncio.gather(
+            _forever("pods", self._pods), _forever("volumes", self._volumes), _forever("services", proxy.run)
+        )
 
     async def _register_nodes(self) -> None:
         for node in self.nodes.values():
@@ -553,6 +557,16 @@ class NodeAgent:
             except ApiError as exc:
                 if exc.status != 409:
                     logger.warning("volume for %s/%s: %s", meta["namespace"], meta["name"], exc)
+
+
+async def _forever(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """A kubelet does not die with one of its loops: log the failure and start that loop again."""
+    while True:
+        try:
+            await loop()
+        except Exception:
+            logger.exception("the %s loop failed; starting it again", name)
+        await asyncio.sleep(1)
 
 
 def load_nodes(path: Path) -> tuple[list[NodeSpec], set[str]]:

@@ -215,6 +215,42 @@ def test_clusterrole_is_generated_from_the_code_and_has_no_wildcards() -> None:
     assert secrets == []  # the operator never reads callers' API keys
 
 
+def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_namespaced_mode_grants_roles_in_the_watched_namespaces_only() -> None:
+    objects = template("--set", "watchNamespaces={team-a,team-b}")
+    cluster_role = by_kind(objects)["ClusterRole"]
+    cluster_wide = _grants(cluster_role["rules"])
+    # Cluster-wide: only what kopf needs to start (resolving resources, the namespaces it watches).
+    assert cluster_wide == {
+        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
+    }
+    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"}
+    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {"team-a", "team-b"}
+    for namespace, role in roles.items():
+        granted = _grants(role["rules"])
+        assert ("apps", "deployments", "create") in granted
+        assert ("voxtral.dev", "voxtralendpoints/finalizers", "update") in granted
+        assert ("kopf.dev", "kopfpeerings", "patch") in granted
+        assert bindings[namespace]["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        }
+        assert bindings[namespace]["subjects"][0]["namespace"] == "voxtral-system"
+    # Everything the operator may do somewhere is granted in one of the two modes' objects.
+    all_namespaces = _grants(by_kind(template())["ClusterRole"]["rules"])
+    assert all_namespaces == cluster_wide | _grants(roles["team-a"]["rules"]) | {
+        ("kopf.dev", "clusterkopfpeerings", verb) for verb in ("get", "list", "watch", "patch")
+    }
+
+
 BAD_VALUES = [
     pytest.param(["--set", "replicaCount=-1"], "replicaCount", id="negative-replicas"),
     pytest.param(["--set", "image.pullPolicy=Sometimes"], "pullPolicy", id="bad-pull-policy"),
