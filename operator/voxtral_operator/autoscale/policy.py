@@ -439,7 +439,9 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
     loading_since += [now] * (seen.loading - len(loading_since))  # asked for by someone else: just started
 
     # -- signal: replicas' worth of work in flight, and waiting ------------------------------------
-    busy = float(seen.missing)  # a ready replica that did not answer is assumed busy
+    # A ready replica that did not answer adds no demand: unknown is not busy (a failed scrape of one
+    # replica must not triple the GPUs). It still holds every scale-down (below).
+    busy = 0.0
     for pod in seen.pods:
         busy += min(1.0, max(pod.kv_cache_usage or 0.0, pod.running / limits.max_num_seqs))
     queued_work = sum(p.waiting for p in seen.pods) * work_per_request
