@@ -27,22 +27,6 @@ from .conftest import (
 pytestmark = pytest.mark.e2e
 
 
-def _settle_then_count(local: LocalCluster, settle: float, window: float) -> list[str]:
-    """Wait until the operator has written nothing for `settle` seconds, then its writes over `window`."""
-    offset = local.audit_offset()
-    deadline = time.monotonic() + 180
-    quiet_since = time.monotonic()
-    while time.monotonic() - quiet_since < settle:
-        assert time.monotonic() < deadline, "the operator never stopped writing"
-        time.sleep(1)
-        writes, offset = local.operator_writes(offset)
-        if writes:
-            quiet_since = time.monotonic()
-    time.sleep(window)
-    writes, _ = local.operator_writes(offset)
-    return [str(w) for w in writes]
-
-
 def test_restart_and_idle_make_no_writes(
     kubectl: Kubectl, local: LocalCluster, namespace: str, unique_name: str
 ) -> None:
