@@ -221,12 +221,16 @@ def test_status_writers_keep_to_their_own_fields(kubectl: Kubectl, namespace: st
             "-",
             stdin=json.dumps(foreign),
         )
-        # A change the reconciler reports in status (replicas, conditions).
-        kubectl.run("scale", f"vxe/{name}", "-n", namespace, "--replicas=2")
+        # A change the reconciler reports in status (a rollout: Progressing, then Ready again).
+        kubectl.run("patch", "vxe", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"engine":{"maxNumSeqs":7}}}')
         eventually(
-            lambda: (kubectl.get("vxe", name, namespace) or {}).get("status", {}).get("readyReplicas") == 2,
+            lambda: (
+                (e := kubectl.get("vxe", name, namespace))
+                and e["status"].get("observedGeneration") == e["metadata"]["generation"]
+                and condition(e, "Ready").get("status") == "True"
+            ),
             timeout=120,
-            what="2 ready replicas reported",
+            what="the spec change rolled out and reported",
         )
         endpoint = kubectl.json("get", "vxe", name, "-n", namespace, "--show-managed-fields")
         assert condition(endpoint, "CostApproved").get("reason") == "BudgetOK", endpoint["status"]["conditions"]
