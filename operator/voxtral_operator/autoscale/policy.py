@@ -316,9 +316,9 @@ class Explanation:
 
     @property
     def target_text(self) -> str:
-        parts = [f"target {self.target} (needs {self.needed:.1f}"]
-        if self.backlog:
-            parts.append(f" + {self.backlog:.1f} for the backlog")
+        parts = [f"target {self.target} (needs {self.needed:.2f}"]
+        if self.backlog > 0:
+            parts.append(f" + {self.backlog:.2f} for the backlog")
         if self.floor:
             parts.append(f", profile floor {self.floor}")
         return "".join(parts) + ")"
@@ -565,12 +565,12 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
             return decision(current, "demand above maxReplicas", low_since=None)
         if panic:
             return decision(min(high, up), f"scale up, panic: {panic}", low_since=None)
-        if backlog:
-            why = "queue outlives a cold start"
-        elif floor > _ceil(needed):
+        if floor == up and floor > _ceil(needed + backlog):
             why = "the profile expects more one cold start ahead"
-        else:
+        elif _ceil(needed) == up:
             why = "demand above target"
+        else:
+            why = "queue outlives a cold start"
         step = min(limits.max_scale_up_step, up - current)
         return decision(min(high, current + step), f"scale up: {why}", low_since=None)
 
