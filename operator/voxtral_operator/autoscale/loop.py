@@ -21,8 +21,8 @@ import aiohttp
 from prometheus_client import Counter, Histogram
 
 from voxtral_operator import logs
-from voxtral_operator.api import resolve
-from voxtral_operator.api.models import AutoscalingMode
+from voxtral_operator.api import catalog, resolve
+from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
 from voxtral_operator.autoscale.policy import (
     DEFAULT_MAX_NUM_SEQS,
     Limits,
@@ -76,18 +76,26 @@ EventPoster = Callable[[JSON, str, str, str], None]
 ServingSink = Callable[[Key, tuple[bool, str, str]], None]
 
 
-def policy_limits(plan: resolve.Plan) -> Limits:
-    """The policy's bounds and priors from the validated spec and the catalog."""
-    spec = plan.spec
-    max_num_seqs = spec.engine.max_num_seqs or DEFAULT_MAX_NUM_SEQS
+def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
+    """The policy's bounds from the spec, and its priors from the catalog."""
+    model = resolve.model_profile(spec)
+    gpu = resolve.gpu_catalog(config)[spec.gpu.type]
+    engine = spec.engine
+    fitting = (
+        tp
+        for tp in catalog.TENSOR_PARALLEL_SIZES
+        if catalog.check_fit(model, gpu, tp, engine.gpu_memory_utilization, engine.max_model_len).fits
+    )
+    tensor_parallel_size: int = spec.tensor_parallel_size or next(fitting, 1)  # as the renderer picks it
+    max_num_seqs = engine.max_num_seqs or DEFAULT_MAX_NUM_SEQS
     return Limits(
         min_replicas=spec.min_replicas,
         max_replicas=spec.max_replicas,
         max_num_seqs=max_num_seqs,
         prior_work_per_second=prior_work_per_second(
-            plan.model.weights_bytes, spec.gpu.type, plan.tensor_parallel_size, max_num_seqs
+            model.weights_bytes, spec.gpu.type, tensor_parallel_size, max_num_seqs
         ),
-        cold_start_seconds=float(plan.model.startup_budget_seconds),
+        cold_start_seconds=float(model.startup_budget_seconds),
         scale_down_delay_seconds=float(spec.autoscaling.scale_down_delay_seconds),
         max_scale_up_step=spec.autoscaling.max_scale_up_step,
         target_queue_depth=spec.autoscaling.target_queue_depth,
@@ -148,11 +156,12 @@ class Autoscaler:
         if endpoint is None:
             return
         try:
-            plan = resolve.resolve(endpoint, self.config)
-        except resolve.InvalidSpec:
+            spec = VoxtralEndpointSpec.model_validate(endpoint.get("spec") or {})
+        except ValueError:
             return  # the reconciler reports invalid specs
-        spec = plan.spec
-        if not spec.autoscaling.enabled or spec.autoscaling.mode != AutoscalingMode.OPERATOR:
+        if spec.cross_field_problems() or not spec.autoscaling.enabled:
+            return
+        if spec.autoscaling.mode != AutoscalingMode.OPERATOR:
             return
         ready = [p for p in self.view.pods(key) if p.get("ready") and p.get("ip") and not p.get("deleting")]
         samples = await asyncio.gather(*(self._scrape(p["ip"]) for p in ready))
@@ -175,7 +184,7 @@ class Autoscaler:
         )
         state = self._states.setdefault(key, _EndpointState())
         now = self.clock()
-        decision = decide(policy_limits(plan), seen, state.policy, self.wall_clock())
+        decision = decide(policy_limits(spec, self.config), seen, state.policy, self.wall_clock())
         state.policy = decision.state
         namespace, name = key
         if decision.replicas != seen.replicas:
