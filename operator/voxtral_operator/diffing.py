@@ -129,7 +129,3 @@ def drift(desired: dict[str, Any], live: dict[str, Any] | None, manager: str) ->
     if not owned:
         return ["no fields owned by " + manager]
     return [f"{path} edited or removed" for path in unowned_fields(_applied_part(desired), owned)]
-
-
-def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None, manager: str) -> bool:
-    return bool(drift(desired, live, manager))
