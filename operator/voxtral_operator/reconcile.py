@@ -20,7 +20,7 @@ from voxtral_operator import diffing, logs, metrics, render, status
 from voxtral_operator.api.resolve import InvalidSpec, Plan, resolve
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s import resources
-from voxtral_operator.k8s.client import FIELD_MANAGER, ApiClient, ApiError
+from voxtral_operator.k8s.client import FIELD_MANAGER, ApiClient, ApiError, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -345,9 +345,12 @@ class Reconciler:
         for child, live in live_children.items():
             if child in wanted or not _owned_by(live, uid):
                 continue
+            live_version = live["metadata"].get("resourceVersion")
+            if self._is_pending(self._pending_children.get((key, child)), live_version):
+                continue  # deleted already; the cache has not heard yet
             await self.client.delete(resources.BY_KIND[child[0]], key[0], child[1], live["metadata"].get("uid"))
             logs.log_child_change(key, "deleted", *child, "the spec no longer asks for it")
-            self._pending_children.pop((key, child), None)
+            self._pending_children[(key, child)] = (live_version, time.monotonic())
 
     def _is_pending(self, entry: tuple[Any, float] | None, value: Any) -> bool:
         return entry is not None and entry[0] == value and time.monotonic() - entry[1] < self.pending_ttl
@@ -360,7 +363,10 @@ class Reconciler:
         namespace, name = key
         # Applied under the operator's field manager: the autoscaler's fields and other writers'
         # conditions (conditions is a map keyed by type) are left as they are.
-        await self.client.apply_status(resources.ENDPOINTS, namespace, name, new, FIELD_MANAGER)
+        try:
+            await self.client.apply_status(resources.ENDPOINTS, namespace, name, new, FIELD_MANAGER)
+        except NotFound:
+            return False  # deleted while this reconcile ran: its DELETED event is on the way
         ready = status.condition_of(new, status.READY) or {}
         logs.log_phase_change(
             key, current.get("phase"), new.get("phase"), ready.get("reason", ""), ready.get("message", "")

@@ -506,6 +506,9 @@ class ApiServer(kmock.KubernetesEmulator):
                 manager = request.params.get("fieldManager")
                 if not manager:
                     raise _error(422, "Invalid", "fieldManager is required for apply patch")
+                if live is None and sub:
+                    # A subresource is never created by apply: the real server answers 404.
+                    raise _error(404, "NotFound", f'{resource} "{name}" not found')
                 if live is None:
                     created = self._create(resource, namespace, body)
                     self.store.applied[(*key, manager)] = copy.deepcopy(body)

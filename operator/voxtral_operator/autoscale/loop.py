@@ -42,7 +42,7 @@ from voxtral_operator.autoscale.scrape import (
 )
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s import resources
-from voxtral_operator.k8s.client import ApiClient
+from voxtral_operator.k8s.client import ApiClient, NotFound
 from voxtral_operator.reconcile import Key, utc_now
 
 logger = logging.getLogger(__name__)
@@ -230,7 +230,10 @@ class Autoscaler:
             return
         if not changed and now - state.last_status_time < QUEUE_DEPTH_STATUS_INTERVAL and state.last_status:
             return
-        await self.client.apply_status(resources.ENDPOINTS, key[0], key[1], status, AUTOSCALER_FIELD_MANAGER)
+        try:
+            await self.client.apply_status(resources.ENDPOINTS, key[0], key[1], status, AUTOSCALER_FIELD_MANAGER)
+        except NotFound:
+            return  # deleted since this tick began
         state.last_status, state.last_status_time = status, now
 
     async def _check_serving(self, key: Key) -> None:
