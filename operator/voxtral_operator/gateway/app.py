@@ -1,0 +1,433 @@
+"""The gateway's HTTP side: the API port (forwarding to vLLM) and the metrics port (metrics, health).
+
+A low-level aiohttp server: the raw path must be one of the five API routes exactly (no
+normalisation, so `/v1/../invocations`, `//invocations` and percent-encoded tricks are 404 before
+any backend is touched). Bodies stream both ways: only a bounded prefix (64 KiB) is read before
+dispatch, to estimate the work; the rest is read as the backend takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import ssl
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from voxtral_operator.gateway.dispatch import Dispatcher, Lease, Rejected
+from voxtral_operator.gateway.metrics import GatewayMetrics
+from voxtral_operator.gateway.sources import ANONYMOUS, Sources
+from voxtral_operator.gateway.work import PREFIX_BYTES, Work, estimate
+
+logger = logging.getLogger("voxtral_operator.gateway")
+
+ROUTES = {
+    "/v1/models": "GET",
+    "/v1/chat/completions": "POST",
+    "/v1/completions": "POST",
+    "/v1/audio/transcriptions": "POST",
+    "/v1/audio/translations": "POST",
+}
+AUDIO_ROUTES = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Authorization",
+        "Expect",
+        "Content-Length",
+    )
+)
+CONNECT_ATTEMPTS = 3
+USAGE_JSON_LIMIT = 256 * 1024  # a JSON answer up to this size is parsed for its usage object
+SSE_TAIL = 16 * 1024  # the tail of an event stream kept to find the last chunk's usage
+SUSPENDED_RETRY_AFTER = 60
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_upload_bytes: int = 25 * 1_000_000
+    suspended: bool = False
+    connect_timeout: float = 5.0
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+def error_response(
+    status: int, message: str, code: str, *, kind: str = "invalid_request_error", retry_after: int | None = None
+) -> web.Response:
+    """An OpenAI-style error body."""
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+    response = web.Response(status=status, text=body, content_type="application/json")
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+async def read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to `limit` bytes of a body (fewer at its end), reading no more than that."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+class Body:
+    """The request body as the backend reads it: the prefix already read, then the rest of the stream."""
+
+    def __init__(self, prefix: bytes, stream: aiohttp.StreamReader, limit: int) -> None:
+        self.prefix = prefix
+        self.stream = stream
+        self.limit = limit
+        self.started = False
+        self.too_large = False
+        self.sent = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
+        self.sent = len(self.prefix)
+        if self.prefix:
+            yield self.prefix
+        while True:
+            chunk = await self.stream.readany()
+            if not chunk:
+                return
+            self.sent += len(chunk)
+            if self.sent > self.limit:
+                self.too_large = True
+                raise UploadTooLarge()
+            yield chunk
+
+
+def _usage_from(payload: Any) -> tuple[int, int] | None:
+    if not isinstance(payload, dict):
+        return None
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens"))
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return prompt, completion
+    return None
+
+
+def usage_of_sse(tail: bytes) -> tuple[int, int] | None:
+    """The usage of the last event of a stream's tail that carries one."""
+    for line in reversed(tail.split(b"\n")):
+        line = line.strip()
+        if line.startswith(b"data:") and b'"usage"' in line:
+            with contextlib.suppress(ValueError):
+                found = _usage_from(json.loads(line[5:].strip()))
+                if found is not None:
+                    return found
+    return None
+
+
+class Gateway:
+    def __init__(self, sources: Sources, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.sources = sources
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.metrics = GatewayMetrics(dispatcher.snapshot)
+        self._session: aiohttp.ClientSession | None = None
+        self.ssl_context: ssl.SSLContext | None = None
+        sources.on_backends.append(dispatcher.set_replicas)
+        sources.on_tls.append(self._load_tls)
+        dispatcher.set_replicas(sources.backends)
+        if sources.tls is not None:
+            self._load_tls(sources.tls)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Accept", "Content-Type"),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _load_tls(self, pair: tuple[bytes, bytes]) -> None:
+        """Load (or reload in place: new handshakes get the new pair) the serving certificate."""
+        context = self.ssl_context or ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
+            with open(cert, "wb") as handle:
+                handle.write(pair[0])
+            with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as handle:
+                handle.write(pair[1])
+            try:
+                context.load_cert_chain(cert, key)
+            except (ssl.SSLError, OSError) as exc:
+                logger.warning("the TLS Secret's certificate or key is unusable (%s); keeping the previous one", exc)
+                return
+        if self.ssl_context is not None:
+            logger.info("TLS certificate reloaded")
+        self.ssl_context = context
+
+    # --- the API port -----------------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.monotonic()
+        path = request.raw_path.split("?", 1)[0]
+        route = path if path in ROUTES else "other"
+        key = ANONYMOUS
+        response: web.StreamResponse | None = None
+        try:
+            response, key = await self._handle(request, route)
+            return response
+        finally:
+            code = str(response.status) if response is not None else "aborted"
+            self.metrics.requests.labels(route, code).inc()
+            logger.debug(
+                "%s %s %s %.3fs key=%s",
+                request.method,
+                route if route != "other" else "(not an API route)",
+                code,
+                time.monotonic() - started,
+                key,
+            )
+
+    async def _handle(self, request: web.BaseRequest, route: str) -> tuple[web.StreamResponse, str]:
+        if route == "other":
+            return error_response(
+                404, "Not found: this endpoint serves only the OpenAI API routes", "not_found"
+            ), ANONYMOUS
+        if request.method != ROUTES[route]:
+            return error_response(405, f"{request.method} is not allowed on {route}", "method_not_allowed"), ANONYMOUS
+        key = self._authenticate(request)
+        if key is None:
+            return (
+                error_response(401, "Incorrect or missing API key (Authorization: Bearer KEY)", "invalid_api_key"),
+                ANONYMOUS,
+            )
+        if self.settings.suspended:
+            return error_response(
+                503,
+                "endpoint suspended: it serves no requests until it is resumed",
+                "endpoint_suspended",
+                kind="service_unavailable",
+                retry_after=SUSPENDED_RETRY_AFTER,
+            ), key
+        limit = self.settings.max_upload_bytes
+        size = request.content_length
+        if size is not None and size > limit:
+            response = self._too_large(limit)
+            return response, key
+        content_type = request.headers.get("Content-Type", "")
+        if route in AUDIO_ROUTES and content_type.split(";")[0].strip().lower() != "multipart/form-data":
+            response = error_response(
+                415, "Unsupported media type: audio routes take multipart/form-data", "unsupported_media_type"
+            )
+            response.force_close()
+            return response, key
+        prefix = b""
+        if request.method == "POST":
+            if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            prefix = await read_prefix(request.content, min(PREFIX_BYTES, limit + 1))
+            if len(prefix) > limit:
+                return self._too_large(limit), key
+        work = estimate(content_type, prefix, size)
+        return await self._forward(request, route, key, work, Body(prefix, request.content, limit)), key
+
+    def _authenticate(self, request: web.BaseRequest) -> str | None:
+        keys = self.sources.caller_keys
+        if keys is None:
+            return ANONYMOUS
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return None
+        return keys.match(presented.strip().encode())
+
+    @staticmethod
+    def _too_large(limit: int) -> web.Response:
+        response = error_response(
+            413, f"Request body too large: uploads are limited to {limit / 1_000_000:g} MB", "request_too_large"
+        )
+        response.force_close()  # the rest of the body is not read
+        return response
+
+    def _headers(self, request: web.BaseRequest) -> CIMultiDict[str]:
+        headers: CIMultiDict[str] = CIMultiDict(
+            (name, value) for name, value in request.headers.items() if name.lower() not in HOP_BY_HOP
+        )
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+        if self.sources.backend_key:
+            headers["Authorization"] = f"Bearer {self.sources.backend_key}"
+        return headers
+
+    async def _forward(
+        self, request: web.BaseRequest, route: str, key: str, work: Work, body: Body
+    ) -> web.StreamResponse:
+        arrived = time.monotonic()
+        exclude: frozenset[str] = frozenset()
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            try:
+                lease = await self.dispatcher.acquire(work, exclude)
+            except Rejected as exc:
+                kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"
+                return error_response(exc.status, str(exc), exc.code, kind=kind, retry_after=exc.retry_after)
+            if attempt == 1:
+                self.metrics.queue_wait.observe(time.monotonic() - arrived)
+            try:
+                return await self._exchange(request, route, key, work, body, lease)
+            except aiohttp.ClientConnectorError as exc:
+                if body.started and body.sent > len(body.prefix):
+                    raise  # bytes of the stream are gone: cannot retry
+                logger.warning("replica %s unreachable (%s); attempt %d", lease.address, exc, attempt)
+                exclude |= {lease.address}
+                if not set(self.dispatcher.replicas) - exclude:
+                    break
+            finally:
+                lease.release()
+        return error_response(
+            502, "No replica of the endpoint could be reached", "backend_unreachable", kind="api_error"
+        )
+
+    async def _exchange(
+        self, request: web.BaseRequest, route: str, key: str, work: Work, body: Body, lease: Lease
+    ) -> web.StreamResponse:
+        query = request.raw_path.partition("?")[2]
+        url = f"http://{lease.address}{route}" + (f"?{query}" if query else "")
+        data = body.chunks() if request.method == "POST" else None
+        response: web.StreamResponse | None = None
+        try:
+            async with self.session().request(
+                request.method, url, data=data, headers=self._headers(request), allow_redirects=False
+            ) as upstream:
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                for name, value in upstream.headers.items():
+                    if name.lower() not in HOP_BY_HOP:
+                        response.headers.add(name, value)
+                if upstream.content_length is not None:
+                    response.content_length = upstream.content_length
+                await response.prepare(request)
+                media = upstream.content_type
+                streaming = media == "text/event-stream"
+                keep = media == "application/json" and (upstream.content_length or 0) <= USAGE_JSON_LIMIT
+                collected = bytearray()
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                    if streaming:
+                        collected += chunk
+                        if len(collected) > 2 * SSE_TAIL:
+                            del collected[:-SSE_TAIL]
+                    elif keep:
+                        collected += chunk
+                        keep = len(collected) <= USAGE_JSON_LIMIT
+                await response.write_eof()
+                self._account(key, work, upstream.status, streaming, keep, bytes(collected))
+                return response
+        except aiohttp.ClientConnectorError:
+            raise
+        except (aiohttp.ClientError, UploadTooLarge, TimeoutError) as exc:
+            if body.too_large:
+                if response is None or not response.prepared:
+                    return self._too_large(body.limit)
+                raise ConnectionResetError("upload over the size limit") from None
+            if response is not None and response.prepared:
+                logger.warning("replica %s failed mid-response (%s)", lease.address, exc)
+                raise ConnectionResetError("the replica failed mid-response") from None
+            logger.warning("replica %s failed (%s)", lease.address, type(exc).__name__)
+            return error_response(502, "The endpoint's replica failed to answer", "backend_error", kind="api_error")
+
+    def _account(self, key: str, work: Work, status: int, streaming: bool, parsed: bool, data: bytes) -> None:
+        if status >= 400:
+            return
+        if work.audio_seconds:
+            self.metrics.usage_audio.labels(key).inc(work.audio_seconds)
+        usage = None
+        if streaming:
+            usage = usage_of_sse(data)
+        elif parsed and data:
+            with contextlib.suppress(ValueError):
+                usage = _usage_from(json.loads(data))
+        if usage is not None:
+            self.metrics.usage_tokens.labels(key, "prompt").inc(usage[0])
+            self.metrics.usage_tokens.labels(key, "completion").inc(usage[1])
+
+    # --- the metrics port -------------------------------------------------------------------
+
+    def metrics_app(self) -> web.Application:
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(
+                body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        async def readyz(_: web.Request) -> web.Response:
+            if self.sources.synced.is_set():
+                return web.Response(text="ok")
+            return web.Response(status=503, text="waiting for the Secrets and EndpointSlices to be read")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        return app
+
+
+async def serve_metrics(gateway: Gateway, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """The metrics port: /metrics, /healthz, /readyz (0: an ephemeral port)."""
+    runner = web.AppRunner(gateway.metrics_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner, _port(site)
+
+
+async def serve_api(
+    gateway: Gateway, host: str, port: int, shutdown_timeout: float = 60.0
+) -> tuple[web.ServerRunner, int]:
+    """The API port (0: an ephemeral one); TLS when the gateway has a certificate."""
+    runner = web.ServerRunner(web.Server(gateway.handle), shutdown_timeout=shutdown_timeout, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=gateway.ssl_context)
+    await site.start()
+    return runner, _port(site)
+
+
+def _port(site: web.TCPSite) -> int:
+    server = site._server
+    assert isinstance(server, asyncio.Server)
+    port: int = server.sockets[0].getsockname()[1]
+    return port

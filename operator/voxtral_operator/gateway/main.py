@@ -1,0 +1,153 @@
+"""`voxtral-operator gateway`: check the flags, log in, watch the sources, serve until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from voxtral_operator import logs
+from voxtral_operator.gateway.app import Gateway, Settings, serve_api, serve_metrics
+from voxtral_operator.gateway.dispatch import Dispatcher
+from voxtral_operator.gateway.kube import SERVICE_ACCOUNT_TOKEN, KubeReader
+from voxtral_operator.gateway.sources import SecretRef, Sources, Spec, watch_sources
+from voxtral_operator.k8s.client import Connection
+
+logger = logging.getLogger("voxtral_operator.gateway")
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+SHUTDOWN_SECONDS = 60.0  # in-flight requests get this long after SIGTERM
+
+
+class UsageError(Exception):
+    pass
+
+
+def spec_of(args: argparse.Namespace) -> Spec:
+    """The watched objects from the flags; a malformed value raises UsageError."""
+    try:
+        backend_key = SecretRef.parse(args.backend_key_secret, key_required=True) if args.backend_key_secret else None
+        caller_keys = tuple(SecretRef.parse(text) for text in args.caller_keys_secret or [])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for name, value in (
+        ("--max-inflight-per-replica", args.max_inflight_per_replica),
+        ("--max-queue", args.max_queue),
+        ("--queue-timeout-seconds", args.queue_timeout_seconds),
+        ("--hold-timeout-seconds", args.hold_timeout_seconds),
+        ("--max-upload-mb", args.max_upload_mb),
+    ):
+        if value <= 0:
+            raise UsageError(f"{name} must be positive, not {value:g}")
+    for name, port in (("--port", args.port), ("--metrics-port", args.metrics_port)):
+        if not 0 <= port <= 65535:
+            raise UsageError(f"{name} {port}: not a TCP port")
+    if not args.namespace or not args.endpoint or not args.backend_service:
+        raise UsageError("--namespace, --endpoint and --backend-service must not be empty")
+    return Spec(
+        namespace=args.namespace,
+        backend_service=args.backend_service,
+        backend_key=backend_key,
+        caller_keys=caller_keys,
+        tls_secret=args.tls_secret or None,
+    )
+
+
+def login() -> tuple[Connection, bool]:
+    """Credentials from KUBECONFIG when set, else the pod's service account; (connection, in-cluster)."""
+    import kopf
+
+    settings = kopf.OperatorSettings()
+    kubeconfig = os.environ.get("KUBECONFIG")
+    try:
+        if kubeconfig:
+            info = kopf.login_with_kubeconfig(settings=settings)
+        else:
+            info = kopf.login_with_service_account(settings=settings)
+    except Exception as exc:
+        raise UsageError(f"no Kubernetes credentials: kubeconfig {kubeconfig}: {exc}") from None
+    if info is None:
+        where = f"kubeconfig {kubeconfig} names no usable cluster" if kubeconfig else "no service account token"
+        raise UsageError(f"no Kubernetes credentials: {where}. Set KUBECONFIG, or run in a pod with a service account")
+    return Connection.from_kopf(info), not kubeconfig
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    try:
+        spec = spec_of(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        connection, in_cluster = login()
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    logs.configure(args.log_format, verbose=args.verbose)
+    logs.bind_endpoint((args.namespace, args.endpoint))
+    reader = KubeReader(connection, SERVICE_ACCOUNT_TOKEN if in_cluster else None)
+    asyncio.run(_serve(args, spec, reader))
+    return 0
+
+
+async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> None:
+    logs.bind_endpoint((args.namespace, args.endpoint))
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    sources = Sources()
+    dispatcher = Dispatcher(
+        max_inflight=args.max_inflight_per_replica,
+        max_queue=args.max_queue,
+        queue_timeout=args.queue_timeout_seconds,
+        hold_timeout=args.hold_timeout_seconds,
+    )
+    gateway = Gateway(
+        sources,
+        dispatcher,
+        Settings(max_upload_bytes=int(args.max_upload_mb * 1_000_000), suspended=args.suspended),
+    )
+    watching = asyncio.create_task(watch_sources(reader, spec, sources))
+    metrics_runner, metrics_port = await serve_metrics(gateway, args.host, args.metrics_port)
+    api_runner = None
+    try:
+        if spec.tls_secret and gateway.ssl_context is None:
+            logger.info("waiting for the TLS Secret %s/%s", spec.namespace, spec.tls_secret)
+            have_tls = asyncio.Event()
+            sources.on_tls.append(lambda _: have_tls.set() if gateway.ssl_context is not None else None)
+            waits = [asyncio.ensure_future(event.wait()) for event in (have_tls, stopping)]
+            await asyncio.wait([*waits, watching], return_when="FIRST_COMPLETED")
+            for waiting in waits:
+                waiting.cancel()
+        if not stopping.is_set() and not watching.done():
+            api_runner, port = await serve_api(gateway, args.host, args.port, SHUTDOWN_SECONDS)
+            logger.info(
+                "gateway for %s/%s serving %s on %s:%d (metrics on port %d), backends from Service %s%s",
+                args.namespace,
+                args.endpoint,
+                "HTTPS" if gateway.ssl_context else "HTTP",
+                args.host,
+                port,
+                metrics_port,
+                spec.backend_service,
+                " (suspended)" if args.suspended else "",
+            )
+            until_stopped = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait([until_stopped, watching], return_when="FIRST_COMPLETED")
+            until_stopped.cancel()
+        if watching.done():
+            watching.result()  # the watches never end on their own: raise what ended them
+        logger.info("stopping: no new connections; waiting for in-flight requests")
+    finally:
+        if api_runner is not None:
+            await api_runner.cleanup()
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        await metrics_runner.cleanup()
+        await gateway.close()
+        await reader.close()

@@ -1,0 +1,114 @@
+"""The gateway's Prometheus metrics: names as constants (the autoscaler parses the page with them).
+
+Gauges are computed from the dispatcher's state at scrape time (no bookkeeping per request);
+counters and the queue-wait histogram are updated as requests go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+QUEUED_REQUESTS = "voxtral_gateway_queued_requests"
+QUEUED_AUDIO_SECONDS = "voxtral_gateway_queued_audio_seconds"
+HELD_REQUESTS = "voxtral_gateway_held_requests"
+INFLIGHT_REQUESTS = "voxtral_gateway_inflight_requests"
+INFLIGHT_AUDIO_SECONDS = "voxtral_gateway_inflight_audio_seconds"
+QUEUE_WAIT_SECONDS = "voxtral_gateway_queue_wait_seconds"
+REPLICA_OUTSTANDING_AUDIO_SECONDS = "voxtral_gateway_replica_outstanding_audio_seconds"
+REPLICA_INFLIGHT_REQUESTS = "voxtral_gateway_replica_inflight_requests"
+READY_REPLICAS = "voxtral_gateway_ready_replicas"
+REQUESTS_TOTAL = "voxtral_gateway_requests_total"
+USAGE_AUDIO_SECONDS_TOTAL = "voxtral_gateway_usage_audio_seconds_total"
+USAGE_TOKENS_TOTAL = "voxtral_gateway_usage_tokens_total"
+
+ALL = (
+    QUEUED_REQUESTS,
+    QUEUED_AUDIO_SECONDS,
+    HELD_REQUESTS,
+    INFLIGHT_REQUESTS,
+    INFLIGHT_AUDIO_SECONDS,
+    QUEUE_WAIT_SECONDS,
+    REPLICA_OUTSTANDING_AUDIO_SECONDS,
+    REPLICA_INFLIGHT_REQUESTS,
+    READY_REPLICAS,
+    REQUESTS_TOTAL,
+    USAGE_AUDIO_SECONDS_TOTAL,
+    USAGE_TOKENS_TOTAL,
+)
+
+
+def key_id(key: bytes) -> str:
+    """How a caller key is named in metrics: never the key itself."""
+    return hashlib.sha256(key).hexdigest()[:8]
+
+
+class Snapshot:
+    """What the gauges show, as the dispatcher reports it."""
+
+    def __init__(self) -> None:
+        self.queued = 0
+        self.queued_audio_seconds = 0.0
+        self.held = 0
+        self.inflight = 0
+        self.inflight_audio_seconds = 0.0
+        self.ready_replicas = 0
+        self.replicas: dict[str, tuple[int, float]] = {}  # address -> (in flight, outstanding audio seconds)
+
+
+class _Gauges(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._snapshot()
+        for name, doc, value in (
+            (QUEUED_REQUESTS, "Requests waiting in the gateway's queue (held ones included).", now.queued),
+            (QUEUED_AUDIO_SECONDS, "Seconds of audio in the queued requests.", now.queued_audio_seconds),
+            (HELD_REQUESTS, "Requests waiting while no replica is ready (scale from zero).", now.held),
+            (INFLIGHT_REQUESTS, "Requests sent to a replica and not answered yet.", now.inflight),
+            (INFLIGHT_AUDIO_SECONDS, "Seconds of audio in the in-flight requests.", now.inflight_audio_seconds),
+            (READY_REPLICAS, "Ready replicas the gateway dispatches to.", now.ready_replicas),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+        inflight = GaugeMetricFamily(REPLICA_INFLIGHT_REQUESTS, "Requests in flight per replica.", labels=["replica"])
+        outstanding = GaugeMetricFamily(
+            REPLICA_OUTSTANDING_AUDIO_SECONDS, "Seconds of audio in flight per replica.", labels=["replica"]
+        )
+        for replica, (count, seconds) in sorted(now.replicas.items()):
+            inflight.add_metric([replica], count)
+            outstanding.add_metric([replica], seconds)
+        yield inflight
+        yield outstanding
+
+
+class GatewayMetrics:
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_Gauges(snapshot))
+        self.queue_wait = Histogram(
+            QUEUE_WAIT_SECONDS,
+            "Time from a request's arrival to its dispatch to a replica.",
+            buckets=(0.005, 0.05, 0.25, 1, 5, 15, 60, 180, 600, 1200),
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            REQUESTS_TOTAL.removesuffix("_total"), "Requests answered, by route and status.", ["route", "code"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.usage_audio = Counter(
+            USAGE_AUDIO_SECONDS_TOTAL.removesuffix("_total"),
+            "Seconds of audio sent per caller key (sha256 prefix).",
+            ["key_id"],
+            registry=self.registry,
+        )
+        self.usage_tokens = Counter(
+            USAGE_TOKENS_TOTAL.removesuffix("_total"),
+            "Tokens per caller key, from the responses' usage objects.",
+            ["key_id", "kind"],
+            registry=self.registry,
+        )
