@@ -57,6 +57,7 @@ BUILTIN_RESOURCES: list[tuple[str, str, bool, set[str]]] = [
     ("v1/persistentvolumeclaims", "PersistentVolumeClaim", True, {"status"}),
     ("v1/events", "Event", True, set()),
     ("v1/secrets", "Secret", True, set()),
+    ("discovery.k8s.io/v1/endpointslices", "EndpointSlice", True, set()),
     ("v1/namespaces", "Namespace", False, {"status"}),
     ("events.k8s.io/v1/events", "Event", True, set()),
     ("apps/v1/deployments", "Deployment", True, {"status", "scale"}),

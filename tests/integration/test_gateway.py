@@ -1,0 +1,698 @@
+"""`voxtral-operator gateway` as a process, against the API emulator (Secrets, EndpointSlices through
+watches) and real backends over loopback: the vLLM simulator, and a recording backend that says
+what reached it (for routes the simulator lacks: /v1/completions, SSE streams).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import ssl
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from voxtral_operator.gateway import metrics as names
+from voxtral_operator.gateway.metrics import key_id
+from voxtral_testbed.harness import Kube, eventually, free_port, start_simulator
+from voxtral_testbed.sandbox import Sandbox
+
+pytestmark = pytest.mark.integration
+
+NS = "speech"
+SERVICE = "voxtral-mini-vllm"
+CALLER_KEY = "caller-key-one"
+BACKEND_KEY = "backend-secret-key"
+
+
+# --- the world around the gateway -------------------------------------------------------------
+
+
+def b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+async def put_secret(kube: Kube, name: str, data: dict[str, str | bytes], type_: str = "Opaque") -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS},
+        "type": type_,
+        "data": {k: b64(v) for k, v in data.items()},
+    }
+    path = f"/api/v1/namespaces/{NS}/secrets"
+    if await kube.get(f"{path}/{name}") is None:
+        await kube.create(path, body)
+    else:
+        await kube.request("PUT", f"{path}/{name}", body)
+
+
+async def put_slice(kube: Kube, name: str, port: int, *, ready: bool = True) -> None:
+    body = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": NS, "labels": {"kubernetes.io/service-name": SERVICE}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": ready}}],
+    }
+    path = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"
+    if await kube.get(f"{path}/{name}") is None:
+        await kube.create(path, body)
+    else:
+        await kube.request("PUT", f"{path}/{name}", body)
+
+
+class Recorder:
+    """A backend that records what reached it; /v1/completions waits on `gate`, chat streams SSE."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, str | None, int]] = []  # method, raw path, Authorization, body size
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.release_stream = asyncio.Event()
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> Recorder:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()  # a truncated upload raises here: it is never recorded
+        self.requests.append((request.method, request.raw_path, request.headers.get("Authorization"), len(body)))
+        if request.path == "/v1/chat/completions" and json.loads(body).get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b'data: {"choices": [{"delta": {"content": "first"}}]}\n\n')
+            await asyncio.wait_for(self.release_stream.wait(), 10)
+            usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+            await response.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
+        if request.path == "/v1/completions":
+            await asyncio.wait_for(self.gate.wait(), 20)
+        usage = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+        return web.json_response({"path": request.path, "usage": usage})
+
+
+class Gateway:
+    """`voxtral-operator gateway` as a subprocess on ephemeral loopback ports."""
+
+    def __init__(self, kubeconfig: Path, log: Path, *args: str) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.log_path = log
+        command = [sys.executable, "-m", "voxtral_operator.cli", "gateway", "--namespace", NS, "--endpoint", "mini"]
+        command += ["--backend-service", SERVICE, "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--metrics-port", str(self.metrics_port), "--verbose", *args]
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def ready(self, session: aiohttp.ClientSession) -> None:
+        async def check() -> bool:
+            assert self.process.poll() is None, self.log_path.read_text()
+            try:
+                async with session.get(f"http://127.0.0.1:{self.metrics_port}/readyz") as response:
+                    if response.status != 200:
+                        return False
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return True
+            except OSError:
+                return False
+
+        await eventually(check, timeout=20, interval=0.05)
+
+    async def metric(self, session: aiohttp.ClientSession, name: str, labels: str = "") -> float:
+        async with session.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as response:
+            text = await response.text()
+        wanted = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with Sandbox(controllers=False) as running:
+        yield running
+
+
+@pytest.fixture
+async def kube(sandbox: Sandbox) -> AsyncIterator[Kube]:
+    async with aiohttp.ClientSession() as session:
+        yield Kube(sandbox.url, session)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    backend = await Recorder().start()
+    yield backend
+    backend.gate.set()
+    backend.release_stream.set()
+    await backend.stop()
+
+
+@pytest.fixture
+def gateways(sandbox: Sandbox, tmp_path: Path) -> Iterator[list[Gateway]]:
+    started: list[Gateway] = []
+    yield started
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def simulators() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        process.terminate()
+    for process in started:
+        process.wait(timeout=10)
+
+
+async def start_gateway(
+    gateways: list[Gateway], sandbox: Sandbox, tmp_path: Path, session: aiohttp.ClientSession, *args: str
+) -> Gateway:
+    gateway = Gateway(sandbox.kubeconfig, tmp_path / f"gateway-{len(gateways)}.log", *args)
+    gateways.append(gateway)
+    await gateway.ready(session)
+    return gateway
+
+
+async def start_sim(simulators: list[subprocess.Popen[bytes]], session: aiohttp.ClientSession, *args: str) -> int:
+    port = free_port()
+    simulators.append(start_simulator("127.0.0.1", port, *args))
+
+    async def healthy() -> bool:
+        try:
+            async with session.get(f"http://127.0.0.1:{port}/health") as response:
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await eventually(healthy, timeout=20, interval=0.05)
+    return port
+
+
+def wav(seconds: float, actual_bytes: int = 3200) -> bytes:
+    """A 16 kHz 16-bit mono WAV whose header says `seconds`, with `actual_bytes` of samples."""
+    data_size = int(seconds * 32000)
+    header = b"RIFF" + struct.pack("<I", 36 + data_size) + b"WAVE"
+    header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+    return header + b"data" + struct.pack("<I", data_size) + b"\x00" * actual_bytes
+
+
+def form(clip: bytes, name: str = "clip.wav") -> aiohttp.FormData:
+    data = aiohttp.FormData()
+    data.add_field("file", clip, filename=name, content_type="audio/wav")
+    data.add_field("model", "mistralai/Voxtral-Mini-3B-2507")
+    return data
+
+
+def auth(key: str = CALLER_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def raw_status(port: int, request_line: str, key: str = CALLER_KEY) -> int:
+    """The status of a request sent byte for byte (no client-side path normalisation)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"{request_line}\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nContent-Length: 0\r\n\r\n".encode())
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    return int(status_line.split()[1])
+
+
+# --- the tests --------------------------------------------------------------------------------
+
+
+async def test_every_api_route_reaches_the_simulator_with_the_backend_key(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    simulators: Any,
+    tmp_path: Path,
+) -> None:
+    port = await start_sim(simulators, session, "--api-key", BACKEND_KEY, "--request-seconds", "0.01")
+    await put_secret(kube, "callers", {"alice": CALLER_KEY, "bob": "caller-key-two"})
+    await put_secret(kube, "vllm-key", {"api-key": BACKEND_KEY})
+    await put_slice(kube, "mini-a", port)
+    gateway = await start_gateway(
+        gateways,
+        sandbox,
+        tmp_path,
+        session,
+        "--caller-keys-secret",
+        "callers",
+        "--backend-key-secret",
+        "vllm-key:api-key",
+    )
+    async with session.get(f"{gateway.url}/v1/models", headers=auth()) as response:
+        assert response.status == 200, await response.text()
+        assert (await response.json())["data"][0]["id"] == "mistralai/Voxtral-Mini-3B-2507"
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32}
+    async with session.post(
+        f"{gateway.url}/v1/chat/completions", json=chat, headers=auth("caller-key-two")
+    ) as response:
+        assert response.status == 200, await response.text()
+        assert (await response.json())["usage"]["completion_tokens"] == 24
+    for route in ("transcriptions", "translations"):
+        async with session.post(f"{gateway.url}/v1/audio/{route}", data=form(wav(2.0)), headers=auth()) as response:
+            assert response.status == 200, await response.text()
+            assert "simulated transcript of clip.wav" in (await response.json())["text"]
+    # Usage per key id (never the key), audio seconds from the WAV header.
+    alice = key_id(CALLER_KEY.encode())
+    assert await gateway.metric(session, names.USAGE_AUDIO_SECONDS_TOTAL, f'key_id="{alice}"') == pytest.approx(4.0)
+    bob = key_id(b"caller-key-two")
+    assert await gateway.metric(session, names.USAGE_TOKENS_TOTAL, f'key_id="{bob}",kind="completion"') == 24
+    async with session.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics") as response:
+        page = await response.text()
+    assert CALLER_KEY not in page and BACKEND_KEY not in page
+    assert CALLER_KEY not in gateway.log_path.read_text()
+
+
+async def test_only_the_api_reaches_the_backend_and_keys_are_checked(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    await put_secret(kube, "callers", {"alice": CALLER_KEY})
+    await put_secret(kube, "vllm-key", {"api-key": BACKEND_KEY})
+    await put_slice(kube, "rec", recorder.port)
+    gateway = await start_gateway(
+        gateways,
+        sandbox,
+        tmp_path,
+        session,
+        "--caller-keys-secret",
+        "callers:alice",
+        "--backend-key-secret",
+        "vllm-key:api-key",
+    )
+    for line in (
+        "POST /invocations HTTP/1.1",
+        "GET /metrics HTTP/1.1",
+        "GET /health HTTP/1.1",
+        "GET /version HTTP/1.1",
+        "GET /load HTTP/1.1",
+        "POST /tokenize HTTP/1.1",
+        "GET /v2/models HTTP/1.1",
+        "POST /v1/../invocations HTTP/1.1",
+        "POST //invocations HTTP/1.1",
+        "POST /v1/%2e%2e/invocations HTTP/1.1",
+        "POST /v1/%2E%2E%2Finvocations HTTP/1.1",
+        "POST /v1%2f..%2finvocations HTTP/1.1",
+        "GET /v1/models/../../metrics HTTP/1.1",
+        "GET /healthz HTTP/1.1",
+    ):
+        assert await raw_status(gateway.port, line) == 404, line
+    assert recorder.requests == []
+    # Keys: missing, wrong, wrong scheme.
+    for headers in ({}, auth("nope"), {"Authorization": f"Basic {CALLER_KEY}"}, auth(CALLER_KEY + "x")):
+        async with session.post(f"{gateway.url}/v1/completions", json={"prompt": "x"}, headers=headers) as response:
+            assert response.status == 401
+            error = (await response.json())["error"]
+            assert error["code"] == "invalid_api_key" and error["type"] == "invalid_request_error"
+    assert recorder.requests == []
+    async with session.post(f"{gateway.url}/v1/completions?x=1", json={"prompt": "x"}, headers=auth()) as response:
+        assert response.status == 200
+        assert (await response.json())["path"] == "/v1/completions"
+    # The caller's key is replaced by the backend's.
+    assert recorder.requests == [("POST", "/v1/completions?x=1", f"Bearer {BACKEND_KEY}", 15)]
+    # Health on the metrics port only.
+    async with session.get(f"http://127.0.0.1:{gateway.metrics_port}/healthz") as response:
+        assert response.status == 200
+    # Audio routes take multipart only.
+    async with session.post(f"{gateway.url}/v1/audio/transcriptions", json={"file": "x"}, headers=auth()) as response:
+        assert response.status == 415
+        assert (await response.json())["error"]["code"] == "unsupported_media_type"
+
+
+async def test_key_rotation_loses_no_request(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    await put_secret(kube, "callers", {"old": "old-key"})
+    await put_slice(kube, "rec", recorder.port)
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session, "--caller-keys-secret", "callers")
+    current = ["old-key"]
+    failures: list[int] = []
+    sent = 0
+    done = asyncio.Event()
+
+    async def hammer() -> None:
+        nonlocal sent
+        while not done.is_set():
+            async with session.get(f"{gateway.url}/v1/models", headers=auth(current[0])) as response:
+                sent += 1
+                if response.status != 200:
+                    failures.append(response.status)
+
+    async def status(key: str) -> int:
+        async with session.get(f"{gateway.url}/v1/models", headers=auth(key)) as response:
+            return response.status
+
+    client = asyncio.create_task(hammer())
+    try:
+        assert await status("new-key") == 401
+        await put_secret(kube, "callers", {"old": "old-key", "new": "new-key"})
+        started = time.monotonic()
+        await eventually(lambda: _equals(status("new-key"), 200), timeout=5)
+        assert time.monotonic() - started < 5
+        assert await status("old-key") == 200
+        current[0] = "new-key"  # callers move over
+        await asyncio.sleep(0.2)
+        await put_secret(kube, "callers", {"new": "new-key"})
+        await eventually(lambda: _equals(status("old-key"), 401), timeout=5)
+        await asyncio.sleep(0.2)
+    finally:
+        done.set()
+        await client
+    assert failures == []
+    assert sent > 20
+
+
+async def _equals(awaitable: Any, value: Any) -> bool:
+    return bool(await awaitable == value)
+
+
+def _cert(tmp_path: Path, name: str) -> tuple[bytes, bytes]:
+    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)]
+        + ["-days", "2", "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return cert.read_bytes(), key.read_bytes()
+
+
+async def test_tls_from_a_secret_and_renewed_without_restart(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    first, second = _cert(tmp_path, "gw-first"), _cert(tmp_path, "gw-second")
+    await put_secret(kube, "gw-tls", {"tls.crt": first[0], "tls.key": first[1]}, "kubernetes.io/tls")
+    await put_slice(kube, "rec", recorder.port)
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session, "--tls-secret", "gw-tls")
+    url = f"https://127.0.0.1:{gateway.port}/v1/models"
+
+    async def answered_with(cert: bytes) -> bool:
+        context = ssl.create_default_context(cadata=cert.decode())
+        try:
+            async with session.get(url, ssl=context) as response:
+                return response.status == 200
+        except aiohttp.ClientConnectorCertificateError:
+            return False
+
+    assert await answered_with(first[0])
+    assert not await answered_with(second[0])
+    pid = gateway.process.pid
+    await put_secret(kube, "gw-tls", {"tls.crt": second[0], "tls.key": second[1]}, "kubernetes.io/tls")
+    await eventually(lambda: answered_with(second[0]), timeout=5)
+    assert not await answered_with(first[0])
+    assert gateway.process.pid == pid and gateway.process.poll() is None
+    with pytest.raises(aiohttp.ClientError):  # no plain HTTP on the TLS port
+        async with session.get(f"http://127.0.0.1:{gateway.port}/v1/models") as response:
+            await response.read()
+
+
+async def test_sse_chunks_pass_before_the_response_ends(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    await put_slice(kube, "rec", recorder.port)
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with session.post(f"{gateway.url}/v1/chat/completions", json=body) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        # The backend holds the rest of its stream until the first chunk has come through.
+        first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
+        assert b"first" in first
+        recorder.release_stream.set()
+        rest = await response.content.read()
+    assert rest.endswith(b"data: [DONE]\n\n")
+    anonymous = 'key_id="anonymous",kind="prompt"'
+    assert await gateway.metric(session, names.USAGE_TOKENS_TOTAL, anonymous) == 11
+
+
+async def test_oversize_uploads_never_reach_the_backend(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    await put_slice(kube, "rec", recorder.port)
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session, "--max-upload-mb", "1")
+    big = wav(60, actual_bytes=1_500_000)
+    async with session.post(f"{gateway.url}/v1/audio/transcriptions", data=form(big)) as response:
+        assert response.status == 413
+        assert (await response.json())["error"]["code"] == "request_too_large"
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: caught while streaming
+        boundary = b"--b0undary"
+        yield boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        for _ in range(30):
+            yield b"\x00" * 100_000
+            await asyncio.sleep(0)
+        yield b"\r\n" + boundary + b"--\r\n"
+
+    headers = {"Content-Type": "multipart/form-data; boundary=b0undary"}
+    with contextlib.suppress(aiohttp.ClientError):  # the gateway may close the upload before answering
+        async with session.post(f"{gateway.url}/v1/audio/transcriptions", data=chunked(), headers=headers) as response:
+            assert response.status == 413
+    await asyncio.sleep(0.3)
+    assert recorder.requests == []
+    async with session.post(f"{gateway.url}/v1/audio/transcriptions", data=form(wav(1))) as response:
+        assert response.status == 200  # under the cap, fine
+
+
+async def test_held_request_dispatches_when_a_replica_appears(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    simulators: Any,
+    tmp_path: Path,
+) -> None:
+    port = await start_sim(simulators, session, "--request-seconds", "0.01")
+    await put_slice(kube, "mini-a", port, ready=False)  # scaled to zero: nothing ready
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session, "--hold-timeout-seconds", "30")
+    held = asyncio.create_task(session.post(f"{gateway.url}/v1/audio/transcriptions", data=form(wav(3))))
+    await eventually(lambda: gateway.metric(session, names.HELD_REQUESTS), timeout=5)
+    assert await gateway.metric(session, names.QUEUED_AUDIO_SECONDS) == pytest.approx(3.0)
+    assert not held.done()
+    appeared = time.monotonic()
+    await put_slice(kube, "mini-a", port, ready=True)
+    async with await asyncio.wait_for(held, 10) as response:
+        assert response.status == 200
+    assert time.monotonic() - appeared < 3
+    assert await gateway.metric(session, names.HELD_REQUESTS) == 0
+    assert await gateway.metric(session, names.READY_REPLICAS) == 1
+
+
+async def test_hold_times_out_when_no_replica_comes(
+    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], tmp_path: Path
+) -> None:
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session, "--hold-timeout-seconds", "0.5")
+    async with session.get(f"{gateway.url}/v1/models") as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"].isdigit()
+        error = (await response.json())["error"]
+        assert error["code"] == "endpoint_starting" and "scaled to zero" in error["message"]
+
+
+async def test_full_queue_429_and_queue_timeout_503(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    await put_slice(kube, "rec", recorder.port)
+    gateway = await start_gateway(
+        gateways,
+        sandbox,
+        tmp_path,
+        session,
+        "--max-inflight-per-replica",
+        "1",
+        "--max-queue",
+        "1",
+        "--queue-timeout-seconds",
+        "1.5",
+    )
+    recorder.gate.clear()
+    url = f"{gateway.url}/v1/completions"
+    running = asyncio.create_task(session.post(url, json={"prompt": "a"}))
+    await eventually(lambda: gateway.metric(session, names.INFLIGHT_REQUESTS), timeout=5)
+    queued = asyncio.create_task(session.post(url, json={"prompt": "b"}))
+    await eventually(lambda: gateway.metric(session, names.QUEUED_REQUESTS), timeout=5)
+    async with session.post(url, json={"prompt": "c"}) as response:
+        assert response.status == 429
+        assert int(response.headers["Retry-After"]) > 0
+        assert (await response.json())["error"]["code"] == "queue_full"
+    async with await asyncio.wait_for(queued, 5) as response:
+        assert response.status == 503
+        assert int(response.headers["Retry-After"]) > 0
+        assert (await response.json())["error"]["code"] == "queue_timeout"
+    recorder.gate.set()
+    async with await running as response:
+        assert response.status == 200
+    assert len(recorder.requests) == 1
+
+
+async def test_short_clips_go_around_a_long_one(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    simulators: Any,
+    tmp_path: Path,
+) -> None:
+    ports = [await start_sim(simulators, session, "--request-seconds", "1.5") for _ in range(2)]
+    for index, port in enumerate(ports):
+        await put_slice(kube, f"mini-{index}", port)
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session)
+    await eventually(lambda: _equals(gateway.metric(session, names.READY_REPLICAS), 2), timeout=5)
+    url = f"{gateway.url}/v1/audio/transcriptions"
+    long = asyncio.create_task(session.post(url, data=form(wav(1200), "long.wav")))
+    await eventually(lambda: gateway.metric(session, names.INFLIGHT_REQUESTS), timeout=5)
+    shorts = [asyncio.create_task(session.post(url, data=form(wav(5), "short.wav"))) for _ in range(6)]
+    responses = await asyncio.gather(long, *shorts)
+    for response in responses:
+        assert response.status == 200
+        response.release()
+    served = []
+    for port in ports:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            page = await response.text()
+        line = next(x for x in page.splitlines() if x.startswith("vllm:request_success_total"))
+        served.append(float(line.rsplit(" ", 1)[1]))
+    assert sorted(served) == [1, 6], served  # the long clip alone on one replica
+
+
+async def test_suspended_endpoint_answers_503(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    await put_slice(kube, "rec", recorder.port)
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session, "--suspended")
+    for method, route in (("GET", "/v1/models"), ("POST", "/v1/chat/completions")):
+        async with session.request(method, gateway.url + route, json={}) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"].isdigit()
+            error = (await response.json())["error"]
+            assert error["code"] == "endpoint_suspended" and "endpoint suspended" in error["message"]
+    assert recorder.requests == []
+
+
+async def test_sigterm_lets_in_flight_requests_finish(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    await put_slice(kube, "rec", recorder.port)
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session)
+    recorder.gate.clear()
+    running = asyncio.create_task(session.post(f"{gateway.url}/v1/completions", json={"prompt": "a"}))
+    await eventually(lambda: gateway.metric(session, names.INFLIGHT_REQUESTS), timeout=5)
+    gateway.process.terminate()
+    await asyncio.sleep(0.5)
+    assert gateway.process.poll() is None  # still draining
+    recorder.gate.set()
+    async with await asyncio.wait_for(running, 5) as response:
+        assert response.status == 200
+    assert await asyncio.to_thread(gateway.process.wait, 10) == 0
+
+
+async def test_a_replica_that_refuses_connections_is_skipped(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    await put_slice(kube, "dead", free_port())  # listed ready, but nothing listens (yet)
+    await put_slice(kube, "rec", recorder.port)
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session)
+    await eventually(lambda: _equals(gateway.metric(session, names.READY_REPLICAS), 2), timeout=5)
+    statuses = []
+    for response in await asyncio.gather(*(session.get(f"{gateway.url}/v1/models") for _ in range(6))):
+        statuses.append(response.status)
+        response.release()
+    assert statuses == [200] * 6
+    assert len(recorder.requests) == 6
+    assert "unreachable" in gateway.log_path.read_text()  # the dead one was tried, and skipped
