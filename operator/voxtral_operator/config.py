@@ -177,6 +177,9 @@ class OperatorConfig(_Config):
     gpu_node_label: str = "nvidia.com/gpu.product"
     gpu_overrides: dict[str, GpuOverride] = Field(default_factory=dict)
     vllm_port: int = 8000
+    # The gateway runs the operator's own image with another command (the chart sets its image here).
+    gateway_image: str = DEFAULT_OPERATOR_IMAGE
+    gateway_metrics_port: int = 9091
     cluster_domain: str = "cluster.local"
     # The operator's own pods, admitted by every endpoint's NetworkPolicy to scrape /metrics.
     operator_namespace: str = "voxtral-system"

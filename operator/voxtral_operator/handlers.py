@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 MANAGED = {render.LABEL_MANAGED_BY: render.MANAGED_BY}
 POD_LABELS = {render.LABEL_NAME: render.APP_NAME, render.LABEL_INSTANCE: kopf.PRESENT}
+GATEWAY_POD_LABELS = {render.LABEL_NAME: render.gateway.GATEWAY_APP_NAME, render.LABEL_INSTANCE: kopf.PRESENT}
 # What the server selects for the operator's watches of children and pods (all carry both labels).
 WATCHED_SELECTOR = f"{render.LABEL_MANAGED_BY}={render.MANAGED_BY},{render.LABEL_INSTANCE}"
 
@@ -45,7 +46,9 @@ class IndexView:
         children: list[kopf.Index[Any, Any]],
         pods: kopf.Index[Any, Any],
         namespaces: kopf.Index[Any, Any],
+        gateway_pods: kopf.Index[Any, Any] | None = None,
     ):
+        self._gateway_pods = gateway_pods
         self._endpoints = endpoints
         self._children = children
         self._pods = pods
@@ -72,6 +75,11 @@ class IndexView:
 
     def pods(self, key: Key) -> list[dict[str, Any]]:
         return [pod for pod in self._pods.get(key, []) if self._present(pod)]
+
+    def gateway_pods(self, key: Key) -> list[dict[str, Any]]:
+        if self._gateway_pods is None:
+            return []
+        return [pod for pod in self._gateway_pods.get(key, []) if self._present(pod)]
 
     def endpoint_keys(self) -> list[Key]:
         return [key for key in self._endpoints if self.endpoint(key) is not None]
@@ -153,6 +161,7 @@ def _reconciler(**indexes: Any) -> Reconciler:
             [indexes[f"{r.plural}_index"] for r in resources.CHILDREN],
             indexes["pod_index"],
             indexes["namespace_index"],
+            indexes["gateway_pod_index"],
         )
         _start_autoscaler(reconciler)
         _start_resync(reconciler, reconciler.view)
@@ -230,6 +239,18 @@ async def pod_index(
     namespace: str, labels: kopf.Labels, body: kopf.Body, uid: str, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     return {(namespace, labels[render.LABEL_INSTANCE]): {**pod_summary(_plain(body)), "uid": uid}}
+
+
+@kopf.index("", "v1", "pods", labels=GATEWAY_POD_LABELS)
+async def gateway_pod_index(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, uid: str, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    """The gateway pods' addresses: the autoscaler reads each one's queue."""
+    summary = pod_summary(_plain(body))
+    return {
+        (namespace, labels[render.LABEL_INSTANCE]): {k: summary[k] for k in ("name", "ip", "ready", "deleting")}
+        | {"uid": uid}
+    }
 
 
 # --- triggers -----------------------------------------------------------------------------

@@ -49,6 +49,12 @@ RULES: tuple[Rule, ...] = (
         for r in resources.CHILDREN
     ),
     Rule("", ("pods",), ("list", "watch"), "pod status for conditions; pod IPs for scraping"),
+    Rule(
+        "discovery.k8s.io",
+        ("endpointslices",),
+        ("get", "list", "watch"),
+        "granted to each endpoint's gateway Role (RBAC lets only a holder grant a permission)",
+    ),
     Rule("", ("events",), ("create",), "kopf's own Events (warnings it logs about objects)"),
     Rule("events.k8s.io", ("events",), ("create", "patch"), "Events on endpoints; patch: a repeat's series count"),
     Rule(

@@ -8,9 +8,11 @@ an unchanged endpoint reads only in-memory caches and writes nothing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,7 +57,21 @@ class ChildRefused(Exception):
 
 
 # NetworkPolicy first: the endpoint serves only once its policy exists (fail closed).
-APPLY_ORDER = ("NetworkPolicy", "PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget", "ScaledObject")
+APPLY_ORDER = (
+    "NetworkPolicy",
+    # The gateway's identity and its key before the pods that use them.
+    "Secret",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "PersistentVolumeClaim",
+    "Deployment",
+    "Service",
+    "PodDisruptionBudget",
+    "ScaledObject",
+)
+# Created once with generated content, never updated: the backend key must not change under running pods.
+CREATE_ONLY_KINDS = ("Secret",)
 SERVING_KINDS = ("Deployment", "Service")
 
 # API answers that retrying the same apply cannot change: bad request, forbidden, no such resource
@@ -242,12 +258,13 @@ class Reconciler:
             deployment=deployment,
             pods=self.view.pods(key),
             previous=current_status,
-            url=render.service_url(plan.name, plan.namespace, self.config),
+            url=render.service_url(plan.name, plan.namespace, self.config, tls=plan.spec.gateway.tls is not None),
             selector=render.label_selector_string(plan.name),
             tensor_parallel_size=plan.tensor_parallel_size,
             now=self.clock(),
             serving=self.serving.get(key),
             refused=(refused.reason, refused.message) if refused else None,
+            suspended=plan.spec.suspended,
         )
         self._post_change_events(endpoint, created, updated, deployment, plan.spec.desired_replicas)
         old_ready = status.condition_of(current_status, status.READY)
@@ -304,6 +321,10 @@ class Reconciler:
     async def _apply_child(self, key: Key, uid: str | None, obj: JSON, live: JSON | None) -> str | None:
         """Apply one child if it drifted: "created", "updated", or None when nothing was needed."""
         child: ChildKey = (obj["kind"], obj["metadata"]["name"])
+        if child[0] in CREATE_ONLY_KINDS and live is not None:
+            if not _owned_by(live, uid):
+                raise ChildRefused("NameConflict", f"{child[0]} {child[1]} exists and is not owned by this endpoint")
+            return None
         why = diffing.drift(obj, live, FIELD_MANAGER)
         if not why:
             return None
@@ -323,8 +344,13 @@ class Reconciler:
                 f"{child[0]} {child[1]} exists and is not owned by this endpoint; it is left untouched: "
                 "remove it or rename the endpoint",
             )
+        if child[0] in CREATE_ONLY_KINDS and live is not None:
+            return None  # ours already, just not in the cache yet
         # Create and update alike by server-side apply, so one field manager owns every field
         # and fields the spec stops setting are removed.
+        if child[0] == "Secret" and live is None:
+            key_value = secrets.token_urlsafe(32).encode()
+            obj = {**obj, "data": {render.gateway.BACKEND_KEY: base64.b64encode(key_value).decode()}}
         try:
             await self.client.apply(resource, obj)
         except ApiError as exc:

@@ -30,9 +30,11 @@ WAITING_FOR_GPU = "WaitingForGPU"
 UNSCHEDULABLE = "Unschedulable"
 LOADING = "Loading"
 PENDING = "Pending"
+SUSPENDED = "Suspended"
+SCALED_TO_ZERO = "ScaledToZero"
 AVAILABLE = "Available"
 # The status fields the autoscaler writes (under its own field manager); the reconciler never sends them.
-AUTOSCALER_FIELDS = ("queueDepth", "desiredReplicas", "lastScaleDecision")
+AUTOSCALER_FIELDS = ("queueDepth", "queuedAudioSeconds", "desiredReplicas", "lastScaleDecision")
 SCHEDULED = "Scheduled"
 # Blockers a person must remove: the endpoint is Failed (Degraded while some replica serves).
 FAILURE_REASONS = (POD_CREATION_FAILED, IMAGE_PULL_FAILED, OOM_KILLED, CRASH_LOOP)
@@ -171,6 +173,7 @@ def compute_status(
     now: str,
     serving: tuple[bool, str, str] | None = None,
     refused: tuple[str, str] | None = None,
+    suspended: bool = False,
 ) -> JSON:
     """serving: the last active check through the Service (ok, reason, message), if any.
     refused: a child the API would not take (reason, message), if any."""
@@ -197,12 +200,16 @@ def compute_status(
         and replicas == desired_replicas
     )
 
-    if ready >= 1:
+    if suspended:
+        ready_reason, ready_message = SUSPENDED, "spec.suspended is true: no replicas, GPUs freed, model cache kept"
+        if replicas:
+            ready_message += f"; {replicas} replica(s) still stopping"
+    elif ready >= 1:
         ready_reason, ready_message = AVAILABLE, f"{ready}/{desired_replicas} replicas ready"
     elif problem is not None:
         ready_reason, ready_message = problem.reason, problem.message
     elif desired_replicas == 0:
-        ready_reason, ready_message = "ScaledToZero", "the endpoint has no replicas"
+        ready_reason, ready_message = SCALED_TO_ZERO, "no replicas: the next request starts one"
     else:
         ready_reason, ready_message = PENDING, "waiting for the first replica"
 
@@ -231,7 +238,9 @@ def compute_status(
         progressing_reason, progressing_message = "RollingOut", f"{updated}/{desired_replicas} replicas updated"
 
     conditions = [
-        _condition(previous_conditions, READY, ready >= 1, ready_reason, ready_message, generation, now),
+        _condition(
+            previous_conditions, READY, ready >= 1 and not suspended, ready_reason, ready_message, generation, now
+        ),
         _condition(
             previous_conditions, PROGRESSING, not rolled_out, progressing_reason, progressing_message, generation, now
         ),
@@ -249,12 +258,16 @@ def compute_status(
     computed = {c["type"] for c in conditions}
     conditions += [c for t, c in previous_conditions.items() if t not in computed and t in OWN_CONDITIONS]
 
-    if ready >= 1:
+    if suspended:
+        phase = SUSPENDED
+    elif ready >= 1:
         phase = "Degraded" if degraded else "Ready"
     elif failing or deadline_exceeded or refused is not None:
         phase = "Failed"
     elif problem is not None and problem.reason == LOADING:
         phase = "Loading"
+    elif desired_replicas == 0 and replicas == 0:
+        phase = SCALED_TO_ZERO
     else:
         phase = "Pending"
 

@@ -161,6 +161,16 @@ class AutoscalingSpec(_Model):
         le=64,
         description="Most replicas added by one scale-up decision.",
     )
+    scale_to_zero_after_seconds: int | None = Field(
+        default=None,
+        ge=60,
+        le=7 * 86400,
+        description=(
+            "With minReplicas 0 and the gateway: after this many seconds without a request the endpoint "
+            "goes to zero replicas (its GPUs are freed); the next request is held by the gateway while a "
+            "replica starts. Off when unset."
+        ),
+    )
 
 
 class Toleration(_Model):
@@ -344,6 +354,48 @@ class AuthSpec(_Model):
         default=None,
         description="Secret holding the API key callers must send as a Bearer token.",
     )
+    api_keys_secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_LABEL,
+        description=(
+            "With the gateway: a Secret whose every data entry is an accepted caller key. Rotate with no "
+            "downtime by adding the new key, moving callers, then removing the old one; changes take "
+            "effect within seconds, without a restart."
+        ),
+    )
+
+
+class GatewayTLSSpec(_Model):
+    secret_name: str = Field(
+        max_length=253,
+        pattern=DNS_LABEL,
+        description="kubernetes.io/tls Secret (tls.crt, tls.key) the gateway serves HTTPS with; a renewed "
+        "certificate is picked up without a restart (cert-manager may keep this Secret).",
+    )
+
+
+class GatewaySpec(_Model):
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Put a gateway in front of the vLLM replicas: it checks callers' keys, forwards only the "
+            "OpenAI API routes, queues centrally and dispatches by outstanding work, and holds requests "
+            "while the endpoint scales from zero. vLLM is then reachable only from the gateway."
+        ),
+    )
+    replicas: int = Field(default=2, ge=1, le=20, description="Gateway pods (CPU only), spread across nodes.")
+    max_queue: int = Field(default=1000, ge=1, le=100000, description="Requests a gateway pod queues at most.")
+    queue_timeout_seconds: int = Field(
+        default=600, ge=1, le=86400, description="Longest wait in the queue before 503 with Retry-After."
+    )
+    hold_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=7200,
+        description="Longest wait for a first replica (scale from zero); default: the model's startup budget.",
+    )
+    tls: GatewayTLSSpec | None = Field(default=None, description="Serve HTTPS; plain HTTP when unset.")
 
 
 class AccessMode(enum.StrEnum):
@@ -419,6 +471,23 @@ class VoxtralEndpointSpec(_Model):
                     "fieldPath": ".model",
                 },
                 {
+                    "rule": "self.minReplicas > 0 || (has(self.gateway) && self.gateway.enabled)",
+                    "message": "minReplicas 0 needs the gateway (gateway.enabled: true) to hold requests",
+                    "fieldPath": ".minReplicas",
+                },
+                {
+                    "rule": "!has(self.autoscaling) || !has(self.autoscaling.scaleToZeroAfterSeconds)"
+                    " || self.minReplicas == 0",
+                    "message": "scaleToZeroAfterSeconds needs minReplicas 0",
+                    "fieldPath": ".autoscaling.scaleToZeroAfterSeconds",
+                },
+                {
+                    "rule": "!has(self.auth) || !has(self.auth.apiKeysSecretName)"
+                    " || (has(self.gateway) && self.gateway.enabled)",
+                    "message": "auth.apiKeysSecretName is read by the gateway: set gateway.enabled: true",
+                    "fieldPath": ".auth.apiKeysSecretName",
+                },
+                {
                     "rule": "!has(self.modelCache) || self.modelCache.accessMode != 'ReadWriteOnce'"
                     " || self.maxReplicas == 1",
                     "message": "a ReadWriteOnce model cache cannot be shared by more than one replica; "
@@ -455,7 +524,9 @@ class VoxtralEndpointSpec(_Model):
         le=1000,
         description="Replicas wanted now; the autoscaler and `kubectl scale` write here. Defaults to minReplicas.",
     )
-    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    min_replicas: int = Field(
+        default=1, ge=0, le=1000, description="Fewest replicas; 0 (scale to zero) needs the gateway."
+    )
     max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Scaling on vLLM's queue depth.")
     node_pool: NodePoolSpec = Field(
@@ -463,6 +534,14 @@ class VoxtralEndpointSpec(_Model):
     )
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM settings.")
     auth: AuthSpec = Field(default_factory=AuthSpec, description="Who may call the endpoint.")
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="The endpoint's front door.")
+    suspended: bool = Field(
+        default=False,
+        description=(
+            "Stop the endpoint: zero replicas, GPUs freed, the model cache kept; with the gateway, callers "
+            "get 503 'endpoint suspended'. false starts it again."
+        ),
+    )
     access: AccessSpec = Field(
         default_factory=AccessSpec, description="Network access to the endpoint (NetworkPolicy)."
     )
@@ -496,6 +575,15 @@ class VoxtralEndpointSpec(_Model):
                 f"spec.replicas: {self.replicas} must lie within "
                 f"[minReplicas {self.min_replicas}, maxReplicas {self.max_replicas}]"
             )
+        if self.min_replicas == 0 and not self.gateway.enabled:
+            problems.append("spec.minReplicas: 0 needs the gateway (gateway.enabled: true) to hold requests")
+        if self.auth.api_keys_secret_name and not self.gateway.enabled:
+            problems.append("spec.auth.apiKeysSecretName: read by the gateway: set gateway.enabled: true")
+        if self.autoscaling.scale_to_zero_after_seconds is not None and self.min_replicas > 0:
+            problems.append(
+                "spec.autoscaling.scaleToZeroAfterSeconds: needs minReplicas 0 (it would never go below "
+                f"{self.min_replicas})"
+            )
         if self.model not in catalog.MODELS and self.model_profile is None:
             problems.append(
                 f"spec.model: {self.model!r} is not in the catalog ({', '.join(catalog.KNOWN_MODELS)}); "
@@ -514,6 +602,8 @@ class VoxtralEndpointSpec(_Model):
 
     @property
     def desired_replicas(self) -> int:
+        if self.suspended:
+            return 0
         return self.min_replicas if self.replicas is None else self.replicas
 
 
@@ -540,6 +630,8 @@ class Phase(enum.StrEnum):
     READY = "Ready"
     DEGRADED = "Degraded"
     FAILED = "Failed"
+    SCALED_TO_ZERO = "ScaledToZero"  # no replica by the autoscaler's choice; the gateway holds requests
+    SUSPENDED = "Suspended"  # spec.suspended: stopped by its owner
 
 
 class ScaleDecision(_Model):
@@ -549,13 +641,16 @@ class ScaleDecision(_Model):
 
 
 class VoxtralEndpointStatus(_Model):
-    phase: Phase | None = Field(default=None, description="Pending, Loading, Ready, Degraded or Failed.")
+    phase: Phase | None = Field(default=None, description="Pending, Loading, Ready, Degraded, Failed, ScaledToZero or Suspended.")
     conditions: list[Condition] = Field(default_factory=list, max_length=16, description="Conditions.")
     replicas: int | None = Field(default=None, description="Replicas that exist.")
     ready_replicas: int | None = Field(default=None, description="Replicas that pass readiness.")
     replica_summary: str | None = Field(default=None, description="ready/desired, for display.")
     desired_replicas: int | None = Field(default=None, description="Replicas the autoscaler wants.")
     queue_depth: int | None = Field(default=None, description="Requests waiting across all replicas.")
+    queued_audio_seconds: int | None = Field(
+        default=None, description="Audio-seconds of work waiting in the gateway's queue (with the gateway)."
+    )
     url: str | None = Field(default=None, description="OpenAI-compatible base URL inside the cluster.")
     observed_generation: int | None = Field(default=None, description="Last spec generation acted on.")
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")

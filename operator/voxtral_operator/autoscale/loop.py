@@ -25,6 +25,7 @@ from voxtral_operator.api import catalog, resolve
 from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
 from voxtral_operator.autoscale.policy import (
     DEFAULT_MAX_NUM_SEQS,
+    GatewaySample,
     Limits,
     Observation,
     PodSample,
@@ -35,9 +36,11 @@ from voxtral_operator.autoscale.policy import (
 from voxtral_operator.autoscale.scrape import (
     MAX_METRICS_BYTES,
     MAX_PROBE_BODY_BYTES,
+    GatewayPage,
     QueueSample,
     ReadLimitExceeded,
     get_bounded,
+    parse_gateway_metrics,
     parse_queue_metrics,
 )
 from voxtral_operator.config import OperatorConfig
@@ -71,6 +74,8 @@ class EndpointSource(Protocol):
 
     def children(self, key: Key) -> dict[tuple[str, str], JSON]: ...
 
+    def gateway_pods(self, key: Key) -> list[JSON]: ...
+
 
 EventPoster = Callable[[JSON, str, str, str], None]
 ServingSink = Callable[[Key, tuple[bool, str, str]], None]
@@ -99,8 +104,7 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
         scale_down_delay_seconds=float(spec.autoscaling.scale_down_delay_seconds),
         max_scale_up_step=spec.autoscaling.max_scale_up_step,
         target_queue_depth=spec.autoscaling.target_queue_depth,
-        # Comes with the gateway (autoscaling.scaleToZeroAfterSeconds); absent until then.
-        scale_to_zero_after_seconds=getattr(spec.autoscaling, "scale_to_zero_after_seconds", None),
+        scale_to_zero_after_seconds=spec.autoscaling.scale_to_zero_after_seconds,
     )
 
 
@@ -109,6 +113,9 @@ class _EndpointState:
     policy: State = field(default_factory=State)  # the policy's memory; plain data (State.to_dict)
     last_status: JSON = field(default_factory=dict)
     last_status_time: float = 0.0
+    # The gateways' answered-request counters per pod, and when any of them last moved.
+    gateway_requests: dict[str, float] = field(default_factory=dict)
+    last_request_at: float | None = None
 
 
 @dataclass
@@ -161,11 +168,17 @@ class Autoscaler:
             return  # the reconciler reports invalid specs
         if spec.cross_field_problems() or not spec.autoscaling.enabled:
             return
-        if spec.autoscaling.mode != AutoscalingMode.OPERATOR:
-            return
+        if spec.autoscaling.mode != AutoscalingMode.OPERATOR or spec.suspended:
+            return  # a suspended endpoint stays at zero whatever its gateway holds
+        state = self._states.setdefault(key, _EndpointState())
+        now = self.clock()
         ready = [p for p in self.view.pods(key) if p.get("ready") and p.get("ip") and not p.get("deleting")]
-        samples = await asyncio.gather(*(self._scrape(p["ip"]) for p in ready))
+        samples, gateway = await asyncio.gather(
+            asyncio.gather(*(self._scrape(p["ip"]) for p in ready)),
+            self._gateway_sample(key, spec, state, now),
+        )
         seen = Observation(
+            gateway=gateway,
             replicas=spec.desired_replicas,
             ready=len(ready),
             pods=[
@@ -182,8 +195,6 @@ class Autoscaler:
                 if sample is not None
             ],
         )
-        state = self._states.setdefault(key, _EndpointState())
-        now = self.clock()
         decision = decide(policy_limits(spec, self.config), seen, state.policy, self.wall_clock())
         state.policy = decision.state
         namespace, name = key
@@ -214,6 +225,8 @@ class Autoscaler:
         changed: bool,
     ) -> None:
         status: JSON = {"queueDepth": round(seen.waiting), "desiredReplicas": replicas}
+        if seen.gateway is not None:
+            status["queuedAudioSeconds"] = round(seen.gateway.queued_audio_seconds)
         current = (self.view.endpoint(key) or {}).get("status") or {}
         if changed:
             status["lastScaleDecision"] = {
@@ -248,8 +261,14 @@ class Autoscaler:
         cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
         if endpoint is None or not ready or not cluster_ip or cluster_ip == "None" or self.serving_sink is None:
             return
-        auth = bool(((endpoint.get("spec") or {}).get("auth") or {}).get("apiKeySecretRef"))
-        url = f"http://{cluster_ip}:{self.config.vllm_port}/v1/models"
+        spec = endpoint.get("spec") or {}
+        auth_spec = spec.get("auth") or {}
+        gateway = spec.get("gateway") or {}
+        keyed_by_gateway = bool(gateway.get("enabled") and auth_spec.get("apiKeysSecretName"))
+        auth = bool(auth_spec.get("apiKeySecretRef")) or keyed_by_gateway
+        # Only the status code matters here, so a gateway's certificate is not verified.
+        scheme = "https" if gateway.get("enabled") and gateway.get("tls") else "http"
+        url = f"{scheme}://{cluster_ip}:{self.config.vllm_port}/v1/models"
         assert self._session is not None
         try:
             code = (
@@ -272,6 +291,48 @@ class Autoscaler:
             self.serving_sink(key, (False, "UnexpectedAuth", "the Service wants an API key the spec does not set"))
         else:
             self.serving_sink(key, (False, "NotAnswering", f"GET /v1/models through the Service: {code}"))
+
+    async def _gateway_sample(
+        self, key: Key, spec: VoxtralEndpointSpec, state: _EndpointState, now: float
+    ) -> GatewaySample | None:
+        """The gateways' queues summed (each pod queues on its own); None without a gateway or an answer."""
+        if not spec.gateway.enabled:
+            return None
+        pods = [p for p in self.view.gateway_pods(key) if p.get("ip") and p.get("ready") and not p.get("deleting")]
+        pages = await asyncio.gather(*(self._scrape_gateway(p["ip"]) for p in pods))
+        answered = {str(p["name"]): page for p, page in zip(pods, pages, strict=True) if page is not None}
+        if not answered:
+            return None
+        counts = {name: page.requests for name, page in answered.items()}
+        if state.last_request_at is None or any(state.gateway_requests.get(n) != c for n, c in counts.items()):
+            state.last_request_at = now  # traffic since the last look (or the first look: count from now)
+        state.gateway_requests = counts
+        pages_seen = list(answered.values())
+        return GatewaySample(
+            queued_requests=sum(p.queued for p in pages_seen),
+            queued_audio_seconds=sum(p.queued_audio_seconds for p in pages_seen),
+            in_flight_audio_seconds=sum(p.in_flight_audio_seconds for p in pages_seen),
+            seconds_since_last_request=now - state.last_request_at,
+        )
+
+    async def _scrape_gateway(self, ip: str) -> GatewayPage | None:
+        assert self._session is not None
+        url = f"http://{ip}:{self.config.gateway_metrics_port}/metrics"
+        async with self._semaphore:
+            try:
+                response = await get_bounded(
+                    self._session, url, max_bytes=MAX_METRICS_BYTES, timeout_seconds=self.config.scrape_timeout_seconds
+                )
+            except (TimeoutError, aiohttp.ClientError, ReadLimitExceeded) as exc:
+                SCRAPE_ERRORS.inc()
+                logger.debug("scrape of %s failed: %s", url, exc)
+                return None
+        page = (
+            parse_gateway_metrics(response.body.decode("utf-8", errors="replace")) if response.status == 200 else None
+        )
+        if page is None:
+            SCRAPE_ERRORS.inc()
+        return page
 
     async def _scrape(self, ip: str) -> QueueSample | None:
         assert self._session is not None

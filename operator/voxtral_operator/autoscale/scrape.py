@@ -40,7 +40,9 @@ async def get_bounded(
     """
     async with asyncio.timeout(timeout_seconds):
         headers = {"Accept-Encoding": "identity"}
-        async with session.get(url, headers=headers, allow_redirects=False) as response:
+        # https only for a gateway's Serving check, where the status code is all that is read.
+        verify = False if url.startswith("https://") else None
+        async with session.get(url, headers=headers, allow_redirects=False, ssl=verify) as response:
             if response.content_length is not None and response.content_length > max_bytes:
                 raise ReadLimitExceeded(f"{url}: Content-Length {response.content_length} > {max_bytes} bytes")
             body = bytearray()
@@ -114,4 +116,51 @@ def parse_queue_metrics(text: str) -> QueueSample | None:
         prompt_tokens=totals[PROMPT_TOKENS] if PROMPT_TOKENS in seen else None,
         generation_tokens=totals[GENERATION_TOKENS] if GENERATION_TOKENS in seen else None,
         finished=totals[REQUEST_SUCCESS] if REQUEST_SUCCESS in seen else None,
+    )
+
+
+# The gateway's own page (voxtral_operator.gateway): its queue in requests and in audio-seconds.
+GATEWAY_QUEUED = "voxtral_gateway_queued_requests"
+GATEWAY_HELD = "voxtral_gateway_held_requests"
+GATEWAY_QUEUED_AUDIO = "voxtral_gateway_queued_audio_seconds"
+GATEWAY_INFLIGHT_AUDIO = "voxtral_gateway_inflight_audio_seconds"
+GATEWAY_REQUESTS = "voxtral_gateway_requests_total"
+_GATEWAY_SUMMED = (GATEWAY_QUEUED, GATEWAY_HELD, GATEWAY_QUEUED_AUDIO, GATEWAY_INFLIGHT_AUDIO, GATEWAY_REQUESTS)
+
+
+@dataclass(frozen=True)
+class GatewayPage:
+    queued: float  # waiting for a replica slot, plus held while no replica is ready
+    queued_audio_seconds: float
+    in_flight_audio_seconds: float
+    requests: float  # requests answered so far (a counter: a change means traffic)
+
+
+def parse_gateway_metrics(text: str) -> GatewayPage | None:
+    """The gateway's queue from its /metrics page; None when the page is not a gateway's."""
+    totals = dict.fromkeys(_GATEWAY_SUMMED, 0.0)
+    seen = set()
+    for line in text.splitlines():
+        if not line.startswith("voxtral_gateway_"):
+            continue
+        name, _, rest = line.partition("{") if "{" in line.split(" ", 1)[0] else line.partition(" ")
+        if name not in totals:
+            continue
+        if "}" in rest:
+            rest = rest[rest.rfind("}") + 1 :]
+        try:
+            value = float(rest.split()[0])
+        except (IndexError, ValueError):
+            continue
+        if math.isnan(value):
+            continue
+        seen.add(name)
+        totals[name] += value
+    if GATEWAY_QUEUED not in seen:
+        return None
+    return GatewayPage(
+        queued=totals[GATEWAY_QUEUED] + totals[GATEWAY_HELD],
+        queued_audio_seconds=totals[GATEWAY_QUEUED_AUDIO],
+        in_flight_audio_seconds=totals[GATEWAY_INFLIGHT_AUDIO],
+        requests=totals[GATEWAY_REQUESTS],
     )

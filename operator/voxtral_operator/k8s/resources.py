@@ -40,7 +40,23 @@ PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 SCALED_OBJECTS = Resource("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject")
 PODS = Resource("", "v1", "pods", "Pod")
+SECRETS = Resource("", "v1", "secrets", "Secret")
+SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts", "ServiceAccount")
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
+ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
+ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 
-# Children the operator creates, in the order it applies them.
-CHILDREN: tuple[Resource, ...] = (PVCS, DEPLOYMENTS, SERVICES, PDBS, NETWORK_POLICIES, SCALED_OBJECTS)
+# Children the operator creates.
+CHILDREN: tuple[Resource, ...] = (
+    PVCS,
+    DEPLOYMENTS,
+    SERVICES,
+    PDBS,
+    NETWORK_POLICIES,
+    SCALED_OBJECTS,
+    SECRETS,
+    SERVICE_ACCOUNTS,
+    ROLES,
+    ROLE_BINDINGS,
+)
 BY_KIND: dict[str, Resource] = {r.kind: r for r in CHILDREN}

@@ -117,11 +117,12 @@ def cache_claim_name(name: str) -> str:
     return f"{name}-cache"
 
 
-def service_url(name: str, namespace: str, config: OperatorConfig) -> str:
-    return f"http://{name}.{namespace}.svc.{config.cluster_domain}:{config.vllm_port}/v1"
+def service_url(name: str, namespace: str, config: OperatorConfig, *, tls: bool = False) -> str:
+    scheme = "https" if tls else "http"
+    return f"{scheme}://{name}.{namespace}.svc.{config.cluster_domain}:{config.vllm_port}/v1"
 
 
-def _render_template(template: str, values: Mapping[str, Any]) -> dict[str, Any]:
+def render_template(template: str, values: Mapping[str, Any]) -> dict[str, Any]:
     text = _templates.get_template(template).render(**values)
     obj = yaml.load(text, Loader=_YamlLoader)  # a safe loader, C-accelerated when available
     if not isinstance(obj, dict) or not {"apiVersion", "kind", "metadata", "spec"} <= obj.keys():
@@ -198,7 +199,11 @@ def vllm_env(plan: Plan) -> list[dict[str, Any]]:
         # The weights are in the cache or the image: never reach for the hub (the pod has no egress to it).
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     key_ref = spec.auth.api_key_secret_ref
-    if key_ref is not None:
+    if spec.gateway.enabled:
+        # Behind the gateway vLLM still checks a key (defence in depth): one only the gateway knows.
+        secret = {"name": f"{plan.name}-backend-key", "key": "api-key"}
+        env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": secret}})
+    elif key_ref is not None:
         # From the Secret, never inline: the key stays out of the pod spec and the process list.
         env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": key_ref.name, "key": key_ref.key}}})
     return env
@@ -218,7 +223,7 @@ def deployment(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
     spec = plan.spec
     shutdown = spec.engine.shutdown_timeout_seconds
     budget = plan.model.startup_budget_seconds
-    return _render_template(
+    return render_template(
         "deployment.yaml.j2",
         {
             "name": plan.name,
@@ -253,20 +258,21 @@ def deployment(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
 
 
 def service(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
-    return _render_template(
+    return render_template(
         "service.yaml.j2",
         {
             "name": plan.name,
             "namespace": plan.namespace,
             "labels": standard_labels(plan.name),
-            "selector": selector_labels(plan.name),
+            # Callers reach the gateway when there is one, else the ready vLLM replicas.
+            "selector": gateway_selector(plan.name) if plan.spec.gateway.enabled else selector_labels(plan.name),
             "port": config.vllm_port,
         },
     )
 
 
 def pod_disruption_budget(plan: Plan) -> dict[str, Any]:
-    return _render_template(
+    return render_template(
         "poddisruptionbudget.yaml.j2",
         {
             "name": plan.name,
@@ -277,28 +283,23 @@ def pod_disruption_budget(plan: Plan) -> dict[str, Any]:
     )
 
 
+def _operator_peer(config: OperatorConfig) -> dict[str, Any]:
+    return {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}},
+        "podSelector": {"matchLabels": dict(config.operator_pod_labels)},
+    }
+
+
 def network_policy(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
-    access = plan.spec.access
-    pod_selector = {"matchLabels": dict(access.from_pod_labels)}
-    peers: list[dict[str, Any]] = [{"podSelector": pod_selector}]
-    for namespace in access.from_namespaces:
-        if namespace == plan.namespace:
-            continue
-        peers.append(
-            {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-                "podSelector": pod_selector,
-            }
-        )
+    """The vLLM replicas' policy: callers (or, with a gateway, only the gateway) and the operator."""
+    if plan.spec.gateway.enabled:
+        peers: list[dict[str, Any]] = [{"podSelector": {"matchLabels": gateway_selector(plan.name)}}]
+    else:
+        peers = caller_peers(plan)
     # The operator scrapes /metrics (autoscaling) and probes /v1/models (Serving condition).
-    peers.append(
-        {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": config.operator_namespace}},
-            "podSelector": {"matchLabels": dict(config.operator_pod_labels)},
-        }
-    )
+    peers.append(_operator_peer(config))
     egress = egress_rules(plan, config)
-    return _render_template(
+    return render_template(
         "networkpolicy.yaml.j2",
         {
             "name": plan.name,
@@ -312,6 +313,49 @@ def network_policy(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
             "scrapers": [scraper.peer() for scraper in config.metrics_scrapers],
         },
     )
+
+
+def gateway_network_policy(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
+    """The gateway's policy: callers on the API port; the operator and monitoring on the metrics port.
+    No egress rules: it must reach the API server, whose address a NetworkPolicy cannot name portably."""
+    if not plan.spec.gateway.enabled:
+        return None
+    operator = _operator_peer(config)
+    scrapers = [scraper.peer() for scraper in config.metrics_scrapers]
+    ingress = [
+        {"from": [*caller_peers(plan), operator], "ports": [{"protocol": "TCP", "port": config.vllm_port}]},
+        {"from": [operator, *scrapers], "ports": [{"protocol": "TCP", "port": config.gateway_metrics_port}]},
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": gateway_name(plan.name),
+            "namespace": plan.namespace,
+            "labels": standard_labels(plan.name),
+        },
+        "spec": {
+            "podSelector": {"matchLabels": gateway_selector(plan.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
+def caller_peers(plan: Plan) -> list[dict[str, Any]]:
+    access = plan.spec.access
+    pod_selector = {"matchLabels": dict(access.from_pod_labels)}
+    peers: list[dict[str, Any]] = [{"podSelector": pod_selector}]
+    for namespace in access.from_namespaces:
+        if namespace == plan.namespace:
+            continue
+        peers.append(
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "podSelector": pod_selector,
+            }
+        )
+    return peers
 
 
 def _public_peers(config: OperatorConfig) -> list[dict[str, Any]]:
@@ -358,7 +402,7 @@ def persistent_volume_claim(plan: Plan) -> dict[str, Any] | None:
     cache = plan.spec.model_cache
     if cache is None:
         return None
-    return _render_template(
+    return render_template(
         "persistentvolumeclaim.yaml.j2",
         {
             "name": cache_claim_name(plan.name),
@@ -378,7 +422,7 @@ def scaled_object(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
     # Deployment pods are named <deployment>-<replicaset hash>-<suffix>; PromQL regexes are anchored.
     pods = f"{plan.name}-[a-z0-9]+-[a-z0-9]+"
     query = f'sum(vllm:num_requests_waiting{{namespace="{plan.namespace}",pod=~"{pods}"}})'
-    return _render_template(
+    return render_template(
         "scaledobject.yaml.j2",
         {
             "name": plan.name,
@@ -415,7 +459,9 @@ def render_plan(plan: Plan, config: OperatorConfig) -> list[dict[str, Any]]:
         service(plan, config),
         pod_disruption_budget(plan),
         network_policy(plan, config),
+        gateway_network_policy(plan, config),
         scaled_object(plan, config),
+        *gateway_children(plan, config),
     ]
     rendered = [obj for obj in objects if obj is not None]
     if plan.uid:
@@ -427,3 +473,7 @@ def render_plan(plan: Plan, config: OperatorConfig) -> list[dict[str, Any]]:
 def render(endpoint: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
     """Every child object of the endpoint; raises InvalidSpec naming the field at fault."""
     return render_plan(resolve(endpoint, config), config)
+
+
+# The gateway's builders use this module's labels and templates: imported once both exist.
+from voxtral_operator.render.gateway import gateway_children, gateway_name, gateway_selector  # noqa: E402

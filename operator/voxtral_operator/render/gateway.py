@@ -1,0 +1,227 @@
+"""The gateway's children: a pure function of the plan and the operator config.
+
+The Deployment is a template (what a platform engineer reads); the ServiceAccount, Role,
+RoleBinding and backend-key Secret are small fixed shapes built as dicts, where a template would
+add nothing to read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from voxtral_operator.api.resolve import Plan
+from voxtral_operator.config import OperatorConfig
+from voxtral_operator.render import (
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    render_template,
+    selector_labels,
+    standard_labels,
+)
+
+GATEWAY_APP_NAME = "voxtral-gateway"
+GATEWAY_COMPONENT = "gateway"
+BACKEND_KEY = "api-key"
+# The drain of a gateway pod: in-flight requests may stream a long transcription.
+GATEWAY_GRACE_SECONDS = 120
+
+
+def gateway_name(name: str) -> str:
+    return f"{name}-gateway"
+
+
+def backend_service_name(name: str) -> str:
+    return f"{name}-vllm"
+
+
+def backend_key_secret_name(name: str) -> str:
+    return f"{name}-backend-key"
+
+
+def gateway_selector(name: str) -> dict[str, str]:
+
+    return {LABEL_NAME: GATEWAY_APP_NAME, LABEL_INSTANCE: name}
+
+
+def gateway_labels(name: str) -> dict[str, str]:
+
+    return {**gateway_selector(name), LABEL_COMPONENT: GATEWAY_COMPONENT, LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def hold_timeout_seconds(plan: Plan) -> int:
+    """A request sent at zero replicas waits as long as a replica may take to start."""
+    return plan.spec.gateway.hold_timeout_seconds or plan.model.startup_budget_seconds
+
+
+def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
+    spec = plan.spec
+    args = [
+        "--namespace",
+        plan.namespace,
+        "--endpoint",
+        plan.name,
+        "--backend-service",
+        backend_service_name(plan.name),
+        "--backend-key-secret",
+        f"{backend_key_secret_name(plan.name)}:{BACKEND_KEY}",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(config.vllm_port),
+        "--metrics-port",
+        str(config.gateway_metrics_port),
+        "--max-inflight-per-replica",
+        str(spec.engine.max_num_seqs or 256),
+        "--max-queue",
+        str(spec.gateway.max_queue),
+        "--queue-timeout-seconds",
+        str(spec.gateway.queue_timeout_seconds),
+        "--hold-timeout-seconds",
+        str(hold_timeout_seconds(plan)),
+        "--max-upload-mb",
+        str(spec.engine.audio.max_file_size_mb),
+        "--log-format",
+        config.log_format,
+    ]
+    key_ref = spec.auth.api_key_secret_ref
+    if key_ref is not None:
+        args += ["--caller-keys-secret", f"{key_ref.name}:{key_ref.key}"]
+    if spec.auth.api_keys_secret_name:
+        args += ["--caller-keys-secret", spec.auth.api_keys_secret_name]
+    if spec.gateway.tls is not None:
+        args += ["--tls-secret", spec.gateway.tls.secret_name]
+    if spec.suspended:
+        args.append("--suspended")
+    return args
+
+
+def secrets_read(plan: Plan) -> list[str]:
+    """The Secrets the gateway watches, and the only ones its Role lets it read."""
+    spec = plan.spec
+    names = [backend_key_secret_name(plan.name)]
+    if spec.auth.api_key_secret_ref is not None:
+        names.append(spec.auth.api_key_secret_ref.name)
+    if spec.auth.api_keys_secret_name:
+        names.append(spec.auth.api_keys_secret_name)
+    if spec.gateway.tls is not None:
+        names.append(spec.gateway.tls.secret_name)
+    return sorted(set(names))
+
+
+def _meta(plan: Plan, name: str) -> dict[str, Any]:
+
+    return {"name": name, "namespace": plan.namespace, "labels": standard_labels(plan.name)}
+
+
+def gateway_deployment(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
+
+    return render_template(
+        "gateway-deployment.yaml.j2",
+        {
+            "name": gateway_name(plan.name),
+            "namespace": plan.namespace,
+            "labels": gateway_labels(plan.name),
+            "selector": gateway_selector(plan.name),
+            "replicas": plan.spec.gateway.replicas,
+            "service_account": gateway_name(plan.name),
+            "termination_grace_period_seconds": GATEWAY_GRACE_SECONDS,
+            "image": config.gateway_image,
+            "image_pull_policy": config.image_pull_policy,
+            "args": gateway_args(plan, config),
+            "port": config.vllm_port,
+            "metrics_port": config.gateway_metrics_port,
+        },
+    )
+
+
+def gateway_pod_disruption_budget(plan: Plan) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {**_meta(plan, gateway_name(plan.name)), "labels": gateway_labels(plan.name)},
+        "spec": {
+            "maxUnavailable": 1,
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            "selector": {"matchLabels": gateway_selector(plan.name)},
+        },
+    }
+
+
+def backend_service(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
+    """Headless: only the gateway reads its EndpointSlices (ready vLLM pods); nobody connects through it."""
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(plan, backend_service_name(plan.name)),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(plan.name),
+            "publishNotReadyAddresses": False,
+            "ports": [{"name": "http", "port": config.vllm_port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def service_account(plan: Plan) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(plan, gateway_name(plan.name)),
+        "automountServiceAccountToken": False,  # the gateway's pod spec asks for it; nothing else should
+    }
+
+
+def role(plan: Plan) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(plan, gateway_name(plan.name)),
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": secrets_read(plan),
+                "verbs": ["get", "list", "watch"],
+            },
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+        ],
+    }
+
+
+def role_binding(plan: Plan) -> dict[str, Any]:
+    name = gateway_name(plan.name)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(plan, name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": plan.namespace}],
+    }
+
+
+def backend_key_secret(plan: Plan) -> dict[str, Any]:
+    """Without data: the reconciler fills in a random key when it creates the Secret, once."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(plan, backend_key_secret_name(plan.name)),
+        "type": "Opaque",
+    }
+
+
+def gateway_children(plan: Plan, config: OperatorConfig) -> list[dict[str, Any]]:
+    if not plan.spec.gateway.enabled:
+        return []
+    return [
+        backend_key_secret(plan),
+        service_account(plan),
+        role(plan),
+        role_binding(plan),
+        gateway_deployment(plan, config),
+        gateway_pod_disruption_budget(plan),
+        backend_service(plan, config),
+    ]

@@ -1,0 +1,194 @@
+"""The gateway's children: what callers reach, what vLLM admits, what the gateway may read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from voxtral_operator import status
+from voxtral_operator.api.resolve import InvalidSpec
+from voxtral_operator.config import OperatorConfig
+from voxtral_operator.render import render
+
+CONFIG = OperatorConfig.model_validate({"metricsScrapers": [{"namespaceLabels": {"team": "monitoring"}}]})
+
+
+def _endpoint(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"model": "mistralai/Voxtral-Mini-3B-2507", "gpu": {"type": "L4-24GB"}}
+    return {
+        "apiVersion": "voxtral.dev/v1alpha1",
+        "kind": "VoxtralEndpoint",
+        "metadata": {"name": "ep", "namespace": "team-a", "uid": "0f7c1a52-0000-4000-8000-000000000001"},
+        "spec": {**base, **spec},
+    }
+
+
+def _objects(**spec: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in render(_endpoint(**spec), CONFIG)}
+
+
+GATEWAY = {"gateway": {"enabled": True}}
+
+
+def test_without_a_gateway_the_service_fronts_the_vllm_pods_as_before() -> None:
+    objects = _objects()
+    assert not [key for key in objects if key[1].startswith("ep-")]
+    assert objects[("Service", "ep")]["spec"]["selector"]["app.kubernetes.io/name"] == "voxtral-endpoint"
+
+
+def test_every_gateway_child_is_schema_valid_and_owned() -> None:
+    objects = _objects(**GATEWAY, auth={"apiKeysSecretName": "callers"})
+    assert set(objects) == {
+        ("Deployment", "ep"),
+        ("Service", "ep"),
+        ("PodDisruptionBudget", "ep"),
+        ("NetworkPolicy", "ep"),
+        ("NetworkPolicy", "ep-gateway"),
+        ("Secret", "ep-backend-key"),
+        ("ServiceAccount", "ep-gateway"),
+        ("Role", "ep-gateway"),
+        ("RoleBinding", "ep-gateway"),
+        ("Deployment", "ep-gateway"),
+        ("PodDisruptionBudget", "ep-gateway"),
+        ("Service", "ep-vllm"),
+    }
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, "1.34", strict=True)
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == "0f7c1a52-0000-4000-8000-000000000001"
+        # Every child carries the labels the operator's watches select on.
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "ep"
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "voxtral-operator"
+
+
+def test_callers_reach_the_gateway_and_vllm_admits_only_the_gateway_and_the_operator() -> None:
+    objects = _objects(**GATEWAY, access={"fromNamespaces": ["apps"]})
+    gateway_pods = objects[("Deployment", "ep-gateway")]["spec"]["template"]["metadata"]["labels"]
+    service = objects[("Service", "ep")]["spec"]
+    assert service["selector"].items() <= gateway_pods.items()
+    vllm_pods = objects[("Deployment", "ep")]["spec"]["template"]["metadata"]["labels"]
+    assert not service["selector"].items() <= vllm_pods.items()
+    assert objects[("Service", "ep-vllm")]["spec"]["clusterIP"] == "None"
+    assert objects[("Service", "ep-vllm")]["spec"]["selector"].items() <= vllm_pods.items()
+
+    vllm_policy = objects[("NetworkPolicy", "ep")]["spec"]
+    admitted = vllm_policy["ingress"][0]["from"]
+    assert admitted[0] == {"podSelector": {"matchLabels": objects[("Service", "ep")]["spec"]["selector"]}}
+    assert [peer["namespaceSelector"]["matchLabels"] for peer in admitted[1:]] == [
+        {"kubernetes.io/metadata.name": "voxtral-system"}
+    ]
+    gateway_policy = objects[("NetworkPolicy", "ep-gateway")]["spec"]
+    api, metrics = gateway_policy["ingress"]
+    assert api["ports"] == [{"protocol": "TCP", "port": 8000}]
+    callers = [p.get("namespaceSelector", {}).get("matchLabels") for p in api["from"]]
+    assert callers == [None, {"kubernetes.io/metadata.name": "apps"}, {"kubernetes.io/metadata.name": "voxtral-system"}]
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 9091}]
+    assert {"namespaceSelector": {"matchLabels": {"team": "monitoring"}}, "podSelector": {"matchLabels": {}}} in (
+        metrics["from"]
+    )
+
+
+def test_vllm_keeps_a_key_only_the_gateway_knows() -> None:
+    objects = _objects(**GATEWAY, auth={"apiKeySecretRef": {"name": "callers", "key": "k"}})
+    (vllm,) = objects[("Deployment", "ep")]["spec"]["template"]["spec"]["containers"]
+    key_env = [e for e in vllm["env"] if e["name"] == "VLLM_API_KEY"]
+    assert key_env == [
+        {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "ep-backend-key", "key": "api-key"}}}
+    ]
+    assert "data" not in objects[("Secret", "ep-backend-key")]  # generated once, at creation, by the reconciler
+
+
+def test_the_gateway_reads_exactly_the_secrets_it_needs() -> None:
+    spec = {
+        **GATEWAY,
+        "auth": {"apiKeySecretRef": {"name": "old-key"}, "apiKeysSecretName": "callers"},
+    }
+    spec["gateway"] = {"enabled": True, "tls": {"secretName": "ep-tls"}}
+    objects = _objects(**spec)
+    rules = objects[("Role", "ep-gateway")]["rules"]
+    secrets = [r for r in rules if r["resources"] == ["secrets"]]
+    assert secrets == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["callers", "ep-backend-key", "ep-tls", "old-key"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    (container,) = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    pairs = list(zip(args, args[1:], strict=False))
+    assert ("--caller-keys-secret", "old-key:api-key") in pairs
+    assert ("--caller-keys-secret", "callers") in pairs
+    assert ("--tls-secret", "ep-tls") in pairs
+    assert ("--backend-key-secret", "ep-backend-key:api-key") in pairs
+    assert container["command"] == ["voxtral-operator", "gateway"]
+    assert objects[("RoleBinding", "ep-gateway")]["subjects"][0]["name"] == "ep-gateway"
+    pod = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "ep-gateway"
+    assert "nvidia.com/gpu" not in str(pod)  # CPU pods, never on the GPU pool
+
+
+def test_hold_timeout_defaults_to_the_models_startup_budget() -> None:
+    (container,) = _objects(**GATEWAY)[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert int(args[args.index("--hold-timeout-seconds") + 1]) >= 600
+
+
+def test_suspended_means_zero_replicas_and_a_gateway_that_says_so() -> None:
+    objects = _objects(gateway={"enabled": True}, suspended=True, minReplicas=1, replicas=1)
+    assert objects[("Deployment", "ep")]["spec"]["replicas"] == 0
+    (container,) = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["containers"]
+    assert "--suspended" in container["args"]
+    assert objects[("Deployment", "ep-gateway")]["spec"]["replicas"] == 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"minReplicas": 0}, "spec.minReplicas"),
+        ({"auth": {"apiKeysSecretName": "callers"}}, "spec.auth.apiKeysSecretName"),
+        (
+            {"gateway": {"enabled": True}, "autoscaling": {"scaleToZeroAfterSeconds": 600}},
+            "spec.autoscaling.scaleToZeroAfterSeconds",
+        ),
+    ],
+)
+def test_what_needs_the_gateway_is_refused_without_it(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        render(_endpoint(**spec), CONFIG)
+    assert any(problem.startswith(field) for problem in caught.value.problems), caught.value.problems
+
+
+def test_scale_to_zero_is_accepted_with_the_gateway() -> None:
+    objects = _objects(gateway={"enabled": True}, minReplicas=0, autoscaling={"scaleToZeroAfterSeconds": 600})
+    assert objects[("Deployment", "ep")]["spec"]["replicas"] == 0
+
+
+def _status(**kwargs: Any) -> dict[str, Any]:
+    defaults: dict[str, Any] = {
+        "generation": 1,
+        "desired_replicas": 0,
+        "deployment": {"metadata": {"generation": 1}, "status": {"observedGeneration": 1}},
+        "pods": [],
+        "previous": {},
+        "url": "http://ep/v1",
+        "selector": "x=y",
+        "tensor_parallel_size": 1,
+        "now": "2026-11-25T00:00:00Z",
+    }
+    return status.compute_status(**{**defaults, **kwargs})
+
+
+def test_a_suspended_endpoint_says_so_and_is_not_ready() -> None:
+    result = _status(suspended=True)
+    assert result["phase"] == "Suspended"
+    ready = status.condition_of(result, status.READY)
+    assert ready is not None and ready["status"] == "False" and ready["reason"] == "Suspended"
+
+
+def test_zero_replicas_by_choice_is_scaled_to_zero_not_pending() -> None:
+    result = _status()
+    assert result["phase"] == "ScaledToZero"
+    assert (status.condition_of(result, status.READY) or {})["reason"] == "ScaledToZero"
