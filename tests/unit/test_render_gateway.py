@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import kubernetes_validate
@@ -118,7 +119,7 @@ def test_the_gateway_reads_exactly_the_secrets_it_needs() -> None:
     ]
     (container,) = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["containers"]
     args = container["args"]
-    pairs = list(zip(args, args[1:], strict=False))
+    pairs = list(itertools.pairwise(args))
     assert ("--caller-keys-secret", "old-key:api-key") in pairs
     assert ("--caller-keys-secret", "callers") in pairs
     assert ("--tls-secret", "ep-tls") in pairs
@@ -185,7 +186,9 @@ def test_a_suspended_endpoint_says_so_and_is_not_ready() -> None:
     result = _status(suspended=True)
     assert result["phase"] == "Suspended"
     ready = status.condition_of(result, status.READY)
-    assert ready is not None and ready["status"] == "False" and ready["reason"] == "Suspended"
+    assert ready is not None
+    assert ready["status"] == "False"
+    assert ready["reason"] == "Suspended"
 
 
 def test_zero_replicas_by_choice_is_scaled_to_zero_not_pending() -> None:

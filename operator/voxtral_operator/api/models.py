@@ -641,7 +641,9 @@ class ScaleDecision(_Model):
 
 
 class VoxtralEndpointStatus(_Model):
-    phase: Phase | None = Field(default=None, description="Pending, Loading, Ready, Degraded, Failed, ScaledToZero or Suspended.")
+    phase: Phase | None = Field(
+        default=None, description="Pending, Loading, Ready, Degraded, Failed, ScaledToZero or Suspended."
+    )
     conditions: list[Condition] = Field(default_factory=list, max_length=16, description="Conditions.")
     replicas: int | None = Field(default=None, description="Replicas that exist.")
     ready_replicas: int | None = Field(default=None, description="Replicas that pass readiness.")

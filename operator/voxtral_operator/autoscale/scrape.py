@@ -41,7 +41,7 @@ async def get_bounded(
     async with asyncio.timeout(timeout_seconds):
         headers = {"Accept-Encoding": "identity"}
         # https only for a gateway's Serving check, where the status code is all that is read.
-        verify = False if url.startswith("https://") else None
+        verify = not url.startswith("https://")
         async with session.get(url, headers=headers, allow_redirects=False, ssl=verify) as response:
             if response.content_length is not None and response.content_length > max_bytes:
                 raise ReadLimitExceeded(f"{url}: Content-Length {response.content_length} > {max_bytes} bytes")
