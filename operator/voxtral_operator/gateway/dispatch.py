@@ -110,6 +110,7 @@ class Dispatcher:
         self.queue_timeout = queue_timeout
         self.hold_timeout = hold_timeout
         self.replicas: dict[str, Replica] = {}
+        self._ready_since = time.monotonic()  # when the replica set last became non-empty
         self._gone: dict[int, Replica] = {}  # left the slice with requests still in flight
         self._waiting: collections.OrderedDict[_Waiter, None] = collections.OrderedDict()
 
@@ -118,6 +119,8 @@ class Dispatcher:
     def set_replicas(self, addresses: Iterable[str]) -> None:
         """The ready replicas now (from the EndpointSlices): waiting requests dispatch at once."""
         wanted = set(addresses)
+        if wanted and not self.replicas:
+            self._ready_since = time.monotonic()  # held requests' queue time starts now
         for address in list(self.replicas):
             if address not in wanted:
                 replica = self.replicas.pop(address)
@@ -147,8 +150,10 @@ class Dispatcher:
         try:
             while not waiter.future.done():
                 held = not self.replicas
-                limit = self.hold_timeout if held else self.queue_timeout
-                remaining = waiter.arrived + limit - time.monotonic()
+                if held:
+                    remaining = waiter.arrived + self.hold_timeout - time.monotonic()
+                else:
+                    remaining = max(waiter.arrived, self._ready_since) + self.queue_timeout - time.monotonic()
                 if remaining <= 0:
                     if held:
                         raise HoldTimeout(
