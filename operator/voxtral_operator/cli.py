@@ -1,4 +1,4 @@
-"""`voxtral-operator`: render, hardware, crd, rbac, run.
+"""`voxtral-operator`: render, hardware, crd, rbac, run, gateway.
 
 A user's mistake (a missing file, a bad spec, a config key typo, no cluster credentials) ends
 in one message on stderr and a non-zero exit, never a traceback.
@@ -81,6 +81,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_FAILED
     return runner.run_operator(args, config)
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from voxtral_operator.gateway.main import run_gateway
+
+    return run_gateway(args)
 
 
 def _version() -> str:
@@ -170,6 +176,72 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--verbose", action="store_true", help="debug logs, kopf's per-handler lines included")
     p.set_defaults(func=_cmd_run, version=_version())
+
+    p = sub.add_parser(
+        "gateway",
+        help="run one endpoint's gateway: caller keys, a central queue and work-aware dispatch to its vLLM replicas",
+        description="The HTTP front door of one VoxtralEndpoint: checks caller keys, queues requests centrally, "
+        "sends each to the ready vLLM replica with the least outstanding work, holds requests while the endpoint "
+        "scales from zero. Reads Secrets and EndpointSlices of one namespace through watches (KUBECONFIG, else the "
+        "pod's service account).",
+    )
+    p.add_argument("--namespace", required=True, metavar="NS", help="the endpoint's namespace")
+    p.add_argument("--endpoint", required=True, metavar="NAME", help="the VoxtralEndpoint's name (for logs)")
+    p.add_argument(
+        "--backend-service",
+        required=True,
+        metavar="SVC",
+        help="the vLLM replicas: ready addresses of EndpointSlices labelled kubernetes.io/service-name=SVC, "
+        'port named "http"',
+    )
+    p.add_argument(
+        "--backend-key-secret",
+        metavar="SECRET:KEY",
+        help="the key sent to vLLM as Authorization: Bearer (default: none)",
+    )
+    p.add_argument(
+        "--caller-keys-secret",
+        action="append",
+        default=[],
+        metavar="SECRET[:KEY]",
+        help="accepted caller keys: that data key, or every data entry of the Secret; repeat for more "
+        "(none: no caller auth)",
+    )
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8000, help="API port (default: 8000)")
+    p.add_argument("--metrics-port", type=int, default=9091, help="metrics, /healthz and /readyz port (default: 9091)")
+    p.add_argument(
+        "--tls-secret", metavar="SECRET", help="kubernetes.io/tls Secret: serve HTTPS, reloaded when the Secret changes"
+    )
+    p.add_argument(
+        "--max-inflight-per-replica",
+        type=int,
+        default=256,
+        metavar="N",
+        help="requests in flight per replica, vLLM's max-num-seqs (default: 256)",
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=1000, metavar="N", help="queued requests beyond: 429 (default: 1000)"
+    )
+    p.add_argument(
+        "--queue-timeout-seconds",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="a queued request waiting longer: 503 (default: 600)",
+    )
+    p.add_argument(
+        "--hold-timeout-seconds",
+        type=float,
+        default=1200.0,
+        metavar="S",
+        help="how long a request waits while no replica is ready (scale from zero; default: 1200)",
+    )
+    p.add_argument("--max-upload-mb", type=float, default=25.0, metavar="N", help="upload size cap in MB (default: 25)")
+    p.add_argument("--suspended", action="store_true", help="answer every API request 503 endpoint_suspended")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="text lines or JSON lines (default: text)")
+    p.add_argument("--verbose", action="store_true", help="debug logs: one line per request")
+    p.set_defaults(func=_cmd_gateway)
 
     # Every command's flags at a glance; `COMMAND --help` explains each one.
     usages = [command.format_usage().removeprefix("usage: ").strip() for command in sub.choices.values()]

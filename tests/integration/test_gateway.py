@@ -312,7 +312,8 @@ async def test_every_api_route_reaches_the_simulator_with_the_backend_key(
     assert await gateway.metric(session, names.USAGE_TOKENS_TOTAL, f'key_id="{bob}",kind="completion"') == 24
     async with session.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics") as response:
         page = await response.text()
-    assert CALLER_KEY not in page and BACKEND_KEY not in page
+    assert CALLER_KEY not in page
+    assert BACKEND_KEY not in page
     assert CALLER_KEY not in gateway.log_path.read_text()
 
 
@@ -360,7 +361,8 @@ async def test_only_the_api_reaches_the_backend_and_keys_are_checked(
         async with session.post(f"{gateway.url}/v1/completions", json={"prompt": "x"}, headers=headers) as response:
             assert response.status == 401
             error = (await response.json())["error"]
-            assert error["code"] == "invalid_api_key" and error["type"] == "invalid_request_error"
+            assert error["code"] == "invalid_api_key"
+            assert error["type"] == "invalid_request_error"
     assert recorder.requests == []
     async with session.post(f"{gateway.url}/v1/completions?x=1", json={"prompt": "x"}, headers=auth()) as response:
         assert response.status == 200
@@ -431,8 +433,24 @@ async def _equals(awaitable: Any, value: Any) -> bool:
 def _cert(tmp_path: Path, name: str) -> tuple[bytes, bytes]:
     key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)]
-        + ["-days", "2", "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1"],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
         check=True,
         capture_output=True,
     )
@@ -467,7 +485,8 @@ async def test_tls_from_a_secret_and_renewed_without_restart(
     await put_secret(kube, "gw-tls", {"tls.crt": second[0], "tls.key": second[1]}, "kubernetes.io/tls")
     await eventually(lambda: answered_with(second[0]), timeout=5)
     assert not await answered_with(first[0])
-    assert gateway.process.pid == pid and gateway.process.poll() is None
+    assert gateway.process.pid == pid
+    assert gateway.process.poll() is None
     with pytest.raises(aiohttp.ClientError):  # no plain HTTP on the TLS port
         async with session.get(f"http://127.0.0.1:{gateway.port}/v1/models") as response:
             await response.read()
@@ -562,7 +581,8 @@ async def test_hold_times_out_when_no_replica_comes(
         assert response.status == 503
         assert response.headers["Retry-After"].isdigit()
         error = (await response.json())["error"]
-        assert error["code"] == "endpoint_starting" and "scaled to zero" in error["message"]
+        assert error["code"] == "endpoint_starting"
+        assert "scaled to zero" in error["message"]
 
 
 async def test_full_queue_429_and_queue_timeout_503(
@@ -651,7 +671,8 @@ async def test_suspended_endpoint_answers_503(
             assert response.status == 503
             assert response.headers["Retry-After"].isdigit()
             error = (await response.json())["error"]
-            assert error["code"] == "endpoint_suspended" and "endpoint suspended" in error["message"]
+            assert error["code"] == "endpoint_suspended"
+            assert "endpoint suspended" in error["message"]
     assert recorder.requests == []
 
 

@@ -79,7 +79,8 @@ async def test_a_new_request_does_not_overtake_queued_ones() -> None:
     first.release()  # the queued one takes the slot at once
     late = asyncio.create_task(dispatcher.acquire(SHORT))
     await asyncio.sleep(0.01)
-    assert queued.done() and not late.done()
+    assert queued.done()
+    assert not late.done()
     queued.result().release()
     await asyncio.sleep(0.01)
     assert late.done()
@@ -94,7 +95,8 @@ async def test_queue_full_and_queue_timeout() -> None:
     await asyncio.sleep(0.01)
     with pytest.raises(QueueFull) as full:
         await dispatcher.acquire(SHORT)
-    assert full.value.status == 429 and full.value.retry_after > 0
+    assert full.value.status == 429
+    assert full.value.retry_after > 0
     for task in waiting:
         with pytest.raises(QueueTimeout) as late:
             await task
@@ -116,7 +118,8 @@ async def test_held_while_no_replica_then_dispatched_at_once() -> None:
     assert held.done()
     lease = held.result()
     assert lease.address == "a:1"
-    assert dispatcher.snapshot().held == 0 and dispatcher.snapshot().inflight == 1
+    assert dispatcher.snapshot().held == 0
+    assert dispatcher.snapshot().inflight == 1
     lease.release()
 
 
@@ -147,7 +150,9 @@ async def test_a_replica_leaving_keeps_its_in_flight_requests_counted() -> None:
     lease = await dispatcher.acquire(Work(10, 0))
     dispatcher.set_replicas(["b:1"])
     snapshot = dispatcher.snapshot()
-    assert snapshot.ready_replicas == 1 and snapshot.inflight == 1 and snapshot.inflight_audio_seconds == 10
+    assert snapshot.ready_replicas == 1
+    assert snapshot.inflight == 1
+    assert snapshot.inflight_audio_seconds == 10
     assert set(snapshot.replicas) == {"b:1"}
     lease.release()
     lease.release()  # twice is once

@@ -108,8 +108,10 @@ def test_multipart_file_part_found_among_fields() -> None:
     body = multipart(wav(1) + b"\x00" * 100)
     part = multipart_file(body, "XyZ")
     assert part is not None
-    assert part.filename == "call.wav" and part.media_type == "audio/wav"
-    assert part.head.startswith(b"RIFF") and body[part.offset : part.offset + 4] == b"RIFF"
+    assert part.filename == "call.wav"
+    assert part.media_type == "audio/wav"
+    assert part.head.startswith(b"RIFF")
+    assert body[part.offset : part.offset + 4] == b"RIFF"
     assert multipart_file(body, "other") is None
 
 
