@@ -48,6 +48,7 @@ class Kube:
         self._ssl = ssl_context
         self._headers = headers
         self._session: aiohttp.ClientSession | None = None
+        self.ca_file: str | None = None  # the cluster's CA, for kubeconfigs handed to pods
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path) -> Kube:
@@ -58,13 +59,17 @@ class Kube:
         cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
         user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
         context_ssl = None
+        ca_file = None
         if cluster["server"].startswith("https"):
-            context_ssl = ssl.create_default_context(cafile=_materialise(cluster, "certificate-authority", path.parent))
+            ca_file = _materialise(cluster, "certificate-authority", path.parent)
+            context_ssl = ssl.create_default_context(cafile=ca_file)
             cert = _materialise(user, "client-certificate", path.parent)
             if cert:
                 context_ssl.load_cert_chain(cert, _materialise(user, "client-key", path.parent))
         headers = {"Authorization": f"Bearer {user['token']}"} if user.get("token") else {}
-        return cls(cluster["server"], context_ssl, headers)
+        kube = cls(cluster["server"], context_ssl, headers)
+        kube.ca_file = ca_file
+        return kube
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None:

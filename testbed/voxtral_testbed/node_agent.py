@@ -222,7 +222,52 @@ class PodRunner:
                     kind = "secret" if ref_kind == "secretKeyRef" else "configmap"
                     return f'{kind} "{ref["name"]}" not found' if obj is None else f"couldn't find key {ref['key']}"
                 env[item["name"]] = data[ref["key"]]
+        kubeconfig = await self._service_account_kubeconfig()
+        if kubeconfig is not None:
+            env["KUBECONFIG"] = kubeconfig
         return env
+
+    async def _service_account_kubeconfig(self) -> str | None:
+        """The pod's service-account credentials, as the kubelet mounts them: a bound token from
+        TokenRequest. Processes here share the host's filesystem, so they get it as a kubeconfig
+        (KUBECONFIG) rather than at the in-cluster path."""
+        spec = self.pod["spec"]
+        account = spec.get("serviceAccountName") or "default"
+        if spec.get("automountServiceAccountToken") is False or account == "default":
+            return None
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": 86400,
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": self.name,
+                    "uid": self.pod["metadata"]["uid"],
+                },
+            },
+        }
+        path = f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token"
+        token = (await self.agent.kube.request("POST", path, request))["status"]["token"]
+        home = self.agent.state_dir / "pods" / f"{self.namespace}_{self.name}"
+        home.mkdir(parents=True, exist_ok=True)
+        cluster: JSON = {"server": self.agent.kube.server}
+        if self.agent.kube.ca_file:
+            cluster["certificate-authority"] = self.agent.kube.ca_file
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": cluster}],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [
+                {"name": "pod", "context": {"cluster": "local", "user": account, "namespace": self.namespace}}
+            ],
+            "current-context": "pod",
+        }
+        target = home / "kubeconfig"
+        target.write_text(json.dumps(config))
+        return str(target)
 
     async def _fault(self) -> JSON:
         config = await self.agent.kube.get(FAULTS)
@@ -233,6 +278,8 @@ class PodRunner:
     def _start_process(self, env: dict[str, str], fault: JSON) -> subprocess.Popen[bytes]:
         argv = list(self.container.get("command") or ["vllm", "serve"]) + list(self.container.get("args") or [])
         argv = _with_host(argv, self.ip)
+        if argv[:1] != ["vllm"]:
+            fault = {}  # faults are the simulator's options: a gateway pod of the same endpoint runs as is
         if fault.get("loadSeconds"):
             argv += ["--load-seconds", str(fault["loadSeconds"])]
         argv += [str(a) for a in fault.get("simulatorArgs") or []]

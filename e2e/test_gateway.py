@@ -1,0 +1,231 @@
+"""The endpoint gateway on a real control plane: callers reach only the OpenAI routes with a valid
+key, keys rotate with no failed request, vLLM answers only the gateway's own key, a request sent at
+zero replicas is answered once a replica is up, and a suspended endpoint frees its GPUs and says so."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from .conftest import (
+    MINI,
+    Kubectl,
+    condition,
+    delete_endpoint,
+    endpoint_body,
+    eventually,
+    service_base_url,
+    wait_ready,
+)
+from .test_lifecycle import _calls, _wav
+
+pytestmark = pytest.mark.e2e
+OLD_KEY = "sk-e2e-key"  # what test_lifecycle's _calls sends
+NEW_KEY = "sk-e2e-rotated"
+
+
+def _get(url: str, key: str | None = None, timeout: float = 10) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        try:
+            return error.code, json.loads(body or b"{}")
+        except ValueError:
+            return error.code, {"raw": body[:200].decode(errors="replace")}
+
+
+def _transcribe(base_url: str, key: str, timeout: float) -> tuple[int, dict[str, Any]]:
+    boundary = "e2e-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{MINI}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + _wav(2.0)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{base_url}/audio/transcriptions",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def _set_keys(kubectl: Kubectl, name: str, namespace: str, **keys: str) -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": keys,
+    }
+    # One atomic replace, as a rotation is done: a key left out is removed, the others never go away.
+    if kubectl.get("secret", name, namespace) is None:
+        kubectl.run("create", "-f", "-", stdin=json.dumps(secret))
+    else:
+        kubectl.run("replace", "-f", "-", stdin=json.dumps(secret))
+
+
+class Hammer:
+    """Calls GET /v1/models with one key in a loop and keeps every failure it saw."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url, self.key = url, key
+        self.stop = threading.Event()
+        self.calls = 0
+        self.failures: list[tuple[int, dict[str, Any]]] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            code, body = _get(self.url, self.key)
+            self.calls += 1
+            if code != 200:
+                self.failures.append((code, body))
+            self.stop.wait(0.05)
+
+    def __enter__(self) -> Hammer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+
+
+def test_gateway_fronts_the_api_and_rotates_keys(kubectl: Kubectl, namespace: str, unique_name: str) -> None:
+    name = unique_name
+    keys = f"{name}-callers"
+    _set_keys(kubectl, keys, namespace, current=OLD_KEY)
+    kubectl.apply(endpoint_body(name, namespace, gateway={"enabled": True}, auth={"apiKeysSecretName": keys}))
+    try:
+        wait_ready(kubectl, name, namespace)
+        eventually(
+            lambda: condition(kubectl.get("vxe", name, namespace), "Serving").get("status") == "True",
+            timeout=90,
+            what="Serving (checked through the Service, now the gateway)",
+        )
+        gateway = kubectl.get("deployment", f"{name}-gateway", namespace)
+        assert gateway is not None
+        assert gateway["status"].get("readyReplicas") == 2, gateway["status"]
+        with service_base_url(kubectl, name, namespace) as base_url:
+            _calls(base_url, MINI)  # transcription, audio chat, a tool call; a wrong key refused
+            root = base_url.removesuffix("/v1")
+            for path in ("/invocations", "/metrics", "/tokenize", "/health", "/load", "/version", "/v1/../invocations"):
+                code, _ = _get(root + path, OLD_KEY)
+                assert code == 404, f"{path} answered {code} through the Service"
+
+            # vLLM itself answers only the gateway's key: a caller's key reaching a pod is refused.
+            pods = kubectl.json(
+                "get",
+                "pods",
+                "-n",
+                namespace,
+                "-l",
+                f"app.kubernetes.io/name=voxtral-endpoint,app.kubernetes.io/instance={name}",
+            )
+            pod_ip = pods["items"][0]["status"]["podIP"]
+            assert _get(f"http://{pod_ip}:8000/v1/models", OLD_KEY)[0] == 401
+
+            # Rotation: add the new key while callers keep using the old one, then remove the old one.
+            with Hammer(f"{base_url}/models", OLD_KEY) as old_callers:
+                _set_keys(kubectl, keys, namespace, current=OLD_KEY, next=NEW_KEY)
+                eventually(lambda: _get(f"{base_url}/models", NEW_KEY)[0] == 200, 15, "the new key accepted")
+            assert old_callers.calls > 0
+            assert not old_callers.failures, old_callers.failures[:3]
+            with Hammer(f"{base_url}/models", NEW_KEY) as new_callers:
+                _set_keys(kubectl, keys, namespace, next=NEW_KEY)
+                eventually(lambda: _get(f"{base_url}/models", OLD_KEY)[0] == 401, 15, "the old key refused")
+            assert new_callers.calls > 0
+            assert not new_callers.failures, new_callers.failures[:3]
+
+        # The autoscaler reads the gateways: their queue is in status, in audio-seconds.
+        eventually(
+            lambda: "queuedAudioSeconds" in ((kubectl.get("vxe", name, namespace) or {}).get("status") or {}),
+            timeout=30,
+            what="status.queuedAudioSeconds from the gateways",
+        )
+    finally:
+        delete_endpoint(kubectl, name, namespace)
+
+
+def _vllm_pods(kubectl: Kubectl, name: str, namespace: str) -> list[dict[str, Any]]:
+    selector = f"app.kubernetes.io/name=voxtral-endpoint,app.kubernetes.io/instance={name}"
+    return list(kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"])
+
+
+def test_scale_from_zero_and_suspend(kubectl: Kubectl, namespace: str, unique_name: str) -> None:
+    name = unique_name
+    keys = f"{name}-callers"
+    _set_keys(kubectl, keys, namespace, current=OLD_KEY)
+    body = endpoint_body(
+        name,
+        namespace,
+        minReplicas=0,
+        maxReplicas=1,
+        gateway={"enabled": True},
+        auth={"apiKeysSecretName": keys},
+    )
+    kubectl.apply(body)
+    try:
+        eventually(
+            lambda: ((kubectl.get("vxe", name, namespace) or {}).get("status") or {}).get("phase") == "ScaledToZero",
+            timeout=60,
+            what="phase ScaledToZero",
+        )
+        eventually(
+            lambda: (
+                (kubectl.get("deployment", f"{name}-gateway", namespace) or {}).get("status", {}).get("readyReplicas")
+                == 2
+            ),
+            timeout=90,
+            what="both gateway pods ready",
+        )
+        assert not _vllm_pods(kubectl, name, namespace)
+        with service_base_url(kubectl, name, namespace) as base_url:
+            started = time.monotonic()
+            code, answer = _transcribe(base_url, OLD_KEY, timeout=240)  # held while a replica starts
+            assert code == 200, answer
+            assert answer.get("text"), answer
+            waited = time.monotonic() - started
+            endpoint = kubectl.get("vxe", name, namespace) or {}
+            assert endpoint["spec"].get("replicas") == 1, endpoint["spec"]
+            decision = endpoint["status"].get("lastScaleDecision") or {}
+            assert "held" in decision.get("reason", ""), decision
+
+            # Suspended: no replica, the GPU freed, callers told why.
+            kubectl.run("patch", "vxe", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspended":true}}')
+            eventually(lambda: not _vllm_pods(kubectl, name, namespace), 120, "the vLLM pod gone")
+            eventually(
+                lambda: ((kubectl.get("vxe", name, namespace) or {}).get("status") or {}).get("phase") == "Suspended",
+                timeout=30,
+                what="phase Suspended",
+            )
+
+            def suspended_answer() -> dict[str, Any] | None:
+                code, answer = _get(f"{base_url}/models", OLD_KEY)
+                return answer if code == 503 and "suspended" in json.dumps(answer) else None
+
+            eventually(suspended_answer, 120, "503 endpoint suspended through the Service")
+
+            # Started again: the next request wakes it.
+            kubectl.run("patch", "vxe", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspended":false}}')
+            eventually(lambda: _get(f"{base_url}/models", OLD_KEY, timeout=240)[0] == 200, 300, "answered after resume")
+        print(f"first request at zero replicas answered after {waited:.1f}s")
+    finally:
+        delete_endpoint(kubectl, name, namespace)
