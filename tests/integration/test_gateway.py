@@ -717,3 +717,30 @@ async def test_a_replica_that_refuses_connections_is_skipped(
     assert statuses == [200] * 6
     assert len(recorder.requests) == 6
     assert "unreachable" in gateway.log_path.read_text()  # the dead one was tried, and skipped
+
+
+async def test_a_caller_hanging_up_leaves_the_queue(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    await put_slice(kube, "rec", recorder.port)
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session, "--max-inflight-per-replica", "1")
+    recorder.gate.clear()
+    url = f"{gateway.url}/v1/completions"
+    running = asyncio.create_task(session.post(url, json={"prompt": "a"}))
+    await eventually(lambda: gateway.metric(session, names.INFLIGHT_REQUESTS), timeout=5)
+    impatient = asyncio.create_task(session.post(url, json={"prompt": "b"}))
+    await eventually(lambda: gateway.metric(session, names.QUEUED_REQUESTS), timeout=5)
+    impatient.cancel()  # the client closes its connection
+    with contextlib.suppress(asyncio.CancelledError):
+        await impatient
+    await eventually(lambda: _equals(gateway.metric(session, names.QUEUED_REQUESTS), 0), timeout=5)
+    recorder.gate.set()
+    async with await running as response:
+        assert response.status == 200
+    await asyncio.sleep(0.2)
+    assert len(recorder.requests) == 1  # the abandoned one never reached the backend

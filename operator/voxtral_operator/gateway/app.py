@@ -209,6 +209,8 @@ class Gateway:
         response: web.StreamResponse | None = None
         try:
             response, key = await self._handle(request, route)
+            if not response.prepared and request.can_read_body and not request.content.at_eof():
+                response.force_close()  # answered without reading the upload: not worth draining
             return response
         finally:
             code = str(response.status) if response is not None else "aborted"
@@ -418,8 +420,13 @@ async def serve_metrics(gateway: Gateway, host: str, port: int) -> tuple[web.App
 async def serve_api(
     gateway: Gateway, host: str, port: int, shutdown_timeout: float = 60.0
 ) -> tuple[web.ServerRunner, int]:
-    """The API port (0: an ephemeral one); TLS when the gateway has a certificate."""
-    runner = web.ServerRunner(web.Server(gateway.handle), shutdown_timeout=shutdown_timeout, access_log=None)
+    """The API port (0: an ephemeral one); TLS when the gateway has a certificate.
+
+    A caller hanging up cancels its handler: it leaves the queue, or its backend request is aborted.
+    """
+    runner = web.ServerRunner(
+        web.Server(gateway.handle, handler_cancellation=True), shutdown_timeout=shutdown_timeout, access_log=None
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=gateway.ssl_context)
     await site.start()
