@@ -195,3 +195,13 @@ def test_zero_replicas_by_choice_is_scaled_to_zero_not_pending() -> None:
     result = _status()
     assert result["phase"] == "ScaledToZero"
     assert (status.condition_of(result, status.READY) or {})["reason"] == "ScaledToZero"
+
+
+@pytest.mark.parametrize(("max_num_seqs", "gateways", "each"), [(64, 2, 32), (5, 2, 3), (1, 3, 1), (None, 2, 128)])
+def test_gateway_pods_together_never_exceed_a_replicas_sequence_slots(
+    max_num_seqs: int | None, gateways: int, each: int
+) -> None:
+    engine = {"maxNumSeqs": max_num_seqs} if max_num_seqs else {}
+    deployment = _objects(gateway={"enabled": True, "replicas": gateways}, engine=engine)[("Deployment", "ep-gateway")]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert int(args[args.index("--max-inflight-per-replica") + 1]) == each

@@ -25,6 +25,7 @@ from voxtral_operator.render import (
 GATEWAY_APP_NAME = "voxtral-gateway"
 GATEWAY_COMPONENT = "gateway"
 BACKEND_KEY = "api-key"
+DEFAULT_MAX_NUM_SEQS = 256  # vLLM's default for --max-num-seqs
 # The drain of a gateway pod: in-flight requests may stream a long transcription.
 GATEWAY_GRACE_SECONDS = 120
 
@@ -73,8 +74,9 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         str(config.vllm_port),
         "--metrics-port",
         str(config.gateway_metrics_port),
+        # Each gateway pod dispatches on its own: together they never exceed a replica's maxNumSeqs.
         "--max-inflight-per-replica",
-        str(spec.engine.max_num_seqs or 256),
+        str(max(1, -(-(spec.engine.max_num_seqs or DEFAULT_MAX_NUM_SEQS) // spec.gateway.replicas))),
         "--max-queue",
         str(spec.gateway.max_queue),
         "--queue-timeout-seconds",
