@@ -58,6 +58,7 @@ BUILTIN_RESOURCES: list[tuple[str, str, bool, set[str]]] = [
     ("v1/events", "Event", True, set()),
     ("v1/secrets", "Secret", True, set()),
     ("v1/serviceaccounts", "ServiceAccount", True, set()),
+    ("v1/configmaps", "ConfigMap", True, set()),
     ("rbac.authorization.k8s.io/v1/roles", "Role", True, set()),
     ("rbac.authorization.k8s.io/v1/rolebindings", "RoleBinding", True, set()),
     ("discovery.k8s.io/v1/endpointslices", "EndpointSlice", True, set()),
@@ -641,6 +642,16 @@ class ApiServer(kmock.KubernetesEmulator):
     async def create_object(self, resource: str, obj: JSON) -> JSON:
         async with self._write_lock:
             return self._create(resource, obj["metadata"].get("namespace"), obj)
+
+    async def replace_object(self, resource: str, obj: JSON) -> JSON | None:
+        """A controller's update (PUT semantics, server-owned metadata kept); None when the object is gone."""
+        async with self._write_lock:
+            meta = obj["metadata"]
+            key = (resource, meta.get("namespace"), meta["name"])
+            live = self.store.objects.get(key)
+            if live is None:
+                return None
+            return copy.deepcopy(self._commit(resource, key, live, copy.deepcopy(obj), None))
 
     async def delete_object(self, resource: str, namespace: str | None, name: str) -> None:
         async with self._write_lock:
