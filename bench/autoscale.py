@@ -50,6 +50,9 @@ class StaticView:
     def children(self, key: Key) -> dict[tuple[str, str], dict[str, Any]]:
         return {}
 
+    def gateway_pods(self, key: Key) -> list[dict[str, Any]]:
+        return []
+
 
 def _endpoint(name: str) -> dict[str, Any]:
     return {

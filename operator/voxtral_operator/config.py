@@ -186,6 +186,8 @@ class OperatorConfig(_Config):
     operator_pod_labels: dict[str, str] = Field(default_factory=lambda: {"app.kubernetes.io/name": "voxtral-operator"})
     scrape_interval_seconds: float = Field(default=2.0, gt=0)
     scrape_timeout_seconds: float = Field(default=1.0, gt=0)
+    # How often the autoscaler saves what it learned (capacity, cold start, daily profile) per endpoint.
+    autoscaler_state_save_seconds: float = Field(default=900.0, gt=0)
     # How often each ready endpoint is checked end to end through its Service (0: never).
     serving_check_seconds: float = Field(default=10.0, ge=0)
     watched_namespaces: list[str] = Field(default_factory=list)

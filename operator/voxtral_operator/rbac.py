@@ -49,6 +49,7 @@ RULES: tuple[Rule, ...] = (
         for r in resources.CHILDREN
     ),
     Rule("", ("pods",), ("list", "watch"), "pod status for conditions; pod IPs for scraping"),
+    Rule("", ("configmaps",), ("get", "patch"), "the autoscaler's learned state per endpoint (NAME-autoscaler)"),
     Rule(
         "discovery.k8s.io",
         ("endpointslices",),

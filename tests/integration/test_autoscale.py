@@ -225,3 +225,40 @@ async def test_hung_or_failing_scrapes_never_shrink_and_never_stall_others(
 
 async def _ready_exactly(kube: Kube, name: str, count: int) -> bool:
     return await ready_replicas(kube, name) == count
+
+
+async def test_what_the_autoscaler_learned_survives_a_restart(
+    sandbox: Sandbox, kube: Kube, vllm_port: int, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    settings = {"vllmPort": vllm_port, "scrapeIntervalSeconds": 0.5, "autoscalerStateSaveSeconds": 1}
+    config.write_text(yaml.safe_dump(settings))
+    first = OperatorProcess(sandbox.kubeconfig, tmp_path / "first.log", "--config", str(config)).start()
+    saved: dict[str, Any] = {}
+    try:
+        await kube.create(endpoint_path(NS), endpoint("learner"))
+        await eventually(lambda: ready_replicas(kube, "learner"), timeout=30)
+
+        async def learned_capacity() -> bool:
+            found = await kube.get(f"/api/v1/namespaces/{NS}/configmaps/learner-autoscaler")
+            state = yaml.safe_load(((found or {}).get("data") or {}).get("state.json") or "{}")
+            saved.update(found or {})
+            return bool(state.get("capacity"))
+
+        async with load(pod_ips(sandbox, "learner"), vllm_port, concurrency=4):
+            await eventually(learned_capacity, timeout=30)
+    finally:
+        first.stop()
+    endpoint_uid = (await kube.get(endpoint_path(NS, "learner")))["metadata"]["uid"]
+    assert [ref["uid"] for ref in saved["metadata"]["ownerReferences"]] == [endpoint_uid]  # goes with the endpoint
+
+    second = OperatorProcess(sandbox.kubeconfig, tmp_path / "second.log", "--config", str(config)).start()
+    try:
+        restored = "learner: restored the autoscaler's learned state"
+        await eventually(lambda: _logged(tmp_path / "second.log", restored), timeout=20)
+    finally:
+        second.stop()
+
+
+async def _logged(path: Path, text: str) -> bool:
+    return text in await asyncio.to_thread(path.read_text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,8 +21,8 @@ from typing import Any, Protocol
 import aiohttp
 from prometheus_client import Counter, Histogram
 
-from voxtral_operator import logs
-from voxtral_operator.api import catalog, resolve
+from voxtral_operator import logs, render
+from voxtral_operator.api import catalog, models, resolve
 from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
 from voxtral_operator.autoscale.policy import (
     DEFAULT_MAX_NUM_SEQS,
@@ -45,7 +46,7 @@ from voxtral_operator.autoscale.scrape import (
 )
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s import resources
-from voxtral_operator.k8s.client import ApiClient, NotFound
+from voxtral_operator.k8s.client import ApiClient, ApiError, NotFound
 from voxtral_operator.reconcile import Key, utc_now
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,15 @@ class EndpointSource(Protocol):
     def children(self, key: Key) -> dict[tuple[str, str], JSON]: ...
 
     def gateway_pods(self, key: Key) -> list[JSON]: ...
+
+
+# What the policy learned slowly and a restart should not forget; the rest it relearns in seconds.
+SAVED_FIELDS = ("capacity", "workPerRequest", "coldStart", "level", "days", "day", "binStart", "binTotal", "binSeconds")
+STATE_KEY = "state.json"
+
+
+def state_config_map_name(name: str) -> str:
+    return f"{name}-autoscaler"
 
 
 EventPoster = Callable[[JSON, str, str, str], None]
@@ -116,6 +126,9 @@ class _EndpointState:
     # The gateways' answered-request counters per pod, and when any of them last moved.
     gateway_requests: dict[str, float] = field(default_factory=dict)
     last_request_at: float | None = None
+    restored: bool = False  # the saved state was looked for
+    saved_at: float | None = None  # when the learned state was last saved (or restored)
+    saved: JSON = field(default_factory=dict)
 
 
 @dataclass
@@ -172,6 +185,8 @@ class Autoscaler:
             return  # a suspended endpoint stays at zero whatever its gateway holds
         state = self._states.setdefault(key, _EndpointState())
         now = self.clock()
+        if not state.restored:
+            await self._restore(key, state, now)
         ready = [p for p in self.view.pods(key) if p.get("ready") and p.get("ip") and not p.get("deleting")]
         samples, gateway = await asyncio.gather(
             asyncio.gather(*(self._scrape(p["ip"]) for p in ready)),
@@ -197,6 +212,7 @@ class Autoscaler:
         )
         decision = decide(policy_limits(spec, self.config), seen, state.policy, self.wall_clock())
         state.policy = decision.state
+        await self._save(key, endpoint, state, now)
         namespace, name = key
         if decision.replicas != seen.replicas:
             await self.client.scale(resources.ENDPOINTS, namespace, name, decision.replicas)
@@ -291,6 +307,58 @@ class Autoscaler:
             self.serving_sink(key, (False, "UnexpectedAuth", "the Service wants an API key the spec does not set"))
         else:
             self.serving_sink(key, (False, "NotAnswering", f"GET /v1/models through the Service: {code}"))
+
+    async def _restore(self, key: Key, state: _EndpointState, now: float) -> None:
+        """Pick up what an earlier operator learned about this endpoint (its ConfigMap), once."""
+        try:
+            saved = await self.client.get(resources.CONFIG_MAPS, key[0], state_config_map_name(key[1]))
+        except ApiError as exc:
+            logger.warning("cannot read the saved autoscaler state of %s/%s: %s", *key, exc)
+            return  # looked for again on the next tick
+        state.restored, state.saved_at = True, now
+        raw = ((saved or {}).get("data") or {}).get(STATE_KEY)
+        if not raw:
+            return
+        try:
+            learned = json.loads(raw)
+        except ValueError:
+            logger.warning("saved autoscaler state of %s/%s is not JSON: starting afresh", *key)
+            return
+        if isinstance(learned, dict):
+            state.policy = State.from_dict({k: v for k, v in learned.items() if k in SAVED_FIELDS})
+            state.saved = {k: v for k, v in learned.items() if k in SAVED_FIELDS}
+            days = len(state.policy.days)
+            logger.info("%s/%s: restored the autoscaler's learned state (%d day(s) of profile)", *key, days)
+
+    async def _save(self, key: Key, endpoint: JSON, state: _EndpointState, now: float) -> None:
+        """Save what took long to learn, at most every autoscalerStateSaveSeconds and only when it changed."""
+        if state.saved_at is not None and now - state.saved_at < self.config.autoscaler_state_save_seconds:
+            return
+        learned = {k: v for k, v in state.policy.to_dict().items() if k in SAVED_FIELDS}
+        if learned == state.saved or not (state.policy.days or state.policy.capacity):
+            if state.saved_at is None:
+                state.saved_at = now  # count the interval from the first look
+            return
+        meta = endpoint.get("metadata") or {}
+        config_map = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": state_config_map_name(key[1]),
+                "namespace": key[0],
+                "labels": render.standard_labels(key[1]),
+                "ownerReferences": [
+                    {"apiVersion": models.API_VERSION, "kind": models.KIND, "name": key[1], "uid": meta.get("uid")}
+                ],
+            },
+            "data": {STATE_KEY: json.dumps(learned, separators=(",", ":"))},
+        }
+        try:
+            await self.client.apply(resources.CONFIG_MAPS, config_map)
+        except ApiError as exc:
+            logger.warning("cannot save the autoscaler state of %s/%s: %s", *key, exc)
+            return
+        state.saved, state.saved_at = learned, now
 
     async def _gateway_sample(
         self, key: Key, spec: VoxtralEndpointSpec, state: _EndpointState, now: float
