@@ -4,6 +4,15 @@ controllers that play the parts of kube-controller-manager and the kubelet for D
 The fake controllers give each Deployment pods and status the way a cluster would, with a
 per-endpoint behaviour (`ready after N seconds`, `no GPU free`, `image pull fails`, `crash loop`,
 `OOM`) so the operator's status logic meets every case it must name.
+
+They also play:
+- the kubelet for gateway pods (container command `voxtral-operator gateway`): the real gateway
+  process on the pod's own loopback address, with the sandbox's kubeconfig, ready when its
+  /readyz answers 200 (whatever the Behaviour);
+- the EndpointSlice controller: one slice `<service>-slice` per Service with a selector, headless
+  ones included (the gateway reads its replicas from them);
+- kube-proxy: each Service's clusterIP forwards to its ready pods that really serve (simulated
+  vLLM, gateways). Headless Services get no proxy.
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ import copy
 import dataclasses
 import enum
 import itertools
+import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +44,15 @@ from voxtral_testbed.harness import start_simulator
 DEPLOYMENTS = "apps/v1/deployments"
 SERVICES = "v1/services"
 PODS = "v1/pods"
+SECRETS = "v1/secrets"
+ENDPOINT_SLICES = "discovery.k8s.io/v1/endpointslices"
 ENDPOINTS = "voxtral.dev/v1alpha1/voxtralendpoints"
+GATEWAY_COMMAND = ["voxtral-operator", "gateway"]
+GATEWAY_METRICS_PORT = 9091  # the operator config's default, when neither args nor ports say
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+SLICE_MANAGER = "endpointslice-controller.k8s.io"
+STOP_GRACE_SECONDS = 5.0  # processes still running this long after SIGTERM at sandbox exit are killed
 
 
 class PodBehaviour(enum.StrEnum):
@@ -56,7 +75,7 @@ class Behaviour:
     simulator_args: tuple[str, ...] = ()
 
 
-def _pod_status(behaviour: Behaviour, age: float) -> dict[str, Any]:
+def _pod_status(behaviour: Behaviour, age: float, container_name: str = "vllm") -> dict[str, Any]:
     kind = behaviour.kind
     if kind == PodBehaviour.NO_GPU:
         return {
@@ -85,7 +104,7 @@ def _pod_status(behaviour: Behaviour, age: float) -> dict[str, Any]:
         ready = kind == PodBehaviour.READY and age >= behaviour.load_seconds
     phase = "Pending" if kind == PodBehaviour.IMAGE_PULL else "Running"
     container: dict[str, Any] = {
-        "name": "vllm",
+        "name": container_name,
         "ready": ready,
         "started": waiting is None,
         "restartCount": 3 if last else 0,
@@ -102,6 +121,61 @@ def _pod_status(behaviour: Behaviour, age: float) -> dict[str, Any]:
         ],
         "containerStatuses": [container],
     }
+
+
+def _config_error_status(message: str, container_name: str = "vllm") -> dict[str, Any]:
+    """The kubelet's answer when a container's env names a Secret (or key) that is not there yet."""
+    return {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+        "containerStatuses": [
+            {
+                "name": container_name,
+                "ready": False,
+                "started": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}},
+            }
+        ],
+    }
+
+
+def _is_gateway(container: dict[str, Any]) -> bool:
+    return list(container.get("command") or []) == GATEWAY_COMMAND
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args[:-1] else None
+
+
+@dataclasses.dataclass
+class _GatewayPod:
+    """A gateway pod's process, as the kubelet runs it (restarted when it exits)."""
+
+    ip: str
+    metrics_port: int
+    command: list[str]
+    log: Path | None
+    process: subprocess.Popen[bytes]
+    started_at: float
+    restarts: int = 0
+
+
+def _pod_ready(status: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def _target_port(service_port: dict[str, Any], pods: list[dict[str, Any]]) -> int | None:
+    """A Service port's targetPort as a number: a name is looked up among the pods' container ports."""
+    target = service_port.get("targetPort", service_port.get("port"))
+    if isinstance(target, int):
+        return target
+    for pod in pods:
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            for port in container.get("ports") or []:
+                if port.get("name") == target and isinstance(port.get("containerPort"), int):
+                    return int(port["containerPort"])
+    return None
 
 
 class _ServiceProxy:
@@ -152,11 +226,23 @@ class _ServiceProxy:
 class FakeControllers:
     """Deployment controller + kubelet, simplified: pods `<deployment>-<n>`, status from behaviour."""
 
-    def __init__(self, server: ApiServer, interval: float = 0.1, vllm_port: int = 8000) -> None:
+    def __init__(
+        self,
+        server: ApiServer,
+        interval: float = 0.1,
+        vllm_port: int = 8000,
+        *,
+        kubeconfig: Path | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
         self.server = server
         self.interval = interval
         self.vllm_port = vllm_port
+        # What gateway pods log in with (KUBECONFIG), and where their output goes (`<ns>.<pod>.log`).
+        self.kubeconfig = kubeconfig
+        self.log_dir = log_dir
         self.simulators: dict[tuple[str, str], tuple[str, subprocess.Popen[bytes]]] = {}
+        self.gateways: dict[tuple[str, str], _GatewayPod] = {}
         self._next_ip = itertools.count(2)
         self._probe: aiohttp.ClientSession | None = None
         self.proxies: dict[tuple[str, str], _ServiceProxy] = {}
@@ -176,8 +262,20 @@ class FakeControllers:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        stopping = [entry[1] for entry in self.simulators.values()] + [g.process for g in self.gateways.values()]
         for key in list(self.simulators):
             self._stop_simulator(key)
+        for key in list(self.gateways):
+            self._stop_gateway(key)
+        # Wait for them to exit, so the next sandbox's pods may take the same addresses and ports.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_GRACE_SECONDS
+        for process in stopping:
+            try:
+                await asyncio.to_thread(process.wait, max(0.0, deadline - loop.time()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         for proxy in self.proxies.values():
             await proxy.stop()
         if self._probe is not None:
@@ -188,7 +286,7 @@ class FakeControllers:
         for service in self.server.objects_of(SERVICES):
             spec = service.get("spec") or {}
             ip, selector = spec.get("clusterIP"), spec.get("selector") or {}
-            if not ip or not selector:
+            if not ip or ip == "None" or not selector:  # headless: DNS names pods, no proxy
                 continue
             key = (service["metadata"]["namespace"], service["metadata"]["name"])
             backends = [pod_ip for labels, pod_ip in ready_by_labels if selector.items() <= labels.items()]
@@ -199,25 +297,110 @@ class FakeControllers:
         for key in set(self.proxies) - live:
             await self.proxies.pop(key).stop()
 
-    def _start_simulator(self, key: tuple[str, str], behaviour: Behaviour, container: dict[str, Any]) -> str:
+    def _secret_env(self, namespace: str, container: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+        """The container's env values from secretKeyRefs, or the kubelet's CreateContainerConfigError message
+        when a Secret (or its key) it needs is not there yet: the container is not started then."""
+        values: dict[str, str] = {}
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if not ref:
+                continue
+            secret = self.server.find(SECRETS, namespace, ref["name"])
+            value = ((secret or {}).get("stringData") or {}).get(ref["key"])
+            if value is None and ((secret or {}).get("data") or {}).get(ref["key"]):
+                value = base64.b64decode(secret["data"][ref["key"]]).decode()  # type: ignore[index]
+            if value is not None:
+                values[env["name"]] = value
+            elif not ref.get("optional"):
+                if secret is None:
+                    return values, f'secret "{ref["name"]}" not found'
+                return values, f"couldn't find key {ref['key']} in Secret {namespace}/{ref['name']}"
+        return values, None
+
+    def _start_simulator(
+        self, key: tuple[str, str], behaviour: Behaviour, container: dict[str, Any], env: dict[str, str]
+    ) -> str:
         """Start the pod's process with what its spec says: served model name, API key from the Secret."""
         ip = f"127.0.0.{next(self._next_ip)}"
         args = list(behaviour.simulator_args)
         vllm_args = container.get("args") or []
         if "--served-model-name" in vllm_args:
             args += ["--served-model-name", vllm_args[vllm_args.index("--served-model-name") + 1]]
-        for env in container.get("env") or []:
-            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
-            if env["name"] == "VLLM_API_KEY" and ref:
-                secret = self.server.find("v1/secrets", key[0], ref["name"]) or {}
-                value = (secret.get("stringData") or {}).get(ref["key"])
-                if value is None and (secret.get("data") or {}).get(ref["key"]):
-                    value = base64.b64decode(secret["data"][ref["key"]]).decode()
-                if value:
-                    args += ["--api-key", value]
+        if env.get("VLLM_API_KEY"):
+            args += ["--api-key", env["VLLM_API_KEY"]]
         process = start_simulator(ip, self.vllm_port, *args)
         self.simulators[key] = (ip, process)
         return ip
+
+    def _start_gateway(self, key: tuple[str, str], container: dict[str, Any]) -> _GatewayPod:
+        """`voxtral-operator gateway` with the pod's args, on the pod's own address, logged in with the
+        sandbox's kubeconfig (as a pod with a service account would be in a cluster)."""
+        ip = f"127.0.0.{next(self._next_ip)}"
+        args = [str(arg) for arg in container.get("args") or []]
+        if "--host" in args[:-1]:
+            args[args.index("--host") + 1] = ip
+        else:
+            args += ["--host", ip]
+        metrics = _flag(args, "--metrics-port") or next(
+            (p.get("containerPort") for p in container.get("ports") or [] if p.get("name") == "metrics"),
+            GATEWAY_METRICS_PORT,
+        )
+        command = [sys.executable, "-m", "voxtral_operator.cli", "gateway", *args]
+        log = self.log_dir / f"{key[0]}.{key[1]}.log" if self.log_dir is not None else None
+        gateway = _GatewayPod(ip, int(metrics), command, log, self._spawn_gateway(command, log), self._now())
+        self.gateways[key] = gateway
+        return gateway
+
+    def _spawn_gateway(self, command: list[str], log: Path | None) -> subprocess.Popen[bytes]:
+        env = {**os.environ}
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
+        if log is None:
+            return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with log.open("ab") as out:
+            return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _gateway_pod_status(self, key: tuple[str, str], container: dict[str, Any]) -> dict[str, Any]:
+        """The kubelet's view of a gateway pod: running its process, ready when /readyz answers 200."""
+        gateway = self.gateways.get(key) or self._start_gateway(key, container)
+        exit_code = gateway.process.poll()
+        if exit_code is not None and self._now() - gateway.started_at >= 1.0:  # restarted, with a short back-off
+            gateway.restarts += 1
+            gateway.process = self._spawn_gateway(gateway.command, gateway.log)
+            gateway.started_at = self._now()
+            exit_code = None
+        ready = exit_code is None and await self._probe_ok(f"http://{gateway.ip}:{gateway.metrics_port}/readyz")
+        state: dict[str, Any] = (
+            {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+            if exit_code is None
+            else {"terminated": {"reason": "Error", "exitCode": exit_code}}
+        )
+        return {
+            "phase": "Running",
+            "podIP": gateway.ip,
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": "True" if ready else "False"},
+            ],
+            "containerStatuses": [
+                {
+                    "name": container.get("name", "gateway"),
+                    "ready": ready,
+                    "started": exit_code is None,
+                    "restartCount": gateway.restarts,
+                    "state": state,
+                }
+            ],
+        }
+
+    def _stop_gateway(self, key: tuple[str, str]) -> None:
+        gateway = self.gateways.pop(key, None)
+        if gateway is not None and gateway.process.poll() is None:
+            gateway.process.terminate()  # SIGTERM: the gateway stops taking requests and drains
 
     def _stop_simulator(self, key: tuple[str, str]) -> None:
         entry = self.simulators.pop(key, None)
@@ -226,13 +409,88 @@ class FakeControllers:
 
     async def _healthy(self, ip: str) -> bool:
         """The kubelet's readiness probe: GET /health."""
+        return await self._probe_ok(f"http://{ip}:{self.vllm_port}/health")
+
+    async def _probe_ok(self, url: str) -> bool:
         if self._probe is None:
             self._probe = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
         try:
-            async with self._probe.get(f"http://{ip}:{self.vllm_port}/health") as response:
+            async with self._probe.get(url) as response:
                 return response.status == 200
         except (TimeoutError, aiohttp.ClientError):
             return False
+
+    async def _sync_endpoint_slices(self) -> None:
+        """The EndpointSlice controller: one slice per Service with a selector, written when it changes."""
+        pods = [p for p in self.server.objects_of(PODS) if not p["metadata"].get("deletionTimestamp")]
+        wanted: set[tuple[str, str]] = set()
+        for service in self.server.objects_of(SERVICES):
+            meta, spec = service["metadata"], service.get("spec") or {}
+            selector = spec.get("selector") or {}
+            if not selector:
+                continue  # a Service without a selector has its slices written by someone else
+            namespace, name = meta["namespace"], f"{meta['name']}-slice"
+            wanted.add((namespace, name))
+            members = sorted(
+                (
+                    pod
+                    for pod in pods
+                    if pod["metadata"]["namespace"] == namespace
+                    and selector.items() <= (pod["metadata"].get("labels") or {}).items()
+                    and (pod.get("status") or {}).get("podIP")
+                ),
+                key=lambda pod: str(pod["metadata"]["name"]),
+            )
+            ports = []
+            for port in spec.get("ports") or []:
+                number = _target_port(port, members)
+                if number is not None:
+                    ports.append(
+                        {"name": port.get("name", ""), "port": number, "protocol": port.get("protocol", "TCP")}
+                    )
+            publish_not_ready = bool(spec.get("publishNotReadyAddresses"))
+            content = {
+                "addressType": "IPv4",
+                "endpoints": [
+                    {
+                        "addresses": [pod["status"]["podIP"]],
+                        "conditions": {"ready": publish_not_ready or _pod_ready(pod["status"])},
+                        "targetRef": {
+                            "kind": "Pod",
+                            "namespace": namespace,
+                            "name": pod["metadata"]["name"],
+                            "uid": pod["metadata"]["uid"],
+                        },
+                    }
+                    for pod in members
+                ],
+                "ports": ports,
+            }
+            live = self.server.find(ENDPOINT_SLICES, namespace, name)
+            if live is None:
+                labels = {SERVICE_NAME_LABEL: meta["name"], SLICE_MANAGED_BY_LABEL: SLICE_MANAGER}
+                owner = {"apiVersion": "v1", "kind": "Service", "name": meta["name"], "uid": meta["uid"]}
+                await self.server.create_object(
+                    ENDPOINT_SLICES,
+                    {
+                        "apiVersion": "discovery.k8s.io/v1",
+                        "kind": "EndpointSlice",
+                        "metadata": {
+                            "name": name,
+                            "namespace": namespace,
+                            "labels": labels,
+                            "ownerReferences": [{**owner, "controller": True, "blockOwnerDeletion": True}],
+                        },
+                        **content,
+                    },
+                )
+            elif any(live.get(field) != value for field, value in content.items()):
+                await self.server.replace_object(ENDPOINT_SLICES, {**live, **content})
+        for piece in self.server.objects_of(ENDPOINT_SLICES):
+            key = (piece["metadata"]["namespace"], piece["metadata"]["name"])
+            ours = (piece["metadata"].get("labels") or {}).get(SLICE_MANAGED_BY_LABEL) == SLICE_MANAGER
+            if ours and key not in wanted:
+                await self.server.delete_object(ENDPOINT_SLICES, *key)
 
     async def _loop(self) -> None:
         while True:
@@ -280,26 +538,34 @@ class FakeControllers:
                         },
                     )
                 age = now - self._born.setdefault((namespace, pod_name), now)
-                if behaviour.kind == PodBehaviour.SIMULATED:
-                    key = (namespace, pod_name)
-                    container = template["spec"]["containers"][0]
-                    ip = (
-                        self.simulators[key][0]
-                        if key in self.simulators
-                        else self._start_simulator(key, behaviour, container)
-                    )
-                    healthy = await self._healthy(ip)
-                    pod_status = _pod_status(
-                        Behaviour(PodBehaviour.READY if healthy else PodBehaviour.LOADING_FOREVER, pod_ip=ip), age
-                    )
+                key = (namespace, pod_name)
+                container = pod["spec"]["containers"][0]
+                serves = True  # a real process answers on the pod's address
+                if _is_gateway(container):
+                    pod_status = await self._gateway_pod_status(key, container)
+                elif behaviour.kind == PodBehaviour.SIMULATED:
+                    env, missing = ({}, None) if key in self.simulators else self._secret_env(namespace, container)
+                    if missing is not None:
+                        pod_status = _config_error_status(missing)
+                    else:
+                        ip = (
+                            self.simulators[key][0]
+                            if key in self.simulators
+                            else self._start_simulator(key, behaviour, container, env)
+                        )
+                        healthy = await self._healthy(ip)
+                        pod_status = _pod_status(
+                            Behaviour(PodBehaviour.READY if healthy else PodBehaviour.LOADING_FOREVER, pod_ip=ip), age
+                        )
                 else:
+                    serves = False
                     pod_status = _pod_status(behaviour, age)
                 if pod.get("status") != pod_status:
                     await self.server.write_status(PODS, namespace, pod_name, pod_status)
-                pod_ready = pod_status["conditions"][-1].get("status") == "True"
+                pod_ready = _pod_ready(pod_status)
                 ready += pod_ready
-                if pod_ready and behaviour.kind == PodBehaviour.SIMULATED:
-                    ready_by_labels.append((template["metadata"].get("labels", {}), pod_status["podIP"]))
+                if pod_ready and serves:
+                    ready_by_labels.append((pod["metadata"].get("labels", {}), pod_status["podIP"]))
             status = {
                 "observedGeneration": meta.get("generation"),
                 "replicas": replicas,
@@ -310,7 +576,6 @@ class FakeControllers:
             }
             if deployment.get("status") != status:
                 await self.server.write_status(DEPLOYMENTS, namespace, name, status)
-        await self._proxy_services(ready_by_labels)
         for pod in self.server.objects_of(PODS):
             key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
             owned_by_deployment = any(r.get("kind") == "Deployment" for r in pod["metadata"].get("ownerReferences", []))
@@ -318,6 +583,9 @@ class FakeControllers:
                 await self.server.delete_object(PODS, *key)
                 self._born.pop(key, None)
                 self._stop_simulator(key)
+                self._stop_gateway(key)
+        await self._sync_endpoint_slices()
+        await self._proxy_services(ready_by_labels)
 
 
 class Sandbox:
@@ -328,9 +596,12 @@ class Sandbox:
         self._port = port
         self._server: kmock.Server | None = None
         self._with_controllers = controllers
-        self.controllers = FakeControllers(self.api, vllm_port=vllm_port)
         self._tmp = tempfile.TemporaryDirectory(prefix="voxtral-sandbox-")
         self.kubeconfig = Path(self._tmp.name) / "kubeconfig"
+        # Gateway pods log in with the kubeconfig and log to `<ns>.<pod>.log` beside it.
+        self.controllers = FakeControllers(
+            self.api, vllm_port=vllm_port, kubeconfig=self.kubeconfig, log_dir=Path(self._tmp.name)
+        )
 
     @property
     def url(self) -> str:
