@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import io
+import re
 import tempfile
 import time
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,22 @@ BURST_ENDPOINT = {
         "maxReplicas": 3,
         "engine": {"maxNumSeqs": 2},
         "autoscaling": {"targetQueueDepth": 2, "scaleDownDelaySeconds": 5},
+    },
+}
+
+EDGE_KEY = "sk-edge-demo-not-a-secret"
+EDGE_CALLERS = "voxtral-edge-callers"
+GATEWAY_ENDPOINT = {
+    "apiVersion": "voxtral.dev/v1alpha1",
+    "kind": "VoxtralEndpoint",
+    "metadata": {"name": "voxtral-edge", "namespace": "speech"},
+    "spec": {
+        "model": "mistralai/Voxtral-Mini-3B-2507",
+        "gpu": {"type": "L4-24GB"},
+        "minReplicas": 0,
+        "maxReplicas": 1,
+        "gateway": {"enabled": True},
+        "auth": {"apiKeysSecretName": EDGE_CALLERS},
     },
 }
 
@@ -176,7 +196,11 @@ async def _demo(examples: list[Path]) -> int:
             for ns in namespaces:
                 await _print_endpoints(kube, ns)
             await _burst(sandbox, kube, vllm_port)
-            _say("\ndemo complete: the operator reconciled every example and scaled on queue depth; stopping")
+            await _gateway(kube, session, vllm_port)
+            _say(
+                "\ndemo complete: the operator reconciled every example, scaled on queue depth and from zero "
+                "through the gateway; stopping"
+            )
         finally:
             operator.stop()
     return 0
@@ -271,3 +295,117 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"no examples in {args.examples}")
         return 2
     return asyncio.run(_demo(examples))
+
+
+def _wav(seconds: float = 1.0) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(b"\0\0" * int(16000 * seconds))
+    return buffer.getvalue()
+
+
+async def _held(session: aiohttp.ClientSession, pods: list[dict[str, Any]]) -> float:
+    """voxtral_gateway_held_requests summed over the gateway pods, read where the autoscaler reads it."""
+    total = 0.0
+    for pod in pods:
+        container = pod["spec"]["containers"][0]
+        port = next(p["containerPort"] for p in container.get("ports") or [] if p.get("name") == "metrics")
+        try:
+            async with session.get(f"http://{pod['status']['podIP']}:{port}/metrics") as response:
+                text = await response.text()
+        except aiohttp.ClientError:
+            continue
+        total += sum(float(v) for v in re.findall(r"^voxtral_gateway_held_requests(?:\{[^}]*\})? (\S+)$", text, re.M))
+    return total
+
+
+async def _gateway(kube: Kube, session: aiohttp.ClientSession, vllm_port: int) -> None:
+    """An endpoint behind its gateway, at zero replicas: a request is held while one replica starts."""
+    namespace, name = "speech", "voxtral-edge"
+    await kube.create(
+        f"/api/v1/namespaces/{namespace}/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": EDGE_CALLERS, "namespace": namespace},
+            "data": {"alice": base64.b64encode(EDGE_KEY.encode()).decode()},
+        },
+    )
+    _say(
+        f"\n$ kubectl apply -f {name}.yaml   # gateway: {{enabled: true}}, minReplicas 0, maxReplicas 1, "
+        f"caller keys in Secret {EDGE_CALLERS}"
+    )
+    await kube.create(endpoint_path(namespace), GATEWAY_ENDPOINT)
+
+    async def endpoint() -> dict[str, Any]:
+        return dict(await kube.get(endpoint_path(namespace, name)) or {})
+
+    async def pods(app: str) -> list[dict[str, Any]]:
+        selector = f"app.kubernetes.io/name={app},app.kubernetes.io/instance={name}"
+        listing = await kube.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}")
+        return list((listing or {}).get("items", []))
+
+    async def waiting_at_zero() -> bool:
+        phase = ((await endpoint()).get("status") or {}).get("phase")
+        gateways = await pods("voxtral-gateway")
+        ready = [p for p in gateways if condition(p, "Ready").get("status") == "True"]
+        return phase == "ScaledToZero" and len(ready) == 2
+
+    await eventually(waiting_at_zero, timeout=60)
+    _say(f"\n$ kubectl get vxe {name} -n {namespace}; kubectl get pods -l app.kubernetes.io/instance={name}")
+    rows = [["NAME", "MODEL", "GPU", "REPLICAS", "PHASE", "READY", "REASON", "URL"], _endpoint_row(await endpoint())]
+    _say(_table(rows))
+    gateways = await pods("voxtral-gateway")
+    rows = [["POD", "IP", "READY"]]
+    rows += [[p["metadata"]["name"], p["status"]["podIP"], condition(p, "Ready").get("status", "")] for p in gateways]
+    _say(_table(rows))
+    _say(f"vLLM pods: {len(await pods('voxtral-endpoint'))}; the gateways hold requests until one is ready")
+
+    service = await kube.get(f"/api/v1/namespaces/{namespace}/services/{name}")
+    base = f"http://{(service or {})['spec']['clusterIP']}:{vllm_port}"
+    _say(f"\n$ curl -H 'Authorization: Bearer $KEY' -F file=@call.wav http://{name}/v1/audio/transcriptions")
+
+    async def transcribe() -> tuple[int, Any]:
+        form = aiohttp.FormData()
+        form.add_field("model", "mistralai/Voxtral-Mini-3B-2507")
+        form.add_field("file", _wav(), filename="call.wav", content_type="audio/wav")
+        headers = {"Authorization": f"Bearer {EDGE_KEY}"}
+        async with session.post(f"{base}/v1/audio/transcriptions", data=form, headers=headers) as response:
+            return response.status, await response.json(content_type=None)
+
+    def replicas_of(current: dict[str, Any]) -> int:
+        spec = current.get("spec") or {}
+        return int(spec.get("replicas", spec.get("minReplicas", 0)))
+
+    started = time.monotonic()
+    request = asyncio.create_task(transcribe())
+    held = await eventually(lambda: _held(session, gateways), timeout=10)
+    current = await endpoint()
+    _say(
+        f"  t={time.monotonic() - started:4.1f}s  held by the gateway (voxtral_gateway_held_requests {held:g}); "
+        f"spec.replicas={replicas_of(current)}"
+    )
+    last = (replicas_of(current), (current.get("status") or {}).get("phase"))
+    while not request.done() and time.monotonic() - started < 60:
+        current = await endpoint()
+        now = (replicas_of(current), (current.get("status") or {}).get("phase"))
+        if now != last:
+            _say(f"  t={time.monotonic() - started:4.1f}s  spec.replicas={now[0]}  phase={now[1]}")
+            last = now
+        await asyncio.wait([request], timeout=0.25)
+    code, answer = await request
+    waited = time.monotonic() - started
+    current = await endpoint()
+    decision = ((current.get("status") or {}).get("lastScaleDecision") or {}).get("reason", "")
+    text = answer.get("text") if isinstance(answer, dict) else answer
+    _say(f"  t={waited:4.1f}s  answered {code} after {waited:.1f}s: {text!r}")
+    _say(f"  spec.replicas 0 -> {replicas_of(current)}: {decision[:100]}")
+
+    async with session.post(f"{base}/invocations", headers={"Authorization": f"Bearer {EDGE_KEY}"}) as response:
+        invocations = response.status
+    async with session.get(f"{base}/v1/models", headers={"Authorization": "Bearer sk-wrong"}) as response:
+        wrong = response.status
+    _say(f"  through the gateway: POST /invocations with the key -> {invocations}; a wrong key -> {wrong}")
