@@ -164,6 +164,10 @@ def test_gateway_fronts_the_api_and_rotates_keys(kubectl: Kubectl, namespace: st
         delete_endpoint(kubectl, name, namespace)
 
 
+def _spec_replicas(kubectl: Kubectl, name: str, namespace: str) -> int:
+    return int(((kubectl.get("vxe", name, namespace) or {}).get("spec") or {}).get("replicas") or 0)
+
+
 def _vllm_pods(kubectl: Kubectl, name: str, namespace: str) -> list[dict[str, Any]]:
     selector = f"app.kubernetes.io/name=voxtral-endpoint,app.kubernetes.io/instance={name}"
     return list(kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"])
@@ -226,6 +230,14 @@ def test_scale_from_zero_and_suspend(kubectl: Kubectl, namespace: str, unique_na
             # Started again: the next request wakes it.
             kubectl.run("patch", "vxe", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspended":false}}')
             eventually(lambda: _get(f"{base_url}/models", OLD_KEY, timeout=240)[0] == 200, 300, "answered after resume")
+
+            # Idle: back to zero replicas after scaleToZeroAfterSeconds without a request.
+            idle = '{"spec":{"autoscaling":{"scaleToZeroAfterSeconds":10}}}'
+            kubectl.run("patch", "vxe", name, "-n", namespace, "--type=merge", "-p", idle)
+            eventually(lambda: _spec_replicas(kubectl, name, namespace) == 0, 90, "spec.replicas 0 after idling")
+            eventually(lambda: not _vllm_pods(kubectl, name, namespace), 120, "the vLLM pod gone after idling")
+            reason = ((kubectl.get("vxe", name, namespace) or {}).get("status") or {}).get("lastScaleDecision") or {}
+            assert "idle" in reason.get("reason", ""), reason
         print(f"first request at zero replicas answered after {waited:.1f}s")
     finally:
         delete_endpoint(kubectl, name, namespace)

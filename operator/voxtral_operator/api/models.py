@@ -163,7 +163,7 @@ class AutoscalingSpec(_Model):
     )
     scale_to_zero_after_seconds: int | None = Field(
         default=None,
-        ge=60,
+        ge=10,
         le=7 * 86400,
         description=(
             "With minReplicas 0 and the gateway: after this many seconds without a request the endpoint "

@@ -371,7 +371,7 @@ class Autoscaler:
         answered = {str(p["name"]): page for p, page in zip(pods, pages, strict=True) if page is not None}
         if not answered:
             return None
-        counts = {name: page.requests for name, page in answered.items()}
+        counts = {name: page.work_requests for name, page in answered.items()}
         if state.last_request_at is None or any(state.gateway_requests.get(n) != c for n, c in counts.items()):
             state.last_request_at = now  # traffic since the last look (or the first look: count from now)
         state.gateway_requests = counts

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from dataclasses import dataclass
 
 import aiohttp
+
+from voxtral_operator.gateway import metrics as gateway_metrics
 
 # A vLLM /metrics page is about 100 KB (histograms included); far more is not vLLM.
 MAX_METRICS_BYTES = 4 * 2**20
@@ -120,47 +123,59 @@ def parse_queue_metrics(text: str) -> QueueSample | None:
 
 
 # The gateway's own page (voxtral_operator.gateway): its queue in requests and in audio-seconds.
-GATEWAY_QUEUED = "voxtral_gateway_queued_requests"
-GATEWAY_HELD = "voxtral_gateway_held_requests"
-GATEWAY_QUEUED_AUDIO = "voxtral_gateway_queued_audio_seconds"
-GATEWAY_INFLIGHT_AUDIO = "voxtral_gateway_inflight_audio_seconds"
-GATEWAY_REQUESTS = "voxtral_gateway_requests_total"
-_GATEWAY_SUMMED = (GATEWAY_QUEUED, GATEWAY_HELD, GATEWAY_QUEUED_AUDIO, GATEWAY_INFLIGHT_AUDIO, GATEWAY_REQUESTS)
+_GATEWAY_SUMMED = (
+    gateway_metrics.QUEUED_REQUESTS,
+    gateway_metrics.QUEUED_AUDIO_SECONDS,
+    gateway_metrics.INFLIGHT_AUDIO_SECONDS,
+)
+# Requests that keep an endpoint awake: inference routes the gateway let through. A model listing
+# (the operator's own Serving check sends one), a refused key or an unknown path is no work for a GPU.
+_IDLE_ROUTES = frozenset({"/v1/models", "other"})
+_REFUSED_CODES = frozenset({"401", "403", "404", "405"})
 
 
 @dataclass(frozen=True)
 class GatewayPage:
-    queued: float  # waiting for a replica slot, plus held while no replica is ready
+    queued: float  # waiting for a replica slot, or held while no replica is ready
     queued_audio_seconds: float
     in_flight_audio_seconds: float
-    requests: float  # requests answered so far (a counter: a change means traffic)
+    work_requests: float  # inference requests answered so far (a counter: a change means traffic)
+
+
+def _labels(text: str) -> dict[str, str]:
+    return dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', text))
 
 
 def parse_gateway_metrics(text: str) -> GatewayPage | None:
     """The gateway's queue from its /metrics page; None when the page is not a gateway's."""
     totals = dict.fromkeys(_GATEWAY_SUMMED, 0.0)
+    work_requests = 0.0
     seen = set()
     for line in text.splitlines():
         if not line.startswith("voxtral_gateway_"):
             continue
-        name, _, rest = line.partition("{") if "{" in line.split(" ", 1)[0] else line.partition(" ")
-        if name not in totals:
-            continue
-        if "}" in rest:
-            rest = rest[rest.rfind("}") + 1 :]
+        brace, space = line.find("{"), line.find(" ")
+        labelled = brace != -1 and (space == -1 or brace < space)
+        name = line[: brace if labelled else space]
+        rest = line[line.rfind("}") + 1 :] if labelled else line[space:]
         try:
             value = float(rest.split()[0])
         except (IndexError, ValueError):
             continue
         if math.isnan(value):
             continue
-        seen.add(name)
-        totals[name] += value
-    if GATEWAY_QUEUED not in seen:
+        if name == gateway_metrics.REQUESTS_TOTAL:
+            labels = _labels(line[brace : line.rfind("}") + 1]) if labelled else {}
+            if labels.get("route") not in _IDLE_ROUTES and labels.get("code") not in _REFUSED_CODES:
+                work_requests += value
+        elif name in totals:
+            seen.add(name)
+            totals[name] += value
+    if gateway_metrics.QUEUED_REQUESTS not in seen:
         return None
     return GatewayPage(
-        queued=totals[GATEWAY_QUEUED] + totals[GATEWAY_HELD],
-        queued_audio_seconds=totals[GATEWAY_QUEUED_AUDIO],
-        in_flight_audio_seconds=totals[GATEWAY_INFLIGHT_AUDIO],
-        requests=totals[GATEWAY_REQUESTS],
+        queued=totals[gateway_metrics.QUEUED_REQUESTS],
+        queued_audio_seconds=totals[gateway_metrics.QUEUED_AUDIO_SECONDS],
+        in_flight_audio_seconds=totals[gateway_metrics.INFLIGHT_AUDIO_SECONDS],
+        work_requests=work_requests,
     )
