@@ -52,6 +52,7 @@ bench: $(STAMP) $(HELM)
 	e2e/cluster/up
 	e2e/cluster/exec $(CURDIR)/$(BIN)/python bench/reconcile_cluster.py
 	$(BIN)/python bench/autoscale.py
+	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/policy_sim.py
 
 images:
