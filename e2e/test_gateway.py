@@ -241,3 +241,25 @@ def test_scale_from_zero_and_suspend(kubectl: Kubectl, namespace: str, unique_na
         print(f"first request at zero replicas answered after {waited:.1f}s")
     finally:
         delete_endpoint(kubectl, name, namespace)
+
+
+def test_certificate_without_cert_manager_is_named_and_blocks_nothing_else(
+    kubectl: Kubectl, namespace: str, unique_name: str
+) -> None:
+    if kubectl.run("get", "crd", "certificates.cert-manager.io", check=False).returncode == 0:
+        pytest.skip("cert-manager is installed here")
+    name = unique_name
+    tls = {"issuerRef": {"name": "cluster-ca", "kind": "ClusterIssuer"}}
+    kubectl.apply(endpoint_body(name, namespace, gateway={"enabled": True, "tls": tls}))
+    try:
+
+        def degraded() -> dict[str, Any] | None:
+            found = condition(kubectl.get("vxe", name, namespace), "Degraded")
+            return found if found.get("reason") == "CustomResourceMissing" else None
+
+        reason = eventually(degraded, 60, "Degraded: CustomResourceMissing")
+        assert "certificates.cert-manager.io" in reason["message"], reason
+        assert kubectl.get("deployment", f"{name}-gateway", namespace) is not None
+        assert kubectl.get("deployment", name, namespace) is not None
+    finally:
+        delete_endpoint(kubectl, name, namespace)

@@ -64,6 +64,7 @@ APPLY_ORDER = (
     "ServiceAccount",
     "Role",
     "RoleBinding",
+    "Certificate",
     "PersistentVolumeClaim",
     "Deployment",
     "Service",
@@ -358,6 +359,14 @@ class Reconciler:
                 raise
             message = f"{child[0]} {child[1]}: {exc.status} {exc.reason}: {exc.message}"
             logs.log_child_change(key, "refused", *child, f"{exc.status} {exc.reason}: {exc.message}")
+            unserved = ("could not find the requested resource", "page not found")
+            if exc.status == 404 and any(words in exc.message for words in unserved):
+                # The API server's words for a type (or a whole group) it does not serve, not a missing object.
+                message = (
+                    f"{child[0]} {child[1]}: this cluster does not serve {resource.plural}.{resource.group}; "
+                    "install its CRDs or change the spec that asks for it"
+                )
+                raise ChildRefused("CustomResourceMissing", message) from exc
             raise ChildRefused("ApplyRejected", message) from exc
         self._pending_children[pending] = (live_version, time.monotonic())
         logger.debug("%s/%s: applying %s %s: %s", *key, *child, ", ".join(why[:5]))

@@ -205,3 +205,26 @@ def test_gateway_pods_together_never_exceed_a_replicas_sequence_slots(
     deployment = _objects(gateway={"enabled": True, "replicas": gateways}, engine=engine)[("Deployment", "ep-gateway")]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert int(args[args.index("--max-inflight-per-replica") + 1]) == each
+
+
+def test_a_certificate_from_cert_manager_when_the_endpoint_names_an_issuer() -> None:
+    objects = _objects(gateway={"enabled": True, "tls": {"issuerRef": {"name": "cluster-ca", "kind": "ClusterIssuer"}}})
+    certificate = objects[("Certificate", "ep-gateway")]
+    assert certificate["spec"]["secretName"] == "ep-gateway-tls"
+    assert "ep.team-a.svc.cluster.local" in certificate["spec"]["dnsNames"]
+    assert certificate["spec"]["issuerRef"] == {
+        "group": "cert-manager.io",
+        "kind": "ClusterIssuer",
+        "name": "cluster-ca",
+    }
+    args = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--tls-secret") + 1] == "ep-gateway-tls"
+    secrets = [r for r in objects[("Role", "ep-gateway")]["rules"] if r["resources"] == ["secrets"]]
+    assert "ep-gateway-tls" in secrets[0]["resourceNames"]
+
+
+@pytest.mark.parametrize("tls", [{}, {"secretName": "a", "issuerRef": {"name": "b"}}])
+def test_tls_takes_exactly_one_source(tls: dict[str, Any]) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        render(_endpoint(gateway={"enabled": True, "tls": tls}), CONFIG)
+    assert any("exactly one of secretName and issuerRef" in p for p in caught.value.problems), caught.value.problems

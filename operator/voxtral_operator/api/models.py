@@ -366,13 +366,41 @@ class AuthSpec(_Model):
     )
 
 
+class IssuerRef(_Model):
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="cert-manager Issuer or ClusterIssuer.")
+    kind: Literal["Issuer", "ClusterIssuer"] = Field(default="Issuer", description="Issuer or ClusterIssuer.")
+
+
 class GatewayTLSSpec(_Model):
-    secret_name: str = Field(
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.secretName) != has(self.issuerRef)",
+                    "message": "set exactly one of secretName and issuerRef",
+                }
+            ]
+        }
+    )
+
+    secret_name: str | None = Field(
+        default=None,
         max_length=253,
         pattern=DNS_LABEL,
         description="kubernetes.io/tls Secret (tls.crt, tls.key) the gateway serves HTTPS with; a renewed "
-        "certificate is picked up without a restart (cert-manager may keep this Secret).",
+        "certificate is picked up without a restart.",
     )
+    issuer_ref: IssuerRef | None = Field(
+        default=None,
+        description="Ask cert-manager for the certificate: the operator creates a Certificate (Secret "
+        "NAME-gateway-tls, the Service's DNS names) and cert-manager keeps it renewed. Needs cert-manager's CRDs.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GatewayTLSSpec:
+        if (self.secret_name is None) == (self.issuer_ref is None):
+            raise ValueError("set exactly one of secretName and issuerRef")
+        return self
 
 
 class GatewaySpec(_Model):

@@ -44,6 +44,7 @@ SECRETS = Resource("", "v1", "secrets", "Secret")
 SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts", "ServiceAccount")
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
+CERTIFICATES = Resource("cert-manager.io", "v1", "certificates", "Certificate")
 CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 
@@ -59,5 +60,6 @@ CHILDREN: tuple[Resource, ...] = (
     SERVICE_ACCOUNTS,
     ROLES,
     ROLE_BINDINGS,
+    CERTIFICATES,
 )
 BY_KIND: dict[str, Resource] = {r.kind: r for r in CHILDREN}

@@ -52,6 +52,32 @@ def gateway_labels(name: str) -> dict[str, str]:
     return {**gateway_selector(name), LABEL_COMPONENT: GATEWAY_COMPONENT, LABEL_MANAGED_BY: MANAGED_BY}
 
 
+def tls_secret_name(plan: Plan) -> str:
+    """The Secret named in the spec, or the one the endpoint's Certificate has cert-manager keep."""
+    tls = plan.spec.gateway.tls
+    assert tls is not None
+    return tls.secret_name or f"{plan.name}-gateway-tls"
+
+
+def certificate(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
+    """A cert-manager Certificate for the Service's names, when the endpoint asks an issuer for one."""
+    tls = plan.spec.gateway.tls
+    if tls is None or tls.issuer_ref is None:
+        return None
+    service = f"{plan.name}.{plan.namespace}.svc"
+    return {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": _meta(plan, f"{plan.name}-gateway"),
+        "spec": {
+            "secretName": tls_secret_name(plan),
+            "dnsNames": [plan.name, f"{plan.name}.{plan.namespace}", service, f"{service}.{config.cluster_domain}"],
+            "issuerRef": {"group": "cert-manager.io", "kind": tls.issuer_ref.kind, "name": tls.issuer_ref.name},
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+        },
+    }
+
+
 def hold_timeout_seconds(plan: Plan) -> int:
     """A request sent at zero replicas waits as long as a replica may take to start."""
     return plan.spec.gateway.hold_timeout_seconds or plan.model.startup_budget_seconds
@@ -94,7 +120,7 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
     if spec.auth.api_keys_secret_name:
         args += ["--caller-keys-secret", spec.auth.api_keys_secret_name]
     if spec.gateway.tls is not None:
-        args += ["--tls-secret", spec.gateway.tls.secret_name]
+        args += ["--tls-secret", tls_secret_name(plan)]
     if spec.suspended:
         args.append("--suspended")
     return args
@@ -109,7 +135,7 @@ def secrets_read(plan: Plan) -> list[str]:
     if spec.auth.api_keys_secret_name:
         names.append(spec.auth.api_keys_secret_name)
     if spec.gateway.tls is not None:
-        names.append(spec.gateway.tls.secret_name)
+        names.append(tls_secret_name(plan))
     return sorted(set(names))
 
 
@@ -218,7 +244,7 @@ def backend_key_secret(plan: Plan) -> dict[str, Any]:
 def gateway_children(plan: Plan, config: OperatorConfig) -> list[dict[str, Any]]:
     if not plan.spec.gateway.enabled:
         return []
-    return [
+    children = [
         backend_key_secret(plan),
         service_account(plan),
         role(plan),
@@ -226,4 +252,6 @@ def gateway_children(plan: Plan, config: OperatorConfig) -> list[dict[str, Any]]
         gateway_deployment(plan, config),
         gateway_pod_disruption_budget(plan),
         backend_service(plan, config),
+        certificate(plan, config),
     ]
+    return [child for child in children if child is not None]
