@@ -52,6 +52,9 @@ GATEWAY_METRICS_PORT = 9091  # the operator config's default, when neither args 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 SLICE_MANAGER = "endpointslice-controller.k8s.io"
+# A simulated pod whose env names a missing Secret waits this long (CreateContainerConfigError), then
+# starts without it: a real kubelet waits for ever, but tests start replicas without their key on purpose.
+SECRET_WAIT_SECONDS = 5.0
 STOP_GRACE_SECONDS = 5.0  # processes still running this long after SIGTERM at sandbox exit are killed
 
 
@@ -307,8 +310,9 @@ class FakeControllers:
                 continue
             secret = self.server.find(SECRETS, namespace, ref["name"])
             value = ((secret or {}).get("stringData") or {}).get(ref["key"])
-            if value is None and ((secret or {}).get("data") or {}).get(ref["key"]):
-                value = base64.b64decode(secret["data"][ref["key"]]).decode()  # type: ignore[index]
+            encoded = ((secret or {}).get("data") or {}).get(ref["key"])
+            if value is None and encoded is not None:
+                value = base64.b64decode(encoded).decode()
             if value is not None:
                 values[env["name"]] = value
             elif not ref.get("optional"):
@@ -545,7 +549,7 @@ class FakeControllers:
                     pod_status = await self._gateway_pod_status(key, container)
                 elif behaviour.kind == PodBehaviour.SIMULATED:
                     env, missing = ({}, None) if key in self.simulators else self._secret_env(namespace, container)
-                    if missing is not None:
+                    if missing is not None and age < SECRET_WAIT_SECONDS:
                         pod_status = _config_error_status(missing)
                     else:
                         ip = (
