@@ -46,6 +46,12 @@ def test_examples_become_ready_and_list_usefully(kubectl: Kubectl) -> None:
         for name in ("voxtral-mini", "voxtral-small"):
             endpoint = wait_ready(kubectl, name, "speech")
             assert endpoint["status"]["readyReplicas"] == endpoint["spec"]["minReplicas"]
+            held = endpoint["status"]["readyReplicas"] * endpoint["status"]["tensorParallelSize"]
+            eventually(
+                lambda name=name, held=held: (kubectl.get("vxe", name, "speech") or {})["status"].get("gpus") == held,
+                timeout=30,
+                what=f"status.gpus of {name} = {held}",
+            )
         small = kubectl.get("deployment", "voxtral-small", "speech")
         assert small is not None
         assert small["spec"]["template"]["spec"]["priorityClassName"] == "gpu-inference"
@@ -54,7 +60,7 @@ def test_examples_become_ready_and_list_usefully(kubectl: Kubectl) -> None:
         assert claim["status"]["phase"] == "Bound"
         listing = kubectl.run("get", "vxe", "-n", "speech").stdout
         header = listing.splitlines()[0].split()
-        for column in ("NAME", "MODEL", "GPU", "REPLICAS", "READY"):
+        for column in ("NAME", "MODEL", "GPU", "REPLICAS", "READY", "GPUS"):
             assert column in header, listing
         assert "voxtral-small" in listing, listing
         assert "2/2" in listing, listing

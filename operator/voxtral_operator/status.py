@@ -79,6 +79,9 @@ def pod_summary(pod: Mapping[str, Any]) -> JSON:
             for c in status.get("containerStatuses") or []
         ],
         "deleting": bool(pod.get("metadata", {}).get("deletionTimestamp")),
+        # Bound to a node and not finished: its GPUs are allocated (a terminating pod still holds them).
+        "holdsNode": bool((pod.get("spec") or {}).get("nodeName"))
+        and status.get("phase") not in ("Succeeded", "Failed"),
     }
 
 
@@ -177,6 +180,7 @@ def compute_status(
 ) -> JSON:
     """serving: the last active check through the Service (ok, reason, message), if any.
     refused: a child the API would not take (reason, message), if any."""
+    pods = list(pods)
     previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
     dep_status = (deployment or {}).get("status") or {}
     replicas = int(dep_status.get("replicas") or 0)
@@ -281,6 +285,7 @@ def compute_status(
         "selector": selector,
         "observedGeneration": generation,
         "tensorParallelSize": tensor_parallel_size,
+        "gpus": sum(1 for pod in pods if pod.get("holdsNode")) * tensor_parallel_size,
     }
     return status
 

@@ -227,3 +227,27 @@ def test_kubectl_get_shows_ready_and_the_reason_status_writes() -> None:
     assert paths["Reason"] == f'.status.conditions[?(@.type=="{status.READY}")].reason'
     default_columns = [column["name"] for column in PRINTER_COLUMNS if not column.get("priority")]
     assert default_columns.index("Ready") + 1 == default_columns.index("Reason")
+
+
+def test_status_counts_the_gpus_held_by_bound_pods_only() -> None:
+    def summary(node: str | None, phase: str) -> dict[str, Any]:
+        return pod_summary({"metadata": {"name": "p"}, "spec": {"nodeName": node}, "status": {"phase": phase}})
+
+    pods = [
+        summary("gpu-1", "Running"),
+        summary("gpu-2", "Pending"),
+        summary(None, "Pending"),
+        summary("gpu-1", "Failed"),
+    ]
+    result = compute_status(
+        generation=1,
+        desired_replicas=3,
+        deployment=deployment(1),
+        pods=iter(pods),  # read more than once inside: any iterable will do
+        previous={},
+        url="http://x/v1",
+        selector="a=b",
+        tensor_parallel_size=4,
+        now=T0,
+    )
+    assert result["gpus"] == 8  # two pods on nodes (one still loading) x TP 4; unscheduled and finished hold none

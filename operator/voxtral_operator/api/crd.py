@@ -136,6 +136,12 @@ PRINTER_COLUMNS = [
         "jsonPath": ".status.queueDepth",
         "description": "Requests waiting across all replicas",
     },
+    {
+        "name": "GPUs",
+        "type": "integer",
+        "jsonPath": ".status.gpus",
+        "description": "GPUs the endpoint holds now (its scheduled pods x tensor-parallel size)",
+    },
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
     {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

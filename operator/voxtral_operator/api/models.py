@@ -685,6 +685,9 @@ class VoxtralEndpointStatus(_Model):
     observed_generation: int | None = Field(default=None, description="Last spec generation acted on.")
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
     tensor_parallel_size: int | None = Field(default=None, description="Tensor-parallel size in effect.")
+    gpus: int | None = Field(
+        default=None, description="GPUs held now: pods bound to a node and not finished, x tensor-parallel size."
+    )
     last_scale_decision: ScaleDecision | None = Field(default=None, description="The autoscaler's last decision.")
 
 
