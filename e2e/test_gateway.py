@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import openai
 import pytest
 
 from .conftest import (
@@ -43,7 +44,7 @@ def _get(url: str, key: str | None = None, timeout: float = 10) -> tuple[int, di
             return error.code, {"raw": body[:200].decode(errors="replace")}
 
 
-def _transcribe(base_url: str, key: str, timeout: float) -> tuple[int, dict[str, Any]]:
+def _transcribe(base_url: str, key: str, timeout: float, task: str = "transcriptions") -> tuple[int, dict[str, Any]]:
     boundary = "e2e-boundary"
     body = (
         (
@@ -55,7 +56,7 @@ def _transcribe(base_url: str, key: str, timeout: float) -> tuple[int, dict[str,
         + f"\r\n--{boundary}--\r\n".encode()
     )
     request = urllib.request.Request(
-        f"{base_url}/audio/transcriptions",
+        f"{base_url}/audio/{task}",
         data=body,
         method="POST",
         headers={"Authorization": f"Bearer {key}", "Content-Type": f"multipart/form-data; boundary={boundary}"},
@@ -130,6 +131,16 @@ def test_gateway_fronts_the_api_and_rotates_keys(kubectl: Kubectl, namespace: st
                 code, _ = _get(root + path, OLD_KEY)
                 assert code == 404, f"{path} answered {code} through the Service"
 
+            # The rest of the API, streamed answers included, through the gateway.
+            client = openai.OpenAI(base_url=base_url, api_key=OLD_KEY, max_retries=0)
+            assert client.completions.create(model=MINI, prompt="Once").choices[0].text
+            code, translated = _transcribe(base_url, OLD_KEY, timeout=30, task="translations")  # the SDK deprecates it
+            assert code == 200, translated
+            stream = client.chat.completions.create(
+                model=MINI, messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            assert len([chunk for chunk in stream if chunk.choices]) > 1
+
             # vLLM itself answers only the gateway's key: a caller's key reaching a pod is refused.
             pods = kubectl.json(
                 "get",
@@ -141,6 +152,15 @@ def test_gateway_fronts_the_api_and_rotates_keys(kubectl: Kubectl, namespace: st
             )
             pod_ip = pods["items"][0]["status"]["podIP"]
             assert _get(f"http://{pod_ip}:8000/v1/models", OLD_KEY)[0] == 401
+            # What the gateway closes: on the pod itself (which only the gateway may reach) inference
+            # outside /v1 needs no key at all.
+            invocation = urllib.request.Request(
+                f"http://{pod_ip}:8000/invocations",
+                data=json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(invocation, timeout=10) as response:
+                assert response.status == 200
 
             # Rotation: add the new key while callers keep using the old one, then remove the old one.
             with Hammer(f"{base_url}/models", OLD_KEY) as old_callers:

@@ -264,7 +264,7 @@ def build_app(engine: Engine) -> web.Application:
             }
         )
 
-    async def chat(request: web.Request) -> web.Response:
+    async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         messages = body.get("messages") or []
         if not messages:
@@ -318,6 +318,8 @@ def build_app(engine: Engine) -> web.Application:
         else:
             message = {"role": "assistant", "content": f"simulated answer about {audios} audio(s)"}
             finish = "stop"
+        if body.get("stream"):
+            return await _stream(request, body, "chat.completion.chunk", prompt_tokens, message.get("content") or "")
         return _json(
             {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -329,6 +331,64 @@ def build_app(engine: Engine) -> web.Application:
             }
         )
 
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            return _json({"error": {"message": "prompt is required", "type": "BadRequestError", "code": 400}}, 400)
+        prompt_tokens = max(1, len(prompt) // 4)
+        await engine.generate(prompt_tokens, 16)
+        text = "simulated completion"
+        if body.get("stream"):
+            return await _stream(request, body, "text_completion", prompt_tokens, text)
+        return _json(
+            {
+                "id": f"cmpl-{uuid.uuid4().hex}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": engine.model_name,
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                "usage": _usage(prompt_tokens, 16),
+            }
+        )
+
+    async def _stream(
+        request: web.Request, body: dict[str, Any], kind: str, prompt_tokens: int, text: str
+    ) -> web.StreamResponse:
+        """Server-sent events as vLLM sends them: one chunk per word, `data: [DONE]` last."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        ident = f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}"
+        words = text.split(" ")
+        for index, word in enumerate(words):
+            piece = word if index == 0 else " " + word
+            choice: dict[str, Any] = (
+                {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                if kind.startswith("chat")
+                else {"index": 0, "text": piece, "finish_reason": None}
+            )
+            chunk = {"id": ident, "object": kind, "created": int(time.time()), "model": engine.model_name}
+            await response.write(f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n".encode())
+            await asyncio.sleep(0.02)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"id": ident, "object": kind, "model": engine.model_name, "choices": []}
+            usage["usage"] = _usage(prompt_tokens, len(words))
+            await response.write(f"data: {json.dumps(usage)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def invocations(request: web.Request) -> web.StreamResponse:
+        """vLLM's SageMaker-style route: full inference, and (as in vLLM 0.33) outside the key check."""
+        body = await request.json()
+        return await (chat(request) if "messages" in body else completions(request))
+
+    async def tokenize(request: web.Request) -> web.Response:
+        body = await request.json()
+        text = str(body.get("prompt") or "")
+        tokens = list(range(max(1, len(text) // 4)))
+        return _json({"count": len(tokens), "max_model_len": engine.args.max_model_len, "tokens": tokens})
+
     app = web.Application(middlewares=[guard], client_max_size=engine.args.max_audio_mb * 1_000_000 + 1_000_000)
     app.router.add_get("/health", health)
     app.router.add_get("/ping", health)
@@ -339,6 +399,9 @@ def build_app(engine: Engine) -> web.Application:
     app.router.add_post("/v1/audio/transcriptions", transcription)
     app.router.add_post("/v1/audio/translations", transcription)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/invocations", invocations)
+    app.router.add_post("/tokenize", tokenize)
     return app
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import signal
 import socket
 import subprocess
@@ -106,6 +107,44 @@ def test_auth_exactly_where_vllm_enforces_it(simulator: int) -> None:
     for open_path in ("/health", "/metrics", "/ping", "/version", "/load"):
         assert _get(simulator, open_path)[0] == 200, open_path
     assert _get(simulator, "/version")[1] == b'{"version": "0.33.0"}'
+
+
+def _post(port: int, path: str, body: dict[str, object]) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_inference_outside_v1_answers_without_the_key_as_vllm_does(simulator: int) -> None:
+    # The hole the gateway closes: vLLM checks keys only under /v1.
+    status, body = _post(simulator, "/invocations", {"messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200
+    assert json.loads(body)["object"] == "chat.completion"
+    assert _post(simulator, "/tokenize", {"prompt": "hello there"})[0] == 200
+    assert _post(simulator, "/v1/completions", {"prompt": "hello"})[0] == 401
+
+
+def test_completions_and_streams_through_the_sdk(simulator: int) -> None:
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{simulator}/v1", api_key=API_KEY, max_retries=0)
+    assert client.completions.create(model="voxtral-mini", prompt="Once").choices[0].text
+    stream = client.chat.completions.create(
+        model="voxtral-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("simulated answer")
+    assert len([c for c in chunks if c.choices]) > 1  # word by word, not one block
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.completion_tokens > 0
 
 
 def test_openai_sdk_transcription_audio_chat_and_function_calling(simulator: int) -> None:
