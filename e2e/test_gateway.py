@@ -121,6 +121,8 @@ def test_gateway_fronts_the_api_and_rotates_keys(kubectl: Kubectl, namespace: st
             timeout=90,
             what="Serving (checked through the Service, now the gateway)",
         )
+        serving = condition(kubectl.get("vxe", name, namespace), "Serving")
+        assert "the gateway enforces the API key" in serving["message"], serving
         gateway = kubectl.get("deployment", f"{name}-gateway", namespace)
         assert gateway is not None
         assert gateway["status"].get("readyReplicas") == 2, gateway["status"]

@@ -122,6 +122,9 @@ def test_callers_scaling_and_garbage_collection(kubectl: Kubectl, namespace: str
             timeout=60,
             what="Serving (checked through the Service)",
         )
+        # Without the gateway the key guards /v1 only, and the condition says so rather than claim more.
+        serving = condition(kubectl.get("vxe", name, namespace), "Serving")
+        assert "under /v1 only" in serving["message"], serving
         with service_base_url(kubectl, name, namespace) as base_url:
             _calls(base_url, MINI)
 

@@ -40,7 +40,9 @@ def _by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _vllm_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    (container,) = _by_kind(objects)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    deployments = [obj for obj in objects if obj["kind"] == "Deployment"]
+    containers = [c for d in deployments for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == "vllm"]
+    (container,) = containers
     return container
 
 
@@ -306,9 +308,9 @@ def test_cli_render_prints_every_object_of_the_example(platform_config: Path) ->
     result = _cli("render", "--config", str(platform_config), "-f", str(ROOT / "examples" / "small-on-h100.yaml"))
     assert result.returncode == 0, result.stderr
     kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout)]
-    assert sorted(kinds) == sorted(
-        ["PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"]
-    )
+    vllm = ["PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"]
+    gateway = ["Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "Secret", "ServiceAccount", "Role"]
+    assert sorted(kinds) == sorted([*vllm, *gateway, "RoleBinding"])
 
 
 def test_cli_crd_prints_the_committed_crd() -> None:

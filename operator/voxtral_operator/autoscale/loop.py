@@ -299,7 +299,15 @@ class Autoscaler:
             self.serving_sink(key, (False, "NotAnswering", f"GET {url}: {exc.__class__.__name__}"))
             return
         if code == (401 if auth else 200):
-            note = "; the API key is enforced" if auth else ""
+            note = ""
+            if auth and gateway.get("enabled"):
+                note = "; the gateway enforces the API key"
+            elif auth:
+                # vLLM checks the key only under /v1: say so rather than claim the endpoint is guarded.
+                note = (
+                    "; vLLM enforces the API key under /v1 only: /invocations and /tokenize answer without it "
+                    "(gateway.enabled closes them)"
+                )
             self.serving_sink(key, (True, "Answering", f"GET /v1/models through the Service: {code}{note}"))
         elif code == 200:
             self.serving_sink(key, (False, "AuthNotEnforced", "the Service answers /v1 without an API key"))
