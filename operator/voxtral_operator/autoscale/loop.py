@@ -214,7 +214,9 @@ class Autoscaler:
         state.policy = decision.state
         await self._save(key, endpoint, state, now)
         namespace, name = key
-        if decision.replicas != seen.replicas:
+        if decision.replicas == seen.replicas:
+            logger.debug("%s/%s: keep %d replicas: %s", namespace, name, seen.replicas, decision.reason)
+        else:
             await self.client.scale(resources.ENDPOINTS, namespace, name, decision.replicas)
             direction = "up" if decision.replicas > seen.replicas else "down"
             DECISIONS.labels(direction).inc()
