@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
+import ipaddress
 import json
 import os
 import ssl
@@ -22,6 +24,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from voxtral_operator.gateway import metrics as names
 from voxtral_operator.gateway.metrics import key_id
@@ -430,31 +436,26 @@ async def _equals(awaitable: Any, value: Any) -> bool:
     return bool(await awaitable == value)
 
 
-def _cert(tmp_path: Path, name: str) -> tuple[bytes, bytes]:
-    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={name}",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
+def _cert(name: str) -> tuple[bytes, bytes]:
+    """A self-signed certificate for 127.0.0.1, and its key (PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
     )
-    return cert.read_bytes(), key.read_bytes()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 async def test_tls_from_a_secret_and_renewed_without_restart(
@@ -465,7 +466,7 @@ async def test_tls_from_a_secret_and_renewed_without_restart(
     recorder: Recorder,
     tmp_path: Path,
 ) -> None:
-    first, second = _cert(tmp_path, "gw-first"), _cert(tmp_path, "gw-second")
+    first, second = _cert("gw-first"), _cert("gw-second")
     await put_secret(kube, "gw-tls", {"tls.crt": first[0], "tls.key": first[1]}, "kubernetes.io/tls")
     await put_slice(kube, "rec", recorder.port)
     gateway = await start_gateway(gateways, sandbox, tmp_path, session, "--tls-secret", "gw-tls")
