@@ -24,7 +24,14 @@ apply removes the fields that manager applied before and no longer applies, then
 object in (maps merge, lists are replaced whole). Conflicts between managers are not emulated:
 every apply behaves as `force=true`, which is what the operator sends.
 
-- the namespaces collection (`/api/v1/namespaces`), which kmock's path parser cannot route.
+- the namespaces collection (`/api/v1/namespaces`), which kmock's path parser cannot route;
+- discovery as kubectl needs it (`/api`, `/apis`, `/apis/{group}`, `/api/v1`, `/apis/{group}/{version}`,
+  with singular names, short names and categories; kmock's own calls the core group version "/v1",
+  which kubectl rejects), as plain APIGroupList/APIResourceList JSON: kubectl asks for aggregated
+  discovery first and falls back to these;
+- server-side printing: a GET asking for `as=Table` gets a meta.k8s.io/v1 Table, from the CRD's
+  additionalPrinterColumns for custom resources and a minimal set of the real server's columns for
+  built-in kinds (as a real server, core and events.k8s.io Events are one collection there).
 
 Not emulated: admission, defaulting beyond metadata, field validation, RBAC.
 """
@@ -74,7 +81,24 @@ BUILTIN_RESOURCES: list[tuple[str, str, bool, set[str]]] = [
     ("keda.sh/v1alpha1/scaledobjects", "ScaledObject", True, {"status"}),
 ]
 VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
+# Discovery extras the real server gives built-in resources: (shortNames, categories).
+BUILTIN_NAMES: dict[str, tuple[list[str], list[str]]] = {
+    "v1/pods": (["po"], ["all"]),
+    "v1/services": (["svc"], ["all"]),
+    "apps/v1/deployments": (["deploy"], ["all"]),
+    "v1/persistentvolumeclaims": (["pvc"], []),
+    "v1/events": (["ev"], []),
+    "v1/serviceaccounts": (["sa"], []),
+    "v1/configmaps": (["cm"], []),
+    "v1/namespaces": (["ns"], []),
+    "policy/v1/poddisruptionbudgets": (["pdb"], []),
+    "networking.k8s.io/v1/networkpolicies": (["netpol"], []),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": (["crd", "crds"], []),
+    "keda.sh/v1alpha1/scaledobjects": (["so"], ["keda-all"]),
+}
+_DISCOVERY_PATH = re.compile(r"/api(?:/(?P<core>v1))?|/apis(?:/(?P<group>[^/]+)(?:/(?P<version>[^/]+))?)?")
 HISTORY_LIMIT = 50_000
+_UNMATCHED = object()
 
 
 class Gone(kmock.KubernetesError):
@@ -209,6 +233,251 @@ def _field_selector_matches(selector: str | None, obj: JSON) -> bool:
     return True
 
 
+def _header(request: kmock.Request, name: str) -> str:
+    return next((str(v) for k, v in request.headers.items() if k.lower() == name.lower()), "")
+
+
+def _wants_table(request: kmock.Request) -> bool:
+    """Whether the Accept header asks for a meta.k8s.io/v1 Table first (kubectl get does)."""
+    for media in _header(request, "Accept").split(","):
+        params = dict(p.strip().partition("=")[::2] for p in media.split(";")[1:])
+        if params.get("as") == "Table" and params.get("v", "v1") == "v1" and params.get("g") == "meta.k8s.io":
+            return True
+        if media.strip():
+            return False  # an earlier media type is preferred
+    return False
+
+
+def human_duration(seconds: float) -> str:
+    """Kubernetes' duration.HumanDuration, as the AGE column shows it."""
+    s = int(seconds)
+    if s < -1:
+        return "<invalid>"
+    if s < 0:
+        return "0s"
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        return f"{minutes}m" if s % 60 == 0 else f"{minutes}m{s % 60}s"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = s // 3600
+    if hours < 8:
+        return f"{hours}h" if minutes % 60 == 0 else f"{hours}h{minutes % 60}m"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return f"{hours // 24}d" if hours % 24 == 0 else f"{hours // 24}d{hours % 24}h"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        days = (hours // 24) % 365
+        return f"{hours // 24 // 365}y" if days == 0 else f"{hours // 24 // 365}y{days}d"
+    return f"{hours // 24 // 365}y"
+
+
+def _age(timestamp: str | None) -> str:
+    if not timestamp:
+        return "<unknown>"
+    try:
+        then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return "<invalid>"
+    return human_duration((datetime.datetime.now(tz=datetime.UTC) - then).total_seconds())
+
+
+_JSONPATH_STEP = re.compile(
+    r"\.(?P<field>[A-Za-z0-9_-]+)|\[(?P<index>\d+)\]"
+    r"|\[\?\(@\.(?P<key>[A-Za-z0-9_.-]+)\s*==\s*(?P<quote>[\"'])(?P<value>.*?)(?P=quote)\)\]"
+)
+
+
+def jsonpath(obj: Any, path: str) -> Any:
+    """The simple JSONPaths of printer columns: `.a.b`, `[0]`, `[?(@.type=="Ready")]`; None when absent."""
+    nodes, position = [obj], 0
+    path = path.strip().removeprefix("{").removesuffix("}").removeprefix("$")
+    while position < len(path):
+        step = _JSONPATH_STEP.match(path, position)
+        if not step:
+            raise _error(400, "BadRequest", f"unsupported JSONPath {path!r}")
+        position = step.end()
+        found: list[Any] = []
+        for node in nodes:
+            if step["field"] is not None and isinstance(node, dict) and step["field"] in node:
+                found.append(node[step["field"]])
+            elif step["index"] is not None and isinstance(node, list) and int(step["index"]) < len(node):
+                found.append(node[int(step["index"])])
+            elif step["key"] is not None and isinstance(node, list):
+                for item in node:
+                    value = item
+                    for part in step["key"].split("."):
+                        value = value.get(part) if isinstance(value, dict) else None
+                    if value is not None and str(value) == step["value"]:
+                        found.append(item)
+        nodes = found
+    nodes = [n for n in nodes if n is not None]
+    if not nodes:
+        return None
+    if len(nodes) == 1:
+        return nodes[0]
+    return ",".join(n if isinstance(n, str) else json.dumps(n) for n in nodes)
+
+
+def _column(name: str, kind: str = "string", description: str = "", priority: int = 0, fmt: str = "") -> JSON:
+    return {"name": name, "type": kind, "format": fmt, "description": description, "priority": priority}
+
+
+def _pod_row(pod: JSON) -> list[Any]:
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    reason = status.get("reason") or status.get("phase") or "Pending"
+    for container in statuses:
+        state = container.get("state") or {}
+        if (state.get("waiting") or {}).get("reason"):
+            reason = state["waiting"]["reason"]
+        elif (state.get("terminated") or {}).get("reason"):
+            reason = state["terminated"]["reason"]
+    if pod["metadata"].get("deletionTimestamp"):
+        reason = "Terminating"
+    ready = sum(1 for c in statuses if c.get("ready"))
+    return [
+        f"{ready}/{len(spec.get('containers') or [])}",
+        reason,
+        sum(int(c.get("restartCount", 0)) for c in statuses),
+        _age(pod["metadata"].get("creationTimestamp")),
+        status.get("podIP") or "<none>",
+        spec.get("nodeName") or "<none>",
+    ]
+
+
+def _service_row(service: JSON) -> list[Any]:
+    spec = service.get("spec") or {}
+    kind = spec.get("type", "ClusterIP")
+    ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    external = ",".join(i.get("ip") or i.get("hostname", "") for i in ingress) or ",".join(
+        spec.get("externalIPs") or []
+    )
+    if not external:
+        external = "<pending>" if kind == "LoadBalancer" else "<none>"
+    ports = ",".join(
+        f"{p['port']}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p.get('protocol', 'TCP')}"
+        for p in spec.get("ports") or []
+    )
+    selector = ",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items())
+    return [
+        kind,
+        spec.get("clusterIP") or "<none>",
+        external,
+        ports or "<none>",
+        _age(service["metadata"].get("creationTimestamp")),
+        selector or "<none>",
+    ]
+
+
+def _deployment_row(deployment: JSON) -> list[Any]:
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    selector = ",".join(f"{k}={v}" for k, v in ((spec.get("selector") or {}).get("matchLabels") or {}).items())
+    return [
+        f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 1)}",
+        status.get("updatedReplicas", 0),
+        status.get("availableReplicas", 0),
+        _age(deployment["metadata"].get("creationTimestamp")),
+        ",".join(c.get("name", "") for c in containers),
+        ",".join(c.get("image", "") for c in containers),
+        selector or "<none>",
+    ]
+
+
+def core_event(event: JSON) -> JSON:
+    """An events.k8s.io/v1 Event as the core v1 API shows it (the real server stores them as one)."""
+    if event.get("apiVersion") != "events.k8s.io/v1":
+        return event
+    series = event.get("series") or {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": event.get("metadata", {}),
+        "involvedObject": event.get("regarding") or {},
+        "related": event.get("related"),
+        "reason": event.get("reason", ""),
+        "message": event.get("note", ""),
+        "type": event.get("type", ""),
+        "source": {"component": event.get("reportingController", "")},
+        "reportingComponent": event.get("reportingController", ""),
+        "reportingInstance": event.get("reportingInstance", ""),
+        "action": event.get("action", ""),
+        "eventTime": event.get("eventTime"),
+        "firstTimestamp": event.get("deprecatedFirstTimestamp"),
+        "lastTimestamp": series.get("lastObservedTime") or event.get("deprecatedLastTimestamp"),
+        "count": series.get("count") or event.get("deprecatedCount") or 1,
+    }
+
+
+def _event_seen(event: JSON) -> str:
+    event = core_event(event)
+    return str(event.get("lastTimestamp") or event.get("eventTime") or event["metadata"].get("creationTimestamp") or "")
+
+
+def _event_row(event: JSON) -> list[Any]:
+    event = core_event(event)
+    seen = _age(_event_seen(event)[:19] + "Z" if _event_seen(event) else None)
+    involved = event.get("involvedObject") or {}
+    target = f"{(involved.get('kind') or '').lower()}/{involved.get('name', '')}"
+    return [seen, event.get("type", ""), event.get("reason", ""), target, event.get("message", "")]
+
+
+# Built-in kinds' columns after Name, and the function that fills them (Age is among them).
+BUILTIN_COLUMNS: dict[str, tuple[list[JSON], Any]] = {
+    "v1/pods": (
+        [
+            _column("Ready", description="The aggregate readiness state of this pod for accepting traffic."),
+            _column("Status", description="The aggregate status of the containers in this pod."),
+            _column("Restarts", "string", "The number of times the containers in this pod have been restarted."),
+            _column("Age", description="CreationTimestamp is a timestamp representing the server time ..."),
+            _column("IP", description="IP address allocated to the pod.", priority=1),
+            _column("Node", description="Name of the Node this pod is assigned to.", priority=1),
+        ],
+        _pod_row,
+    ),
+    "v1/services": (
+        [
+            _column("Type", description="The type of the service."),
+            _column("Cluster-IP", description="The cluster IP of the service."),
+            _column("External-IP", description="The external IP of the service."),
+            _column("Port(s)", description="The ports of the service."),
+            _column("Age", description="CreationTimestamp is a timestamp representing the server time ..."),
+            _column("Selector", description="The selector of the service.", priority=1),
+        ],
+        _service_row,
+    ),
+    "apps/v1/deployments": (
+        [
+            _column("Ready", description="Number of the pod with ready state"),
+            _column("Up-to-date", "string", "Total number of non-terminated pods targeted by this deployment."),
+            _column("Available", "string", "Total number of available pods (ready for at least minReadySeconds)."),
+            _column("Age", description="CreationTimestamp is a timestamp representing the server time ..."),
+            _column("Containers", description="Names of each container in the template.", priority=1),
+            _column("Images", description="Images referenced by each container in the template.", priority=1),
+            _column("Selector", description="Label selector for pods.", priority=1),
+        ],
+        _deployment_row,
+    ),
+    "v1/events": (
+        [
+            _column("Last Seen", description="Time since the event was last observed."),
+            _column("Type", description="Type of this event (Normal, Warning)."),
+            _column("Reason", description="Why the action was taken."),
+            _column("Object", description="The object this event is about."),
+            _column("Message", description="A human-readable description of the status of this operation."),
+        ],
+        _event_row,
+    ),
+}
+BUILTIN_COLUMNS["events.k8s.io/v1/events"] = BUILTIN_COLUMNS["v1/events"]
+
+
 class Store:
     """Objects by (resource, namespace, name), with resourceVersions, history and watchers."""
 
@@ -240,6 +509,8 @@ class ApiServer(kmock.KubernetesEmulator):
         self.store = Store()
         self.subresources: dict[str, set[str]] = {}
         self.kinds: dict[str, str] = {}
+        self.discovery: dict[str, JSON] = {}  # resource path -> its APIResource fields
+        self.printer_columns: dict[str, list[JSON]] = {}  # custom resources' additionalPrinterColumns
         self._write_lock = asyncio.Lock()
         self._gc_tasks: set[asyncio.Task[None]] = set()
         self._cluster_ips = itertools.cycle(range(2, 255))
@@ -250,21 +521,101 @@ class ApiServer(kmock.KubernetesEmulator):
 
     # --- declaring resources ------------------------------------------------------------------
 
-    def declare(self, path: str, kind: str, *, namespaced: bool, subresources: Iterable[str] = ()) -> None:
+    def declare(
+        self,
+        path: str,
+        kind: str,
+        *,
+        namespaced: bool,
+        subresources: Iterable[str] = (),
+        singular: str | None = None,
+        short_names: Iterable[str] = (),
+        categories: Iterable[str] = (),
+        printer_columns: list[JSON] | None = None,
+    ) -> None:
         subs = set(subresources)
         self.resources[path] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=VERBS, subresources=subs)
         self.subresources[path] = subs
         self.kinds[path] = kind
+        names, cats = BUILTIN_NAMES.get(path, ([], []))
+        self.discovery[path] = {
+            "singularName": singular or kind.lower(),
+            "namespaced": namespaced,
+            "kind": kind,
+            "shortNames": list(short_names) or names,
+            "categories": list(categories) or cats,
+        }
+        if printer_columns is not None:
+            self.printer_columns[path] = printer_columns
 
     def declare_crd(self, crd: JSON) -> None:
         spec = crd["spec"]
+        names = spec["names"]
         for version in spec["versions"]:
             self.declare(
-                f"{spec['group']}/{version['name']}/{spec['names']['plural']}",
-                spec["names"]["kind"],
+                f"{spec['group']}/{version['name']}/{names['plural']}",
+                names["kind"],
                 namespaced=spec["scope"] == "Namespaced",
                 subresources=version.get("subresources", {}).keys(),
+                singular=names.get("singular"),
+                short_names=names.get("shortNames") or (),
+                categories=names.get("categories") or (),
+                printer_columns=version.get("additionalPrinterColumns") or [],
             )
+
+    # --- discovery ----------------------------------------------------------------------------
+
+    def _discovery(self, path: str) -> JSON | None:
+        """The discovery document at `path`, or None when it is not a discovery path."""
+        match = _DISCOVERY_PATH.fullmatch(path.rstrip("/") or "/")
+        if not match:
+            return None
+        groups: dict[str, list[str]] = {}
+        for key in self.discovery:
+            *group_version, _ = key.split("/")
+            group, version = group_version if len(group_version) == 2 else ("", group_version[0])
+            if version not in groups.setdefault(group, []):
+                groups[group].append(version)
+        if path.startswith("/api") and not path.startswith("/apis"):
+            if not match["core"]:
+                return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+            return self._resource_list("", "v1")
+
+        def group_doc(name: str) -> JSON:
+            versions = [{"groupVersion": f"{name}/{v}", "version": v} for v in groups[name]]
+            return {"name": name, "versions": versions, "preferredVersion": versions[0]}
+
+        group, version = match["group"], match["version"]
+        if group is None:
+            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_doc(g) for g in groups if g]}
+        if not group or group not in groups or (version is not None and version not in groups[group]):
+            raise _error(404, "NotFound", f"the server could not find the requested resource ({path})")
+        if version is None:
+            return {"kind": "APIGroup", "apiVersion": "v1", **group_doc(group)}
+        return self._resource_list(group, version)
+
+    def _resource_list(self, group: str, version: str) -> JSON:
+        group_version = f"{group}/{version}" if group else version
+        resources = []
+        for key, info in self.discovery.items():
+            if key.rsplit("/", 1)[0] != group_version:
+                continue
+            plural = key.rsplit("/", 1)[1]
+            resources.append({"name": plural, **info, "verbs": VERBS})
+            for sub in sorted(self.subresources.get(key, ())):
+                kind = "Scale" if sub == "scale" else info["kind"]
+                group_fields = {"group": "autoscaling", "version": "v1"} if sub == "scale" else {}
+                resources.append(
+                    {
+                        "name": f"{plural}/{sub}",
+                        "singularName": "",
+                        "namespaced": info["namespaced"],
+                        "kind": kind,
+                        **group_fields,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
 
     # --- request routing ----------------------------------------------------------------------
 
@@ -300,7 +651,18 @@ class ApiServer(kmock.KubernetesEmulator):
         # merged JSON; this class keeps them) and its general reaction matching, which costs tens of
         # milliseconds a request. Reactions a test adds with kmock's DSL are still matched first.
         if request.resource is None or not request.resource.plural:  # discovery and non-API paths
+            if request.method == kmock.method.GET and _DISCOVERY_PATH.fullmatch(request.url.path.rstrip("/")):
+                reacted = await self._test_reaction(request)
+                if reacted is not _UNMATCHED:
+                    return reacted
+                return aiohttp.web.json_response(self._discovery(request.url.path))
             return await kmock.KubernetesScaffold._handle(self, request)
+        reacted = await self._test_reaction(request)
+        if reacted is not _UNMATCHED:
+            return reacted
+        return await self._dispatch(request)
+
+    async def _test_reaction(self, request: kmock.Request) -> Any:
         for reaction in self._payloads[self._builtin_reactions :]:
             if request in reaction._source and not reaction._disabled.is_set():
                 try:
@@ -309,7 +671,7 @@ class ApiServer(kmock.KubernetesEmulator):
                     reaction._disabled.set()
                 except NotImplementedError:
                     pass
-        return await self._dispatch(request)
+        return _UNMATCHED
 
     async def _dispatch(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         method = request.method
@@ -317,6 +679,8 @@ class ApiServer(kmock.KubernetesEmulator):
             return await self._stream(request, self._serve_watch(request))
         if method == kmock.method.GET:
             payload = await (self._serve_list(request) if request.name is None else self._serve_fetch(request))
+            if _wants_table(request) and not request.subresource:
+                payload = self._table(request, payload)
         elif method == kmock.method.POST and request.name is None:
             payload = await self._serve_create(request)
         elif method in (kmock.method.PATCH, kmock.method.PUT) and request.name is not None:
@@ -421,6 +785,75 @@ class ApiServer(kmock.KubernetesEmulator):
             if uid and uid != obj["metadata"]["uid"]:
                 raise _error(409, "Conflict", f"precondition failed: uid in precondition {uid}")
             return self._delete(resource, request.namespace, request.name)
+
+    # --- server-side printing -----------------------------------------------------------------
+
+    def _table(self, request: kmock.Request, payload: JSON) -> JSON:
+        """A list or an object as the meta.k8s.io/v1 Table that `kubectl get` asks for."""
+        resource = self._key(request.resource)
+        items = payload["items"] if "items" in payload and request.name is None else [payload]
+        if resource in ("v1/events", "events.k8s.io/v1/events") and request.name is None:
+            # One collection on a real server: either API lists the events posted through the other.
+            other = "events.k8s.io/v1/events" if resource == "v1/events" else "v1/events"
+            items = items + [
+                obj
+                for (res, ns, _), obj in self.store.objects.items()
+                if res == other and self._selected(request, ns, core_event(obj) if other != "v1/events" else obj)
+            ]
+            items.sort(key=_event_seen)
+        name_column = _column("Name", fmt="name", description="Name must be unique within a namespace.")
+        if resource in self.printer_columns:
+            specs = self.printer_columns[resource]
+            columns = [name_column] + [
+                _column(
+                    c["name"],
+                    c.get("type", "string"),
+                    c.get("description", ""),
+                    int(c.get("priority", 0)),
+                    c.get("format", ""),
+                )
+                for c in specs
+            ]
+
+            def cells(obj: JSON) -> list[Any]:
+                values = [jsonpath(obj, c["jsonPath"]) for c in specs]
+                return [_age(v) if c.get("type") == "date" and v else v for c, v in zip(specs, values, strict=True)]
+        elif resource in BUILTIN_COLUMNS:
+            extra, fill = BUILTIN_COLUMNS[resource]
+            columns = [name_column, *extra]
+            cells = fill
+            if resource.endswith("/events"):
+                columns = extra  # kubectl shows events without a NAME column, as the real server's table
+        else:
+            age = _column("Age", description="CreationTimestamp is a timestamp representing the server time ...")
+            columns = [name_column, age]
+
+            def cells(obj: JSON) -> list[Any]:
+                return [_age(obj["metadata"].get("creationTimestamp"))]
+
+        include = request.params.get("includeObject", "Metadata")
+        rows = []
+        for obj in items:
+            row: JSON = {"cells": ([] if resource.endswith("/events") else [obj["metadata"]["name"]]) + cells(obj)}
+            if include == "Object":
+                row["object"] = obj
+            elif include != "None":
+                row["object"] = {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": obj["metadata"],
+                }
+            rows.append(row)
+        metadata = {k: v for k, v in (payload.get("metadata") or {}).items() if k in ("resourceVersion", "continue")}
+        if request.name is not None:
+            metadata = {"resourceVersion": payload["metadata"].get("resourceVersion", "")}
+        return {
+            "kind": "Table",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": metadata,
+            "columnDefinitions": columns,
+            "rows": rows,
+        }
 
     # --- semantics ----------------------------------------------------------------------------
 

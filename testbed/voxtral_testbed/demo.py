@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import base64
 import io
+import os
 import re
+import shutil
 import tempfile
 import time
 import wave
@@ -68,6 +70,45 @@ CHILDREN = [
 
 def _say(text: str) -> None:
     print(text, flush=True)
+
+
+def _kubectl_binary() -> str | None:
+    """$KUBECTL, else the repository's .tools/kubectl, else kubectl on PATH; None when none is runnable."""
+    candidates = [os.environ.get("KUBECTL"), str(Path(__file__).resolve().parents[2] / ".tools" / "kubectl")]
+    candidates.append(shutil.which("kubectl"))
+    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
+async def _kubectl(sandbox: Sandbox, command: str, comment: str = "") -> bool:
+    """Print `$ kubectl <command>` and the real kubectl's output; False (nothing run) without a kubectl.
+
+    A subprocess awaited on the event loop: the API server stand-in runs on this same loop, so a
+    blocking call would deadlock.
+    """
+    _say(f"\n$ kubectl {command}" + (f"   # {comment}" if comment else ""))
+    binary = _kubectl_binary()
+    if binary is None:
+        _say("(kubectl not found: a summary)")
+        return False
+    cache = Path(sandbox.kubeconfig).parent / "kubectl-cache"
+    process = await asyncio.create_subprocess_exec(
+        binary,
+        "--kubeconfig",
+        str(sandbox.kubeconfig),
+        "--cache-dir",
+        str(cache),
+        *command.split(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        output = b"(kubectl timed out)"
+    _say(output.decode(errors="replace").rstrip())
+    return True
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -142,16 +183,20 @@ async def _demo(examples: list[Path]) -> int:
                 return True
 
             await eventually(lambda: phase("Loading"), timeout=60)
-            _say("\n$ kubectl get vxe   # models loading")
             for namespace in namespaces:
-                await _print_endpoints(kube, namespace)
+                if not await _kubectl(sandbox, f"get vxe -n {namespace}", "models loading"):
+                    await _print_endpoints(kube, namespace)
             await eventually(lambda: phase("Ready"), timeout=60)
-            _say(f"\n$ kubectl get vxe   # ready after {time.monotonic() - started:.1f}s")
+            ready_after = f"ready after {time.monotonic() - started:.1f}s"
             for namespace in namespaces:
-                await _print_endpoints(kube, namespace)
+                if not await _kubectl(sandbox, f"get vxe -n {namespace}", ready_after):
+                    await _print_endpoints(kube, namespace)
 
             for namespace in namespaces:
-                _say(f"\n$ kubectl get all -n {namespace} -l app.kubernetes.io/managed-by=voxtral-operator")
+                selector = "app.kubernetes.io/managed-by=voxtral-operator"
+                if await _kubectl(sandbox, f"get all,pvc,pdb,netpol -n {namespace} -l {selector}"):
+                    await _kubectl(sandbox, f"get events -n {namespace}")
+                    continue
                 rows = [["KIND", "NAME", "OWNER"]]
                 for kind, path in CHILDREN:
                     listing = await kube.get(path.format(ns=namespace))
@@ -180,13 +225,13 @@ async def _demo(examples: list[Path]) -> int:
             first = endpoints[0]
             namespace, name = first["metadata"].get("namespace", "default"), first["metadata"]["name"]
             target = int(first["spec"].get("maxReplicas", 1))
-            _say(f"\n$ kubectl scale vxe/{name} -n {namespace} --replicas={target}")
-            await kube.request(
-                "PATCH",
-                endpoint_path(namespace, name) + "/scale",
-                {"spec": {"replicas": target}},
-                "application/merge-patch+json",
-            )
+            if not await _kubectl(sandbox, f"scale vxe/{name} -n {namespace} --replicas={target}"):
+                await kube.request(
+                    "PATCH",
+                    endpoint_path(namespace, name) + "/scale",
+                    {"spec": {"replicas": target}},
+                    "application/merge-patch+json",
+                )
 
             async def scaled() -> bool:
                 current = await kube.get(endpoint_path(namespace, name))
@@ -194,9 +239,10 @@ async def _demo(examples: list[Path]) -> int:
 
             await eventually(scaled, timeout=60)
             for ns in namespaces:
-                await _print_endpoints(kube, ns)
+                if not await _kubectl(sandbox, f"get vxe -n {ns}"):
+                    await _print_endpoints(kube, ns)
             await _burst(sandbox, kube, vllm_port)
-            await _gateway(kube, session, vllm_port)
+            await _gateway(sandbox, kube, session, vllm_port)
             _say(
                 "\ndemo complete: the operator reconciled every example, scaled on queue depth and from zero "
                 "through the gateway; stopping"
@@ -281,9 +327,10 @@ async def _burst(sandbox: Sandbox, kube: Kube, vllm_port: int) -> None:
     while time.monotonic() - stopped < 8:
         await asyncio.sleep(2)
         _say(line(await status(), time.monotonic() - started))
+    if await _kubectl(sandbox, f"get events -n {namespace} --field-selector involvedObject.name={name}"):
+        return
     listing = await kube.get(f"/apis/events.k8s.io/v1/namespaces/{namespace}/events")
     scaled = [e for e in (listing or {}).get("items", []) if e.get("reason", "").startswith("ScaledReplicas")]
-    _say(f"\n$ kubectl get events -n {namespace} --field-selector involvedObject.name={name}")
     for event in scaled:
         _say(f"  {event['reason']}: {event.get('note', '')}")
 
@@ -321,7 +368,7 @@ async def _held(session: aiohttp.ClientSession, pods: list[dict[str, Any]]) -> f
     return total
 
 
-async def _gateway(kube: Kube, session: aiohttp.ClientSession, vllm_port: int) -> None:
+async def _gateway(sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, vllm_port: int) -> None:
     """An endpoint behind its gateway, at zero replicas: a request is held while one replica starts."""
     namespace, name = "speech", "voxtral-edge"
     await kube.create(
@@ -354,13 +401,17 @@ async def _gateway(kube: Kube, session: aiohttp.ClientSession, vllm_port: int) -
         return phase == "ScaledToZero" and len(ready) == 2
 
     await eventually(waiting_at_zero, timeout=60)
-    _say(f"\n$ kubectl get vxe {name} -n {namespace}; kubectl get pods -l app.kubernetes.io/instance={name}")
-    rows = [["NAME", "MODEL", "GPU", "REPLICAS", "PHASE", "READY", "REASON", "URL"], _endpoint_row(await endpoint())]
-    _say(_table(rows))
     gateways = await pods("voxtral-gateway")
-    rows = [["POD", "IP", "READY"]]
-    rows += [[p["metadata"]["name"], p["status"]["podIP"], condition(p, "Ready").get("status", "")] for p in gateways]
-    _say(_table(rows))
+    if await _kubectl(sandbox, f"get vxe {name} -n {namespace}"):
+        await _kubectl(sandbox, f"get pods -n {namespace} -l app.kubernetes.io/instance={name} -o wide")
+    else:
+        rows = [["NAME", "MODEL", "GPU", "REPLICAS", "PHASE", "READY", "REASON", "URL"]]
+        _say(_table([*rows, _endpoint_row(await endpoint())]))
+        rows = [["POD", "IP", "READY"]]
+        rows += [
+            [p["metadata"]["name"], p["status"]["podIP"], condition(p, "Ready").get("status", "")] for p in gateways
+        ]
+        _say(_table(rows))
     _say(f"vLLM pods: {len(await pods('voxtral-endpoint'))}; the gateways hold requests until one is ready")
 
     service = await kube.get(f"/api/v1/namespaces/{namespace}/services/{name}")
