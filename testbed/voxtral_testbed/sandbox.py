@@ -538,7 +538,11 @@ class FakeControllers:
                                     }
                                 ],
                             },
-                            "spec": copy.deepcopy(template["spec"]),
+                            # Bound to a node as the scheduler would, unless no GPU is free for it.
+                            "spec": {
+                                **copy.deepcopy(template["spec"]),
+                                **({} if behaviour.kind == PodBehaviour.NO_GPU else {"nodeName": "sandbox-node"}),
+                            },
                         },
                     )
                 age = now - self._born.setdefault((namespace, pod_name), now)
