@@ -15,7 +15,7 @@ from .conftest import ROOT, Kubectl, LocalCluster, delete_endpoint
 
 pytestmark = pytest.mark.e2e
 # Answers that mean the state a step asks for is already there.
-ALREADY = ("already exists", "AlreadyExists", "already has", "cannot re-use a name that is still in use")
+ALREADY = ("already exists", "AlreadyExists", "already has", "a name that is still in use")
 NODES = {"L4_NODE": ["l4-node-1", "l4-node-2"], "H100_NODE": ["h100-node-1"]}
 
 

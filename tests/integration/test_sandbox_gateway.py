@@ -176,7 +176,12 @@ async def test_a_request_at_zero_replicas_is_held_by_the_gateway_and_answered_af
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session:
         watcher = asyncio.create_task(watch_replicas(stop))
         started = time.monotonic()
-        code, answer = await _transcribe(session, url, CALLER_KEY)
+        try:
+            code, answer = await _transcribe(session, url, CALLER_KEY)
+        except TimeoutError:
+            raise AssertionError(
+                f"the held request was never answered; {await _diagnosis(sandbox, kube, name)}"
+            ) from None
         waited = time.monotonic() - started
         stop.set()
         await watcher
@@ -299,3 +304,17 @@ async def test_a_pod_waits_for_its_secret_and_slices_follow_pods_and_services(
         return await kube.get(path) is None
 
     await eventually(gone, timeout=10)
+
+
+async def _diagnosis(sandbox: Sandbox, kube: Kube, name: str) -> str:
+    """What the pods, the slices and the gateways said, for a failure message."""
+    pods = await _pods(kube, f"app.kubernetes.io/instance={name}")
+    states = {p["metadata"]["name"]: (p.get("status") or {}).get("conditions") for p in pods}
+    slices = await kube.get(f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices")
+    endpoints = {s["metadata"]["name"]: (s.get("endpoints"), s.get("ports")) for s in (slices or {}).get("items", [])}
+    logs = ""
+    log_dir = sandbox.controllers.log_dir
+    if log_dir is not None:
+        for log in sorted(log_dir.glob(f"{NS}.{name}-gateway-*.log")):
+            logs += f"\n--- {log.name}:\n" + (await asyncio.to_thread(log.read_text))[-3000:]
+    return f"pods: {states}; slices: {endpoints}{logs}"
