@@ -24,7 +24,7 @@ from .conftest import (
     service_base_url,
     wait_ready,
 )
-from .test_lifecycle import _calls, _wav
+from .test_lifecycle import _calls, _spec_replicas, _wav
 
 pytestmark = pytest.mark.e2e
 OLD_KEY = "sk-e2e-key"  # what test_lifecycle's _calls sends
@@ -144,15 +144,7 @@ def test_gateway_fronts_the_api_and_rotates_keys(kubectl: Kubectl, namespace: st
             assert len([chunk for chunk in stream if chunk.choices]) > 1
 
             # vLLM itself answers only the gateway's key: a caller's key reaching a pod is refused.
-            pods = kubectl.json(
-                "get",
-                "pods",
-                "-n",
-                namespace,
-                "-l",
-                f"app.kubernetes.io/name=voxtral-endpoint,app.kubernetes.io/instance={name}",
-            )
-            pod_ip = pods["items"][0]["status"]["podIP"]
+            pod_ip = _vllm_pods(kubectl, name, namespace)[0]["status"]["podIP"]
             assert _get(f"http://{pod_ip}:8000/v1/models", OLD_KEY)[0] == 401
             # What the gateway closes: on the pod itself (which only the gateway may reach) inference
             # outside /v1 needs no key at all.
@@ -184,10 +176,6 @@ def test_gateway_fronts_the_api_and_rotates_keys(kubectl: Kubectl, namespace: st
         )
     finally:
         delete_endpoint(kubectl, name, namespace)
-
-
-def _spec_replicas(kubectl: Kubectl, name: str, namespace: str) -> int:
-    return int(((kubectl.get("vxe", name, namespace) or {}).get("spec") or {}).get("replicas") or 0)
 
 
 def _vllm_pods(kubectl: Kubectl, name: str, namespace: str) -> list[dict[str, Any]]:

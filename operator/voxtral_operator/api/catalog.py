@@ -13,6 +13,8 @@ GB = 1_000_000_000
 # on each GPU before it sizes the KV cache. 2 GB per GPU is a conservative allowance for
 # models of this size; it is what makes "fits" here mean "starts" on a real node.
 ACTIVATION_RESERVE_BYTES_PER_GPU = 2 * GB
+# vLLM's default --max-num-seqs: the running requests one replica batches when the spec sets none.
+DEFAULT_MAX_NUM_SEQS = 256
 
 TENSOR_PARALLEL_SIZES: tuple[int, ...] = (1, 2, 4, 8)
 

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from prometheus_client import Counter, Histogram
@@ -25,7 +25,6 @@ from voxtral_operator import logs, render
 from voxtral_operator.api import catalog, models, resolve
 from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
 from voxtral_operator.autoscale.policy import (
-    DEFAULT_MAX_NUM_SEQS,
     GatewaySample,
     Limits,
     Observation,
@@ -50,6 +49,7 @@ from voxtral_operator.k8s.client import ApiClient, ApiError, NotFound
 from voxtral_operator.reconcile import Key, utc_now
 
 logger = logging.getLogger(__name__)
+Page = TypeVar("Page")
 
 JSON = dict[str, Any]
 
@@ -102,7 +102,7 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
         if catalog.check_fit(model, gpu, tp, engine.gpu_memory_utilization, engine.max_model_len).fits
     )
     tensor_parallel_size: int = spec.tensor_parallel_size or next(fitting, 1)  # as the renderer picks it
-    max_num_seqs = engine.max_num_seqs or DEFAULT_MAX_NUM_SEQS
+    max_num_seqs = engine.max_num_seqs or catalog.DEFAULT_MAX_NUM_SEQS
     return Limits(
         min_replicas=spec.min_replicas,
         max_replicas=spec.max_replicas,
@@ -394,8 +394,18 @@ class Autoscaler:
         )
 
     async def _scrape_gateway(self, ip: str) -> GatewayPage | None:
+        return await self._read_page(f"http://{ip}:{self.config.gateway_metrics_port}/metrics", parse_gateway_metrics)
+
+    async def _scrape(self, ip: str) -> QueueSample | None:
+        started = time.perf_counter()
+        try:
+            return await self._read_page(f"http://{ip}:{self.config.vllm_port}/metrics", parse_queue_metrics)
+        finally:
+            SCRAPE_SECONDS.observe(time.perf_counter() - started)
+
+    async def _read_page(self, url: str, parse: Callable[[str], Page | None]) -> Page | None:
+        """One bounded /metrics read, parsed; None (and a counted error) when it fails or does not parse."""
         assert self._session is not None
-        url = f"http://{ip}:{self.config.gateway_metrics_port}/metrics"
         async with self._semaphore:
             try:
                 response = await get_bounded(
@@ -405,33 +415,11 @@ class Autoscaler:
                 SCRAPE_ERRORS.inc()
                 logger.debug("scrape of %s failed: %s", url, exc)
                 return None
-        page = (
-            parse_gateway_metrics(response.body.decode("utf-8", errors="replace")) if response.status == 200 else None
-        )
+        # Anything but 200 counts as a failed scrape.
+        page = parse(response.body.decode("utf-8", errors="replace")) if response.status == 200 else None
         if page is None:
             SCRAPE_ERRORS.inc()
         return page
-
-    async def _scrape(self, ip: str) -> QueueSample | None:
-        assert self._session is not None
-        url = f"http://{ip}:{self.config.vllm_port}/metrics"
-        started = time.perf_counter()
-        async with self._semaphore:
-            try:
-                response = await get_bounded(
-                    self._session, url, max_bytes=MAX_METRICS_BYTES, timeout_seconds=self.config.scrape_timeout_seconds
-                )
-                ok = response.status == 200  # anything else counts as a failed scrape below
-                sample = parse_queue_metrics(response.body.decode("utf-8", errors="replace")) if ok else None
-            except (TimeoutError, aiohttp.ClientError, ReadLimitExceeded) as exc:
-                SCRAPE_ERRORS.inc()
-                logger.debug("scrape of %s failed: %s", url, exc)
-                return None
-            finally:
-                SCRAPE_SECONDS.observe(time.perf_counter() - started)
-        if sample is None:
-            SCRAPE_ERRORS.inc()
-        return sample
 
 
 async def peering_is_active(client: ApiClient, path: str, own_priority: int) -> bool:

@@ -48,8 +48,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-# vLLM's default --max-num-seqs: the running requests one replica batches when the spec sets none.
-DEFAULT_MAX_NUM_SEQS = 256
+from voxtral_operator.api.catalog import DEFAULT_MAX_NUM_SEQS
+
 AUDIO_TOKENS_PER_SECOND = 12.5
 # A prompt token costs a fraction of a decode slot: prefill is computed in large chunks while each
 # generated token needs its own step. Work = generated tokens + prompt tokens x this.

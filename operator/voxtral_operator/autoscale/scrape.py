@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -65,6 +66,25 @@ REQUEST_SUCCESS = "vllm:request_success_total"
 _SUMMED = (WAITING, RUNNING, PROMPT_TOKENS, GENERATION_TOKENS, REQUEST_SUCCESS)
 
 
+def _samples(text: str, prefix: str) -> Iterator[tuple[str, str, float]]:
+    """(name, labels text, value) of each sample line of a Prometheus text page whose name starts with
+    `prefix`; lines that do not parse, and NaN values, are skipped."""
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        brace, space = line.find("{"), line.find(" ")
+        labelled = brace != -1 and (space == -1 or brace < space)
+        name_end = brace if labelled else (space if space != -1 else len(line))
+        labels = line[brace : line.rfind("}") + 1] if labelled else ""
+        rest = line[line.rfind("}") + 1 :] if labelled else line[name_end:]
+        try:
+            value = float(rest.split()[0])  # a timestamp may follow the value
+        except (IndexError, ValueError):
+            continue
+        if not math.isnan(value):
+            yield line[:name_end], labels, value
+
+
 @dataclass(frozen=True)
 class QueueSample:
     waiting: float
@@ -84,25 +104,8 @@ def parse_queue_metrics(text: str) -> QueueSample | None:
     totals = dict.fromkeys(_SUMMED, 0.0)
     kv_total = kv_count = 0.0
     seen = set()
-    for line in text.splitlines():
-        if not line.startswith("vllm:"):
-            continue
-        name_end = len(line)
-        for separator in ("{", " "):
-            index = line.find(separator)
-            if index != -1:
-                name_end = min(name_end, index)
-        name = line[:name_end]
+    for name, _, value in _samples(text, "vllm:"):
         if name not in totals and name != KV_CACHE_USAGE:
-            continue
-        rest = line[name_end:]
-        if rest.startswith("{"):
-            rest = rest[rest.rfind("}") + 1 :]
-        try:
-            value = float(rest.split()[0])  # a timestamp may follow the value
-        except (IndexError, ValueError):
-            continue
-        if math.isnan(value):
             continue
         seen.add(name)
         if name == KV_CACHE_USAGE:
@@ -151,21 +154,9 @@ def parse_gateway_metrics(text: str) -> GatewayPage | None:
     totals = dict.fromkeys(_GATEWAY_SUMMED, 0.0)
     work_requests = 0.0
     seen = set()
-    for line in text.splitlines():
-        if not line.startswith("voxtral_gateway_"):
-            continue
-        brace, space = line.find("{"), line.find(" ")
-        labelled = brace != -1 and (space == -1 or brace < space)
-        name = line[: brace if labelled else space]
-        rest = line[line.rfind("}") + 1 :] if labelled else line[space:]
-        try:
-            value = float(rest.split()[0])
-        except (IndexError, ValueError):
-            continue
-        if math.isnan(value):
-            continue
+    for name, labels_text, value in _samples(text, "voxtral_gateway_"):
         if name == gateway_metrics.REQUESTS_TOTAL:
-            labels = _labels(line[brace : line.rfind("}") + 1]) if labelled else {}
+            labels = _labels(labels_text)
             if labels.get("route") not in _IDLE_ROUTES and labels.get("code") not in _REFUSED_CODES:
                 work_requests += value
         elif name in totals:

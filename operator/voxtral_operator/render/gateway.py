@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from voxtral_operator.api.catalog import DEFAULT_MAX_NUM_SEQS
 from voxtral_operator.api.resolve import Plan
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.render import (
@@ -25,7 +26,6 @@ from voxtral_operator.render import (
 GATEWAY_APP_NAME = "voxtral-gateway"
 GATEWAY_COMPONENT = "gateway"
 BACKEND_KEY = "api-key"
-DEFAULT_MAX_NUM_SEQS = 256  # vLLM's default for --max-num-seqs
 # The drain of a gateway pod: in-flight requests may stream a long transcription.
 GATEWAY_GRACE_SECONDS = 120
 
