@@ -44,8 +44,14 @@ def test_examples_become_ready_and_list_usefully(kubectl: Kubectl) -> None:
     kubectl.run("apply", "-f", str(ROOT / "examples"))
     try:
         for name in ("voxtral-mini", "voxtral-small"):
-            endpoint = wait_ready(kubectl, name, "speech")
-            assert endpoint["status"]["readyReplicas"] == endpoint["spec"]["minReplicas"]
+            wait_ready(kubectl, name, "speech")  # Ready: a first replica serves; the others may still load
+
+            def all_replicas_ready(name: str = name) -> dict[str, Any] | None:
+                found = kubectl.get("vxe", name, "speech") or {}
+                ready = (found.get("status") or {}).get("readyReplicas")
+                return found if ready == (found.get("spec") or {}).get("minReplicas") else None
+
+            endpoint = eventually(all_replicas_ready, timeout=60, what=f"every replica of {name} ready")
             held = endpoint["status"]["readyReplicas"] * endpoint["status"]["tensorParallelSize"]
             eventually(
                 lambda name=name, held=held: (kubectl.get("vxe", name, "speech") or {})["status"].get("gpus") == held,
