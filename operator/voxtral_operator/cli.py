@@ -182,11 +182,16 @@ def parser() -> argparse.ArgumentParser:
         help="run one endpoint's gateway: caller keys, a central queue and work-aware dispatch to its vLLM replicas",
         description="The HTTP front door of one VoxtralEndpoint: checks caller keys, queues requests centrally, "
         "sends each to the ready vLLM replica with the least outstanding work, holds requests while the endpoint "
-        "scales from zero. Reads Secrets and EndpointSlices of one namespace through watches (KUBECONFIG, else the "
-        "pod's service account).",
+        "scales from zero. Reads Secrets, EndpointSlices and its VoxtralEndpoint of one namespace through watches "
+        "(KUBECONFIG, else the pod's service account).",
     )
     p.add_argument("--namespace", required=True, metavar="NS", help="the endpoint's namespace")
-    p.add_argument("--endpoint", required=True, metavar="NAME", help="the VoxtralEndpoint's name (for logs)")
+    p.add_argument(
+        "--endpoint",
+        required=True,
+        metavar="NAME",
+        help="the VoxtralEndpoint's name: its spec.suspended and spec.gateway.holdTimeoutSeconds are followed live",
+    )
     p.add_argument(
         "--backend-service",
         required=True,
@@ -235,10 +240,10 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=1200.0,
         metavar="S",
-        help="how long a request waits while no replica is ready (scale from zero; default: 1200)",
+        help="how long a request waits while no replica is ready (scale from zero), unless the endpoint's "
+        "spec.gateway.holdTimeoutSeconds says otherwise (default: 1200)",
     )
     p.add_argument("--max-upload-mb", type=float, default=25.0, metavar="N", help="upload size cap in MB (default: 25)")
-    p.add_argument("--suspended", action="store_true", help="answer every API request 503 endpoint_suspended")
     p.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="text lines or JSON lines (default: text)")
     p.add_argument("--verbose", action="store_true", help="debug logs: one line per request")
     p.set_defaults(func=_cmd_gateway)

@@ -25,9 +25,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from voxtral_operator.gateway.dispatch import Dispatcher, Lease, Rejected
+from voxtral_operator.gateway.dispatch import Dispatcher, Lease, Rejected, Stopping, Suspended
 from voxtral_operator.gateway.metrics import GatewayMetrics
-from voxtral_operator.gateway.sources import ANONYMOUS, Sources
+from voxtral_operator.gateway.sources import ANONYMOUS, LiveSettings, Sources
 from voxtral_operator.gateway.work import PREFIX_BYTES, Work, estimate
 
 logger = logging.getLogger("voxtral_operator.gateway")
@@ -60,13 +60,12 @@ HOP_BY_HOP = frozenset(
 CONNECT_ATTEMPTS = 3
 USAGE_JSON_LIMIT = 256 * 1024  # a JSON answer up to this size is parsed for its usage object
 SSE_TAIL = 16 * 1024  # the tail of an event stream kept to find the last chunk's usage
-SUSPENDED_RETRY_AFTER = 60
+SUSPENDED_MESSAGE = "endpoint suspended: it serves no requests until it is resumed"
 
 
 @dataclass(frozen=True)
 class Settings:
     max_upload_bytes: int = 25 * 1_000_000
-    suspended: bool = False
     connect_timeout: float = 5.0
 
 
@@ -160,7 +159,10 @@ class Gateway:
         self.ssl_context: ssl.SSLContext | None = None
         sources.on_backends.append(dispatcher.set_replicas)
         sources.on_tls.append(self._load_tls)
+        self._default_hold_timeout = dispatcher.hold_timeout
+        sources.on_settings.append(self._follow_settings)
         dispatcher.set_replicas(sources.backends)
+        self._follow_settings(sources.settings)
         if sources.tls is not None:
             self._load_tls(sources.tls)
 
@@ -176,6 +178,16 @@ class Gateway:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout),
             )
         return self._session
+
+    def _follow_settings(self, settings: LiveSettings) -> None:
+        """Suspend or resume the moment the endpoint says so (held and queued requests get 503 now)."""
+        if not isinstance(self.dispatcher.refusing, Stopping):
+            self.dispatcher.refuse(Suspended(SUSPENDED_MESSAGE) if settings.suspended else None)
+        self.dispatcher.set_hold_timeout(settings.hold_timeout_seconds or self._default_hold_timeout)
+
+    def stop(self, queued_grace: float) -> None:
+        """Shutting down: new and held requests get 503 and retry elsewhere, queued ones after the grace."""
+        self.dispatcher.refuse(Stopping("this gateway pod is shutting down; retry"), queued_grace=queued_grace)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -237,13 +249,14 @@ class Gateway:
                 error_response(401, "Incorrect or missing API key (Authorization: Bearer KEY)", "invalid_api_key"),
                 ANONYMOUS,
             )
-        if self.settings.suspended:
+        refusing = self.dispatcher.refusing
+        if refusing is not None:
             return error_response(
-                503,
-                "endpoint suspended: it serves no requests until it is resumed",
-                "endpoint_suspended",
+                refusing.status,
+                str(refusing),
+                refusing.code,
                 kind="service_unavailable",
-                retry_after=SUSPENDED_RETRY_AFTER,
+                retry_after=refusing.retry_after,
             ), key
         limit = self.settings.max_upload_bytes
         size = request.content_length
@@ -315,8 +328,8 @@ class Gateway:
                     raise  # bytes of the stream are gone: cannot retry
                 logger.warning("replica %s unreachable (%s); attempt %d", lease.address, exc, attempt)
                 exclude |= {lease.address}
-                if not set(self.dispatcher.replicas) - exclude:
-                    break
+                if not set(self.dispatcher.replicas) - exclude and self.dispatcher.refusing is None:
+                    break  # (suspended or stopping: the next acquire answers why instead)
             finally:
                 lease.release()
         return error_response(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,18 @@ class QueueTimeout(Rejected):
 class HoldTimeout(Rejected):
     retry_after = 30
     code = "endpoint_starting"
+
+
+class Suspended(Rejected):
+    retry_after = 60
+    code = "endpoint_suspended"
+
+
+class Stopping(Rejected):
+    """This gateway pod is shutting down: another one (or its successor) takes the retry."""
+
+    retry_after = 1
+    code = "gateway_stopping"
 
 
 @dataclass
@@ -110,6 +123,8 @@ class Dispatcher:
         self.queue_timeout = queue_timeout
         self.hold_timeout = hold_timeout
         self.replicas: dict[str, Replica] = {}
+        self.refusing: Rejected | None = None  # suspended or stopping: what new requests get at once
+        self._refuse_queued_at = 0.0
         self._ready_since = time.monotonic()  # when the replica set last became non-empty
         self._gone: dict[int, Replica] = {}  # left the slice with requests still in flight
         self._waiting: collections.OrderedDict[_Waiter, None] = collections.OrderedDict()
@@ -130,7 +145,23 @@ class Dispatcher:
         for address in wanted:
             self.replicas.setdefault(address, Replica(address))
         self._pump()
-        for waiter in self._waiting:  # held and queued ones re-read which timeout applies
+        self._wake_all()  # held and queued ones re-read which timeout applies
+
+    def refuse(self, error: Rejected | None, *, queued_grace: float = 0.0) -> None:
+        """From now on answer new requests with `error` (None: serve again). Held requests (no replica
+        ready) get it at once; queued ones keep their place for `queued_grace` seconds more, then get it.
+        Requests already on a replica are not touched: they finish there."""
+        self.refusing = error
+        self._refuse_queued_at = time.monotonic() + queued_grace
+        self._wake_all()
+
+    def set_hold_timeout(self, seconds: float) -> None:
+        """A new bound for held requests, counted from their arrival; they re-read it now."""
+        self.hold_timeout = seconds
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for waiter in self._waiting:
             if waiter.wakeup is not None and not waiter.wakeup.done():
                 waiter.wakeup.set_result(None)
 
@@ -138,6 +169,8 @@ class Dispatcher:
 
     async def acquire(self, work: Work, exclude: frozenset[str] = frozenset()) -> Lease:
         """A lease on the best replica, waiting in FIFO order; raises a Rejected when it cannot."""
+        if self.refusing is not None:
+            raise copy.copy(self.refusing)
         if not self._waiting:
             replica = choose(self.replicas.values(), self.max_inflight, exclude)
             if replica is not None:
@@ -150,10 +183,15 @@ class Dispatcher:
         try:
             while not waiter.future.done():
                 held = not self.replicas
+                now = time.monotonic()
+                if self.refusing is not None and (held or now >= self._refuse_queued_at):
+                    raise copy.copy(self.refusing)
                 if held:
-                    remaining = waiter.arrived + self.hold_timeout - time.monotonic()
+                    remaining = waiter.arrived + self.hold_timeout - now
                 else:
-                    remaining = max(waiter.arrived, self._ready_since) + self.queue_timeout - time.monotonic()
+                    remaining = max(waiter.arrived, self._ready_since) + self.queue_timeout - now
+                    if self.refusing is not None:
+                        remaining = min(remaining, self._refuse_queued_at - now)
                 if remaining <= 0:
                     if held:
                         raise HoldTimeout(

@@ -1,7 +1,9 @@
-"""What the HTTP side reads: ready backends, accepted caller keys, the backend key, the TLS pair.
+"""What the HTTP side reads: ready backends, accepted caller keys, the backend key, the TLS pair,
+and the endpoint's live settings (suspended, hold timeout).
 
 `Sources` is the interface (tests may set it directly); `watch_sources` keeps it current from
-the namespace's Secrets and EndpointSlices through watches (kube.py).
+the namespace's Secrets, EndpointSlices and the gateway's own VoxtralEndpoint through watches
+(kube.py). Settings read from the endpoint need no restart, so changing them never rolls the pods.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from voxtral_operator.gateway.kube import KubeReader, informer
 from voxtral_operator.gateway.metrics import key_id
+from voxtral_operator.k8s.resources import ENDPOINTS
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +61,31 @@ class CallerKeys:
         return found
 
 
+@dataclass(frozen=True)
+class LiveSettings:
+    """What the endpoint's owner may change at any time without the gateway pods restarting."""
+
+    suspended: bool = False
+    hold_timeout_seconds: float | None = None  # None: the --hold-timeout-seconds default
+
+
+def live_settings(endpoint: Mapping[str, Any] | None) -> LiveSettings:
+    """The live settings in a VoxtralEndpoint; an absent one (being deleted) suspends nothing."""
+    spec = (endpoint or {}).get("spec") or {}
+    hold = (spec.get("gateway") or {}).get("holdTimeoutSeconds")
+    if isinstance(hold, bool) or not isinstance(hold, int) or hold <= 0:
+        hold = None
+    return LiveSettings(
+        suspended=spec.get("suspended") is True, hold_timeout_seconds=None if hold is None else float(hold)
+    )
+
+
 class Sources:
-    """The state the HTTP part reads; listeners hear about backend and TLS changes."""
+    """The state the HTTP part reads; listeners hear about backend, TLS and settings changes."""
 
     def __init__(self) -> None:
+        self.settings = LiveSettings()
+        self.on_settings: list[Callable[[LiveSettings], None]] = []
         self.backends: tuple[str, ...] = ()
         self.caller_keys: CallerKeys | None = None  # None: no caller auth
         self.backend_key: str | None = None
@@ -77,6 +101,17 @@ class Sources:
         self.backends = new
         for listener in self.on_backends:
             listener(new)
+
+    def set_settings(self, settings: LiveSettings) -> None:
+        if settings != self.settings:
+            logger.info(
+                "endpoint settings: %s, hold timeout %s",
+                "suspended" if settings.suspended else "serving",
+                f"{settings.hold_timeout_seconds:g}s" if settings.hold_timeout_seconds else "default",
+            )
+        self.settings = settings
+        for listener in self.on_settings:
+            listener(settings)
 
     def set_tls(self, pair: tuple[bytes, bytes] | None) -> None:
         if pair is None or pair == self.tls:
@@ -121,6 +156,7 @@ class Spec:
 
     namespace: str
     backend_service: str
+    endpoint: str | None = None  # the VoxtralEndpoint whose live settings the gateway follows
     backend_key: SecretRef | None = None
     caller_keys: tuple[SecretRef, ...] = ()
     tls_secret: str | None = None
@@ -161,7 +197,7 @@ async def watch_sources(reader: KubeReader, spec: Spec, sources: Sources) -> Non
         | ({spec.tls_secret} if spec.tls_secret else set())
     )
     state = _SecretState(spec, sources)
-    pending = set(names) | {"endpointslices"}
+    pending = set(names) | {"endpointslices"} | ({"endpoint"} if spec.endpoint else set())
 
     def synced(what: str) -> None:
         pending.discard(what)
@@ -178,6 +214,10 @@ async def watch_sources(reader: KubeReader, spec: Spec, sources: Sources) -> Non
     def on_slices(objects: dict[str, Any]) -> None:
         sources.set_backends(ready_backends(objects.values()))
         synced("endpointslices")
+
+    def on_endpoint(objects: dict[str, Any]) -> None:
+        sources.set_settings(live_settings(objects.get(spec.endpoint or "")))
+        synced("endpoint")
 
     ns = spec.namespace
     tasks = [
@@ -199,4 +239,14 @@ async def watch_sources(reader: KubeReader, spec: Spec, sources: Sources) -> Non
             what=f"EndpointSlices of Service {ns}/{spec.backend_service}",
         )
     )
+    if spec.endpoint:
+        tasks.append(
+            informer(
+                reader,
+                ENDPOINTS.path(ns),
+                {"fieldSelector": f"metadata.name={spec.endpoint}"},
+                on_endpoint,
+                what=f"VoxtralEndpoint {ns}/{spec.endpoint}",
+            )
+        )
     await asyncio.gather(*tasks)
