@@ -177,8 +177,9 @@ class Dispatcher:
                 waiter.wakeup.cancel()
 
     def _lease(self, replica: Replica, work: Work) -> Lease:
+        cost = work.cost  # before any count moves: nothing is left to undo if it fails
         replica.inflight += 1
-        replica.outstanding += work.cost
+        replica.outstanding += cost
         replica.audio_seconds += work.audio_seconds
         return Lease(replica, work, self)
 
