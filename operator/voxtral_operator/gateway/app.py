@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voxtral_operator.gateway.connections import GuardedServer, Limits
@@ -74,8 +75,12 @@ class UploadTooLarge(Exception):
     pass
 
 
-class UploadStalled(Exception):
-    pass
+class UploadFailed(Exception):
+    """The caller's upload stopped making progress, or broke its own framing: the answer to give."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.code)
+        self.refusal = refusal
 
 
 def error_response(
@@ -102,7 +107,10 @@ async def _read(stream: aiohttp.StreamReader, size: int, stall_seconds: float) -
         async with asyncio.timeout(stall_seconds):
             return await stream.read(size) if size > 0 else await stream.readany()
     except TimeoutError:
-        raise UploadStalled() from None
+        message = f"Request timeout: the upload sent nothing for {stall_seconds:g}s"
+        raise UploadFailed(Refusal(408, message, "request_timeout")) from None
+    except RequestPayloadError:
+        raise UploadFailed(Refusal(400, "Bad request: the body does not match its framing", "bad_request")) from None
 
 
 async def read_prefix(stream: aiohttp.StreamReader, limit: int, stall_seconds: float) -> bytes:
@@ -128,7 +136,7 @@ class Body:
         self.timeout = timeout
         self.started = False
         self.too_large = False
-        self.stalled = False
+        self.failure: Refusal | None = None
         self.sent = 0
 
     @property
@@ -144,8 +152,8 @@ class Body:
         while True:
             try:
                 chunk = await _read(self.stream, 0, self.timeout)
-            except UploadStalled:
-                self.stalled = True
+            except UploadFailed as exc:
+                self.failure = exc.refusal
                 raise
             if not chunk:
                 return
@@ -328,8 +336,8 @@ class Gateway:
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             try:
                 prefix = await read_prefix(request.content, min(PREFIX_BYTES, limit + 1), self.settings.body_timeout)
-            except UploadStalled:
-                return refusal_response(request, self._stalled()), key
+            except UploadFailed as exc:
+                return refusal_response(request, exc.refusal), key
             if len(prefix) > limit:
                 return refusal_response(request, self._too_large(limit)), key
         self._step("body_prefix_read")
@@ -354,10 +362,6 @@ class Gateway:
         return Refusal(
             413, f"Request body too large: uploads are limited to {limit / 1_000_000:g} MB", "request_too_large"
         )
-
-    def _stalled(self) -> Refusal:
-        seconds = self.settings.body_timeout
-        return Refusal(408, f"Request timeout: the upload sent nothing for {seconds:g}s", "request_timeout")
 
     async def _forward(
         self, request: web.BaseRequest, route: str, key: str, work: Work, body: Body, framing: Framing
@@ -436,10 +440,11 @@ class Gateway:
                 return response
         except aiohttp.ClientConnectorError:
             raise
-        except (aiohttp.ClientError, UploadTooLarge, UploadStalled, TimeoutError) as exc:
-            if body.too_large or body.stalled:
+        except (aiohttp.ClientError, UploadTooLarge, UploadFailed, TimeoutError) as exc:
+            failure = self._too_large(body.limit) if body.too_large else body.failure
+            if failure is not None:
                 if response is None or not response.prepared:
-                    return refusal_response(request, self._too_large(body.limit) if body.too_large else self._stalled())
+                    return refusal_response(request, failure)
                 raise ConnectionResetError("the upload failed mid-response") from None
             if response is not None and response.prepared:
                 logger.warning("replica %s failed mid-response (%s)", lease.address, type(exc).__name__)

@@ -23,6 +23,23 @@ from aiohttp.web_protocol import RequestHandler
 logger = logging.getLogger("voxtral_operator.gateway")
 
 
+class _TypeOnly(logging.Filter):
+    """What aiohttp logs about a connection keeps only the exception's type: no text, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = "refused a malformed request or failed a connection (%s)"
+        record.args = (type(exc).__name__ if exc is not None else "no exception",)
+        record.exc_info = record.exc_text = None
+        record.stack_info = None
+        return True
+
+
+# The logger aiohttp's connection handlers log to (instead of aiohttp.server).
+connection_logger = logging.getLogger("voxtral_operator.gateway.connections")
+connection_logger.addFilter(_TypeOnly())
+
+
 @dataclass(frozen=True)
 class Limits:
     max_connections: int = 4096
@@ -67,9 +84,7 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
-        exc = kw.get("exc_info")
-        kind = type(exc).__name__ if isinstance(exc, BaseException) else "error"
-        logger.debug("refused a malformed request or failed a connection (%s)", kind)
+        connection_logger.debug(*args, **kw)  # a malformed request is the caller's problem, not an error
 
 
 class GuardedServer(web.Server):
@@ -93,6 +108,7 @@ class GuardedServer(web.Server):
         super().__init__(
             tracked,
             keepalive_timeout=limits.idle_timeout,
+            logger=connection_logger,
             lingering_time=0,  # an answered request's unread body is not drained: the connection closes
             auto_decompress=False,  # request bodies with a content coding are refused, never inflated
             **kwargs,

@@ -65,7 +65,7 @@ def request_framing(
         return Refusal(505, "HTTP version not supported: HTTP/1.1 or HTTP/1.0 only", "http_version_not_supported")
     lengths: list[bytes] = []
     codings: list[bytes] = []
-    hosts = 0
+    hosts = keys = 0
     for name, value in raw_headers:
         if not _TOKEN.fullmatch(name):
             return _bad("a header name is not a token")
@@ -78,14 +78,16 @@ def request_framing(
             codings.append(value.strip(b" \t"))
         elif lowered == b"host":
             hosts += 1
+        elif lowered == b"authorization":
+            keys += 1
         elif lowered == b"content-encoding" and value.strip(b" \t").lower() != b"identity":
             return Refusal(
                 415, "Unsupported Content-Encoding: request bodies are taken uncompressed", "unsupported_encoding"
             )
         elif lowered == b"expect" and value.strip(b" \t").lower() != b"100-continue":
             return Refusal(417, "Expectation failed: only Expect: 100-continue is understood", "expectation_failed")
-    if hosts > 1:
-        return _bad("more than one Host header")
+    if hosts > 1 or keys > 1:
+        return _bad("more than one Host or Authorization header")
     if len(lengths) > 1 or len(codings) > 1:
         return _bad("more than one Content-Length or Transfer-Encoding header")
     if lengths and codings:
