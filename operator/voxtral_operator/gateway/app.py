@@ -304,7 +304,7 @@ class Gateway:
             return refusal_response(request, refusal), ANONYMOUS
         if isinstance(framing, Refusal):
             return refusal_response(request, framing), ANONYMOUS
-        if request.message.upgrade:
+        if "Upgrade" in request.headers:
             request.protocol.close()  # aiohttp stops parsing HTTP after an Upgrade request: no keep-alive
         self._step("framed")
         key = self._authenticate(request)
