@@ -238,6 +238,32 @@ def parser() -> argparse.ArgumentParser:
         help="how long a request waits while no replica is ready (scale from zero; default: 1200)",
     )
     p.add_argument("--max-upload-mb", type=float, default=25.0, metavar="N", help="upload size cap in MB (default: 25)")
+    p.add_argument(
+        "--key-requests-per-minute",
+        type=float,
+        metavar="R",
+        help="requests per minute each caller key may send to this gateway pod; beyond: 429 (default: no limit)",
+    )
+    p.add_argument(
+        "--key-audio-seconds-per-minute",
+        type=float,
+        metavar="A",
+        help="seconds of audio per minute each caller key may send to this gateway pod (default: no limit)",
+    )
+    p.add_argument(
+        "--key-concurrent-requests",
+        type=int,
+        metavar="N",
+        help="requests each caller key may have queued or in flight on this gateway pod (default: no limit)",
+    )
+    p.add_argument(
+        "--key-override",
+        action="append",
+        default=[],
+        metavar="NAME:SETTING=VALUE,...",
+        help="weight and limits of the key in Secret entry NAME: weight (share of dispatch while keys wait, "
+        "default 1), requests-per-minute, audio-seconds-per-minute, concurrent-requests; repeat per key",
+    )
     p.add_argument("--suspended", action="store_true", help="answer every API request 503 endpoint_suspended")
     p.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="text lines or JSON lines (default: text)")
     p.add_argument("--verbose", action="store_true", help="debug logs: one line per request")
