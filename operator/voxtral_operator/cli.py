@@ -266,6 +266,32 @@ def parser() -> argparse.ArgumentParser:
         metavar="S",
         help="an upload that sends nothing for this long is abandoned and its replica slot released (default: 30)",
     )
+    p.add_argument(
+        "--key-requests-per-minute",
+        type=float,
+        metavar="R",
+        help="requests per minute each caller key may send to this gateway pod; beyond: 429 (default: no limit)",
+    )
+    p.add_argument(
+        "--key-audio-seconds-per-minute",
+        type=float,
+        metavar="A",
+        help="seconds of audio per minute each caller key may send to this gateway pod (default: no limit)",
+    )
+    p.add_argument(
+        "--key-concurrent-requests",
+        type=int,
+        metavar="N",
+        help="requests each caller key may have queued or in flight on this gateway pod (default: no limit)",
+    )
+    p.add_argument(
+        "--key-override",
+        action="append",
+        default=[],
+        metavar="NAME:SETTING=VALUE,...",
+        help="weight and limits of the key in Secret entry NAME: weight (share of dispatch while keys wait, "
+        "default 1), requests-per-minute, audio-seconds-per-minute, concurrent-requests; repeat per key",
+    )
     p.add_argument("--suspended", action="store_true", help="answer every API request 503 endpoint_suspended")
     p.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="text lines or JSON lines (default: text)")
     p.add_argument("--verbose", action="store_true", help="debug logs: one line per request")

@@ -752,3 +752,52 @@ async def test_a_caller_hanging_up_leaves_the_queue(
         assert response.status == 200
     await asyncio.sleep(0.2)
     assert len(recorder.requests) == 1  # the abandoned one never reached the backend
+
+
+async def test_a_key_over_its_limit_gets_429_with_retry_after_while_another_key_is_served(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    simulators: Any,
+    tmp_path: Path,
+) -> None:
+    port = await start_sim(simulators, session, "--request-seconds", "0.01")
+    await put_secret(kube, "callers", {"alice": CALLER_KEY, "bob": "caller-key-two"})
+    await put_slice(kube, "mini-a", port)
+    gateway = await start_gateway(
+        gateways,
+        sandbox,
+        tmp_path,
+        session,
+        "--caller-keys-secret",
+        "callers",
+        "--key-requests-per-minute",
+        "1000",
+        "--key-override",
+        "alice:requests-per-minute=2",
+    )
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    for _ in range(2):
+        async with session.post(f"{gateway.url}/v1/chat/completions", json=chat, headers=auth()) as response:
+            assert response.status == 200, await response.text()
+    async with session.post(f"{gateway.url}/v1/chat/completions", json=chat, headers=auth()) as response:
+        assert response.status == 429, await response.text()
+        retry_after = int(response.headers["Retry-After"])
+        error = (await response.json())["error"]
+    assert 25 <= retry_after <= 30, retry_after  # the bucket refills one request every 30 s
+    assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    assert "requests per minute" in error["message"]
+    for _ in range(5):
+        async with session.post(
+            f"{gateway.url}/v1/chat/completions", json=chat, headers=auth("caller-key-two")
+        ) as response:
+            assert response.status == 200, await response.text()
+    alice = key_id(CALLER_KEY.encode())
+    limited = f'key_id="{alice}",limit="requests_per_minute"'
+    assert await gateway.metric(session, names.KEY_LIMITED_REQUESTS_TOTAL, limited) == 1
+    bob = key_id(b"caller-key-two")
+    assert (
+        await gateway.metric(session, names.KEY_LIMITED_REQUESTS_TOTAL, f'key_id="{bob}",limit="requests_per_minute"')
+        == 0
+    )

@@ -357,6 +357,10 @@ class Gateway:
         # The parser decodes header bytes as UTF-8 with surrogate escapes: encode them back, never fail.
         return keys.match(presented.strip().encode("utf-8", "surrogateescape"))
 
+    def _tenant(self, key: str) -> str | None:
+        keys = self.sources.caller_keys
+        return keys.tenant(key) if keys is not None else None
+
     @staticmethod
     def _too_large(limit: int) -> Refusal:
         return Refusal(
@@ -370,7 +374,7 @@ class Gateway:
         exclude: frozenset[str] = frozenset()
         for attempt in range(1, CONNECT_ATTEMPTS + 1):
             try:
-                lease = await self.dispatcher.acquire(work, exclude)
+                lease = await self.dispatcher.acquire(work, exclude, key, self._tenant(key))
             except Rejected as exc:
                 kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"
                 return error_response(exc.status, str(exc), exc.code, kind=kind, retry_after=exc.retry_after)
