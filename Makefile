@@ -54,6 +54,7 @@ bench: $(STAMP) $(HELM)
 	e2e/cluster/exec $(CURDIR)/$(BIN)/python bench/reconcile_cluster.py
 	$(BIN)/python bench/autoscale.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/gateway_queues.py
 	$(BIN)/python bench/policy_sim.py
 
 # The image builds, printed rather than run (no Docker engine is assumed): `make images REGISTRY=...`.
