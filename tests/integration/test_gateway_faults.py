@@ -19,7 +19,7 @@ from aiohttp import web
 
 from voxtral_operator.gateway.app import STEPS, Gateway, Settings, serve_api
 from voxtral_operator.gateway.dispatch import Dispatcher
-from voxtral_operator.gateway.sources import Sources
+from voxtral_operator.gateway.sources import CallerKeys, Sources
 from voxtral_testbed.harness import eventually, free_port
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ async def running() -> AsyncIterator[Running]:
     sources = Sources()
     sources.set_backends([f"127.0.0.1:{port}"])
     dispatcher = Dispatcher(max_inflight=1, max_queue=32, queue_timeout=30)
-    gateway = Gateway(sources, dispatcher, Settings(body_timeout=1.0))
+    gateway = Gateway(sources, dispatcher, Settings(body_timeout=1.0, max_upload_bytes=1_000_000))
     runner, api_port = await serve_api(gateway, "127.0.0.1", 0, shutdown_timeout=1)
     yield Running(gateway, dispatcher, f"http://127.0.0.1:{api_port}", release)
     release.set()
@@ -158,3 +158,33 @@ async def test_overflowing_numbers_leave_nothing_behind(running: Running, number
     assert statuses == [200] * 16
     await eventually(lambda: settled(running.dispatcher), timeout=10)
     assert json.loads(json.dumps(running.dispatcher.snapshot().inflight_audio_seconds)) == 0
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        ("POST /invocations HTTP/1.1", 404),
+        ("PUT /v1/completions HTTP/1.1", 405),
+        ("POST /v1/completions HTTP/1.1\r\nAuthorization: Bearer wrong", 401),
+        ("POST /v1/completions HTTP/1.1\r\nAuthorization: Bearer right", 413),
+        ("POST /v1/audio/transcriptions HTTP/1.1\r\nAuthorization: Bearer right\r\nContent-Type: text/plain", 415),
+        ("POST /v1/completions HTTP/1.1\r\nAuthorization: Bearer right\r\nContent-Encoding: gzip", 415),
+        ("GET /v1/models HTTP/1.1\r\nAuthorization: Bearer right", 400),
+    ],
+)
+async def test_an_early_answer_reads_no_body_and_closes(running: Running, head: str, status: int) -> None:
+    """The answer comes from the head alone (the body is never sent), and the connection closes after it."""
+    running.gateway.sources.caller_keys = CallerKeys([b"right"])
+    port = int(running.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        length = 900_000_000 if status != 415 else 90_000  # under the upload cap: refused for its type
+        writer.write(f"{head}\r\nHost: gw\r\nContent-Length: {length}\r\n\r\n".encode())
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read()  # to EOF: the gateway closes
+    finally:
+        writer.close()
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert b"Connection: close" in answer
+    assert await settled(running.dispatcher)
