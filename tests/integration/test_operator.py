@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,35 @@ async def test_ready_condition_names_the_real_blocker(
     sandbox.controllers.behave(NS, NAME, Behaviour(kind=PodBehaviour.READY))
     current = await eventually(lambda: ready(kube))
     assert condition(current, "Degraded")["status"] == "False"
+
+
+async def test_a_missing_api_key_secret_is_named_until_it_appears(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess
+) -> None:
+    sandbox.controllers.behave(NS, NAME, Behaviour(PodBehaviour.SIMULATED))
+    sandbox.controllers.secret_wait_seconds = math.inf  # the kubelet waits for the Secret, as a real one does
+    await kube.create(endpoint_path(NS), endpoint(auth={"apiKeySecretRef": {"name": "asr-key", "key": "api-key"}}))
+
+    async def blocked() -> dict[str, Any] | None:
+        current = await kube.get(endpoint_path(NS, NAME))
+        return current if condition(current, "Ready").get("reason") == "SecretMissing" else None
+
+    current = await eventually(blocked, timeout=30)
+    assert "Secret asr-key is missing" in condition(current, "Ready")["message"]
+    assert condition(current, "Degraded")["reason"] == "SecretMissing"
+    await eventually(lambda: _has_event(sandbox, ("Warning", "SecretMissing")))
+
+    await kube.create(f"/api/v1/namespaces/{NS}/secrets", {"metadata": {"name": "asr-key"}, "data": {}})
+    current = await eventually(blocked, timeout=30)  # the Secret, but not its key
+    await eventually(lambda: _message_has(kube, "Secret asr-key has no key api-key"), timeout=30)
+
+    await kube.merge(f"/api/v1/namespaces/{NS}/secrets/asr-key", {"stringData": {"api-key": "sk-1"}})
+    current = await eventually(lambda: ready(kube), timeout=60)
+    assert condition(current, "Degraded")["status"] == "False"
+
+
+async def _message_has(kube: Kube, text: str) -> bool:
+    return text in condition(await kube.get(endpoint_path(NS, NAME)), "Ready").get("message", "")
 
 
 async def test_operator_restart_makes_no_writes(

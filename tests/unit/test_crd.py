@@ -93,7 +93,8 @@ def _cel_problems(schema: dict[str, Any], value: Any) -> list[str]:
     failures = []
     for rule in schema.get("x-kubernetes-validations", []):
         if not cel.evaluate(rule["rule"], {"self": value}):
-            failures.append(rule["message"])
+            expression = rule.get("messageExpression")  # the server's message when the rule gives one
+            failures.append(str(cel.evaluate(expression, {"self": value})) if expression else rule["message"])
     for name, sub in schema.get("properties", {}).items():
         if isinstance(value, dict) and name in value:
             failures += _cel_problems(sub, value[name])
@@ -111,8 +112,12 @@ SCHEMA_REJECTS = [
 ]
 
 CEL_REJECTS = [
-    pytest.param({**VALID, "minReplicas": 4}, "minReplicas must not exceed maxReplicas", id="min-gt-max"),
-    pytest.param({**VALID, "replicas": 7}, "replicas must lie within", id="replicas-out-of-range"),
+    pytest.param({**VALID, "minReplicas": 4}, "minReplicas 4 must not exceed maxReplicas 3", id="min-gt-max"),
+    pytest.param(
+        {**VALID, "replicas": 7},
+        "replicas 7 must lie within [minReplicas 1, maxReplicas 3]",
+        id="replicas-out-of-range",
+    ),
     pytest.param({**VALID, "model": "acme/whisper-xl"}, "need modelProfile.weightsGB", id="unknown-model"),
     pytest.param(
         {**VALID, "engine": {"extraArgs": ["--enforce-eager", "--max-model-len=4096"]}},

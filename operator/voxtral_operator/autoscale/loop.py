@@ -26,7 +26,9 @@ from voxtral_operator.api import catalog, models, resolve
 from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
 from voxtral_operator.autoscale.policy import (
     GatewaySample,
+    Hold,
     Limits,
+    ManualScale,
     Observation,
     PodSample,
     State,
@@ -118,6 +120,27 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
     )
 
 
+def replicas_writer(endpoint: JSON) -> tuple[str, float] | None:
+    """Who last wrote spec.replicas and when, from the API server's managedFields; None when it
+    keeps none or nobody owns the field. A `kubectl scale` is recorded under the parent object with
+    `subresource: scale`, so it reads like any other write."""
+    found: tuple[str, float] | None = None
+    for entry in (endpoint.get("metadata") or {}).get("managedFields") or []:
+        fields = entry.get("fieldsV1") or {}
+        if not isinstance(fields.get("f:spec"), dict) or "f:replicas" not in fields["f:spec"]:
+            continue
+        try:
+            at = datetime.datetime.fromisoformat(str(entry.get("time")).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            at = 0.0
+        manager = str(entry.get("manager") or "an unnamed client")
+        if entry.get("subresource"):
+            manager += f" (/{entry['subresource']})"
+        if found is None or at >= found[1]:
+            found = (manager, at)
+    return found
+
+
 @dataclass
 class _EndpointState:
     policy: State = field(default_factory=State)  # the policy's memory; plain data (State.to_dict)
@@ -126,6 +149,10 @@ class _EndpointState:
     # The gateways' answered-request counters per pod, and when any of them last moved.
     gateway_requests: dict[str, float] = field(default_factory=dict)
     last_request_at: float | None = None
+    # What this autoscaler last wrote to spec.replicas, and when a different value was first seen:
+    # how a person's scale is told apart on a server that keeps no managedFields.
+    written_replicas: int | None = None
+    other_replicas: tuple[int, float] | None = None
     restored: bool = False  # the saved state was looked for
     saved_at: float | None = None  # when the learned state was last saved (or restored)
     saved: JSON = field(default_factory=dict)
@@ -193,6 +220,7 @@ class Autoscaler:
             self._gateway_sample(key, spec, state, now),
         )
         seen = Observation(
+            manual=self._manual_scale(endpoint, spec, state),
             gateway=gateway,
             replicas=spec.desired_replicas,
             ready=len(ready),
@@ -217,7 +245,8 @@ class Autoscaler:
         if decision.replicas == seen.replicas:
             logger.debug("%s/%s: keep %d replicas: %s", namespace, name, seen.replicas, decision.reason)
         else:
-            await self.client.scale(resources.ENDPOINTS, namespace, name, decision.replicas)
+            await self.client.scale(resources.ENDPOINTS, namespace, name, decision.replicas, AUTOSCALER_FIELD_MANAGER)
+            state.written_replicas = decision.replicas
             direction = "up" if decision.replicas > seen.replicas else "down"
             DECISIONS.labels(direction).inc()
             self.post_event(
@@ -228,8 +257,33 @@ class Autoscaler:
             )
             logs.log_scale_decision(key, seen.replicas, decision.replicas, decision.reason)
         await self._reflect(
-            key, state, seen, decision.replicas, decision.reason, now, changed=decision.replicas != seen.replicas
+            key,
+            state,
+            seen,
+            decision.replicas,
+            decision.reason,
+            now,
+            changed=decision.replicas != seen.replicas,
+            hold=_hold_status(decision.hold, spec.autoscaling.scale_down_delay_seconds),
         )
+
+    def _manual_scale(self, endpoint: JSON, spec: VoxtralEndpointSpec, state: _EndpointState) -> ManualScale | None:
+        """spec.replicas when a person (anyone but this autoscaler) wrote it last: creation, apply, edit or
+        `kubectl scale`. Read from managedFields where the server keeps them; else what differs from the
+        autoscaler's own last write."""
+        replicas = spec.replicas
+        if replicas is None:
+            return None  # nobody asked for a number: minReplicas is the autoscaler's to start from
+        if (endpoint.get("metadata") or {}).get("managedFields"):
+            writer = replicas_writer(endpoint)
+            if writer is None or writer[0] == AUTOSCALER_FIELD_MANAGER:
+                return None
+            return ManualScale(replicas, writer[0], writer[1])
+        if replicas == state.written_replicas:
+            return None
+        if state.other_replicas is None or state.other_replicas[0] != replicas:
+            state.other_replicas = (replicas, self.wall_clock())
+        return ManualScale(replicas, "a client other than the autoscaler", state.other_replicas[1])
 
     async def _reflect(
         self,
@@ -241,8 +295,11 @@ class Autoscaler:
         now: float,
         *,
         changed: bool,
+        hold: JSON | None,
     ) -> None:
         status: JSON = {"queueDepth": round(seen.waiting), "desiredReplicas": replicas}
+        if hold is not None:
+            status["scaleHold"] = hold
         if seen.gateway is not None:
             status["queuedAudioSeconds"] = round(seen.gateway.queued_audio_seconds)
         current = (self.view.endpoint(key) or {}).get("status") or {}
@@ -255,11 +312,13 @@ class Autoscaler:
         elif state.last_status.get("lastScaleDecision") or current.get("lastScaleDecision"):
             # Applied status keeps only what is sent: the last decision goes with every write.
             status["lastScaleDecision"] = state.last_status.get("lastScaleDecision") or current["lastScaleDecision"]
-        if all(current.get(k) == v for k, v in status.items()):
+        hold_changed = status.get("scaleHold") != current.get("scaleHold")
+        if all(current.get(k) == v for k, v in status.items()) and not hold_changed:
             return
         if not changed and status == state.last_status:
             return
-        if not changed and now - state.last_status_time < QUEUE_DEPTH_STATUS_INTERVAL and state.last_status:
+        recent = now - state.last_status_time < QUEUE_DEPTH_STATUS_INTERVAL
+        if not changed and not hold_changed and recent and state.last_status:
             return
         try:
             await self.client.apply_status(resources.ENDPOINTS, key[0], key[1], status, AUTOSCALER_FIELD_MANAGER)
@@ -420,6 +479,25 @@ class Autoscaler:
         if page is None:
             SCRAPE_ERRORS.inc()
         return page
+
+
+def _rfc3339(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _hold_status(hold: Hold | None, delay: float) -> JSON | None:
+    """status.scaleHold: the person's scale the autoscaler keeps as a floor, while it does."""
+    if hold is None:
+        return None
+    status: JSON = {
+        "replicas": hold.replicas,
+        "setBy": hold.by[:128],
+        "setAt": _rfc3339(hold.at),
+        "message": hold.describe(delay)[:512],
+    }
+    if hold.until is not None:
+        status["until"] = _rfc3339(hold.until)
+    return status
 
 
 async def peering_is_active(client: ApiClient, path: str, own_priority: int) -> bool:

@@ -208,10 +208,12 @@ class ApiClient:
             content_type="application/apply-patch+yaml",
         )
 
-    async def scale(self, resource: Resource, namespace: str, name: str, replicas: int) -> None:
+    async def scale(self, resource: Resource, namespace: str, name: str, replicas: int, field_manager: str) -> None:
+        """Through the scale subresource; the server records the write under `field_manager`."""
         await self.request(
             "PATCH",
             resource.path(namespace, name, "scale"),
+            params={"fieldManager": field_manager},
             body={"spec": {"replicas": replicas}},
             content_type="application/merge-patch+json",
         )
