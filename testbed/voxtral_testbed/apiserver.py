@@ -13,6 +13,7 @@ This layer replaces the storage with the semantics the operator relies on from a
 - patches: JSON merge patch, JSON patch, strategic merge patch (approximated as a merge patch:
   the operator never sends one), and server-side apply (below);
 - Secret `stringData` merged into `data` (base64) on every write and never stored, as a real server does;
+- a CustomResourceDefinition created through the API is served at once (no `Established` wait);
 - Service `spec.clusterIP` allocation (from 127.0.1.0/24, so tests can really serve it);
 - label selectors on list and watch (`=`, `==`, `!=`, `in`, `notin`, exists, `!key`);
 - watch from a resourceVersion (replayed from a bounded history; older answers 410 Gone),
@@ -59,6 +60,7 @@ from kmock._internal.rendering import ReactionMismatchError  # exported by kmock
 
 JSON = dict[str, Any]
 
+CRDS = "apiextensions.k8s.io/v1/customresourcedefinitions"
 # Resources the operator and its tests touch: (group/version/plural, kind, namespaced, subresources).
 BUILTIN_RESOURCES: list[tuple[str, str, bool, set[str]]] = [
     ("v1/pods", "Pod", True, {"status"}),
@@ -944,6 +946,8 @@ class ApiServer(kmock.KubernetesEmulator):
             obj.setdefault("spec", {})["clusterIP"] = f"127.0.1.{next(self._cluster_ips)}"
         obj.setdefault("apiVersion", resource.rsplit("/", 1)[0])
         obj.setdefault("kind", self.kinds.get(resource))
+        if resource == CRDS:
+            self.declare_crd(obj)  # served from now on, as a real server serves an established CRD
         self.store.objects[key] = obj
         self.store.emit(resource, "ADDED", obj)
         return copy.deepcopy(obj)

@@ -619,7 +619,6 @@ class Sandbox:
         server = kmock.Server(self.api, port=self._port) if self._port else kmock.Server(self.api)
         self._server = await server.__aenter__()
         crd = custom_resource_definition()
-        self.api.declare_crd(crd)
         await self.api.create_object("apiextensions.k8s.io/v1/customresourcedefinitions", crd)
         self.kubeconfig.write_text(yaml.safe_dump(kubeconfig_for(self.url)))
         if self._with_controllers:

@@ -280,6 +280,53 @@ async def _message_has(kube: Kube, text: str) -> bool:
     return text in condition(await kube.get(endpoint_path(NS, NAME)), "Ready").get("message", "")
 
 
+CERT_MANAGER_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "certificates.cert-manager.io"},
+    "spec": {
+        "group": "cert-manager.io",
+        "names": {"kind": "Certificate", "plural": "certificates", "singular": "certificate"},
+        "scope": "Namespaced",
+        "versions": [{"name": "v1", "served": True, "storage": True}],
+    },
+}
+
+
+async def test_a_kind_the_cluster_does_not_serve_is_listed_once_until_its_crd_appears(
+    sandbox: Sandbox, kube: Kube, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("servingCheckSeconds: 0\nresyncSeconds: 0.5\n")
+    operator = OperatorProcess(sandbox.kubeconfig, tmp_path / "operator.log", "--config", str(config)).start()
+    try:
+        await kube.create(endpoint_path(NS), endpoint())
+
+        def certificate_lists() -> int:
+            return sum(1 for r in sandbox.api if r.resource is not None and r.resource.group == "cert-manager.io")
+
+        unserved = "the cluster does not serve certificates.cert-manager.io (no CRD): not listed until its CRD appears"
+        await eventually(lambda: _logged(operator, unserved), timeout=60)
+        await asyncio.sleep(3)  # six resyncs more
+        assert certificate_lists() == 1
+        assert operator.log().count(unserved) == 1
+        assert operator.metric("voxtral_operator_api_errors_total", 'code="404"') == 0  # expected, not an error
+
+        await kube.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", CERT_MANAGER_CRD)
+        await eventually(lambda: _logged(operator, "the cluster now serves certificates.cert-manager.io"), timeout=60)
+        await eventually(lambda: _true(certificate_lists() > 1), timeout=30)
+    finally:
+        operator.stop()
+
+
+async def _logged(operator: OperatorProcess, text: str) -> bool:
+    return text in operator.log()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_operator_restart_makes_no_writes(
     sandbox: Sandbox, kube: Kube, operator: OperatorProcess, tmp_path: Path
 ) -> None:
