@@ -214,6 +214,13 @@ def _first(problems: list[PodProblem], reasons: Iterable[str]) -> PodProblem | N
     return None
 
 
+def _ready_count(ready: int, desired: int) -> str:
+    """Ready against wanted; replicas beyond what is wanted (a scale-down or rollout still draining) apart."""
+    if ready <= desired:
+        return f"{ready}/{desired} replicas ready"
+    return f"{desired}/{desired} replicas ready, {ready - desired} more still stopping"
+
+
 def compute_status(
     *,
     generation: int | None,
@@ -235,7 +242,11 @@ def compute_status(
     previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
     dep_status = (deployment or {}).get("status") or {}
     replicas = int(dep_status.get("replicas") or 0)
-    ready = int(dep_status.get("readyReplicas") or 0)
+    # The Deployment counts a pod ready a moment after the pod says so: counting the pods too keeps
+    # the phase from passing Loading -> Pending -> Ready in that moment.
+    ready = max(
+        int(dep_status.get("readyReplicas") or 0), sum(1 for p in pods if p.get("ready") and not p.get("deleting"))
+    )
     updated = int(dep_status.get("updatedReplicas") or 0)
     dep_conditions = {c.get("type"): c for c in dep_status.get("conditions") or []}
     creation = deployment_problem(deployment)
@@ -260,7 +271,7 @@ def compute_status(
         if replicas:
             ready_message += f"; {replicas} replica(s) still stopping"
     elif ready >= 1:
-        ready_reason, ready_message = AVAILABLE, f"{ready}/{desired_replicas} replicas ready"
+        ready_reason, ready_message = AVAILABLE, _ready_count(ready, desired_replicas)
     elif problem is not None:
         ready_reason, ready_message = problem.reason, problem.message
     elif desired_replicas == 0:
@@ -285,10 +296,10 @@ def compute_status(
     degraded = deadline_exceeded or failing or not_serving or refused is not None
 
     if rolled_out:
-        progressing_reason, progressing_message = "Complete", f"{ready}/{desired_replicas} replicas ready"
+        progressing_reason, progressing_message = "Complete", _ready_count(ready, desired_replicas)
     elif replicas < desired_replicas or ready < desired_replicas:
         progressing_reason = problem.reason if problem is not None else "ScalingUp"
-        progressing_message = f"{ready}/{desired_replicas} replicas ready"
+        progressing_message = _ready_count(ready, desired_replicas)
     else:
         progressing_reason, progressing_message = "RollingOut", f"{updated}/{desired_replicas} replicas updated"
 
@@ -331,7 +342,7 @@ def compute_status(
         "conditions": conditions,
         "replicas": replicas,
         "readyReplicas": ready,
-        "replicaSummary": f"{ready}/{desired_replicas}",
+        "replicaSummary": f"{min(ready, desired_replicas)}/{desired_replicas}",
         "url": url,
         "selector": selector,
         "observedGeneration": generation,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from voxtral_operator.autoscale.loop import AUTOSCALER_FIELD_MANAGER, replicas_writer
 from voxtral_operator.autoscale.policy import (
     PROFILE_BIN_SECONDS,
     PROFILE_BINS,
@@ -481,3 +482,48 @@ def test_scrape_reads_kv_cache_usage_and_the_token_counters() -> None:
     bare = parse_queue_metrics('vllm:num_requests_waiting{engine="0"} 1.0\n')
     assert bare is not None
     assert (bare.kv_cache_usage, bare.prompt_tokens, bare.finished) == (None, None, None)
+
+
+# managedFields as a 1.34 API server records them (a write through /scale carries no time).
+APPLIED = {"manager": "kubectl-client-side-apply", "operation": "Update", "time": "2026-12-02T07:19:38Z"}
+REPLICAS_FIELD = {"fieldsV1": {"f:spec": {".": {}, "f:replicas": {}}}}
+STATUS_ONLY = {"manager": "voxtral-operator", "operation": "Apply", "subresource": "status", "fieldsV1": {}}
+
+
+@pytest.mark.parametrize(
+    ("entries", "shown", "manager", "at"),
+    [
+        (
+            [STATUS_ONLY, APPLIED | REPLICAS_FIELD],
+            "kubectl-client-side-apply",
+            "kubectl-client-side-apply",
+            1796195978.0,
+        ),
+        (
+            [
+                APPLIED | {"fieldsV1": {"f:spec": {"f:model": {}}}},
+                {"manager": "kubectl", "subresource": "scale"} | REPLICAS_FIELD,
+            ],
+            "kubectl (/scale)",
+            "kubectl",
+            None,
+        ),
+        (
+            [{"manager": AUTOSCALER_FIELD_MANAGER, "subresource": "scale"} | REPLICAS_FIELD],
+            f"{AUTOSCALER_FIELD_MANAGER} (/scale)",
+            AUTOSCALER_FIELD_MANAGER,
+            None,
+        ),
+        ([STATUS_ONLY], None, None, None),
+    ],
+    ids=["apply", "kubectl-scale", "the-autoscaler-itself", "nobody"],
+)
+def test_the_writer_of_spec_replicas_is_read_from_managed_fields(
+    entries: list[dict[str, Any]], shown: str | None, manager: str | None, at: float | None
+) -> None:
+    writer = replicas_writer({"metadata": {"managedFields": entries}})
+    if shown is None:
+        assert writer is None
+        return
+    assert writer is not None
+    assert (writer.shown, writer.manager, writer.at) == (shown, manager, at)

@@ -297,3 +297,27 @@ def test_status_counts_the_gpus_held_by_bound_pods_only() -> None:
         now=T0,
     )
     assert result["gpus"] == 8  # two pods on nodes (one still loading) x TP 4; unscheduled and finished hold none
+
+
+def test_a_pod_ready_before_the_deployment_counts_it_is_ready_not_pending() -> None:
+    loading = compute(deployment(ready=0), [pod("asr-a", "loading"), pod("asr-b", "loading")])
+    assert loading["phase"] == "Loading"
+    ready = compute(deployment(ready=0), [pod("asr-a", "ready"), pod("asr-b", "loading")], previous=loading)
+    assert summary(ready)[:2] == ("Ready", ("True", "Available"))
+    assert (condition_of(ready, "Ready") or {})["message"] == "1/2 replicas ready"
+
+
+def test_replicas_beyond_what_is_wanted_are_not_counted_as_more_than_wanted() -> None:
+    computed = compute_status(
+        generation=1,
+        desired_replicas=1,
+        deployment=deployment(ready=2),
+        pods=[pod("asr-a", "ready"), pod("asr-b", "ready")],
+        previous={},
+        url="",
+        selector="",
+        tensor_parallel_size=1,
+        now=T0,
+    )
+    assert (condition_of(computed, "Ready") or {})["message"] == "1/1 replicas ready, 1 more still stopping"
+    assert computed["replicaSummary"] == "1/1"

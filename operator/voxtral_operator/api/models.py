@@ -483,16 +483,17 @@ class VoxtralEndpointSpec(_Model):
                 {
                     "rule": "self.minReplicas <= self.maxReplicas",
                     "message": "minReplicas must not exceed maxReplicas",
-                    "messageExpression": "'minReplicas ' + string(self.minReplicas)"
-                    " + ' must not exceed maxReplicas ' + string(self.maxReplicas)",
+                    # format(), not `+`: the server prices a concatenation of unsized strings far above budget.
+                    "messageExpression": "'minReplicas %d must not exceed maxReplicas %d'"
+                    ".format([self.minReplicas, self.maxReplicas])",
                     "fieldPath": ".minReplicas",
                 },
                 {
                     "rule": "!has(self.replicas) || (self.replicas >= self.minReplicas"
                     " && self.replicas <= self.maxReplicas)",
                     "message": "replicas must lie within [minReplicas, maxReplicas]",
-                    "messageExpression": "'replicas ' + string(self.replicas) + ' must lie within [minReplicas '"
-                    " + string(self.minReplicas) + ', maxReplicas ' + string(self.maxReplicas) + ']'",
+                    "messageExpression": "'replicas %d must lie within [minReplicas %d, maxReplicas %d]'"
+                    ".format([self.replicas, self.minReplicas, self.maxReplicas])",
                     "fieldPath": ".replicas",
                 },
                 {

@@ -120,24 +120,33 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
     )
 
 
-def replicas_writer(endpoint: JSON) -> tuple[str, float] | None:
-    """Who last wrote spec.replicas and when, from the API server's managedFields; None when it
-    keeps none or nobody owns the field. A `kubectl scale` is recorded under the parent object with
-    `subresource: scale`, so it reads like any other write."""
-    found: tuple[str, float] | None = None
+@dataclass(frozen=True)
+class ReplicasWriter:
+    manager: str  # the field manager, as the writer named itself
+    subresource: str  # "scale" for `kubectl scale` (and the autoscaler), "" for the object itself
+    at: float | None  # epoch seconds; a 1.34 server records no time for a write through /scale
+
+    @property
+    def shown(self) -> str:
+        return f"{self.manager} (/{self.subresource})" if self.subresource else self.manager
+
+
+def replicas_writer(endpoint: JSON) -> ReplicasWriter | None:
+    """Who last wrote spec.replicas and when, from the API server's managedFields; None when nobody
+    owns the field. A write through the scale subresource is recorded under the parent object."""
+    found: ReplicasWriter | None = None
     for entry in (endpoint.get("metadata") or {}).get("managedFields") or []:
         fields = entry.get("fieldsV1") or {}
         if not isinstance(fields.get("f:spec"), dict) or "f:replicas" not in fields["f:spec"]:
             continue
         try:
-            at = datetime.datetime.fromisoformat(str(entry.get("time")).replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            at = 0.0
-        manager = str(entry.get("manager") or "an unnamed client")
-        if entry.get("subresource"):
-            manager += f" (/{entry['subresource']})"
-        if found is None or at >= found[1]:
-            found = (manager, at)
+            at: float | None = datetime.datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00")).timestamp()
+        except (KeyError, ValueError):
+            at = None
+        if found is None or (at or 0.0) >= (found.at or 0.0):
+            found = ReplicasWriter(
+                str(entry.get("manager") or "an unnamed client"), str(entry.get("subresource") or ""), at
+            )
     return found
 
 
@@ -149,10 +158,10 @@ class _EndpointState:
     # The gateways' answered-request counters per pod, and when any of them last moved.
     gateway_requests: dict[str, float] = field(default_factory=dict)
     last_request_at: float | None = None
-    # What this autoscaler last wrote to spec.replicas, and when a different value was first seen:
-    # how a person's scale is told apart on a server that keeps no managedFields.
+    # What this autoscaler last wrote to spec.replicas (how a person's scale is told apart on a server
+    # that keeps no managedFields), and the person's write last seen, with when it was first seen.
     written_replicas: int | None = None
-    other_replicas: tuple[int, float] | None = None
+    person_write: tuple[tuple[int, str, float | None], float] | None = None
     restored: bool = False  # the saved state was looked for
     saved_at: float | None = None  # when the learned state was last saved (or restored)
     saved: JSON = field(default_factory=dict)
@@ -272,18 +281,24 @@ class Autoscaler:
         `kubectl scale`. Read from managedFields where the server keeps them; else what differs from the
         autoscaler's own last write."""
         replicas = spec.replicas
+        by: str | None = None
+        written_at: float | None = None
         if replicas is None:
-            return None  # nobody asked for a number: minReplicas is the autoscaler's to start from
-        if (endpoint.get("metadata") or {}).get("managedFields"):
+            pass  # nobody asked for a number: minReplicas is the autoscaler's to start from
+        elif (endpoint.get("metadata") or {}).get("managedFields"):
             writer = replicas_writer(endpoint)
-            if writer is None or writer[0] == AUTOSCALER_FIELD_MANAGER:
-                return None
-            return ManualScale(replicas, writer[0], writer[1])
-        if replicas == state.written_replicas:
+            if writer is not None and writer.manager != AUTOSCALER_FIELD_MANAGER:
+                by, written_at = writer.shown, writer.at
+        elif replicas != state.written_replicas:
+            by = "a client other than the autoscaler"
+        if replicas is None or by is None:
+            state.person_write = None
             return None
-        if state.other_replicas is None or state.other_replicas[0] != replicas:
-            state.other_replicas = (replicas, self.wall_clock())
-        return ManualScale(replicas, "a client other than the autoscaler", state.other_replicas[1])
+        write = (replicas, by, written_at)
+        if state.person_write is None or state.person_write[0] != write:
+            # A write without a time (the scale subresource) dates from when it was first seen.
+            state.person_write = (write, written_at if written_at is not None else self.wall_clock())
+        return ManualScale(replicas, by, state.person_write[1])
 
     async def _reflect(
         self,
