@@ -61,6 +61,12 @@ REFUSALS = [
     ("an unknown model without a profile", {"model": "someone/other-model"}, "modelProfile"),
     ("a negative replica count", {"minReplicas": -1}, "spec.minReplicas"),
     ("an unknown field", {"gpuCount": 2}, "gpuCount"),
+    (
+        "two settings for one caller key",
+        {"gateway": {"enabled": True, "keys": [{"name": "alice"}, {"name": "alice", "weight": 2}]}},
+        "spec.gateway.keys",
+    ),
+    ("a caller key weighing nothing", {"gateway": {"enabled": True, "keys": [{"name": "a", "weight": 0}]}}, "weight"),
 ]
 
 
