@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test lint crds bench e2e cluster cluster-down images clean
+.PHONY: help demo test lint crds bench e2e cluster cluster-bare cluster-down images clean
 
 help:
 	@echo "make demo   - run the operator against a local API emulator and reconcile the examples"
@@ -12,7 +12,9 @@ help:
 	@echo "make lint   - ruff and mypy"
 	@echo "make crds   - regenerate crds/ and the chart's CRD from the API models"
 	@echo "make bench  - benchmarks (print figures)"
+	@echo "make images - print the docker commands that build and push the images"
 	@echo "make cluster      - build (once) and start the local control plane, install the chart, run the operator"
+	@echo "make cluster-bare - the local control plane with nothing installed: follow the README's install section"
 	@echo "make cluster-down - stop everything make cluster started"
 	@echo "make e2e    - e2e suite against KUBECONFIG, or (unset) against the local control plane"
 
@@ -53,16 +55,25 @@ bench: $(STAMP) $(HELM)
 	e2e/cluster/exec $(CURDIR)/$(BIN)/python bench/reconcile_cluster.py
 	$(BIN)/python bench/autoscale.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/gateway_hostile.py
+	$(BIN)/python bench/gateway_queues.py
 	$(BIN)/python bench/policy_sim.py
 
+# The image builds, printed rather than run (no Docker engine is assumed): `make images REGISTRY=...`.
+REGISTRY ?= ghcr.io/voxtral-dev
 images:
-	@echo "No Docker engine here; with one:"
-	@echo "  docker build -f images/operator/Dockerfile -t ghcr.io/voxtral-dev/voxtral-operator:0.1.0 ."
-	@echo "  docker build -f images/vllm-sim/Dockerfile -t ghcr.io/voxtral-dev/vllm-sim:0.1.0 ."
-	@echo "  docker build -t ghcr.io/voxtral-dev/vllm-voxtral:0.33.0 images/vllm-voxtral"
+	@echo 'To build and push the images (needs a Docker engine; REGISTRY=$(REGISTRY)):'
+	@echo 'docker build -f images/operator/Dockerfile -t $(REGISTRY)/voxtral-operator:0.1.0 .'
+	@echo 'docker build -t $(REGISTRY)/vllm-voxtral:0.33.0 images/vllm-voxtral'
+	@echo 'docker push $(REGISTRY)/voxtral-operator:0.1.0 && docker push $(REGISTRY)/vllm-voxtral:0.33.0'
+	@echo 'The vLLM simulator, for the e2e suite on another cluster (e2e/README.md):'
+	@echo 'docker build -f images/vllm-sim/Dockerfile -t $(REGISTRY)/vllm-sim:0.1.0 .'
 
 cluster: $(STAMP) $(HELM)
 	e2e/cluster/up
+
+cluster-bare: $(STAMP) $(HELM)
+	e2e/cluster/up --bare
 
 cluster-down:
 	e2e/cluster/down

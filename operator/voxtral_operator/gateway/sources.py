@@ -43,10 +43,24 @@ class SecretRef:
 
 
 class CallerKeys:
-    """Accepted keys, compared in constant time: every key is compared, whichever matches."""
+    """Accepted keys, compared in constant time: every key is compared, whichever matches.
 
-    def __init__(self, keys: Iterable[bytes]) -> None:
-        self._digests = [(hashlib.sha256(key).digest(), key_id(key)) for key in keys if key]
+    A key may come with the name of its Secret entry: the tenant its weight and limits are set for.
+    """
+
+    def __init__(self, keys: Iterable[bytes | tuple[str, bytes]]) -> None:
+        self._digests: list[tuple[bytes, str]] = []
+        self._tenants: dict[str, str] = {}  # key id -> Secret entry name
+        for entry in keys:
+            tenant, key = entry if isinstance(entry, tuple) else ("", entry)
+            if key:
+                self._digests.append((hashlib.sha256(key).digest(), key_id(key)))
+                if tenant:
+                    self._tenants[key_id(key)] = tenant
+
+    def tenant(self, ident: str) -> str | None:
+        """The Secret entry name of the key with this id, if it came with one."""
+        return self._tenants.get(ident)
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -172,11 +186,11 @@ class _SecretState:
         self.secrets[name] = objects.get(name)
         spec, sources = self.spec, self.sources
         if spec.caller_keys:
-            keys: list[bytes] = []
+            keys: list[tuple[str, bytes]] = []
             for ref in spec.caller_keys:
                 data = secret_data(self.secrets.get(ref.name))
-                values = [data[ref.key]] if ref.key and ref.key in data else [] if ref.key else list(data.values())
-                keys += [value.strip() for value in values]
+                entries = [(ref.key, data[ref.key])] if ref.key and ref.key in data else [] if ref.key else data.items()
+                keys += [(name, value.strip()) for name, value in entries]
             sources.caller_keys = CallerKeys(keys)
         if spec.backend_key is not None:
             value = secret_data(self.secrets.get(spec.backend_key.name)).get(spec.backend_key.key or "")
