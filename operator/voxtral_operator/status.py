@@ -376,16 +376,16 @@ def with_exposure(
             now,
         )
     else:
-        reach = (
-            "its /v1 routes check the caller key, but " if caller_keys else "spec.auth names no key, and every route "
-        )
+        if caller_keys:
+            reach = f"its /v1 routes check the caller key, but {UNKEYED_VLLM_ROUTES} answer without one"
+        else:
+            reach = f"spec.auth names no key: every route answers without one, {UNKEYED_VLLM_ROUTES} among them"
         condition = _condition(
             previous_conditions,
             EXPOSED,
             True,
             "GatewayDisabled",
-            "gateway.enabled is false: callers the NetworkPolicy admits reach vLLM directly; "
-            f"{reach}{UNKEYED_VLLM_ROUTES} among them answer without a key",
+            f"gateway.enabled is false: callers the NetworkPolicy admits reach vLLM directly; {reach}",
             generation,
             now,
         )
