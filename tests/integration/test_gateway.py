@@ -746,7 +746,11 @@ async def test_suspend_and_resume_under_load_answer_every_request_without_a_rest
         await eventually(lambda: answered(200, 20), timeout=30)
         recorder.gate.clear()  # one request in flight on the replica across the suspend
         in_flight = asyncio.create_task(session.post(f"{gateway.url}/v1/completions", json={"prompt": "a"}))
-        await eventually(lambda: gateway.metric(session, names.INFLIGHT_REQUESTS), timeout=30)
+
+        async def on_the_replica() -> bool:
+            return any(path == "/v1/completions" for _, path, _, _ in recorder.requests)
+
+        await eventually(on_the_replica, timeout=30)
         await put_slice(kube, "rec", recorder.port, ready=False)  # scaled to zero: callers are held
         await eventually(lambda: _at_least(gateway.metric(session, names.HELD_REQUESTS), 6), timeout=30)
         await put_endpoint(kube, suspended=True)  # held requests get 503 at once
