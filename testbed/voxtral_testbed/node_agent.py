@@ -9,6 +9,11 @@ scheduler binds to one of them, does what a kubelet would:
 - runs the container's own command line and environment (API keys from Secrets, as the kubelet
   resolves them), with vLLM's `--host` set to the pod's IP: all pods share one network namespace
   here, where each would have its own;
+- mounts the container's Secret volumes as the kubelet projects them (`..data` swapped atomically;
+  an optional volume of a missing Secret empty; a missing non-optional one keeps the container from
+  starting) under the pod's state directory, rewriting the arguments that name those paths, and
+  refreshes them every `--secret-sync-seconds` (the kubelet: at its pod sync, about a minute). It
+  reads the Secrets with its own credentials, as a kubelet does;
 - runs the startup, readiness and liveness probes the pod declares; restarts a container that exits
   or fails liveness, with CrashLoopBackOff's doubling back-off; reports OOMKilled when told to;
 - on deletion runs the preStop sleep, sends SIGTERM, waits up to the grace period, then removes the
@@ -46,6 +51,7 @@ import yaml
 
 from voxtral_testbed.kube import ApiError, Kube
 from voxtral_testbed.kube_proxy import ServiceProxy
+from voxtral_testbed.secret_volumes import PodSecretVolumes, pod_secret_volumes, secret_payload
 
 logger = logging.getLogger("node-agent")
 JSON = dict[str, Any]
@@ -127,6 +133,9 @@ class PodRunner:
         self.terminating = asyncio.Event()
         self.started_at = now()
         self._published: JSON | None = None
+        home = agent.state_dir / "pods" / f"{self.namespace}_{self.name}"
+        self._volumes_lock = asyncio.Lock()
+        self.volumes = PodSecretVolumes(home / "volumes", pod_secret_volumes(pod["spec"], self.container))
         self.task = asyncio.get_running_loop().create_task(self._life(), name=f"pod {self.namespace}/{self.name}")
 
     # --- status ----------------------------------------------------------------------------
@@ -227,6 +236,23 @@ class PodRunner:
             env["KUBECONFIG"] = kubeconfig
         return env
 
+    async def _sync_volumes(self) -> str | None:
+        """Project the Secret volumes from the Secrets as they are now; the kubelet's message when a
+        non-optional one is missing."""
+        async with self._volumes_lock:  # the refresher and a container start never write at once
+            payloads = {}
+            for name in {volume.secret_name for volume in self.volumes.volumes}:
+                path = f"/api/v1/namespaces/{self.namespace}/secrets/{name}"
+                payloads[name] = secret_payload(await self.agent.kube.get(path))
+            return await asyncio.to_thread(self.volumes.sync, payloads.__getitem__)
+
+    async def _refresh_volumes(self) -> None:
+        while not await self._wait_or_terminate(self.agent.secret_sync_seconds):
+            try:
+                await self._sync_volumes()
+            except (ApiError, aiohttp.ClientError, OSError) as exc:
+                logger.warning("%s/%s: refreshing Secret volumes: %s", self.namespace, self.name, exc)
+
     async def _service_account_kubeconfig(self) -> str | None:
         """The pod's service-account credentials, as the kubelet mounts them: a bound token from
         TokenRequest. Processes here share the host's filesystem, so they get it as a kubeconfig
@@ -277,7 +303,7 @@ class PodRunner:
 
     def _start_process(self, env: dict[str, str], fault: JSON) -> subprocess.Popen[bytes]:
         argv = list(self.container.get("command") or ["vllm", "serve"]) + list(self.container.get("args") or [])
-        argv = _with_host(argv, self.ip)
+        argv = self.volumes.rewrite(_with_host(argv, self.ip))
         if argv[:1] != ["vllm"]:
             fault = {}  # faults are the simulator's options: a gateway pod of the same endpoint runs as is
         if fault.get("loadSeconds"):
@@ -377,11 +403,13 @@ class PodRunner:
         return self.terminating.is_set()
 
     async def _life(self) -> None:
+        refreshing = asyncio.get_running_loop().create_task(self._refresh_volumes())
         try:
             await self._live()
         except Exception:
             logger.exception("pod %s/%s", self.namespace, self.name)
         finally:
+            refreshing.cancel()
             self._kill(signal.SIGKILL)
             self.node.release_ip(self.ip)
 
@@ -398,6 +426,12 @@ class PodRunner:
             await self._finish()
             return
         while not self.terminating.is_set():
+            unmounted = await self._sync_volumes()
+            if unmounted is not None:
+                self.state.state = {"waiting": {"reason": "ContainerCreating", "message": unmounted}}
+                await self.publish()
+                await self._wait_or_terminate(2)
+                continue
             env = await self._environment()
             if isinstance(env, str):
                 self.state.state = {"waiting": {"reason": "CreateContainerConfigError", "message": env}}
@@ -447,8 +481,10 @@ class NodeAgent:
         shim_dir: Path,
         state_dir: Path,
         probe_period_scale: float = 1.0,
+        secret_sync_seconds: float = 10.0,
     ) -> None:
         self.kube = kube
+        self.secret_sync_seconds = secret_sync_seconds
         self.nodes = {node.name: node for node in nodes}
         self.images = images
         self.shim_dir = shim_dir
@@ -638,11 +674,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True, type=Path, help="pod logs and volumes go here")
     parser.add_argument("--shim-dir", required=True, type=Path, help="folder holding the `vllm` shim")
     parser.add_argument("--probe-period-scale", type=float, default=1.0, help="probe periods times this")
+    parser.add_argument(
+        "--secret-sync-seconds",
+        type=float,
+        default=10.0,
+        help="how often Secret volumes are refreshed (the kubelet: about a minute)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     nodes, images = load_nodes(args.nodes)
     agent = NodeAgent(
-        Kube.from_kubeconfig(args.kubeconfig), nodes, images, args.shim_dir, args.state_dir, args.probe_period_scale
+        Kube.from_kubeconfig(args.kubeconfig),
+        nodes,
+        images,
+        args.shim_dir,
+        args.state_dir,
+        args.probe_period_scale,
+        args.secret_sync_seconds,
     )
     asyncio.run(agent.run())
     return 0

@@ -155,7 +155,7 @@ class Gateway:
         self.sources = sources
         self.dispatcher = dispatcher
         self.settings = settings
-        self.metrics = GatewayMetrics(dispatcher.snapshot)
+        self.metrics = GatewayMetrics(dispatcher.snapshot, lambda: sources.missing)
         self._session: aiohttp.ClientSession | None = None
         self.ssl_context: ssl.SSLContext | None = None
         sources.on_backends.append(dispatcher.set_replicas)
@@ -231,6 +231,15 @@ class Gateway:
             ), ANONYMOUS
         if request.method != ROUTES[route]:
             return error_response(405, f"{request.method} is not allowed on {route}", "method_not_allowed"), ANONYMOUS
+        if self.sources.misconfigured:
+            # Every request would be refused for a reason the caller cannot fix; the Secret's name
+            # is in the gateway's log, its metrics and the endpoint's status, not in this answer.
+            return error_response(
+                503,
+                "endpoint misconfigured: a Secret it needs is missing; its operator is told",
+                "endpoint_misconfigured",
+                kind="service_unavailable",
+            ), ANONYMOUS
         key = self._authenticate(request)
         if key is None:
             return (
@@ -285,14 +294,15 @@ class Gateway:
         response.force_close()  # the rest of the body is not read
         return response
 
-    def _headers(self, request: web.BaseRequest) -> CIMultiDict[str]:
+    def _headers(self, request: web.BaseRequest, address: str) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict(
             (name, value) for name, value in request.headers.items() if name.lower() not in HOP_BY_HOP
         )
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
-        if self.sources.backend_key:
-            headers["Authorization"] = f"Bearer {self.sources.backend_key}"
+        backend_key = self.sources.backend_key_for(address)
+        if backend_key:
+            headers["Authorization"] = f"Bearer {backend_key}"
         return headers
 
     async def _forward(
@@ -332,7 +342,7 @@ class Gateway:
         response: web.StreamResponse | None = None
         try:
             async with self.session().request(
-                request.method, url, data=data, headers=self._headers(request), allow_redirects=False
+                request.method, url, data=data, headers=self._headers(request, lease.address), allow_redirects=False
             ) as upstream:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 for name, value in upstream.headers.items():
