@@ -12,6 +12,7 @@ help:
 	@echo "make lint   - ruff and mypy"
 	@echo "make crds   - regenerate crds/ and the chart's CRD from the API models"
 	@echo "make bench  - benchmarks (print figures)"
+	@echo "make images - print the docker commands that build and push the images"
 	@echo "make cluster      - build (once) and start the local control plane, install the chart, run the operator"
 	@echo "make cluster-down - stop everything make cluster started"
 	@echo "make e2e    - e2e suite against KUBECONFIG, or (unset) against the local control plane"
@@ -55,11 +56,15 @@ bench: $(STAMP) $(HELM)
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/policy_sim.py
 
+# The image builds, printed rather than run (no Docker engine is assumed): `make images REGISTRY=...`.
+REGISTRY ?= ghcr.io/voxtral-dev
 images:
-	@echo "No Docker engine here; with one:"
-	@echo "  docker build -f images/operator/Dockerfile -t ghcr.io/voxtral-dev/voxtral-operator:0.1.0 ."
-	@echo "  docker build -f images/vllm-sim/Dockerfile -t ghcr.io/voxtral-dev/vllm-sim:0.1.0 ."
-	@echo "  docker build -t ghcr.io/voxtral-dev/vllm-voxtral:0.33.0 images/vllm-voxtral"
+	@echo 'To build and push the images (needs a Docker engine; REGISTRY=$(REGISTRY)):'
+	@echo 'docker build -f images/operator/Dockerfile -t $(REGISTRY)/voxtral-operator:0.1.0 .'
+	@echo 'docker build -t $(REGISTRY)/vllm-voxtral:0.33.0 images/vllm-voxtral'
+	@echo 'docker push $(REGISTRY)/voxtral-operator:0.1.0 && docker push $(REGISTRY)/vllm-voxtral:0.33.0'
+	@echo 'The vLLM simulator, for the e2e suite on another cluster (e2e/README.md):'
+	@echo 'docker build -f images/vllm-sim/Dockerfile -t $(REGISTRY)/vllm-sim:0.1.0 .'
 
 cluster: $(STAMP) $(HELM)
 	e2e/cluster/up

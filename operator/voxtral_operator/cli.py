@@ -246,6 +246,60 @@ def parser() -> argparse.ArgumentParser:
         help="how long a request waits while no replica is ready (scale from zero; default: 1200)",
     )
     p.add_argument("--max-upload-mb", type=float, default=25.0, metavar="N", help="upload size cap in MB (default: 25)")
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="open client connections per gateway process; more are closed as they come (default: 4096)",
+    )
+    p.add_argument(
+        "--idle-timeout-seconds",
+        type=float,
+        default=75.0,
+        metavar="S",
+        help="a connection with no request (or an unfinished request head) for this long is closed (default: 75)",
+    )
+    p.add_argument(
+        "--header-timeout-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a request's head must be complete this long after its first byte (default: 10)",
+    )
+    p.add_argument(
+        "--body-timeout-seconds",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="an upload that sends nothing for this long is abandoned and its replica slot released (default: 30)",
+    )
+    p.add_argument(
+        "--key-requests-per-minute",
+        type=float,
+        metavar="R",
+        help="requests per minute each caller key may send to this gateway pod; beyond: 429 (default: no limit)",
+    )
+    p.add_argument(
+        "--key-audio-seconds-per-minute",
+        type=float,
+        metavar="A",
+        help="seconds of audio per minute each caller key may send to this gateway pod (default: no limit)",
+    )
+    p.add_argument(
+        "--key-concurrent-requests",
+        type=int,
+        metavar="N",
+        help="requests each caller key may have queued or in flight on this gateway pod (default: no limit)",
+    )
+    p.add_argument(
+        "--key-override",
+        action="append",
+        default=[],
+        metavar="NAME:SETTING=VALUE,...",
+        help="weight and limits of the key in Secret entry NAME: weight (share of dispatch while keys wait, "
+        "default 1), requests-per-minute, audio-seconds-per-minute, concurrent-requests; repeat per key",
+    )
     p.add_argument("--suspended", action="store_true", help="answer every API request 503 endpoint_suspended")
     p.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="text lines or JSON lines (default: text)")
     p.add_argument("--verbose", action="store_true", help="debug logs: one line per request")

@@ -8,7 +8,14 @@ the second occurrence patches the series at once, later ones at most every REFRE
 an event not seen for SERIES_GAP_SECONDS starts afresh. Nothing is written unless something
 happened: a steady endpoint costs no event writes.
 
-Writes go through one background task in order; `record` never blocks the reconciler.
+Writes go through one background task in order; `record` never blocks the reconciler. A series
+whose namespace or object is gone is dropped, never retried: a create answered 404 (the namespace
+is gone) or refused because the namespace is terminating drops every series of that namespace, a
+patch answered 404 drops its series, and the operator forgets the series of an endpoint it saw
+deleted. Any other failure is retried at the next refresh, at most MAX_WRITE_ATTEMPTS times. A
+create that was retried or waited longer than STALE_SECONDS is made only if the endpoint still
+exists with the same uid, so a namespace or endpoint recreated under the same name never receives
+the Events of its predecessor.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voxtral_operator.k8s.client import ApiClient, ApiError
-from voxtral_operator.k8s.resources import Resource
+from voxtral_operator.k8s.resources import ENDPOINTS, Resource
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +48,8 @@ REFRESH_SECONDS = 60.0  # a repeating event's count is written at most this ofte
 SERIES_GAP_SECONDS = 360.0  # client-go's: a pause this long ends a series
 MAX_SERIES = 4096  # events remembered for folding repeats (oldest forgotten first)
 QUEUE_LIMIT = 1000  # writes waiting; beyond this, events are logged and dropped
+MAX_WRITE_ATTEMPTS = 3  # a series whose write failed this often is dropped
+STALE_SECONDS = 10.0  # a create later than this after the event first checks the endpoint's uid
 
 # What the operator did, by the reason it reports (anything else: it was reconciling).
 ACTIONS = {
@@ -125,6 +134,9 @@ class Series:
     last_observed: float = 0.0  # monotonic
     last_observed_at: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(tz=datetime.UTC))
     last_write: float = float("-inf")  # monotonic, when a write was queued
+    first_observed: float = 0.0  # monotonic
+    failed_writes: int = 0
+    dropped: bool = False  # its namespace or object is gone, or it failed too often: never written again
 
     @property
     def dirty(self) -> bool:
@@ -134,7 +146,7 @@ class Series:
 def write_due(series: Series, now: float, refresh_seconds: float = REFRESH_SECONDS) -> bool:
     """Should the series be written now? First sight (create), the first repeat, or a count that is
     REFRESH_SECONDS old. Pure, so the "no writes when nothing happens" rule is tested as a table."""
-    if not series.dirty:
+    if not series.dirty or series.dropped:
         return False
     if series.written_count == 0 or series.count == 2:
         return True
@@ -185,7 +197,7 @@ class EventRecorder:
                 instance=self.instance,
                 now=moment,
             )
-            series = Series(body=body, last_observed=now, last_observed_at=moment)
+            series = Series(body=body, last_observed=now, last_observed_at=moment, first_observed=now)
         else:
             series.count += 1
             series.last_observed = now
@@ -228,7 +240,7 @@ class EventRecorder:
                 try:
                     await self._write(series)
                 except Exception as exc:  # events are best effort: never let one stop the others
-                    self._warn_once(exc)
+                    self._failed(series, exc)
                 finally:
                     self._queue.task_done()
             if self.clock() - last_flush >= self.refresh_seconds:  # counts left unwritten are due now
@@ -237,10 +249,15 @@ class EventRecorder:
 
     async def _write(self, series: Series) -> None:
         count = series.count
-        if count <= series.written_count:
-            return  # an earlier queued write already carried this count
+        if series.dropped or count <= series.written_count:
+            return  # dropped, or an earlier queued write already carried this count
         meta = series.body["metadata"]
         if series.written_count == 0:
+            if (series.failed_writes or self.clock() - series.first_observed > STALE_SECONDS) and not (
+                await self._regarding_exists(series.body["regarding"])
+            ):
+                self._drop(lambda other: other is series)
+                return
             try:
                 await self.client.create(EVENTS, meta["namespace"], series.body)
             except ApiError as exc:
@@ -253,6 +270,13 @@ class EventRecorder:
             return
         await self._patch_series(series, count)
 
+    async def _regarding_exists(self, regarding: JSON) -> bool:
+        """Is the endpoint the event is about still there, the same object (uid)? Other kinds: assumed so."""
+        if regarding.get("kind") != ENDPOINTS.kind or regarding.get("apiVersion") != ENDPOINTS.api_version:
+            return True
+        live = await self.client.get(ENDPOINTS, regarding.get("namespace"), str(regarding.get("name")))
+        return live is not None and (live.get("metadata") or {}).get("uid") == regarding.get("uid")
+
     async def _patch_series(self, series: Series, count: int) -> None:
         meta = series.body["metadata"]
         patch = {"series": {"count": count, "lastObservedTime": micro_time(series.last_observed_at)}}
@@ -263,6 +287,38 @@ class EventRecorder:
             content_type="application/merge-patch+json",
         )
         series.written_count = count
+
+    def _failed(self, series: Series, exc: Exception) -> None:
+        """Drop what can never be written; give up on the rest after MAX_WRITE_ATTEMPTS."""
+        self._warn_once(exc)
+        namespace = series.body["metadata"]["namespace"]
+        status = exc.status if isinstance(exc, ApiError) else -1
+        terminating = status == 403 and "being terminated" in (exc.message if isinstance(exc, ApiError) else "")
+        if (status == 404 and series.written_count == 0) or terminating:
+            # An Event create answers 404 only when its namespace is gone: so is every series in it.
+            dropped = self._drop(lambda other: other.body["metadata"]["namespace"] == namespace)
+            logger.info("namespace %s is gone or terminating: %d event series dropped", namespace, dropped)
+            return
+        series.failed_writes += 1
+        if status == 404 or series.failed_writes >= MAX_WRITE_ATTEMPTS:  # 404: the Event itself is gone
+            self._drop(lambda other: other is series)
+            logger.info("event dropped after %d failed writes: %s %s", series.failed_writes, series.body["reason"], exc)
+
+    def _drop(self, which: Callable[[Series], bool]) -> int:
+        """Never write these series again and forget them (a queued write of one is skipped)."""
+        keys = [key for key, series in self._series.items() if which(series)]
+        for key in keys:
+            self._series.pop(key).dropped = True
+        return len(keys)
+
+    def forget(self, namespace: str, uid: str | None = None) -> None:
+        """The endpoint `uid` (None: the whole namespace) is gone: its unwritten events are dropped."""
+        self._drop(
+            lambda series: (
+                series.body["metadata"]["namespace"] == namespace
+                and (uid is None or series.body["regarding"].get("uid") == uid)
+            )
+        )
 
     def _warn_once(self, exc: Exception) -> None:
         status = exc.status if isinstance(exc, ApiError) else -1
@@ -291,3 +347,10 @@ def post(client: ApiClient, obj: Mapping[str, Any], type_: str, reason: str, not
         recorder.record(obj, type_, reason, note)
     except RuntimeError:  # no running event loop: nothing can be posted, so say it in the log
         logger.info("event %s %s: %s", type_, reason, note)
+
+
+def forget(client: ApiClient, namespace: str, uid: str | None = None) -> None:
+    """The endpoint `uid` in namespace (None: the namespace itself) was deleted: drop its unwritten events."""
+    recorder = _recorders.get(id(client))
+    if recorder is not None and recorder.client is client:
+        recorder.forget(namespace, uid)

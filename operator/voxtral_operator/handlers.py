@@ -258,8 +258,10 @@ async def gateway_pod_index(
 
 
 @kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
-async def endpoint_changed(namespace: str, name: str, **kwargs: Any) -> None:
+async def endpoint_changed(namespace: str, name: str, uid: str, **kwargs: Any) -> None:
     reconciler = _reconciler(**kwargs)
+    if kwargs.get("type") == "DELETED":  # events about it not yet written never will be (a namesake is another object)
+        events.forget(reconciler.client, namespace, uid)
     reconciler.endpoint_observed((namespace, name))
     reconciler.enqueue((namespace, name))
 
@@ -278,6 +280,8 @@ async def namespace_index(name: str, labels: kopf.Labels, **_: Any) -> dict[str,
 async def namespace_changed(name: str, **kwargs: Any) -> None:
     """Namespace policies may select by label: a relabelled namespace is a reason to reconcile its endpoints."""
     reconciler = _reconciler(**kwargs)
+    if kwargs.get("type") == "DELETED":
+        events.forget(reconciler.client, name)
     for key in reconciler.view.endpoint_keys():
         if key[0] == name:
             reconciler.enqueue(key)

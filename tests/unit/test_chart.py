@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +305,77 @@ def test_dashboard_is_valid_json_with_the_promised_panels() -> None:
         "vllm:time_to_first_token_seconds_bucket",
     ):
         assert series in exprs
+
+
+# A value other than the default for every operator-config key set under `operatorConfig`.
+OPERATOR_CONFIG_SAMPLES: dict[str, Any] = {
+    "vllmImage": "registry.example.com/ml/vllm-voxtral:0.33.0",
+    "imagePullPolicy": "Always",
+    "gpuNodeLabel": "example.com/gpu",
+    "gpuOverrides": {"L4-24GB": {"productLabel": "nvidia-l4", "memoryGB": 23}},
+    "vllmPort": 8001,
+    "gatewayImage": "registry.example.com/ml/voxtral-operator:0.1.0",
+    "gatewayMetricsPort": 9191,
+    "clusterDomain": "cluster.example",
+    "scrapeIntervalSeconds": 3,
+    "scrapeTimeoutSeconds": 0.5,
+    "autoscalerStateSaveSeconds": 60,
+    "servingCheckSeconds": 0,
+    "resyncSeconds": 30,
+    "prometheusUrl": "http://prometheus.example:9090",
+    "vllmRunAsUser": 2000,
+    "shmSize": "16Gi",
+    "allowedExtraArgs": ["--enforce-eager"],
+    "allowedImages": ["registry.example.com/ml/*"],
+    "allowedMediaDomains": ["media.example.com"],
+    "namespacePolicies": [{"namespaces": ["speech"], "priorityClassNames": ["gpu-inference"]}],
+    "defaultPolicy": {"gpuTypes": ["L4-24GB"], "maxGpusPerEndpoint": 4},
+    "egress": {"enabled": False},
+    "logFormat": "json",
+    "gpuHourlyPrices": {"L4-24GB": 0.8},
+    "currency": "EUR",
+}
+# Keys the chart derives from its own values: (how to set that value, the key's value then).
+CHART_OWNED_CONFIG: dict[str, tuple[list[str], Any]] = {
+    "operatorNamespace": (["--namespace", "speech-platform"], "speech-platform"),
+    "operatorPodLabels": ([], {"app.kubernetes.io/name": "voxtral-operator", "app.kubernetes.io/instance": "vx"}),
+    "watchedNamespaces": (["--set", "watchNamespaces={speech}"], ["speech"]),
+    "metricsScrapers": (
+        ["--set-json", 'metrics.scrapers=[{"namespaceLabels": {"team": "monitoring"}}]'],
+        [{"namespaceLabels": {"team": "monitoring"}}],
+    ),
+}
+
+
+def test_every_operator_config_key_is_settable_through_the_chart() -> None:
+    keys = {field.alias or name for name, field in OperatorConfig.model_fields.items()}
+    assert keys == OPERATOR_CONFIG_SAMPLES.keys() | CHART_OWNED_CONFIG.keys(), "a config key the chart does not cover"
+    values = ["--set-json", f"operatorConfig={json.dumps(OPERATOR_CONFIG_SAMPLES)}"]
+    rendered = operator_config_of(template(*values))
+    wanted = OperatorConfig.model_validate(OPERATOR_CONFIG_SAMPLES)
+    for key in OPERATOR_CONFIG_SAMPLES:
+        name = next(n for n, f in OperatorConfig.model_fields.items() if (f.alias or n) == key)
+        assert getattr(rendered, name) == getattr(wanted, name) != getattr(OperatorConfig(), name), key
+    for key, (chart_values, expected) in CHART_OWNED_CONFIG.items():
+        result = helm("template", "vx", str(CHART), "--kube-version", "1.34.0", *chart_values)
+        assert result.returncode == 0, result.stderr
+        docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        (config_map,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")]
+        assert yaml.safe_load(config_map["data"]["config.yaml"])[key] == expected, key
+        refused = helm("template", "vx", str(CHART), "--set-json", f"operatorConfig.{key}={json.dumps(expected)}")
+        assert refused.returncode != 0, key
+        assert f"operatorConfig.{key} is set by the chart" in refused.stderr, refused.stderr
+
+
+def test_the_gateway_image_defaults_to_the_charts_operator_image() -> None:
+    config = operator_config_of(template("--set", "image.repository=registry.example.com/ml/voxtral-operator"))
+    assert config.gateway_image == "registry.example.com/ml/voxtral-operator:0.1.0"
+
+
+def test_notes_endpoint_is_a_valid_endpoint_and_the_notes_have_no_placeholders() -> None:
+    text = notes()
+    assert "<" not in text.replace("<<EOF", ""), text
+    manifest = text.split("<<EOF\n", 1)[1].split("     EOF\n", 1)[0]
+    endpoint = yaml.safe_load(textwrap.dedent(manifest))
+    kinds = {obj["kind"] for obj in render(endpoint, OperatorConfig())}
+    assert {"Deployment", "Service", "NetworkPolicy"} <= kinds

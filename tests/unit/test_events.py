@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import pytest
 
 from voxtral_operator import events
-from voxtral_operator.events import Series, write_due
+from voxtral_operator.events import JSON, EventRecorder, Series, write_due
+from voxtral_operator.k8s.client import ApiClient, ApiError, Connection, NotFound
 
 ENDPOINT = {
     "apiVersion": "voxtral.dev/v1alpha1",
@@ -96,3 +98,151 @@ WRITES = [
 def test_when_a_series_is_written(count: int, written: int, since: float, due: bool) -> None:
     series = Series(body={}, count=count, written_count=written, last_write=1000.0 - since)
     assert write_due(series, 1000.0, refresh_seconds=60.0) is due
+
+
+class FakeApi(ApiClient):
+    """The API server as far as Events and endpoints go: namespaces that can be deleted and recreated,
+    endpoints by name with a uid. Every request the recorder makes goes through `request`."""
+
+    def __init__(self) -> None:
+        super().__init__(Connection(server="http://api.invalid"), attempts=1)
+        self.namespaces: set[str] = {"speech"}
+        self.endpoints: dict[tuple[str, str], str] = {("speech", "mini"): "u-1"}  # (namespace, name) -> uid
+        self.events: dict[tuple[str, str], JSON] = {}
+        self.writes: list[str] = []
+        self.requests = 0
+        self.unavailable = False
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> JSON:
+        self.requests += 1
+        parts = path.strip("/").split("/")
+        namespace, plural = parts[parts.index("namespaces") + 1], parts[parts.index("namespaces") + 2]
+        if method != "GET":
+            self.writes.append(f"{method} {namespace}")
+        if self.unavailable:
+            raise ApiError(503, "ServiceUnavailable", "the server is restarting")
+        if namespace not in self.namespaces:
+            raise NotFound(404, "NotFound", f'namespaces "{namespace}" not found')
+        if plural == "voxtralendpoints":
+            uid = self.endpoints.get((namespace, parts[-1]))
+            if uid is None:
+                raise NotFound(404, "NotFound", "not found")
+            return {"metadata": {"name": parts[-1], "namespace": namespace, "uid": uid}}
+        body = kwargs["body"]
+        if method == "POST":
+            self.events[namespace, body["metadata"]["name"]] = body
+            return body
+        event = self.events.get((namespace, parts[-1]))
+        if event is None:
+            raise NotFound(404, "NotFound", "not found")
+        event.update(body)
+        return event
+
+    def delete_namespace(self, name: str) -> None:
+        self.namespaces.discard(name)
+        self.endpoints = {key: uid for key, uid in self.endpoints.items() if key[0] != name}
+        self.events = {key: event for key, event in self.events.items() if key[0] != name}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def refreshes(recorder: EventRecorder, clock: Clock, count: int = 1) -> None:
+    """REFRESH_SECONDS pass `count` times, each time with the writes then due made."""
+    for _ in range(count):
+        clock.now += 60.0
+        recorder.flush_due()
+        await recorder.drain()
+
+
+async def recorded_in_an_outage(api: FakeApi, clock: Clock) -> EventRecorder:
+    """An event about endpoint mini-1 happens while the API server answers 503."""
+    api.endpoints[("speech", "mini-1")] = "u-1-1"
+    recorder = EventRecorder(api, instance="op-0", clock=clock, refresh_seconds=60.0)
+    api.unavailable = True
+    recorder.record(endpoint(1), "Normal", "Created", "created Deployment")
+    await recorder.drain()
+    api.unavailable = False
+    return recorder
+
+
+def endpoint(number: int, namespace: str = "speech", uid: str = "u-1") -> JSON:
+    return {**ENDPOINT, "metadata": {"name": f"mini-{number}", "namespace": namespace, "uid": f"{uid}-{number}"}}
+
+
+async def test_events_of_a_deleted_namespace_are_dropped_not_retried() -> None:
+    api, clock = FakeApi(), Clock()
+    recorder = EventRecorder(api, instance="op-0", clock=clock, refresh_seconds=60.0)
+    api.delete_namespace("speech")
+    for number in range(50):
+        recorder.record(endpoint(number), "Normal", "Created", "created Deployment")
+    await recorder.drain()
+    # The first create answers 404 (the namespace is gone): every series of that namespace goes with it.
+    assert api.writes == ["POST speech"]
+    await refreshes(recorder, clock, 20)  # twenty refreshes later nothing is retried and nothing is held
+    assert api.writes == ["POST speech"]
+    assert not recorder._series
+
+
+async def test_a_recreated_namespace_never_receives_the_events_of_its_predecessor() -> None:
+    api, clock = FakeApi(), Clock()
+    recorder = await recorded_in_an_outage(api, clock)
+    # Meanwhile the namespace is deleted and made again, with an endpoint of the same name (another uid).
+    api.delete_namespace("speech")
+    api.namespaces.add("speech")
+    api.endpoints[("speech", "mini-1")] = "u-2-1"
+    await refreshes(recorder, clock)
+    assert api.events == {}
+    assert not recorder._series
+
+
+async def test_other_failures_are_retried_a_bounded_number_of_times() -> None:
+    api, clock = FakeApi(), Clock()
+    recorder = await recorded_in_an_outage(api, clock)
+    api.unavailable = True  # and stays down
+    await refreshes(recorder, clock, 10)
+    # A create, then before each retry a look at the endpoint's uid: each failed, and then no more.
+    assert api.requests == events.MAX_WRITE_ATTEMPTS
+    assert not recorder._series
+
+
+async def test_a_retried_create_is_made_when_the_endpoint_is_still_there() -> None:
+    api, clock = FakeApi(), Clock()
+    recorder = await recorded_in_an_outage(api, clock)
+    await refreshes(recorder, clock)
+    (event,) = api.events.values()
+    assert event["regarding"]["uid"] == "u-1-1"
+
+
+async def test_a_deleted_endpoints_unwritten_events_are_forgotten() -> None:
+    api, clock = FakeApi(), Clock()
+    recorder = EventRecorder(api, instance="op-0", clock=clock, refresh_seconds=60.0)
+    api.unavailable = True
+    recorder.record(endpoint(1), "Normal", "Created", "created Deployment")
+    recorder.record(endpoint(2), "Normal", "Created", "created Deployment")
+    await recorder.drain()
+    recorder.forget("speech", "u-1-1")
+    assert [key[1] for key in recorder._series] == ["u-1-2"]
+    recorder.forget("speech")
+    assert not recorder._series
+
+
+async def test_an_event_that_expired_is_not_patched_again() -> None:
+    api, clock = FakeApi(), Clock()
+    recorder = EventRecorder(api, instance="op-0", clock=clock, refresh_seconds=60.0)
+    recorder.record(ENDPOINT, "Warning", "CrashLoop", "crash-looping")
+    await recorder.drain()
+    api.events.clear()  # the API server's event TTL took it
+    recorder.record(ENDPOINT, "Warning", "CrashLoop", "crash-looping")  # the first repeat patches at once: 404
+    await recorder.drain()
+    await refreshes(recorder, clock, 5)
+    assert api.writes == ["POST speech", "PATCH speech"]
+    recorder.record(ENDPOINT, "Warning", "CrashLoop", "crash-looping")  # the next occurrence is a new Event
+    await recorder.drain()
+    assert api.writes == ["POST speech", "PATCH speech", "POST speech"]
+    assert len(api.events) == 1

@@ -12,9 +12,12 @@ from voxtral_operator.gateway.dispatch import (
     Lease,
     QueueFull,
     QueueTimeout,
+    RateLimited,
     Replica,
     choose,
 )
+from voxtral_operator.gateway.flows import FirstComeFirstServed
+from voxtral_operator.gateway.limits import KeyLimits, KeyPolicies
 from voxtral_operator.gateway.work import Work
 
 SHORT = Work(audio_seconds=5, output_tokens=20)
@@ -184,3 +187,130 @@ async def test_a_held_request_gets_its_full_queue_time_once_replicas_appear() ->
         await queued
     busy.release()
     held.result().release()
+
+
+# --- fairness between keys and per-key limits -------------------------------------------------
+
+
+async def queue_burst(dispatcher: Dispatcher, key: str, count: int, work: Work = SHORT) -> list[asyncio.Task[Lease]]:
+    tasks = [asyncio.create_task(dispatcher.acquire(work, key=key, tenant=key)) for _ in range(count)]
+    await asyncio.sleep(0.01)
+    return tasks
+
+
+async def serve_one_at_a_time(running: Lease, tasks: list[asyncio.Task[Lease]], count: int) -> list[str]:
+    """Release the running request `count` times; the key of each request dispatched, in order."""
+    order = []
+    for _ in range(count):
+        running.release()
+        deadline = asyncio.get_running_loop().time() + 10
+        while not (started := [t.result() for t in tasks if t.done() and not t.result().released]):
+            assert asyncio.get_running_loop().time() < deadline, "no queued request was dispatched"
+            await asyncio.sleep(0)
+        assert len(started) == 1
+        running = started[0]
+        order.append(running.key)
+    running.release()
+    return order
+
+
+@pytest.mark.parametrize(("fair", "b_served_within"), [(True, 7), (False, 201)])
+async def test_a_burst_from_one_key_delays_another_by_about_one_turn(fair: bool, b_served_within: int) -> None:
+    dispatcher = Dispatcher(max_inflight=1, queue_timeout=60, fairness=None if fair else FirstComeFirstServed())
+    dispatcher.set_replicas(["a:1"])
+    running = await dispatcher.acquire(SHORT, key="a")
+    burst = await queue_burst(dispatcher, "a", 200)
+    late = await queue_burst(dispatcher, "b", 1)
+    assert dispatcher.snapshot().queued_by_key == {"a": 200, "b": 1}
+    order = await serve_one_at_a_time(running, burst + late, 201)
+    # A turn is 30 work-seconds: six of A's 5.9-second clips, then B's; one FIFO queue serves it last.
+    assert order.index("b") < b_served_within, order
+    assert order.index("b") >= b_served_within - 7
+
+
+async def test_weights_share_dispatch_in_proportion() -> None:
+    policies = KeyPolicies(overrides={"heavy": KeyLimits(weight=3)})
+    dispatcher = Dispatcher(max_inflight=1, queue_timeout=60, key_policies=policies)
+    dispatcher.set_replicas(["a:1"])
+    running = await dispatcher.acquire(SHORT, key="x")
+    tasks = await queue_burst(dispatcher, "heavy", 100) + await queue_burst(dispatcher, "light", 100)
+    order = await serve_one_at_a_time(running, tasks, 80)
+    assert order.count("heavy") == pytest.approx(60, abs=4), order
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert dispatcher.snapshot().queued == 0
+    assert dispatcher.snapshot().inflight == 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_key_over_its_limit_gets_429_with_retry_after_while_another_is_served() -> None:
+    clock = Clock()
+    policies = KeyPolicies(KeyLimits(requests_per_minute=2), {"batch": KeyLimits(audio_seconds_per_minute=120)})
+    dispatcher = Dispatcher(key_policies=policies, clock=clock)
+    dispatcher.set_replicas(["a:1"])
+    for _ in range(2):
+        (await dispatcher.acquire(SHORT, key="k1", tenant="alice")).release()
+    with pytest.raises(RateLimited) as limited:
+        await dispatcher.acquire(SHORT, key="k1", tenant="alice")
+    assert (limited.value.status, limited.value.retry_after, limited.value.code) == (429, 30, "rate_limit_exceeded")
+    assert "requests per minute" in str(limited.value)
+    (await dispatcher.acquire(SHORT, key="k2", tenant="bob")).release()  # another key: its own bucket
+    (await dispatcher.acquire(Work(100, 0), key="k3", tenant="batch")).release()
+    with pytest.raises(RateLimited) as limited:
+        await dispatcher.acquire(Work(100, 0), key="k3", tenant="batch")
+    assert limited.value.retry_after == 40  # 20 audio-seconds left, 100 wanted, 2 per second
+    clock.now += 30
+    (await dispatcher.acquire(SHORT, key="k1", tenant="alice")).release()
+    assert dispatcher.snapshot().limited == {("k1", "requests_per_minute"): 1, ("k3", "audio_seconds_per_minute"): 1}
+
+
+async def test_concurrency_counts_queued_and_in_flight_and_every_path_gives_it_back() -> None:
+    dispatcher = Dispatcher(
+        max_inflight=1, queue_timeout=0.2, key_policies=KeyPolicies(KeyLimits(concurrent_requests=2))
+    )
+    dispatcher.set_replicas(["a:1"])
+    running = await dispatcher.acquire(SHORT, key="k")
+    queued = await queue_burst(dispatcher, "k", 1)
+    with pytest.raises(RateLimited) as limited:
+        await dispatcher.acquire(SHORT, key="k")
+    assert (limited.value.retry_after, dispatcher.limited[("k", "concurrent_requests")]) == (1, 1)
+    queued[0].cancel()  # a caller hanging up
+    await asyncio.gather(*queued, return_exceptions=True)
+    timed_out = await queue_burst(dispatcher, "k", 1)
+    with pytest.raises(QueueTimeout):
+        await timed_out[0]
+    running.release()
+    # Every path gave its place back: the key has its two again.
+    first = await dispatcher.acquire(SHORT, key="k")
+    second = await queue_burst(dispatcher, "k", 1)
+    with pytest.raises(RateLimited):
+        await dispatcher.acquire(SHORT, key="k")
+    first.release()
+    (await second[0]).release()
+    assert dispatcher.snapshot().inflight == 0
+    assert dispatcher.limited[("k", "concurrent_requests")] == 2
+
+
+async def test_a_full_queue_pushes_out_the_longest_flows_newest_request() -> None:
+    dispatcher = Dispatcher(max_inflight=1, max_queue=3, queue_timeout=60)
+    dispatcher.set_replicas(["a:1"])
+    running = await dispatcher.acquire(SHORT, key="a")
+    burst = await queue_burst(dispatcher, "a", 3)
+    with pytest.raises(QueueFull):
+        await dispatcher.acquire(SHORT, key="a")  # A's own request does not push A's out
+    late = await queue_burst(dispatcher, "b", 1)
+    with pytest.raises(QueueFull, match="this key has the most"):
+        await burst[2]
+    assert dispatcher.snapshot().queued_by_key == {"a": 2, "b": 1}
+    assert dispatcher.limited == {("a", "queue_full"): 2}
+    order = await serve_one_at_a_time(running, burst[:2] + late, 3)
+    assert sorted(order) == ["a", "a", "b"]
+    assert dispatcher.snapshot().inflight == 0

@@ -232,3 +232,34 @@ def test_tls_takes_exactly_one_source(tls: dict[str, Any]) -> None:
     with pytest.raises(InvalidSpec) as caught:
         render(_endpoint(gateway={"enabled": True, "tls": tls}), CONFIG)
     assert any("exactly one of secretName and issuerRef" in p for p in caught.value.problems), caught.value.problems
+
+
+def test_each_gateway_pod_enforces_its_share_of_the_key_limits_and_the_gateway_parses_them() -> None:
+    from voxtral_operator.cli import parser
+    from voxtral_operator.gateway.limits import KeyLimits
+    from voxtral_operator.gateway.main import key_policies_of
+
+    gateway = {
+        "enabled": True,
+        "replicas": 3,
+        "keyLimits": {"requestsPerMinute": 600, "audioSecondsPerMinute": 100, "concurrentRequests": 4},
+        "keys": [{"name": "batch.jobs", "weight": 4, "concurrentRequests": 30}, {"name": "alice"}],
+    }
+    deployment = _objects(gateway=gateway)[("Deployment", "ep-gateway")]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    # Three pods: a third each; concurrency rounded up (4 -> 2 per pod, 6 in all).
+    parsed = parser().parse_args(["gateway", *args])
+    policies = key_policies_of(parsed)
+    assert policies.default == KeyLimits(1, 200, 33.3333, 2)
+    assert policies.overrides == {
+        "batch.jobs": KeyLimits(4, 200, 33.3333, 10),
+        "alice": KeyLimits(1, 200, 33.3333, 2),
+    }
+    plain = _objects(gateway={"enabled": True})[("Deployment", "ep-gateway")]
+    assert not [a for a in plain["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--key-")]
+
+
+def test_key_names_are_unique() -> None:
+    keys = [{"name": "alice"}, {"name": "alice", "weight": 2}]
+    with pytest.raises(InvalidSpec, match="alice repeated"):
+        _objects(gateway={"enabled": True, "keys": keys})

@@ -403,6 +403,39 @@ class GatewayTLSSpec(_Model):
         return self
 
 
+class KeyLimitsSpec(_Model):
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Requests per minute a key may send; beyond: 429 with Retry-After.",
+    )
+    audio_seconds_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="Seconds of audio per minute a key may send (from the upload's header, else its size); "
+        "beyond: 429 with Retry-After.",
+    )
+    concurrent_requests: int | None = Field(
+        default=None, ge=1, le=100_000, description="Requests a key may have queued or in flight at once; beyond: 429."
+    )
+
+
+class GatewayKeySpec(KeyLimitsSpec):
+    name: str = Field(
+        max_length=253,
+        pattern=CONFIG_MAP_KEY,
+        description="The key's entry in auth.apiKeysSecretName (or auth.apiKeySecretRef's key).",
+    )
+    weight: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="The key's share of dispatch while several keys wait, against the others' weights.",
+    )
+
+
 class GatewaySpec(_Model):
     enabled: bool = Field(
         default=False,
@@ -424,6 +457,30 @@ class GatewaySpec(_Model):
         description="Longest wait for a first replica (scale from zero); default: the model's startup budget.",
     )
     tls: GatewayTLSSpec | None = Field(default=None, description="Serve HTTPS; plain HTTP when unset.")
+    key_limits: KeyLimitsSpec = Field(
+        default_factory=KeyLimitsSpec,
+        description="Limits every caller key gets unless `keys` sets its own (unset: no limit). Each gateway pod "
+        "enforces its share: the limit divided by gateway.replicas (concurrency rounded up).",
+    )
+    keys: list[GatewayKeySpec] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Weight and limits of single keys, by the name of their Secret entry; unset limits are keyLimits'.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.all(k, self.exists_one(j, j.name == k.name))", "message": "key names must be unique"}
+            ]
+        },
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_key_names(cls, keys: list[GatewayKeySpec]) -> list[GatewayKeySpec]:
+        names = [key.name for key in keys]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"key names must be unique: {', '.join(repeated)} repeated")
+        return keys
 
 
 class AccessMode(enum.StrEnum):

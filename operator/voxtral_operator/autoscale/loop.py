@@ -41,6 +41,7 @@ from voxtral_operator.autoscale.scrape import (
     ReadLimitExceeded,
     get_bounded,
     parse_gateway_metrics,
+    parse_page,
     parse_queue_metrics,
 )
 from voxtral_operator.config import OperatorConfig
@@ -434,7 +435,7 @@ class Autoscaler:
                 logger.debug("scrape of %s failed: %s", url, exc)
                 return None
         # Anything but 200 counts as a failed scrape.
-        page = parse(response.body.decode("utf-8", errors="replace")) if response.status == 200 else None
+        page = await parse_page(response.body, parse) if response.status == 200 else None
         if page is None:
             SCRAPE_ERRORS.inc()
         return page

@@ -1,23 +1,33 @@
-"""The central queue and work-aware dispatch of one gateway process. No I/O.
+"""The queue, per-key limits and work-aware dispatch of one gateway process. No I/O.
 
-A request waits in one bounded FIFO queue until some replica has fewer than `max_inflight`
-requests in flight; among those, it goes to the replica with the least outstanding work (the sum
-of the estimated work of its in-flight requests). While no replica is ready at all, waiting
-requests are *held* (bounded by the hold timeout, not the queue timeout) and dispatch the moment
-a replica appears.
+A request first passes its key's limits (requests and audio-seconds per minute, concurrency; 429
+with a Retry-After from the limiter when over). It then waits in one bounded queue, kept as a flow
+per key with a fairness policy between the flows (weighted deficit round robin by estimated work;
+first come first served inside a flow), until some replica has fewer than `max_inflight` requests
+in flight; among those, it goes to the replica with the least outstanding work (the sum of the
+estimated work of its in-flight requests). While no replica is ready at all, waiting requests are
+*held* (bounded by the hold timeout, not the queue timeout) and dispatch the moment a replica
+appears. When the queue is full, a newcomer whose key has fewer requests waiting than the longest
+flow takes the place of that flow's newest request (429 to it): one key's burst cannot fill the
+queue against the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from voxtral_operator.gateway.flows import DeficitRoundRobin, FairnessPolicy, FlowQueue
+from voxtral_operator.gateway.limits import KeyLimiter, KeyPolicies
 from voxtral_operator.gateway.metrics import Snapshot
 from voxtral_operator.gateway.work import Work
+
+QUEUE_FULL = "queue_full"  # the limit a 429 for a full queue is counted under
 
 
 class Rejected(Exception):
@@ -42,6 +52,15 @@ class QueueTimeout(Rejected):
 class HoldTimeout(Rejected):
     retry_after = 30
     code = "endpoint_starting"
+
+
+class RateLimited(Rejected):
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -75,6 +94,7 @@ class Lease:
     replica: Replica
     work: Work
     _dispatcher: Dispatcher
+    key: str = "anonymous"
     released: bool = False
 
     @property
@@ -93,7 +113,13 @@ class _Waiter:
     exclude: frozenset[str]
     arrived: float
     future: asyncio.Future[Lease]
+    key: str
+    order: int
     wakeup: asyncio.Future[None] | None = field(default=None)
+
+    @property
+    def cost(self) -> float:
+        return self.work.cost
 
 
 class Dispatcher:
@@ -104,15 +130,24 @@ class Dispatcher:
         max_queue: int = 1000,
         queue_timeout: float = 600.0,
         hold_timeout: float = 1200.0,
+        key_policies: KeyPolicies | None = None,
+        fairness: FairnessPolicy[_Waiter] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_inflight = max_inflight
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
         self.hold_timeout = hold_timeout
+        self.key_policies = key_policies or KeyPolicies()
         self.replicas: dict[str, Replica] = {}
         self._ready_since = time.monotonic()  # when the replica set last became non-empty
         self._gone: dict[int, Replica] = {}  # left the slice with requests still in flight
-        self._waiting: collections.OrderedDict[_Waiter, None] = collections.OrderedDict()
+        self._queue: FlowQueue[_Waiter] = FlowQueue(fairness or DeficitRoundRobin())
+        self._arrivals = itertools.count()
+        self._clock = clock  # the limits' time (waits use the event loop's)
+        self._limiter = KeyLimiter()
+        self._active: collections.Counter[str] = collections.Counter()  # leases per key
+        self.limited: collections.Counter[tuple[str, str]] = collections.Counter()  # 429s per (key, limit)
 
     # --- the replica set --------------------------------------------------------------------
 
@@ -130,23 +165,40 @@ class Dispatcher:
         for address in wanted:
             self.replicas.setdefault(address, Replica(address))
         self._pump()
-        for waiter in self._waiting:  # held and queued ones re-read which timeout applies
+        for waiter in self._queue:  # held and queued ones re-read which timeout applies
             if waiter.wakeup is not None and not waiter.wakeup.done():
                 waiter.wakeup.set_result(None)
 
     # --- requests ---------------------------------------------------------------------------
 
-    async def acquire(self, work: Work, exclude: frozenset[str] = frozenset()) -> Lease:
-        """A lease on the best replica, waiting in FIFO order; raises a Rejected when it cannot."""
-        if not self._waiting:
+    async def acquire(
+        self, work: Work, exclude: frozenset[str] = frozenset(), key: str = "anonymous", tenant: str | None = None
+    ) -> Lease:
+        """A lease on the best replica, waiting its key's turn; raises a Rejected when it cannot.
+
+        `key`: the caller's key id (its flow and limits); `tenant`: the name its weight and limits are
+        configured under. A retry (`exclude` not empty) was admitted already and is not charged again.
+        """
+        limits = self.key_policies.of(tenant)
+        if not exclude:
+            active = self._active[key] + self._queue.waiting(key)
+            refusal = self._limiter.admit(key, limits, work.audio_seconds, active, self._clock())
+            if refusal is not None:
+                self.limited[(key, refusal.limit)] += 1
+                raise RateLimited(
+                    f"Rate limit reached for key {key} on {refusal.limit.replace('_', ' ')}: {refusal.allowed:g} "
+                    f"on this gateway pod; retry in {refusal.retry_after}s",
+                    refusal.retry_after,
+                )
+        if not self._queue:
             replica = choose(self.replicas.values(), self.max_inflight, exclude)
             if replica is not None:
-                return self._lease(replica, work)
-        if len(self._waiting) >= self.max_queue:
-            raise QueueFull(f"the endpoint's queue is full ({self.max_queue} requests waiting); retry later")
+                return self._lease(replica, work, key)
+        if len(self._queue) >= self.max_queue:
+            self._make_room(key)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(work, exclude, time.monotonic(), loop.create_future())
-        self._waiting[waiter] = None
+        waiter = _Waiter(work, exclude, time.monotonic(), loop.create_future(), key, next(self._arrivals))
+        self._queue.push(key, waiter, limits.weight)
         try:
             while not waiter.future.done():
                 held = not self.replicas
@@ -166,23 +218,45 @@ class Dispatcher:
                 await asyncio.wait(either, timeout=remaining, return_when="FIRST_COMPLETED")
             return waiter.future.result()
         except BaseException:
-            if waiter.future.done() and not waiter.future.cancelled():
-                waiter.future.result().release()  # dispatched as the caller gave up: give the slot back
+            future = waiter.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                future.result().release()  # dispatched as the caller gave up: give the slot back
             else:
-                waiter.future.cancel()
+                future.cancel()
             raise
         finally:
-            self._waiting.pop(waiter, None)
+            self._queue.remove(key, waiter)
             if waiter.wakeup is not None and not waiter.wakeup.done():
                 waiter.wakeup.cancel()
 
-    def _lease(self, replica: Replica, work: Work) -> Lease:
+    def _make_room(self, key: str) -> None:
+        """Push out the newest request of the longest flow for this key's request, or raise QueueFull."""
+        longest = self._queue.longest()
+        if longest is None or len(longest) <= self._queue.waiting(key) + 1:
+            self.limited[(key, QUEUE_FULL)] += 1
+            raise QueueFull(f"the endpoint's queue is full ({self.max_queue} requests waiting); retry later")
+        victim = longest.newest()
+        self._queue.remove(victim.key, victim)
+        self.limited[(victim.key, QUEUE_FULL)] += 1
+        victim.future.set_exception(
+            QueueFull(
+                f"the endpoint's queue is full ({self.max_queue} requests waiting) and this key has the most of "
+                "them; retry later"
+            )
+        )
+
+    def _lease(self, replica: Replica, work: Work, key: str) -> Lease:
+        cost = work.cost  # before any count moves: nothing is left to undo if it fails
         replica.inflight += 1
-        replica.outstanding += work.cost
+        replica.outstanding += cost
         replica.audio_seconds += work.audio_seconds
-        return Lease(replica, work, self)
+        self._active[key] += 1
+        return Lease(replica, work, self, key)
 
     def _release(self, lease: Lease) -> None:
+        self._active[lease.key] -= 1
+        if not self._active[lease.key]:
+            del self._active[lease.key]
         replica = lease.replica
         replica.inflight -= 1
         replica.outstanding = max(0.0, replica.outstanding - lease.work.cost)
@@ -193,24 +267,28 @@ class Dispatcher:
         self._pump()
 
     def _pump(self) -> None:
-        """Dispatch waiting requests in arrival order while some replica has room."""
-        for waiter in list(self._waiting):
-            if waiter.future.done():
-                continue
+        """Dispatch waiting requests, the fairness policy choosing whose turn it is, while some replica has room."""
+        while self._queue and choose(self.replicas.values(), self.max_inflight) is not None:
+            waiter = self._queue.pop_next(self._placeable)
+            if waiter is None:
+                return  # those waiting exclude the replicas with room
             replica = choose(self.replicas.values(), self.max_inflight, waiter.exclude)
-            if replica is None:
-                if choose(self.replicas.values(), self.max_inflight) is None:
-                    return  # every replica is full: the rest keep their places
-                continue  # this one excludes the replicas with room; later ones may take them
-            waiter.future.set_result(self._lease(replica, waiter.work))
-            self._waiting.pop(waiter, None)
+            assert replica is not None
+            waiter.future.set_result(self._lease(replica, waiter.work, waiter.key))
+
+    def _placeable(self, waiter: _Waiter) -> bool:
+        return (
+            not waiter.future.done() and choose(self.replicas.values(), self.max_inflight, waiter.exclude) is not None
+        )
 
     # --- what the metrics show --------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
         now = Snapshot()
-        waiting = [w for w in self._waiting if not w.future.done()]
+        waiting = list(self._queue)
         now.queued = len(waiting)
+        now.queued_by_key = self._queue.by_key()
+        now.limited = dict(self.limited)
         now.queued_audio_seconds = sum(w.work.audio_seconds for w in waiting)
         now.held = now.queued if not self.replicas else 0
         now.ready_replicas = len(self.replicas)
@@ -225,7 +303,7 @@ class Dispatcher:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for w in self._waiting if not w.future.done())
+        return len(self._queue)
 
     def replica_states(self) -> Mapping[str, Replica]:
         return self.replicas

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from voxtral_operator import logs
 from voxtral_operator.gateway.app import Gateway, Settings, serve_api, serve_metrics
+from voxtral_operator.gateway.connections import Limits
 from voxtral_operator.gateway.dispatch import Dispatcher
 from voxtral_operator.gateway.kube import SERVICE_ACCOUNT_TOKEN, KubeReader
+from voxtral_operator.gateway.limits import KeyLimits, KeyPolicies, parse_override
 from voxtral_operator.gateway.sources import SecretRef, Sources, Spec, watch_sources
 from voxtral_operator.k8s.client import Connection
 
@@ -41,6 +43,10 @@ def spec_of(args: argparse.Namespace) -> Spec:
         ("--queue-timeout-seconds", args.queue_timeout_seconds),
         ("--hold-timeout-seconds", args.hold_timeout_seconds),
         ("--max-upload-mb", args.max_upload_mb),
+        ("--max-connections", args.max_connections),
+        ("--idle-timeout-seconds", args.idle_timeout_seconds),
+        ("--header-timeout-seconds", args.header_timeout_seconds),
+        ("--body-timeout-seconds", args.body_timeout_seconds),
     ):
         if value <= 0:
             raise UsageError(f"{name} must be positive, not {value:g}")
@@ -57,6 +63,27 @@ def spec_of(args: argparse.Namespace) -> Spec:
         tls_secret=args.tls_secret or None,
         secrets_dir=Path(args.secrets_dir),
     )
+
+
+def key_policies_of(args: argparse.Namespace) -> KeyPolicies:
+    """Every key's limits and the overrides by Secret entry name, from the flags; UsageError when malformed."""
+    for name, value in (
+        ("--key-requests-per-minute", args.key_requests_per_minute),
+        ("--key-audio-seconds-per-minute", args.key_audio_seconds_per_minute),
+        ("--key-concurrent-requests", args.key_concurrent_requests),
+    ):
+        if value is not None and not 0 < value < float("inf"):
+            raise UsageError(f"{name} must be positive, not {value:g}")
+    default = KeyLimits(
+        requests_per_minute=args.key_requests_per_minute,
+        audio_seconds_per_minute=args.key_audio_seconds_per_minute,
+        concurrent_requests=args.key_concurrent_requests,
+    )
+    try:
+        overrides = dict(parse_override(text, default) for text in args.key_override)
+    except ValueError as exc:
+        raise UsageError(f"--key-override {exc}") from None
+    return KeyPolicies(default, overrides)
 
 
 def login() -> tuple[Connection, bool]:
@@ -81,6 +108,7 @@ def login() -> tuple[Connection, bool]:
 def run_gateway(args: argparse.Namespace) -> int:
     try:
         spec = spec_of(args)
+        key_policies_of(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -108,11 +136,21 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
         max_queue=args.max_queue,
         queue_timeout=args.queue_timeout_seconds,
         hold_timeout=args.hold_timeout_seconds,
+        key_policies=key_policies_of(args),
     )
     gateway = Gateway(
         sources,
         dispatcher,
-        Settings(max_upload_bytes=int(args.max_upload_mb * 1_000_000), suspended=args.suspended),
+        Settings(
+            max_upload_bytes=int(args.max_upload_mb * 1_000_000),
+            suspended=args.suspended,
+            body_timeout=args.body_timeout_seconds,
+            limits=Limits(
+                max_connections=args.max_connections,
+                idle_timeout=args.idle_timeout_seconds,
+                header_timeout=args.header_timeout_seconds,
+            ),
+        ),
     )
     watching = asyncio.create_task(watch_sources(reader, spec, sources))
     metrics_runner, metrics_port = await serve_metrics(gateway, args.host, args.metrics_port)

@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 QUEUED_REQUESTS = "voxtral_gateway_queued_requests"
@@ -25,6 +25,8 @@ READY_REPLICAS = "voxtral_gateway_ready_replicas"
 REQUESTS_TOTAL = "voxtral_gateway_requests_total"
 USAGE_AUDIO_SECONDS_TOTAL = "voxtral_gateway_usage_audio_seconds_total"
 USAGE_TOKENS_TOTAL = "voxtral_gateway_usage_tokens_total"
+KEY_QUEUED_REQUESTS = "voxtral_gateway_key_queued_requests"
+KEY_LIMITED_REQUESTS_TOTAL = "voxtral_gateway_key_limited_requests_total"
 SECRET_MISSING = "voxtral_gateway_secret_missing"
 
 ALL = (
@@ -40,6 +42,8 @@ ALL = (
     REQUESTS_TOTAL,
     USAGE_AUDIO_SECONDS_TOTAL,
     USAGE_TOKENS_TOTAL,
+    KEY_QUEUED_REQUESTS,
+    KEY_LIMITED_REQUESTS_TOTAL,
     SECRET_MISSING,
 )
 
@@ -60,6 +64,8 @@ class Snapshot:
         self.inflight_audio_seconds = 0.0
         self.ready_replicas = 0
         self.replicas: dict[str, tuple[int, float]] = {}  # address -> (in flight, outstanding audio seconds)
+        self.queued_by_key: dict[str, int] = {}  # key id -> requests waiting
+        self.limited: dict[tuple[str, str], int] = {}  # (key id, limit) -> requests refused with 429 so far
 
 
 class _Gauges(Collector):
@@ -87,6 +93,19 @@ class _Gauges(Collector):
             outstanding.add_metric([replica], seconds)
         yield inflight
         yield outstanding
+        queued = GaugeMetricFamily(KEY_QUEUED_REQUESTS, "Requests waiting per caller key id.", labels=["key_id"])
+        for key, count in sorted(now.queued_by_key.items()):
+            queued.add_metric([key], count)
+        yield queued
+        limited = CounterMetricFamily(
+            KEY_LIMITED_REQUESTS_TOTAL.removesuffix("_total"),
+            "Requests answered 429 per caller key id, by the limit reached (requests_per_minute, "
+            "audio_seconds_per_minute, concurrent_requests, queue_full).",
+            labels=["key_id", "limit"],
+        )
+        for (key, limit), count in sorted(now.limited.items()):
+            limited.add_metric([key, limit], count)
+        yield limited
         missing = GaugeMetricFamily(
             SECRET_MISSING,
             "1 for each Secret (and key) the gateway is configured to read that it finds missing or empty.",

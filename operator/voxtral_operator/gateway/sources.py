@@ -64,10 +64,24 @@ class SecretRef:
 
 
 class CallerKeys:
-    """Accepted keys, compared in constant time: every key is compared, whichever matches."""
+    """Accepted keys, compared in constant time: every key is compared, whichever matches.
 
-    def __init__(self, keys: Iterable[bytes]) -> None:
-        self._digests = [(hashlib.sha256(key).digest(), key_id(key)) for key in keys if key]
+    A key may come with the name of its Secret entry: the tenant its weight and limits are set for.
+    """
+
+    def __init__(self, keys: Iterable[bytes | tuple[str, bytes]]) -> None:
+        self._digests: list[tuple[bytes, str]] = []
+        self._tenants: dict[str, str] = {}  # key id -> Secret entry name
+        for entry in keys:
+            tenant, key = entry if isinstance(entry, tuple) else ("", entry)
+            if key:
+                self._digests.append((hashlib.sha256(key).digest(), key_id(key)))
+                if tenant:
+                    self._tenants[key_id(key)] = tenant
+
+    def tenant(self, ident: str) -> str | None:
+        """The Secret entry name of the key with this id, if it came with one."""
+        return self._tenants.get(ident)
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -180,29 +194,29 @@ class Spec:
         )
 
 
-def _values(ref: SecretRef, data: Mapping[str, bytes]) -> list[bytes] | None:
-    """The key's value, or every value when no key is named; None when missing."""
+def _entries(ref: SecretRef, data: Mapping[str, bytes]) -> list[tuple[str, bytes]] | None:
+    """(entry name, value) of the key, or of every entry when no key is named; None when missing."""
     if ref.key is not None:
-        return [data[ref.key]] if ref.key in data else None
-    return list(data.values()) or None
+        return [(ref.key, data[ref.key])] if ref.key in data else None
+    return list(data.items()) or None
 
 
 def apply_secrets(spec: Spec, sources: Sources, volumes: Mapping[str, Mapping[str, bytes]]) -> bool:
     """Update `sources` from the Secrets' files (name -> key -> bytes); True when the backend keys changed."""
     missing: list[tuple[str, str]] = []
     if spec.caller_keys:
-        keys: list[bytes] = []
+        keys: list[tuple[str, bytes]] = []
         for ref in spec.caller_keys:
-            values = _values(ref, volumes.get(ref.name) or {})
-            if values is None:
+            entries = _entries(ref, volumes.get(ref.name) or {})
+            if entries is None:
                 missing.append((ref.name, ref.key or ""))
-            keys += [value.strip() for value in values or []]
+            keys += [(name, value.strip()) for name, value in entries or []]
         sources.caller_keys = CallerKeys(keys)
     new_backend_key = False
     sources.backend_key_required = spec.backend_key is not None
     if spec.backend_key is not None:
-        values = _values(spec.backend_key, volumes.get(spec.backend_key.name) or {})
-        key = values[0].decode(errors="replace").strip() if values else ""
+        entries = _entries(spec.backend_key, volumes.get(spec.backend_key.name) or {})
+        key = entries[0][1].decode(errors="replace").strip() if entries else ""
         if key:
             new_backend_key = sources.add_backend_key(key)
         else:  # the keys read before stay: replicas started with them still accept them

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from voxtral_operator.api.catalog import DEFAULT_MAX_NUM_SEQS
+from voxtral_operator.api.models import KeyLimitsSpec
 from voxtral_operator.api.resolve import Plan
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.gateway import SECRETS_DIR
@@ -133,6 +134,32 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         args += ["--tls-secret", tls_secret_name(plan)]
     if spec.suspended:
         args.append("--suspended")
+    return args + key_limit_args(plan)
+
+
+def _shares(limits: KeyLimitsSpec, pods: int) -> list[tuple[str, str]]:
+    """(setting, one pod's share) of each limit set: the rates divided, concurrency rounded up."""
+    shares = []
+    for setting, rate in (
+        ("requests-per-minute", limits.requests_per_minute),
+        ("audio-seconds-per-minute", limits.audio_seconds_per_minute),
+    ):
+        if rate is not None:
+            shares.append((setting, f"{rate / pods:.6g}"))
+    if limits.concurrent_requests is not None:
+        shares.append(("concurrent-requests", str(-(-limits.concurrent_requests // pods))))
+    return shares
+
+
+def key_limit_args(plan: Plan) -> list[str]:
+    """Per-key weights and limits, each gateway pod enforcing its share (as the in-flight slots are split)."""
+    gateway = plan.spec.gateway
+    args: list[str] = []
+    for setting, share in _shares(gateway.key_limits, gateway.replicas):
+        args += [f"--key-{setting}", share]
+    for key in gateway.keys:
+        settings = [f"weight={key.weight}", *(f"{s}={share}" for s, share in _shares(key, gateway.replicas))]
+        args += ["--key-override", f"{key.name}:{','.join(settings)}"]
     return args
 
 
