@@ -300,6 +300,7 @@ class BackendKeys:
         self.sources = sources
         self.ready: tuple[str, ...] = ()
         self.refusing: set[str] = set()
+        self.unasked: set[str] = set()  # could not be probed: sent the newest key meanwhile
         self._probe = probe or self._http_probe
         self._session: aiohttp.ClientSession | None = None
         self._changed = asyncio.Event()
@@ -332,10 +333,13 @@ class BackendKeys:
         for key in keys:
             status = await self._probe(address, key)
             if status is None:
+                self.unasked.add(address)
                 return False
             if status != 401:
                 self.sources.accepted_key[address] = key
+                self.unasked.discard(address)
                 return True
+        self.unasked.discard(address)
         logger.warning(
             "replica %s refuses all %d backend keys this gateway has read (it was started with another key);"
             " no requests are sent to it",
@@ -346,10 +350,16 @@ class BackendKeys:
         return True
 
     def _publish(self) -> None:
-        usable = [a for a in self.ready if a not in self.refusing]
+        """Hand the dispatcher the replicas it may use: with backend keys, only those probed (or that
+        could not be asked); a replica that became ready during the probes waits for its own."""
         accepted = self.sources.accepted_key
         for gone in set(accepted) - set(self.ready):
             del accepted[gone]
+        self.unasked &= set(self.ready)
+        if self.sources.backend_keys:
+            usable = [a for a in self.ready if a in accepted or a in self.unasked]
+        else:
+            usable = list(self.ready)
         self.sources.set_backends(usable)
 
     async def run(self) -> None:
