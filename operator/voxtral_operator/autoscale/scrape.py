@@ -9,6 +9,8 @@ for an uncompressed body.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -81,28 +83,31 @@ class TooManySamples(Exception):
     """The page holds more matching samples than any real one: not a page to trust."""
 
 
+@functools.cache
+def _sample_line(prefix: str) -> re.Pattern[str]:
+    """A sample line whose name starts with `prefix`: name, labels (to the line's last brace), value."""
+    return re.compile(r"^(" + re.escape(prefix) + r"[^\s{]*)(\{[^\n]*\})?[ \t]+(\S+)", re.MULTILINE)
+
+
 def _samples(text: str, prefix: str) -> Iterator[tuple[str, str, float]]:
     """(name, labels text, value) of each sample line of a Prometheus text page whose name starts with
-    `prefix`; lines that do not parse, and values no real page holds, are skipped. Raises
-    TooManySamples past MAX_SAMPLES matching lines."""
-    seen = 0
-    for line in text.splitlines():
-        if not line.startswith(prefix):
-            continue
-        seen += 1
+    `prefix`; lines that do not parse, and values no real page holds, are skipped. The scan of the
+    other lines runs in the regex engine. Raises TooManySamples past MAX_SAMPLES matching lines."""
+    for seen, match in enumerate(_sample_line(prefix).finditer(text), 1):
         if seen > MAX_SAMPLES:
             raise TooManySamples(f"more than {MAX_SAMPLES} {prefix}* samples")
-        brace, space = line.find("{"), line.find(" ")
-        labelled = brace != -1 and (space == -1 or brace < space)
-        name_end = brace if labelled else (space if space != -1 else len(line))
-        labels = line[brace : line.rfind("}") + 1] if labelled else ""
-        rest = line[line.rfind("}") + 1 :] if labelled else line[name_end:]
+        name, labels, text_value = match.groups()
         try:
-            value = float(rest.split()[0])  # a timestamp may follow the value
-        except (IndexError, ValueError):
+            value = float(text_value)  # a timestamp may follow the value
+        except ValueError:
             continue
         if math.isfinite(value) and 0 <= value <= MAX_SAMPLE_VALUE:
-            yield line[:name_end], labels, value
+            yield name, labels or "", value
+
+
+# One parse at a time beside the event loop: a page never stalls the loop (and with it every other
+# scrape's deadline), and parses never crowd it out of the interpreter between them.
+_PARSER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-parse")
 
 
 async def parse_page(body: bytes, parse: Callable[[str], Page | None]) -> Page | None:
@@ -115,7 +120,7 @@ async def parse_page(body: bytes, parse: Callable[[str], Page | None]) -> Page |
         except TooManySamples:
             return None
 
-    return await asyncio.to_thread(decode_and_parse)
+    return await asyncio.get_running_loop().run_in_executor(_PARSER, decode_and_parse)
 
 
 @dataclass(frozen=True)
