@@ -184,29 +184,34 @@ def secrets_dir(near: Path) -> Path:
     return near.parent / "secrets"
 
 
+@contextlib.asynccontextmanager
+async def projected_secrets(sandbox: Sandbox, root: Path) -> AsyncIterator[None]:
+    """A kubelet stand-in that keeps every Secret of NS projected under root/NAME, the kubelet's way
+    (an optional volume: empty once the Secret is gone)."""
+
+    async def project_secrets() -> None:
+        seen: set[str] = set()
+        while True:
+            present = {s["metadata"]["name"]: s for s in sandbox.api.objects_of("v1/secrets", NS)}
+            for name in seen | set(present):
+                await asyncio.to_thread(project, root / name, secret_payload(present.get(name)) or {})
+            seen |= set(present)
+            await asyncio.sleep(VOLUME_SYNC_SECONDS)
+
+    kubelet = asyncio.create_task(project_secrets())
+    try:
+        yield
+    finally:
+        kubelet.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await kubelet
+
+
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    """The API emulator, and a kubelet stand-in that keeps every Secret of NS projected under
-    tmp_path/secrets/NAME (an optional volume: empty once the Secret is gone)."""
-    async with Sandbox(controllers=False) as running:
-        root = secrets_dir(tmp_path / "gateway.log")
-
-        async def project_secrets() -> None:
-            seen: set[str] = set()
-            while True:
-                present = {s["metadata"]["name"]: s for s in running.api.objects_of("v1/secrets", NS)}
-                for name in seen | set(present):
-                    await asyncio.to_thread(project, root / name, secret_payload(present.get(name)) or {})
-                seen |= set(present)
-                await asyncio.sleep(VOLUME_SYNC_SECONDS)
-
-        kubelet = asyncio.create_task(project_secrets())
-        try:
-            yield running
-        finally:
-            kubelet.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await kubelet
+    """The API emulator, its Secrets projected where the test's gateways read them."""
+    async with Sandbox(controllers=False) as running, projected_secrets(running, secrets_dir(tmp_path / "gateway.log")):
+        yield running
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ POLL_SECONDS = 1.0
 # Keys read earlier stay usable for replicas started with them; a bound keeps a flapping Secret harmless.
 MAX_BACKEND_KEYS = 8
 PROBE_PATH = "/v1/models"
+PROBE_USER_AGENT = "voxtral-gateway (backend key probe)"  # how a replica's log tells the probe apart
 PROBE_TIMEOUT_SECONDS = 10.0
 PROBE_RETRY_SECONDS = 5.0
 
@@ -317,10 +318,15 @@ class BackendKeys:
     async def _http_probe(self, address: str, key: str) -> int | None:
         """The status of a probe with `key`; None when the replica could not be asked."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_SECONDS))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_SECONDS),
+                skip_auto_headers=("Accept-Encoding", "Accept"),
+            )
         try:
             async with self._session.get(
-                f"http://{address}{PROBE_PATH}", headers={"Authorization": f"Bearer {key}"}, allow_redirects=False
+                f"http://{address}{PROBE_PATH}",
+                headers={"Authorization": f"Bearer {key}", "User-Agent": PROBE_USER_AGENT},
+                allow_redirects=False,
             ) as response:
                 await response.read()
                 return response.status
