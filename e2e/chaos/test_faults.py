@@ -179,6 +179,7 @@ def run_scenario(
     *,
     namespaces: tuple[str, ...] = (),
     excused: Callable[[Call], bool] = lambda _: False,
+    figures: Callable[[list[Write]], dict[str, Any]] = lambda _: {},
 ) -> Outcome:
     """Inject the fault with callers running; wait until converged and settled; watch 60 s more."""
     kubectl, audit = fleet.kubectl, fleet.audit
@@ -201,6 +202,7 @@ def run_scenario(
         failed=failed,
         excused=excused_calls,
         refused_429=sum(1 for w in writes if w.code == 429),
+        extra=figures(writes),
     )
     outcome.record(fleet.local)
     return outcome
@@ -240,17 +242,29 @@ def test_namespace_deleted_while_the_operator_reconciles_it(fleet: Fleet) -> Non
     kubectl.run("create", "namespace", doomed)
     since = fleet.audit.offset()
     names = [f"doomed-{i}" for i in range(6)]
+    deleted_at: list[float] = []
 
     def fault() -> None:
         kubectl.apply(*(endpoint_body(n, doomed, suspended=True) for n in names))
         wait_for_write(fleet.audit, since, lambda w: w.namespace == doomed, "the operator writing in the namespace")
+        deleted_at.append(time.time())
         kubectl.run("delete", "namespace", doomed, "--wait=false")
         eventually(lambda: not _cluster_object(kubectl, "namespace", doomed), 180, f"namespace {doomed} gone")
         # Made again at once: nothing of its predecessor may reach it (stale Events above all).
         kubectl.run("create", "namespace", doomed)
 
     try:
-        outcome = run_scenario(fleet, "namespace deleted while reconciled", fault)
+        outcome = run_scenario(
+            fleet,
+            "namespace deleted while reconciled",
+            fault,
+            figures=lambda writes: {
+                "writes_in_it_after_delete": sum(1 for w in writes if w.namespace == doomed and w.at > deleted_at[0]),
+                "event_writes_in_it_after_delete": sum(
+                    1 for w in writes if w.namespace == doomed and w.at > deleted_at[0] and w.resource == "events"
+                ),
+            },
+        )
         stale = kubectl.json("get", "events.events.k8s.io", "-n", doomed)["items"]
         assert not stale, f"Events of the deleted namespace in its successor: {[e['note'] for e in stale]}"
         outcome.check()
