@@ -46,7 +46,9 @@ REPORTING_CONTROLLER = "voxtral.dev/voxtral-operator"
 NOTE_LIMIT_BYTES = 1024
 FIELD_LIMIT = 128
 
-REFRESH_SECONDS = 60.0  # a repeating event's count is written at most this often
+# A repeating event's count is written at most this often; short, so that the last count of a burst
+# lands seconds after it, not a minute after everything else has settled.
+REFRESH_SECONDS = 10.0
 SERIES_GAP_SECONDS = 360.0  # client-go's: a pause this long ends a series
 MAX_SERIES = 4096  # events remembered for folding repeats (oldest forgotten first)
 QUEUE_LIMIT = 1000  # writes waiting; beyond this, events are logged and dropped
