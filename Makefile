@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test lint crds bench e2e chaos cluster cluster-down images clean
+.PHONY: help demo test lint crds bench e2e chaos cluster cluster-bare cluster-down images clean
 
 help:
 	@echo "make demo   - run the operator against a local API emulator and reconcile the examples"
@@ -14,6 +14,7 @@ help:
 	@echo "make bench  - benchmarks (print figures)"
 	@echo "make images - print the docker commands that build and push the images"
 	@echo "make cluster      - build (once) and start the local control plane, install the chart, run the operator"
+	@echo "make cluster-bare - the local control plane with nothing installed: follow the README's install section"
 	@echo "make cluster-down - stop everything make cluster started"
 	@echo "make e2e    - e2e suite against KUBECONFIG, or (unset) against the local control plane"
 	@echo "make chaos  - faults on the local control plane (API server, etcd, operator, node, watch, 429s)"
@@ -55,6 +56,8 @@ bench: $(STAMP) $(HELM)
 	e2e/cluster/exec $(CURDIR)/$(BIN)/python bench/reconcile_cluster.py
 	$(BIN)/python bench/autoscale.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/gateway_hostile.py
+	$(BIN)/python bench/gateway_queues.py
 	$(BIN)/python bench/policy_sim.py
 
 # The image builds, printed rather than run (no Docker engine is assumed): `make images REGISTRY=...`.
@@ -69,6 +72,9 @@ images:
 
 cluster: $(STAMP) $(HELM)
 	e2e/cluster/up
+
+cluster-bare: $(STAMP) $(HELM)
+	e2e/cluster/up --bare
 
 cluster-down:
 	e2e/cluster/down

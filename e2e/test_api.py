@@ -47,11 +47,26 @@ def test_server_defaults_fill_blocks_without_inventing_optional_ones(
 
 REFUSALS = [
     ("unknown GPU type", {"gpu": {"type": "T4-16GB"}}, "spec.gpu.type"),
-    ("fewer max than min replicas", {"minReplicas": 3, "maxReplicas": 2}, "maxReplicas"),
+    (
+        "fewer max than min replicas",
+        {"minReplicas": 3, "maxReplicas": 2},
+        "minReplicas 3 must not exceed maxReplicas 2",
+    ),
+    (
+        "replicas outside the bounds",
+        {"replicas": 5, "minReplicas": 1, "maxReplicas": 3},
+        "replicas 5 must lie within [minReplicas 1, maxReplicas 3]",
+    ),
     ("an operator-owned vLLM flag", {"engine": {"extraArgs": ["--tensor-parallel-size", "2"]}}, "extraArgs"),
     ("an unknown model without a profile", {"model": "someone/other-model"}, "modelProfile"),
     ("a negative replica count", {"minReplicas": -1}, "spec.minReplicas"),
     ("an unknown field", {"gpuCount": 2}, "gpuCount"),
+    (
+        "two settings for one caller key",
+        {"gateway": {"enabled": True, "keys": [{"name": "alice"}, {"name": "alice", "weight": 2}]}},
+        "spec.gateway.keys",
+    ),
+    ("a caller key weighing nothing", {"gateway": {"enabled": True, "keys": [{"name": "a", "weight": 0}]}}, "weight"),
 ]
 
 

@@ -29,6 +29,7 @@ from .test_lifecycle import _calls, _spec_replicas, _wav
 pytestmark = pytest.mark.e2e
 OLD_KEY = "sk-e2e-key"  # what test_lifecycle's _calls sends
 NEW_KEY = "sk-e2e-rotated"
+LIMITED_KEY = "sk-e2e-limited"
 
 
 def _get(url: str, key: str | None = None, timeout: float = 10) -> tuple[int, dict[str, Any]]:
@@ -66,6 +67,17 @@ def _transcribe(base_url: str, key: str, timeout: float, task: str = "transcript
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
+
+
+def _limited_call(url: str, key: str) -> tuple[int, int, dict[str, Any]]:
+    """(status, Retry-After or 0, the error object or {}) of a GET on a fresh connection."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, 0, {}
+    except urllib.error.HTTPError as error:
+        body = json.loads(error.read() or b"{}")
+        return error.code, int(error.headers.get("Retry-After") or 0), body.get("error") or {}
 
 
 def _set_keys(kubectl: Kubectl, name: str, namespace: str, **keys: str) -> None:
@@ -112,8 +124,10 @@ class Hammer:
 def test_gateway_fronts_the_api_and_rotates_keys(kubectl: Kubectl, namespace: str, unique_name: str) -> None:
     name = unique_name
     keys = f"{name}-callers"
-    _set_keys(kubectl, keys, namespace, current=OLD_KEY)
-    kubectl.apply(endpoint_body(name, namespace, gateway={"enabled": True}, auth={"apiKeysSecretName": keys}))
+    _set_keys(kubectl, keys, namespace, current=OLD_KEY, limited=LIMITED_KEY)
+    # Two requests a minute for the `limited` entry: one per gateway pod.
+    gateway_spec = {"enabled": True, "keys": [{"name": "limited", "requestsPerMinute": 2}]}
+    kubectl.apply(endpoint_body(name, namespace, gateway=gateway_spec, auth={"apiKeysSecretName": keys}))
     try:
         wait_ready(kubectl, name, namespace)
         eventually(
@@ -155,6 +169,17 @@ def test_gateway_fronts_the_api_and_rotates_keys(kubectl: Kubectl, namespace: st
             )
             with urllib.request.urlopen(invocation, timeout=10) as response:
                 assert response.status == 200
+
+            # A key over its limit gets 429 with Retry-After at whichever gateway pod it reaches;
+            # together the pods admit no more than the limit, and other keys are served meanwhile.
+            answers = [_limited_call(f"{base_url}/models", LIMITED_KEY) for _ in range(5)]
+            assert [code for code, _, _ in answers].count(200) in (1, 2), answers
+            refused = [(retry_after, error) for code, retry_after, error in answers if code == 429]
+            assert len(refused) >= 3, answers
+            for retry_after, error in refused:
+                assert 1 <= retry_after <= 60, answers
+                assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded"), answers
+            assert _get(f"{base_url}/models", OLD_KEY)[0] == 200
 
             # Rotation: add the new key while callers keep using the old one, then remove the old one.
             with Hammer(f"{base_url}/models", OLD_KEY) as old_callers:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 import wave
 from typing import Any
 
@@ -17,6 +18,7 @@ from .conftest import (
     MINI,
     ROOT,
     Kubectl,
+    LocalCluster,
     condition,
     delete_endpoint,
     endpoint_body,
@@ -134,9 +136,8 @@ def test_callers_scaling_and_garbage_collection(kubectl: Kubectl, namespace: str
         with service_base_url(kubectl, name, namespace) as base_url:
             _calls(base_url, MINI)
 
-            # `kubectl scale` goes through the scale subresource to spec.replicas and the Deployment. The
-            # autoscaler may take it back as soon as it sees no load (as it would HPA's): the Deployment
-            # following the scale is what is asserted, not that the replica is kept.
+            # `kubectl scale` goes through the scale subresource to spec.replicas and the Deployment (how
+            # long the autoscaler keeps a person's scale is the scenario below).
             kubectl.run("scale", f"vxe/{name}", "-n", namespace, "--replicas=2")
             eventually(
                 lambda: (kubectl.get("deployment", name, namespace) or {}).get("spec", {}).get("replicas") == 2,
@@ -176,3 +177,49 @@ def test_callers_scaling_and_garbage_collection(kubectl: Kubectl, namespace: str
         timeout=120,
         what="the garbage collector removing every child",
     )
+
+
+def test_replicas_a_person_asked_for_are_kept_while_they_load(
+    kubectl: Kubectl, local: LocalCluster, namespace: str, unique_name: str
+) -> None:
+    """`replicas: 2` applied, and later `kubectl scale --replicas 2`, on an idle endpoint whose replicas
+    take 40 s to load and whose scaleDownDelaySeconds is 15: never cut while they load."""
+    name = unique_name
+    local.set_fault(namespace, name, {"loadSeconds": 40})
+    body = endpoint_body(
+        name, namespace, replicas=2, minReplicas=1, maxReplicas=2, autoscaling={"scaleDownDelaySeconds": 15}
+    )
+    try:
+        kubectl.apply(body)
+        applied = time.monotonic()
+        hold = _kept_while_loading(kubectl, name, namespace)
+        assert hold["setBy"] == "kubectl-client-side-apply", hold
+        assert time.monotonic() - applied > 15, "the replicas loaded before the delay passed: nothing was proven"
+        # All ready, 15 s more, then the idle endpoint steps down to what its load needs.
+        eventually(lambda: _spec_replicas(kubectl, name, namespace) == 1, 120, "back to 1 after the hold")
+        assert "scaleHold" not in kubectl.get("vxe", name, namespace)["status"]
+
+        kubectl.run("scale", f"vxe/{name}", "-n", namespace, "--replicas=2")
+        hold = _kept_while_loading(kubectl, name, namespace)
+        assert hold["setBy"] == "kubectl (/scale)", hold
+    finally:
+        local.set_fault(namespace, name, None)
+        delete_endpoint(kubectl, name, namespace)
+
+
+def _kept_while_loading(kubectl: Kubectl, name: str, namespace: str) -> dict[str, Any]:
+    """status.scaleHold once it shows, after spec.replicas stayed 2 until both replicas were ready."""
+    hold = eventually(
+        lambda: (kubectl.get("vxe", name, namespace) or {}).get("status", {}).get("scaleHold"),
+        timeout=60,
+        what="status.scaleHold",
+    )
+    assert hold["replicas"] == 2, hold
+    deadline = time.monotonic() + 300
+    while True:
+        endpoint = kubectl.get("vxe", name, namespace) or {}
+        assert endpoint["spec"]["replicas"] == 2, endpoint.get("status")
+        if endpoint.get("status", {}).get("readyReplicas") == 2:
+            return dict(hold)
+        assert time.monotonic() < deadline, f"never both ready: {endpoint.get('status')}"
+        time.sleep(1)

@@ -19,6 +19,9 @@ POD_CIDR=10.244.0.0/16
 SERVICE_CIDR=10.96.0.0/16
 RELEASE=voxtral-operator
 RELEASE_NAMESPACE=voxtral-system
+# The node agent's address for every node (its InternalIP): where the API server reaches the kubelets.
+NODE_IP=10.244.0.1
+HOSTS_FILE=/etc/netns/$NETNS/hosts
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 in_netns() { ip netns exec "$NETNS" "$@"; }
@@ -45,6 +48,14 @@ stop_process() {
     kill -KILL -- "-$pid" 2>/dev/null || true
   fi
   rm -f "$pids/$name"
+}
+
+# Every operator process (e2e/cluster/operator), peers included.
+stop_operators() {
+  local name
+  for name in $(ls "$pids" 2>/dev/null); do
+    case "$name" in operator*) stop_process "$name" ;; esac
+  done
 }
 
 running() { [ -f "$pids/$1" ] && kill -0 "$(cat "$pids/$1")" 2>/dev/null; }
@@ -85,6 +96,10 @@ start_apiserver() {
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
     --endpoint-reconciler-type=none \
+    --kubelet-preferred-address-types=InternalIP \
+    --kubelet-certificate-authority="$pki/ca.crt" \
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
     --allow-privileged=true \
     --audit-policy-file="$here/audit-policy.yaml" --audit-log-path="$state/audit.log" \
     --audit-log-format=json --audit-log-mode=blocking --audit-log-maxsize=0

@@ -239,6 +239,34 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-upload-mb", type=float, default=25.0, metavar="N", help="upload size cap in MB (default: 25)")
     p.add_argument(
+        "--max-connections",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="open client connections per gateway process; more are closed as they come (default: 4096)",
+    )
+    p.add_argument(
+        "--idle-timeout-seconds",
+        type=float,
+        default=75.0,
+        metavar="S",
+        help="a connection with no request (or an unfinished request head) for this long is closed (default: 75)",
+    )
+    p.add_argument(
+        "--header-timeout-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a request's head must be complete this long after its first byte (default: 10)",
+    )
+    p.add_argument(
+        "--body-timeout-seconds",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="an upload that sends nothing for this long is abandoned and its replica slot released (default: 30)",
+    )
+    p.add_argument(
         "--key-requests-per-minute",
         type=float,
         metavar="R",

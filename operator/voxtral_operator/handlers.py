@@ -178,6 +178,7 @@ def _start_resync(reconciler: Reconciler, view: IndexView) -> None:
         enqueue=reconciler.enqueue,
         interval=STATE.config.resync_seconds,
     )
+    STATE.resync = resync
     STATE.resync_task = asyncio.get_running_loop().create_task(resync.run_forever(), name="resync")
 
 
@@ -284,6 +285,22 @@ async def namespace_changed(name: str, **kwargs: Any) -> None:
     for key in reconciler.view.endpoint_keys():
         if key[0] == name:
             reconciler.enqueue(key)
+
+
+# Children whose kinds come from CRDs a cluster may lack (KEDA's, cert-manager's).
+OPTIONAL_CRDS = {f"{r.plural}.{r.group}" for r in (resources.SCALED_OBJECTS, resources.CERTIFICATES)}
+
+
+@kopf.on.event(
+    "apiextensions.k8s.io",
+    "v1",
+    "customresourcedefinitions",
+    when=lambda name, **_: name in OPTIONAL_CRDS,
+)
+async def optional_crd_changed(name: str, type: str | None, **_: Any) -> None:
+    """KEDA's or cert-manager's CRD installed or removed: the resync lists its kind again, or stops."""
+    if STATE.resync is not None:
+        STATE.resync.crd_changed(name, present=type != "DELETED")
 
 
 @kopf.on.probe(id="endpoints")

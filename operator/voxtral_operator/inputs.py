@@ -10,12 +10,9 @@ and more than MAX_VALUES values once aliases are expanded (YAML "billion laughs"
 from __future__ import annotations
 
 import codecs
-import difflib
 import json
 import math
 import sys
-import types
-import typing
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from voxtral_operator.api.typos import unknown_key
 from voxtral_operator.config import OperatorConfig
 
 # kubectl's limit is etcd's 1.5 MiB per object; a file of many endpoints may hold a few.
@@ -437,39 +435,7 @@ def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[st
         loc = error["loc"]
         path = ".".join(str(part) for part in loc) or "(top level)"
         if error["type"] == "extra_forbidden":
-            known = _keys_at(model, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else "known keys: " + ", ".join(known)
-            problems.append(f"{path}: unknown key ({hint})")
+            problems.append(f"{path}: {unknown_key(model, loc)}")
         else:
             problems.append(f"{path}: {error['msg'].removeprefix('Value error, ')}")
     return problems
-
-
-def _keys_at(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
-    """The keys a model accepts at a path into it (through nested models, dicts and lists)."""
-    annotation: Any = model
-    for part in loc:
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            fields = annotation.model_fields
-            match = [f for name, f in fields.items() if part in (name, f.alias)]
-            if not match:
-                return []
-            annotation = match[0].annotation
-        else:
-            annotation = _unwrap(annotation)
-    annotation = _unwrap(annotation) if not isinstance(annotation, type) else annotation
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [f.alias or name for name, f in annotation.model_fields.items()]
-    return []
-
-
-def _unwrap(annotation: Any) -> Any:
-    """The element type of dict[str, X], list[X] or X | None."""
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin is dict and len(args) == 2:
-        return args[1]
-    if origin in (list, typing.Union, types.UnionType) and args:
-        return args[-1] if origin is dict else args[0]
-    return annotation

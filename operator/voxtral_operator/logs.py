@@ -55,14 +55,15 @@ def bind_endpoint(key: Key) -> None:
 # --- what is logged -----------------------------------------------------------------------
 
 
-def change_reason(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> str:
-    """Why a child is applied: missing, the spec changed it, or the live object drifted from it."""
+def change_reason(desired: Mapping[str, Any], live: Mapping[str, Any] | None, spec_changed: bool = True) -> str:
+    """Why a child is applied: missing, the spec (or, when the spec did not change, the operator's
+    config) changed it, or the live object drifted from it."""
     if live is None:
         return "missing"
     wanted = ((desired.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH_ANNOTATION)
     applied = ((live.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH_ANNOTATION)
     if wanted != applied:
-        return "the spec changed it"
+        return "the spec changed it" if spec_changed else "the operator's config (or version) changed it"
     return "the live object drifted from the spec (edited by hand?)"
 
 
@@ -209,10 +210,28 @@ class KopfChatterFilter(logging.Filter):
         )
 
 
+_KOPF_RETRY = re.compile(r"Request attempt #(\d+)(/\d+)? failed; will retry: ")
+
+
+class KopfRetryFilter(logging.Filter):
+    """kopf logs every retried request as an ERROR, also while a starting API server answers 429
+    "storage is (re)initializing": the first retry of a request is a WARNING, later ones INFO. A
+    request that fails for good ("escalating") stays an ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("kopf") and record.levelno == logging.ERROR:
+            retry = _KOPF_RETRY.match(record.getMessage())
+            if retry is not None:
+                record.levelno = logging.WARNING if retry.group(1) == "1" else logging.INFO
+                record.levelname = logging.getLevelName(record.levelno)
+        return True
+
+
 def configure(log_format: str = TEXT, *, verbose: bool = False) -> None:
     """The root logger writes to stderr in the chosen format; kopf's loggers go through it too."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == JSON_LINES else TextFormatter())
+    handler.addFilter(KopfRetryFilter())
     if not verbose:
         handler.addFilter(KopfChatterFilter())
     root = logging.getLogger()

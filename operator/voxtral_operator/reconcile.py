@@ -247,7 +247,10 @@ class Reconciler:
         created: list[str] = []
         updated: list[str] = []
         try:
-            created, updated = await self._apply_children(key, plan.uid, desired, live_children)
+            # The spec is unchanged since status last described it: a new desired object comes from
+            # the operator's config (or version), and the log line says so.
+            spec_changed = current_status.get("observedGeneration") != generation
+            created, updated = await self._apply_children(key, plan.uid, desired, live_children, spec_changed)
             await self._delete_stale_children(key, plan.uid, desired, live_children)
         except ChildRefused as exc:
             refused = exc
@@ -288,7 +291,12 @@ class Reconciler:
         return desired
 
     async def _apply_children(
-        self, key: Key, uid: str | None, desired: list[JSON], live_children: Mapping[ChildKey, JSON]
+        self,
+        key: Key,
+        uid: str | None,
+        desired: list[JSON],
+        live_children: Mapping[ChildKey, JSON],
+        spec_changed: bool = True,
     ) -> tuple[list[str], list[str]]:
         created: list[str] = []
         updated: list[str] = []
@@ -304,7 +312,7 @@ class Reconciler:
                 )
                 continue
             try:
-                outcome = await self._apply_child(key, uid, obj, live)
+                outcome = await self._apply_child(key, uid, obj, live, spec_changed)
             except ChildRefused as refusal:
                 refusals.append(refusal)  # one refused child never holds up the others
                 continue
@@ -319,7 +327,9 @@ class Reconciler:
             raise ChildRefused(reasons[0], "; ".join(r.message for r in refusals))
         return created, updated
 
-    async def _apply_child(self, key: Key, uid: str | None, obj: JSON, live: JSON | None) -> str | None:
+    async def _apply_child(
+        self, key: Key, uid: str | None, obj: JSON, live: JSON | None, spec_changed: bool = True
+    ) -> str | None:
         """Apply one child if it drifted: "created", "updated", or None when nothing was needed."""
         child: ChildKey = (obj["kind"], obj["metadata"]["name"])
         if child[0] in CREATE_ONLY_KINDS and live is not None:
@@ -370,7 +380,9 @@ class Reconciler:
             raise ChildRefused("ApplyRejected", message) from exc
         self._pending_children[pending] = (live_version, time.monotonic())
         logger.debug("%s/%s: applying %s %s: %s", *key, *child, ", ".join(why[:5]))
-        logs.log_child_change(key, "created" if live is None else "updated", *child, logs.change_reason(obj, live))
+        logs.log_child_change(
+            key, "created" if live is None else "updated", *child, logs.change_reason(obj, live, spec_changed)
+        )
         return "created" if live is None else "updated"
 
     async def _delete_stale_children(

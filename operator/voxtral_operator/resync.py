@@ -5,6 +5,10 @@ it never drops from its indexes the objects deleted during the gap: a deleted Se
 present for ever and never be recreated. Every `resyncSeconds` the operator lists what it watches
 (the server-side label selectors keep that to its own objects) and marks the uids the caches still
 hold but the server no longer has; the view hides them, and their endpoints are reconciled again.
+
+A kind the cluster does not serve (KEDA's ScaledObject, cert-manager's Certificate without their
+CRDs) answers 404: it is noted once and not listed again until its CRD appears (`crd_changed`, from
+the operator's watch of CustomResourceDefinitions).
 """
 
 from __future__ import annotations
@@ -53,6 +57,18 @@ class Resync:
         self.enqueue = enqueue
         self.interval = interval
         self._reported: set[str] = set()
+        self.unserved: set[Resource] = set()
+
+    def crd_changed(self, crd_name: str, present: bool) -> None:
+        """A CustomResourceDefinition (`plural.group`) was added or deleted: list its kind again, or not."""
+        for resource, _ in self.watched:
+            if f"{resource.plural}.{resource.group}" != crd_name:
+                continue
+            if present and resource in self.unserved:
+                self.unserved.discard(resource)
+                logger.info("the cluster now serves %s: listing it again", crd_name)
+            elif not present:
+                self.unserved.add(resource)
 
     async def run_forever(self) -> None:
         while True:
@@ -66,12 +82,20 @@ class Resync:
         before = self.view.cached_uids()
         listed: set[str] = set()
         for resource, selector in self.watched:
+            if resource in self.unserved:
+                continue
             namespaces: list[str | None] = list(self.namespaces) or [None]
             for namespace in namespaces:
                 try:
                     items = await self.client.list(resource, namespace, selector)
                 except NotFound:  # a kind whose CRD is not installed (KEDA's): nothing of it is cached
-                    continue
+                    self.unserved.add(resource)
+                    logger.info(
+                        "the cluster does not serve %s.%s (no CRD): not listed until its CRD appears",
+                        resource.plural,
+                        resource.group,
+                    )
+                    break
                 listed.update(item["metadata"]["uid"] for item in items)
         stale = stale_uids(before, listed)
         self.view.mark_absent(stale)

@@ -10,6 +10,7 @@ from voxtral_operator.config import OperatorConfig
 
 if TYPE_CHECKING:
     from voxtral_operator.reconcile import Reconciler
+    from voxtral_operator.resync import Resync
 
 
 @dataclass
@@ -20,6 +21,7 @@ class OperatorState:
     namespaces: list[str] = field(default_factory=list)
     autoscaler_task: asyncio.Task[None] | None = None
     resync_task: asyncio.Task[None] | None = None
+    resync: Resync | None = None
     _reconciler: Reconciler | None = None
 
     @property

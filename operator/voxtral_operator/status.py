@@ -6,6 +6,7 @@ computes the same status every time and the operator writes nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,9 @@ OWN_CONDITIONS = (READY, PROGRESSING, DEGRADED, SERVING, PODS_SCHEDULED)
 INVALID_SPEC = "InvalidSpec"
 POD_CREATION_FAILED = "PodCreationFailed"
 IMAGE_PULL_FAILED = "ImagePullFailed"
+# The kubelet cannot start a container: a Secret (or key) its env names is missing, or other config.
+SECRET_MISSING = "SecretMissing"
+CONTAINER_CONFIG_ERROR = "ContainerConfigError"
 OOM_KILLED = "OOMKilled"
 CRASH_LOOP = "CrashLoop"
 WAITING_FOR_GPU = "WaitingForGPU"
@@ -34,10 +38,17 @@ SUSPENDED = "Suspended"
 SCALED_TO_ZERO = "ScaledToZero"
 AVAILABLE = "Available"
 # The status fields the autoscaler writes (under its own field manager); the reconciler never sends them.
-AUTOSCALER_FIELDS = ("queueDepth", "queuedAudioSeconds", "desiredReplicas", "lastScaleDecision")
+AUTOSCALER_FIELDS = ("queueDepth", "queuedAudioSeconds", "desiredReplicas", "lastScaleDecision", "scaleHold")
 SCHEDULED = "Scheduled"
 # Blockers a person must remove: the endpoint is Failed (Degraded while some replica serves).
-FAILURE_REASONS = (POD_CREATION_FAILED, IMAGE_PULL_FAILED, OOM_KILLED, CRASH_LOOP)
+FAILURE_REASONS = (
+    POD_CREATION_FAILED,
+    SECRET_MISSING,
+    CONTAINER_CONFIG_ERROR,
+    IMAGE_PULL_FAILED,
+    OOM_KILLED,
+    CRASH_LOOP,
+)
 # Blockers that may clear by themselves (a GPU frees up, the cluster autoscaler adds a node):
 # the endpoint stays Pending, and PodsScheduled says since when it has waited.
 WAITING_REASONS = (WAITING_FOR_GPU, UNSCHEDULABLE)
@@ -47,6 +58,9 @@ BLOCKER_ORDER = (*FAILURE_REASONS, *WAITING_REASONS, LOADING, PENDING)
 MAX_MESSAGE = 2048
 
 _IMAGE_PULL_WAITING = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
+# The kubelet's words (pkg/kubelet/kubelet_pods.go) when a container's env names a missing Secret or key.
+_SECRET_NOT_FOUND = re.compile(r'secret "(?P<name>[^"]+)" not found')
+_SECRET_KEY_NOT_FOUND = re.compile(r"couldn't find key (?P<key>\S+) in Secret (?P<namespace>[^/\s]+)/(?P<name>\S+)")
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,26 @@ def pod_summary(pod: Mapping[str, Any]) -> JSON:
     }
 
 
+def container_config_problem(pod_name: object, message: str) -> PodProblem:
+    """CreateContainerConfigError, from the kubelet's message alone (the operator reads no Secret):
+    name the missing Secret and key when that is what it is."""
+    missing = _SECRET_NOT_FOUND.search(message)
+    if missing:
+        return PodProblem(
+            SECRET_MISSING,
+            f"pod {pod_name} cannot start: Secret {missing['name']} is missing (kubelet: {message}); "
+            "create it or correct the name the spec gives",
+        )
+    no_key = _SECRET_KEY_NOT_FOUND.search(message)
+    if no_key:
+        return PodProblem(
+            SECRET_MISSING,
+            f"pod {pod_name} cannot start: Secret {no_key['name']} has no key {no_key['key']} "
+            f"(kubelet: {message}); add the key or correct the key the spec gives",
+        )
+    return PodProblem(CONTAINER_CONFIG_ERROR, f"pod {pod_name} cannot start: {message}")
+
+
 def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
     """Why a pod is not serving, or None when it is ready."""
     name = pod.get("name")
@@ -99,6 +133,8 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
         waiting = container.get("waiting") or {}
         last = container.get("lastTerminated") or {}
         terminated = container.get("terminated") or {}
+        if waiting.get("reason") == "CreateContainerConfigError":
+            return container_config_problem(name, str(waiting.get("message") or "CreateContainerConfigError"))
         if waiting.get("reason") in _IMAGE_PULL_WAITING:
             return PodProblem(IMAGE_PULL_FAILED, f"pod {name}: {waiting.get('message') or waiting['reason']}")
         if "OOMKilled" in (last.get("reason"), terminated.get("reason")):
@@ -155,12 +191,34 @@ def _pod_problems(pods: Iterable[Mapping[str, Any]]) -> list[PodProblem]:
     return [p for p in (pod_problem(pod) for pod in live) if p is not None]
 
 
+def _with_gpu_need(problem: PodProblem, tensor_parallel_size: int) -> PodProblem:
+    """A GPU wait says what one replica needs: all its GPUs on a single node, which the scheduler's
+    count of nodes does not say (a tensor-parallel size above any node's GPUs waits for ever)."""
+    if problem.reason != WAITING_FOR_GPU:
+        return problem
+    need = (
+        f"each replica needs {tensor_parallel_size} nvidia.com/gpu on one node (tensorParallelSize "
+        f"{tensor_parallel_size}); if no node of the pool has that many, choose a GPU type or pool that has"
+        if tensor_parallel_size > 1
+        else "each replica needs 1 nvidia.com/gpu"
+    )
+    pod, _, scheduler = problem.message.partition(" waits for a GPU: ")
+    return PodProblem(WAITING_FOR_GPU, f"{pod} waits for a GPU: {need}; the scheduler: {scheduler}")
+
+
 def _first(problems: list[PodProblem], reasons: Iterable[str]) -> PodProblem | None:
     for reason in reasons:
         for problem in problems:
             if problem.reason == reason:
                 return problem
     return None
+
+
+def _ready_count(ready: int, desired: int) -> str:
+    """Ready against wanted; replicas beyond what is wanted (a scale-down or rollout still draining) apart."""
+    if ready <= desired:
+        return f"{ready}/{desired} replicas ready"
+    return f"{desired}/{desired} replicas ready, {ready - desired} more still stopping"
 
 
 def compute_status(
@@ -184,11 +242,15 @@ def compute_status(
     previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
     dep_status = (deployment or {}).get("status") or {}
     replicas = int(dep_status.get("replicas") or 0)
-    ready = int(dep_status.get("readyReplicas") or 0)
+    # The Deployment counts a pod ready a moment after the pod says so: counting the pods too keeps
+    # the phase from passing Loading -> Pending -> Ready in that moment.
+    ready = max(
+        int(dep_status.get("readyReplicas") or 0), sum(1 for p in pods if p.get("ready") and not p.get("deleting"))
+    )
     updated = int(dep_status.get("updatedReplicas") or 0)
     dep_conditions = {c.get("type"): c for c in dep_status.get("conditions") or []}
     creation = deployment_problem(deployment)
-    pod_problems = _pod_problems(pods)
+    pod_problems = [_with_gpu_need(p, tensor_parallel_size) for p in _pod_problems(pods)]
     problem = creation or _first(pod_problems, BLOCKER_ORDER)
     unscheduled = creation or _first(pod_problems, WAITING_REASONS)
     waiting = problem is not None and problem.reason in WAITING_REASONS
@@ -209,7 +271,7 @@ def compute_status(
         if replicas:
             ready_message += f"; {replicas} replica(s) still stopping"
     elif ready >= 1:
-        ready_reason, ready_message = AVAILABLE, f"{ready}/{desired_replicas} replicas ready"
+        ready_reason, ready_message = AVAILABLE, _ready_count(ready, desired_replicas)
     elif problem is not None:
         ready_reason, ready_message = problem.reason, problem.message
     elif desired_replicas == 0:
@@ -234,10 +296,10 @@ def compute_status(
     degraded = deadline_exceeded or failing or not_serving or refused is not None
 
     if rolled_out:
-        progressing_reason, progressing_message = "Complete", f"{ready}/{desired_replicas} replicas ready"
+        progressing_reason, progressing_message = "Complete", _ready_count(ready, desired_replicas)
     elif replicas < desired_replicas or ready < desired_replicas:
         progressing_reason = problem.reason if problem is not None else "ScalingUp"
-        progressing_message = f"{ready}/{desired_replicas} replicas ready"
+        progressing_message = _ready_count(ready, desired_replicas)
     else:
         progressing_reason, progressing_message = "RollingOut", f"{updated}/{desired_replicas} replicas updated"
 
@@ -280,7 +342,7 @@ def compute_status(
         "conditions": conditions,
         "replicas": replicas,
         "readyReplicas": ready,
-        "replicaSummary": f"{ready}/{desired_replicas}",
+        "replicaSummary": f"{min(ready, desired_replicas)}/{desired_replicas}",
         "url": url,
         "selector": selector,
         "observedGeneration": generation,

@@ -12,6 +12,8 @@ This layer replaces the storage with the semantics the operator relies on from a
   status, `/scale` reads and writes `spec.replicas` as an autoscaling/v1 Scale;
 - patches: JSON merge patch, JSON patch, strategic merge patch (approximated as a merge patch:
   the operator never sends one), and server-side apply (below);
+- Secret `stringData` merged into `data` (base64) on every write and never stored, as a real server does;
+- a CustomResourceDefinition created through the API is served at once (no `Established` wait);
 - Service `spec.clusterIP` allocation (from 127.0.1.0/24, so tests can really serve it);
 - label selectors on list and watch (`=`, `==`, `!=`, `in`, `notin`, exists, `!key`);
 - watch from a resourceVersion (replayed from a bounded history; older answers 410 Gone),
@@ -39,6 +41,7 @@ Not emulated: admission, defaulting beyond metadata, field validation, RBAC.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import copy
@@ -57,6 +60,7 @@ from kmock._internal.rendering import ReactionMismatchError  # exported by kmock
 
 JSON = dict[str, Any]
 
+CRDS = "apiextensions.k8s.io/v1/customresourcedefinitions"
 # Resources the operator and its tests touch: (group/version/plural, kind, namespaced, subresources).
 BUILTIN_RESOURCES: list[tuple[str, str, bool, set[str]]] = [
     ("v1/pods", "Pod", True, {"status"}),
@@ -186,6 +190,18 @@ _SELECTOR_TERM = re.compile(
     r"\s*(?P<neg>!)?(?P<key>[A-Za-z0-9./_-]+)\s*"
     r"(?:(?P<op>==|=|!=)\s*(?P<value>[A-Za-z0-9._-]*)|\s+(?P<setop>in|notin)\s*\((?P<values>[^)]*)\))?\s*"
 )
+
+
+def _secret_stored(secret: JSON) -> JSON:
+    """What a real server stores of a Secret: `stringData` is write-only, merged into `data` (base64,
+    winning over a `data` entry of the same key) and never returned."""
+    string_data = secret.get("stringData")
+    if string_data is None:
+        return secret
+    stored = {k: v for k, v in secret.items() if k != "stringData"}
+    encoded = {str(k): base64.b64encode(str(v).encode()).decode() for k, v in (string_data or {}).items()}
+    stored["data"] = {**(secret.get("data") or {}), **encoded}
+    return stored
 
 
 def _split_selector(selector: str) -> list[str]:
@@ -910,6 +926,8 @@ class ApiServer(kmock.KubernetesEmulator):
         if key in self.store.objects:
             raise _error(409, "AlreadyExists", f'{resource} "{name}" already exists')
         obj = copy.deepcopy(body)
+        if resource == "v1/secrets":
+            obj = _secret_stored(obj)
         if "status" in self.subresources.get(resource, set()):
             obj.pop("status", None)
         meta.update(
@@ -928,6 +946,8 @@ class ApiServer(kmock.KubernetesEmulator):
             obj.setdefault("spec", {})["clusterIP"] = f"127.0.1.{next(self._cluster_ips)}"
         obj.setdefault("apiVersion", resource.rsplit("/", 1)[0])
         obj.setdefault("kind", self.kinds.get(resource))
+        if resource == CRDS:
+            self.declare_crd(obj)  # served from now on, as a real server serves an established CRD
         self.store.objects[key] = obj
         self.store.emit(resource, "ADDED", obj)
         return copy.deepcopy(obj)
@@ -988,6 +1008,8 @@ class ApiServer(kmock.KubernetesEmulator):
         self, resource: str, key: tuple[str, str | None, str], live: JSON, updated: JSON, sub: str | None
     ) -> JSON:
         has_status = "status" in self.subresources.get(resource, set())
+        if resource == "v1/secrets":
+            updated = _secret_stored(updated)
         if sub == "status":
             # Only status changes through /status.
             updated = {**live, "status": updated.get("status", {})}

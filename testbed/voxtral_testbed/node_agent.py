@@ -4,17 +4,20 @@ It registers the nodes of a YAML file (GPU capacity, pool labels, taints) and, f
 scheduler binds to one of them, does what a kubelet would:
 - assigns the pod an IP from its node's podCIDR (every address of the range is local to the network
   namespace the cluster runs in) and reports Pending -> Running -> Ready through the pod's status;
-- "pulls" the image: the known images run `vllm serve` (the simulator behind the `vllm` shim of the
-  simulator image); any other image ends in ErrImagePull / ImagePullBackOff;
+- "pulls" the image: each known image has its entrypoint (`vllm serve`: the simulator behind the
+  `vllm` shim of the simulator image; `voxtral-operator`: this checkout's operator, gateway included);
+  any other image ends in ErrImagePull / ImagePullBackOff;
 - runs the container's own command line and environment (API keys from Secrets, as the kubelet
-  resolves them), with vLLM's `--host` set to the pod's IP: all pods share one network namespace
-  here, where each would have its own;
+  resolves them), with the server's `--host` set to the pod's IP: all pods share one network
+  namespace here, where each would have its own; ConfigMap volumes are written under the pod's
+  folder and their mount paths in the command line point there (processes share the host's files);
 - runs the startup, readiness and liveness probes the pod declares; restarts a container that exits
   or fails liveness, with CrashLoopBackOff's doubling back-off; reports OOMKilled when told to;
 - on deletion runs the preStop sleep, sends SIGTERM, waits up to the grace period, then removes the
   pod object (as the kubelet does once the containers are gone).
-It also binds each pending PersistentVolumeClaim to a volume it creates (a provisioner stand-in) and
-runs the kube-proxy stand-in.
+It also binds each pending PersistentVolumeClaim to a volume it creates (a provisioner stand-in), runs
+the kube-proxy stand-in, serves the kubelet's containerLogs endpoint (`kubectl logs`,
+kubelet_server.py) and keeps Service names resolvable (cluster_dns.py).
 
 Faults a test asks for: the ConfigMap `voxtral-testbed-faults` in `kube-system`, key
 `<namespace>.<app.kubernetes.io/instance>` (an endpoint's pods), value JSON:
@@ -40,6 +43,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,6 +55,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from voxtral_testbed import kubelet_server
+from voxtral_testbed.cluster_dns import ServiceHosts
 from voxtral_testbed.kube import ApiError, Kube
 from voxtral_testbed.kube_proxy import ServiceProxy
 
@@ -101,7 +107,11 @@ def _probe_port(container: JSON, port: Any) -> int:
 
 
 def _with_host(argv: list[str], ip: str) -> list[str]:
-    """vLLM's --host as the pod's own address: pods share one network namespace here."""
+    """vLLM's (and the gateway's) --host as the pod's own address: pods share one network namespace
+    here. The operator (`voxtral-operator run`) has no --host: it listens where its --liveness URL
+    says (the chart: 0.0.0.0, every address here, the pod's included)."""
+    if argv[:2] == ["voxtral-operator", "run"]:
+        return argv
     result = list(argv)
     for index, arg in enumerate(result):
         if arg == "--host" and index + 1 < len(result):
@@ -111,6 +121,16 @@ def _with_host(argv: list[str], ip: str) -> list[str]:
             result[index] = f"--host={ip}"
             return result
     return [*result, "--host", ip]
+
+
+def _at_mounted_paths(argv: list[str], mounts: dict[str, str]) -> list[str]:
+    """The command line with each volume's mount path replaced by where its files are here."""
+    result = []
+    for arg in argv:
+        for mount_path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
+            arg = re.sub(rf"(?<![\w./-]){re.escape(mount_path.rstrip('/'))}(?=/|$)", local, arg)
+        result.append(arg)
+    return result
 
 
 @dataclass
@@ -135,6 +155,7 @@ class PodRunner:
         self.ip = node.allocate_ip()
         self.state = ContainerState()
         self.process: subprocess.Popen[bytes] | None = None
+        self.mounts: dict[str, str] = {}  # a volume's mount path -> where its files are on this machine
         self.terminating = asyncio.Event()
         self.started_at = now()
         self._published: JSON | None = None
@@ -280,6 +301,29 @@ class PodRunner:
         target.write_text(json.dumps(config))
         return str(target)
 
+    async def _mount_config_maps(self) -> str:
+        """Writes each ConfigMap volume's keys under the pod's folder, as the kubelet projects them, and
+        notes where; returns why a volume cannot be mounted yet ("" when all are). Read at each start."""
+        volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
+        home = self.agent.state_dir / "pods" / f"{self.namespace}_{self.name}" / "volumes"
+        for mount in self.container.get("volumeMounts") or []:
+            source = volumes.get(mount["name"], {}).get("configMap")
+            if source is None:
+                continue
+            config_map = await self.agent.kube.get(f"/api/v1/namespaces/{self.namespace}/configmaps/{source['name']}")
+            if config_map is None and not source.get("optional"):
+                return f'MountVolume.SetUp failed for volume "{mount["name"]}": configmap "{source["name"]}" not found'
+            data = dict((config_map or {}).get("data") or {})
+            items = source.get("items") or [{"key": key, "path": key} for key in data]
+            target = home / mount["name"]
+            target.mkdir(parents=True, exist_ok=True)
+            for item in items:
+                if item["key"] in data:
+                    (target / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+                    (target / item["path"]).write_text(data[item["key"]])
+            self.mounts[mount["mountPath"]] = str(target)
+        return ""
+
     async def _fault(self) -> JSON:
         config = await self.agent.kube.get(FAULTS)
         key = f"{self.namespace}.{(self.pod['metadata'].get('labels') or {}).get(INSTANCE_LABEL, '')}"
@@ -287,8 +331,9 @@ class PodRunner:
         return dict(json.loads(raw)) if raw else {}
 
     def _start_process(self, env: dict[str, str], fault: JSON) -> subprocess.Popen[bytes]:
-        argv = list(self.container.get("command") or ["vllm", "serve"]) + list(self.container.get("args") or [])
-        argv = _with_host(argv, self.ip)
+        entrypoint = self.agent.images[self.container["image"]]
+        argv = list(self.container.get("command") or entrypoint) + list(self.container.get("args") or [])
+        argv = _with_host(_at_mounted_paths(argv, self.mounts), self.ip)
         if argv[:1] != ["vllm"]:
             fault = {}  # faults are the simulator's options: a gateway pod of the same endpoint runs as is
         if fault.get("loadSeconds"):
@@ -300,6 +345,8 @@ class PodRunner:
         home.mkdir(parents=True, exist_ok=True)
         full_env = {
             "PATH": f"{self.agent.shim_dir}:{Path(sys.executable).parent}:/usr/bin:/bin",
+            # The images' code is this checkout's (the node agent's own PYTHONPATH, when it has one).
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
             **env,
             "HOME": str(home),
             "PYTHONUNBUFFERED": "1",
@@ -409,6 +456,12 @@ class PodRunner:
             await self._finish()
             return
         while not self.terminating.is_set():
+            missing = await self._mount_config_maps()
+            if missing:
+                self.state.state = {"waiting": {"reason": "ContainerCreating", "message": missing}}
+                await self.publish()
+                await self._wait_or_terminate(2)
+                continue
             env = await self._environment()
             if isinstance(env, str):
                 self.state.state = {"waiting": {"reason": "CreateContainerConfigError", "message": env}}
@@ -454,14 +507,16 @@ class NodeAgent:
         self,
         kube: Kube,
         nodes: list[NodeSpec],
-        images: set[str],
+        images: dict[str, list[str]],
         shim_dir: Path,
         state_dir: Path,
         probe_period_scale: float = 1.0,
+        serving: ServingOptions | None = None,
     ) -> None:
         self.kube = kube
         self.nodes = {node.name: node for node in nodes}
-        self.images = images
+        self.images = images  # image -> its entrypoint
+        self.serving = serving or ServingOptions()
         self.shim_dir = shim_dir
         self.state_dir = state_dir
         self.probe_period_scale = probe_period_scale
@@ -479,7 +534,24 @@ class NodeAgent:
             _forever("volumes", self._volumes),
             _forever("services", proxy.run),
             _forever("node switch", self._node_switch),
+            *self._serving_loops(),
         )
+
+    def _serving_loops(self) -> list[Awaitable[None]]:
+        """The kubelet's log endpoint and the Service names, when the options ask for them."""
+        options = self.serving
+        loops: list[Awaitable[None]] = []
+        if options.tls is not None:
+            server = kubelet_server.KubeletServer(self.state_dir / "pods", self._runs)
+            context = kubelet_server.tls_context(*options.tls)
+            loops.append(_forever("kubelet", lambda: server.serve(self.node_ip, kubelet_server.KUBELET_PORT, context)))
+        if options.hosts_file is not None:
+            hosts = ServiceHosts(self.kube, options.hosts_file, options.cluster_domain)
+            loops.append(_forever("cluster dns", hosts.run))
+        return loops
+
+    def _runs(self, namespace: str, name: str) -> bool:
+        return any(r.namespace == namespace and r.name == name for r in self.runners.values())
 
     async def _register_nodes(self) -> None:
         for node in self.nodes.values():
@@ -502,6 +574,7 @@ class NodeAgent:
                     {"type": "InternalIP", "address": self.node_ip},
                     {"type": "Hostname", "address": node.name},
                 ],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_server.KUBELET_PORT}},
                 "conditions": [
                     {
                         "type": "Ready",
@@ -686,7 +759,15 @@ async def _forever(name: str, loop: Callable[[], Awaitable[None]]) -> None:
         await asyncio.sleep(1)
 
 
-def load_nodes(path: Path) -> tuple[list[NodeSpec], set[str]]:
+@dataclass
+class ServingOptions:
+    # The kubelet endpoint's certificate, key and the CA its clients' certificates must come from.
+    tls: tuple[Path, Path, Path] | None = None
+    hosts_file: Path | None = None
+    cluster_domain: str = "cluster.local"
+
+
+def load_nodes(path: Path) -> tuple[list[NodeSpec], dict[str, list[str]]]:
     data = yaml.safe_load(path.read_text())
     nodes = [
         NodeSpec(
@@ -698,7 +779,7 @@ def load_nodes(path: Path) -> tuple[list[NodeSpec], set[str]]:
         )
         for n in data["nodes"]
     ]
-    return nodes, set(data.get("images") or [])
+    return nodes, {image: list(entrypoint) for image, entrypoint in (data.get("images") or {}).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -708,11 +789,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True, type=Path, help="pod logs and volumes go here")
     parser.add_argument("--shim-dir", required=True, type=Path, help="folder holding the `vllm` shim")
     parser.add_argument("--probe-period-scale", type=float, default=1.0, help="probe periods times this")
+    parser.add_argument(
+        "--kubelet-tls",
+        nargs=3,
+        type=Path,
+        metavar=("CERT", "KEY", "CLIENT_CA"),
+        help="serve the kubelet's containerLogs endpoint (kubectl logs) over TLS on the nodes' address",
+    )
+    parser.add_argument("--hosts-file", type=Path, help="keep Service names -> cluster IPs in this hosts file")
+    parser.add_argument("--cluster-domain", default="cluster.local", help="the Services' DNS domain")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     nodes, images = load_nodes(args.nodes)
+    serving = ServingOptions(args.kubelet_tls and tuple(args.kubelet_tls), args.hosts_file, args.cluster_domain)
     agent = NodeAgent(
-        Kube.from_kubeconfig(args.kubeconfig), nodes, images, args.shim_dir, args.state_dir, args.probe_period_scale
+        Kube.from_kubeconfig(args.kubeconfig),
+        nodes,
+        images,
+        args.shim_dir,
+        args.state_dir,
+        args.probe_period_scale,
+        serving,
     )
     asyncio.run(agent.run())
     return 0

@@ -251,6 +251,7 @@ class FakeControllers:
         self.proxies: dict[tuple[str, str], _ServiceProxy] = {}
         self.behaviours: dict[tuple[str, str], Behaviour] = {}
         self.default = Behaviour()
+        self.secret_wait_seconds = SECRET_WAIT_SECONDS  # math.inf: wait for the Secret as a real kubelet does
         self._born: dict[tuple[str, str], float] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -309,12 +310,9 @@ class FakeControllers:
             if not ref:
                 continue
             secret = self.server.find(SECRETS, namespace, ref["name"])
-            value = ((secret or {}).get("stringData") or {}).get(ref["key"])
             encoded = ((secret or {}).get("data") or {}).get(ref["key"])
-            if value is None and encoded is not None:
-                value = base64.b64decode(encoded).decode()
-            if value is not None:
-                values[env["name"]] = value
+            if encoded is not None:
+                values[env["name"]] = base64.b64decode(encoded).decode()
             elif not ref.get("optional"):
                 if secret is None:
                     return values, f'secret "{ref["name"]}" not found'
@@ -553,7 +551,7 @@ class FakeControllers:
                     pod_status = await self._gateway_pod_status(key, container)
                 elif behaviour.kind == PodBehaviour.SIMULATED:
                     env, missing = ({}, None) if key in self.simulators else self._secret_env(namespace, container)
-                    if missing is not None and age < SECRET_WAIT_SECONDS:
+                    if missing is not None and age < self.secret_wait_seconds:
                         pod_status = _config_error_status(missing)
                     else:
                         ip = (
@@ -621,7 +619,6 @@ class Sandbox:
         server = kmock.Server(self.api, port=self._port) if self._port else kmock.Server(self.api)
         self._server = await server.__aenter__()
         crd = custom_resource_definition()
-        self.api.declare_crd(crd)
         await self.api.create_object("apiextensions.k8s.io/v1/customresourcedefinitions", crd)
         self.kubeconfig.write_text(yaml.safe_dump(kubeconfig_for(self.url)))
         if self._with_controllers:

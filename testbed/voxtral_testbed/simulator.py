@@ -224,6 +224,8 @@ def build_app(engine: Engine) -> web.Application:
         return _json({"server_load": engine.in_flight_http})
 
     async def metrics(_: web.Request) -> web.Response:
+        if engine.args.metrics_hang_seconds:
+            await asyncio.sleep(engine.args.metrics_hang_seconds)  # a fault: healthy, but /metrics hangs
         return web.Response(body=generate_latest(engine.registry), content_type="text/plain", charset="utf-8")
 
     async def models(_: web.Request) -> web.Response:
@@ -451,6 +453,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-timeout", type=float, default=0.0)
     parser.add_argument("--load-seconds", type=float, default=0.0, help="refuse connections this long first")
     parser.add_argument("--request-seconds", type=float, default=0.2, help="simulated compute per request")
+    parser.add_argument(
+        "--metrics-hang-seconds", type=float, default=0.0, help="answer /metrics only after N s (a fault)"
+    )
     parser.add_argument("--die-after", type=float, default=0.0, help="simulate an engine death after N s (0: never)")
     parser.add_argument(
         "--max-audio-mb", type=int, default=int(os.environ.get("VLLM_MAX_AUDIO_CLIP_FILESIZE_MB", "25"))

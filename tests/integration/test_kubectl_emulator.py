@@ -4,6 +4,7 @@ plain JSON, as `make demo` shows them. Skipped when no kubectl binary is at hand
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -11,9 +12,11 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from voxtral_testbed.apiserver import human_duration, jsonpath
+from voxtral_testbed.harness import Kube
 from voxtral_testbed.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
@@ -249,3 +252,21 @@ def test_human_duration_and_jsonpath() -> None:
     assert jsonpath(obj, '.status.conditions[?(@.type=="Ready")].status') == "True"
     assert jsonpath(obj, ".status.conditions[0].type") == "A"
     assert jsonpath(obj, ".status.missing") is None
+
+
+async def test_secret_string_data_is_stored_as_base64_data_as_a_real_server_does(sandbox: Sandbox) -> None:
+    async with aiohttp.ClientSession() as session:
+        kube = Kube(sandbox.url, session)
+        path = f"/api/v1/namespaces/{NS}/secrets"
+        body = {
+            "metadata": {"name": "key"},
+            "data": {"old": "b2xk", "api-key": "eA=="},
+            "stringData": {"api-key": "sk-1"},
+        }
+        created = await kube.create(path, body)
+        stored = await kube.get(f"{path}/key")
+        for secret in (created, stored):
+            assert "stringData" not in secret
+            assert secret["data"] == {"old": "b2xk", "api-key": base64.b64encode(b"sk-1").decode()}  # stringData wins
+        await kube.merge(f"{path}/key", {"stringData": {"api-key": "sk-2"}})
+        assert (await kube.get(f"{path}/key"))["data"]["api-key"] == base64.b64encode(b"sk-2").decode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,82 @@ async def test_ready_condition_names_the_real_blocker(
     sandbox.controllers.behave(NS, NAME, Behaviour(kind=PodBehaviour.READY))
     current = await eventually(lambda: ready(kube))
     assert condition(current, "Degraded")["status"] == "False"
+
+
+async def test_a_missing_api_key_secret_is_named_until_it_appears(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess
+) -> None:
+    sandbox.controllers.behave(NS, NAME, Behaviour(PodBehaviour.SIMULATED))
+    sandbox.controllers.secret_wait_seconds = math.inf  # the kubelet waits for the Secret, as a real one does
+    await kube.create(endpoint_path(NS), endpoint(auth={"apiKeySecretRef": {"name": "asr-key", "key": "api-key"}}))
+
+    async def blocked() -> dict[str, Any] | None:
+        current = await kube.get(endpoint_path(NS, NAME))
+        return current if condition(current, "Ready").get("reason") == "SecretMissing" else None
+
+    current = await eventually(blocked, timeout=30)
+    assert "Secret asr-key is missing" in condition(current, "Ready")["message"]
+    assert condition(current, "Degraded")["reason"] == "SecretMissing"
+    await eventually(lambda: _has_event(sandbox, ("Warning", "SecretMissing")))
+
+    await kube.create(f"/api/v1/namespaces/{NS}/secrets", {"metadata": {"name": "asr-key"}, "data": {}})
+    current = await eventually(blocked, timeout=30)  # the Secret, but not its key
+    await eventually(lambda: _message_has(kube, "Secret asr-key has no key api-key"), timeout=30)
+
+    await kube.merge(f"/api/v1/namespaces/{NS}/secrets/asr-key", {"stringData": {"api-key": "sk-1"}})
+    current = await eventually(lambda: ready(kube), timeout=60)
+    assert condition(current, "Degraded")["status"] == "False"
+
+
+async def _message_has(kube: Kube, text: str) -> bool:
+    return text in condition(await kube.get(endpoint_path(NS, NAME)), "Ready").get("message", "")
+
+
+CERT_MANAGER_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "certificates.cert-manager.io"},
+    "spec": {
+        "group": "cert-manager.io",
+        "names": {"kind": "Certificate", "plural": "certificates", "singular": "certificate"},
+        "scope": "Namespaced",
+        "versions": [{"name": "v1", "served": True, "storage": True}],
+    },
+}
+
+
+async def test_a_kind_the_cluster_does_not_serve_is_listed_once_until_its_crd_appears(
+    sandbox: Sandbox, kube: Kube, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("servingCheckSeconds: 0\nresyncSeconds: 0.5\n")
+    operator = OperatorProcess(sandbox.kubeconfig, tmp_path / "operator.log", "--config", str(config)).start()
+    try:
+        await kube.create(endpoint_path(NS), endpoint())
+
+        def certificate_lists() -> int:
+            return sum(1 for r in sandbox.api if r.resource is not None and r.resource.group == "cert-manager.io")
+
+        unserved = "the cluster does not serve certificates.cert-manager.io (no CRD): not listed until its CRD appears"
+        await eventually(lambda: _logged(operator, unserved), timeout=60)
+        await asyncio.sleep(3)  # six resyncs more
+        assert certificate_lists() == 1
+        assert operator.log().count(unserved) == 1
+        assert operator.metric("voxtral_operator_api_errors_total", 'code="404"') == 0  # expected, not an error
+
+        await kube.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", CERT_MANAGER_CRD)
+        await eventually(lambda: _logged(operator, "the cluster now serves certificates.cert-manager.io"), timeout=60)
+        await eventually(lambda: _true(certificate_lists() > 1), timeout=30)
+    finally:
+        operator.stop()
+
+
+async def _logged(operator: OperatorProcess, text: str) -> bool:
+    return text in operator.log()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_operator_restart_makes_no_writes(

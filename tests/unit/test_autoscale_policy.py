@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 
+from voxtral_operator.autoscale.loop import AUTOSCALER_FIELD_MANAGER, replicas_writer
 from voxtral_operator.autoscale.policy import (
     PROFILE_BIN_SECONDS,
     PROFILE_BINS,
     Decision,
     GatewaySample,
     Limits,
+    ManualScale,
     Observation,
     PodSample,
     State,
@@ -238,6 +240,95 @@ def test_decide(limits: Limits, observation: Observation, state: State, replicas
     assert reason in decision.reason
 
 
+KUBECTL = ManualScale(2, "kubectl", NOW - 60)  # `kubectl scale --replicas 2` a minute ago
+
+
+def held(ready_at: float | None, **more: Any) -> dict[str, Any]:
+    """State fields of a person's scale (KUBECTL) already seen, all ready at `ready_at`."""
+    return {"hold_replicas": 2, "hold_by": "kubectl", "hold_at": KUBECTL.at, "hold_ready_at": ready_at, **more}
+
+
+PERSON_CASES = [
+    # (observation, state, expected replicas, fragment of the reason)
+    pytest.param(
+        Observation(2, 1, pods(0.0), manual=KUBECTL),
+        steady(0.0, loading_since=(NOW - 200,), ready=1, low_since=NOW - 250),
+        2,
+        "spec.replicas 2 set by kubectl: kept until all 2 are ready",
+        id="loading-replicas-a-person-asked-for-are-never-cancelled",
+    ),
+    pytest.param(
+        Observation(2, 0, (), manual=KUBECTL),
+        steady(0.0, loading_since=(NOW - 900, NOW - 900), low_since=NOW - 900),
+        2,
+        "the load alone: low load for 900s: cancel 1 loading replica(s)",
+        id="however-long-they-load",
+    ),
+    pytest.param(
+        Observation(3, 1, pods(0.0)),  # the autoscaler wrote 3 since: the person's 2 still holds
+        steady(0.0, loading_since=(NOW - 200, NOW - 200), ready=1, low_since=NOW - 250, **held(None)),
+        2,
+        "cancel 2 loading replica(s)",
+        id="the-autoscaler-cancels-its-own-above-a-persons-floor",
+    ),
+    pytest.param(
+        Observation(2, 2, pods(0.05, 0.05), manual=KUBECTL),
+        steady(0.1, low_since=NOW - 1000, ready=2, **held(NOW - 100)),
+        2,
+        "all ready, kept for scaleDownDelaySeconds (300s) more",
+        id="ready-then-kept-for-the-delay",
+    ),
+    pytest.param(
+        Observation(2, 2, pods(0.05, 0.05), manual=KUBECTL),
+        steady(0.1, low_since=NOW - 1000, ready=2, **held(NOW - 300)),
+        1,
+        "low load for 1000s",
+        id="then-released",
+    ),
+    pytest.param(
+        Observation(2, 2, pods(0.05, 0.05), manual=ManualScale(2, "kubectl", NOW - 5)),
+        steady(0.1, low_since=NOW - 1000, ready=2, **held(NOW - 300)),
+        2,
+        "all ready, kept for scaleDownDelaySeconds",
+        id="a-new-scale-holds-again",
+    ),
+    pytest.param(
+        Observation(2, 2, pods(0.9, 0.9, waiting=20, running=8), manual=KUBECTL),
+        steady(1.8, ready=2),
+        4,
+        "scale up, panic",
+        id="a-persons-scale-is-no-ceiling",
+    ),
+]
+
+
+@pytest.mark.parametrize(("observation", "state", "replicas", "reason"), PERSON_CASES)
+def test_a_persons_scale_is_a_floor_until_ready_and_the_delay(
+    observation: Observation, state: State, replicas: int, reason: str
+) -> None:
+    decision = decide(LIMITS, observation, state, NOW)
+    assert decision.replicas == replicas, decision.reason
+    assert reason in decision.reason
+
+
+def test_a_persons_scale_holds_through_a_slow_load_then_steps_down_after_the_delay() -> None:
+    """Idle endpoint, `kubectl scale --replicas 3` at t=0; they take 20 minutes to load (on a busy node)."""
+    limits = replace(LIMITS, scale_down_delay_seconds=15.0)
+    manual = ManualScale(3, "kubectl", NOW)
+    state, replicas, now, seen_replicas = steady(0.1, ready=1), 3, NOW, []
+    while now <= NOW + 1500:
+        ready = 3 if now >= NOW + 1200 and replicas == 3 else 1
+        seen = Observation(replicas, min(ready, replicas), pods(*[0.1 / ready] * min(ready, replicas)), manual=manual)
+        decision = decide(limits, seen, state, now)
+        seen_replicas.append(decision.replicas)
+        if now < NOW + 1200 + 15:
+            assert decision.hold is not None, decision.reason
+            assert decision.replicas == 3, f"t={now - NOW:.0f}s: {decision.reason}"
+        replicas, state, now = decision.replicas, decision.state, now + 2
+    assert decision.hold is None
+    assert replicas == 1  # after the hold, one step at a time back to what the load needs
+
+
 def test_every_decision_explains_signal_capacity_target_and_why() -> None:
     decision = decide(LIMITS, Observation(1, 1, pods(0.5, waiting=10, running=3)), State(), NOW)
     explanation = decision.explanation
@@ -391,3 +482,48 @@ def test_scrape_reads_kv_cache_usage_and_the_token_counters() -> None:
     bare = parse_queue_metrics('vllm:num_requests_waiting{engine="0"} 1.0\n')
     assert bare is not None
     assert (bare.kv_cache_usage, bare.prompt_tokens, bare.finished) == (None, None, None)
+
+
+# managedFields as a 1.34 API server records them (a write through /scale carries no time).
+APPLIED = {"manager": "kubectl-client-side-apply", "operation": "Update", "time": "2026-12-02T07:19:38Z"}
+REPLICAS_FIELD = {"fieldsV1": {"f:spec": {".": {}, "f:replicas": {}}}}
+STATUS_ONLY = {"manager": "voxtral-operator", "operation": "Apply", "subresource": "status", "fieldsV1": {}}
+
+
+@pytest.mark.parametrize(
+    ("entries", "shown", "manager", "at"),
+    [
+        (
+            [STATUS_ONLY, APPLIED | REPLICAS_FIELD],
+            "kubectl-client-side-apply",
+            "kubectl-client-side-apply",
+            1796195978.0,
+        ),
+        (
+            [
+                APPLIED | {"fieldsV1": {"f:spec": {"f:model": {}}}},
+                {"manager": "kubectl", "subresource": "scale"} | REPLICAS_FIELD,
+            ],
+            "kubectl (/scale)",
+            "kubectl",
+            None,
+        ),
+        (
+            [{"manager": AUTOSCALER_FIELD_MANAGER, "subresource": "scale"} | REPLICAS_FIELD],
+            f"{AUTOSCALER_FIELD_MANAGER} (/scale)",
+            AUTOSCALER_FIELD_MANAGER,
+            None,
+        ),
+        ([STATUS_ONLY], None, None, None),
+    ],
+    ids=["apply", "kubectl-scale", "the-autoscaler-itself", "nobody"],
+)
+def test_the_writer_of_spec_replicas_is_read_from_managed_fields(
+    entries: list[dict[str, Any]], shown: str | None, manager: str | None, at: float | None
+) -> None:
+    writer = replicas_writer({"metadata": {"managedFields": entries}})
+    if shown is None:
+        assert writer is None
+        return
+    assert writer is not None
+    assert (writer.shown, writer.manager, writer.at) == (shown, manager, at)

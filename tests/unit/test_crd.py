@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +89,21 @@ def test_catalog_enums_and_defaults_reach_the_schema() -> None:
     }
 
 
+def _cel_format(expression: str, value: Any) -> str:
+    """A messageExpression `'... %d ...'.format([args])`: Kubernetes' CEL string library's format(),
+    which the Python CEL package lacks; its %d and %s read as Python's."""
+    match = re.fullmatch(r"'(?P<template>[^']*)'\.format\((?P<args>\[.*\])\)", expression)
+    assert match, f"not a format() messageExpression: {expression}"
+    return match["template"] % tuple(cel.evaluate(match["args"], {"self": value}))
+
+
 def _cel_problems(schema: dict[str, Any], value: Any) -> list[str]:
     """Evaluate every x-kubernetes-validations rule of the schema against value, as the API server would."""
     failures = []
     for rule in schema.get("x-kubernetes-validations", []):
         if not cel.evaluate(rule["rule"], {"self": value}):
-            failures.append(rule["message"])
+            expression = rule.get("messageExpression")  # the server's message when the rule gives one
+            failures.append(_cel_format(expression, value) if expression else rule["message"])
     for name, sub in schema.get("properties", {}).items():
         if isinstance(value, dict) and name in value:
             failures += _cel_problems(sub, value[name])
@@ -111,8 +121,12 @@ SCHEMA_REJECTS = [
 ]
 
 CEL_REJECTS = [
-    pytest.param({**VALID, "minReplicas": 4}, "minReplicas must not exceed maxReplicas", id="min-gt-max"),
-    pytest.param({**VALID, "replicas": 7}, "replicas must lie within", id="replicas-out-of-range"),
+    pytest.param({**VALID, "minReplicas": 4}, "minReplicas 4 must not exceed maxReplicas 3", id="min-gt-max"),
+    pytest.param(
+        {**VALID, "replicas": 7},
+        "replicas 7 must lie within [minReplicas 1, maxReplicas 3]",
+        id="replicas-out-of-range",
+    ),
     pytest.param({**VALID, "model": "acme/whisper-xl"}, "need modelProfile.weightsGB", id="unknown-model"),
     pytest.param(
         {**VALID, "engine": {"extraArgs": ["--enforce-eager", "--max-model-len=4096"]}},

@@ -223,7 +223,7 @@ async def test_a_burst_from_one_key_delays_another_by_about_one_turn(fair: bool,
     late = await queue_burst(dispatcher, "b", 1)
     assert dispatcher.snapshot().queued_by_key == {"a": 200, "b": 1}
     order = await serve_one_at_a_time(running, burst + late, 201)
-    # A turn is 30 work-seconds: six of A's 5.9-second clips, then B's; one FIFO queue serves it last.
+    # A turn is 30 work-seconds: five of A's clips (5.9 work-seconds each), then B's; one FIFO queue serves it last.
     assert order.index("b") < b_served_within, order
     assert order.index("b") >= b_served_within - 7
 

@@ -102,6 +102,26 @@ def test_kopf_per_handler_lines_are_dropped(name: str, level: int, message: str,
     assert logs.KopfChatterFilter().filter(record(message, name=name, level=level)) is kept
 
 
+STARTING = (
+    "GET https://127.0.0.1:6443/apis/voxtral.dev/v1alpha1/voxtralendpoints -> "
+    "APITooManyRequestsError('storage is (re)initializing')"
+)
+RETRIES = [
+    (f"Request attempt #1/9 failed; will retry: {STARTING}", "WARNING"),
+    (f"Request attempt #2/9 failed; will retry: {STARTING}", "INFO"),
+    (f"Request attempt #9/9 failed; escalating: {STARTING}", "ERROR"),
+    ("Handler 'pod_changed' failed with an exception. Will retry.", "ERROR"),
+]
+
+
+@pytest.mark.parametrize(("message", "level"), RETRIES)
+def test_kopf_retries_while_the_api_server_starts_are_not_errors(message: str, level: str) -> None:
+    made = record(message, name="kopf._cogs.clients.api", level=logging.ERROR)
+    assert logs.KopfRetryFilter().filter(made)
+    assert made.levelname == level
+    assert logs.TextFormatter().format(made).startswith(f"2025-11-25T09:34:03.512Z {level:<7} ")
+
+
 DESIRED = {"metadata": {"annotations": {"voxtral.dev/applied-hash": "new"}}}
 REASONS = [
     (None, "missing"),
@@ -112,6 +132,11 @@ REASONS = [
         "the live object drifted from the spec (edited by hand?)",
     ),
 ]
+
+
+def test_a_new_desired_object_under_an_unchanged_spec_is_put_down_to_the_operators_config() -> None:
+    live = {"metadata": {"annotations": {"voxtral.dev/applied-hash": "old"}}}
+    assert logs.change_reason(DESIRED, live, spec_changed=False) == "the operator's config (or version) changed it"
 
 
 @pytest.mark.parametrize(("live", "reason"), REASONS)

@@ -250,7 +250,14 @@ BAD_INPUTS = [
     ),
     pytest.param({"minReplicas": 3, "maxReplicas": 2}, "spec.minReplicas", "maxReplicas", id="min-gt-max"),
     pytest.param({"replicas": 5, "maxReplicas": 3}, "spec.replicas", "[minReplicas 1, maxReplicas 3]", id="replicas"),
-    pytest.param({"gpus": 2}, "spec.gpus", "Extra inputs are not permitted", id="unknown-field"),
+    pytest.param({"gpus": 2}, "spec.gpus", "unknown key (did you mean gpu?)", id="unknown-field"),
+    pytest.param({"colour": "red"}, "spec.colour", "unknown key (known keys: model, ", id="unknown-key-lists-known"),
+    pytest.param(
+        {"autoscaling": {"scaleDownDelaySecond": 60}},
+        "spec.autoscaling.scaleDownDelaySecond",
+        "unknown key (did you mean scaleDownDelaySeconds?)",
+        id="typo",
+    ),
     pytest.param(
         {"engine": {"extraArgs": ["--enforce-eager", "--tensor-parallel-size=2"]}},
         "spec.engine.extraArgs",

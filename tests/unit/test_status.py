@@ -19,6 +19,13 @@ QUOTA = (
 )
 POD_SECURITY = 'pods "asr-5d8f7c9b4-x" is forbidden: violates PodSecurity "restricted:latest": ' + "x" * 5000
 
+# The kubelet's messages (pkg/kubelet/kubelet_pods.go) for a container whose env names a missing Secret or key.
+KUBELET_CONFIG_ERRORS = {
+    "no-secret": 'secret "asr-key" not found',
+    "no-key": "couldn't find key api-key in Secret team/asr-key",
+    "no-config-map": 'configmap "asr-config" not found',
+}
+
 
 def pod(name: str, state: str) -> dict[str, Any]:
     """A pod as the watch cache keeps it, in one of the states the tables use."""
@@ -28,6 +35,10 @@ def pod(name: str, state: str) -> dict[str, Any]:
     if state in ("no-gpu", "no-pool"):
         message = NO_GPU if state == "no-gpu" else NO_POOL
         conditions = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]
+    elif state in KUBELET_CONFIG_ERRORS:
+        conditions = [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}]
+        waiting = {"reason": "CreateContainerConfigError", "message": KUBELET_CONFIG_ERRORS[state]}
+        containers = [{"ready": False, "state": {"waiting": waiting}}]
     elif state == "image-pull":
         conditions = [{"type": "PodScheduled", "status": "True"}]
         containers = [{"state": {"waiting": {"reason": "ImagePullBackOff", "message": "pull access denied"}}}]
@@ -191,9 +202,44 @@ def test_pod_creation_failures_carry_the_servers_message(server_message: str, sh
         assert len(message) <= status.MAX_MESSAGE
 
 
+@pytest.mark.parametrize(
+    ("state", "reason", "named"),
+    [
+        ("no-secret", "SecretMissing", "Secret asr-key is missing"),
+        ("no-key", "SecretMissing", "Secret asr-key has no key api-key"),
+        ("no-config-map", "ContainerConfigError", 'configmap "asr-config" not found'),
+    ],
+)
+def test_a_container_the_kubelet_cannot_configure_names_the_missing_secret(state: str, reason: str, named: str) -> None:
+    computed = compute(deployment(), [pod("asr-a", "loading"), pod("asr-b", state)])
+    assert summary(computed) == ("Failed", ("False", reason), ("True", reason), ("True", "Scheduled"))
+    message = (condition_of(computed, "Ready") or {})["message"]
+    assert message.startswith("pod asr-b cannot start: ")
+    assert named in message
+
+
 def test_the_scheduler_message_is_the_reason_shown() -> None:
     ready = condition_of(compute(deployment(), [pod("asr-a", "no-gpu")]), "Ready") or {}
-    assert ready["message"] == f"pod asr-a waits for a GPU: {NO_GPU}"
+    need = "each replica needs 1 nvidia.com/gpu"
+    assert ready["message"] == f"pod asr-a waits for a GPU: {need}; the scheduler: {NO_GPU}"
+
+
+def test_a_gpu_wait_says_how_many_gpus_one_node_must_have() -> None:
+    computed = compute_status(
+        generation=1,
+        desired_replicas=1,
+        deployment=deployment(),
+        pods=[pod("small-a", "no-gpu")],
+        previous={},
+        url="",
+        selector="",
+        tensor_parallel_size=4,
+        now=T0,
+    )
+    for type_ in ("Ready", "PodsScheduled"):
+        message = (condition_of(computed, type_) or {})["message"]
+        assert message.startswith("pod small-a waits for a GPU: each replica needs 4 nvidia.com/gpu on one node")
+        assert message.endswith(f"the scheduler: {NO_GPU}")
 
 
 def test_since_is_when_the_wait_began_and_an_unchanged_wait_computes_the_same_status() -> None:
@@ -251,3 +297,27 @@ def test_status_counts_the_gpus_held_by_bound_pods_only() -> None:
         now=T0,
     )
     assert result["gpus"] == 8  # two pods on nodes (one still loading) x TP 4; unscheduled and finished hold none
+
+
+def test_a_pod_ready_before_the_deployment_counts_it_is_ready_not_pending() -> None:
+    loading = compute(deployment(ready=0), [pod("asr-a", "loading"), pod("asr-b", "loading")])
+    assert loading["phase"] == "Loading"
+    ready = compute(deployment(ready=0), [pod("asr-a", "ready"), pod("asr-b", "loading")], previous=loading)
+    assert summary(ready)[:2] == ("Ready", ("True", "Available"))
+    assert (condition_of(ready, "Ready") or {})["message"] == "1/2 replicas ready"
+
+
+def test_replicas_beyond_what_is_wanted_are_not_counted_as_more_than_wanted() -> None:
+    computed = compute_status(
+        generation=1,
+        desired_replicas=1,
+        deployment=deployment(ready=2),
+        pods=[pod("asr-a", "ready"), pod("asr-b", "ready")],
+        previous={},
+        url="",
+        selector="",
+        tensor_parallel_size=1,
+        now=T0,
+    )
+    assert (condition_of(computed, "Ready") or {})["message"] == "1/1 replicas ready, 1 more still stopping"
+    assert computed["replicaSummary"] == "1/1"

@@ -540,12 +540,17 @@ class VoxtralEndpointSpec(_Model):
                 {
                     "rule": "self.minReplicas <= self.maxReplicas",
                     "message": "minReplicas must not exceed maxReplicas",
+                    # format(), not `+`: the server prices a concatenation of unsized strings far above budget.
+                    "messageExpression": "'minReplicas %d must not exceed maxReplicas %d'"
+                    ".format([self.minReplicas, self.maxReplicas])",
                     "fieldPath": ".minReplicas",
                 },
                 {
                     "rule": "!has(self.replicas) || (self.replicas >= self.minReplicas"
                     " && self.replicas <= self.maxReplicas)",
                     "message": "replicas must lie within [minReplicas, maxReplicas]",
+                    "messageExpression": "'replicas %d must lie within [minReplicas %d, maxReplicas %d]'"
+                    ".format([self.replicas, self.minReplicas, self.maxReplicas])",
                     "fieldPath": ".replicas",
                 },
                 {
@@ -725,6 +730,16 @@ class ScaleDecision(_Model):
     time: str = Field(description="When (RFC 3339).")
 
 
+class ScaleHold(_Model):
+    replicas: int = Field(description="Replicas a person asked for; the autoscaler keeps at least these.")
+    set_by: str = Field(max_length=160, description="Who wrote spec.replicas (the API server's field manager).")
+    set_at: str = Field(description="When (RFC 3339).")
+    until: str | None = Field(
+        default=None, description="When the floor ends (RFC 3339); unset until all of them are ready."
+    )
+    message: str = Field(max_length=512, description="What the autoscaler keeps, and until when.")
+
+
 class VoxtralEndpointStatus(_Model):
     phase: Phase | None = Field(
         default=None, description="Pending, Loading, Ready, Degraded, Failed, ScaledToZero or Suspended."
@@ -746,6 +761,10 @@ class VoxtralEndpointStatus(_Model):
         default=None, description="GPUs held now: pods bound to a node and not finished, x tensor-parallel size."
     )
     last_scale_decision: ScaleDecision | None = Field(default=None, description="The autoscaler's last decision.")
+    scale_hold: ScaleHold | None = Field(
+        default=None,
+        description="A person's spec.replicas (kubectl scale, apply) the autoscaler keeps as a floor, while it does.",
+    )
 
 
 def parse_spec(spec: dict[str, Any]) -> VoxtralEndpointSpec:

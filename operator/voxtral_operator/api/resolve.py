@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from voxtral_operator.api import catalog, flags, models
+from voxtral_operator.api.typos import unknown_key
 from voxtral_operator.config import ANY, NamespacePolicy, OperatorConfig
 
 # A VoxtralEndpoint is a few levels deep; anything far deeper is refused before it is walked.
@@ -326,6 +327,8 @@ def resolve(
     except ValidationError as exc:
         for error in exc.errors():
             message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = unknown_key(models.VoxtralEndpointSpec, error["loc"])
             problems.append(f"{_field_path(error['loc'])}: {message}")
         raise InvalidSpec(problems) from None
     problems += spec.cross_field_problems()

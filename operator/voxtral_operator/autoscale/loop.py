@@ -26,7 +26,9 @@ from voxtral_operator.api import catalog, models, resolve
 from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
 from voxtral_operator.autoscale.policy import (
     GatewaySample,
+    Hold,
     Limits,
+    ManualScale,
     Observation,
     PodSample,
     State,
@@ -41,6 +43,7 @@ from voxtral_operator.autoscale.scrape import (
     ReadLimitExceeded,
     get_bounded,
     parse_gateway_metrics,
+    parse_page,
     parse_queue_metrics,
 )
 from voxtral_operator.config import OperatorConfig
@@ -118,6 +121,36 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
     )
 
 
+@dataclass(frozen=True)
+class ReplicasWriter:
+    manager: str  # the field manager, as the writer named itself
+    subresource: str  # "scale" for `kubectl scale` (and the autoscaler), "" for the object itself
+    at: float | None  # epoch seconds; a 1.34 server records no time for a write through /scale
+
+    @property
+    def shown(self) -> str:
+        return f"{self.manager} (/{self.subresource})" if self.subresource else self.manager
+
+
+def replicas_writer(endpoint: JSON) -> ReplicasWriter | None:
+    """Who last wrote spec.replicas and when, from the API server's managedFields; None when nobody
+    owns the field. A write through the scale subresource is recorded under the parent object."""
+    found: ReplicasWriter | None = None
+    for entry in (endpoint.get("metadata") or {}).get("managedFields") or []:
+        fields = entry.get("fieldsV1") or {}
+        if not isinstance(fields.get("f:spec"), dict) or "f:replicas" not in fields["f:spec"]:
+            continue
+        try:
+            at: float | None = datetime.datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00")).timestamp()
+        except (KeyError, ValueError):
+            at = None
+        if found is None or (at or 0.0) >= (found.at or 0.0):
+            found = ReplicasWriter(
+                str(entry.get("manager") or "an unnamed client"), str(entry.get("subresource") or ""), at
+            )
+    return found
+
+
 @dataclass
 class _EndpointState:
     policy: State = field(default_factory=State)  # the policy's memory; plain data (State.to_dict)
@@ -126,6 +159,10 @@ class _EndpointState:
     # The gateways' answered-request counters per pod, and when any of them last moved.
     gateway_requests: dict[str, float] = field(default_factory=dict)
     last_request_at: float | None = None
+    # What this autoscaler last wrote to spec.replicas (how a person's scale is told apart on a server
+    # that keeps no managedFields), and the person's write last seen, with when it was first seen.
+    written_replicas: int | None = None
+    person_write: tuple[tuple[int, str, float | None], float] | None = None
     restored: bool = False  # the saved state was looked for
     saved_at: float | None = None  # when the learned state was last saved (or restored)
     saved: JSON = field(default_factory=dict)
@@ -193,6 +230,7 @@ class Autoscaler:
             self._gateway_sample(key, spec, state, now),
         )
         seen = Observation(
+            manual=self._manual_scale(endpoint, spec, state),
             gateway=gateway,
             replicas=spec.desired_replicas,
             ready=len(ready),
@@ -217,7 +255,8 @@ class Autoscaler:
         if decision.replicas == seen.replicas:
             logger.debug("%s/%s: keep %d replicas: %s", namespace, name, seen.replicas, decision.reason)
         else:
-            await self.client.scale(resources.ENDPOINTS, namespace, name, decision.replicas)
+            await self.client.scale(resources.ENDPOINTS, namespace, name, decision.replicas, AUTOSCALER_FIELD_MANAGER)
+            state.written_replicas = decision.replicas
             direction = "up" if decision.replicas > seen.replicas else "down"
             DECISIONS.labels(direction).inc()
             self.post_event(
@@ -228,8 +267,39 @@ class Autoscaler:
             )
             logs.log_scale_decision(key, seen.replicas, decision.replicas, decision.reason)
         await self._reflect(
-            key, state, seen, decision.replicas, decision.reason, now, changed=decision.replicas != seen.replicas
+            key,
+            state,
+            seen,
+            decision.replicas,
+            decision.reason,
+            now,
+            changed=decision.replicas != seen.replicas,
+            hold=_hold_status(decision.hold, spec.autoscaling.scale_down_delay_seconds),
         )
+
+    def _manual_scale(self, endpoint: JSON, spec: VoxtralEndpointSpec, state: _EndpointState) -> ManualScale | None:
+        """spec.replicas when a person (anyone but this autoscaler) wrote it last: creation, apply, edit or
+        `kubectl scale`. Read from managedFields where the server keeps them; else what differs from the
+        autoscaler's own last write."""
+        replicas = spec.replicas
+        by: str | None = None
+        written_at: float | None = None
+        if replicas is None:
+            pass  # nobody asked for a number: minReplicas is the autoscaler's to start from
+        elif (endpoint.get("metadata") or {}).get("managedFields"):
+            writer = replicas_writer(endpoint)
+            if writer is not None and writer.manager != AUTOSCALER_FIELD_MANAGER:
+                by, written_at = writer.shown, writer.at
+        elif replicas != state.written_replicas:
+            by = "a client other than the autoscaler"
+        if replicas is None or by is None:
+            state.person_write = None
+            return None
+        write = (replicas, by, written_at)
+        if state.person_write is None or state.person_write[0] != write:
+            # A write without a time (the scale subresource) dates from when it was first seen.
+            state.person_write = (write, written_at if written_at is not None else self.wall_clock())
+        return ManualScale(replicas, by, state.person_write[1])
 
     async def _reflect(
         self,
@@ -241,8 +311,11 @@ class Autoscaler:
         now: float,
         *,
         changed: bool,
+        hold: JSON | None,
     ) -> None:
         status: JSON = {"queueDepth": round(seen.waiting), "desiredReplicas": replicas}
+        if hold is not None:
+            status["scaleHold"] = hold
         if seen.gateway is not None:
             status["queuedAudioSeconds"] = round(seen.gateway.queued_audio_seconds)
         current = (self.view.endpoint(key) or {}).get("status") or {}
@@ -255,11 +328,13 @@ class Autoscaler:
         elif state.last_status.get("lastScaleDecision") or current.get("lastScaleDecision"):
             # Applied status keeps only what is sent: the last decision goes with every write.
             status["lastScaleDecision"] = state.last_status.get("lastScaleDecision") or current["lastScaleDecision"]
-        if all(current.get(k) == v for k, v in status.items()):
+        hold_changed = status.get("scaleHold") != current.get("scaleHold")
+        if all(current.get(k) == v for k, v in status.items()) and not hold_changed:
             return
         if not changed and status == state.last_status:
             return
-        if not changed and now - state.last_status_time < QUEUE_DEPTH_STATUS_INTERVAL and state.last_status:
+        recent = now - state.last_status_time < QUEUE_DEPTH_STATUS_INTERVAL
+        if not changed and not hold_changed and recent and state.last_status:
             return
         try:
             await self.client.apply_status(resources.ENDPOINTS, key[0], key[1], status, AUTOSCALER_FIELD_MANAGER)
@@ -416,10 +491,29 @@ class Autoscaler:
                 logger.debug("scrape of %s failed: %s", url, exc)
                 return None
         # Anything but 200 counts as a failed scrape.
-        page = parse(response.body.decode("utf-8", errors="replace")) if response.status == 200 else None
+        page = await parse_page(response.body, parse) if response.status == 200 else None
         if page is None:
             SCRAPE_ERRORS.inc()
         return page
+
+
+def _rfc3339(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _hold_status(hold: Hold | None, delay: float) -> JSON | None:
+    """status.scaleHold: the person's scale the autoscaler keeps as a floor, while it does."""
+    if hold is None:
+        return None
+    status: JSON = {
+        "replicas": hold.replicas,
+        "setBy": hold.by[:128],
+        "setAt": _rfc3339(hold.at),
+        "message": hold.describe(delay)[:512],
+    }
+    if hold.until is not None:
+        status["until"] = _rfc3339(hold.until)
+    return status
 
 
 async def peering_is_active(client: ApiClient, path: str, own_priority: int) -> bool:

@@ -30,6 +30,12 @@ Cold starts (the catalog's startup budget as the prior, then learned from how lo
 - replicas still loading that the demand no longer needs are cancelled: their nodes stop billing after
   the retention, and come back warm if wanted again within it.
 
+A person's scale is a floor for a while: when `spec.replicas` was last written by someone other
+than the autoscaler (`kubectl scale`, `kubectl apply` or `edit` with `replicas`, at creation too),
+the autoscaler keeps at least that many replicas until all of them have been ready at once and then
+for `scaleDownDelaySeconds` more. It never cancels them while they load; it may add more above them.
+A lower number is no ceiling: demand still scales up (maxReplicas caps).
+
 Scale-down is slow and drain-aware: only after `scaleDownDelaySeconds` of demand below the replicas,
 one replica every SCALE_DOWN_STEP_SECONDS, never while a ready replica's metrics are missing, never
 below what the profile expects over the next cold start plus the node retention (a freed GPU node
@@ -143,11 +149,21 @@ class GatewaySample:
 
 
 @dataclass(frozen=True)
+class ManualScale:
+    """spec.replicas as someone other than the autoscaler last wrote it."""
+
+    replicas: int
+    by: str  # who wrote it: the field manager the API server recorded (kubectl, kubectl-client-side-apply, ...)
+    at: float  # when (epoch seconds); with `replicas`, tells one write from the next
+
+
+@dataclass(frozen=True)
 class Observation:
     replicas: int  # spec.replicas now
     ready: int  # replicas passing readiness
     pods: Sequence[PodSample] = ()  # ready replicas whose /metrics answered
     gateway: GatewaySample | None = None
+    manual: ManualScale | None = None  # when spec.replicas was last written by a person, not the autoscaler
 
     @property
     def loading(self) -> int:
@@ -205,6 +221,11 @@ class State:
     bin_start: float | None = None
     bin_total: float = 0.0
     bin_seconds: float = 0.0
+    # The last person's scale (ManualScale) and when all its replicas were first ready at once.
+    hold_replicas: int | None = None
+    hold_by: str = ""
+    hold_at: float | None = None
+    hold_ready_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -231,6 +252,10 @@ class State:
             "binStart": self.bin_start,
             "binTotal": self.bin_total,
             "binSeconds": self.bin_seconds,
+            "holdReplicas": self.hold_replicas,
+            "holdBy": self.hold_by,
+            "holdAt": self.hold_at,
+            "holdReadyAt": self.hold_ready_at,
         }
 
     @classmethod
@@ -257,6 +282,8 @@ class State:
                     counters[str(name)] = (float(values[0]), float(values[1]), float(values[2]))
         loading = data.get("loadingSince")
         day = number("day")
+        hold_replicas = number("holdReplicas")
+        hold_by = data.get("holdBy")
         return cls(
             updated_at=number("updatedAt"),
             capacity=number("capacity"),
@@ -284,6 +311,10 @@ class State:
             bin_start=number("binStart"),
             bin_total=number("binTotal") or 0.0,
             bin_seconds=number("binSeconds") or 0.0,
+            hold_replicas=None if hold_replicas is None else int(hold_replicas),
+            hold_by=hold_by if isinstance(hold_by, str) else "",
+            hold_at=number("holdAt"),
+            hold_ready_at=number("holdReadyAt"),
         )
 
 
@@ -328,10 +359,46 @@ class Explanation:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """A person's scale the autoscaler is keeping as a floor."""
+
+    replicas: int
+    by: str
+    at: float
+    ready_at: float | None  # all of them ready at once since; None: not yet
+    until: float | None  # when the floor ends; None: once they are all ready, plus the delay
+
+    def describe(self, delay: float) -> str:
+        asked = f"spec.replicas {self.replicas} set by {self.by}"
+        if self.ready_at is None:
+            return f"{asked}: kept until all {self.replicas} are ready, then for scaleDownDelaySeconds ({delay:g}s)"
+        return f"{asked}: all ready, kept for scaleDownDelaySeconds ({delay:g}s) more"
+
+
+def _hold(limits: Limits, seen: Observation, state: State, now: float) -> tuple[Hold | None, dict[str, Any]]:
+    """The person's scale in force now, if any, and the state fields that remember it."""
+    manual = seen.manual
+    if manual is not None and (manual.replicas, manual.at) != (state.hold_replicas, state.hold_at):
+        replicas, by, at, ready_at = manual.replicas, manual.by, manual.at, None  # a new write: a new floor
+    elif state.hold_replicas is None or state.hold_at is None:
+        return None, {}
+    else:
+        replicas, by, at, ready_at = state.hold_replicas, state.hold_by, state.hold_at, state.hold_ready_at
+    if ready_at is None and seen.ready >= replicas:
+        ready_at = now
+    fields = {"hold_replicas": replicas, "hold_by": by, "hold_at": at, "hold_ready_at": ready_at}
+    until = None if ready_at is None else ready_at + limits.scale_down_delay_seconds
+    if replicas <= 0 or (until is not None and now >= until):
+        return None, fields  # served its time; remembered so the same write does not start it again
+    return Hold(replicas, by, at, ready_at, until), fields
+
+
+@dataclass(frozen=True)
 class Decision:
     replicas: int
     explanation: Explanation
     state: State
+    hold: Hold | None = None  # a person's scale kept as a floor, when one is
 
     @property
     def reason(self) -> str:
@@ -503,7 +570,13 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
             panic = panic or f"queue {seen.waiting:g} waiting, more than {tolerated} tolerated by {seen.ready} ready"
     panic_until = now + min(STABLE_WINDOW_SECONDS, limits.scale_down_delay_seconds) if panic else state.panic_until
 
+    person, hold_fields = _hold(limits, seen, state, now)
+
     def decision(replicas: int, why: str, **more: Any) -> Decision:
+        if person is not None and replicas < min(person.replicas, limits.max_replicas):
+            # Never below what a person asked for while it holds; the autoscaler's own reason goes along.
+            replicas = min(person.replicas, limits.max_replicas)
+            why = f"{person.describe(limits.scale_down_delay_seconds)}; the load alone: {why}"
         explanation = Explanation(
             why=why,
             busy=busy,
@@ -535,9 +608,10 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
             "ready": seen.ready,
             "panic_until": panic_until,
             **changes,
+            **hold_fields,
             **more,
         }
-        return Decision(replicas, explanation, replace(state, **fields))
+        return Decision(replicas, explanation, replace(state, **fields), person)
 
     low, high = limits.min_replicas, limits.max_replicas
     if current < low or current > high:

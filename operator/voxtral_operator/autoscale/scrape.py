@@ -9,10 +9,13 @@ for an uncompressed body.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 
@@ -23,6 +26,9 @@ MAX_METRICS_BYTES = 4 * 2**20
 # GET /v1/models answers a few hundred bytes.
 MAX_PROBE_BODY_BYTES = 64 * 2**10
 _CHUNK_BYTES = 64 * 2**10
+
+
+Page = TypeVar("Page")
 
 
 class ReadLimitExceeded(Exception):
@@ -66,23 +72,55 @@ REQUEST_SUCCESS = "vllm:request_success_total"
 _SUMMED = (WAITING, RUNNING, PROMPT_TOKENS, GENERATION_TOKENS, REQUEST_SUCCESS)
 
 
+# What a pod may report: pods are not trusted, so a value no real page holds (NaN, infinite,
+# negative, beyond any real count) is skipped, and a page with more matching samples than any real
+# page has is not read to its end (the parse is bounded in CPU whatever the pod sends).
+MAX_SAMPLE_VALUE = 1e15
+MAX_SAMPLES = 20_000
+
+
+class TooManySamples(Exception):
+    """The page holds more matching samples than any real one: not a page to trust."""
+
+
+@functools.cache
+def _sample_line(prefix: str) -> re.Pattern[str]:
+    """A sample line whose name starts with `prefix`: name, labels (to the line's last brace), value."""
+    return re.compile(r"^(" + re.escape(prefix) + r"[^\s{]*)(\{[^\n]*\})?[ \t]+(\S+)", re.MULTILINE)
+
+
 def _samples(text: str, prefix: str) -> Iterator[tuple[str, str, float]]:
     """(name, labels text, value) of each sample line of a Prometheus text page whose name starts with
-    `prefix`; lines that do not parse, and NaN values, are skipped."""
-    for line in text.splitlines():
-        if not line.startswith(prefix):
-            continue
-        brace, space = line.find("{"), line.find(" ")
-        labelled = brace != -1 and (space == -1 or brace < space)
-        name_end = brace if labelled else (space if space != -1 else len(line))
-        labels = line[brace : line.rfind("}") + 1] if labelled else ""
-        rest = line[line.rfind("}") + 1 :] if labelled else line[name_end:]
+    `prefix`; lines that do not parse, and values no real page holds, are skipped. The scan of the
+    other lines runs in the regex engine. Raises TooManySamples past MAX_SAMPLES matching lines."""
+    for seen, match in enumerate(_sample_line(prefix).finditer(text), 1):
+        if seen > MAX_SAMPLES:
+            raise TooManySamples(f"more than {MAX_SAMPLES} {prefix}* samples")
+        name, labels, text_value = match.groups()
         try:
-            value = float(rest.split()[0])  # a timestamp may follow the value
-        except (IndexError, ValueError):
+            value = float(text_value)  # a timestamp may follow the value
+        except ValueError:
             continue
-        if not math.isnan(value):
-            yield line[:name_end], labels, value
+        if math.isfinite(value) and 0 <= value <= MAX_SAMPLE_VALUE:
+            yield name, labels or "", value
+
+
+# One parse at a time beside the event loop: a page never stalls the loop (and with it every other
+# scrape's deadline), and parses never crowd it out of the interpreter between them.
+_PARSER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-parse")
+
+
+async def parse_page(body: bytes, parse: Callable[[str], Page | None]) -> Page | None:
+    """A page's body decoded and parsed in a worker thread, so a large page never stalls the event
+    loop (and with it every other scrape's deadline); None when it does not parse or is not to be trusted."""
+
+    def decode_and_parse() -> Page | None:
+        try:
+            return parse(body.decode("utf-8", errors="replace"))
+        except TooManySamples:
+            return None
+
+    return await asyncio.get_running_loop().run_in_executor(_PARSER, decode_and_parse)
 
 
 @dataclass(frozen=True)
@@ -109,6 +147,8 @@ def parse_queue_metrics(text: str) -> QueueSample | None:
             continue
         seen.add(name)
         if name == KV_CACHE_USAGE:
+            if value > 1:  # a fraction of the cache
+                continue
             kv_total += value
             kv_count += 1
         else:

@@ -1,34 +1,38 @@
 """The gateway's HTTP side: the API port (forwarding to vLLM) and the metrics port (metrics, health).
 
-A low-level aiohttp server: the raw path must be one of the five API routes exactly (no
-normalisation, so `/v1/../invocations`, `//invocations` and percent-encoded tricks are 404 before
-any backend is touched). Bodies stream both ways: only a bounded prefix (64 KiB) is read before
-dispatch, to estimate the work; the rest is read as the backend takes it.
+A low-level aiohttp server (connections.py bounds its connections): the raw path must be one of
+the five API routes exactly (no normalisation, so `/v1/../invocations`, `//invocations` and
+percent-encoded tricks are 404 before any backend is touched), and the request's framing must have
+one reading (framing.py), else the gateway answers and closes. Each backend request is built by the
+gateway: allowlisted headers, its own key, its own framing, no query string. Bodies stream both
+ways: only a bounded prefix (64 KiB) is read before dispatch, to estimate the work; the rest is read
+as the backend takes it, and an upload that stops making progress is abandoned.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from voxtral_operator.gateway.connections import GuardedServer, Limits
 from voxtral_operator.gateway.dispatch import Dispatcher, Lease, Rejected
+from voxtral_operator.gateway.framing import Framing, Refusal, backend_headers, request_framing, response_headers
 from voxtral_operator.gateway.metrics import GatewayMetrics
 from voxtral_operator.gateway.sources import ANONYMOUS, Sources
-from voxtral_operator.gateway.work import PREFIX_BYTES, Work, estimate
+from voxtral_operator.gateway.work import MAX_TOKENS, PREFIX_BYTES, Work, estimate
 
 logger = logging.getLogger("voxtral_operator.gateway")
 
@@ -40,27 +44,24 @@ ROUTES = {
     "/v1/audio/translations": "POST",
 }
 AUDIO_ROUTES = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Host",
-        "Authorization",
-        "Expect",
-        "Content-Length",
-    )
-)
 CONNECT_ATTEMPTS = 3
 USAGE_JSON_LIMIT = 256 * 1024  # a JSON answer up to this size is parsed for its usage object
 SSE_TAIL = 16 * 1024  # the tail of an event stream kept to find the last chunk's usage
 SUSPENDED_RETRY_AFTER = 60
+# The backend's answer as it is relayed: once prepared, a failure can only drop the connection.
+RELAYED = web.RequestKey("relayed", web.StreamResponse)
+# The named points of a request's life, in order (where a test may inject a failure).
+STEPS = (
+    "framed",
+    "authenticated",
+    "body_prefix_read",
+    "estimated",
+    "leased",
+    "backend_answered",
+    "response_started",
+    "response_streamed",
+    "accounted",
+)
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,20 @@ class Settings:
     max_upload_bytes: int = 25 * 1_000_000
     suspended: bool = False
     connect_timeout: float = 5.0
+    body_timeout: float = 30.0  # an upload that sends nothing for this long is abandoned
+    limits: Limits = field(default_factory=Limits)
 
 
 class UploadTooLarge(Exception):
     pass
+
+
+class UploadFailed(Exception):
+    """The caller's upload stopped making progress, or broke its own framing: the answer to give."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.code)
+        self.refusal = refusal
 
 
 def error_response(
@@ -85,12 +96,31 @@ def error_response(
     return response
 
 
-async def read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
+def refusal_response(request: web.BaseRequest, refusal: Refusal) -> web.Response:
+    """An answer the gateway gives without reading further: the connection closes after it."""
+    response = error_response(refusal.status, refusal.message, refusal.code)
+    response.force_close()
+    request.protocol.close()  # nothing more is parsed from this connection
+    return response
+
+
+async def _read(stream: aiohttp.StreamReader, size: int, stall_seconds: float) -> bytes:
+    try:
+        async with asyncio.timeout(stall_seconds):
+            return await stream.read(size) if size > 0 else await stream.readany()
+    except TimeoutError:
+        message = f"Request timeout: the upload sent nothing for {stall_seconds:g}s"
+        raise UploadFailed(Refusal(408, message, "request_timeout")) from None
+    except RequestPayloadError:
+        raise UploadFailed(Refusal(400, "Bad request: the body does not match its framing", "bad_request")) from None
+
+
+async def read_prefix(stream: aiohttp.StreamReader, limit: int, stall_seconds: float) -> bytes:
     """Up to `limit` bytes of a body (fewer at its end), reading no more than that."""
     parts: list[bytes] = []
     size = 0
     while size < limit:
-        chunk = await stream.read(limit - size)
+        chunk = await _read(stream, limit - size, stall_seconds)
         if not chunk:
             break
         parts.append(chunk)
@@ -101,13 +131,20 @@ async def read_prefix(stream: aiohttp.StreamReader, limit: int) -> bytes:
 class Body:
     """The request body as the backend reads it: the prefix already read, then the rest of the stream."""
 
-    def __init__(self, prefix: bytes, stream: aiohttp.StreamReader, limit: int) -> None:
+    def __init__(self, prefix: bytes, stream: aiohttp.StreamReader, limit: int, timeout: float) -> None:
         self.prefix = prefix
         self.stream = stream
         self.limit = limit
+        self.timeout = timeout
         self.started = False
         self.too_large = False
+        self.failure: Refusal | None = None
         self.sent = 0
+
+    @property
+    def complete(self) -> bool:
+        """The whole body is in the prefix (sent with a Content-Length), else it streams (chunked)."""
+        return self.stream.at_eof()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
@@ -115,7 +152,11 @@ class Body:
         if self.prefix:
             yield self.prefix
         while True:
-            chunk = await self.stream.readany()
+            try:
+                chunk = await _read(self.stream, 0, self.timeout)
+            except UploadFailed as exc:
+                self.failure = exc.refusal
+                raise
             if not chunk:
                 return
             self.sent += len(chunk)
@@ -125,17 +166,32 @@ class Body:
             yield chunk
 
 
+def _count(value: Any) -> int | None:
+    """A token count from a backend's JSON: an int within bounds, else nothing."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
+
+
 def _usage_from(payload: Any) -> tuple[int, int] | None:
     if not isinstance(payload, dict):
         return None
     usage = payload.get("usage")
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-    completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    if isinstance(prompt, int) and isinstance(completion, int):
+    prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion = _count(usage.get("completion_tokens", usage.get("output_tokens")))
+    if prompt is not None and completion is not None:
         return prompt, completion
     return None
+
+
+def _json(data: bytes) -> Any:
+    """A JSON document, or None when it is not one (or nests deeper than Python recurses)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
 
 
 def usage_of_sse(tail: bytes) -> tuple[int, int] | None:
@@ -143,10 +199,9 @@ def usage_of_sse(tail: bytes) -> tuple[int, int] | None:
     for line in reversed(tail.split(b"\n")):
         line = line.strip()
         if line.startswith(b"data:") and b'"usage"' in line:
-            with contextlib.suppress(ValueError):
-                found = _usage_from(json.loads(line[5:].strip()))
-                if found is not None:
-                    return found
+            found = _usage_from(_json(line[5:].strip()))
+            if found is not None:
+                return found
     return None
 
 
@@ -158,6 +213,8 @@ class Gateway:
         self.metrics = GatewayMetrics(dispatcher.snapshot)
         self._session: aiohttp.ClientSession | None = None
         self.ssl_context: ssl.SSLContext | None = None
+        # Tests only: called at each of STEPS; what it raises fails the request there.
+        self.fault_at: Callable[[str], None] | None = None
         sources.on_backends.append(dispatcher.set_replicas)
         sources.on_tls.append(self._load_tls)
         dispatcher.set_replicas(sources.backends)
@@ -199,6 +256,10 @@ class Gateway:
             logger.info("TLS certificate reloaded")
         self.ssl_context = context
 
+    def _step(self, name: str) -> None:
+        if self.fault_at is not None:
+            self.fault_at(name)
+
     # --- the API port -----------------------------------------------------------------------
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -209,15 +270,26 @@ class Gateway:
         response: web.StreamResponse | None = None
         try:
             response, key = await self._handle(request, route)
-            if not response.prepared and request.can_read_body and not request.content.at_eof():
-                response.force_close()  # answered without reading the upload: not worth draining
+            return response
+        except ConnectionError:
+            raise  # the caller is gone, or the answer was cut off mid-way: aiohttp drops the connection
+        except Exception as exc:
+            # The exception's text is not logged: it may quote a header, and a header may hold a key.
+            logger.warning("a request failed inside the gateway (%s)", type(exc).__name__)
+            relayed = request.get(RELAYED)
+            if relayed is not None and relayed.prepared:
+                raise ConnectionResetError("the request failed mid-response") from None
+            response = error_response(
+                500, "The gateway failed to handle the request", "internal_error", kind="api_error"
+            )
+            response.force_close()
             return response
         finally:
             code = str(response.status) if response is not None else "aborted"
             self.metrics.requests.labels(route, code).inc()
             logger.debug(
                 "%s %s %s %.3fs key=%s",
-                request.method,
+                request.method if request.method in ("GET", "POST") else "(other method)",
                 route if route != "other" else "(not an API route)",
                 code,
                 time.monotonic() - started,
@@ -225,47 +297,59 @@ class Gateway:
             )
 
     async def _handle(self, request: web.BaseRequest, route: str) -> tuple[web.StreamResponse, str]:
+        framing = request_framing(request.version, request.raw_headers, takes_body=ROUTES.get(route) == "POST")
+        if isinstance(framing, Refusal) and framing.status != 400:
+            return refusal_response(request, framing), ANONYMOUS
         if route == "other":
-            return error_response(
-                404, "Not found: this endpoint serves only the OpenAI API routes", "not_found"
+            return refusal_response(
+                request, Refusal(404, "Not found: this endpoint serves only the OpenAI API routes", "not_found")
             ), ANONYMOUS
         if request.method != ROUTES[route]:
-            return error_response(405, f"{request.method} is not allowed on {route}", "method_not_allowed"), ANONYMOUS
+            refusal = Refusal(405, f"{request.method} is not allowed on {route}", "method_not_allowed")
+            return refusal_response(request, refusal), ANONYMOUS
+        if isinstance(framing, Refusal):
+            return refusal_response(request, framing), ANONYMOUS
+        if "Upgrade" in request.headers:
+            request.protocol.close()  # aiohttp stops parsing HTTP after an Upgrade request: no keep-alive
+        self._step("framed")
         key = self._authenticate(request)
         if key is None:
-            return (
-                error_response(401, "Incorrect or missing API key (Authorization: Bearer KEY)", "invalid_api_key"),
-                ANONYMOUS,
-            )
+            refusal = Refusal(401, "Incorrect or missing API key (Authorization: Bearer KEY)", "invalid_api_key")
+            return refusal_response(request, refusal), ANONYMOUS
+        self._step("authenticated")
         if self.settings.suspended:
-            return error_response(
+            response = error_response(
                 503,
                 "endpoint suspended: it serves no requests until it is resumed",
                 "endpoint_suspended",
                 kind="service_unavailable",
                 retry_after=SUSPENDED_RETRY_AFTER,
-            ), key
-        limit = self.settings.max_upload_bytes
-        size = request.content_length
-        if size is not None and size > limit:
-            response = self._too_large(limit)
+            )
             return response, key
+        limit = self.settings.max_upload_bytes
+        if framing.length is not None and framing.length > limit:
+            return refusal_response(request, self._too_large(limit)), key
         content_type = request.headers.get("Content-Type", "")
         if route in AUDIO_ROUTES and content_type.split(";")[0].strip().lower() != "multipart/form-data":
-            response = error_response(
+            refusal = Refusal(
                 415, "Unsupported media type: audio routes take multipart/form-data", "unsupported_media_type"
             )
-            response.force_close()
-            return response, key
+            return refusal_response(request, refusal), key
         prefix = b""
-        if request.method == "POST":
+        if framing.has_body:
             if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            prefix = await read_prefix(request.content, min(PREFIX_BYTES, limit + 1))
+            try:
+                prefix = await read_prefix(request.content, min(PREFIX_BYTES, limit + 1), self.settings.body_timeout)
+            except UploadFailed as exc:
+                return refusal_response(request, exc.refusal), key
             if len(prefix) > limit:
-                return self._too_large(limit), key
-        work = estimate(content_type, prefix, size)
-        return await self._forward(request, route, key, work, Body(prefix, request.content, limit)), key
+                return refusal_response(request, self._too_large(limit)), key
+        self._step("body_prefix_read")
+        work = estimate(content_type, prefix, framing.length)
+        self._step("estimated")
+        body = Body(prefix, request.content, limit, self.settings.body_timeout)
+        return await self._forward(request, route, key, work, body, framing), key
 
     def _authenticate(self, request: web.BaseRequest) -> str | None:
         keys = self.sources.caller_keys
@@ -275,32 +359,21 @@ class Gateway:
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             return None
-        return keys.match(presented.strip().encode())
+        # The parser decodes header bytes as UTF-8 with surrogate escapes: encode them back, never fail.
+        return keys.match(presented.strip().encode("utf-8", "surrogateescape"))
 
     def _tenant(self, key: str) -> str | None:
         keys = self.sources.caller_keys
         return keys.tenant(key) if keys is not None else None
 
     @staticmethod
-    def _too_large(limit: int) -> web.Response:
-        response = error_response(
+    def _too_large(limit: int) -> Refusal:
+        return Refusal(
             413, f"Request body too large: uploads are limited to {limit / 1_000_000:g} MB", "request_too_large"
         )
-        response.force_close()  # the rest of the body is not read
-        return response
-
-    def _headers(self, request: web.BaseRequest) -> CIMultiDict[str]:
-        headers: CIMultiDict[str] = CIMultiDict(
-            (name, value) for name, value in request.headers.items() if name.lower() not in HOP_BY_HOP
-        )
-        if request.content_length is not None:
-            headers["Content-Length"] = str(request.content_length)
-        if self.sources.backend_key:
-            headers["Authorization"] = f"Bearer {self.sources.backend_key}"
-        return headers
 
     async def _forward(
-        self, request: web.BaseRequest, route: str, key: str, work: Work, body: Body
+        self, request: web.BaseRequest, route: str, key: str, work: Work, body: Body, framing: Framing
     ) -> web.StreamResponse:
         arrived = time.monotonic()
         exclude: frozenset[str] = frozenset()
@@ -310,10 +383,11 @@ class Gateway:
             except Rejected as exc:
                 kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"
                 return error_response(exc.status, str(exc), exc.code, kind=kind, retry_after=exc.retry_after)
-            if attempt == 1:
-                self.metrics.queue_wait.observe(time.monotonic() - arrived)
             try:
-                return await self._exchange(request, route, key, work, body, lease)
+                if attempt == 1:
+                    self.metrics.queue_wait.observe(time.monotonic() - arrived)
+                self._step("leased")
+                return await self._exchange(request, route, key, work, body, lease, framing)
             except aiohttp.ClientConnectorError as exc:
                 if body.started and body.sent > len(body.prefix):
                     raise  # bytes of the stream are gone: cannot retry
@@ -328,23 +402,34 @@ class Gateway:
         )
 
     async def _exchange(
-        self, request: web.BaseRequest, route: str, key: str, work: Work, body: Body, lease: Lease
+        self, request: web.BaseRequest, route: str, key: str, work: Work, body: Body, lease: Lease, framing: Framing
     ) -> web.StreamResponse:
-        query = request.raw_path.partition("?")[2]
-        url = f"http://{lease.address}{route}" + (f"?{query}" if query else "")
-        data = body.chunks() if request.method == "POST" else None
+        url = f"http://{lease.address}{route}"  # never the caller's query string: no route takes one
+        headers = backend_headers(
+            request.raw_headers,
+            backend_key=self.sources.backend_key,
+            peer=request.remote,
+            scheme="https" if request.secure else "http",
+        )
+        if isinstance(headers, Refusal):
+            return refusal_response(request, headers)
+        data: bytes | AsyncIterator[bytes] | None = None
+        if framing.has_body:
+            data = body.prefix if body.complete else body.chunks()
         response: web.StreamResponse | None = None
         try:
             async with self.session().request(
-                request.method, url, data=data, headers=self._headers(request), allow_redirects=False
+                request.method, url, data=data, headers=headers, allow_redirects=False
             ) as upstream:
+                self._step("backend_answered")
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for name, value in upstream.headers.items():
-                    if name.lower() not in HOP_BY_HOP:
-                        response.headers.add(name, value)
+                request[RELAYED] = response
+                for name, value in response_headers(upstream.headers.items()):
+                    response.headers.add(name, value)
                 if upstream.content_length is not None:
                     response.content_length = upstream.content_length
                 await response.prepare(request)
+                self._step("response_started")
                 media = upstream.content_type
                 streaming = media == "text/event-stream"
                 keep = media == "application/json" and (upstream.content_length or 0) <= USAGE_JSON_LIMIT
@@ -358,18 +443,21 @@ class Gateway:
                     elif keep:
                         collected += chunk
                         keep = len(collected) <= USAGE_JSON_LIMIT
+                self._step("response_streamed")
                 await response.write_eof()
                 self._account(key, work, upstream.status, streaming, keep, bytes(collected))
+                self._step("accounted")
                 return response
         except aiohttp.ClientConnectorError:
             raise
-        except (aiohttp.ClientError, UploadTooLarge, TimeoutError) as exc:
-            if body.too_large:
+        except (aiohttp.ClientError, UploadTooLarge, UploadFailed, TimeoutError) as exc:
+            failure = self._too_large(body.limit) if body.too_large else body.failure
+            if failure is not None:
                 if response is None or not response.prepared:
-                    return self._too_large(body.limit)
-                raise ConnectionResetError("upload over the size limit") from None
+                    return refusal_response(request, failure)
+                raise ConnectionResetError("the upload failed mid-response") from None
             if response is not None and response.prepared:
-                logger.warning("replica %s failed mid-response (%s)", lease.address, exc)
+                logger.warning("replica %s failed mid-response (%s)", lease.address, type(exc).__name__)
                 raise ConnectionResetError("the replica failed mid-response") from None
             logger.warning("replica %s failed (%s)", lease.address, type(exc).__name__)
             return error_response(502, "The endpoint's replica failed to answer", "backend_error", kind="api_error")
@@ -383,8 +471,7 @@ class Gateway:
         if streaming:
             usage = usage_of_sse(data)
         elif parsed and data:
-            with contextlib.suppress(ValueError):
-                usage = _usage_from(json.loads(data))
+            usage = _usage_from(_json(data))
         if usage is not None:
             self.metrics.usage_tokens.labels(key, "prompt").inc(usage[0])
             self.metrics.usage_tokens.labels(key, "completion").inc(usage[1])
@@ -428,9 +515,8 @@ async def serve_api(
 
     A caller hanging up cancels its handler: it leaves the queue, or its backend request is aborted.
     """
-    runner = web.ServerRunner(
-        web.Server(gateway.handle, handler_cancellation=True), shutdown_timeout=shutdown_timeout, access_log=None
-    )
+    server = GuardedServer(gateway.handle, gateway.settings.limits, handler_cancellation=True, access_log=None)
+    runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=gateway.ssl_context)
     await site.start()

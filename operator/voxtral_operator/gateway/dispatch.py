@@ -246,8 +246,9 @@ class Dispatcher:
         )
 
     def _lease(self, replica: Replica, work: Work, key: str) -> Lease:
+        cost = work.cost  # before any count moves: nothing is left to undo if it fails
         replica.inflight += 1
-        replica.outstanding += work.cost
+        replica.outstanding += cost
         replica.audio_seconds += work.audio_seconds
         self._active[key] += 1
         return Lease(replica, work, self, key)

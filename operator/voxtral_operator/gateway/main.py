@@ -11,6 +11,7 @@ import sys
 
 from voxtral_operator import logs
 from voxtral_operator.gateway.app import Gateway, Settings, serve_api, serve_metrics
+from voxtral_operator.gateway.connections import Limits
 from voxtral_operator.gateway.dispatch import Dispatcher
 from voxtral_operator.gateway.kube import SERVICE_ACCOUNT_TOKEN, KubeReader
 from voxtral_operator.gateway.limits import KeyLimits, KeyPolicies, parse_override
@@ -41,6 +42,10 @@ def spec_of(args: argparse.Namespace) -> Spec:
         ("--queue-timeout-seconds", args.queue_timeout_seconds),
         ("--hold-timeout-seconds", args.hold_timeout_seconds),
         ("--max-upload-mb", args.max_upload_mb),
+        ("--max-connections", args.max_connections),
+        ("--idle-timeout-seconds", args.idle_timeout_seconds),
+        ("--header-timeout-seconds", args.header_timeout_seconds),
+        ("--body-timeout-seconds", args.body_timeout_seconds),
     ):
         if value <= 0:
             raise UsageError(f"{name} must be positive, not {value:g}")
@@ -134,7 +139,16 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
     gateway = Gateway(
         sources,
         dispatcher,
-        Settings(max_upload_bytes=int(args.max_upload_mb * 1_000_000), suspended=args.suspended),
+        Settings(
+            max_upload_bytes=int(args.max_upload_mb * 1_000_000),
+            suspended=args.suspended,
+            body_timeout=args.body_timeout_seconds,
+            limits=Limits(
+                max_connections=args.max_connections,
+                idle_timeout=args.idle_timeout_seconds,
+                header_timeout=args.header_timeout_seconds,
+            ),
+        ),
     )
     watching = asyncio.create_task(watch_sources(reader, spec, sources))
     metrics_runner, metrics_port = await serve_metrics(gateway, args.host, args.metrics_port)

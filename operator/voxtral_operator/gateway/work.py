@@ -10,6 +10,7 @@ the size and a per-type bytes-per-second guess. Expected output adds `max_tokens
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ PREFIX_BYTES = 64 * 1024  # what the gateway reads of a body before dispatching 
 DEFAULT_OUTPUT_TOKENS = 256
 SECONDS_PER_OUTPUT_TOKEN = 0.02  # decoding 50 tokens costs about as much as a second of audio
 BASE_SECONDS = 0.5  # every request's fixed cost (prefill, scheduling)
+# Bounds on what a request may claim: the estimate stays a finite float whatever a body says.
+MAX_TOKENS = 10_000_000
+MAX_AUDIO_SECONDS = 1e7
 
 # Bytes per second of audio when the header does not say: typical speech encodings.
 BYTES_PER_SECOND = {
@@ -54,6 +58,13 @@ _MEDIA_TYPES = {
 class Work:
     audio_seconds: float
     output_tokens: int
+
+    def __post_init__(self) -> None:
+        # Clamped here so no estimate, however it was reached, can overflow the dispatcher's sums.
+        seconds = self.audio_seconds
+        seconds = min(max(seconds, 0.0), MAX_AUDIO_SECONDS) if math.isfinite(seconds) else MAX_AUDIO_SECONDS
+        object.__setattr__(self, "audio_seconds", float(seconds))
+        object.__setattr__(self, "output_tokens", min(max(int(self.output_tokens), 0), MAX_TOKENS))
 
     @property
     def cost(self) -> float:
@@ -239,7 +250,8 @@ def multipart_file(prefix: bytes, boundary: str) -> FilePart | None:
     return None
 
 
-_MAX_TOKENS = re.compile(rb'"max(?:_completion)?_tokens"\s*:\s*(\d+)')
+# At most one digit more than MAX_TOKENS has: a longer number is clamped, never converted whole.
+_MAX_TOKENS = re.compile(rb'"max(?:_completion)?_tokens"\s*:\s*(\d{1,%d})' % (len(str(MAX_TOKENS)) + 1))
 _AUDIO_FORMAT = re.compile(rb'"format"\s*:\s*"(\w+)"')
 _AUDIO_DATA = re.compile(rb'"(?:input_audio|audio_url)"')
 
@@ -255,16 +267,16 @@ def json_body_work(prefix: bytes, size: int | None) -> Work:
     if complete:
         try:
             body = json.loads(prefix)
-        except ValueError:
+        except (ValueError, RecursionError):  # Python's int-from-str limit is a ValueError
             body = None
         if isinstance(body, dict):
             value = body.get("max_completion_tokens", body.get("max_tokens"))
-            if isinstance(value, int) and value > 0:
-                output = value
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                output = min(value, MAX_TOKENS)
     else:
         match = _MAX_TOKENS.search(prefix)
         if match:
-            output = int(match.group(1))
+            output = min(int(match.group(1)), MAX_TOKENS)
     seconds = 0.0
     if _AUDIO_DATA.search(prefix) or (not complete and size is not None and size > PREFIX_BYTES):
         fmt = _AUDIO_FORMAT.search(prefix)

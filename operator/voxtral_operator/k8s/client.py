@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 FIELD_MANAGER = "voxtral-operator"
 RETRYABLE = frozenset({409, 429, 500, 502, 503, 504})
+NOT_FOUND = frozenset({404})
 
 
 class ApiError(Exception):
@@ -145,7 +146,9 @@ class ApiClient:
         body: Any = None,
         content_type: str = "application/json",
         retry_statuses: frozenset[int] = RETRYABLE,
+        expected: frozenset[int] = frozenset(),
     ) -> dict[str, Any]:
+        """`expected`: answers the caller handles as normal (a GET's 404): raised, not counted as API errors."""
         session = await self._get_session()
         url = self.connection.server.rstrip("/") + path
         data = None if body is None else json.dumps(body)
@@ -158,7 +161,8 @@ class ApiClient:
                     text = await response.text()
                     if response.status < 400:
                         return json.loads(text) if text else {}
-                    metrics.API_ERRORS.labels(str(response.status)).inc()
+                    if response.status not in expected:
+                        metrics.API_ERRORS.labels(str(response.status)).inc()
                     error = _api_error(response.status, text)
                     if response.status not in retry_statuses or attempt == self.attempts:
                         raise error
@@ -208,10 +212,12 @@ class ApiClient:
             content_type="application/apply-patch+yaml",
         )
 
-    async def scale(self, resource: Resource, namespace: str, name: str, replicas: int) -> None:
+    async def scale(self, resource: Resource, namespace: str, name: str, replicas: int, field_manager: str) -> None:
+        """Through the scale subresource; the server records the write under `field_manager`."""
         await self.request(
             "PATCH",
             resource.path(namespace, name, "scale"),
+            params={"fieldManager": field_manager},
             body={"spec": {"replicas": replicas}},
             content_type="application/merge-patch+json",
         )
@@ -221,19 +227,20 @@ class ApiClient:
         if uid:
             body["preconditions"] = {"uid": uid}
         with contextlib.suppress(NotFound):  # already gone is what was wanted
-            await self.request("DELETE", resource.path(namespace, name), body=body)
+            await self.request("DELETE", resource.path(namespace, name), body=body, expected=NOT_FOUND)
 
     async def list(
         self, resource: Resource, namespace: str | None, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         params = {"labelSelector": label_selector} if label_selector else None
-        listing = await self.request("GET", resource.path(namespace), params=params)
+        # 404: a type the cluster does not serve (a CRD not installed); the caller decides.
+        listing = await self.request("GET", resource.path(namespace), params=params, expected=NOT_FOUND)
         items: list[dict[str, Any]] = listing.get("items") or []
         return items
 
     async def get(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
-            return await self.request("GET", resource.path(namespace, name))
+            return await self.request("GET", resource.path(namespace, name), expected=NOT_FOUND)
         except NotFound:
             return None
 
