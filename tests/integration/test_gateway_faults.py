@@ -1,4 +1,5 @@
-"""A request that fails anywhere gives back everything it took: its replica slot and its queue place.
+"""A request that fails anywhere gives back everything it took: its replica slot and its queue place;
+and no connection holds the gateway longer than its bounds allow.
 
 The gateway runs in this process (its HTTP server on loopback, a real backend behind it) so a
 failure can be injected at each named step of a request's life (`app.STEPS`), as an exception and as
@@ -18,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from voxtral_operator.gateway.app import STEPS, Gateway, Settings, serve_api
+from voxtral_operator.gateway.connections import Limits
 from voxtral_operator.gateway.dispatch import Dispatcher
 from voxtral_operator.gateway.sources import CallerKeys, Sources
 from voxtral_testbed.harness import eventually, free_port
@@ -112,9 +114,13 @@ async def test_a_failure_at_any_step_releases_the_slot(running: Running, fault: 
         await eventually(lambda: settled(running.dispatcher), timeout=10)
         # The slot is back: the next request goes through at once.
         assert await post(running.url, b'{"prompt": "y"}') == 200, step
-    # A failure before the answer started is a 500 (an exception) or a dropped connection (cancelled).
-    assert outcomes["leased"] in (500, "ServerDisconnectedError", "ClientOSError"), outcomes
-    assert all(outcome != 200 for step, outcome in outcomes.items() if step != "accounted"), outcomes
+    # Before the answer starts: a 500 (an exception) or a dropped connection (a cancellation); after
+    # it started: the answer is cut off. Once the answer is complete, a failure changes nothing for it.
+    before = STEPS[: STEPS.index("response_started")]
+    expected_before = 500 if fault is InjectedFault else "ServerDisconnectedError"
+    assert [outcomes[step] for step in before] == [expected_before] * len(before), outcomes
+    assert outcomes["response_started"] == outcomes["response_streamed"] == "ClientPayloadError", outcomes
+    assert outcomes["accounted"] == 200, outcomes
 
 
 async def test_a_caller_leaving_the_queue_gives_its_place_back(running: Running) -> None:
@@ -188,3 +194,70 @@ async def test_an_early_answer_reads_no_body_and_closes(running: Running, head: 
     assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
     assert b"Connection: close" in answer
     assert await settled(running.dispatcher)
+
+
+@contextlib.asynccontextmanager
+async def gateway_with(limits: Limits) -> AsyncIterator[int]:
+    """A gateway with these connection limits and no replica (the port is all these tests need)."""
+    gateway = Gateway(Sources(), Dispatcher(hold_timeout=0.1), Settings(limits=limits))
+    runner, port = await serve_api(gateway, "127.0.0.1", 0, shutdown_timeout=1)
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+        await gateway.close()
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Whether the gateway closes the connection within `seconds` (whatever it answers before)."""
+    try:
+        async with asyncio.timeout(seconds):
+            while await reader.read(65536):
+                pass
+        return True
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+
+
+async def test_idle_connections_are_closed() -> None:
+    async with gateway_with(Limits(idle_timeout=0.5, header_timeout=60)) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await closed_within(reader, 15)  # never sent a byte
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n")  # answered (503: no replica), kept alive
+        assert await closed_within(reader, 15)  # then idle
+        writer.close()
+
+
+async def test_a_dripped_request_head_is_cut_off() -> None:
+    async with gateway_with(Limits(idle_timeout=60, header_timeout=0.5)) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+        async def drip() -> None:
+            for byte in b"GET /v1/models HTTP/1.1\r\nHost: gw\r\nX-Pad: " + b"a" * 200:
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.1)
+
+        dripping = asyncio.create_task(drip())
+        try:
+            assert await closed_within(reader, 15)
+            assert not dripping.done()  # cut off while it was still sending its head
+        finally:
+            dripping.cancel()
+            writer.close()
+
+
+async def test_connections_beyond_the_cap_are_closed() -> None:
+    async with gateway_with(Limits(max_connections=3, idle_timeout=60)) as port:
+        kept = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await closed_within(reader, 15)
+        writer.close()
+        for reader, writer in kept:
+            writer.write(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n")
+            async with asyncio.timeout(15):
+                assert (await reader.readline()).startswith(b"HTTP/1.1 503")  # served: no replica yet
+            writer.close()

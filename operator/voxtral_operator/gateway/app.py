@@ -48,6 +48,8 @@ CONNECT_ATTEMPTS = 3
 USAGE_JSON_LIMIT = 256 * 1024  # a JSON answer up to this size is parsed for its usage object
 SSE_TAIL = 16 * 1024  # the tail of an event stream kept to find the last chunk's usage
 SUSPENDED_RETRY_AFTER = 60
+# The backend's answer as it is relayed: once prepared, a failure can only drop the connection.
+RELAYED = web.RequestKey("relayed", web.StreamResponse)
 # The named points of a request's life, in order (where a test may inject a failure).
 STEPS = (
     "framed",
@@ -269,10 +271,13 @@ class Gateway:
         try:
             response, key = await self._handle(request, route)
             return response
+        except ConnectionError:
+            raise  # the caller is gone, or the answer was cut off mid-way: aiohttp drops the connection
         except Exception as exc:
             # The exception's text is not logged: it may quote a header, and a header may hold a key.
             logger.warning("a request failed inside the gateway (%s)", type(exc).__name__)
-            if response is not None and response.prepared:
+            relayed = request.get(RELAYED)
+            if relayed is not None and relayed.prepared:
                 raise ConnectionResetError("the request failed mid-response") from None
             response = error_response(
                 500, "The gateway failed to handle the request", "internal_error", kind="api_error"
@@ -387,9 +392,9 @@ class Gateway:
                 if body.started and body.sent > len(body.prefix):
                     raise  # bytes of the stream are gone: cannot retry
                 logger.warning("replica %s unreachable (%s); attempt %d", lease.address, exc, attempt)
+                # Nothing was sent: the next attempt waits (held, as at zero replicas) for a replica not
+                # tried yet, so a lost replica's callers are served once its replacement is ready.
                 exclude |= {lease.address}
-                if not set(self.dispatcher.replicas) - exclude:
-                    break
             finally:
                 lease.release()
         return error_response(
@@ -418,6 +423,7 @@ class Gateway:
             ) as upstream:
                 self._step("backend_answered")
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                request[RELAYED] = response
                 for name, value in response_headers(upstream.headers.items()):
                     response.headers.add(name, value)
                 if upstream.content_length is not None:
