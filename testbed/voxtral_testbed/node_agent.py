@@ -22,6 +22,13 @@ kubelet_server.py) and keeps Service names resolvable (cluster_dns.py).
 Faults a test asks for: the ConfigMap `voxtral-testbed-faults` in `kube-system`, key
 `<namespace>.<app.kubernetes.io/instance>` (an endpoint's pods), value JSON:
 `{"fault": "oom" | "crash"}`, `{"loadSeconds": N}`, `{"simulatorArgs": [...]}`. Read at each start.
+
+Nodes lost on request: the ConfigMap `voxtral-testbed-nodes` in `kube-system`, key `down`, names the
+nodes (comma-separated) that are down. A node going down is a machine lost: its containers die at
+once (no status, no graceful stop), it turns NotReady (Ready=Unknown) with the node lifecycle
+controller's unreachable taints, and its pods are force-deleted as the taint eviction controller and
+the pod garbage collector do after their timeouts (at once here). Named no longer, it comes back
+Ready without the taints.
 """
 
 from __future__ import annotations
@@ -56,6 +63,10 @@ from voxtral_testbed.kube_proxy import ServiceProxy
 logger = logging.getLogger("node-agent")
 JSON = dict[str, Any]
 FAULTS = "/api/v1/namespaces/kube-system/configmaps/voxtral-testbed-faults"
+NODE_SWITCH = "voxtral-testbed-nodes"
+UNREACHABLE_TAINTS = [
+    {"key": "node.kubernetes.io/unreachable", "effect": effect} for effect in ("NoSchedule", "NoExecute")
+]
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MAX_BACKOFF_SECONDS = 300.0
 
@@ -511,6 +522,7 @@ class NodeAgent:
         self.probe_period_scale = probe_period_scale
         self.node_ip = "10.244.0.1"
         self.runners: dict[str, PodRunner] = {}
+        self.down: set[str] = set()  # nodes lost (see _node_switch)
         self.http: aiohttp.ClientSession
 
     async def run(self) -> None:
@@ -521,6 +533,7 @@ class NodeAgent:
             _forever("pods", self._pods),
             _forever("volumes", self._volumes),
             _forever("services", proxy.run),
+            _forever("node switch", self._node_switch),
             *self._serving_loops(),
         )
 
@@ -620,7 +633,7 @@ class NodeAgent:
             if kind == "SYNCED":
                 continue
             node = self.nodes.get((pod.get("spec") or {}).get("nodeName") or "")
-            if node is None:
+            if node is None or node.name in self.down:  # a lost node runs nothing
                 continue
             uid = pod["metadata"]["uid"]
             runner = self.runners.get(uid)
@@ -679,6 +692,61 @@ class NodeAgent:
             except ApiError as exc:
                 if exc.status != 409:
                     logger.warning("volume for %s/%s: %s", meta["namespace"], meta["name"], exc)
+
+    # --- nodes lost and back ----------------------------------------------------------------
+
+    async def _node_switch(self) -> None:
+        params = {"fieldSelector": f"metadata.name={NODE_SWITCH}"}
+        async for kind, config in self.kube.watch("/api/v1/namespaces/kube-system/configmaps", params):
+            if kind == "SYNCED":
+                continue
+            listed = "" if kind == "DELETED" else str((config.get("data") or {}).get("down") or "")
+            down = {name.strip() for name in listed.split(",") if name.strip() in self.nodes}
+            for name in sorted(down - self.down):
+                await self._node_lost(name)
+            for name in sorted(self.down - down):
+                await self._node_back(name)
+
+    async def _node_lost(self, name: str) -> None:
+        self.down.add(name)
+        for uid, runner in list(self.runners.items()):
+            if runner.node.name == name:
+                runner.task.cancel()  # its process is killed, and nothing more is said about the pod
+                self.runners.pop(uid, None)
+        await self._set_node(name, ready=False)
+        pods = await self.kube.request("GET", "/api/v1/pods", params={"fieldSelector": f"spec.nodeName={name}"})
+        for pod in pods.get("items") or []:
+            await self._remove(pod)
+        logger.info("node %s lost: NotReady, %d pods removed", name, len(pods.get("items") or []))
+
+    async def _node_back(self, name: str) -> None:
+        self.down.discard(name)
+        await self._set_node(name, ready=True)
+        logger.info("node %s back: Ready", name)
+
+    async def _set_node(self, name: str, *, ready: bool) -> None:
+        stamp = now()
+        condition = {
+            "type": "Ready",
+            "status": "True" if ready else "Unknown",
+            "reason": "KubeletReady" if ready else "NodeStatusUnknown",
+            "message": "testbed node agent" if ready else "Kubelet stopped posting node status.",
+            "lastHeartbeatTime": stamp,
+            "lastTransitionTime": stamp,
+        }
+        await self.kube.request(
+            "PATCH",
+            f"/api/v1/nodes/{name}/status",
+            {"status": {"conditions": [condition]}},
+            content_type="application/strategic-merge-patch+json",
+        )
+        taints = self.nodes[name].taints + ([] if ready else UNREACHABLE_TAINTS)
+        await self.kube.request(
+            "PATCH",
+            f"/api/v1/nodes/{name}",
+            {"spec": {"taints": taints or None}},
+            content_type="application/merge-patch+json",
+        )
 
 
 async def _forever(name: str, loop: Callable[[], Awaitable[None]]) -> None:

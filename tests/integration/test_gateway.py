@@ -727,6 +727,29 @@ async def test_a_replica_that_refuses_connections_is_skipped(
     assert "unreachable" in gateway.log_path.read_text()  # the dead one was tried, and skipped
 
 
+async def test_a_request_to_a_lost_only_replica_waits_for_its_replacement(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    await put_slice(kube, "dead", free_port())  # the only replica, still listed ready: its node was lost
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session)
+    await eventually(lambda: _equals(gateway.metric(session, names.READY_REPLICAS), 1), timeout=5)
+    answer = asyncio.create_task(session.get(f"{gateway.url}/v1/models"))
+
+    async def dead_one_tried() -> bool:
+        return "unreachable" in gateway.log_path.read_text()
+
+    await eventually(dead_one_tried, timeout=10)
+    await put_slice(kube, "rec", recorder.port)  # the replacement is ready
+    async with await asyncio.wait_for(answer, 30) as response:
+        assert response.status == 200, await response.text()
+    assert len(recorder.requests) == 1
+
+
 async def test_a_caller_hanging_up_leaves_the_queue(
     sandbox: Sandbox,
     kube: Kube,

@@ -392,9 +392,9 @@ class Gateway:
                 if body.started and body.sent > len(body.prefix):
                     raise  # bytes of the stream are gone: cannot retry
                 logger.warning("replica %s unreachable (%s); attempt %d", lease.address, exc, attempt)
+                # Nothing was sent: the next attempt waits (held, as at zero replicas) for a replica not
+                # tried yet, so a lost replica's callers are served once its replacement is ready.
                 exclude |= {lease.address}
-                if not set(self.dispatcher.replicas) - exclude:
-                    break
             finally:
                 lease.release()
         return error_response(
