@@ -70,6 +70,7 @@ class BackendConnection:
     raw: bytearray = field(default_factory=bytearray)
     messages: list[Received] = field(default_factory=list)
     error: str | None = None
+    cut_off: bool = False  # ended in the middle of a message
 
 
 class StrictBackend:
@@ -107,6 +108,7 @@ class StrictBackend:
                     record.raw += data
                     conn.receive_data(data)
                     if not data and conn.their_state is not h11.DONE:
+                        record.cut_off = conn.their_state is h11.SEND_BODY
                         return
                 elif isinstance(event, h11.Request):
                     current = Received(event.method.decode(), event.target.decode(), list(event.headers), b"")
@@ -592,6 +594,8 @@ async def test_hostile_requests_reach_the_backend_only_as_allowed(
         assert error is None, f"httptools refused a stream h11 accepted: {error}"
         assert found == [(m.method, m.target, m.body) for m in connection.messages]
         assert CALLER_KEY.encode() not in connection.raw
+    # The abandoned upload reached the backend in part, and neither parser took it for a message.
+    assert any(connection.cut_off for connection in backend.connections)
     # 4. Nothing was left behind, the gateway still answers, and no key is in its log.
     assert inflight == 0
     assert queued == 0

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import cel
 import kubernetes_validate
 import pytest
 import yaml
@@ -379,3 +380,20 @@ def test_notes_endpoint_is_a_valid_endpoint_and_the_notes_have_no_placeholders()
     endpoint = yaml.safe_load(textwrap.dedent(manifest))
     kinds = {obj["kind"] for obj in render(endpoint, OperatorConfig())}
     assert {"Deployment", "Service", "NetworkPolicy"} <= kinds
+
+
+def test_namespaced_mode_refuses_endpoints_outside_the_watched_namespaces() -> None:
+    assert not [o for o in template() if o["kind"].startswith("ValidatingAdmissionPolicy")]
+    objects = template("--set", "watchNamespaces={team-a,team-b}")
+    policy = by_kind(objects)["ValidatingAdmissionPolicy"]
+    binding = by_kind(objects)["ValidatingAdmissionPolicyBinding"]
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert (rule["apiGroups"], rule["resources"]) == (["voxtral.dev"], ["voxtralendpoints"])
+    (validation,) = policy["spec"]["validations"]
+    # The rule as the API server evaluates it, for a request in each namespace.
+    for namespace, allowed in (("team-a", True), ("team-b", True), ("speech", False)):
+        assert cel.evaluate(validation["expression"], {"request": {"namespace": namespace}}) is allowed
+    assert "only in the namespaces team-a, team-b (chart value watchNamespaces)" in validation["message"]
+    opted_out = template("--set", "watchNamespaces={team-a}", "--set", "refuseUnwatchedNamespaces=false")
+    assert not [o for o in opted_out if o["kind"].startswith("ValidatingAdmissionPolicy")]
