@@ -74,6 +74,15 @@ wait_for() {
   done
 }
 
+# etcd, its data in memory (the cluster is thrown away by `down`).
+start_etcd() {
+  start_process etcd "$bin/etcd" --name local --data-dir "/dev/shm/$NETNS-etcd" --unsafe-no-fsync \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster local=http://127.0.0.1:2380 --log-level warn
+  wait_for 30 etcd in_netns curl -sf http://127.0.0.1:2379/health
+}
+
 # The API server: RBAC, strict owner-reference admission, and an audit log of every write.
 start_apiserver() {
   start_process kube-apiserver "$bin/kube-apiserver" \

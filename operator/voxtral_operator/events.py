@@ -12,7 +12,9 @@ Writes go through one background task in order; `record` never blocks the reconc
 whose namespace or object is gone is dropped, never retried: a create answered 404 (the namespace
 is gone) or refused because the namespace is terminating drops every series of that namespace, a
 patch answered 404 drops its series, and the operator forgets the series of an endpoint it saw
-deleted. Any other failure is retried at the next refresh, at most MAX_WRITE_ATTEMPTS times. A
+deleted. Any other failure (the API server restarting, 429, 5xx) is retried after RETRY_DELAYS, so
+a late Event lands within seconds of the API server's return, not a refresh later, and dropped after
+MAX_WRITE_ATTEMPTS. A
 create that was retried or waited longer than STALE_SECONDS is made only if the endpoint still
 exists with the same uid, so a namespace or endpoint recreated under the same name never receives
 the Events of its predecessor.
@@ -44,11 +46,14 @@ REPORTING_CONTROLLER = "voxtral.dev/voxtral-operator"
 NOTE_LIMIT_BYTES = 1024
 FIELD_LIMIT = 128
 
-REFRESH_SECONDS = 60.0  # a repeating event's count is written at most this often
+# A repeating event's count is written at most this often; short, so that the last count of a burst
+# lands seconds after it, not a minute after everything else has settled.
+REFRESH_SECONDS = 10.0
 SERIES_GAP_SECONDS = 360.0  # client-go's: a pause this long ends a series
 MAX_SERIES = 4096  # events remembered for folding repeats (oldest forgotten first)
 QUEUE_LIMIT = 1000  # writes waiting; beyond this, events are logged and dropped
-MAX_WRITE_ATTEMPTS = 3  # a series whose write failed this often is dropped
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # seconds before each retry of a failed write (the client retries within each)
+MAX_WRITE_ATTEMPTS = len(RETRY_DELAYS) + 1  # a series whose write failed this often is dropped
 STALE_SECONDS = 10.0  # a create later than this after the event first checks the endpoint's uid
 
 # What the operator did, by the reason it reports (anything else: it was reconciling).
@@ -162,6 +167,7 @@ class EventRecorder:
     instance: str = field(default_factory=reporting_instance)
     clock: Callable[[], float] = time.monotonic
     refresh_seconds: float = REFRESH_SECONDS
+    retry_delays: tuple[float, ...] = RETRY_DELAYS
     series_gap_seconds: float = SERIES_GAP_SECONDS
     _series: OrderedDict[SeriesKey, Series] = field(default_factory=OrderedDict)
     _queue: asyncio.Queue[Series] | None = None
@@ -300,9 +306,16 @@ class EventRecorder:
             logger.info("namespace %s is gone or terminating: %d event series dropped", namespace, dropped)
             return
         series.failed_writes += 1
-        if status == 404 or series.failed_writes >= MAX_WRITE_ATTEMPTS:  # 404: the Event itself is gone
+        if status == 404 or series.failed_writes > len(self.retry_delays):  # 404: the Event itself is gone
             self._drop(lambda other: other is series)
             logger.info("event dropped after %d failed writes: %s %s", series.failed_writes, series.body["reason"], exc)
+            return
+        delay = self.retry_delays[series.failed_writes - 1]
+        asyncio.get_running_loop().call_later(delay, self._retry, series)
+
+    def _retry(self, series: Series) -> None:
+        if series.dirty and not series.dropped:
+            self._enqueue(series, self.clock())
 
     def _drop(self, which: Callable[[Series], bool]) -> int:
         """Never write these series again and forget them (a queued write of one is skipped)."""

@@ -11,6 +11,11 @@ scheduler binds to one of them, does what a kubelet would:
   resolves them), with the server's `--host` set to the pod's IP: all pods share one network
   namespace here, where each would have its own; ConfigMap volumes are written under the pod's
   folder and their mount paths in the command line point there (processes share the host's files);
+- mounts the container's Secret volumes as the kubelet projects them (`..data` swapped atomically;
+  an optional volume of a missing Secret empty; a missing non-optional one keeps the container from
+  starting) under the pod's state directory, rewriting the arguments that name those paths, and
+  refreshes them every `--secret-sync-seconds` (the kubelet: at its pod sync, about a minute). It
+  reads the Secrets with its own credentials, as a kubelet does;
 - runs the startup, readiness and liveness probes the pod declares; restarts a container that exits
   or fails liveness, with CrashLoopBackOff's doubling back-off; reports OOMKilled when told to;
 - on deletion runs the preStop sleep, sends SIGTERM, waits up to the grace period, then removes the
@@ -22,6 +27,13 @@ kubelet_server.py) and keeps Service names resolvable (cluster_dns.py).
 Faults a test asks for: the ConfigMap `voxtral-testbed-faults` in `kube-system`, key
 `<namespace>.<app.kubernetes.io/instance>` (an endpoint's pods), value JSON:
 `{"fault": "oom" | "crash"}`, `{"loadSeconds": N}`, `{"simulatorArgs": [...]}`. Read at each start.
+
+Nodes lost on request: the ConfigMap `voxtral-testbed-nodes` in `kube-system`, key `down`, names the
+nodes (comma-separated) that are down. A node going down is a machine lost: its containers die at
+once (no status, no graceful stop), it turns NotReady (Ready=Unknown) with the node lifecycle
+controller's unreachable taints, and its pods are force-deleted as the taint eviction controller and
+the pod garbage collector do after their timeouts (at once here). Named no longer, it comes back
+Ready without the taints.
 """
 
 from __future__ import annotations
@@ -52,10 +64,15 @@ from voxtral_testbed import kubelet_server
 from voxtral_testbed.cluster_dns import ServiceHosts
 from voxtral_testbed.kube import ApiError, Kube
 from voxtral_testbed.kube_proxy import ServiceProxy
+from voxtral_testbed.secret_volumes import PodSecretVolumes, pod_secret_volumes, secret_payload
 
 logger = logging.getLogger("node-agent")
 JSON = dict[str, Any]
 FAULTS = "/api/v1/namespaces/kube-system/configmaps/voxtral-testbed-faults"
+NODE_SWITCH = "voxtral-testbed-nodes"
+UNREACHABLE_TAINTS = [
+    {"key": "node.kubernetes.io/unreachable", "effect": effect} for effect in ("NoSchedule", "NoExecute")
+]
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MAX_BACKOFF_SECONDS = 300.0
 
@@ -148,6 +165,9 @@ class PodRunner:
         self.terminating = asyncio.Event()
         self.started_at = now()
         self._published: JSON | None = None
+        home = agent.state_dir / "pods" / f"{self.namespace}_{self.name}"
+        self._volumes_lock = asyncio.Lock()
+        self.volumes = PodSecretVolumes(home / "volumes", pod_secret_volumes(pod["spec"], self.container))
         self.task = asyncio.get_running_loop().create_task(self._life(), name=f"pod {self.namespace}/{self.name}")
 
     # --- status ----------------------------------------------------------------------------
@@ -248,6 +268,23 @@ class PodRunner:
             env["KUBECONFIG"] = kubeconfig
         return env
 
+    async def _sync_volumes(self) -> str | None:
+        """Project the Secret volumes from the Secrets as they are now; the kubelet's message when a
+        non-optional one is missing."""
+        async with self._volumes_lock:  # the refresher and a container start never write at once
+            payloads = {}
+            for name in {volume.secret_name for volume in self.volumes.volumes}:
+                path = f"/api/v1/namespaces/{self.namespace}/secrets/{name}"
+                payloads[name] = secret_payload(await self.agent.kube.get(path))
+            return await asyncio.to_thread(self.volumes.sync, payloads.__getitem__)
+
+    async def _refresh_volumes(self) -> None:
+        while not await self._wait_or_terminate(self.agent.secret_sync_seconds):
+            try:
+                await self._sync_volumes()
+            except (ApiError, aiohttp.ClientError, OSError) as exc:
+                logger.warning("%s/%s: refreshing Secret volumes: %s", self.namespace, self.name, exc)
+
     async def _service_account_kubeconfig(self) -> str | None:
         """The pod's service-account credentials, as the kubelet mounts them: a bound token from
         TokenRequest. Processes here share the host's filesystem, so they get it as a kubeconfig
@@ -322,7 +359,7 @@ class PodRunner:
     def _start_process(self, env: dict[str, str], fault: JSON) -> subprocess.Popen[bytes]:
         entrypoint = self.agent.images[self.container["image"]]
         argv = list(self.container.get("command") or entrypoint) + list(self.container.get("args") or [])
-        argv = _with_host(_at_mounted_paths(argv, self.mounts), self.ip)
+        argv = _with_host(_at_mounted_paths(self.volumes.rewrite(argv), self.mounts), self.ip)
         if argv[:1] != ["vllm"]:
             fault = {}  # faults are the simulator's options: a gateway pod of the same endpoint runs as is
         if fault.get("loadSeconds"):
@@ -424,11 +461,13 @@ class PodRunner:
         return self.terminating.is_set()
 
     async def _life(self) -> None:
+        refreshing = asyncio.get_running_loop().create_task(self._refresh_volumes())
         try:
             await self._live()
         except Exception:
             logger.exception("pod %s/%s", self.namespace, self.name)
         finally:
+            refreshing.cancel()
             self._kill(signal.SIGKILL)
             self.node.release_ip(self.ip)
 
@@ -445,7 +484,7 @@ class PodRunner:
             await self._finish()
             return
         while not self.terminating.is_set():
-            missing = await self._mount_config_maps()
+            missing = await self._mount_config_maps() or await self._sync_volumes()
             if missing:
                 self.state.state = {"waiting": {"reason": "ContainerCreating", "message": missing}}
                 await self.publish()
@@ -501,8 +540,10 @@ class NodeAgent:
         state_dir: Path,
         probe_period_scale: float = 1.0,
         serving: ServingOptions | None = None,
+        secret_sync_seconds: float = 10.0,
     ) -> None:
         self.kube = kube
+        self.secret_sync_seconds = secret_sync_seconds
         self.nodes = {node.name: node for node in nodes}
         self.images = images  # image -> its entrypoint
         self.serving = serving or ServingOptions()
@@ -511,6 +552,7 @@ class NodeAgent:
         self.probe_period_scale = probe_period_scale
         self.node_ip = "10.244.0.1"
         self.runners: dict[str, PodRunner] = {}
+        self.down: set[str] = set()  # nodes lost (see _node_switch)
         self.http: aiohttp.ClientSession
 
     async def run(self) -> None:
@@ -521,6 +563,7 @@ class NodeAgent:
             _forever("pods", self._pods),
             _forever("volumes", self._volumes),
             _forever("services", proxy.run),
+            _forever("node switch", self._node_switch),
             *self._serving_loops(),
         )
 
@@ -620,7 +663,7 @@ class NodeAgent:
             if kind == "SYNCED":
                 continue
             node = self.nodes.get((pod.get("spec") or {}).get("nodeName") or "")
-            if node is None:
+            if node is None or node.name in self.down:  # a lost node runs nothing
                 continue
             uid = pod["metadata"]["uid"]
             runner = self.runners.get(uid)
@@ -680,6 +723,61 @@ class NodeAgent:
                 if exc.status != 409:
                     logger.warning("volume for %s/%s: %s", meta["namespace"], meta["name"], exc)
 
+    # --- nodes lost and back ----------------------------------------------------------------
+
+    async def _node_switch(self) -> None:
+        params = {"fieldSelector": f"metadata.name={NODE_SWITCH}"}
+        async for kind, config in self.kube.watch("/api/v1/namespaces/kube-system/configmaps", params):
+            if kind == "SYNCED":
+                continue
+            listed = "" if kind == "DELETED" else str((config.get("data") or {}).get("down") or "")
+            down = {name.strip() for name in listed.split(",") if name.strip() in self.nodes}
+            for name in sorted(down - self.down):
+                await self._node_lost(name)
+            for name in sorted(self.down - down):
+                await self._node_back(name)
+
+    async def _node_lost(self, name: str) -> None:
+        self.down.add(name)
+        for uid, runner in list(self.runners.items()):
+            if runner.node.name == name:
+                runner.task.cancel()  # its process is killed, and nothing more is said about the pod
+                self.runners.pop(uid, None)
+        await self._set_node(name, ready=False)
+        pods = await self.kube.request("GET", "/api/v1/pods", params={"fieldSelector": f"spec.nodeName={name}"})
+        for pod in pods.get("items") or []:
+            await self._remove(pod)
+        logger.info("node %s lost: NotReady, %d pods removed", name, len(pods.get("items") or []))
+
+    async def _node_back(self, name: str) -> None:
+        self.down.discard(name)
+        await self._set_node(name, ready=True)
+        logger.info("node %s back: Ready", name)
+
+    async def _set_node(self, name: str, *, ready: bool) -> None:
+        stamp = now()
+        condition = {
+            "type": "Ready",
+            "status": "True" if ready else "Unknown",
+            "reason": "KubeletReady" if ready else "NodeStatusUnknown",
+            "message": "testbed node agent" if ready else "Kubelet stopped posting node status.",
+            "lastHeartbeatTime": stamp,
+            "lastTransitionTime": stamp,
+        }
+        await self.kube.request(
+            "PATCH",
+            f"/api/v1/nodes/{name}/status",
+            {"status": {"conditions": [condition]}},
+            content_type="application/strategic-merge-patch+json",
+        )
+        taints = self.nodes[name].taints + ([] if ready else UNREACHABLE_TAINTS)
+        await self.kube.request(
+            "PATCH",
+            f"/api/v1/nodes/{name}",
+            {"spec": {"taints": taints or None}},
+            content_type="application/merge-patch+json",
+        )
+
 
 async def _forever(name: str, loop: Callable[[], Awaitable[None]]) -> None:
     """A kubelet does not die with one of its loops: log the failure and start that loop again."""
@@ -722,6 +820,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shim-dir", required=True, type=Path, help="folder holding the `vllm` shim")
     parser.add_argument("--probe-period-scale", type=float, default=1.0, help="probe periods times this")
     parser.add_argument(
+        "--secret-sync-seconds",
+        type=float,
+        default=10.0,
+        help="how often Secret volumes are refreshed (the kubelet: about a minute)",
+    )
+    parser.add_argument(
         "--kubelet-tls",
         nargs=3,
         type=Path,
@@ -742,6 +846,7 @@ def main(argv: list[str] | None = None) -> int:
         args.state_dir,
         args.probe_period_scale,
         serving,
+        args.secret_sync_seconds,
     )
     asyncio.run(agent.run())
     return 0
