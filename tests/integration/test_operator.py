@@ -256,7 +256,12 @@ async def test_a_missing_api_key_secret_is_named_until_it_appears(
 ) -> None:
     sandbox.controllers.behave(NS, NAME, Behaviour(PodBehaviour.SIMULATED))
     sandbox.controllers.secret_wait_seconds = math.inf  # the kubelet waits for the Secret, as a real one does
-    await kube.create(endpoint_path(NS), endpoint(auth={"apiKeySecretRef": {"name": "asr-key", "key": "api-key"}}))
+    # Without the gateway vLLM itself reads the caller's key Secret (with it, the gateway does).
+    gateway_off = {"enabled": False}
+    await kube.create(
+        endpoint_path(NS),
+        endpoint(auth={"apiKeySecretRef": {"name": "asr-key", "key": "api-key"}}, gateway=gateway_off),
+    )
 
     async def blocked() -> dict[str, Any] | None:
         current = await kube.get(endpoint_path(NS, NAME))
