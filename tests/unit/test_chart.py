@@ -213,10 +213,17 @@ def test_clusterrole_is_generated_from_the_code_and_has_no_wildcards() -> None:
     role = by_kind(template())["ClusterRole"]
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-    # Secrets: the gateway's backend key is a child, and a gateway's Role may only be granted
-    # (resourceNames-scoped) by a holder of the same verbs. The code reads no Secret's data.
-    secrets = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
-    assert [rule["verbs"] for rule in secrets] == [list(rbac.CHILD_VERBS)]
+
+
+def test_the_operator_can_create_secrets_but_read_none_in_either_mode() -> None:
+    """Cluster-wide and namespaced: `create` for the gateway's backend key, and no get, list or watch
+    (which would read every Secret's data), nor patch or delete."""
+    for args in ((), ("--set", "watchNamespaces={team-a}")):
+        objects = template(*args)
+        roles = [o for o in objects if o["kind"] in ("ClusterRole", "Role")]
+        granted = {(g, r, v) for role in roles for g, r, v in _grants(role["rules"]) if r.startswith("secrets")}
+        assert granted == {("", "secrets", "create")}, f"{args or 'all namespaces'}: {sorted(granted)}"
+    assert not any(rbac.allowed("", "secrets", verb) for verb in ("get", "list", "watch", "patch", "update", "delete"))
 
 
 def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
