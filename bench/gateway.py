@@ -1,6 +1,6 @@
 """Benchmark of `voxtral-operator gateway`: what it adds, what one process sustains, what it holds in memory.
 
-Runs the real gateway process against the API emulator (Secrets, EndpointSlices through watches)
+Runs the real gateway process against the API emulator (EndpointSlices through a watch)
 and the vLLM simulator on loopback, and prints:
 
 1. added latency per request, p50/p99: short clips (1 s WAV transcriptions) sent one at a time,

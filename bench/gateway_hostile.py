@@ -31,8 +31,10 @@ import base64
 import contextlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import types
 import zlib
@@ -46,6 +48,7 @@ from aiohttp import web
 from voxtral_operator.autoscale import scrape as new_scrape
 from voxtral_testbed.harness import Kube, free_port
 from voxtral_testbed.sandbox import Sandbox
+from voxtral_testbed.secret_volumes import project
 
 NS = "bench"
 KEY = "bench-caller-key"
@@ -338,7 +341,10 @@ async def main(before: str | None) -> None:
     variants: list[tuple[str, str | None, tuple[str, ...]]] = []
     if before is not None:
         variants.append(("before", before, ()))
-    variants.append(("after", None, NEW_TIMEOUTS))
+    # The gateway reads its Secrets from files the kubelet projects (older ones watched the API).
+    secrets = Path(tempfile.mkdtemp(prefix="voxtral-bench-secrets-"))
+    project(secrets / "callers", {"a": KEY.encode()})
+    variants.append(("after", None, (*NEW_TIMEOUTS, "--secrets-dir", str(secrets))))
     payload = gzip_bomb(2 * 10**6)
     results: dict[str, dict[str, str]] = {name: {} for name, _, _ in variants}
     backend = await Backend().start()
@@ -388,6 +394,7 @@ async def main(before: str | None) -> None:
     finally:
         server.terminate()
         server.wait()
+        shutil.rmtree(secrets, ignore_errors=True)
     print("gateway under hostile callers (bench/gateway_hostile.py)")
     for label in results["after"]:
         print(label)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
 import yaml
 
-from .conftest import ROOT, Kubectl, endpoint_body
+from .conftest import ROOT, Kubectl, endpoint_body, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -80,3 +82,44 @@ def test_bad_endpoint_is_refused_naming_the_field(
     assert result.returncode != 0, f"{case}: accepted by the API server"
     assert field in result.stderr, f"{case}: the refusal does not name {field}: {result.stderr}"
     assert kubectl.get("vxe", unique_name, namespace) is None
+
+
+def test_namespaced_mode_refuses_endpoints_outside_the_watched_namespaces(
+    kubectl: Kubectl, namespace: str, unique_name: str
+) -> None:
+    """The chart's ValidatingAdmissionPolicy, as `helm template` renders it with watchNamespaces, judged by
+    the real API server: refused elsewhere with the watched namespaces named, admitted where watched."""
+    helm = shutil.which("helm") or str(ROOT / ".tools" / "helm")
+    chart = str(ROOT / "charts" / "voxtral-operator")
+    only = ("--show-only", "templates/admissionpolicy.yaml")
+    rendered = subprocess.run(
+        [
+            helm,
+            "template",
+            "vap",
+            chart,
+            "--namespace",
+            "voxtral-system",
+            "--set",
+            f"watchNamespaces={{{namespace}}}",
+            *only,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    kubectl.run("apply", "-f", "-", stdin=rendered)
+    try:
+        elsewhere = endpoint_body(unique_name, "default")
+
+        def refused() -> str | None:
+            result = kubectl.run("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(elsewhere), check=False)
+            return result.stderr if result.returncode != 0 else None
+
+        # A new policy takes effect once the API server's admission plugin has synced it.
+        message = eventually(refused, timeout=60, what="an endpoint in an unwatched namespace refused")
+        assert f"only in the namespaces {namespace} (chart value watchNamespaces)" in message, message
+        watched = endpoint_body(unique_name, namespace)
+        kubectl.run("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(watched))
+    finally:
+        kubectl.run("delete", "-f", "-", "--wait=true", stdin=rendered, check=False)

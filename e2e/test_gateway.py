@@ -1,5 +1,6 @@
 """The endpoint gateway on a real control plane: callers reach only the OpenAI routes with a valid
-key, keys rotate with no failed request, vLLM answers only the gateway's own key, a request sent at
+key, keys rotate with no failed request (callers' keys, and the backend key deleted and created again),
+vLLM answers only the gateway's own key, a request sent at
 zero replicas is answered once a replica is up, and a suspended endpoint frees its GPUs and says so."""
 
 from __future__ import annotations
@@ -182,16 +183,50 @@ def test_gateway_fronts_the_api_and_rotates_keys(kubectl: Kubectl, namespace: st
             assert _get(f"{base_url}/models", OLD_KEY)[0] == 200
 
             # Rotation: add the new key while callers keep using the old one, then remove the old one.
+            # The gateways read their Secrets as volumes: a change arrives at the kubelet's next sync.
+            # Callers move once every gateway pod has it (each is asked on its own address).
+            gateways = _pods(
+                kubectl, namespace, f"app.kubernetes.io/name=voxtral-gateway,app.kubernetes.io/instance={name}"
+            )
+
+            def every_gateway(key: str, code: int) -> bool:
+                return all(_get(f"http://{pod['status']['podIP']}:8000/v1/models", key)[0] == code for pod in gateways)
+
             with Hammer(f"{base_url}/models", OLD_KEY) as old_callers:
                 _set_keys(kubectl, keys, namespace, current=OLD_KEY, next=NEW_KEY)
-                eventually(lambda: _get(f"{base_url}/models", NEW_KEY)[0] == 200, 15, "the new key accepted")
+                eventually(lambda: every_gateway(NEW_KEY, 200), 120, "the new key accepted by every gateway pod")
             assert old_callers.calls > 0
             assert not old_callers.failures, old_callers.failures[:3]
             with Hammer(f"{base_url}/models", NEW_KEY) as new_callers:
                 _set_keys(kubectl, keys, namespace, next=NEW_KEY)
-                eventually(lambda: _get(f"{base_url}/models", OLD_KEY)[0] == 401, 15, "the old key refused")
+                eventually(lambda: every_gateway(OLD_KEY, 401), 120, "the old key refused by every gateway pod")
             assert new_callers.calls > 0
             assert not new_callers.failures, new_callers.failures[:3]
+
+            # The backend key deleted (how it is rotated): the operator, which cannot read Secrets,
+            # learns it from the gateways and creates a new one; the gateways keep the key the running
+            # vLLM pods started with, so no caller sees a failure.
+            backend_key = f"{name}-backend-key"
+            first = kubectl.get("secret", backend_key, namespace)
+            assert first is not None
+            with Hammer(f"{base_url}/models", NEW_KEY) as callers:
+                kubectl.run("delete", "secret", backend_key, "-n", namespace)
+
+                def recreated() -> dict[str, Any] | None:
+                    secret = kubectl.get("secret", backend_key, namespace)
+                    return secret if secret and secret["metadata"]["uid"] != first["metadata"]["uid"] else None
+
+                second = eventually(recreated, 240, "the backend key created again")
+                eventually(
+                    lambda: all(not _reports_missing(pod["status"]["podIP"]) for pod in gateways),
+                    120,
+                    "the gateways reading the new key",
+                )
+            assert second["data"]["api-key"] != first["data"]["api-key"]
+            assert callers.calls > 0
+            assert not callers.failures, callers.failures[:3]
+            # The running vLLM pod still holds the key it started with; the gateways send it that one.
+            assert _get(f"{base_url}/models", NEW_KEY)[0] == 200
 
         # The autoscaler reads the gateways: their queue is in status, in audio-seconds.
         eventually(
@@ -204,8 +239,18 @@ def test_gateway_fronts_the_api_and_rotates_keys(kubectl: Kubectl, namespace: st
 
 
 def _vllm_pods(kubectl: Kubectl, name: str, namespace: str) -> list[dict[str, Any]]:
-    selector = f"app.kubernetes.io/name=voxtral-endpoint,app.kubernetes.io/instance={name}"
+    return _pods(kubectl, namespace, f"app.kubernetes.io/name=voxtral-endpoint,app.kubernetes.io/instance={name}")
+
+
+def _pods(kubectl: Kubectl, namespace: str, selector: str) -> list[dict[str, Any]]:
     return list(kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"])
+
+
+def _reports_missing(pod_ip: str) -> bool:
+    """Whether a gateway pod's metrics name a Secret it cannot find."""
+    with urllib.request.urlopen(f"http://{pod_ip}:9091/metrics", timeout=10) as response:
+        page = response.read().decode()
+    return any(line.startswith("voxtral_gateway_secret_missing{") for line in page.splitlines())
 
 
 def test_scale_from_zero_and_suspend(kubectl: Kubectl, namespace: str, unique_name: str) -> None:

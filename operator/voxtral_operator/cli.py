@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from voxtral_operator.api.resolve import InvalidSpec
+from voxtral_operator.gateway import SECRETS_DIR
 from voxtral_operator.inputs import InputError, load_manifests, read_config
 from voxtral_operator.logs import LOG_FORMATS
 
@@ -182,8 +183,9 @@ def parser() -> argparse.ArgumentParser:
         help="run one endpoint's gateway: caller keys, a central queue and work-aware dispatch to its vLLM replicas",
         description="The HTTP front door of one VoxtralEndpoint: checks caller keys, queues requests centrally, "
         "sends each to the ready vLLM replica with the least outstanding work, holds requests while the endpoint "
-        "scales from zero. Reads Secrets and EndpointSlices of one namespace through watches (KUBECONFIG, else the "
-        "pod's service account).",
+        "scales from zero. Reads the Secrets it names from their mounted files under --secrets-dir (the kubelet "
+        "mounts and refreshes them; no Secret is read through the API), and EndpointSlices through a watch "
+        "(KUBECONFIG, else the pod's service account).",
     )
     p.add_argument("--namespace", required=True, metavar="NS", help="the endpoint's namespace")
     p.add_argument("--endpoint", required=True, metavar="NAME", help="the VoxtralEndpoint's name (for logs)")
@@ -206,6 +208,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECRET[:KEY]",
         help="accepted caller keys: that data key, or every data entry of the Secret; repeat for more "
         "(none: no caller auth)",
+    )
+    p.add_argument(
+        "--secrets-dir",
+        default=str(SECRETS_DIR),
+        metavar="DIR",
+        help="where each named Secret is mounted, as DIR/SECRET/KEY (default: %(default)s)",
     )
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     p.add_argument("--port", type=int, default=8000, help="API port (default: 8000)")

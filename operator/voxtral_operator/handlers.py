@@ -201,6 +201,7 @@ def _start_autoscaler(reconciler: Reconciler) -> None:
         post_event=post_event,
         is_active=is_active,
         serving_sink=reconciler.serving_checked,
+        secrets_sink=reconciler.secrets_reported,
     )
     STATE.autoscaler_task = asyncio.get_running_loop().create_task(autoscaler.run_forever(), name="autoscaler")
 

@@ -48,6 +48,13 @@ RULES: tuple[Rule, ...] = (
         )
         for r in resources.CHILDREN
     ),
+    Rule(
+        "",
+        ("secrets",),
+        ("create",),
+        "the gateway's backend key, created once with a random value; never read (the gateway's pod mounts "
+        "its Secrets as volumes, which the kubelet reads)",
+    ),
     Rule("", ("pods",), ("list", "watch"), "pod status for conditions; pod IPs for scraping"),
     Rule("", ("configmaps",), ("get", "patch"), "the autoscaler's learned state per endpoint (NAME-autoscaler)"),
     Rule(

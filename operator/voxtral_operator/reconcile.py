@@ -75,8 +75,12 @@ APPLY_ORDER = (
     "PodDisruptionBudget",
     "ScaledObject",
 )
-# Created once with generated content, never updated: the backend key must not change under running pods.
+# Created with generated content, never read nor updated (the operator holds only `create` on
+# Secrets): the gateway's backend key. See Reconciler._ensure_backend_key.
 CREATE_ONLY_KINDS = ("Secret",)
+# After the gateway reports its backend-key Secret missing, the operator creates it again; the
+# gateway's files follow within the kubelet's sync period, so it asks again no sooner than this.
+BACKEND_KEY_RECREATE_SECONDS = 180.0
 SERVING_KINDS = ("Deployment", "Service")
 
 # API answers that retrying the same apply cannot change: bad request, forbidden, no such resource
@@ -153,6 +157,11 @@ class Reconciler:
     _rendered: dict[Key, tuple[str, list[JSON]]] = field(default_factory=dict)
     # The last active check through each endpoint's Service: (ok, reason, message).
     serving: dict[Key, tuple[bool, str, str]] = field(default_factory=dict)
+    # What the endpoint's gateway pods report missing: (Secret name, key or "").
+    missing_secrets: dict[Key, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    # When this operator last asked to create each endpoint's backend key:
+    # (endpoint uid, monotonic time, whether the gateway had reported it missing).
+    _backend_key_created: dict[Key, tuple[str | None, float, bool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(self.concurrency)
@@ -180,12 +189,21 @@ class Reconciler:
             self.serving[key] = result
             self.enqueue(key)
 
+    def secrets_reported(self, key: Key, missing: tuple[tuple[str, str], ...]) -> None:
+        """The gateway pods' report of missing Secrets: a change is a reason to reconcile."""
+        missing = tuple(sorted(set(missing)))
+        if self.missing_secrets.get(key, ()) != missing:
+            self.missing_secrets[key] = missing
+            self.enqueue(key)
+
     @property
     def endpoints_seen(self) -> int:
         return len(self._phases)
 
     def forget(self, key: Key) -> None:
         self.serving.pop(key, None)
+        self.missing_secrets.pop(key, None)
+        self._backend_key_created.pop(key, None)
         self._phases.pop(key, None)
         self._rendered.pop(key, None)
         self._update_phase_gauge()
@@ -264,6 +282,9 @@ class Reconciler:
             return
 
         deployment = live_children.get(("Deployment", plan.name))
+        backend_key = render.gateway.backend_key_secret_name(plan.name)
+        missing = [m for m in self.missing_secrets.get(key, ()) if m[0] != backend_key]  # recreated, not reported
+        serving = status.secrets_missing_check(plan.namespace, missing) or self.serving.get(key)
         new_status = status.compute_status(
             generation=generation,
             desired_replicas=plan.spec.desired_replicas,
@@ -274,14 +295,20 @@ class Reconciler:
             selector=render.label_selector_string(plan.name),
             tensor_parallel_size=plan.tensor_parallel_size,
             now=self.clock(),
-            serving=self.serving.get(key),
+            serving=serving,
             refused=(refused.reason, refused.message) if refused else None,
             suspended=plan.spec.suspended,
         )
         self._post_change_events(endpoint, created, updated, deployment, plan.spec.desired_replicas)
         old_ready = status.condition_of(current_status, status.READY)
+        old_serving = status.condition_of(current_status, status.SERVING) or {}
         if await self._write_status(key, current_status, new_status):
             self._post_condition_events(endpoint, old_ready, status.condition_of(new_status, status.READY))
+            new_serving = status.condition_of(new_status, status.SERVING) or {}
+            if new_serving.get("reason") == status.SECRET_MISSING and old_serving.get("message") != new_serving.get(
+                "message"
+            ):
+                self.post_event(endpoint, "Warning", status.SECRET_MISSING, str(new_serving.get("message", "")))
             if refused is not None:
                 self.post_event(endpoint, "Warning", refused.reason, refused.message)
         if refused is not None:
@@ -320,7 +347,10 @@ class Reconciler:
                 )
                 continue
             try:
-                outcome = await self._apply_child(key, uid, obj, live, spec_changed)
+                if child[0] in CREATE_ONLY_KINDS:
+                    outcome = await self._ensure_backend_key(key, uid, obj, live_children)
+                else:
+                    outcome = await self._apply_child(key, uid, obj, live, spec_changed)
             except ChildRefused as refusal:
                 refusals.append(refusal)  # one refused child never holds up the others
                 continue
@@ -335,15 +365,47 @@ class Reconciler:
             raise ChildRefused(reasons[0], "; ".join(r.message for r in refusals))
         return created, updated
 
+    async def _ensure_backend_key(
+        self, key: Key, uid: str | None, obj: JSON, live_children: Mapping[ChildKey, JSON]
+    ) -> str | None:
+        """Create the gateway's backend-key Secret with a random key, without ever reading it.
+
+        Asked for when this operator has not created it for this endpoint and the gateway Deployment
+        (applied after it) does not exist yet, or when the gateway pods report it missing (deleted;
+        then again at most every BACKEND_KEY_RECREATE_SECONDS). 409 means it exists: kept as it is,
+        whoever made it. So a reconcile of an unchanged endpoint sends nothing, also after a restart."""
+        name = obj["metadata"]["name"]
+        reported_missing = any(secret == name for secret, _ in self.missing_secrets.get(key, ()))
+        gateway = live_children.get(("Deployment", render.gateway.gateway_name(key[1])))
+        last = self._backend_key_created.get(key)  # (uid, when, asked for because reported missing)
+        ours = last is not None and last[0] == uid
+        if reported_missing:
+            if ours and last is not None and last[2] and time.monotonic() - last[1] < BACKEND_KEY_RECREATE_SECONDS:
+                return None  # asked already: the gateway's files have not caught up yet
+        elif ours or (gateway is not None and _owned_by(gateway, uid)):
+            return None  # created before the gateway was, by this operator or an earlier one
+        value = base64.b64encode(secrets.token_urlsafe(32).encode()).decode()
+        body = {**obj, "data": {render.gateway.BACKEND_KEY: value}}
+        body["metadata"] = {k: v for k, v in obj["metadata"].items() if k != "annotations"}
+        self._backend_key_created[key] = (uid, time.monotonic(), reported_missing)
+        try:
+            await self.client.create(resources.SECRETS, key[0], body)
+        except ApiError as exc:
+            if exc.status == 409:
+                return None
+            if exc.status not in _REFUSALS:
+                raise
+            logs.log_child_change(key, "refused", "Secret", name, f"{exc.status} {exc.reason}: {exc.message}")
+            raise ChildRefused("ApplyRejected", f"Secret {name}: {exc.status} {exc.reason}: {exc.message}") from exc
+        why = "the gateway reported it missing" if reported_missing else "the gateway's backend key"
+        logs.log_child_change(key, "created", "Secret", name, why)
+        return "created"
+
     async def _apply_child(
         self, key: Key, uid: str | None, obj: JSON, live: JSON | None, spec_changed: bool = True
     ) -> str | None:
         """Apply one child if it drifted: "created", "updated", or None when nothing was needed."""
         child: ChildKey = (obj["kind"], obj["metadata"]["name"])
-        if child[0] in CREATE_ONLY_KINDS and live is not None:
-            if not _owned_by(live, uid):
-                raise ChildRefused("NameConflict", f"{child[0]} {child[1]} exists and is not owned by this endpoint")
-            return None
         why = diffing.drift(obj, live, FIELD_MANAGER)
         if not why:
             return None
@@ -363,13 +425,8 @@ class Reconciler:
                 f"{child[0]} {child[1]} exists and is not owned by this endpoint; it is left untouched: "
                 "remove it or rename the endpoint",
             )
-        if child[0] in CREATE_ONLY_KINDS and live is not None:
-            return None  # ours already, just not in the cache yet
         # Create and update alike by server-side apply, so one field manager owns every field
         # and fields the spec stops setting are removed.
-        if child[0] == "Secret" and live is None:
-            key_value = secrets.token_urlsafe(32).encode()
-            obj = {**obj, "data": {render.gateway.BACKEND_KEY: base64.b64encode(key_value).decode()}}
         try:
             await self.client.apply(resource, obj)
         except ApiError as exc:

@@ -377,3 +377,17 @@ def condition_of(status: Mapping[str, Any], type_: str) -> JSON | None:
         if condition.get("type") == type_:
             return dict(condition)
     return None
+
+
+def secrets_missing_check(namespace: str, missing: Iterable[tuple[str, str]]) -> tuple[bool, str, str] | None:
+    """The Serving check's result when the gateway reports Secrets it cannot find, (name, key or "")
+    each; None when it reports none. Names only: never a Secret's data."""
+    named = [f"Secret {namespace}/{name}" + (f" key {key!r}" if key else "") for name, key in sorted(set(missing))]
+    if not named:
+        return None
+    return (
+        False,
+        SECRET_MISSING,
+        "the gateway finds missing or empty: " + "; ".join(named) + ". Requests are refused until it exists "
+        "(with no caller key at all, every request gets 503 endpoint_misconfigured); check the name in spec.auth",
+    )

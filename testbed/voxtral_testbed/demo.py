@@ -247,8 +247,12 @@ async def _demo(examples: list[Path]) -> int:
                 "\ndemo complete: the operator reconciled every example, scaled on queue depth and from zero "
                 "through the gateway; stopping"
             )
+        except BaseException:
+            _say(f"the operator's log is kept for a look: {log}")
+            raise
         finally:
             operator.stop()
+    shutil.rmtree(workdir, ignore_errors=True)  # a demo that worked leaves nothing behind
     return 0
 
 

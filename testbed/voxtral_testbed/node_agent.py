@@ -11,6 +11,11 @@ scheduler binds to one of them, does what a kubelet would:
   resolves them), with the server's `--host` set to the pod's IP: all pods share one network
   namespace here, where each would have its own; ConfigMap volumes are written under the pod's
   folder and their mount paths in the command line point there (processes share the host's files);
+- mounts the container's Secret volumes as the kubelet projects them (`..data` swapped atomically;
+  an optional volume of a missing Secret empty; a missing non-optional one keeps the container from
+  starting) under the pod's state directory, rewriting the arguments that name those paths, and
+  refreshes them every `--secret-sync-seconds` (the kubelet: at its pod sync, about a minute). It
+  reads the Secrets with its own credentials, as a kubelet does;
 - runs the startup, readiness and liveness probes the pod declares; restarts a container that exits
   or fails liveness, with CrashLoopBackOff's doubling back-off; reports OOMKilled when told to;
 - on deletion runs the preStop sleep, sends SIGTERM, waits up to the grace period, then removes the
@@ -59,6 +64,7 @@ from voxtral_testbed import kubelet_server
 from voxtral_testbed.cluster_dns import ServiceHosts
 from voxtral_testbed.kube import ApiError, Kube
 from voxtral_testbed.kube_proxy import ServiceProxy
+from voxtral_testbed.secret_volumes import PodSecretVolumes, pod_secret_volumes, secret_payload
 
 logger = logging.getLogger("node-agent")
 JSON = dict[str, Any]
@@ -159,6 +165,9 @@ class PodRunner:
         self.terminating = asyncio.Event()
         self.started_at = now()
         self._published: JSON | None = None
+        home = agent.state_dir / "pods" / f"{self.namespace}_{self.name}"
+        self._volumes_lock = asyncio.Lock()
+        self.volumes = PodSecretVolumes(home / "volumes", pod_secret_volumes(pod["spec"], self.container))
         self.task = asyncio.get_running_loop().create_task(self._life(), name=f"pod {self.namespace}/{self.name}")
 
     # --- status ----------------------------------------------------------------------------
@@ -259,6 +268,23 @@ class PodRunner:
             env["KUBECONFIG"] = kubeconfig
         return env
 
+    async def _sync_volumes(self) -> str | None:
+        """Project the Secret volumes from the Secrets as they are now; the kubelet's message when a
+        non-optional one is missing."""
+        async with self._volumes_lock:  # the refresher and a container start never write at once
+            payloads = {}
+            for name in {volume.secret_name for volume in self.volumes.volumes}:
+                path = f"/api/v1/namespaces/{self.namespace}/secrets/{name}"
+                payloads[name] = secret_payload(await self.agent.kube.get(path))
+            return await asyncio.to_thread(self.volumes.sync, payloads.__getitem__)
+
+    async def _refresh_volumes(self) -> None:
+        while not await self._wait_or_terminate(self.agent.secret_sync_seconds):
+            try:
+                await self._sync_volumes()
+            except (ApiError, aiohttp.ClientError, OSError) as exc:
+                logger.warning("%s/%s: refreshing Secret volumes: %s", self.namespace, self.name, exc)
+
     async def _service_account_kubeconfig(self) -> str | None:
         """The pod's service-account credentials, as the kubelet mounts them: a bound token from
         TokenRequest. Processes here share the host's filesystem, so they get it as a kubeconfig
@@ -333,7 +359,7 @@ class PodRunner:
     def _start_process(self, env: dict[str, str], fault: JSON) -> subprocess.Popen[bytes]:
         entrypoint = self.agent.images[self.container["image"]]
         argv = list(self.container.get("command") or entrypoint) + list(self.container.get("args") or [])
-        argv = _with_host(_at_mounted_paths(argv, self.mounts), self.ip)
+        argv = _with_host(_at_mounted_paths(self.volumes.rewrite(argv), self.mounts), self.ip)
         if argv[:1] != ["vllm"]:
             fault = {}  # faults are the simulator's options: a gateway pod of the same endpoint runs as is
         if fault.get("loadSeconds"):
@@ -435,11 +461,13 @@ class PodRunner:
         return self.terminating.is_set()
 
     async def _life(self) -> None:
+        refreshing = asyncio.get_running_loop().create_task(self._refresh_volumes())
         try:
             await self._live()
         except Exception:
             logger.exception("pod %s/%s", self.namespace, self.name)
         finally:
+            refreshing.cancel()
             self._kill(signal.SIGKILL)
             self.node.release_ip(self.ip)
 
@@ -456,7 +484,7 @@ class PodRunner:
             await self._finish()
             return
         while not self.terminating.is_set():
-            missing = await self._mount_config_maps()
+            missing = await self._mount_config_maps() or await self._sync_volumes()
             if missing:
                 self.state.state = {"waiting": {"reason": "ContainerCreating", "message": missing}}
                 await self.publish()
@@ -512,8 +540,10 @@ class NodeAgent:
         state_dir: Path,
         probe_period_scale: float = 1.0,
         serving: ServingOptions | None = None,
+        secret_sync_seconds: float = 10.0,
     ) -> None:
         self.kube = kube
+        self.secret_sync_seconds = secret_sync_seconds
         self.nodes = {node.name: node for node in nodes}
         self.images = images  # image -> its entrypoint
         self.serving = serving or ServingOptions()
@@ -790,6 +820,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shim-dir", required=True, type=Path, help="folder holding the `vllm` shim")
     parser.add_argument("--probe-period-scale", type=float, default=1.0, help="probe periods times this")
     parser.add_argument(
+        "--secret-sync-seconds",
+        type=float,
+        default=10.0,
+        help="how often Secret volumes are refreshed (the kubelet: about a minute)",
+    )
+    parser.add_argument(
         "--kubelet-tls",
         nargs=3,
         type=Path,
@@ -810,6 +846,7 @@ def main(argv: list[str] | None = None) -> int:
         args.state_dir,
         args.probe_period_scale,
         serving,
+        args.secret_sync_seconds,
     )
     asyncio.run(agent.run())
     return 0

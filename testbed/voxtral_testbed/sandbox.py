@@ -25,6 +25,7 @@ import dataclasses
 import enum
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from aiohttp import web
 from voxtral_operator.api.crd import custom_resource_definition
 from voxtral_testbed.apiserver import ApiServer
 from voxtral_testbed.harness import start_simulator
+from voxtral_testbed.secret_volumes import PodSecretVolumes, pod_secret_volumes, secret_payload
 
 DEPLOYMENTS = "apps/v1/deployments"
 SERVICES = "v1/services"
@@ -56,6 +58,8 @@ SLICE_MANAGER = "endpointslice-controller.k8s.io"
 # starts without it: a real kubelet waits for ever, but tests start replicas without their key on purpose.
 SECRET_WAIT_SECONDS = 5.0
 STOP_GRACE_SECONDS = 5.0  # processes still running this long after SIGTERM at sandbox exit are killed
+# How often a gateway pod's Secret volumes are refreshed (the kubelet: its pod sync, about a minute).
+SECRET_REFRESH_SECONDS = 1.0
 
 
 class PodBehaviour(enum.StrEnum):
@@ -161,7 +165,9 @@ class _GatewayPod:
     log: Path | None
     process: subprocess.Popen[bytes]
     started_at: float
+    volumes: PodSecretVolumes
     restarts: int = 0
+    volumes_synced_at: float = float("-inf")
 
 
 def _pod_ready(status: dict[str, Any]) -> bool:
@@ -237,8 +243,14 @@ class FakeControllers:
         *,
         kubeconfig: Path | None = None,
         log_dir: Path | None = None,
+        volumes_dir: Path | None = None,
+        secret_refresh_seconds: float = SECRET_REFRESH_SECONDS,
     ) -> None:
         self.server = server
+        # Where pods' Secret volumes are projected (`<ns>.<pod>/<mount path>`).
+        self._own_volumes_dir = volumes_dir is None
+        self.volumes_dir = volumes_dir or Path(tempfile.mkdtemp(prefix="voxtral-volumes-"))
+        self.secret_refresh_seconds = secret_refresh_seconds
         self.interval = interval
         self.vllm_port = vllm_port
         # What gateway pods log in with (KUBECONFIG), and where their output goes (`<ns>.<pod>.log`).
@@ -284,6 +296,8 @@ class FakeControllers:
             await proxy.stop()
         if self._probe is not None:
             await self._probe.close()
+        if self._own_volumes_dir:
+            shutil.rmtree(self.volumes_dir, ignore_errors=True)
 
     async def _proxy_services(self, ready_by_labels: list[tuple[dict[str, str], str]]) -> None:
         """kube-proxy, simplified: each Service's clusterIP:port forwards to its ready pods, round robin."""
@@ -334,11 +348,24 @@ class FakeControllers:
         self.simulators[key] = (ip, process)
         return ip
 
-    def _start_gateway(self, key: tuple[str, str], container: dict[str, Any]) -> _GatewayPod:
+    def _secret_volumes(self, key: tuple[str, str], pod: dict[str, Any], container: dict[str, Any]) -> PodSecretVolumes:
+        volumes = pod_secret_volumes(pod.get("spec") or {}, container)
+        return PodSecretVolumes(self.volumes_dir / f"{key[0]}.{key[1]}", volumes)
+
+    def _sync_volumes(self, key: tuple[str, str], gateway: _GatewayPod) -> str | None:
+        """Refresh a pod's Secret volumes from the API's Secrets, on the refresh period."""
+        if self._now() - gateway.volumes_synced_at < self.secret_refresh_seconds:
+            return None
+        gateway.volumes_synced_at = self._now()
+        return gateway.volumes.sync(lambda name: secret_payload(self.server.find(SECRETS, key[0], name)))
+
+    def _start_gateway(self, key: tuple[str, str], pod: dict[str, Any], container: dict[str, Any]) -> _GatewayPod:
         """`voxtral-operator gateway` with the pod's args, on the pod's own address, logged in with the
-        sandbox's kubeconfig (as a pod with a service account would be in a cluster)."""
+        sandbox's kubeconfig (as a pod with a service account would be in a cluster), its Secret
+        volumes projected as the kubelet does."""
         ip = f"127.0.0.{next(self._next_ip)}"
-        args = [str(arg) for arg in container.get("args") or []]
+        volumes = self._secret_volumes(key, pod, container)
+        args = volumes.rewrite([str(arg) for arg in container.get("args") or []])
         if "--host" in args[:-1]:
             args[args.index("--host") + 1] = ip
         else:
@@ -349,7 +376,9 @@ class FakeControllers:
         )
         command = [sys.executable, "-m", "voxtral_operator.cli", "gateway", *args]
         log = self.log_dir / f"{key[0]}.{key[1]}.log" if self.log_dir is not None else None
-        gateway = _GatewayPod(ip, int(metrics), command, log, self._spawn_gateway(command, log), self._now())
+        volumes.sync(lambda name: secret_payload(self.server.find(SECRETS, key[0], name)))
+        gateway = _GatewayPod(ip, int(metrics), command, log, self._spawn_gateway(command, log), self._now(), volumes)
+        gateway.volumes_synced_at = self._now()
         self.gateways[key] = gateway
         return gateway
 
@@ -366,9 +395,12 @@ class FakeControllers:
     def _now() -> float:
         return asyncio.get_running_loop().time()
 
-    async def _gateway_pod_status(self, key: tuple[str, str], container: dict[str, Any]) -> dict[str, Any]:
+    async def _gateway_pod_status(
+        self, key: tuple[str, str], pod: dict[str, Any], container: dict[str, Any]
+    ) -> dict[str, Any]:
         """The kubelet's view of a gateway pod: running its process, ready when /readyz answers 200."""
-        gateway = self.gateways.get(key) or self._start_gateway(key, container)
+        gateway = self.gateways.get(key) or self._start_gateway(key, pod, container)
+        self._sync_volumes(key, gateway)
         exit_code = gateway.process.poll()
         if exit_code is not None and self._now() - gateway.started_at >= 1.0:  # restarted, with a short back-off
             gateway.restarts += 1
@@ -403,6 +435,7 @@ class FakeControllers:
         gateway = self.gateways.pop(key, None)
         if gateway is not None and gateway.process.poll() is None:
             gateway.process.terminate()  # SIGTERM: the gateway stops taking requests and drains
+        # Its volumes stay until the sandbox goes: the draining process may still read them.
 
     def _stop_simulator(self, key: tuple[str, str]) -> None:
         entry = self.simulators.pop(key, None)
@@ -548,7 +581,7 @@ class FakeControllers:
                 container = pod["spec"]["containers"][0]
                 serves = True  # a real process answers on the pod's address
                 if _is_gateway(container):
-                    pod_status = await self._gateway_pod_status(key, container)
+                    pod_status = await self._gateway_pod_status(key, pod, container)
                 elif behaviour.kind == PodBehaviour.SIMULATED:
                     env, missing = ({}, None) if key in self.simulators else self._secret_env(namespace, container)
                     if missing is not None and age < self.secret_wait_seconds:
@@ -606,7 +639,11 @@ class Sandbox:
         self.kubeconfig = Path(self._tmp.name) / "kubeconfig"
         # Gateway pods log in with the kubeconfig and log to `<ns>.<pod>.log` beside it.
         self.controllers = FakeControllers(
-            self.api, vllm_port=vllm_port, kubeconfig=self.kubeconfig, log_dir=Path(self._tmp.name)
+            self.api,
+            vllm_port=vllm_port,
+            kubeconfig=self.kubeconfig,
+            log_dir=Path(self._tmp.name),
+            volumes_dir=Path(self._tmp.name) / "volumes",
         )
 
     @property

@@ -1,6 +1,7 @@
-"""`voxtral-operator gateway` as a process, against the API emulator (Secrets, EndpointSlices through
-watches) and real backends over loopback: the vLLM simulator, and a recording backend that says
-what reached it (for routes the simulator lacks: /v1/completions, SSE streams).
+"""`voxtral-operator gateway` as a process, against the API emulator (EndpointSlices through watches;
+Secrets as the kubelet mounts them: a stand-in projects the emulator's Secrets into files the
+kubelet's way) and real backends over loopback: the vLLM simulator, and a recording backend that
+says what reached it (for routes the simulator lacks: /v1/completions, SSE streams).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from voxtral_operator.gateway import metrics as names
 from voxtral_operator.gateway.metrics import key_id
 from voxtral_testbed.harness import Kube, eventually, free_port, start_simulator
 from voxtral_testbed.sandbox import Sandbox
+from voxtral_testbed.secret_volumes import project, secret_payload
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +42,8 @@ NS = "speech"
 SERVICE = "voxtral-mini-vllm"
 CALLER_KEY = "caller-key-one"
 BACKEND_KEY = "backend-secret-key"
+# How often the kubelet stand-in refreshes the Secrets' files (the kubelet: about a minute).
+VOLUME_SYNC_SECONDS = 0.2
 
 
 # --- the world around the gateway -------------------------------------------------------------
@@ -132,7 +136,8 @@ class Gateway:
         self.log_path = log
         command = [sys.executable, "-m", "voxtral_operator.cli", "gateway", "--namespace", NS, "--endpoint", "mini"]
         command += ["--backend-service", SERVICE, "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--metrics-port", str(self.metrics_port), "--verbose", *args]
+        command += ["--metrics-port", str(self.metrics_port), "--verbose", "--secrets-dir", str(secrets_dir(log))]
+        command += args
         self.process = subprocess.Popen(
             command,
             env={**os.environ, "KUBECONFIG": str(kubeconfig)},
@@ -175,9 +180,37 @@ class Gateway:
                 self.process.wait()
 
 
+def secrets_dir(near: Path) -> Path:
+    return near.parent / "secrets"
+
+
+@contextlib.asynccontextmanager
+async def projected_secrets(sandbox: Sandbox, root: Path) -> AsyncIterator[None]:
+    """A kubelet stand-in that keeps every Secret of NS projected under root/NAME, the kubelet's way
+    (an optional volume: empty once the Secret is gone)."""
+
+    async def project_secrets() -> None:
+        seen: set[str] = set()
+        while True:
+            present = {s["metadata"]["name"]: s for s in sandbox.api.objects_of("v1/secrets", NS)}
+            for name in seen | set(present):
+                await asyncio.to_thread(project, root / name, secret_payload(present.get(name)) or {})
+            seen |= set(present)
+            await asyncio.sleep(VOLUME_SYNC_SECONDS)
+
+    kubelet = asyncio.create_task(project_secrets())
+    try:
+        yield
+    finally:
+        kubelet.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await kubelet
+
+
 @pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    async with Sandbox(controllers=False) as running:
+async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
+    """The API emulator, its Secrets projected where the test's gateways read them."""
+    async with Sandbox(controllers=False) as running, projected_secrets(running, secrets_dir(tmp_path / "gateway.log")):
         yield running
 
 
@@ -344,6 +377,10 @@ async def test_only_the_api_reaches_the_backend_and_keys_are_checked(
         "--backend-key-secret",
         "vllm-key:api-key",
     )
+    # The gateway asks each replica which backend key it accepts (GET /v1/models), before sending it work.
+    probe = ("GET", "/v1/models", f"Bearer {BACKEND_KEY}", 0)
+    await eventually(lambda: _equals(asyncio.sleep(0, recorder.requests), [probe]), timeout=10)
+    recorder.requests.clear()
     for line in (
         "POST /invocations HTTP/1.1",
         "GET /metrics HTTP/1.1",
@@ -824,3 +861,118 @@ async def test_a_key_over_its_limit_gets_429_with_retry_after_while_another_key_
         await gateway.metric(session, names.KEY_LIMITED_REQUESTS_TOTAL, f'key_id="{bob}",limit="requests_per_minute"')
         == 0
     )
+
+
+async def _served(session: aiohttp.ClientSession, port: int) -> float:
+    """Requests a simulator has finished (its vllm:request_success_total)."""
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:request_success"))
+
+
+async def test_backend_key_deleted_then_recreated_loses_no_request(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    simulators: Any,
+    tmp_path: Path,
+) -> None:
+    """vLLM holds the key it started with. The Secret is deleted (the gateway keeps the keys it read),
+    then recreated with a new key, as the operator does: replicas started before keep getting the
+    old key, replicas started after get the new one, and one started with a key the gateway never
+    read gets no work. Callers see only 200s throughout."""
+    old_replica = await start_sim(simulators, session, "--api-key", "key-one", "--request-seconds", "0.01")
+    await put_secret(kube, "vllm-key", {"api-key": "key-one"})
+    await put_slice(kube, "old", old_replica)
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session, "--backend-key-secret", "vllm-key:api-key")
+    failures: list[tuple[int, str]] = []
+    sent = 0
+    done = asyncio.Event()
+
+    async def hammer() -> None:
+        nonlocal sent
+        chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        while not done.is_set():
+            async with session.post(f"{gateway.url}/v1/chat/completions", json=chat) as response:
+                sent += 1
+                if response.status != 200:
+                    failures.append((response.status, (await response.text())[:200]))
+
+    async def missing() -> float:
+        return await gateway.metric(session, names.SECRET_MISSING, 'key="api-key",secret="vllm-key"')
+
+    callers = [asyncio.create_task(hammer()) for _ in range(4)]
+    try:
+        await eventually(lambda: _served(session, old_replica), timeout=20)
+        await kube.delete(f"/api/v1/namespaces/{NS}/secrets/vllm-key")
+        await eventually(lambda: _equals(missing(), 1.0), timeout=20)
+        before = await _served(session, old_replica)
+        await eventually(lambda: _equals_above(_served(session, old_replica), before + 20), timeout=20)
+        await put_secret(kube, "vllm-key", {"api-key": "key-two"})  # the operator's new random key
+        await eventually(lambda: _equals(missing(), 0.0), timeout=20)
+        new_replica = await start_sim(simulators, session, "--api-key", "key-two", "--request-seconds", "0.01")
+        stranger = await start_sim(simulators, session, "--api-key", "never-read", "--request-seconds", "0.01")
+        await put_slice(kube, "new", new_replica)
+        await put_slice(kube, "stranger", stranger)
+        before = await _served(session, old_replica)
+        await eventually(lambda: _equals_above(_served(session, new_replica), 20), timeout=30)
+        await eventually(lambda: _equals_above(_served(session, old_replica), before + 20), timeout=30)
+    finally:
+        done.set()
+        await asyncio.gather(*callers)
+    assert failures == [], f"{len(failures)} of {sent} requests failed, first: {failures[:3]}"
+    assert await _served(session, stranger) == 0
+    log = gateway.log_path.read_text()
+    assert "Secret speech/vllm-key key 'api-key' is missing" in log
+    assert "refuses all 2 backend keys" in log
+    assert f"127.0.0.1:{stranger}" in log
+    for key in ("key-one", "key-two"):
+        assert key not in log
+
+
+async def _equals_above(awaitable: Any, floor: float) -> bool:
+    return bool(await awaitable >= floor)
+
+
+async def test_a_missing_caller_key_secret_is_named_and_callers_get_503(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    await put_slice(kube, "rec", recorder.port)
+    gateway = await start_gateway(
+        gateways, sandbox, tmp_path, session, "--caller-keys-secret", "callers:alice", "--caller-keys-secret", "more"
+    )
+    async with session.get(f"{gateway.url}/v1/models", headers=auth()) as response:
+        assert response.status == 503, await response.text()
+        body = await response.text()
+    assert json.loads(body)["error"]["code"] == "endpoint_misconfigured"
+    assert "callers" not in body
+    assert "alice" not in body
+    assert await gateway.metric(session, names.SECRET_MISSING, 'key="alice",secret="callers"') == 1
+    assert await gateway.metric(session, names.SECRET_MISSING, 'key="",secret="more"') == 1
+    log = gateway.log_path.read_text()
+    assert "Secret speech/callers key 'alice' is missing" in log
+    assert "Secret speech/more is missing" in log
+    # A Secret with the wrong key is as missing as no Secret.
+    await put_secret(kube, "callers", {"bob": CALLER_KEY})
+    await asyncio.sleep(1)
+    async with session.get(f"{gateway.url}/v1/models", headers=auth()) as response:
+        assert response.status == 503
+    await put_secret(kube, "callers", {"alice": CALLER_KEY})
+
+    async def status() -> int:
+        async with session.get(f"{gateway.url}/v1/models", headers=auth()) as response:
+            return response.status
+
+    await eventually(lambda: _equals(status(), 200), timeout=10)
+    assert await gateway.metric(session, names.SECRET_MISSING, 'key="alice",secret="callers"') == 0
+    # One Secret of two there: its keys work, others get 401; the other is still reported.
+    async with session.get(f"{gateway.url}/v1/models", headers=auth("wrong")) as response:
+        assert response.status == 401
+    assert await gateway.metric(session, names.SECRET_MISSING, 'key="",secret="more"') == 1
+    assert CALLER_KEY not in gateway.log_path.read_text()

@@ -272,7 +272,12 @@ async def test_a_missing_api_key_secret_is_named_until_it_appears(
     await eventually(lambda: _message_has(kube, "Secret asr-key has no key api-key"), timeout=30)
 
     await kube.merge(f"/api/v1/namespaces/{NS}/secrets/asr-key", {"stringData": {"api-key": "sk-1"}})
-    current = await eventually(lambda: ready(kube), timeout=60)
+
+    async def started() -> dict[str, Any] | None:  # the kubelet starts vLLM: loading, then ready
+        current = await kube.get(endpoint_path(NS, NAME))
+        return current if condition(current, "Ready").get("reason") in ("Loading", "Available") else None
+
+    current = await eventually(started, timeout=60)
     assert condition(current, "Degraded")["status"] == "False"
 
 

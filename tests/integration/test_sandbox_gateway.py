@@ -17,7 +17,8 @@ import aiohttp
 import pytest
 import yaml
 
-from voxtral_testbed.harness import Kube, OperatorProcess, endpoint_path, eventually, free_port
+from voxtral_operator import rbac
+from voxtral_testbed.harness import Kube, OperatorProcess, endpoint_path, eventually, free_port, request_permissions
 from voxtral_testbed.sandbox import Behaviour, PodBehaviour, Sandbox
 
 pytestmark = pytest.mark.integration
@@ -318,3 +319,111 @@ async def _diagnosis(sandbox: Sandbox, kube: Kube, name: str) -> str:
         for log in sorted(log_dir.glob(f"{NS}.{name}-gateway-*.log")):
             logs += f"\n--- {log.name}:\n" + (await asyncio.to_thread(log.read_text))[-3000:]
     return f"pods: {states}; slices: {endpoints}{logs}"
+
+
+async def _condition(kube: Kube, name: str, type_: str) -> dict[str, Any]:
+    current = await kube.get(endpoint_path(NS, name)) or {}
+    return next((c for c in (current.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+
+async def test_a_missing_caller_secret_is_named_in_status_and_a_deleted_backend_key_comes_back(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess, vllm_port: int
+) -> None:
+    """The operator never reads a Secret: it learns from the gateway pods' metrics which Secret is
+    missing, names it in status and a Warning Event, and creates the backend key again when it is
+    deleted; the gateways keep the key they read, so no request fails meanwhile."""
+    name = "typo"
+    await kube.create(
+        endpoint_path(NS),
+        {
+            "apiVersion": "voxtral.dev/v1alpha1",
+            "kind": "VoxtralEndpoint",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "model": MODEL,
+                "gpu": {"type": "L4-24GB"},
+                "minReplicas": 1,
+                "maxReplicas": 1,
+                "gateway": {"enabled": True},
+                "auth": {"apiKeySecretRef": {"name": "typo-callerz", "key": "key"}},
+            },
+        },
+    )
+
+    async def secret_missing() -> dict[str, Any] | None:
+        serving = await _condition(kube, name, "Serving")
+        return serving if serving.get("reason") == "SecretMissing" else None
+
+    serving = await eventually(secret_missing, timeout=60)
+    assert serving["status"] == "False"
+    assert "Secret speech/typo-callerz key 'key'" in serving["message"], serving
+
+    async def warnings() -> list[dict[str, Any]]:  # Events are posted just after the status that caused them
+        return [e for e in sandbox.api.objects_of("events.k8s.io/v1/events", NS) if e.get("reason") == "SecretMissing"]
+
+    (warning, *_) = await eventually(warnings, timeout=10)
+    assert warning["type"] == "Warning"
+    assert "typo-callerz" in warning["note"]
+    service = await kube.get(f"/api/v1/namespaces/{NS}/services/{name}")
+    url = f"http://{(service or {})['spec']['clusterIP']}:{vllm_port}"
+    headers = {"Authorization": f"Bearer {CALLER_KEY}"}
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/v1/models", headers=headers) as response:
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == "endpoint_misconfigured"
+
+    # The Secret is created: the gateways read it within their refresh, the condition clears.
+    await kube.create(
+        f"/api/v1/namespaces/{NS}/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "typo-callerz", "namespace": NS},
+            "data": {"key": _b64(CALLER_KEY)},
+        },
+    )
+
+    async def answering() -> bool:
+        return (await _condition(kube, name, "Serving")).get("reason") == "Answering"
+
+    await eventually(answering, timeout=60)
+
+    # The backend key is deleted while callers keep calling.
+    key_path = f"/api/v1/namespaces/{NS}/secrets/{name}-backend-key"
+    first = await kube.get(key_path)
+    assert first is not None
+    failures: list[tuple[int, str]] = []
+    sent = 0
+    done = asyncio.Event()
+
+    async def hammer(session: aiohttp.ClientSession) -> None:
+        nonlocal sent
+        headers = {"Authorization": f"Bearer {CALLER_KEY}"}
+        while not done.is_set():
+            async with session.get(f"{url}/v1/models", headers=headers) as response:
+                sent += 1
+                if response.status != 200:
+                    failures.append((response.status, (await response.text())[:200]))
+            await asyncio.sleep(0.02)
+
+    async def recreated() -> dict[str, Any] | None:
+        secret = await kube.get(key_path)
+        return secret if secret and secret["metadata"]["uid"] != first["metadata"]["uid"] else None
+
+    async with aiohttp.ClientSession() as session:
+        caller = asyncio.create_task(hammer(session))
+        try:
+            await kube.delete(key_path)
+            second = await eventually(recreated, timeout=60)
+            assert second["data"]["api-key"] != first["data"]["api-key"]  # a new random key
+            assert second["metadata"]["ownerReferences"][0]["name"] == name
+            await asyncio.sleep(3)  # the gateways have read the new key by now (refresh: 1 s)
+        finally:
+            done.set()
+            await caller
+    assert failures == [], f"{len(failures)} of {sent} requests failed, first: {failures[:3]}"
+    assert sent > 20
+    # Every request of the operator and the gateways is one the generated RBAC allows; on Secrets that
+    # is `create` alone (the sandbox's kubelet reads them in process, the test with its own agent).
+    needed = request_permissions(r for r in sandbox.api if "kubectl-test" not in r.headers.get("User-Agent", ""))
+    assert sorted(p for p in needed if not rbac.allowed(*p)) == []
+    assert {p for p in needed if p[1] == "secrets"} == {("", "secrets", "create")}

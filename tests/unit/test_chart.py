@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import cel
 import kubernetes_validate
 import pytest
 import yaml
@@ -212,10 +213,17 @@ def test_clusterrole_is_generated_from_the_code_and_has_no_wildcards() -> None:
     role = by_kind(template())["ClusterRole"]
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-    # Secrets: the gateway's backend key is a child, and a gateway's Role may only be granted
-    # (resourceNames-scoped) by a holder of the same verbs. The code reads no Secret's data.
-    secrets = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
-    assert [rule["verbs"] for rule in secrets] == [list(rbac.CHILD_VERBS)]
+
+
+def test_the_operator_can_create_secrets_but_read_none_in_either_mode() -> None:
+    """Cluster-wide and namespaced: `create` for the gateway's backend key, and no get, list or watch
+    (which would read every Secret's data), nor patch or delete."""
+    for args in ((), ("--set", "watchNamespaces={team-a}")):
+        objects = template(*args)
+        roles = [o for o in objects if o["kind"] in ("ClusterRole", "Role")]
+        granted = {(g, r, v) for role in roles for g, r, v in _grants(role["rules"]) if r.startswith("secrets")}
+        assert granted == {("", "secrets", "create")}, f"{args or 'all namespaces'}: {sorted(granted)}"
+    assert not any(rbac.allowed("", "secrets", verb) for verb in ("get", "list", "watch", "patch", "update", "delete"))
 
 
 def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -372,3 +380,20 @@ def test_notes_endpoint_is_a_valid_endpoint_and_the_notes_have_no_placeholders()
     endpoint = yaml.safe_load(textwrap.dedent(manifest))
     kinds = {obj["kind"] for obj in render(endpoint, OperatorConfig())}
     assert {"Deployment", "Service", "NetworkPolicy"} <= kinds
+
+
+def test_namespaced_mode_refuses_endpoints_outside_the_watched_namespaces() -> None:
+    assert not [o for o in template() if o["kind"].startswith("ValidatingAdmissionPolicy")]
+    objects = template("--set", "watchNamespaces={team-a,team-b}")
+    policy = by_kind(objects)["ValidatingAdmissionPolicy"]
+    binding = by_kind(objects)["ValidatingAdmissionPolicyBinding"]
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert (rule["apiGroups"], rule["resources"]) == (["voxtral.dev"], ["voxtralendpoints"])
+    (validation,) = policy["spec"]["validations"]
+    # The rule as the API server evaluates it, for a request in each namespace.
+    for namespace, allowed in (("team-a", True), ("team-b", True), ("speech", False)):
+        assert cel.evaluate(validation["expression"], {"request": {"namespace": namespace}}) is allowed
+    assert "only in the namespaces team-a, team-b (chart value watchNamespaces)" in validation["message"]
+    opted_out = template("--set", "watchNamespaces={team-a}", "--set", "refuseUnwatchedNamespaces=false")
+    assert not [o for o in opted_out if o["kind"].startswith("ValidatingAdmissionPolicy")]

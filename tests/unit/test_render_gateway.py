@@ -107,18 +107,22 @@ def test_the_gateway_reads_exactly_the_secrets_it_needs() -> None:
     }
     spec["gateway"] = {"enabled": True, "tls": {"secretName": "ep-tls"}}
     objects = _objects(**spec)
+    # Its Role grants no Secret: the kubelet reads them for it, into optional Secret volumes.
     rules = objects[("Role", "ep-gateway")]["rules"]
-    secrets = [r for r in rules if r["resources"] == ["secrets"]]
-    assert secrets == [
-        {
-            "apiGroups": [""],
-            "resources": ["secrets"],
-            "resourceNames": ["callers", "ep-backend-key", "ep-tls", "old-key"],
-            "verbs": ["get", "list", "watch"],
-        }
+    assert rules == [
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
     ]
-    (container,) = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["containers"]
+    pod = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]
+    by_volume = {v["name"]: v["secret"] for v in pod["volumes"]}
+    assert sorted(s["secretName"] for s in by_volume.values()) == ["callers", "ep-backend-key", "ep-tls", "old-key"]
+    assert all(s["optional"] is True and s["defaultMode"] == 0o440 for s in by_volume.values())
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: by_volume[m["name"]]["secretName"] for m in container["volumeMounts"]}
+    assert all(m["readOnly"] for m in container["volumeMounts"])
+    assert mounts == {f"/var/run/voxtral/secrets/{name}": name for name in mounts.values()}
     args = container["args"]
+    assert args[args.index("--secrets-dir") + 1] == "/var/run/voxtral/secrets"
     pairs = list(itertools.pairwise(args))
     assert ("--caller-keys-secret", "old-key:api-key") in pairs
     assert ("--caller-keys-secret", "callers") in pairs
@@ -219,8 +223,8 @@ def test_a_certificate_from_cert_manager_when_the_endpoint_names_an_issuer() -> 
     }
     args = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--tls-secret") + 1] == "ep-gateway-tls"
-    secrets = [r for r in objects[("Role", "ep-gateway")]["rules"] if r["resources"] == ["secrets"]]
-    assert "ep-gateway-tls" in secrets[0]["resourceNames"]
+    volumes = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["volumes"]
+    assert "ep-gateway-tls" in [v["secret"]["secretName"] for v in volumes]
 
 
 @pytest.mark.parametrize("tls", [{}, {"secretName": "a", "issuerRef": {"name": "b"}}])

@@ -176,6 +176,8 @@ class Autoscaler:
     post_event: EventPoster
     is_active: Callable[[], Any] | None = None  # async () -> bool; None: always active
     serving_sink: ServingSink | None = None  # where Serving check results go (the reconciler)
+    # Where the gateway pods' reports of missing Secrets go (the reconciler).
+    secrets_sink: Callable[[Key, tuple[tuple[str, str], ...]], None] | None = None
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time  # the policy's daily profile needs the time of day
     _last_serving_check: float = float("-inf")
@@ -203,7 +205,9 @@ class Autoscaler:
         interval = self.config.serving_check_seconds  # 0: never
         if self.serving_sink is not None and interval and self.clock() - self._last_serving_check >= interval:
             self._last_serving_check = self.clock()
-            await asyncio.gather(*(self._check_serving(key) for key in keys))
+            await asyncio.gather(
+                *(self._check_serving(key) for key in keys), *(self._check_gateway_secrets(key) for key in keys)
+            )
         for gone in set(self._states) - set(keys):
             del self._states[gone]
 
@@ -467,6 +471,20 @@ class Autoscaler:
             in_flight_audio_seconds=sum(p.in_flight_audio_seconds for p in pages_seen),
             seconds_since_last_request=now - state.last_request_at,
         )
+
+    async def _check_gateway_secrets(self, key: Key) -> None:
+        """What the gateway pods report missing (a Secret's name and key, never its data), pooled;
+        pods that do not answer are left out, and with no answer at all nothing is reported."""
+        endpoint = self.view.endpoint(key)
+        if self.secrets_sink is None or endpoint is None:
+            return
+        if not ((endpoint.get("spec") or {}).get("gateway") or {}).get("enabled"):
+            self.secrets_sink(key, ())
+            return
+        pods = [p for p in self.view.gateway_pods(key) if p.get("ip") and not p.get("deleting")]
+        pages = [page for page in await asyncio.gather(*(self._scrape_gateway(p["ip"]) for p in pods)) if page]
+        if pages:
+            self.secrets_sink(key, tuple(sorted({m for page in pages for m in page.missing_secrets})))
 
     async def _scrape_gateway(self, ip: str) -> GatewayPage | None:
         return await self._read_page(f"http://{ip}:{self.config.gateway_metrics_port}/metrics", parse_gateway_metrics)

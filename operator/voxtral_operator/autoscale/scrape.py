@@ -183,6 +183,7 @@ class GatewayPage:
     queued_audio_seconds: float
     in_flight_audio_seconds: float
     work_requests: float  # inference requests answered so far (a counter: a change means traffic)
+    missing_secrets: tuple[tuple[str, str], ...] = ()  # (Secret name, key or "") the gateway cannot find
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -194,8 +195,12 @@ def parse_gateway_metrics(text: str) -> GatewayPage | None:
     totals = dict.fromkeys(_GATEWAY_SUMMED, 0.0)
     work_requests = 0.0
     seen = set()
+    missing: set[tuple[str, str]] = set()
     for name, labels_text, value in _samples(text, "voxtral_gateway_"):
-        if name == gateway_metrics.REQUESTS_TOTAL:
+        if name == gateway_metrics.SECRET_MISSING and value >= 1:
+            labels = _labels(labels_text)
+            missing.add((labels.get("secret", ""), labels.get("key", "")))
+        elif name == gateway_metrics.REQUESTS_TOTAL:
             labels = _labels(labels_text)
             if labels.get("route") not in _IDLE_ROUTES and labels.get("code") not in _REFUSED_CODES:
                 work_requests += value
@@ -209,4 +214,5 @@ def parse_gateway_metrics(text: str) -> GatewayPage | None:
         queued_audio_seconds=totals[gateway_metrics.QUEUED_AUDIO_SECONDS],
         in_flight_audio_seconds=totals[gateway_metrics.INFLIGHT_AUDIO_SECONDS],
         work_requests=work_requests,
+        missing_secrets=tuple(sorted(m for m in missing if m[0])),
     )

@@ -210,7 +210,7 @@ class Gateway:
         self.sources = sources
         self.dispatcher = dispatcher
         self.settings = settings
-        self.metrics = GatewayMetrics(dispatcher.snapshot)
+        self.metrics = GatewayMetrics(dispatcher.snapshot, lambda: sources.missing)
         self._session: aiohttp.ClientSession | None = None
         self.ssl_context: ssl.SSLContext | None = None
         # Tests only: called at each of STEPS; what it raises fails the request there.
@@ -312,6 +312,18 @@ class Gateway:
         if "Upgrade" in request.headers:
             request.protocol.close()  # aiohttp stops parsing HTTP after an Upgrade request: no keep-alive
         self._step("framed")
+        if self.sources.misconfigured:
+            # Every request would be refused for a reason the caller cannot fix; the Secret's name
+            # is in the gateway's log, its metrics and the endpoint's status, not in this answer.
+            response = error_response(
+                503,
+                "endpoint misconfigured: a Secret it needs is missing; its operator is told",
+                "endpoint_misconfigured",
+                kind="service_unavailable",
+            )
+            response.force_close()  # the body is not read
+            request.protocol.close()
+            return response, ANONYMOUS
         key = self._authenticate(request)
         if key is None:
             refusal = Refusal(401, "Incorrect or missing API key (Authorization: Bearer KEY)", "invalid_api_key")
@@ -407,7 +419,7 @@ class Gateway:
         url = f"http://{lease.address}{route}"  # never the caller's query string: no route takes one
         headers = backend_headers(
             request.raw_headers,
-            backend_key=self.sources.backend_key,
+            backend_key=self.sources.backend_key_for(lease.address),
             peer=request.remote,
             scheme="https" if request.secure else "http",
         )

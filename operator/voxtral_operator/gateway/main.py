@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from voxtral_operator import logs
 from voxtral_operator.gateway.app import Gateway, Settings, serve_api, serve_metrics
@@ -60,6 +61,7 @@ def spec_of(args: argparse.Namespace) -> Spec:
         backend_key=backend_key,
         caller_keys=caller_keys,
         tls_secret=args.tls_secret or None,
+        secrets_dir=Path(args.secrets_dir),
     )
 
 

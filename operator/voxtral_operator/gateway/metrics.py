@@ -7,7 +7,7 @@ counters and the queue-wait histogram are updated as requests go.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,6 +27,7 @@ USAGE_AUDIO_SECONDS_TOTAL = "voxtral_gateway_usage_audio_seconds_total"
 USAGE_TOKENS_TOTAL = "voxtral_gateway_usage_tokens_total"
 KEY_QUEUED_REQUESTS = "voxtral_gateway_key_queued_requests"
 KEY_LIMITED_REQUESTS_TOTAL = "voxtral_gateway_key_limited_requests_total"
+SECRET_MISSING = "voxtral_gateway_secret_missing"
 
 ALL = (
     QUEUED_REQUESTS,
@@ -43,6 +44,7 @@ ALL = (
     USAGE_TOKENS_TOTAL,
     KEY_QUEUED_REQUESTS,
     KEY_LIMITED_REQUESTS_TOTAL,
+    SECRET_MISSING,
 )
 
 
@@ -67,8 +69,9 @@ class Snapshot:
 
 
 class _Gauges(Collector):
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot], missing: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self._snapshot = snapshot
+        self._missing = missing
 
     def collect(self) -> Iterator[Metric]:
         now = self._snapshot()
@@ -103,12 +106,22 @@ class _Gauges(Collector):
         for (key, limit), count in sorted(now.limited.items()):
             limited.add_metric([key, limit], count)
         yield limited
+        missing = GaugeMetricFamily(
+            SECRET_MISSING,
+            "1 for each Secret (and key) the gateway is configured to read that it finds missing or empty.",
+            labels=["secret", "key"],
+        )
+        for secret, key in self._missing():
+            missing.add_metric([secret, key], 1)
+        yield missing
 
 
 class GatewayMetrics:
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(
+        self, snapshot: Callable[[], Snapshot], missing: Callable[[], Iterable[tuple[str, str]]] = tuple
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_Gauges(snapshot))
+        self.registry.register(_Gauges(snapshot, missing))
         self.queue_wait = Histogram(
             QUEUE_WAIT_SECONDS,
             "Time from a request's arrival to its dispatch to a replica.",

@@ -48,7 +48,7 @@ CERTIFICATES = Resource("cert-manager.io", "v1", "certificates", "Certificate")
 CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 
-# Children the operator creates.
+# Children the operator watches and applies (server-side apply; stale ones deleted).
 CHILDREN: tuple[Resource, ...] = (
     PVCS,
     DEPLOYMENTS,
@@ -56,10 +56,12 @@ CHILDREN: tuple[Resource, ...] = (
     PDBS,
     NETWORK_POLICIES,
     SCALED_OBJECTS,
-    SECRETS,
     SERVICE_ACCOUNTS,
     ROLES,
     ROLE_BINDINGS,
     CERTIFICATES,
 )
-BY_KIND: dict[str, Resource] = {r.kind: r for r in CHILDREN}
+# Children the operator only creates, never reads (the gateway's backend key: the operator holds no
+# read of Secrets); the garbage collector deletes them with the endpoint.
+CREATED_ONLY: tuple[Resource, ...] = (SECRETS,)
+BY_KIND: dict[str, Resource] = {r.kind: r for r in (*CHILDREN, *CREATED_ONLY)}

@@ -3,6 +3,10 @@
 The Deployment is a template (what a platform engineer reads); the ServiceAccount, Role,
 RoleBinding and backend-key Secret are small fixed shapes built as dicts, where a template would
 add nothing to read.
+
+The gateway reads its Secrets (caller keys, backend key, certificate) as Secret volumes that the
+kubelet mounts and refreshes: its Role grants no access to Secrets, so the operator, which may only
+grant what it holds, needs no read of Secrets either.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from voxtral_operator.api.catalog import DEFAULT_MAX_NUM_SEQS
 from voxtral_operator.api.models import KeyLimitsSpec
 from voxtral_operator.api.resolve import Plan
 from voxtral_operator.config import OperatorConfig
+from voxtral_operator.gateway import SECRETS_DIR
 from voxtral_operator.render import (
     LABEL_COMPONENT,
     LABEL_INSTANCE,
@@ -29,6 +34,9 @@ GATEWAY_COMPONENT = "gateway"
 BACKEND_KEY = "api-key"
 # The drain of a gateway pod: in-flight requests may stream a long transcription.
 GATEWAY_GRACE_SECONDS = 120
+# The gateway runs as this user and group; its Secret files are readable by the group only.
+GATEWAY_UID = 1000
+SECRET_FILE_MODE = 0o440
 
 
 def gateway_name(name: str) -> str:
@@ -114,6 +122,8 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         str(spec.engine.audio.max_file_size_mb),
         "--log-format",
         config.log_format,
+        "--secrets-dir",
+        SECRETS_DIR,
     ]
     key_ref = spec.auth.api_key_secret_ref
     if key_ref is not None:
@@ -154,7 +164,7 @@ def key_limit_args(plan: Plan) -> list[str]:
 
 
 def secrets_read(plan: Plan) -> list[str]:
-    """The Secrets the gateway watches, and the only ones its Role lets it read."""
+    """The Secrets the gateway reads: each mounted as a volume in its pod."""
     spec = plan.spec
     names = [backend_key_secret_name(plan.name)]
     if spec.auth.api_key_secret_ref is not None:
@@ -166,13 +176,28 @@ def secrets_read(plan: Plan) -> list[str]:
     return sorted(set(names))
 
 
+def secret_volumes(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volume mounts): each Secret at SECRETS_DIR/NAME. Optional, so a missing Secret never
+    keeps the gateway from starting: it reports the missing Secret instead (log, metric, a 503 that
+    names no data) and the kubelet fills the files in once the Secret exists."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for index, name in enumerate(secrets_read(plan)):
+        volume = f"secret-{index}"  # Secret names can be longer than a volume name may be
+        volumes.append(
+            {"name": volume, "secret": {"secretName": name, "optional": True, "defaultMode": SECRET_FILE_MODE}}
+        )
+        mounts.append({"name": volume, "mountPath": f"{SECRETS_DIR}/{name}", "readOnly": True})
+    return volumes, mounts
+
+
 def _meta(plan: Plan, name: str) -> dict[str, Any]:
 
     return {"name": name, "namespace": plan.namespace, "labels": standard_labels(plan.name)}
 
 
 def gateway_deployment(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
-
+    volumes, mounts = secret_volumes(plan)
     return render_template(
         "gateway-deployment.yaml.j2",
         {
@@ -188,6 +213,9 @@ def gateway_deployment(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
             "args": gateway_args(plan, config),
             "port": config.vllm_port,
             "metrics_port": config.gateway_metrics_port,
+            "uid": GATEWAY_UID,
+            "volumes": volumes,
+            "volume_mounts": mounts,
         },
     )
 
@@ -231,17 +259,12 @@ def service_account(plan: Plan) -> dict[str, Any]:
 
 
 def role(plan: Plan) -> dict[str, Any]:
+    """EndpointSlices only: the kubelet reads the gateway's Secrets for it (secret_volumes)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": _meta(plan, gateway_name(plan.name)),
         "rules": [
-            {
-                "apiGroups": [""],
-                "resources": ["secrets"],
-                "resourceNames": secrets_read(plan),
-                "verbs": ["get", "list", "watch"],
-            },
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
         ],
     }
@@ -259,7 +282,8 @@ def role_binding(plan: Plan) -> dict[str, Any]:
 
 
 def backend_key_secret(plan: Plan) -> dict[str, Any]:
-    """Without data: the reconciler fills in a random key when it creates the Secret, once."""
+    """Without data: the reconciler fills in a random key when it creates the Secret. It only ever
+    creates it (the operator cannot read Secrets): see Reconciler._ensure_backend_key."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
