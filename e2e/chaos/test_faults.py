@@ -225,7 +225,8 @@ def fleet(kubectl: Kubectl, local: LocalCluster) -> Iterator[Fleet]:
     )
     wait_converged(kubectl, namespace)
     yield Fleet(namespace, steady, kubectl, local, AuditLog(local.audit_log))
-    kubectl.run("delete", "namespace", namespace, "--wait=false", check=False)
+    # Gone before anything else runs: a namespace still terminating keeps the operator busy.
+    kubectl.run("delete", "namespace", namespace, "--wait=true", "--timeout=300s", check=False)
 
 
 @contextlib.contextmanager

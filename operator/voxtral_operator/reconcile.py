@@ -47,6 +47,10 @@ class ClusterView(Protocol):
         ...
 
 
+class NamespaceTerminating(Exception):
+    """The endpoint's namespace is being deleted: nothing can be created there, and the endpoint goes too."""
+
+
 class ChildRefused(Exception):
     """A child cannot be applied until something outside the operator changes (reported in status)."""
 
@@ -272,6 +276,10 @@ class Reconciler:
             await self._delete_stale_children(key, plan.uid, desired, live_children)
         except ChildRefused as exc:
             refused = exc
+        except NamespaceTerminating:
+            # No retry, no status, no Event: the namespace controller is deleting the endpoint too.
+            logger.info("%s/%s: the namespace is being deleted; nothing more is written", *key)
+            return
 
         deployment = live_children.get(("Deployment", plan.name))
         backend_key = render.gateway.backend_key_secret_name(plan.name)
@@ -432,6 +440,8 @@ class Reconciler:
         except ApiError as exc:
             if exc.status not in _REFUSALS:
                 raise
+            if exc.status == 403 and "being terminated" in exc.message:
+                raise NamespaceTerminating(exc.message) from exc
             message = f"{child[0]} {child[1]}: {exc.status} {exc.reason}: {exc.message}"
             logs.log_child_change(key, "refused", *child, f"{exc.status} {exc.reason}: {exc.message}")
             unserved = ("could not find the requested resource", "page not found")

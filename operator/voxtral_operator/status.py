@@ -420,9 +420,6 @@ def condition_of(status: Mapping[str, Any], type_: str) -> JSON | None:
     return None
 
 
-SECRET_MISSING = "SecretMissing"
-
-
 def secrets_missing_check(namespace: str, missing: Iterable[tuple[str, str]]) -> tuple[bool, str, str] | None:
     """The Serving check's result when the gateway reports Secrets it cannot find, (name, key or "")
     each; None when it reports none. Names only: never a Secret's data."""

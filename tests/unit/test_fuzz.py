@@ -224,7 +224,9 @@ def _check_rendered(endpoint: dict[str, Any], objects: list[dict[str, Any]]) -> 
         }
     spec = VoxtralEndpointSpec.model_validate(endpoint["spec"])
     # The vLLM children bear the endpoint's name; the gateway's are NAME-gateway.
-    kinds = {obj["kind"]: obj for obj in objects if obj["metadata"]["name"] == endpoint["metadata"]["name"]}
+    name = endpoint["metadata"]["name"]
+    gateway_side = {f"{name}-gateway", f"{name}-vllm", f"{name}-backend-key"}
+    kinds = {obj["kind"]: obj for obj in objects if obj["metadata"]["name"] not in gateway_side}
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     args = pod["containers"][0]["args"]
     parsed = flags.parse(args)

@@ -197,12 +197,15 @@ def read_secret_volume(directory: Path) -> dict[str, bytes] | None:
     for _ in range(3):
         data_link = directory / "..data"
         try:
-            base = directory / os.readlink(data_link) if data_link.is_symlink() else directory
+            version = os.readlink(data_link) if data_link.is_symlink() else None
+            base = directory / version if version is not None else directory
             files: dict[str, bytes] = {}
             with os.scandir(base) as entries:
                 for entry in entries:
                     if not entry.name.startswith(".") and entry.is_file():
                         files[entry.name] = Path(entry.path).read_bytes()
+            if version is not None and os.readlink(data_link) != version:
+                continue  # swapped meanwhile: the old version may have been half deleted as we read
             return files
         except FileNotFoundError:
             if not directory.exists():
