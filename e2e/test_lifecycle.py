@@ -120,11 +120,15 @@ def test_callers_scaling_and_garbage_collection(kubectl: Kubectl, namespace: str
         engine={"maxNumSeqs": 2},
         autoscaling={"targetQueueDepth": 2, "scaleDownDelaySeconds": 5},
         auth={"apiKeySecretRef": {"name": f"{name}-key"}},
+        gateway={"enabled": False},  # callers straight to vLLM: the opt-out path (the gateway has its own files)
     )
     kubectl.apply(body)
     try:
         endpoint = wait_ready(kubectl, name, namespace)
         assert endpoint["status"]["url"].startswith(f"http://{name}.{namespace}.svc.")
+        exposed = condition(endpoint, "Exposed")
+        assert (exposed.get("status"), exposed.get("reason")) == ("True", "GatewayDisabled"), exposed
+        assert "/invocations" in exposed["message"], exposed
         eventually(
             lambda: condition(kubectl.get("vxe", name, namespace), "Serving").get("status") == "True",
             timeout=60,

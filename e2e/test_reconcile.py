@@ -142,7 +142,10 @@ def test_too_few_gpus_is_the_schedulers_verdict(kubectl: Kubectl, namespace: str
             timeout=90,
             what="Ready=False reason WaitingForGPU",
         )
-        assert "Insufficient nvidia.com/gpu" in condition(endpoint, "Ready")["message"]
+        message = condition(endpoint, "Ready")["message"]
+        assert "Insufficient nvidia.com/gpu" in message, message
+        # What the scheduler's count of nodes does not say: all four on one node, which no node here has.
+        assert "each replica needs 4 nvidia.com/gpu on one node (tensorParallelSize 4)" in message, message
     finally:
         delete_endpoint(kubectl, name, namespace)
 
@@ -242,5 +245,34 @@ def test_status_writers_keep_to_their_own_fields(kubectl: Kubectl, namespace: st
         assert "f:queueDepth" in autoscaler, autoscaler
         owned_conditions = reconciler["f:conditions"]
         assert not [k for k in owned_conditions if "CostApproved" in k], owned_conditions
+    finally:
+        delete_endpoint(kubectl, name, namespace)
+
+
+def test_a_missing_api_key_secret_is_named_with_a_warning(kubectl: Kubectl, namespace: str, unique_name: str) -> None:
+    name = unique_name
+    # Without the gateway vLLM itself reads the caller's key Secret (with it, the gateway does).
+    body = endpoint_body(name, namespace, auth={"apiKeySecretRef": {"name": f"{name}-key"}}, gateway={"enabled": False})
+    kubectl.apply(body)
+    try:
+        endpoint = eventually(
+            lambda: (
+                (e := kubectl.get("vxe", name, namespace))
+                and condition(e, "Ready").get("reason") == "SecretMissing"
+                and e
+            ),
+            timeout=90,
+            what="Ready=False reason SecretMissing (the kubelet's CreateContainerConfigError)",
+        )
+        assert f"Secret {name}-key is missing" in condition(endpoint, "Ready")["message"]
+
+        def warned() -> bool:  # Events are posted just after the status that caused them
+            events = kubectl.json("get", "events.events.k8s.io", "-n", namespace)["items"]
+            return any(
+                e.get("reason") == "SecretMissing" and e.get("type") == "Warning" and e["regarding"]["name"] == name
+                for e in events
+            )
+
+        eventually(lambda: warned() or None, timeout=30, what="a Warning Event SecretMissing on the endpoint")
     finally:
         delete_endpoint(kubectl, name, namespace)

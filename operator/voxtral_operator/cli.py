@@ -184,11 +184,16 @@ def parser() -> argparse.ArgumentParser:
         description="The HTTP front door of one VoxtralEndpoint: checks caller keys, queues requests centrally, "
         "sends each to the ready vLLM replica with the least outstanding work, holds requests while the endpoint "
         "scales from zero. Reads the Secrets it names from their mounted files under --secrets-dir (the kubelet "
-        "mounts and refreshes them; no Secret is read through the API), and EndpointSlices through a watch "
-        "(KUBECONFIG, else the pod's service account).",
+        "mounts and refreshes them; no Secret is read through the API), and EndpointSlices and its VoxtralEndpoint "
+        "through watches (KUBECONFIG, else the pod's service account).",
     )
     p.add_argument("--namespace", required=True, metavar="NS", help="the endpoint's namespace")
-    p.add_argument("--endpoint", required=True, metavar="NAME", help="the VoxtralEndpoint's name (for logs)")
+    p.add_argument(
+        "--endpoint",
+        required=True,
+        metavar="NAME",
+        help="the VoxtralEndpoint's name: its spec.suspended and spec.gateway.holdTimeoutSeconds are followed live",
+    )
     p.add_argument(
         "--backend-service",
         required=True,
@@ -243,7 +248,8 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=1200.0,
         metavar="S",
-        help="how long a request waits while no replica is ready (scale from zero; default: 1200)",
+        help="how long a request waits while no replica is ready (scale from zero), unless the endpoint's "
+        "spec.gateway.holdTimeoutSeconds says otherwise (default: 1200)",
     )
     p.add_argument("--max-upload-mb", type=float, default=25.0, metavar="N", help="upload size cap in MB (default: 25)")
     p.add_argument(
@@ -300,7 +306,6 @@ def parser() -> argparse.ArgumentParser:
         help="weight and limits of the key in Secret entry NAME: weight (share of dispatch while keys wait, "
         "default 1), requests-per-minute, audio-seconds-per-minute, concurrent-requests; repeat per key",
     )
-    p.add_argument("--suspended", action="store_true", help="answer every API request 503 endpoint_suspended")
     p.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="text lines or JSON lines (default: text)")
     p.add_argument("--verbose", action="store_true", help="debug logs: one line per request")
     p.set_defaults(func=_cmd_gateway)

@@ -299,6 +299,14 @@ class Reconciler:
             refused=(refused.reason, refused.message) if refused else None,
             suspended=plan.spec.suspended,
         )
+        new_status = status.with_exposure(
+            new_status,
+            previous=current_status,
+            gateway=plan.spec.gateway.enabled,
+            caller_keys=plan.spec.auth.api_key_secret_ref is not None or bool(plan.spec.auth.api_keys_secret_name),
+            generation=generation,
+            now=self.clock(),
+        )
         self._post_change_events(endpoint, created, updated, deployment, plan.spec.desired_replicas)
         old_ready = status.condition_of(current_status, status.READY)
         old_serving = status.condition_of(current_status, status.SERVING) or {}

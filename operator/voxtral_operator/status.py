@@ -352,6 +352,47 @@ def compute_status(
     return status
 
 
+EXPOSED = "Exposed"
+# What vLLM serves besides the OpenAI API routes, none of it behind its --api-key.
+UNKEYED_VLLM_ROUTES = "/invocations, /tokenize, /detokenize and /metrics"
+
+
+def with_exposure(
+    status: JSON, *, previous: Mapping[str, Any], gateway: bool, caller_keys: bool, generation: int | None, now: str
+) -> JSON:
+    """`status` with the Exposed condition: what callers the NetworkPolicy admits can reach without a key."""
+    previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
+    if gateway:
+        condition = _condition(
+            previous_conditions,
+            EXPOSED,
+            not caller_keys,
+            "GatewayEnabled" if caller_keys else "NoCallerKeys",
+            "the gateway forwards only the OpenAI API routes, each after a caller key check; vLLM admits only the "
+            "gateway and the operator"
+            if caller_keys
+            else "the gateway forwards only the OpenAI API routes, with no key asked (spec.auth names none)",
+            generation,
+            now,
+        )
+    else:
+        if caller_keys:
+            reach = f"its /v1 routes check the caller key, but {UNKEYED_VLLM_ROUTES} answer without one"
+        else:
+            reach = f"spec.auth names no key: every route answers without one, {UNKEYED_VLLM_ROUTES} among them"
+        condition = _condition(
+            previous_conditions,
+            EXPOSED,
+            True,
+            "GatewayDisabled",
+            f"gateway.enabled is false: callers the NetworkPolicy admits reach vLLM directly; {reach}",
+            generation,
+            now,
+        )
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") != EXPOSED]
+    return {**status, "conditions": [*conditions, condition]}
+
+
 def invalid_status(*, generation: int | None, previous: Mapping[str, Any], message: str, now: str) -> JSON:
     """Status of an endpoint the operator refuses to render: children untouched, the reason stated."""
     previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import io
 import os
 import re
@@ -39,6 +40,8 @@ BURST_ENDPOINT = {
         "maxReplicas": 3,
         "engine": {"maxNumSeqs": 2},
         "autoscaling": {"targetQueueDepth": 2, "scaleDownDelaySeconds": 5},
+        # Callers straight to vLLM: scaling on vLLM's own queue (the edge endpoint below shows the gateway).
+        "gateway": {"enabled": False},
     },
 }
 
@@ -187,6 +190,9 @@ async def _demo(examples: list[Path]) -> int:
                 if not await _kubectl(sandbox, f"get vxe -n {namespace}", "models loading"):
                     await _print_endpoints(kube, namespace)
             await eventually(lambda: phase("Ready"), timeout=60)
+            for body in endpoints:  # callers meet the gateway: its pods, too, must be ready
+                where = (body["metadata"].get("namespace", "default"), body["metadata"]["name"])
+                await eventually(functools.partial(_gateways_ready, kube, *where), timeout=60)
             ready_after = f"ready after {time.monotonic() - started:.1f}s"
             for namespace in namespaces:
                 if not await _kubectl(sandbox, f"get vxe -n {namespace}", ready_after):
@@ -256,6 +262,14 @@ async def _demo(examples: list[Path]) -> int:
     return 0
 
 
+async def _gateways_ready(kube: Kube, namespace: str, name: str) -> bool:
+    """Every gateway pod of the endpoint ready (True without a gateway: callers then meet vLLM)."""
+    deployment = await kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}-gateway")
+    if deployment is None:
+        return True
+    return bool(((deployment.get("status") or {}).get("readyReplicas") or 0) >= deployment["spec"]["replicas"])
+
+
 async def _call_through_services(
     sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, endpoints: list[dict[str, Any]], port: int
 ) -> None:
@@ -281,7 +295,10 @@ async def _burst(sandbox: Sandbox, kube: Kube, vllm_port: int) -> None:
         name,
         Behaviour(PodBehaviour.SIMULATED, simulator_args=("--max-num-seqs", "2", "--request-seconds", "0.5")),
     )
-    _say(f"\n$ kubectl apply -f {name}.yaml   # pods are simulated vLLM processes; maxNumSeqs 2, targetQueueDepth 2")
+    _say(
+        f"\n$ kubectl apply -f {name}.yaml   # pods are simulated vLLM processes; maxNumSeqs 2, targetQueueDepth 2, "
+        "no gateway"
+    )
     await kube.create(endpoint_path(namespace), BURST_ENDPOINT)
 
     async def status() -> dict[str, Any]:
@@ -294,6 +311,7 @@ async def _burst(sandbox: Sandbox, kube: Kube, vllm_port: int) -> None:
         return bool((await status()).get("readyReplicas", 0) >= 1)
 
     await eventually(ready, timeout=60)
+    await eventually(lambda: _gateways_ready(kube, namespace, name), timeout=60)
     service = await kube.get(f"/api/v1/namespaces/{namespace}/services/{name}")
     cluster_ip = (service or {})["spec"]["clusterIP"]
     _say(f"ready; 12 callers send chat requests through Service {name} ({cluster_ip}) for 12 s")

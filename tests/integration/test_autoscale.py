@@ -130,7 +130,7 @@ async def test_burst_scales_up_then_back_down_after_the_delay(
         assert "queue" in decision["reason"]
 
     # Load stopped: one replica removed per scaleDownDelaySeconds, back to minReplicas.
-    await eventually(lambda: _exactly(kube, "asr", 1), timeout=40)
+    await eventually(lambda: _exactly(kube, "asr", 1), timeout=90)
     current = await kube.get(endpoint_path(NS, "asr"))
     assert "low load" in current["status"]["lastScaleDecision"]["reason"]
     assert condition(current, "Ready")["status"] == "True"

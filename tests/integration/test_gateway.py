@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from voxtral_operator.gateway import metrics as names
 from voxtral_operator.gateway.metrics import key_id
-from voxtral_testbed.harness import Kube, eventually, free_port, start_simulator
+from voxtral_testbed.harness import Kube, endpoint_path, eventually, free_port, start_simulator
 from voxtral_testbed.sandbox import Sandbox
 from voxtral_testbed.secret_volumes import project, secret_payload
 
@@ -82,6 +82,20 @@ async def put_slice(kube: Kube, name: str, port: int, *, ready: bool = True) -> 
         await kube.create(path, body)
     else:
         await kube.request("PUT", f"{path}/{name}", body)
+
+
+async def put_endpoint(kube: Kube, **spec: Any) -> None:
+    """The gateway's own VoxtralEndpoint ("mini"), whose live settings it follows."""
+    body = {
+        "apiVersion": "voxtral.dev/v1alpha1",
+        "kind": "VoxtralEndpoint",
+        "metadata": {"name": "mini", "namespace": NS},
+        "spec": {"model": "mistralai/Voxtral-Mini-3B-2507", "gpu": {"type": "L4-24GB"}, **spec},
+    }
+    if await kube.get(endpoint_path(NS, "mini")) is None:
+        await kube.create(endpoint_path(NS), body)
+    else:
+        await kube.merge(endpoint_path(NS, "mini"), {"spec": spec})
 
 
 class Recorder:
@@ -469,6 +483,10 @@ async def test_key_rotation_loses_no_request(
     assert sent > 20
 
 
+async def _at_least(awaitable: Any, value: float) -> bool:
+    return bool(await awaitable >= value)
+
+
 async def _equals(awaitable: Any, value: Any) -> bool:
     return bool(await awaitable == value)
 
@@ -709,7 +727,8 @@ async def test_suspended_endpoint_answers_503(
     tmp_path: Path,
 ) -> None:
     await put_slice(kube, "rec", recorder.port)
-    gateway = await start_gateway(gateways, sandbox, tmp_path, session, "--suspended")
+    await put_endpoint(kube, suspended=True)
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session)
     for method, route in (("GET", "/v1/models"), ("POST", "/v1/chat/completions")):
         body = {} if method == "POST" else None  # GET /v1/models takes no body
         async with session.request(method, gateway.url + route, json=body) as response:
@@ -719,6 +738,100 @@ async def test_suspended_endpoint_answers_503(
             assert error["code"] == "endpoint_suspended"
             assert "endpoint suspended" in error["message"]
     assert recorder.requests == []
+
+
+async def test_suspend_and_resume_under_load_answer_every_request_without_a_restart(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    recorder: Recorder,
+    tmp_path: Path,
+) -> None:
+    """Callers hammer the gateway while its endpoint scales to zero (requests held), is suspended,
+    resumed, and gets a replica back, as the operator does it: every request gets a complete answer,
+    200 or 503 endpoint_suspended with Retry-After, within the bound; the same process throughout."""
+    bound = 60.0  # far below the hold timeout (1200 s): a request held past a suspend would show
+    await put_endpoint(kube, suspended=False)
+    await put_slice(kube, "rec", recorder.port)
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session)
+    answers: list[tuple[int, str | None, str | None]] = []  # status, Retry-After, error code
+    failures: list[str] = []
+    stop = asyncio.Event()
+
+    async def caller() -> None:
+        timeout = aiohttp.ClientTimeout(total=bound)
+        while not stop.is_set():
+            try:
+                url = f"{gateway.url}/v1/chat/completions"
+                async with session.post(url, json={"messages": []}, timeout=timeout) as response:
+                    body = await response.read()
+                    code = json.loads(body)["error"]["code"] if response.status != 200 else None
+                    answers.append((response.status, response.headers.get("Retry-After"), code))
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+                failures.append(repr(exc))
+                await asyncio.sleep(0.1)
+
+    def count(status: int) -> int:
+        return sum(1 for answer in answers if answer[0] == status)
+
+    async def answered(status: int, at_least: int) -> bool:
+        return count(status) >= at_least
+
+    callers = [asyncio.create_task(caller()) for _ in range(6)]
+    try:
+        await eventually(lambda: answered(200, 20), timeout=30)
+        recorder.gate.clear()  # one request in flight on the replica across the suspend
+        in_flight = asyncio.create_task(session.post(f"{gateway.url}/v1/completions", json={"prompt": "a"}))
+
+        async def on_the_replica() -> bool:
+            return any(path == "/v1/completions" for _, path, _, _ in recorder.requests)
+
+        await eventually(on_the_replica, timeout=30)
+        await put_slice(kube, "rec", recorder.port, ready=False)  # scaled to zero: callers are held
+        await eventually(lambda: _at_least(gateway.metric(session, names.HELD_REQUESTS), 6), timeout=30)
+        await put_endpoint(kube, suspended=True)  # held requests get 503 at once
+        await eventually(lambda: _equals(gateway.metric(session, names.HELD_REQUESTS), 0), timeout=30)
+        suspended_at = count(503)
+        await eventually(lambda: answered(503, suspended_at + 20), timeout=30)
+        recorder.gate.set()
+        async with await asyncio.wait_for(in_flight, 30) as response:
+            assert response.status == 200  # what was on a replica finished there
+        await put_endpoint(kube, suspended=False)  # resumed: held again until a replica is ready
+        await eventually(lambda: _at_least(gateway.metric(session, names.HELD_REQUESTS), 6), timeout=30)
+        await put_slice(kube, "rec", recorder.port)
+        resumed_at = count(200)
+        await eventually(lambda: answered(200, resumed_at + 20), timeout=30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*callers), bound + 10)
+    assert failures == [], failures[:5]
+    statuses = {answer[0] for answer in answers}
+    assert statuses == {200, 503}, statuses
+    refused = [answer for answer in answers if answer[0] == 503]
+    assert all(code == "endpoint_suspended" and (retry or "").isdigit() for _, retry, code in refused), refused[:5]
+    assert gateway.process.poll() is None  # learned it all live, with no restart
+
+
+async def test_held_requests_get_503_when_the_gateway_stops(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    tmp_path: Path,
+) -> None:
+    """SIGTERM with requests held (no replica): they get 503 with Retry-After now, not a reset later."""
+    gateway = await start_gateway(gateways, sandbox, tmp_path, session)
+    url = f"{gateway.url}/v1/chat/completions"
+    held = [asyncio.create_task(session.post(url, json={"messages": []})) for _ in range(3)]
+    await eventually(lambda: _at_least(gateway.metric(session, names.HELD_REQUESTS), 3), timeout=30)
+    gateway.process.terminate()
+    for task in held:
+        async with await asyncio.wait_for(task, 30) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"].isdigit()
+            assert (await response.json())["error"]["code"] == "gateway_stopping"
+    assert await asyncio.to_thread(gateway.process.wait, 30) == 0
 
 
 async def test_sigterm_lets_in_flight_requests_finish(

@@ -256,7 +256,12 @@ async def test_a_missing_api_key_secret_is_named_until_it_appears(
 ) -> None:
     sandbox.controllers.behave(NS, NAME, Behaviour(PodBehaviour.SIMULATED))
     sandbox.controllers.secret_wait_seconds = math.inf  # the kubelet waits for the Secret, as a real one does
-    await kube.create(endpoint_path(NS), endpoint(auth={"apiKeySecretRef": {"name": "asr-key", "key": "api-key"}}))
+    # Without the gateway vLLM itself reads the caller's key Secret (with it, the gateway does).
+    gateway_off = {"enabled": False}
+    await kube.create(
+        endpoint_path(NS),
+        endpoint(auth={"apiKeySecretRef": {"name": "asr-key", "key": "api-key"}}, gateway=gateway_off),
+    )
 
     async def blocked() -> dict[str, Any] | None:
         current = await kube.get(endpoint_path(NS, NAME))
@@ -340,8 +345,11 @@ async def test_operator_restart_makes_no_writes(
         body["metadata"]["name"] = f"{NAME}-{index}"
         await kube.create(endpoint_path(NS), body)
     for index in range(3):
-        await eventually(lambda i=index: _ready_named(kube, f"{NAME}-{i}"), timeout=30)
-    assert await quiet_writes(sandbox, 1) == 0
+        await eventually(lambda i=index: _ready_named(kube, f"{NAME}-{i}"), timeout=90)
+        # Settled includes the autoscaler having read the endpoint's gateways once.
+        await eventually(lambda i=index: _gateways_read(kube, f"{NAME}-{i}"), timeout=90)
+    settled = len(writes(sandbox.api))
+    assert await quiet_writes(sandbox, 1) == 0, [(str(r.url), r.text[:300]) for r in writes(sandbox.api)[settled:]]
     operator.stop()
 
     before = len(writes(sandbox.api))
@@ -351,13 +359,17 @@ async def test_operator_restart_makes_no_writes(
         await eventually(lambda: _metric_at_least(restarted, 3), timeout=30)
         await asyncio.sleep(1)
         # ...and found nothing to change.
-        assert len(writes(sandbox.api)) == before, [str(r.url) for r in writes(sandbox.api)[before:]]
+        assert len(writes(sandbox.api)) == before, [(str(r.url), r.text[:300]) for r in writes(sandbox.api)[before:]]
     finally:
         restarted.stop()
 
 
 async def _ready_named(kube: Kube, name: str) -> bool:
     return condition(await kube.get(endpoint_path(NS, name)), "Ready").get("status") == "True"
+
+
+async def _gateways_read(kube: Kube, name: str) -> bool:
+    return "queuedAudioSeconds" in ((await kube.get(endpoint_path(NS, name))) or {}).get("status", {})
 
 
 async def _metric_at_least(process: OperatorProcess, count: int) -> bool:

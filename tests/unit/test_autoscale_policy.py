@@ -103,18 +103,26 @@ CASES = [
     pytest.param(
         LIMITS,
         Observation(4, 2, pods(0.1, 0.1)),
-        steady(0.2, loading_since=(NOW - 100, NOW - 100), ready=2, low_since=NOW - 200),
-        2,
-        "cancel 2 loading replica(s)",
-        id="loading-replicas-no-longer-needed-are-cancelled",
+        steady(0.2, loading_since=(NOW - 1000, NOW - 1000), ready=2, low_since=NOW - 900),
+        4,
+        "low load for 900s: 2 loading replica(s) kept until ready",
+        id="loading-replicas-no-longer-needed-are-kept-until-ready",
     ),
     pytest.param(
         LIMITS,
         Observation(4, 2, pods(0.1, 0.1)),
-        steady(0.2, loading_since=(NOW - 100, NOW - 100), ready=2, low_since=NOW - 60),
+        steady(0.2, loading_since=(NOW - 1300, NOW - 1300), ready=2, low_since=NOW - 200),
+        2,
+        "cancel 2 loading replica(s), overdue (1300s)",
+        id="loading-overdue-by-two-cold-starts-is-cancelled",
+    ),
+    pytest.param(
+        LIMITS,
+        Observation(4, 2, pods(0.1, 0.1)),
+        steady(0.2, loading_since=(NOW - 1300, NOW - 1300), ready=2, low_since=NOW - 60),
         4,
         "loading replicas unneeded for 60s of 120s",
-        id="loading-replicas-get-a-grace-period",
+        id="an-overdue-load-gets-a-grace-period",
     ),
     pytest.param(
         LIMITS,
@@ -252,21 +260,21 @@ PERSON_CASES = [
     # (observation, state, expected replicas, fragment of the reason)
     pytest.param(
         Observation(2, 1, pods(0.0), manual=KUBECTL),
-        steady(0.0, loading_since=(NOW - 200,), ready=1, low_since=NOW - 250),
+        steady(0.0, loading_since=(NOW - 1300,), ready=1, low_since=NOW - 250),
         2,
         "spec.replicas 2 set by kubectl: kept until all 2 are ready",
         id="loading-replicas-a-person-asked-for-are-never-cancelled",
     ),
     pytest.param(
         Observation(2, 0, (), manual=KUBECTL),
-        steady(0.0, loading_since=(NOW - 900, NOW - 900), low_since=NOW - 900),
+        steady(0.0, loading_since=(NOW - 5000, NOW - 5000), low_since=NOW - 900),
         2,
-        "the load alone: low load for 900s: cancel 1 loading replica(s)",
+        "the load alone: low load for 900s: cancel 1 loading replica(s), overdue (5000s)",
         id="however-long-they-load",
     ),
     pytest.param(
         Observation(3, 1, pods(0.0)),  # the autoscaler wrote 3 since: the person's 2 still holds
-        steady(0.0, loading_since=(NOW - 200, NOW - 200), ready=1, low_since=NOW - 250, **held(None)),
+        steady(0.0, loading_since=(NOW - 1300, NOW - 1300), ready=1, low_since=NOW - 250, **held(None)),
         2,
         "cancel 2 loading replica(s)",
         id="the-autoscaler-cancels-its-own-above-a-persons-floor",
@@ -317,7 +325,7 @@ def test_a_persons_scale_holds_through_a_slow_load_then_steps_down_after_the_del
     manual = ManualScale(3, "kubectl", NOW)
     state, replicas, now, seen_replicas = steady(0.1, ready=1), 3, NOW, []
     while now <= NOW + 1500:
-        ready = 3 if now >= NOW + 1200 and replicas == 3 else 1
+        ready = replicas if now >= NOW + 1200 else 1  # all loaded by then
         seen = Observation(replicas, min(ready, replicas), pods(*[0.1 / ready] * min(ready, replicas)), manual=manual)
         decision = decide(limits, seen, state, now)
         seen_replicas.append(decision.replicas)

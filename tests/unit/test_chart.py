@@ -32,12 +32,12 @@ pytestmark = pytest.mark.skipif(
 
 
 def render_network_policy(config: OperatorConfig) -> dict[str, Any]:
-    """The NetworkPolicy the operator renders for an endpoint under this config."""
+    """The NetworkPolicy the operator renders for an endpoint without a gateway (callers meet vLLM)."""
     endpoint = {
         "apiVersion": "voxtral.dev/v1alpha1",
         "kind": "VoxtralEndpoint",
         "metadata": {"name": "mini", "namespace": "speech"},
-        "spec": {"model": "mistralai/Voxtral-Mini-3B-2507", "gpu": {"type": "L4-24GB"}},
+        "spec": {"model": "mistralai/Voxtral-Mini-3B-2507", "gpu": {"type": "L4-24GB"}, "gateway": {"enabled": False}},
     }
     (policy,) = [obj for obj in render(endpoint, config) if obj["kind"] == "NetworkPolicy"]
     return policy

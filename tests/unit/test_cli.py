@@ -55,7 +55,12 @@ def endpoint(name: str, namespace: str = "speech") -> dict[str, Any]:
 
 
 def deployments(stdout: str) -> list[str]:
-    return [doc["metadata"]["name"] for doc in yaml.safe_load_all(stdout) if doc["kind"] == "Deployment"]
+    """The vLLM Deployments (each endpoint's gateway has its own, NAME-gateway)."""
+    return [
+        doc["metadata"]["name"]
+        for doc in yaml.safe_load_all(stdout)
+        if doc["kind"] == "Deployment" and not doc["metadata"]["name"].endswith("-gateway")
+    ]
 
 
 # --- the config file ----------------------------------------------------------------------

@@ -223,7 +223,10 @@ def _check_rendered(endpoint: dict[str, Any], objects: list[dict[str, Any]]) -> 
             "app.kubernetes.io/managed-by",
         }
     spec = VoxtralEndpointSpec.model_validate(endpoint["spec"])
-    kinds = {obj["kind"]: obj for obj in objects}
+    # The vLLM children bear the endpoint's name; the gateway's are NAME-gateway.
+    name = endpoint["metadata"]["name"]
+    gateway_side = {f"{name}-gateway", f"{name}-vllm", f"{name}-backend-key"}
+    kinds = {obj["kind"]: obj for obj in objects if obj["metadata"]["name"] not in gateway_side}
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     args = pod["containers"][0]["args"]
     parsed = flags.parse(args)
@@ -237,7 +240,9 @@ def _check_rendered(endpoint: dict[str, Any], objects: list[dict[str, Any]]) -> 
         assert kinds["PersistentVolumeClaim"]["spec"].get("storageClassName") == (
             spec.model_cache.storage_class_name or None
         )
-    peers = kinds["NetworkPolicy"]["spec"]["ingress"][0]["from"]
+    # Callers meet the gateway's policy when there is one, else vLLM's.
+    gateway_policy = [o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("-gateway")]
+    peers = (gateway_policy or [kinds["NetworkPolicy"]])[0]["spec"]["ingress"][0]["from"]
     assert peers[0]["podSelector"]["matchLabels"] == dict(spec.access.from_pod_labels)
     # A spec string with line breaks or quotes stays one value: no piece of it became a value of its own.
     rendered = set(_strings(objects))

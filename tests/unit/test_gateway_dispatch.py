@@ -14,6 +14,8 @@ from voxtral_operator.gateway.dispatch import (
     QueueTimeout,
     RateLimited,
     Replica,
+    Stopping,
+    Suspended,
     choose,
 )
 from voxtral_operator.gateway.flows import FirstComeFirstServed
@@ -187,6 +189,39 @@ async def test_a_held_request_gets_its_full_queue_time_once_replicas_appear() ->
         await queued
     busy.release()
     held.result().release()
+
+
+async def test_refusing_answers_held_requests_at_once_and_queued_ones_after_their_grace() -> None:
+    dispatcher = Dispatcher(max_inflight=1, queue_timeout=600, hold_timeout=600)
+    held = asyncio.create_task(dispatcher.acquire(SHORT))
+    await asyncio.sleep(0.01)
+    dispatcher.refuse(Suspended("suspended"))
+    with pytest.raises(Suspended):
+        await asyncio.wait_for(held, 5)
+    with pytest.raises(Suspended):
+        await dispatcher.acquire(SHORT)  # new ones too, without waiting
+    dispatcher.refuse(None)
+    dispatcher.set_replicas(["a:1"])
+    running = await dispatcher.acquire(SHORT)
+    queued = asyncio.create_task(dispatcher.acquire(SHORT))
+    await asyncio.sleep(0.01)
+    dispatcher.refuse(Stopping("stopping"), queued_grace=0.2)
+    await asyncio.sleep(0.05)
+    assert not queued.done()  # a queued request may still reach a replica within its grace
+    with pytest.raises(Stopping):
+        await asyncio.wait_for(queued, 5)
+    running.release()  # what was on a replica is untouched by the refusal
+    assert dispatcher.snapshot().inflight == 0
+    assert dispatcher.waiting == 0
+
+
+async def test_a_lower_hold_timeout_applies_to_requests_already_held() -> None:
+    dispatcher = Dispatcher(hold_timeout=600)
+    held = asyncio.create_task(dispatcher.acquire(SHORT))
+    await asyncio.sleep(0.01)
+    dispatcher.set_hold_timeout(0.05)
+    with pytest.raises(HoldTimeout):
+        await asyncio.wait_for(held, 5)
 
 
 # --- fairness between keys and per-key limits -------------------------------------------------

@@ -34,7 +34,7 @@ def _refused(endpoint: dict[str, Any], config: OperatorConfig, field: str, hint:
 
 
 def _pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "ep"]
     pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
     return pod
 
@@ -210,7 +210,7 @@ def test_the_operator_config_refuses_limits_that_cannot_hold(data: dict[str, Any
 
 
 def _network_policy(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "ep"]
     kubernetes_validate.validate(policy, "1.34", strict=True)
     spec: dict[str, Any] = policy["spec"]
     return spec

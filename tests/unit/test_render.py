@@ -36,7 +36,9 @@ def _endpoint(**spec: Any) -> dict[str, Any]:
 
 
 def _by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {obj["kind"]: obj for obj in objects}
+    """The vLLM side's children by kind (the gateway's are named NAME-gateway)."""
+    gateway_side = {"ep-gateway", "ep-vllm", "ep-backend-key"}
+    return {obj["kind"]: obj for obj in objects if obj["metadata"]["name"] not in gateway_side}
 
 
 def _vllm_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -95,7 +97,7 @@ def test_rendered_objects_validate_against_kubernetes_1_34(spec: dict[str, Any])
 def test_every_child_is_labelled_and_owned(spec: dict[str, Any]) -> None:
     for obj in render(_endpoint(**spec), CONFIG):
         labels = obj["metadata"]["labels"]
-        assert labels["app.kubernetes.io/name"] == "voxtral-endpoint"
+        assert labels["app.kubernetes.io/name"] in ("voxtral-endpoint", "voxtral-gateway")
         assert labels["app.kubernetes.io/instance"] == "ep"
         assert labels["app.kubernetes.io/managed-by"] == "voxtral-operator"
         assert "app.kubernetes.io/component" in labels
@@ -157,7 +159,9 @@ def test_startup_budget_grows_with_model_size() -> None:
 
 
 def test_api_key_comes_from_the_secret_never_inline() -> None:
-    objects = render(_endpoint(auth={"apiKeySecretRef": {"name": "k", "key": "token"}}), CONFIG)
+    objects = render(
+        _endpoint(auth={"apiKeySecretRef": {"name": "k", "key": "token"}}, gateway={"enabled": False}), CONFIG
+    )
     container = _vllm_container(objects)
     (key_env,) = [e for e in container["env"] if e["name"] == "VLLM_API_KEY"]
     assert key_env == {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "k", "key": "token"}}}
@@ -196,7 +200,7 @@ def test_node_pool_pinning() -> None:
 
 
 def test_network_policy_admits_only_allowed_callers_and_the_operator() -> None:
-    objects = render(_endpoint(access={"fromNamespaces": ["callers"]}), CONFIG)
+    objects = render(_endpoint(access={"fromNamespaces": ["callers"]}, gateway={"enabled": False}), CONFIG)
     policy = _by_kind(objects)["NetworkPolicy"]["spec"]
     (rule,) = policy["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]

@@ -33,8 +33,13 @@ def _objects(**spec: Any) -> dict[tuple[str, str], dict[str, Any]]:
 GATEWAY = {"gateway": {"enabled": True}}
 
 
+def test_the_gateway_is_there_unless_the_endpoint_opts_out() -> None:
+    assert ("Deployment", "ep-gateway") in _objects()
+    assert _objects() == _objects(**GATEWAY)
+
+
 def test_without_a_gateway_the_service_fronts_the_vllm_pods_as_before() -> None:
-    objects = _objects()
+    objects = _objects(gateway={"enabled": False})
     assert not [key for key in objects if key[1].startswith("ep-")]
     assert objects[("Service", "ep")]["spec"]["selector"]["app.kubernetes.io/name"] == "voxtral-endpoint"
 
@@ -110,7 +115,13 @@ def test_the_gateway_reads_exactly_the_secrets_it_needs() -> None:
     # Its Role grants no Secret: the kubelet reads them for it, into optional Secret volumes.
     rules = objects[("Role", "ep-gateway")]["rules"]
     assert rules == [
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+        {
+            "apiGroups": ["voxtral.dev"],
+            "resources": ["voxtralendpoints"],
+            "resourceNames": ["ep"],
+            "verbs": ["get", "list", "watch"],
+        },
     ]
     pod = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]
     by_volume = {v["name"]: v["secret"] for v in pod["volumes"]}
@@ -141,21 +152,36 @@ def test_hold_timeout_defaults_to_the_models_startup_budget() -> None:
     assert int(args[args.index("--hold-timeout-seconds") + 1]) >= 600
 
 
-def test_suspended_means_zero_replicas_and_a_gateway_that_says_so() -> None:
-    objects = _objects(gateway={"enabled": True}, suspended=True, minReplicas=1, replicas=1)
-    assert objects[("Deployment", "ep")]["spec"]["replicas"] == 0
-    (container,) = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["containers"]
-    assert "--suspended" in container["args"]
-    assert objects[("Deployment", "ep-gateway")]["spec"]["replicas"] == 2
+def test_suspending_or_changing_the_hold_leaves_the_gateway_pods_alone() -> None:
+    """The gateway reads spec.suspended and spec.gateway.holdTimeoutSeconds from its endpoint: its pod
+    template does not change with them, so the Deployment does not roll."""
+    serving = _objects(minReplicas=0, autoscaling={"scaleToZeroAfterSeconds": 600})
+    for changed in (
+        _objects(minReplicas=0, autoscaling={"scaleToZeroAfterSeconds": 600}, suspended=True),
+        _objects(minReplicas=0, autoscaling={"scaleToZeroAfterSeconds": 60}),
+        _objects(minReplicas=1, replicas=1),
+        _objects(minReplicas=0, gateway={"holdTimeoutSeconds": 30}),
+    ):
+        assert changed[("Deployment", "ep-gateway")] == serving[("Deployment", "ep-gateway")]
+    suspended = _objects(suspended=True, minReplicas=1, replicas=1)
+    assert suspended[("Deployment", "ep")]["spec"]["replicas"] == 0
+    assert suspended[("Deployment", "ep-gateway")]["spec"]["replicas"] == 2
+    (own,) = [r for r in serving[("Role", "ep-gateway")]["rules"] if r["resources"] == ["voxtralendpoints"]]
+    assert own == {
+        "apiGroups": ["voxtral.dev"],
+        "resources": ["voxtralendpoints"],
+        "resourceNames": ["ep"],
+        "verbs": ["get", "list", "watch"],
+    }
 
 
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
-        ({"minReplicas": 0}, "spec.minReplicas"),
-        ({"auth": {"apiKeysSecretName": "callers"}}, "spec.auth.apiKeysSecretName"),
+        ({"minReplicas": 0, "gateway": {"enabled": False}}, "spec.minReplicas"),
+        ({"auth": {"apiKeysSecretName": "callers"}, "gateway": {"enabled": False}}, "spec.auth.apiKeysSecretName"),
         (
-            {"gateway": {"enabled": True}, "autoscaling": {"scaleToZeroAfterSeconds": 600}},
+            {"autoscaling": {"scaleToZeroAfterSeconds": 600}},
             "spec.autoscaling.scaleToZeroAfterSeconds",
         ),
     ],
@@ -193,6 +219,28 @@ def test_a_suspended_endpoint_says_so_and_is_not_ready() -> None:
     assert ready is not None
     assert ready["status"] == "False"
     assert ready["reason"] == "Suspended"
+
+
+@pytest.mark.parametrize(
+    ("gateway", "keys", "exposed", "reason", "says"),
+    [
+        (False, False, "True", "GatewayDisabled", "/invocations, /tokenize"),
+        (False, True, "True", "GatewayDisabled", "/metrics"),
+        (True, True, "False", "GatewayEnabled", "caller key check"),
+        (True, False, "True", "NoCallerKeys", "no key asked"),
+    ],
+)
+def test_the_exposed_condition_says_what_answers_without_a_key(
+    gateway: bool, keys: bool, exposed: str, reason: str, says: str
+) -> None:
+    now = "2026-11-25T00:00:00Z"
+    first = status.with_exposure(_status(), previous={}, gateway=gateway, caller_keys=keys, generation=1, now=now)
+    condition = status.condition_of(first, status.EXPOSED)
+    assert condition is not None
+    assert (condition["status"], condition["reason"]) == (exposed, reason)
+    assert says in condition["message"]
+    again = status.with_exposure(first, previous=first, gateway=gateway, caller_keys=keys, generation=1, now="later")
+    assert again == first  # level-triggered: nothing changes, nothing is written
 
 
 def test_zero_replicas_by_choice_is_scaled_to_zero_not_pending() -> None:

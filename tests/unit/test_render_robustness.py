@@ -26,7 +26,7 @@ def _endpoint(metadata: Any = None, **spec: Any) -> dict[str, Any]:
 
 
 def _args(objects: list[dict[str, Any]]) -> list[str]:
-    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "ep"]
     args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     return args
 

@@ -65,6 +65,10 @@ def label_key_problem(key: str) -> str | None:
     return None
 
 
+# The gateway is on unless the spec says enabled: false (the API server fills the default in first).
+_GATEWAY_ON = "(!has(self.gateway) || !has(self.gateway.enabled) || self.gateway.enabled)"
+
+
 def _label_map_rule(what: str) -> dict[str, Any]:
     return {
         "x-kubernetes-validations": [
@@ -438,11 +442,12 @@ class GatewayKeySpec(KeyLimitsSpec):
 
 class GatewaySpec(_Model):
     enabled: bool = Field(
-        default=False,
+        default=True,
         description=(
-            "Put a gateway in front of the vLLM replicas: it checks callers' keys, forwards only the "
-            "OpenAI API routes, queues centrally and dispatches by outstanding work, and holds requests "
-            "while the endpoint scales from zero. vLLM is then reachable only from the gateway."
+            "A gateway in front of the vLLM replicas (the default): it checks callers' keys, forwards only "
+            "the OpenAI API routes, queues centrally and dispatches by outstanding work, and holds requests "
+            "while the endpoint scales from zero; vLLM is reachable only from it. false: callers reach vLLM "
+            "directly, with every route it serves (/invocations, /tokenize, /metrics without a key)."
         ),
     )
     replicas: int = Field(default=2, ge=1, le=20, description="Gateway pods (CPU only), spread across nodes.")
@@ -561,8 +566,8 @@ class VoxtralEndpointSpec(_Model):
                     "fieldPath": ".model",
                 },
                 {
-                    "rule": "self.minReplicas > 0 || (has(self.gateway) && self.gateway.enabled)",
-                    "message": "minReplicas 0 needs the gateway (gateway.enabled: true) to hold requests",
+                    "rule": "self.minReplicas > 0 || " + _GATEWAY_ON,
+                    "message": "minReplicas 0 needs the gateway to hold requests (gateway.enabled: false turns it off)",
                     "fieldPath": ".minReplicas",
                 },
                 {
@@ -572,9 +577,8 @@ class VoxtralEndpointSpec(_Model):
                     "fieldPath": ".autoscaling.scaleToZeroAfterSeconds",
                 },
                 {
-                    "rule": "!has(self.auth) || !has(self.auth.apiKeysSecretName)"
-                    " || (has(self.gateway) && self.gateway.enabled)",
-                    "message": "auth.apiKeysSecretName is read by the gateway: set gateway.enabled: true",
+                    "rule": "!has(self.auth) || !has(self.auth.apiKeysSecretName) || " + _GATEWAY_ON,
+                    "message": "auth.apiKeysSecretName is read by the gateway, which gateway.enabled: false turns off",
                     "fieldPath": ".auth.apiKeysSecretName",
                 },
                 {
@@ -666,9 +670,11 @@ class VoxtralEndpointSpec(_Model):
                 f"[minReplicas {self.min_replicas}, maxReplicas {self.max_replicas}]"
             )
         if self.min_replicas == 0 and not self.gateway.enabled:
-            problems.append("spec.minReplicas: 0 needs the gateway (gateway.enabled: true) to hold requests")
+            problems.append(
+                "spec.minReplicas: 0 needs the gateway to hold requests (gateway.enabled: false turns it off)"
+            )
         if self.auth.api_keys_secret_name and not self.gateway.enabled:
-            problems.append("spec.auth.apiKeysSecretName: read by the gateway: set gateway.enabled: true")
+            problems.append("spec.auth.apiKeysSecretName: read by the gateway, which gateway.enabled: false turns off")
         if self.autoscaling.scale_to_zero_after_seconds is not None and self.min_replicas > 0:
             problems.append(
                 "spec.autoscaling.scaleToZeroAfterSeconds: needs minReplicas 0 (it would never go below "

@@ -28,10 +28,10 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voxtral_operator.gateway.connections import GuardedServer, Limits
-from voxtral_operator.gateway.dispatch import Dispatcher, Lease, Rejected
+from voxtral_operator.gateway.dispatch import Dispatcher, Lease, Rejected, Stopping, Suspended
 from voxtral_operator.gateway.framing import Framing, Refusal, backend_headers, request_framing, response_headers
 from voxtral_operator.gateway.metrics import GatewayMetrics
-from voxtral_operator.gateway.sources import ANONYMOUS, Sources
+from voxtral_operator.gateway.sources import ANONYMOUS, LiveSettings, Sources
 from voxtral_operator.gateway.work import MAX_TOKENS, PREFIX_BYTES, Work, estimate
 
 logger = logging.getLogger("voxtral_operator.gateway")
@@ -47,7 +47,7 @@ AUDIO_ROUTES = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
 CONNECT_ATTEMPTS = 3
 USAGE_JSON_LIMIT = 256 * 1024  # a JSON answer up to this size is parsed for its usage object
 SSE_TAIL = 16 * 1024  # the tail of an event stream kept to find the last chunk's usage
-SUSPENDED_RETRY_AFTER = 60
+SUSPENDED_MESSAGE = "endpoint suspended: it serves no requests until it is resumed"
 # The backend's answer as it is relayed: once prepared, a failure can only drop the connection.
 RELAYED = web.RequestKey("relayed", web.StreamResponse)
 # The named points of a request's life, in order (where a test may inject a failure).
@@ -67,7 +67,6 @@ STEPS = (
 @dataclass(frozen=True)
 class Settings:
     max_upload_bytes: int = 25 * 1_000_000
-    suspended: bool = False
     connect_timeout: float = 5.0
     body_timeout: float = 30.0  # an upload that sends nothing for this long is abandoned
     limits: Limits = field(default_factory=Limits)
@@ -217,7 +216,10 @@ class Gateway:
         self.fault_at: Callable[[str], None] | None = None
         sources.on_backends.append(dispatcher.set_replicas)
         sources.on_tls.append(self._load_tls)
+        self._default_hold_timeout = dispatcher.hold_timeout
+        sources.on_settings.append(self._follow_settings)
         dispatcher.set_replicas(sources.backends)
+        self._follow_settings(sources.settings)
         if sources.tls is not None:
             self._load_tls(sources.tls)
 
@@ -233,6 +235,16 @@ class Gateway:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout),
             )
         return self._session
+
+    def _follow_settings(self, settings: LiveSettings) -> None:
+        """Suspend or resume the moment the endpoint says so (held and queued requests get 503 now)."""
+        if not isinstance(self.dispatcher.refusing, Stopping):
+            self.dispatcher.refuse(Suspended(SUSPENDED_MESSAGE) if settings.suspended else None)
+        self.dispatcher.set_hold_timeout(settings.hold_timeout_seconds or self._default_hold_timeout)
+
+    def stop(self, queued_grace: float) -> None:
+        """Shutting down: new and held requests get 503 and retry elsewhere, queued ones after the grace."""
+        self.dispatcher.refuse(Stopping("this gateway pod is shutting down; retry"), queued_grace=queued_grace)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -329,13 +341,14 @@ class Gateway:
             refusal = Refusal(401, "Incorrect or missing API key (Authorization: Bearer KEY)", "invalid_api_key")
             return refusal_response(request, refusal), ANONYMOUS
         self._step("authenticated")
-        if self.settings.suspended:
+        refusing = self.dispatcher.refusing  # suspended or stopping
+        if refusing is not None:
             response = error_response(
-                503,
-                "endpoint suspended: it serves no requests until it is resumed",
-                "endpoint_suspended",
+                refusing.status,
+                str(refusing),
+                refusing.code,
                 kind="service_unavailable",
-                retry_after=SUSPENDED_RETRY_AFTER,
+                retry_after=refusing.retry_after,
             )
             return response, key
         limit = self.settings.max_upload_bytes

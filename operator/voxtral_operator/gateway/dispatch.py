@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -52,6 +53,18 @@ class QueueTimeout(Rejected):
 class HoldTimeout(Rejected):
     retry_after = 30
     code = "endpoint_starting"
+
+
+class Suspended(Rejected):
+    retry_after = 60
+    code = "endpoint_suspended"
+
+
+class Stopping(Rejected):
+    """This gateway pod is shutting down: another one (or its successor) takes the retry."""
+
+    retry_after = 1
+    code = "gateway_stopping"
 
 
 class RateLimited(Rejected):
@@ -140,6 +153,8 @@ class Dispatcher:
         self.hold_timeout = hold_timeout
         self.key_policies = key_policies or KeyPolicies()
         self.replicas: dict[str, Replica] = {}
+        self.refusing: Rejected | None = None  # suspended or stopping: what new requests get at once
+        self._refuse_queued_at = 0.0
         self._ready_since = time.monotonic()  # when the replica set last became non-empty
         self._gone: dict[int, Replica] = {}  # left the slice with requests still in flight
         self._queue: FlowQueue[_Waiter] = FlowQueue(fairness or DeficitRoundRobin())
@@ -165,7 +180,23 @@ class Dispatcher:
         for address in wanted:
             self.replicas.setdefault(address, Replica(address))
         self._pump()
-        for waiter in self._queue:  # held and queued ones re-read which timeout applies
+        self._wake_all()  # held and queued ones re-read which timeout applies
+
+    def refuse(self, error: Rejected | None, *, queued_grace: float = 0.0) -> None:
+        """From now on answer new requests with `error` (None: serve again). Held requests (no replica
+        ready) get it at once; queued ones keep their place for `queued_grace` seconds more, then get it.
+        Requests already on a replica are not touched: they finish there."""
+        self.refusing = error
+        self._refuse_queued_at = time.monotonic() + queued_grace
+        self._wake_all()
+
+    def set_hold_timeout(self, seconds: float) -> None:
+        """A new bound for held requests, counted from their arrival; they re-read it now."""
+        self.hold_timeout = seconds
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for waiter in self._queue:
             if waiter.wakeup is not None and not waiter.wakeup.done():
                 waiter.wakeup.set_result(None)
 
@@ -179,6 +210,8 @@ class Dispatcher:
         `key`: the caller's key id (its flow and limits); `tenant`: the name its weight and limits are
         configured under. A retry (`exclude` not empty) was admitted already and is not charged again.
         """
+        if self.refusing is not None:
+            raise copy.copy(self.refusing)
         limits = self.key_policies.of(tenant)
         if not exclude:
             active = self._active[key] + self._queue.waiting(key)
@@ -202,10 +235,15 @@ class Dispatcher:
         try:
             while not waiter.future.done():
                 held = not self.replicas
+                now = time.monotonic()
+                if self.refusing is not None and (held or now >= self._refuse_queued_at):
+                    raise copy.copy(self.refusing)
                 if held:
-                    remaining = waiter.arrived + self.hold_timeout - time.monotonic()
+                    remaining = waiter.arrived + self.hold_timeout - now
                 else:
-                    remaining = max(waiter.arrived, self._ready_since) + self.queue_timeout - time.monotonic()
+                    remaining = max(waiter.arrived, self._ready_since) + self.queue_timeout - now
+                    if self.refusing is not None:
+                        remaining = min(remaining, self._refuse_queued_at - now)
                 if remaining <= 0:
                     if held:
                         raise HoldTimeout(

@@ -24,6 +24,9 @@ logger = logging.getLogger("voxtral_operator.gateway")
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 SHUTDOWN_SECONDS = 60.0  # in-flight requests get this long after SIGTERM
+# Queued requests may still reach a replica this long after SIGTERM (and then finish within the
+# shutdown); held ones, with no replica to wait for, get 503 at once rather than a reset at the end.
+STOP_QUEUED_GRACE_SECONDS = 20.0
 
 
 class UsageError(Exception):
@@ -58,6 +61,7 @@ def spec_of(args: argparse.Namespace) -> Spec:
     return Spec(
         namespace=args.namespace,
         backend_service=args.backend_service,
+        endpoint=args.endpoint,
         backend_key=backend_key,
         caller_keys=caller_keys,
         tls_secret=args.tls_secret or None,
@@ -143,7 +147,6 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
         dispatcher,
         Settings(
             max_upload_bytes=int(args.max_upload_mb * 1_000_000),
-            suspended=args.suspended,
             body_timeout=args.body_timeout_seconds,
             limits=Limits(
                 max_connections=args.max_connections,
@@ -175,7 +178,7 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
                 port,
                 metrics_port,
                 spec.backend_service,
-                " (suspended)" if args.suspended else "",
+                " (suspended)" if sources.settings.suspended else "",
             )
             until_stopped = asyncio.ensure_future(stopping.wait())
             await asyncio.wait([until_stopped, watching], return_when="FIRST_COMPLETED")
@@ -183,6 +186,7 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
         if watching.done():
             watching.result()  # the watches never end on their own: raise what ended them
         logger.info("stopping: no new connections; waiting for in-flight requests")
+        gateway.stop(queued_grace=STOP_QUEUED_GRACE_SECONDS)
     finally:
         if api_runner is not None:
             await api_runner.cleanup()

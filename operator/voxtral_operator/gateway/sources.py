@@ -1,4 +1,5 @@
-"""What the HTTP side reads: ready backends, accepted caller keys, the backend keys, the TLS pair.
+"""What the HTTP side reads: ready backends, accepted caller keys, the backend keys, the TLS pair,
+and the endpoint's live settings (suspended, hold timeout).
 
 `Sources` is the interface (tests may set it directly). The gateway reads no Secret through the
 API: the kubelet mounts each one it needs as a Secret volume (`optional: true`) under
@@ -11,6 +12,9 @@ The backend key: vLLM takes its key from the environment at start, so a replica 
 Secret held when it started, for ever. The gateway keeps every backend key it has read (newest
 first) and learns by a probe which one each replica accepts; a replica that accepts none is not
 dispatched to. A deleted Secret changes nothing here: the last keys read are kept.
+
+The live settings come from the gateway's own VoxtralEndpoint, through a watch (`watch_sources`):
+they are no command-line flags, so changing them never rolls the gateway's pods.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import aiohttp
 from voxtral_operator.gateway import SECRETS_DIR
 from voxtral_operator.gateway.kube import KubeReader, informer
 from voxtral_operator.gateway.metrics import key_id
+from voxtral_operator.k8s.resources import ENDPOINTS
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +102,31 @@ class CallerKeys:
         return found
 
 
+@dataclass(frozen=True)
+class LiveSettings:
+    """What the endpoint's owner may change at any time without the gateway pods restarting."""
+
+    suspended: bool = False
+    hold_timeout_seconds: float | None = None  # None: the --hold-timeout-seconds default
+
+
+def live_settings(endpoint: Mapping[str, Any] | None) -> LiveSettings:
+    """The live settings in a VoxtralEndpoint; an absent one (being deleted) suspends nothing."""
+    spec = (endpoint or {}).get("spec") or {}
+    hold = (spec.get("gateway") or {}).get("holdTimeoutSeconds")
+    if isinstance(hold, bool) or not isinstance(hold, int) or hold <= 0:
+        hold = None
+    return LiveSettings(
+        suspended=spec.get("suspended") is True, hold_timeout_seconds=None if hold is None else float(hold)
+    )
+
+
 class Sources:
-    """The state the HTTP part reads; listeners hear about backend and TLS changes."""
+    """The state the HTTP part reads; listeners hear about backend, TLS and settings changes."""
 
     def __init__(self) -> None:
+        self.settings = LiveSettings()
+        self.on_settings: list[Callable[[LiveSettings], None]] = []
         # Backends the gateway may dispatch to: ready, and (with a backend key) accepting a key it holds.
         self.backends: tuple[str, ...] = ()
         self.caller_keys: CallerKeys | None = None  # None: no caller auth
@@ -144,6 +170,17 @@ class Sources:
         self.backend_keys = (key, *(k for k in self.backend_keys if k != key))[:MAX_BACKEND_KEYS]
         return True
 
+    def set_settings(self, settings: LiveSettings) -> None:
+        if settings != self.settings:
+            logger.info(
+                "endpoint settings: %s, hold timeout %s",
+                "suspended" if settings.suspended else "serving",
+                f"{settings.hold_timeout_seconds:g}s" if settings.hold_timeout_seconds else "default",
+            )
+        self.settings = settings
+        for listener in self.on_settings:
+            listener(settings)
+
     def set_tls(self, pair: tuple[bytes, bytes] | None) -> None:
         if pair is None or pair == self.tls:
             return
@@ -185,6 +222,7 @@ class Spec:
 
     namespace: str
     backend_service: str
+    endpoint: str | None = None  # the VoxtralEndpoint whose live settings the gateway follows
     backend_key: SecretRef | None = None
     caller_keys: tuple[SecretRef, ...] = ()
     tls_secret: str | None = None
@@ -393,11 +431,18 @@ class BackendKeys:
 
 
 async def watch_sources(reader: KubeReader, spec: Spec, sources: Sources) -> None:
-    """Run the watches for ever; `sources.synced` is set once the Secrets' files and the
-    EndpointSlices have been read."""
+    """Run the watches for ever; `sources.synced` is set once the Secrets' files, the
+    EndpointSlices and the endpoint's settings have been read."""
     backends = BackendKeys(sources)
     secrets_read = asyncio.Event()
     slices_listed = asyncio.Event()
+    settings_read = asyncio.Event()
+    if not spec.endpoint:
+        settings_read.set()
+
+    def on_endpoint(objects: dict[str, Any]) -> None:
+        sources.set_settings(live_settings(objects.get(spec.endpoint or "")))
+        settings_read.set()
 
     def on_slices(objects: dict[str, Any]) -> None:
         backends.set_ready(ready_backends(objects.values()))
@@ -406,6 +451,7 @@ async def watch_sources(reader: KubeReader, spec: Spec, sources: Sources) -> Non
     async def synced() -> None:
         await secrets_read.wait()
         await slices_listed.wait()
+        await settings_read.wait()
         sources.synced.set()
 
     ns = spec.namespace
@@ -419,5 +465,18 @@ async def watch_sources(reader: KubeReader, spec: Spec, sources: Sources) -> Non
             {"labelSelector": f"{SERVICE_NAME_LABEL}={spec.backend_service}"},
             on_slices,
             what=f"EndpointSlices of Service {ns}/{spec.backend_service}",
+        ),
+        *(
+            [
+                informer(
+                    reader,
+                    ENDPOINTS.path(ns),
+                    {"fieldSelector": f"metadata.name={spec.endpoint}"},
+                    on_endpoint,
+                    what=f"VoxtralEndpoint {ns}/{spec.endpoint}",
+                )
+            ]
+            if spec.endpoint
+            else []
         ),
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from voxtral_operator.api import models
 from voxtral_operator.api.catalog import DEFAULT_MAX_NUM_SEQS
 from voxtral_operator.api.models import KeyLimitsSpec
 from voxtral_operator.api.resolve import Plan
@@ -87,11 +88,6 @@ def certificate(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
     }
 
 
-def hold_timeout_seconds(plan: Plan) -> int:
-    """A request sent at zero replicas waits as long as a replica may take to start."""
-    return plan.spec.gateway.hold_timeout_seconds or plan.model.startup_budget_seconds
-
-
 def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
     spec = plan.spec
     args = [
@@ -116,8 +112,11 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         str(spec.gateway.max_queue),
         "--queue-timeout-seconds",
         str(spec.gateway.queue_timeout_seconds),
+        # A request sent at zero replicas waits as long as a replica may take to start, unless
+        # spec.gateway.holdTimeoutSeconds says otherwise: the gateway reads that (and spec.suspended)
+        # from the endpoint itself, so changing them does not roll its pods.
         "--hold-timeout-seconds",
-        str(hold_timeout_seconds(plan)),
+        str(plan.model.startup_budget_seconds),
         "--max-upload-mb",
         str(spec.engine.audio.max_file_size_mb),
         "--log-format",
@@ -132,8 +131,6 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         args += ["--caller-keys-secret", spec.auth.api_keys_secret_name]
     if spec.gateway.tls is not None:
         args += ["--tls-secret", tls_secret_name(plan)]
-    if spec.suspended:
-        args.append("--suspended")
     return args + key_limit_args(plan)
 
 
@@ -266,6 +263,13 @@ def role(plan: Plan) -> dict[str, Any]:
         "metadata": _meta(plan, gateway_name(plan.name)),
         "rules": [
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+            {
+                # Its own endpoint, for the settings it follows live (suspended, hold timeout).
+                "apiGroups": [models.GROUP],
+                "resources": [models.PLURAL],
+                "resourceNames": [plan.name],
+                "verbs": ["get", "list", "watch"],
+            },
         ],
     }
 
