@@ -148,10 +148,13 @@ async def test_burst_scales_up_then_back_down_after_the_delay(
 async def test_serving_is_checked_through_the_service(
     sandbox: Sandbox, kube: Kube, operator: OperatorProcess, vllm_port: int, tmp_path: Path
 ) -> None:
-    await kube.create(endpoint_path(NS), endpoint("open"))
+    # Without the gateway callers reach vLLM through the Service, so vLLM's own key is all that guards it.
+    direct = {"enabled": False}
+    await kube.create(endpoint_path(NS), endpoint("open", gateway=direct))
     # The spec asks for an API key, but these replicas were started without one: a misconfiguration
     # only a check through the Service can see.
-    await kube.create(endpoint_path(NS), endpoint("leaky", auth={"apiKeySecretRef": {"name": "leaky-key"}}))
+    leaky = endpoint("leaky", gateway=direct, auth={"apiKeySecretRef": {"name": "leaky-key"}})
+    await kube.create(endpoint_path(NS), leaky)
 
     async def serving(name: str, reason: str) -> dict[str, Any] | None:
         current = await kube.get(endpoint_path(NS, name))

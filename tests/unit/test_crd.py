@@ -138,6 +138,8 @@ CEL_REJECTS = [
         "ReadWriteOnce model cache cannot be shared",
         id="rwo-cache-multi-replica",
     ),
+    # vLLM's parser would take a leading '-' for a flag and leave --served-model-name without a value.
+    pytest.param({**VALID, "servedModelName": "-:"}, "servedModelName may not begin with '-'", id="name-like-a-flag"),
 ]
 
 

@@ -605,8 +605,22 @@ class VoxtralEndpointSpec(_Model):
         default=None,
         max_length=256,
         pattern=NO_CONTROL_CHARACTERS,
-        description="Model name callers use in requests; defaults to spec.model.",
+        description="Model name callers use in requests; defaults to spec.model. May not begin with '-'.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                # vLLM's parser would read a leading '-' as a flag, not as the name.
+                {"rule": "!self.startsWith('-')", "message": "servedModelName may not begin with '-'"}
+            ]
+        },
     )
+
+    @field_validator("served_model_name")
+    @classmethod
+    def _not_a_flag(cls, name: str | None) -> str | None:
+        if name is not None and name.startswith("-"):
+            raise ValueError("servedModelName may not begin with '-' (vLLM would read it as a flag)")
+        return name
+
     gpu: GpuSpec = Field(description="GPU the endpoint runs on.")
     tensor_parallel_size: Literal[1, 2, 4, 8] | None = Field(
         default=None,

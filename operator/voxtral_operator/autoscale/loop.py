@@ -361,10 +361,11 @@ class Autoscaler:
         spec = endpoint.get("spec") or {}
         auth_spec = spec.get("auth") or {}
         gateway = spec.get("gateway") or {}
-        keyed_by_gateway = bool(gateway.get("enabled") and auth_spec.get("apiKeysSecretName"))
+        gateway_enabled = _gateway_enabled(spec)
+        keyed_by_gateway = bool(gateway_enabled and auth_spec.get("apiKeysSecretName"))
         auth = bool(auth_spec.get("apiKeySecretRef")) or keyed_by_gateway
         # Only the status code matters here, so a gateway's certificate is not verified.
-        scheme = "https" if gateway.get("enabled") and gateway.get("tls") else "http"
+        scheme = "https" if gateway_enabled and gateway.get("tls") else "http"
         url = f"{scheme}://{cluster_ip}:{self.config.vllm_port}/v1/models"
         assert self._session is not None
         try:
@@ -381,7 +382,7 @@ class Autoscaler:
             return
         if code == (401 if auth else 200):
             note = ""
-            if auth and gateway.get("enabled"):
+            if auth and gateway_enabled:
                 note = "; the gateway enforces the API key"
             elif auth:
                 # vLLM checks the key only under /v1: say so rather than claim the endpoint is guarded.
@@ -478,7 +479,7 @@ class Autoscaler:
         endpoint = self.view.endpoint(key)
         if self.secrets_sink is None or endpoint is None:
             return
-        if not ((endpoint.get("spec") or {}).get("gateway") or {}).get("enabled"):
+        if not _gateway_enabled(endpoint.get("spec") or {}):
             self.secrets_sink(key, ())
             return
         pods = [p for p in self.view.gateway_pods(key) if p.get("ip") and not p.get("deleting")]
@@ -554,3 +555,9 @@ async def peering_is_active(client: ApiClient, path: str, own_priority: int) -> 
             if alive and int(peer.get("priority", 0)) >= own_priority:
                 rivals += 1
     return rivals <= 1  # the one entry at our priority is ourselves
+
+
+def _gateway_enabled(spec: dict[str, Any]) -> bool:
+    """As the models read it: a spec that does not mention the gateway has one (the API server stores
+    the default, but an object read before defaulting, or from another store, may lack the field)."""
+    return bool((spec.get("gateway") or {}).get("enabled", True))
