@@ -135,6 +135,12 @@ def _print_requests(events: list[dict[str, Any]], count: int, title: str) -> Non
 
 async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: float) -> None:
     for namespace in NAMESPACES:
+        # A previous run's namespaces are deleted at its end: their garbage collection must not share this run.
+        for _ in range(360):
+            found = await kube.get(f"/api/v1/namespaces/{namespace}")
+            if (found or {}).get("status", {}).get("phase") != "Terminating":
+                break
+            await asyncio.sleep(5)
         try:
             await kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
         except ApiError as exc:
@@ -147,6 +153,7 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     requests_before = _api_requests()
     _, burst_offset = _operator_events(audit, 0)
     cpu_before = _cpu_seconds(state)
+    idle_rss = _peak_rss_mb(pid)
 
     created: dict[str, float] = {}
     written: dict[str, float] = {}
@@ -253,7 +260,10 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     print(f"burst: settled (no writes) at:   {settled:.1f} s")
     print(f"paced: create -> status p50:     {_pct(steady, 50):.0f} ms")
     print(f"paced: create -> status p95:     {_pct(steady, 95):.0f} ms")
-    print(f"operator peak RSS:               {paced_rss:.0f} MB ({burst_rss:.0f} MB after the burst)")
+    print(
+        f"operator peak RSS:               {paced_rss:.0f} MB ({burst_rss:.0f} MB after the burst, "
+        f"{idle_rss:.0f} MB before it: {(burst_rss - idle_rss) * 1024 / count:.0f} kB per endpoint)"
+    )
     print(f"API requests per endpoint:       {requests / count:.1f} (burst, until settled; operator's counter)")
     _print_requests(burst_events, count, "burst: operator requests:       ")
     print(
