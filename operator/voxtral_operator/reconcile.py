@@ -161,11 +161,14 @@ class Reconciler:
     max_backoff: float = 60.0
     _work: dict[Key, _Work] = field(default_factory=dict)
     # Writes whose watch event has not arrived yet: the caches are behind, not the cluster.
-    # Each entry: (what the cache showed when we wrote, when). The watch event of our own write may
-    # arrive before the entry is made, so entries also expire: a child deleted after that must come back.
+    # Each entry: (what the cache showed when we wrote, when). Any watch event of the object ends it,
+    # and so does any change of what the cache shows; entries also expire, in case the event of our
+    # write arrived before the entry was made and the object was deleted since. The expiry is long:
+    # in a burst of a thousand endpoints the watch events arrive minutes late, and an entry expired
+    # before its event came would have the operator apply the same child again and again.
     _pending_children: dict[tuple[Key, ChildKey], tuple[str | None, float]] = field(default_factory=dict)
     _pending_status: dict[Key, tuple[JSON, float]] = field(default_factory=dict)
-    pending_ttl: float = 10.0
+    pending_ttl: float = 300.0
     _semaphore: asyncio.Semaphore = field(init=False)
     _phases: dict[Key, str] = field(default_factory=dict)
     # Each endpoint's rendered children, compressed JSON (a tenth of the objects' size in memory).
