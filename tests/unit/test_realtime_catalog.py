@@ -138,3 +138,14 @@ def test_hardware_counts_realtime_sessions_per_replica() -> None:
     assert first["concurrentAudioStreams"] == 0
     h100 = [o for o in report["options"] if (o["gpuType"], o["tensorParallelSize"]) == ("H100-80GB", 1)]
     assert h100[0]["realtimeSessions"] == 57
+
+
+def test_the_autoscaler_counts_a_realtime_replica_full_at_its_sessions() -> None:
+    from voxtral_operator.api.models import parse_spec
+    from voxtral_operator.autoscale.loop import policy_limits
+
+    spec = parse_spec(yaml.safe_load(EXAMPLE.read_text())["spec"])
+    # Each running session is one running sequence: ten of them fill an L4 replica.
+    assert policy_limits(spec, CONFIG).max_num_seqs == 10
+    capped = parse_spec({**yaml.safe_load(EXAMPLE.read_text())["spec"], "realtime": {"maxSessionsPerReplica": 3}})
+    assert policy_limits(capped, CONFIG).max_num_seqs == 3

@@ -380,13 +380,29 @@ def resolve(
     )
 
 
+def session_capacity(
+    spec: models.VoxtralEndpointSpec, model: catalog.ModelProfile, gpu: catalog.GpuProfile, tp: int
+) -> int:
+    """Realtime sessions one replica's memory holds at the spec's engine settings."""
+    engine = spec.engine
+    fit = catalog.check_fit(model, gpu, tp, engine.gpu_memory_utilization, engine.max_model_len)
+    return catalog.sessions_per_replica(fit.kv_cache_available_bytes, model, engine.max_model_len)
+
+
+def sessions_per_replica(
+    spec: models.VoxtralEndpointSpec, model: catalog.ModelProfile, gpu: catalog.GpuProfile, tp: int
+) -> int:
+    """The sessions a replica serves (its --max-num-seqs): the spec's cap, else what its memory holds."""
+    return spec.realtime.max_sessions_per_replica or session_capacity(spec, model, gpu, tp)
+
+
 def _realtime_plan(
     spec: models.VoxtralEndpointSpec, model: catalog.ModelProfile, gpu: catalog.GpuProfile, tp: int
 ) -> tuple[RealtimePlan, list[str]]:
     """Sessions per replica from the memory figures (or the spec, within them) and the session length."""
     engine = spec.engine
     fit = catalog.check_fit(model, gpu, tp, engine.gpu_memory_utilization, engine.max_model_len)
-    capacity = catalog.sessions_per_replica(fit.kv_cache_available_bytes, model, engine.max_model_len)
+    capacity = session_capacity(spec, model, gpu, tp)
     wanted = spec.realtime.max_sessions_per_replica
     problems = []
     if wanted is not None and wanted > capacity:
@@ -396,4 +412,5 @@ def _realtime_plan(
             f"{_gb(model.sequence_bytes(engine.max_model_len))} each (at most {capacity})"
         )
     length = spec.realtime.max_session_seconds or catalog.max_session_seconds(engine.max_model_len)
-    return RealtimePlan(sessions_per_replica=wanted or capacity, max_session_seconds=length), problems
+    plan = RealtimePlan(sessions_per_replica=sessions_per_replica(spec, model, gpu, tp), max_session_seconds=length)
+    return plan, problems
