@@ -2,7 +2,7 @@
 `vllm` shim) behind its gateway, reached through the endpoint's Service as a caller in the cluster
 reaches it. A session opened at zero replicas is held until the autoscaler's 0 -> 1 and then answered;
 a wrong key is refused at the handshake; concurrent sessions stream at real-time pace with keys;
-suspend closes open sessions with a reason saying so."""
+suspend closes open sessions with a reason saying so. On the H100 pool: 57 sessions fit one replica."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .test_gateway import OLD_KEY, _set_keys, _vllm_pods
 
 pytestmark = pytest.mark.e2e
 
-CONCURRENT = 8  # one gateway pod, ten sessions per L4 replica: all fit one replica
+CONCURRENT = 50  # one gateway pod, 57 sessions per H100 replica: all fit one replica
 # A session held at zero replicas waits for the autoscaler, the scheduler and the simulator's start.
 HELD_BOUND_SECONDS = 240.0
 
@@ -30,6 +30,8 @@ def _endpoint(name: str, namespace: str, keys: str) -> dict[str, Any]:
         name,
         namespace,
         model=MODEL,
+        gpu={"type": "H100-80GB"},
+        nodePool={"nodeSelector": {"pool": "h100-reserved"}},
         minReplicas=0,
         maxReplicas=1,
         auth={"apiKeysSecretName": keys},
