@@ -65,3 +65,19 @@ def test_an_excluded_replica_is_skipped() -> None:
     admission.set_replicas(["a:8000", "b:8000"])
     assert admission.admit(None, frozenset({"a:8000"})) == "b:8000"
     assert admission.admit(None, frozenset({"a:8000"})) is Wait.FULL
+
+
+def test_the_autoscaler_counts_open_realtime_sessions_as_running() -> None:
+    from voxtral_operator.autoscale.scrape import parse_queue_metrics
+
+    page = (
+        'vllm:num_requests_waiting{engine="0",model_name="m"} 0.0\n'
+        'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+        "vllm:websocket_connections_active 7.0\n"
+    )
+    sample = parse_queue_metrics(page)
+    assert sample is not None
+    assert sample.running == 7  # seven sessions open, three transcribing now
+    without = parse_queue_metrics(page.replace("vllm:websocket_connections_active 7.0\n", ""))
+    assert without is not None
+    assert without.running == 3
