@@ -63,6 +63,7 @@ bench: $(STAMP) $(HELM)
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/gateway_hostile.py
 	$(BIN)/python bench/gateway_queues.py
+	$(BIN)/python bench/realtime.py
 	$(BIN)/python bench/policy_sim.py
 
 # The image builds, printed rather than run (no Docker engine is assumed): `make images REGISTRY=...`.

@@ -106,6 +106,9 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
     )
     tensor_parallel_size: int = spec.tensor_parallel_size or next(fitting, 1)  # as the renderer picks it
     max_num_seqs = engine.max_num_seqs or catalog.DEFAULT_MAX_NUM_SEQS
+    if model.realtime and engine.max_num_seqs is None:
+        # A realtime replica runs one sequence per session, as many as the renderer gave it.
+        max_num_seqs = max(1, resolve.sessions_per_replica(spec, model, gpu, tensor_parallel_size))
     return Limits(
         min_replicas=spec.min_replicas,
         max_replicas=spec.max_replicas,
