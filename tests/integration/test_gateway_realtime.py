@@ -269,3 +269,18 @@ async def test_bounds_frame_size_rate_idle_and_length_close_with_reasons(
     # A too-big frame's caller usually leaves with aiohttp's close reply: counted as the caller's close.
     for label in ("rate", "idle", "too_long"):
         assert f'{realtime.SESSIONS_CLOSED_TOTAL}{{reason="{label}"}} 1.0' in page, (label, page)
+
+
+async def test_a_gateway_pod_shutting_down_closes_its_sessions_1012_to_reconnect(
+    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], simulators: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    await _world(kube, session, simulators)
+    gateway = await _gateway(gateways, sandbox, tmp_path, session)
+    ws = await session.ws_connect(_ws(gateway), headers=auth())
+    await _created(ws)
+    gateway.process.terminate()  # SIGTERM, as the kubelet stops a pod
+    closed = await _until_closed(ws)
+    assert ws.close_code == realtime.SERVICE_RESTART, closed
+    assert "gateway pod shutting down" in (closed.extra or ""), closed
+    assert await asyncio.to_thread(gateway.process.wait, 30) == 0
