@@ -135,10 +135,10 @@ def test_two_peered_operators_one_acts(kubectl: Kubectl, local: LocalCluster, na
         local.operator("restart", 1)
         local.operator("start", 2)
         time.sleep(5)  # peers see each other through the peering object, then the lower priority pauses
-        before = (_reconciles(9090), _reconciles(9091))
+        before = (_reconciles(9090), _reconciles(9190))
         kubectl.apply(endpoint_body(name, namespace))
         wait_ready(kubectl, name, namespace)
-        after = (_reconciles(9090), _reconciles(9091))
+        after = (_reconciles(9090), _reconciles(9190))
         acted = [after[i] > before[i] for i in range(2)]
         assert acted.count(True) == 1, f"reconciles before {before}, after {after}: exactly one peer must act"
         delete_endpoint(kubectl, name, namespace)

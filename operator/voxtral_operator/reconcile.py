@@ -316,6 +316,9 @@ class Reconciler:
             serving=serving,
             refused=(refused.reason, refused.message) if refused else None,
             suspended=plan.spec.suspended,
+            gateway_ready=_ready_replicas(live_children.get(("Deployment", render.gateway.gateway_name(plan.name))))
+            if plan.spec.gateway.enabled
+            else None,
         )
         new_status = status.with_exposure(
             new_status,
@@ -601,3 +604,7 @@ class Reconciler:
             self.post_event(endpoint, "Warning", str(new["reason"]), str(new.get("message", "")))
         elif new.get("status") == "True" and (old is None or old.get("status") != "True"):
             self.post_event(endpoint, "Normal", "Ready", str(new.get("message", "")))
+
+
+def _ready_replicas(deployment: JSON | None) -> int:
+    return int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)

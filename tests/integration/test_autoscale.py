@@ -221,9 +221,11 @@ async def test_replicas_a_person_asked_for_are_kept_while_they_load_then_for_the
     assert hold["replicas"] == 2
     assert "kept until all 2 are ready" in hold["message"], hold
     replicas_seen = []
+    deadline = asyncio.get_running_loop().time() + 90
     while await ready_replicas(kube, "event") < 2:  # the whole load: never cancelled
         replicas_seen.append(await spec_replicas(kube, "event"))
         assert replicas_seen[-1] == 2, replicas_seen
+        assert asyncio.get_running_loop().time() < deadline, f"2 replicas not ready in 90 s: {replicas_seen}"
         await asyncio.sleep(0.5)
     # Ready, then 1 s more: the hold ends and the idle endpoint steps down to what the load needs.
     await eventually(lambda: _exactly(kube, "event", 1), timeout=60)
