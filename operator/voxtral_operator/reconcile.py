@@ -483,7 +483,8 @@ class Reconciler:
         spec_changed: bool = True,
         lookup: Awaitable[JSON | None] | None = None,
     ) -> str | None:
-        """Apply one child if it drifted: "created", "updated", or None when nothing was needed."""
+        """Apply one child if it drifted: "created", "updated", or when nothing was needed None (the
+        cache shows it as applied) or "unchanged" (the cache lacks it, the server has it as applied)."""
         child: ChildKey = (obj["kind"], obj["metadata"]["name"])
         why = diffing.drift(obj, live, FIELD_MANAGER)
         if not why:
@@ -497,6 +498,10 @@ class Reconciler:
             # Not in the cache: look before applying, so an object someone else made under
             # this name is never silently taken over (it may also be ours with its labels edited).
             live = await (lookup or self.client.get(resource, key[0], child[1]))
+            if live is not None and _owned_by(live, uid) and not diffing.drift(obj, live, FIELD_MANAGER):
+                # Ours and as applied: the watch cache is behind (its event is still queued), not the cluster.
+                self._pending_children[pending] = (live_version, time.monotonic())
+                return "unchanged"
         if live is not None and not _owned_by(live, uid):
             logs.log_child_change(key, "refused", *child, "exists and is not owned by this endpoint")
             raise ChildRefused(
