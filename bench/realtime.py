@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from gateway import GatewayProcess, healthy, percentile, put_slice  # bench/gateway.py, beside this file
+from voxtral_operator.gateway.realtime import DELTA_SECONDS
 from voxtral_testbed.harness import Kube, free_port, start_simulator
 from voxtral_testbed.realtime_client import MODEL, StreamResult, stream
 from voxtral_testbed.sandbox import Sandbox
@@ -62,6 +63,20 @@ async def run_sessions(urls: list[str], count: int, seconds: float) -> tuple[lis
         # The last deltas come with the final commit, sooner than the delay: only the paced ones count.
         outcome.latencies += result.delta_latencies[:-2]
     return outcomes, wall
+
+
+async def relay_quantiles(metrics_url: str, shares: tuple[float, ...]) -> list[float]:
+    """Upper bucket bounds holding each share of the gateway's own relay times (replica read to caller
+    written, per event), from its histogram: the gateway's part alone, whatever the client's delays."""
+    async with aiohttp.ClientSession() as session, session.get(metrics_url) as response:
+        text = await response.text()
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if line.startswith(DELTA_SECONDS + "_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
+    total = buckets[-1][1] if buckets else 0.0
+    return [next((b for b, count in buckets if count >= share * total), float("inf")) for share in shares]
 
 
 def describe(latencies: list[float]) -> str:
@@ -120,6 +135,11 @@ async def main(sessions: int, seconds: float) -> None:
                 added50 = percentile(gated, 0.5) - percentile(direct, 0.5)
                 added99 = percentile(gated, 0.99) - percentile(direct, 0.99)
                 print(f"   added by the gateway       p50 {added50 * 1000:6.1f} ms   p99 {added99 * 1000:6.1f} ms")
+            p50, p99 = await relay_quantiles(f"http://127.0.0.1:{gateway.metrics_port}/metrics", (0.5, 0.99))
+            print(
+                f"   the gateway's own relay time per event (its histogram): p50 <= {p50 * 1000:g} ms, "
+                f"p99 <= {p99 * 1000:g} ms"
+            )
             print(
                 f"   failed sessions: straight {straight.failed}, through the gateway {through.failed} "
                 f"(of {sessions} each)"

@@ -3,7 +3,8 @@
 reaches it. A session opened at zero replicas is held until the autoscaler's 0 -> 1 and then answered;
 a wrong key is refused at the handshake; 50 concurrent sessions stream at real-time pace with keys (on
 the H100 pool, where 57 fit one replica); a rollout while streaming ends the old replica's session with
-1012 only after the drain time; suspend closes open sessions with a reason saying so."""
+1012 only after the drain time; a scale-up while streaming drops no session; suspend closes open
+sessions with a reason saying so."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ pytestmark = pytest.mark.e2e
 CONCURRENT = 50  # one gateway pod, 57 sessions per H100 replica: all fit one replica
 # A session held at zero replicas waits for the autoscaler, the scheduler and the simulator's start.
 HELD_BOUND_SECONDS = 240.0
+# Sessions streaming while a replica is added: long enough for it to start and become ready.
+SCALE_UP_SESSIONS = 10
+SCALE_UP_STREAM_SECONDS = 40.0
 # vLLM's drain on SIGTERM, and the gateway's for a leaving replica's sessions.
 DRAIN_SECONDS = 5
 
@@ -37,7 +41,7 @@ def _endpoint(name: str, namespace: str, keys: str) -> dict[str, Any]:
         gpu={"type": "H100-80GB"},
         nodePool={"nodeSelector": {"pool": "h100-reserved"}},
         minReplicas=0,
-        maxReplicas=1,
+        maxReplicas=2,
         auth={"apiKeysSecretName": keys},
         gateway={"replicas": 1, "holdTimeoutSeconds": int(HELD_BOUND_SECONDS)},
         engine={"shutdownTimeoutSeconds": DRAIN_SECONDS},
@@ -68,6 +72,33 @@ async def _streams(url: str, count: int, seconds: float) -> list[StreamResult | 
             ),
             return_exceptions=True,
         )
+
+
+def _ready_vllm_pods(kubectl: Kubectl, name: str, namespace: str) -> int:
+    ready = 0
+    for pod in _vllm_pods(kubectl, name, namespace):
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        ready += any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return ready
+
+
+async def _scale_up_while_streaming(
+    url: str, kubectl: Kubectl, name: str, namespace: str
+) -> list[StreamResult | BaseException]:
+    """Sessions streaming while a second replica is added and becomes ready: each must end in full."""
+    async with aiohttp.ClientSession() as session:
+        streams = [
+            asyncio.ensure_future(
+                stream(session, url, key=OLD_KEY, seconds=SCALE_UP_STREAM_SECONDS, read_timeout=HELD_BOUND_SECONDS)
+            )
+            for _ in range(SCALE_UP_SESSIONS)
+        ]
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(kubectl.run, "scale", "vxe", name, "-n", namespace, "--replicas=2")
+        await asyncio.to_thread(
+            eventually, lambda: _ready_vllm_pods(kubectl, name, namespace) == 2, 120, "a second replica ready"
+        )
+        return await asyncio.gather(*streams, return_exceptions=True)
 
 
 async def _rollout_close(url: str, kubectl: Kubectl, name: str, namespace: str) -> tuple[int | None, str, float]:
@@ -150,6 +181,12 @@ def test_realtime_sessions_through_the_service(kubectl: Kubectl, namespace: str,
             latencies = sorted(x for r in results if isinstance(r, StreamResult) for x in r.delta_latencies)
             median = latencies[len(latencies) // 2]
             assert median < 2.0, f"median delta latency {median:.3f}s (the model's delay is 0.48s)"
+
+            # A scale-up while streaming drops no session: each stays on its replica and ends in full.
+            scaled = asyncio.run(_scale_up_while_streaming(url, kubectl, name, namespace))
+            failures = [r for r in scaled if not isinstance(r, StreamResult) or r.done is None or r.errors]
+            assert not failures, failures
+            assert _ready_vllm_pods(kubectl, name, namespace) == 2
 
             # A rollout while streaming: the old replica's session runs on through the drain time, then 1012.
             code, reason, after = asyncio.run(_rollout_close(url, kubectl, name, namespace))

@@ -160,6 +160,11 @@ class Session:
             while True:
                 self.arrived.clear()
                 ready = min(self._tokens_ready(), limit)
+                fail_at = engine.args.realtime_fail_after_tokens
+                if fail_at and ready >= fail_at:
+                    # A fault: the engine fails mid-stream (what vLLM reports as processing_error).
+                    await self.error("the engine failed while transcribing", "processing_error")
+                    return
                 while emitted + WORD_TOKENS <= ready:
                     emitted += WORD_TOKENS
                     word = f"w{emitted}"

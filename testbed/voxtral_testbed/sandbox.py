@@ -339,7 +339,8 @@ class FakeControllers:
             args += ["--served-model-name", vllm_args[vllm_args.index("--served-model-name") + 1]]
         if env.get("VLLM_API_KEY"):
             args += ["--api-key", env["VLLM_API_KEY"]]
-        process = start_simulator(ip, self.vllm_port, *args)
+        log = self.log_dir / f"{key[0]}.{key[1]}.log" if self.log_dir is not None else None
+        process = start_simulator(ip, self.vllm_port, *args, log=log)
         self.simulators[key] = (ip, process)
         return ip
 

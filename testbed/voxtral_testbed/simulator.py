@@ -487,6 +487,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transcription-delay-ms", type=int, default=480, help="how far text trails the audio (the model's delay)"
     )
+    parser.add_argument(
+        "--realtime-fail-after-tokens",
+        type=int,
+        default=0,
+        help="a fault: a realtime generation fails (processing_error) once this many audio tokens arrived (0: never)",
+    )
 
 
 def run_simulator(args: argparse.Namespace) -> int:

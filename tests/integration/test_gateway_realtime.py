@@ -233,32 +233,32 @@ async def test_bounds_frame_size_rate_idle_and_length_close_with_reasons(
     await _world(kube, session, simulators)
     bounds = ("--realtime-max-frame-bytes", "65536", "--realtime-messages-per-second", "4")
     bounds += ("--realtime-idle-seconds", "1", "--realtime-max-session-seconds", "3")
+    bounds += ("--realtime-sessions-per-replica", "4")  # the four cases at once
     gateway = await _gateway(gateways, sandbox, tmp_path, session, *bounds)
-    cases = []
-    async with session.ws_connect(_ws(gateway), headers=auth()) as ws:  # too big
-        await _created(ws)
-        await ws.send_str(frame(3.0))  # 96 kB of PCM as base64
-        cases.append(("too_big", await _until_closed(ws), ws.close_code))
-    async with session.ws_connect(_ws(gateway), headers=auth()) as ws:  # too many messages
-        await _created(ws)
-        for _ in range(40):
-            await ws.send_str(json.dumps({"type": "session.update", "model": MODEL}))
-        cases.append(("rate", await _until_closed(ws), ws.close_code))
-    async with session.ws_connect(_ws(gateway), headers=auth()) as ws:  # silent
-        await _created(ws)
-        cases.append(("idle", await _until_closed(ws), ws.close_code))
-    async with session.ws_connect(_ws(gateway), headers=auth()) as ws:  # too long, though never idle
-        await _created(ws)
-        pcm = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\0\0" * 160).decode()})
+    pcm = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\0\0" * 160).decode()})
 
-        async def keep_sending() -> None:
-            while True:
-                await ws.send_str(pcm)
-                await asyncio.sleep(0.5)
+    async def case(label: str) -> tuple[str, aiohttp.WSMessage, int | None]:
+        async with session.ws_connect(_ws(gateway), headers=auth()) as ws:
+            await _created(ws)
+            if label == "too_big":
+                await ws.send_str(frame(3.0))  # 96 kB of PCM as base64
+            elif label == "rate":
+                for _ in range(40):
+                    await ws.send_str(json.dumps({"type": "session.update", "model": MODEL}))
+            elif label == "too_long":  # never idle, yet too long
 
-        sender = asyncio.ensure_future(keep_sending())
-        cases.append(("too_long", await _until_closed(ws), ws.close_code))
-        sender.cancel()
+                async def keep_sending() -> None:
+                    while True:
+                        await ws.send_str(pcm)
+                        await asyncio.sleep(0.5)
+
+                sender = asyncio.ensure_future(keep_sending())
+                closed = await _until_closed(ws)
+                sender.cancel()
+                return label, closed, ws.close_code
+            return label, await _until_closed(ws), ws.close_code  # idle: sends nothing
+
+    cases = await asyncio.gather(*(case(label) for label in ("too_big", "rate", "idle", "too_long")))
     seen = {label: (code, message.extra) for label, message, code in cases}
     assert seen["too_big"][0] == realtime.TOO_BIG, seen
     assert seen["rate"] == (realtime.POLICY, "more than 4 messages per second"), seen
@@ -269,3 +269,18 @@ async def test_bounds_frame_size_rate_idle_and_length_close_with_reasons(
     # A too-big frame's caller usually leaves with aiohttp's close reply: counted as the caller's close.
     for label in ("rate", "idle", "too_long"):
         assert f'{realtime.SESSIONS_CLOSED_TOTAL}{{reason="{label}"}} 1.0' in page, (label, page)
+
+
+async def test_a_gateway_pod_shutting_down_closes_its_sessions_1012_to_reconnect(
+    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], simulators: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    await _world(kube, session, simulators)
+    gateway = await _gateway(gateways, sandbox, tmp_path, session)
+    ws = await session.ws_connect(_ws(gateway), headers=auth())
+    await _created(ws)
+    gateway.process.terminate()  # SIGTERM, as the kubelet stops a pod
+    closed = await _until_closed(ws)
+    assert ws.close_code == realtime.SERVICE_RESTART, closed
+    assert "gateway pod shutting down" in (closed.extra or ""), closed
+    assert await asyncio.to_thread(gateway.process.wait, 30) == 0

@@ -142,3 +142,16 @@ async def test_other_models_serve_no_realtime_route(
     port = await start_sim(simulators, session, "--model", "mistralai/Voxtral-Mini-3B-2507")
     async with session.get(f"http://127.0.0.1:{port}/v1/realtime") as response:
         assert response.status == 404
+
+
+async def test_an_engine_failure_mid_stream_is_a_processing_error(
+    simulators: list[subprocess.Popen[bytes]], session: aiohttp.ClientSession
+) -> None:
+    port = await start_sim(simulators, session, "--model", MODEL, "--realtime-fail-after-tokens", "10")
+    async with session.ws_connect(f"ws://127.0.0.1:{port}/v1/realtime") as ws:
+        await ws.receive(timeout=5)  # session.created
+        start = [{"type": "session.update", "model": MODEL}, {"type": "input_audio_buffer.commit"}]
+        got = await _events(ws, *start, frame(1.5))
+    assert got[-1]["type"] == "error", got
+    assert got[-1]["code"] == "processing_error", got
+    assert "transcription.done" not in [e["type"] for e in got]

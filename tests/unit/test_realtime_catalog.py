@@ -149,3 +149,26 @@ def test_the_autoscaler_counts_a_realtime_replica_full_at_its_sessions() -> None
     assert policy_limits(spec, CONFIG).max_num_seqs == 10
     capped = parse_spec({**yaml.safe_load(EXAMPLE.read_text())["spec"], "realtime": {"maxSessionsPerReplica": 3}})
     assert policy_limits(capped, CONFIG).max_num_seqs == 3
+
+
+def test_open_sessions_scale_a_realtime_endpoint_up_before_admissions_are_refused() -> None:
+    from voxtral_operator.api.models import parse_spec
+    from voxtral_operator.autoscale.loop import policy_limits
+    from voxtral_operator.autoscale.policy import Observation, PodSample, State, decide
+    from voxtral_operator.autoscale.scrape import parse_queue_metrics
+
+    limits = policy_limits(parse_spec(yaml.safe_load(EXAMPLE.read_text())["spec"]), CONFIG)
+    # One replica with 7 of its 10 sessions open, 2 of them transcribing right now: no refusal yet.
+    page = (
+        'vllm:num_requests_waiting{engine="0",model_name="m"} 0.0\n'
+        'vllm:num_requests_running{engine="0",model_name="m"} 2.0\n'
+        "vllm:websocket_connections_active 7.0\n"
+    )
+    sample = parse_queue_metrics(page)
+    assert sample is not None
+    seen = Observation(replicas=1, ready=1, pods=[PodSample("pod-0", sample.waiting, sample.running, 0.2)])
+    decision = decide(limits, seen, State(), 10 * 86400.0)  # a first look: demand is what it sees
+    assert decision.replicas == 2, decision.reason
+    # Counted by the two transcribing only, the replica would look far from full.
+    fewer = Observation(replicas=1, ready=1, pods=[PodSample("pod-0", 0.0, 2.0, 0.2)])
+    assert decide(limits, fewer, State(), 10 * 86400.0).replicas == 1
