@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test lint crds bench e2e chaos cluster cluster-bare cluster-down images clean
+.PHONY: help demo test fuzz lint crds bench e2e chaos cluster cluster-bare cluster-down images clean
 
 help:
 	@echo "make demo   - run the operator against a local API emulator and reconcile the examples"
 	@echo "make test   - unit and integration tests (installs into $(VENV) first)"
+	@echo "make fuzz   - every property-based fuzz case (make test runs a third)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make crds   - regenerate crds/ and the chart's CRD from the API models"
 	@echo "make bench  - benchmarks (print figures)"
@@ -36,6 +37,10 @@ demo: $(STAMP)
 test: $(STAMP) $(HELM)
 	PATH="$(CURDIR)/$(BIN):$$PATH" HELM=$(CURDIR)/$(HELM) $(BIN)/python -m pytest tests
 
+# Every fuzz case (make test runs a third of them).
+fuzz: $(STAMP)
+	VOXTRAL_FUZZ_SCALE=1 $(BIN)/python -m pytest tests/unit/test_fuzz.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check operator testbed tests bench e2e scripts
 	$(BIN)/ruff format --check operator testbed tests bench e2e scripts
@@ -58,6 +63,7 @@ bench: $(STAMP) $(HELM)
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/gateway_hostile.py
 	$(BIN)/python bench/gateway_queues.py
+	$(BIN)/python bench/realtime.py
 	$(BIN)/python bench/policy_sim.py
 
 # The image builds, printed rather than run (no Docker engine is assumed): `make images REGISTRY=...`.

@@ -8,10 +8,14 @@ free GPU: their pods stay Pending (the node agent runs nothing), which is what t
 
 Prints create -> status p50/p95 (status written with observedGeneration, seen through a watch),
 time until every status is written and until the operator's writes stop, the operator's peak RSS,
-API requests per endpoint (the operator's own request counter), and the operator's writes during the
-idle period from the API server's audit log. Not modelled: pods that run (every pod waits for a GPU),
-network latency between the operator and a remote API server, API priority and fairness under
-other tenants' load.
+API requests per endpoint (the operator's own request counter, and by verb and resource from the API
+server's audit log), the server's side of the burst (CPU seconds of etcd, the API server, the
+controllers and the operator; the API server's time per operator request from the audit log), and
+the operator's writes during the idle period. Then a restart at scale: the operator stopped, one
+endpoint's spec changed meanwhile, the operator started again: how long until that endpoint's status
+shows the new generation, and every write the restarted operator makes (none but that endpoint's).
+Not modelled: pods that run (every pod waits for a GPU), network latency between the operator and a
+remote API server, API priority and fairness under other tenants' load.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import re
 import subprocess
 import time
 import urllib.request
+from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,25 +75,72 @@ def _api_requests() -> float:
     return sum(float(m) for m in re.findall(r"^voxtral_operator_api_requests_total\{[^}]*\} ([0-9.e+]+)", text, re.M))
 
 
-def _operator_writes(audit: Path, since: int) -> tuple[int, int]:
+WRITE_VERBS = ("create", "update", "patch", "delete")
+# The control plane's processes whose CPU the burst costs (pid files of e2e/cluster).
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "operator")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _operator_events(audit: Path, since: int) -> tuple[list[dict[str, Any]], int]:
+    """The operator's completed requests in the audit log from byte `since`, and where they end."""
     with audit.open("rb") as log:
         log.seek(since)
         data = log.read()
     complete = data[: data.rfind(b"\n") + 1]
-    count = 0
+    found = []
     for line in complete.splitlines():
         event = json.loads(line)
-        if (
-            event.get("stage") == "ResponseComplete"
-            and event["user"]["username"] == OPERATOR_USER
-            and event["verb"] in ("create", "update", "patch", "delete")
-        ):
-            count += 1
-    return count, since + len(complete)
+        if event.get("stage") == "ResponseComplete" and event["user"]["username"] == OPERATOR_USER:
+            found.append(event)
+    return found, since + len(complete)
+
+
+def _operator_writes(audit: Path, since: int) -> tuple[int, int]:
+    events, offset = _operator_events(audit, since)
+    return sum(1 for e in events if e["verb"] in WRITE_VERBS), offset
+
+
+def _what(event: dict[str, Any]) -> str:
+    ref = event.get("objectRef") or {}
+    resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+    return f"{event['verb']} {resource}"
+
+
+def _server_seconds(event: dict[str, Any]) -> float:
+    received = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
+    done = datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00"))
+    return (done - received).total_seconds()
+
+
+def _cpu_seconds(state: Path) -> dict[str, float]:
+    seconds = {}
+    for name in COMPONENTS:
+        try:
+            pid = int((state / "pids" / name).read_text())
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError):
+            continue
+        seconds[name] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return seconds
+
+
+def _print_requests(events: list[dict[str, Any]], count: int, title: str) -> None:
+    """The operator's requests per endpoint by verb and resource (watches are long-lived: counted apart)."""
+    counted = Counter(_what(e) for e in events if e["verb"] != "watch")
+    total = sum(counted.values())
+    print(f"{title} {total / count:.2f} per endpoint ({total} requests, audit log)")
+    for what, n in counted.most_common():
+        print(f"    {what:<40} {n / count:6.2f}  ({n})")
 
 
 async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: float) -> None:
     for namespace in NAMESPACES:
+        # A previous run's namespaces are deleted at its end: their garbage collection must not share this run.
+        for _ in range(360):
+            found = await kube.get(f"/api/v1/namespaces/{namespace}")
+            if (found or {}).get("status", {}).get("phase") != "Terminating":
+                break
+            await asyncio.sleep(5)
         try:
             await kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
         except ApiError as exc:
@@ -98,6 +151,9 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     pid = int((state / "pids" / "operator").read_text())
     audit = state / "audit.log"
     requests_before = _api_requests()
+    _, burst_offset = _operator_events(audit, 0)
+    cpu_before = _cpu_seconds(state)
+    idle_rss = _peak_rss_mb(pid)
 
     created: dict[str, float] = {}
     written: dict[str, float] = {}
@@ -131,16 +187,18 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     burst = [(written[k] - created[k]) * 1000 for k in list(created)[:count]]
 
     # Settled: no operator write for 5 s.
-    offset = 0
-    _, offset = _operator_writes(audit, 0)
+    burst_events, offset = _operator_events(audit, burst_offset)
     quiet_since = time.perf_counter()
     while time.perf_counter() - quiet_since < 5:
         await asyncio.sleep(1)
-        new, offset = _operator_writes(audit, offset)
-        if new:
+        new, offset = _operator_events(audit, offset)
+        burst_events += new
+        if any(e["verb"] in WRITE_VERBS for e in new):
             quiet_since = time.perf_counter()
     settled = quiet_since - started
     requests = _api_requests() - requests_before
+    cpu_burst = {name: value - cpu_before.get(name, 0.0) for name, value in _cpu_seconds(state).items()}
+    burst_rss = _peak_rss_mb(pid)
 
     await asyncio.sleep(idle_seconds)
     idle_writes, offset = _operator_writes(audit, offset)
@@ -154,7 +212,9 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
         await asyncio.sleep(0.1)
     await asyncio.wait_for(all_written.wait(), timeout=600)
     steady = [(written[k] - created[k]) * 1000 for k in paced_names]
-    watcher.cancel()
+    paced_rss = _peak_rss_mb(pid)
+
+    server_times = sorted(_server_seconds(e) * 1000 for e in burst_events if e["verb"] != "watch")
 
     print(f"real API server: endpoints      {count} in a burst ({creating:.1f} s to create), {paced} paced")
     print(f"burst: create -> status p50:     {_pct(burst, 50):.0f} ms")
@@ -163,9 +223,70 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     print(f"burst: settled (no writes) at:   {settled:.1f} s")
     print(f"paced: create -> status p50:     {_pct(steady, 50):.0f} ms")
     print(f"paced: create -> status p95:     {_pct(steady, 95):.0f} ms")
-    print(f"operator peak RSS:               {_peak_rss_mb(pid):.0f} MB")
-    print(f"API requests per endpoint:       {requests / count:.1f} (burst, until settled)")
-    print(f"operator writes while idle:      {idle_writes} over {idle_seconds:.0f} s (audit log)")
+    print(
+        f"operator peak RSS:               {paced_rss:.0f} MB ({burst_rss:.0f} MB after the burst, "
+        f"{idle_rss:.0f} MB before it: {(burst_rss - idle_rss) * 1024 / count:.0f} kB per endpoint)"
+    )
+    print(f"API requests per endpoint:       {requests / count:.1f} (burst, until settled; operator's counter)")
+    _print_requests(burst_events, count, "burst: operator requests:       ")
+    print(
+        f"burst: API server time per operator request: p50 {_pct(server_times, 50):.0f} ms, "
+        f"p95 {_pct(server_times, 95):.0f} ms, p99 {_pct(server_times, 99):.0f} ms (audit log)"
+    )
+    print("burst: CPU seconds until settled: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_burst.items()))
+    print(f"operator writes while idle:      {idle_writes} over {idle_seconds:.0f} s (audit log)", flush=True)
+    watcher.cancel()
+
+    # Restart at scale: the operator stopped, one endpoint changed meanwhile, the operator started.
+    changed = _endpoint(0)["metadata"]
+    changed_path = f"{PATH}/namespaces/{changed['namespace']}/voxtralendpoints/{changed['name']}"
+    await asyncio.to_thread(subprocess.run, [str(ROOT / "e2e" / "cluster" / "operator"), "stop"], check=True)
+    _, restart_offset = _operator_events(audit, offset)
+    patched = await kube.request(
+        "PATCH", changed_path, {"spec": {"maxReplicas": 3}}, content_type="application/merge-patch+json"
+    )
+    generation = patched["metadata"]["generation"]
+    acted = asyncio.get_running_loop().create_future()
+
+    async def watch_changed() -> None:
+        async for kind, obj in kube.watch(
+            f"{PATH}/namespaces/{changed['namespace']}/voxtralendpoints",
+            {"fieldSelector": f"metadata.name={changed['name']}"},
+        ):
+            observed = (obj.get("status") or {}).get("observedGeneration")
+            if kind != "SYNCED" and observed == generation and not acted.done():
+                acted.set_result(time.perf_counter())
+
+    changed_watcher = asyncio.create_task(watch_changed())
+    restarted = time.perf_counter()
+    await asyncio.to_thread(subprocess.run, [str(ROOT / "e2e" / "cluster" / "operator"), "start"], check=True)
+    live = time.perf_counter() - restarted
+    try:
+        acted_after = await asyncio.wait_for(acted, timeout=1200) - restarted
+    except TimeoutError:
+        print(f"restart with {count + paced} endpoints: the changed endpoint's status not written within 1200 s")
+        return
+    await asyncio.sleep(idle_seconds)
+    restart_events, _ = _operator_events(audit, restart_offset)
+    restart_writes = [e for e in restart_events if e["verb"] in WRITE_VERBS]
+    # The changed endpoint's own writes: itself, its children (NAME-...) and its Events (NAME.<suffix>).
+    others = [
+        e
+        for e in restart_writes
+        if re.split(r"[-.]", (e.get("objectRef") or {}).get("name", ""))[:2] != changed["name"].split("-")
+    ]
+    restart_rss = _peak_rss_mb(int((state / "pids" / "operator").read_text()))
+    changed_watcher.cancel()
+    print(
+        f"restart with {count + paced} endpoints: live after {live:.1f} s, "
+        f"changed endpoint's status after {acted_after:.1f} s"
+    )
+    print(
+        f"restart: operator writes in the {idle_seconds:.0f} s after: {len(restart_writes)} "
+        f"({len(others)} not of the changed endpoint: "
+        + (", ".join(f"{k} {n}" for k, n in Counter(_what(e) for e in others).items()) or "none")
+        + f"); peak RSS {restart_rss:.0f} MB"
+    )
 
 
 async def _cleanup(kube: Kube) -> None:

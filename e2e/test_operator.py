@@ -39,7 +39,20 @@ def test_restart_and_idle_make_no_writes(
             timeout=60,
             what="Serving",
         )
+        # Converged, not just Ready: both replicas ready and the operator quiet (Ready comes with one
+        # replica; the second one's readiness, written after the restart, is a change, not a restart's write).
+        eventually(
+            lambda: (kubectl.get("vxe", name, namespace).get("status") or {}).get("readyReplicas") == 2,
+            timeout=120,
+            what="both replicas ready",
+        )
         offset = local.audit_offset()
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 10:
+            time.sleep(1)
+            seen, offset = local.operator_writes(offset)
+            if seen:
+                quiet_since = time.monotonic()
         local.operator("restart")
         # A restarted operator compares the whole cluster before it could write: no write at all, from
         # its first request through a minute of idling.
@@ -122,10 +135,10 @@ def test_two_peered_operators_one_acts(kubectl: Kubectl, local: LocalCluster, na
         local.operator("restart", 1)
         local.operator("start", 2)
         time.sleep(5)  # peers see each other through the peering object, then the lower priority pauses
-        before = (_reconciles(9090), _reconciles(9091))
+        before = (_reconciles(9090), _reconciles(9190))
         kubectl.apply(endpoint_body(name, namespace))
         wait_ready(kubectl, name, namespace)
-        after = (_reconciles(9090), _reconciles(9091))
+        after = (_reconciles(9090), _reconciles(9190))
         acted = [after[i] > before[i] for i in range(2)]
         assert acted.count(True) == 1, f"reconciles before {before}, after {after}: exactly one peer must act"
         delete_endpoint(kubectl, name, namespace)

@@ -66,7 +66,8 @@ def test_spec_change_rolls_out_without_surge(kubectl: Kubectl, namespace: str, u
         wait_ready(kubectl, name, namespace)
         body["spec"]["engine"] = {"maxNumSeqs": 7}
         kubectl.apply(body)
-        selector = f"app.kubernetes.io/instance={name}"
+        # The vLLM pods only: the gateway's pods carry the endpoint's instance label too.
+        selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component=inference-server"
         most_pods = 0
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

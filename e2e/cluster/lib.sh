@@ -102,7 +102,7 @@ start_apiserver() {
     --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
     --allow-privileged=true \
     --audit-policy-file="$here/audit-policy.yaml" --audit-log-path="$state/audit.log" \
-    --audit-log-format=json --audit-log-mode=blocking --audit-log-maxsize=0
+    --audit-log-format=json --audit-log-mode=blocking --audit-log-maxsize=1000000
   wait_for 90 "the API server" in_netns curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" \
     --key "$pki/admin.key" "$API_SERVER/readyz"
 }

@@ -306,6 +306,30 @@ def parser() -> argparse.ArgumentParser:
         help="weight and limits of the key in Secret entry NAME: weight (share of dispatch while keys wait, "
         "default 1), requests-per-minute, audio-seconds-per-minute, concurrent-requests; repeat per key",
     )
+    p.add_argument(
+        "--realtime-sessions-per-replica",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve the WebSocket /v1/realtime, admitting N sessions per replica from this gateway pod "
+        "(default: 0, no realtime route)",
+    )
+    for flag, default, what in (
+        ("--realtime-max-session-seconds", 9961.0, "a realtime session is closed (1008) after this long"),
+        ("--realtime-idle-seconds", 60.0, "a realtime session that sends nothing for this long is closed (1001)"),
+        ("--realtime-drain-seconds", 120.0, "a leaving replica's sessions are closed (1012) after this long"),
+        ("--realtime-messages-per-second", 50.0, "messages a session may send per second, over 5 s (1008)"),
+        ("--realtime-full-wait-seconds", 10.0, "a handshake waits this long for room on a full endpoint, then 503"),
+        ("--realtime-slow-reader-seconds", 10.0, "a session whose caller reads nothing for this long is closed"),
+    ):
+        p.add_argument(flag, type=float, default=default, metavar="S", help=f"{what} (default: {default:g})")
+    p.add_argument(
+        "--realtime-max-frame-bytes",
+        type=int,
+        default=1024 * 1024,
+        metavar="B",
+        help="largest message a realtime session may send (1009 beyond; default: 1 MiB)",
+    )
     p.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="text lines or JSON lines (default: text)")
     p.add_argument("--verbose", action="store_true", help="debug logs: one line per request")
     p.set_defaults(func=_cmd_gateway)

@@ -14,11 +14,11 @@ from typing import Any
 
 import kopf
 
-from voxtral_operator import events, render
+from voxtral_operator import cache, events, render
 from voxtral_operator.api import models
 from voxtral_operator.autoscale.loop import Autoscaler, peering_is_active
 from voxtral_operator.k8s import resources
-from voxtral_operator.k8s.client import ApiClient, Connection
+from voxtral_operator.k8s.client import FIELD_MANAGER, ApiClient, Connection
 from voxtral_operator.reconcile import ChildKey, EmptyView, Key, Reconciler
 from voxtral_operator.resync import Resync
 from voxtral_operator.runtime import STATE
@@ -31,6 +31,7 @@ POD_LABELS = {render.LABEL_NAME: render.APP_NAME, render.LABEL_INSTANCE: kopf.PR
 GATEWAY_POD_LABELS = {render.LABEL_NAME: render.gateway.GATEWAY_APP_NAME, render.LABEL_INSTANCE: kopf.PRESENT}
 # What the server selects for the operator's watches of children and pods (all carry both labels).
 WATCHED_SELECTOR = f"{render.LABEL_MANAGED_BY}={render.MANAGED_BY},{render.LABEL_INSTANCE}"
+LIST_PAGE_SIZE = 250
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -124,6 +125,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # operator must never list and cache every Pod (kopf filters handler labels client-side only).
     for resource in (*resources.CHILDREN, resources.PODS):
         settings.watching.label_selectors[resource.group, resource.version, resource.plural] = WATCHED_SELECTOR
+    # The initial listing (and a relisting after 410 Gone) in pages: never a whole kind in memory at once.
+    settings.watching.chunk_size = LIST_PAGE_SIZE
     # Ask the server to end each watch now and then; kopf resumes from the last resourceVersion.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -211,7 +214,7 @@ def _start_autoscaler(reconciler: Reconciler) -> None:
 
 @kopf.index(models.GROUP, models.VERSION, models.PLURAL)
 async def endpoint_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace, name): _plain(body)}
+    return {(namespace, name): cache.endpoint(_plain(body))}
 
 
 def _child_index(resource: resources.Resource) -> None:
@@ -220,7 +223,12 @@ def _child_index(resource: resources.Resource) -> None:
     labels = {**MANAGED, render.LABEL_INSTANCE: kopf.PRESENT}
 
     async def index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-        return {(namespace, labels[render.LABEL_INSTANCE]): {"kind": resource.kind, **_plain(body)}}
+        return {
+            (namespace, labels[render.LABEL_INSTANCE]): {
+                **cache.child(_plain(body), FIELD_MANAGER),
+                "kind": resource.kind,
+            }
+        }
 
     async def changed(namespace: str, name: str, labels: kopf.Labels, **kwargs: Any) -> None:
         key = (namespace, labels[render.LABEL_INSTANCE])

@@ -2,7 +2,8 @@
 
 For every GPU type and tensor-parallel size: does the model start (the operator's own fit
 check), how much KV cache is left, how many tokens and concurrent 30-minute audio streams that
-holds, and what it costs an hour when the operator config gives prices. Pure arithmetic over
+holds (for a realtime model: concurrent realtime sessions, each holding its sliding window of KV
+cache), and what it costs an hour when the operator config gives prices. Pure arithmetic over
 the catalog (api/catalog.py) and the fit check the operator applies to every endpoint.
 """
 
@@ -21,8 +22,7 @@ from voxtral_operator.api.resolve import gpu_catalog
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.inputs import InputError, validation_problems
 
-# Voxtral's audio encoder emits 12.5 tokens per second of audio (80 ms frames).
-AUDIO_TOKENS_PER_SECOND = 12.5
+AUDIO_TOKENS_PER_SECOND = catalog.AUDIO_TOKENS_PER_SECOND
 STREAM_MINUTES = 30
 TOKENS_PER_STREAM = int(STREAM_MINUTES * 60 * AUDIO_TOKENS_PER_SECOND)  # 22,500
 
@@ -48,6 +48,8 @@ class Option:
     # Sequences of the full context length the KV cache holds at once: 1 is the least vLLM starts with.
     full_length_sequences: float
     concurrent_audio_streams: int  # 30-minute audio requests (audio tokens only) held at once
+    # A realtime model's sessions one replica holds at once (0 for other models).
+    realtime_sessions: int
     hourly_price: float | None  # the replica: tensorParallelSize GPUs
 
 
@@ -69,6 +71,7 @@ def options(
             fit = catalog.check_fit(model, gpu, tp, gpu_memory_utilization, max_model_len)
             tokens = max(fit.kv_cache_available_bytes, 0) // model.kv_cache_bytes_per_token
             streams = tokens // TOKENS_PER_STREAM if max_model_len >= TOKENS_PER_STREAM else 0
+            sessions = catalog.sessions_per_replica(fit.kv_cache_available_bytes, model, max_model_len)
             price = prices.get(gpu_type)
             found.append(
                 Option(
@@ -85,7 +88,8 @@ def options(
                     headroom_bytes=fit.kv_cache_available_bytes - fit.kv_cache_needed_bytes,
                     kv_cache_tokens=tokens,
                     full_length_sequences=round(tokens / max_model_len, 1),
-                    concurrent_audio_streams=streams if fit.fits else 0,
+                    concurrent_audio_streams=streams if fit.fits and not model.realtime else 0,
+                    realtime_sessions=sessions if fit.fits and model.realtime else 0,
                     hourly_price=None if price is None else round(price * tp, 4),
                 )
             )
@@ -97,9 +101,10 @@ def _gb(n: int) -> str:
     return f"{n / catalog.GB:.1f} GB"
 
 
-def table(rows: list[Option], currency: str) -> str:
+def table(rows: list[Option], currency: str, *, realtime: bool = False) -> str:
     """kubectl-style columns: upper-case headers, left-aligned, two spaces apart."""
-    headers = ["GPU", "TP", "FITS", "USABLE", "KV CACHE", "HEADROOM", "KV TOKENS", "FULL-LENGTH SEQS", "30-MIN STREAMS"]
+    streams = "REALTIME SESSIONS" if realtime else "30-MIN STREAMS"
+    headers = ["GPU", "TP", "FITS", "USABLE", "KV CACHE", "HEADROOM", "KV TOKENS", "FULL-LENGTH SEQS", streams]
     priced = any(row.hourly_price is not None for row in rows)
     if priced:
         headers.append(f"{currency}/HOUR")
@@ -120,7 +125,7 @@ def table(rows: list[Option], currency: str) -> str:
             _gb(row.headroom_bytes),
             f"{row.kv_cache_tokens:,}",
             f"{row.full_length_sequences:g}",
-            str(row.concurrent_audio_streams),
+            str(row.realtime_sessions if realtime else row.concurrent_audio_streams),
         ]
         if priced:
             line.append("-" if row.hourly_price is None else f"{row.hourly_price:.2f}")
@@ -161,8 +166,9 @@ def _engine(args: argparse.Namespace) -> models.EngineSpec:
 def report(args: argparse.Namespace, config: OperatorConfig) -> dict[str, Any]:
     model_name = catalog_model(args.model)
     engine = _engine(args)
+    model = catalog.MODELS[model_name]
     rows = options(
-        catalog.MODELS[model_name],
+        model,
         gpu_catalog(config),
         max_model_len=engine.max_model_len,
         gpu_memory_utilization=engine.gpu_memory_utilization,
@@ -174,6 +180,15 @@ def report(args: argparse.Namespace, config: OperatorConfig) -> dict[str, Any]:
         "gpuMemoryUtilization": engine.gpu_memory_utilization,
         "audioTokensPerSecond": AUDIO_TOKENS_PER_SECOND,
         "streamMinutes": STREAM_MINUTES,
+        "realtime": model.realtime,
+        **(
+            {
+                "sessionBytes": model.sequence_bytes(engine.max_model_len),
+                "maxSessionSeconds": catalog.max_session_seconds(engine.max_model_len),
+            }
+            if model.realtime
+            else {}
+        ),
         "currency": config.currency,
         "options": [row for row in rows if row.fits or args.all],
     }
@@ -191,18 +206,29 @@ def run_hardware(args: argparse.Namespace, config: OperatorConfig) -> int:
         result["options"] = [{_camel(k): v for k, v in asdict(row).items()} for row in rows]
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return 0 if rows else 1
-    print(
-        f"{result['model']}: {_gb(catalog.MODELS[result['model']].weights_bytes)} of weights, "
+    model = catalog.MODELS[result["model"]]
+    head = (
+        f"{result['model']}: {_gb(model.weights_bytes)} of weights, "
         f"maxModelLen {result['maxModelLen']}, gpuMemoryUtilization {result['gpuMemoryUtilization']}. "
-        f"A {STREAM_MINUTES}-minute audio is {TOKENS_PER_STREAM:,} audio tokens"
-        + (
-            "."
-            if result["maxModelLen"] >= TOKENS_PER_STREAM
-            else ", more than maxModelLen: it cannot be sent in one request."
-        )
     )
+    if model.realtime:
+        minutes = result["maxSessionSeconds"] // 60
+        print(
+            head + f"A realtime session holds {_gb(result['sessionBytes'])} of GPU memory (its sliding window of "
+            f"KV cache and its audio encoder's) and lasts at most {minutes // 60} h {minutes % 60:02d} min."
+        )
+    else:
+        print(
+            head
+            + f"A {STREAM_MINUTES}-minute audio is {TOKENS_PER_STREAM:,} audio tokens"
+            + (
+                "."
+                if result["maxModelLen"] >= TOKENS_PER_STREAM
+                else ", more than maxModelLen: it cannot be sent in one request."
+            )
+        )
     if not rows:
         print("No GPU type in the catalog fits: lower --max-model-len.")
         return 1
-    sys.stdout.write(table(rows, config.currency))
+    sys.stdout.write(table(rows, config.currency, realtime=model.realtime))
     return 0

@@ -87,7 +87,7 @@ class Resync:
             namespaces: list[str | None] = list(self.namespaces) or [None]
             for namespace in namespaces:
                 try:
-                    items = await self.client.list(resource, namespace, selector)
+                    uids = await self.client.list_uids(resource, namespace, selector)
                 except NotFound:  # a kind whose CRD is not installed (KEDA's): nothing of it is cached
                     self.unserved.add(resource)
                     logger.info(
@@ -96,7 +96,7 @@ class Resync:
                         resource.group,
                     )
                     break
-                listed.update(item["metadata"]["uid"] for item in items)
+                listed.update(uids)
         stale = stale_uids(before, listed)
         self.view.mark_absent(stale)
         # kopf keeps what it missed for good: report and reconcile each stale object once.

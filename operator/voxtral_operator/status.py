@@ -37,6 +37,7 @@ PENDING = "Pending"
 SUSPENDED = "Suspended"
 SCALED_TO_ZERO = "ScaledToZero"
 AVAILABLE = "Available"
+GATEWAY_UNAVAILABLE = "GatewayUnavailable"
 # The status fields the autoscaler writes (under its own field manager); the reconciler never sends them.
 AUTOSCALER_FIELDS = ("queueDepth", "queuedAudioSeconds", "desiredReplicas", "lastScaleDecision", "scaleHold")
 SCHEDULED = "Scheduled"
@@ -235,9 +236,11 @@ def compute_status(
     serving: tuple[bool, str, str] | None = None,
     refused: tuple[str, str] | None = None,
     suspended: bool = False,
+    gateway_ready: int | None = None,
 ) -> JSON:
     """serving: the last active check through the Service (ok, reason, message), if any.
-    refused: a child the API would not take (reason, message), if any."""
+    refused: a child the API would not take (reason, message), if any.
+    gateway_ready: ready gateway pods when callers come through a gateway, else None."""
     pods = list(pods)
     previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
     dep_status = (deployment or {}).get("status") or {}
@@ -266,10 +269,17 @@ def compute_status(
         and replicas == desired_replicas
     )
 
+    # Behind a gateway, replicas serve callers only once a gateway pod can take their requests.
+    reachable = gateway_ready is None or gateway_ready >= 1
     if suspended:
         ready_reason, ready_message = SUSPENDED, "spec.suspended is true: no replicas, GPUs freed, model cache kept"
         if replicas:
             ready_message += f"; {replicas} replica(s) still stopping"
+    elif ready >= 1 and not reachable:
+        ready_reason = GATEWAY_UNAVAILABLE
+        ready_message = (
+            f"{_ready_count(ready, desired_replicas)}, but no gateway pod is ready: callers cannot reach them"
+        )
     elif ready >= 1:
         ready_reason, ready_message = AVAILABLE, _ready_count(ready, desired_replicas)
     elif problem is not None:
@@ -305,7 +315,13 @@ def compute_status(
 
     conditions = [
         _condition(
-            previous_conditions, READY, ready >= 1 and not suspended, ready_reason, ready_message, generation, now
+            previous_conditions,
+            READY,
+            ready >= 1 and reachable and not suspended,
+            ready_reason,
+            ready_message,
+            generation,
+            now,
         ),
         _condition(
             previous_conditions, PROGRESSING, not rolled_out, progressing_reason, progressing_message, generation, now
@@ -326,6 +342,8 @@ def compute_status(
 
     if suspended:
         phase = SUSPENDED
+    elif ready >= 1 and not reachable:
+        phase = "Pending"
     elif ready >= 1:
         phase = "Degraded" if degraded else "Ready"
     elif failing or deadline_exceeded or refused is not None:

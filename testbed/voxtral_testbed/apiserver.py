@@ -14,7 +14,7 @@ This layer replaces the storage with the semantics the operator relies on from a
   the operator never sends one), and server-side apply (below);
 - Secret `stringData` merged into `data` (base64) on every write and never stored, as a real server does;
 - a CustomResourceDefinition created through the API is served at once (no `Established` wait);
-- Service `spec.clusterIP` allocation (from 127.0.1.0/24, so tests can really serve it);
+- Service `spec.clusterIP` allocation (on loopback, a block per process, so tests can really serve it);
 - label selectors on list and watch (`=`, `==`, `!=`, `in`, `notin`, exists, `!key`);
 - watch from a resourceVersion (replayed from a bounded history; older answers 410 Gone),
   `timeoutSeconds`;
@@ -57,6 +57,8 @@ import aiohttp.web
 import kmock
 import yaml
 from kmock._internal.rendering import ReactionMismatchError  # exported by kmock, missing from its __all__
+
+from voxtral_testbed import loopback
 
 JSON = dict[str, Any]
 
@@ -529,7 +531,7 @@ class ApiServer(kmock.KubernetesEmulator):
         self.printer_columns: dict[str, list[JSON]] = {}  # custom resources' additionalPrinterColumns
         self._write_lock = asyncio.Lock()
         self._gc_tasks: set[asyncio.Task[None]] = set()
-        self._cluster_ips = itertools.cycle(range(2, 255))
+        self._cluster_ips = loopback.service_addresses()
         # Reactions registered so far are kmock's and this class's fallbacks; later ones are a test's.
         self._builtin_reactions = len(self._payloads)
         for path, kind, namespaced, subresources in BUILTIN_RESOURCES:
@@ -943,7 +945,7 @@ class ApiServer(kmock.KubernetesEmulator):
         if resource == "v1/services" and not (obj.get("spec") or {}).get("clusterIP"):
             # Allocated by the API server, as a real one does; loopback so the sandbox's
             # kube-proxy stand-in can really serve it.
-            obj.setdefault("spec", {})["clusterIP"] = f"127.0.1.{next(self._cluster_ips)}"
+            obj.setdefault("spec", {})["clusterIP"] = next(self._cluster_ips)
         obj.setdefault("apiVersion", resource.rsplit("/", 1)[0])
         obj.setdefault("kind", self.kinds.get(resource))
         if resource == CRDS:

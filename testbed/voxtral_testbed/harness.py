@@ -30,13 +30,15 @@ def free_port() -> int:
         return port
 
 
-def start_simulator(host: str, port: int, *args: str) -> subprocess.Popen[bytes]:
-    """The vLLM simulator (`simulate-vllm`) on host:port, as a pod's (or a test's) vLLM stand-in."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "voxtral_testbed.simulator", "--host", host, "--port", str(port), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start_simulator(host: str, port: int, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """The vLLM simulator (`simulate-vllm`) on host:port, as a pod's (or a test's) vLLM stand-in;
+    its output goes to `log` when given (so a pod that never gets ready can say why)."""
+    with log.open("ab") if log is not None else open(os.devnull, "wb") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "voxtral_testbed.simulator", "--host", host, "--port", str(port), *args],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
 
 
 class OperatorProcess:

@@ -39,6 +39,7 @@ import yaml
 from aiohttp import web
 
 from voxtral_operator.api.crd import custom_resource_definition
+from voxtral_testbed import loopback
 from voxtral_testbed.apiserver import ApiServer
 from voxtral_testbed.harness import start_simulator
 from voxtral_testbed.secret_volumes import PodSecretVolumes, pod_secret_volumes, secret_payload
@@ -57,7 +58,6 @@ SLICE_MANAGER = "endpointslice-controller.k8s.io"
 # A simulated pod whose env names a missing Secret waits this long (CreateContainerConfigError), then
 # starts without it: a real kubelet waits for ever, but tests start replicas without their key on purpose.
 SECRET_WAIT_SECONDS = 5.0
-STOP_GRACE_SECONDS = 5.0  # processes still running this long after SIGTERM at sandbox exit are killed
 # How often a gateway pod's Secret volumes are refreshed (the kubelet: its pod sync, about a minute).
 SECRET_REFRESH_SECONDS = 1.0
 
@@ -258,7 +258,7 @@ class FakeControllers:
         self.log_dir = log_dir
         self.simulators: dict[tuple[str, str], tuple[str, subprocess.Popen[bytes]]] = {}
         self.gateways: dict[tuple[str, str], _GatewayPod] = {}
-        self._next_ip = itertools.count(2)
+        self._next_ip = loopback.pod_addresses()
         self._probe: aiohttp.ClientSession | None = None
         self.proxies: dict[tuple[str, str], _ServiceProxy] = {}
         self.behaviours: dict[tuple[str, str], Behaviour] = {}
@@ -278,20 +278,15 @@ class FakeControllers:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # The sandbox is going: its pods are killed, not drained (a test that wants a drain deletes the pod).
         stopping = [entry[1] for entry in self.simulators.values()] + [g.process for g in self.gateways.values()]
-        for key in list(self.simulators):
-            self._stop_simulator(key)
-        for key in list(self.gateways):
-            self._stop_gateway(key)
-        # Wait for them to exit, so the next sandbox's pods may take the same addresses and ports.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STOP_GRACE_SECONDS
+        self.simulators.clear()
+        self.gateways.clear()
         for process in stopping:
-            try:
-                await asyncio.to_thread(process.wait, max(0.0, deadline - loop.time()))
-            except subprocess.TimeoutExpired:
+            if process.poll() is None:
                 process.kill()
-                process.wait()
+        for process in stopping:
+            await asyncio.to_thread(process.wait)
         for proxy in self.proxies.values():
             await proxy.stop()
         if self._probe is not None:
@@ -337,14 +332,15 @@ class FakeControllers:
         self, key: tuple[str, str], behaviour: Behaviour, container: dict[str, Any], env: dict[str, str]
     ) -> str:
         """Start the pod's process with what its spec says: served model name, API key from the Secret."""
-        ip = f"127.0.0.{next(self._next_ip)}"
+        ip = next(self._next_ip)
         args = list(behaviour.simulator_args)
         vllm_args = container.get("args") or []
         if "--served-model-name" in vllm_args:
             args += ["--served-model-name", vllm_args[vllm_args.index("--served-model-name") + 1]]
         if env.get("VLLM_API_KEY"):
             args += ["--api-key", env["VLLM_API_KEY"]]
-        process = start_simulator(ip, self.vllm_port, *args)
+        log = self.log_dir / f"{key[0]}.{key[1]}.log" if self.log_dir is not None else None
+        process = start_simulator(ip, self.vllm_port, *args, log=log)
         self.simulators[key] = (ip, process)
         return ip
 
@@ -363,7 +359,7 @@ class FakeControllers:
         """`voxtral-operator gateway` with the pod's args, on the pod's own address, logged in with the
         sandbox's kubeconfig (as a pod with a service account would be in a cluster), its Secret
         volumes projected as the kubelet does."""
-        ip = f"127.0.0.{next(self._next_ip)}"
+        ip = next(self._next_ip)
         volumes = self._secret_volumes(key, pod, container)
         args = volumes.rewrite([str(arg) for arg in container.get("args") or []])
         if "--host" in args[:-1]:

@@ -13,7 +13,8 @@ It honours vLLM's HTTP contract where the operator and its callers can see it:
 - at most `--max-num-seqs` requests run at once; the rest wait and show as
   `vllm:num_requests_waiting`; beyond `--max-num-queued-reqs` waiting, requests get 503;
 - SIGTERM: new requests are refused while running ones drain for up to `--shutdown-timeout`
-  seconds; `/health` still answers 200 while draining.
+  seconds; `/health` still answers 200 while draining;
+- for a realtime model, the WebSocket `/v1/realtime` (realtime.py) and its `vllm:websocket_*` metrics.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from prometheus_client import (
     platform_collector,
     process_collector,
 )
+
+from voxtral_testbed.realtime import REALTIME_MODELS, RealtimeMetrics, serve_realtime
 
 VLLM_VERSION = "0.33.0"
 OPEN_PATHS = ("/health", "/metrics", "/ping", "/version", "/load")
@@ -140,6 +143,29 @@ class Engine:
         self.g_waiting_reason.labels(**self.labels, reason="deferred").set(0)
         self.g_kv.labels(**self.labels).set(min(1.0, self.running / max(1, self.args.max_num_seqs)))
 
+    async def begin(self) -> None:
+        """A streaming request (a realtime session's generation) takes a slot, waiting its turn like any other."""
+        self.waiting += 1
+        self._publish()
+        arrived = time.perf_counter()
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        self._publish()
+        self.h_queue.labels(**self.labels).observe(time.perf_counter() - arrived)
+
+    def end(self) -> None:
+        self.running -= 1
+        self.slots.release()
+        self._publish()
+
+    def finish(self, prompt_tokens: int, output_tokens: int) -> None:
+        self.c_prompt.labels(**self.labels).inc(prompt_tokens)
+        self.c_generation.labels(**self.labels).inc(output_tokens)
+        self.c_success.labels(**self.labels, finished_reason="stop").inc()
+
     async def generate(self, prompt_tokens: int, output_tokens: int) -> None:
         """Queue for a slot, then 'compute' for --request-seconds."""
         limit = self.args.max_num_queued_reqs
@@ -149,28 +175,16 @@ class Engine:
                 text=json.dumps({"error": "queue is full"}), content_type="application/json"
             )
         arrived = time.perf_counter()
-        self.waiting += 1
-        self._publish()
-        try:
-            await self.slots.acquire()
-        finally:
-            self.waiting -= 1
-        self.running += 1
-        self._publish()
+        await self.begin()
         started = time.perf_counter()
-        self.h_queue.labels(**self.labels).observe(started - arrived)
         try:
             await asyncio.sleep(self.args.request_seconds)
         finally:
-            self.running -= 1
-            self.slots.release()
-            self._publish()
+            self.end()
         self.h_ttft.labels(**self.labels).observe(min(0.05, self.args.request_seconds) + started - arrived)
         self.h_e2e.labels(**self.labels).observe(time.perf_counter() - arrived)
         self.h_itl.labels(**self.labels).observe(0.01)
-        self.c_prompt.labels(**self.labels).inc(prompt_tokens)
-        self.c_generation.labels(**self.labels).inc(output_tokens)
-        self.c_success.labels(**self.labels, finished_reason="stop").inc()
+        self.finish(prompt_tokens, output_tokens)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -404,6 +418,13 @@ def build_app(engine: Engine) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/invocations", invocations)
     app.router.add_post("/tokenize", tokenize)
+    if engine.args.realtime or engine.args.model in REALTIME_MODELS:
+        realtime_metrics = RealtimeMetrics(engine.registry)
+
+        async def realtime(request: web.Request) -> web.StreamResponse:
+            return await serve_realtime(engine, realtime_metrics, request)
+
+        app.router.add_get("/v1/realtime", realtime)
     return app
 
 
@@ -459,6 +480,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--die-after", type=float, default=0.0, help="simulate an engine death after N s (0: never)")
     parser.add_argument(
         "--max-audio-mb", type=int, default=int(os.environ.get("VLLM_MAX_AUDIO_CLIP_FILESIZE_MB", "25"))
+    )
+    parser.add_argument(
+        "--realtime", action="store_true", help="serve /v1/realtime whatever the model (realtime models always do)"
+    )
+    parser.add_argument(
+        "--transcription-delay-ms", type=int, default=480, help="how far text trails the audio (the model's delay)"
+    )
+    parser.add_argument(
+        "--realtime-fail-after-tokens",
+        type=int,
+        default=0,
+        help="a fault: a realtime generation fails (processing_error) once this many audio tokens arrived (0: never)",
     )
 
 

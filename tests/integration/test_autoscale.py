@@ -221,14 +221,20 @@ async def test_replicas_a_person_asked_for_are_kept_while_they_load_then_for_the
     assert hold["replicas"] == 2
     assert "kept until all 2 are ready" in hold["message"], hold
     replicas_seen = []
+    deadline = asyncio.get_running_loop().time() + 90
     while await ready_replicas(kube, "event") < 2:  # the whole load: never cancelled
         replicas_seen.append(await spec_replicas(kube, "event"))
         assert replicas_seen[-1] == 2, replicas_seen
+        assert asyncio.get_running_loop().time() < deadline, f"2 replicas not ready in 90 s: {replicas_seen}"
         await asyncio.sleep(0.5)
     # Ready, then 1 s more: the hold ends and the idle endpoint steps down to what the load needs.
     await eventually(lambda: _exactly(kube, "event", 1), timeout=60)
-    current = await kube.get(endpoint_path(NS, "event"))
-    assert "scaleHold" not in current["status"], current["status"]
+
+    async def hold_gone() -> dict[str, Any] | None:  # status follows the scale write, a tick later at most
+        current = await kube.get(endpoint_path(NS, "event"))
+        return None if "scaleHold" in current["status"] else current
+
+    current = await eventually(hold_gone, timeout=10)
     assert "low load" in current["status"]["lastScaleDecision"]["reason"]
 
 

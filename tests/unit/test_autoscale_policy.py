@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from voxtral_operator.autoscale.loop import AUTOSCALER_FIELD_MANAGER, replicas_writer
+from voxtral_operator.autoscale.loop import AUTOSCALER_FIELD_MANAGER, replicas_writer, resumed_hold
 from voxtral_operator.autoscale.policy import (
     PROFILE_BIN_SECONDS,
     PROFILE_BINS,
@@ -535,3 +535,39 @@ def test_the_writer_of_spec_replicas_is_read_from_managed_fields(
         return
     assert writer is not None
     assert (writer.shown, writer.manager, writer.at) == (shown, manager, at)
+
+
+def test_a_restarted_autoscaler_resumes_the_floor_its_status_shows() -> None:
+    at = 1_800_000_000.0
+    manual = ManualScale(replicas=2, by="kubectl", at=at)
+    shown = {"replicas": 2, "setBy": "kubectl", "setAt": "2027-01-15T08:00:00Z", "until": "2027-01-15T08:05:00Z"}
+    holding = resumed_hold(State(), manual, {"status": {"scaleHold": shown}}, delay=60.0)
+    # The floor ends when the status said, not a delay after the restart.
+    assert (holding.hold_replicas, holding.hold_at, holding.hold_ready_at) == (2, at, at + 300.0 - 60.0)
+
+    status_write = {"manager": AUTOSCALER_FIELD_MANAGER, "subresource": "status", "time": "2027-01-15T09:00:00Z"}
+    served = resumed_hold(State(), manual, {"metadata": {"managedFields": [status_write]}, "status": {}}, delay=60.0)
+    assert served.hold_ready_at is not None
+    assert served.hold_ready_at + 60.0 <= at  # its time was served
+
+    # Never handled (no status written since the person's write): the floor starts as a new one would.
+    assert resumed_hold(State(), manual, {"status": {}}, delay=60.0) == State()
+    other = {"status": {"scaleHold": {**shown, "replicas": 3}}}
+    assert resumed_hold(State(), manual, other, delay=60.0) == State()
+
+
+def test_a_day_unlike_the_profile_pulls_its_floor_down_and_a_working_day_brings_it_back() -> None:
+    """A holiday after a busy week: the profile's floor follows the quiet day down within two hours
+    (it used to stay at 70 % of a working day's), and comes back within minutes of a busy morning."""
+    week = profile_with(2.0, 0, 86400) * 7
+    state = with_days(steady(0.2), week)
+    quiet = Observation(2, 2, pods(0.1, 0.1))
+    for second in range(0, 7200, 60):
+        decision = decide(LIMITS, quiet, state, NOW + second)
+        state = decision.state
+    assert decision.explanation.floor <= 1, decision.reason
+    busy = Observation(4, 4, pods(0.5, 0.5, 0.5, 0.5))
+    for second in range(7200, 7200 + 1200, 60):
+        decision = decide(LIMITS, busy, state, NOW + second)
+        state = decision.state
+    assert decision.explanation.floor >= 3, decision.reason

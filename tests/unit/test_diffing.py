@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from voxtral_operator import cache
 from voxtral_operator.diffing import drift, with_applied_hash
 
 MANAGER = "voxtral-operator"
@@ -108,3 +109,9 @@ def test_spec_change_is_drift_whatever_the_ownership() -> None:
 def test_no_managed_fields_and_equal_values_is_no_drift() -> None:
     live = copy.deepcopy(DESIRED)
     assert drift(DESIRED, live, MANAGER) == []
+
+
+@pytest.mark.parametrize(("live", "why"), [case for case in CASES if case.values[0] is not None])
+def test_drift_reads_the_same_from_the_watch_caches_trimmed_copy(live: dict[str, Any], why: list[str]) -> None:
+    cached = cache.child(live, MANAGER)
+    assert drift(DESIRED, cached, MANAGER) == why, f"cached as {cached}"

@@ -3,11 +3,12 @@
 Hostile endpoints (type confusion, huge numbers, any Unicode, long strings, deep nesting, YAML
 tags and alias bombs) must end in a rendered, schema-valid set of children or in InvalidSpec:
 never a traceback, never a hang, never a spec string outside its field. Each test prints how many
-cases it ran. The budget is about a minute of `make test` in all.
+cases it ran. The budget is under a minute of `make test` in all; `make fuzz` runs three times as many.
 """
 
 from __future__ import annotations
 
+import os
 import string
 import subprocess
 import sys
@@ -27,6 +28,14 @@ from voxtral_operator.api.models import VoxtralEndpointSpec
 from voxtral_operator.api.resolve import InvalidSpec
 from voxtral_operator.config import DEFAULT_ALLOWED_EXTRA_ARGS, OperatorConfig
 from voxtral_operator.render import render
+
+# `make test` runs a third of the cases; `make fuzz` runs them all (VOXTRAL_FUZZ_SCALE=1).
+SCALE = float(os.environ.get("VOXTRAL_FUZZ_SCALE", "0.33"))
+
+
+def examples(full: int) -> int:
+    return max(10, round(full * SCALE))
+
 
 FUZZ = settings(
     database=None,  # nothing written into the work tree
@@ -254,7 +263,7 @@ def _check_rendered(endpoint: dict[str, Any], objects: list[dict[str, Any]]) -> 
 def test_the_api_models_accept_or_refuse_every_value(capsys: pytest.CaptureFixture[str]) -> None:
     outcomes: Counter[str] = Counter()
 
-    @settings(FUZZ, max_examples=2000)
+    @settings(FUZZ, max_examples=examples(2000))
     @given(value=st.one_of(HOSTILE, mutated(PLAUSIBLE_SPEC)))
     def check(value: Any) -> None:
         try:
@@ -271,7 +280,7 @@ def test_the_api_models_accept_or_refuse_every_value(capsys: pytest.CaptureFixtu
 def test_render_renders_valid_children_or_refuses(capsys: pytest.CaptureFixture[str]) -> None:
     outcomes: Counter[str] = Counter()
 
-    @settings(FUZZ, max_examples=1500)
+    @settings(FUZZ, max_examples=examples(1500))
     @given(endpoint=ENDPOINTS, config=CONFIGS)
     def check(endpoint: dict[str, Any], config: OperatorConfig) -> None:
         try:
@@ -338,7 +347,8 @@ def _assert_cli_answered(result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode in (0, 2), (result.returncode, result.stderr[-2000:])
     if result.returncode == 0:
         for doc in yaml.safe_load_all(result.stdout):
-            kubernetes_validate.validate(doc, "1.34", strict=True)
+            if doc["kind"] != "ScaledObject":  # KEDA's CRD, not a built-in kind
+                kubernetes_validate.validate(doc, "1.34", strict=True)
     else:
         assert result.stdout == ""
         assert result.stderr.startswith("error: ")

@@ -1,4 +1,5 @@
-"""The autoscaling simulation (bench/policy_sim.py): its output, its determinism, and its engine's physics."""
+"""The autoscaling simulation (bench/policy_sim.py): its output, its determinism, its days, its engine's
+physics (vLLM's block allocation and preemption), its failures, cold starts and billing."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from typing import Any
 
 import pytest
 
+from voxtral_operator.autoscale import policy as operator_policy
+
 ROOT = Path(__file__).resolve().parents[2]
+Rows = list[tuple[float, float, int]]
 
 
 @pytest.fixture(scope="module")
@@ -29,93 +33,177 @@ def sim() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def morning(sim: Any) -> list[tuple[float, float, int]]:
-    """Two hours of a built-in day's morning (07:30-09:30), starting at 0."""
+def morning(sim: Any) -> Rows:
+    """Two hours of a built-in Monday's morning (07:30-09:30), starting at 0."""
     rows = sim.call_centre_day(3, sim.SCENARIOS["small-h100"].peak_rate, day=0)
     return [(t - 27000, audio, output) for t, audio, output in rows if 27000 <= t < 34200]
 
 
-def run_main(sim: Any, *argv: str) -> dict[str, Any]:
+def run_main(sim: Any, *argv: str) -> tuple[str, dict[str, Any]]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert sim.main(list(argv)) == 0
-    result: dict[str, Any] = json.loads(out.getvalue())
-    return result
+    text = out.getvalue()
+    result: dict[str, Any] = json.loads(text.strip().splitlines()[-1])
+    return text, result
 
 
-def test_quick_json_names_every_policy_with_gpu_hours_and_p95(sim: Any) -> None:
-    result = run_main(sim, "--quick", "--json", "--no-plot")
+def test_quick_json_ends_with_every_policy_and_the_oracle(sim: Any) -> None:
+    text, result = run_main(sim, "--quick", "--json")
+    assert set(result) == {"policies", "new", "oracle"}, text
     assert result["new"] == "new"
     assert set(result["policies"]) == {spec.name for spec in sim.POLICIES}
     for name, figures in result["policies"].items():
+        assert set(figures) == {
+            "gpu_hours",
+            "p95_wait_s",
+            "p99_wait_s",
+            "failed",
+            "reserved_busy_fraction",
+            "batch_done_by_deadline",
+        }, name
         assert figures["gpu_hours"] > 0, name
-        assert figures["p95_wait_s"] >= 0, name
-    assert set(result["by_routing"]) == {"service", "gateway"}
+        assert figures["p99_wait_s"] >= figures["p95_wait_s"] >= 0, name
+        assert figures["reserved_busy_fraction"] is None, name  # on-demand billing
+    assert result["oracle"]["gpu_hours"] > 0
+    assert "cold starts: new node" in text
 
 
-def test_more_replicas_never_raise_the_wait(sim: Any, morning: list[tuple[float, float, int]]) -> None:
+def test_the_simulator_runs_the_operators_own_policy(sim: Any) -> None:
+    assert sim.new_policy is operator_policy
+    assert sim.POLICY_BY_NAME["new"].default == operator_policy.Limits(0, 1).target_utilization
+
+
+def test_more_replicas_never_raise_the_wait(sim: Any, morning: Rows) -> None:
     base = sim.SCENARIOS["small-h100"]
     for routing in ("service", "gateway"):
-        outcomes = []
+        waits, hours = [], []
         for replicas in (3, 5, 8, 12):
             scenario = replace(base, min_replicas=replicas, max_replicas=replicas)
-            outcomes.append(sim.simulate(morning, scenario, routing, sim.Static(replicas), 5, 0.0, 7200.0))
-        waits = [(o.p95_wait_s, o.p99_wait_s) for o in outcomes]
+            run = sim.simulate(morning, scenario, routing, sim.Static(replicas), 5, 0.0, 7200.0)
+            day = run.days[0]
+            waits.append((sim.percentile(day.waits, 95), sim.percentile(day.waits, 99), day.failed))
+            hours.append(day.gpu_s / 3600)
         assert waits == sorted(waits, reverse=True), (routing, waits)
         assert waits[0] > waits[-1], routing  # the scenario is tight enough for it to matter
-        hours = [o.gpu_hours for o in outcomes]
         assert hours == [r * 2.0 for r in (3, 5, 8, 12)]  # static replicas bill exactly their hours
 
 
-def test_a_trace_replays_deterministically(sim: Any, morning: list[tuple[float, float, int]], tmp_path: Path) -> None:
-    trace = tmp_path / "calls.csv"
-    sim.write_trace(trace, morning)
-    rows = sim.read_trace(trace)
-    assert [round(t, 3) for t, _, _ in rows] == sorted(round(t, 3) for t, _, _ in morning)
-    assert sum(o for _, _, o in rows) == sum(o for _, _, o in morning)
-    assert sum(a for _, a, _ in rows) == pytest.approx(sum(a for _, a, _ in morning), abs=0.01 * len(rows))
-    setup = sim.Setup(sim.SCENARIOS["small-h100"], (1,), 0.0, 0.0, trace)
-    policies = [sim.POLICY_BY_NAME["new"], sim.POLICY_BY_NAME["hpa-kv"]]
-    first = sim.sweep(setup, ["service"], policies, workers=1, quick=True)
-    again = sim.sweep(setup, ["service"], policies, workers=1, quick=True)
-    assert first == again
-    assert {p.policy for p in first["service"]} == {"new", "hpa-kv"}
-    assert all(p.requests == len(morning) for p in first["service"])
+def test_an_overloaded_endpoint_counts_timeouts_as_failures(sim: Any, morning: Rows) -> None:
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=1, queue_timeout_s=60.0)
+    for routing in ("service", "gateway"):
+        day = sim.simulate(morning, scenario, routing, sim.Static(1), 5, 0.0, 1200.0).days[0]
+        assert day.failed > 0, routing
+        assert day.requests == len([r for r in morning if r[0] < 1200.0]), routing
+        assert sim.percentile(day.waits, 99) >= 60.0, routing  # a failure sits in the tail at the timeout
 
 
-def test_the_same_seed_gives_the_same_day_and_another_seed_another(sim: Any) -> None:
-    peak = sim.SCENARIOS["small-h100"].peak_rate
-    one = sim.call_centre_day(11, peak, day=2)
-    assert one == sim.call_centre_day(11, peak, day=2)
-    assert one != sim.call_centre_day(12, peak, day=2)
-    long_files = [r for r in one if r[1] >= 1500]
-    assert 0.02 < len(long_files) / len(one) < 0.06  # a few percent of requests are 25-40 minute files
-    prompt = [r[1] * sim.AUDIO_TOKENS_PER_SECOND + r[2] for r in one]
-    share = sum(p for p, r in zip(prompt, one, strict=True) if r[1] >= 1500) / sum(prompt)
-    assert share > 0.4  # and the largest part of the tokens
+def test_the_gateway_refuses_past_its_queue_bound(sim: Any, morning: Rows) -> None:
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=1, gateway_max_queue=5)
+    day = sim.simulate(morning, scenario, "gateway", sim.Static(1), 5, 0.0, 600.0).days[0]
+    assert day.failed > 0
 
 
-def test_the_engine_takes_its_kv_cache_from_the_catalogs_fit_check(sim: Any) -> None:
+def test_vllm_preempts_the_newest_request_when_blocks_run_out_and_recomputes_it(sim: Any) -> None:
+    engine = replace(sim.Engine.of(sim.SCENARIOS["small-h100"]), kv_tokens=4000)
+    replica = sim.Replica("pod-1", 0.0, 0.0, 1, False)
+    replica.state = sim.READY
+    requests = [sim.Request(0.0, 20.0, 1500) for _ in range(6)]  # 314-token prompts, long answers
+    for request in requests:
+        replica.queue.append(request)
+        replica.queued_tokens += request.need
+    waits: list[tuple[float, float]] = []
+    done: list[Any] = []
+    for second in range(600):
+        replica.advance(engine, float(second), 1.0, waits, done)
+        assert replica.kv_used() <= engine.kv_tokens + sim.KV_BLOCK_TOKENS, second
+    assert replica.preemptions > 0  # blocks are allocated as tokens come, not reserved at admission
+    assert len(waits) == 6  # each request's wait is recorded once, preempted or not
+    assert sorted(id(r) for r in done) == sorted(id(r) for r in requests)  # all finish after recompute
+    assert replica.running == 0
+    assert replica.kv_used() == pytest.approx(0, abs=1e-6)
+
+
+def test_vllm_default_batch_follows_the_gpu(sim: Any) -> None:
+    assert sim.vllm_default_batch("H100-80GB") == (1024, 8192)
+    assert sim.vllm_default_batch("A100-80GB") == (256, 2048)
+    assert sim.vllm_default_batch("L4-24GB") == (256, 2048)
     engine = sim.Engine.of(sim.SCENARIOS["small-h100"])
+    assert engine.max_num_seqs == 1024
+    assert engine.gateway_inflight == 128  # the operator's 256 split over two gateway pods
     # 80 GB x 0.9 - 55 GB of weights - 2 GB activation reserve, 163,840 bytes per token
     assert engine.kv_tokens == (72_000_000_000 - 55_000_000_000 - 2_000_000_000) // 163_840
-    assert engine.cold_start_s == 1500  # the catalog's startup budget for Voxtral Small
 
 
-def test_baselines_are_matched_at_their_cheapest_setting_no_worse_than_the_new_policy(sim: Any) -> None:
-    def point(policy: str, value: float, hours: float, p95: float) -> Any:
-        return sim.Point(policy, value, hours, 0.0, p95, p95, 1, 1, 0)
+def test_cold_start_paths_order_as_their_steps_do(sim: Any) -> None:
+    engine = sim.Engine.of(sim.SCENARIOS["small-h100"])
+    hub_new = sim.cold_start_range(engine, True, "hub")
+    hub_held = sim.cold_start_range(engine, False, "hub")
+    cache_new = sim.cold_start_range(engine, True, "cache")
+    cache_held = sim.cold_start_range(engine, False, "cache")
+    assert cache_held[1] < hub_held[1] < hub_new[1]
+    assert cache_new[0] < hub_new[0]
+    assert cache_held[0] >= sim.ENGINE_LOAD_S[0]
 
-    new_default = sim.POLICY_BY_NAME["new"].default
-    points = [
-        point("new", new_default, 100.0, 20.0),
-        point("hpa-kv", 0.3, 150.0, 0.0),
-        point("hpa-kv", 0.4, 120.0, 20.0),
-        point("hpa-kv", 0.5, 90.0, 60.0),
-        point("kubeai", 2, 130.0, 25.0),
-        point("kubeai", 3, 110.0, 80.0),
+
+def test_reserved_gpus_are_paid_whatever_happens(sim: Any, morning: Rows) -> None:
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=2, max_replicas=2)
+    run = sim.simulate(morning, scenario, "gateway", sim.Static(2), 5, 0.0, 7200.0, reserved_gpus=4)
+    score = sim.Score("fixed", 2, [run.days[0]], 2.0, 4)
+    assert score.billed_hours(run.days[0]) == 8.0  # 4 reserved GPUs for 2 hours, nothing beyond
+    busy = score.summary(1)["reserved_busy_fraction"]
+    assert 0 < busy <= 0.5  # two replicas can keep at most half of four GPUs busy
+
+
+def test_days_of_the_week_and_holidays_differ(sim: Any) -> None:
+    peak = sim.SCENARIOS["small-h100"].peak_rate
+    monday = sim.call_centre_day(11, peak, day=0)
+    assert [sim.day_kind(d, (2,)) for d in range(8)] == [
+        "weekday",
+        "weekday",
+        "holiday",
+        "weekday",
+        "weekday",
+        "saturday",
+        "sunday",
+        "weekday",
     ]
-    new, chosen = sim.match(points)
-    assert new.gpu_hours == 100.0
-    assert (chosen["hpa-kv"].point.value, chosen["hpa-kv"].matched) == (0.4, True)
-    assert (chosen["kubeai"].point.value, chosen["kubeai"].matched) == (2, False)  # the lowest p95 it reached
+    saturday = sim.call_centre_day(11, peak, day=5)
+    holiday = sim.call_centre_day(11, peak, day=2, kind="holiday")
+    assert holiday == sim.call_centre_day(11, peak, day=2, kind="holiday")  # the same seed, the same day
+    assert len(holiday) < len(saturday) < 0.5 * len(monday)
+    long_files = [r for r in monday if r[1] >= 1500]
+    assert 0.02 < len(long_files) / len(monday) < 0.06  # a few percent of requests are 25-40 minute files
+
+
+def test_a_trace_with_classes_replays_deterministically(sim: Any, morning: Rows, tmp_path: Path) -> None:
+    trace = tmp_path / "calls.csv"
+    lines = ["arrival_s,audio_s,output_tokens,class", "100.0,30.0,90,batch"]
+    lines += [f"{t:.3f},{audio:.2f},{output}," for t, audio, output in morning]  # class empty: interactive
+    trace.write_text("\n".join(lines) + "\n")
+    read = sim.read_trace(trace)
+    assert read.batch == 1
+    assert [round(t, 3) for t, _, _ in read.rows] == sorted(round(t, 3) for t, _, _ in morning)
+    plain = tmp_path / "plain.csv"
+    sim.write_trace(plain, morning)
+    assert sim.read_trace(plain).rows == read.rows
+    setup = sim.Setup(sim.SCENARIOS["small-h100"], trace=trace, warmup_days=0, window=(0.0, 1800.0))
+    settings = [("new", 0.35), ("hpa-kv", 0.5)]
+    first = sim.evaluate_seeds(setup, settings, {})
+    again = sim.evaluate_seeds(setup, settings, {})
+    assert [s.days for s in first] == [s.days for s in again]
+    assert [s.policy for s in first] == ["new", "hpa-kv"]
+
+
+def test_the_cheapest_setting_meeting_the_target_on_every_day_is_chosen(sim: Any) -> None:
+    def score(value: float, hours: float, worst_p99: float) -> Any:
+        good = sim.DayFigures(waits={0: 100}, requests=100, gpu_s=hours * 3600)
+        worst = sim.DayFigures(waits={0: 95, sim._bin(worst_p99): 5}, requests=100, gpu_s=hours * 3600)
+        return sim.Score("hpa-kv", value, [good, worst], 24.0, 0)
+
+    target = sim.Target(p95_wait_s=10.0, p99_wait_s=60.0)
+    scores = [score(0.3, 200.0, 0.0), score(0.4, 150.0, 50.0), score(0.5, 120.0, 90.0)]
+    best, met = sim.choose(scores, target)
+    assert (best.value, met) == (0.4, True)
+    best, met = sim.choose([score(0.5, 120.0, 90.0), score(0.6, 100.0, 300.0)], target)
+    assert (best.value, met) == (0.5, False)  # none meets it: the one missing it least

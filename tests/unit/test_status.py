@@ -86,7 +86,11 @@ def deployment(ready: int = 0, *, replica_failure: str | None = None, deadline: 
 
 
 def compute(
-    dep: dict[str, Any] | None, pods: list[dict[str, Any]], previous: dict[str, Any] | None = None, now: str = T0
+    dep: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    previous: dict[str, Any] | None = None,
+    now: str = T0,
+    gateway_ready: int | None = None,
 ) -> dict[str, Any]:
     return compute_status(
         generation=1,
@@ -98,6 +102,7 @@ def compute(
         selector="app.kubernetes.io/name=voxtral-endpoint,app.kubernetes.io/instance=asr",
         tensor_parallel_size=1,
         now=now,
+        gateway_ready=gateway_ready,
     )
 
 
@@ -321,3 +326,14 @@ def test_replicas_beyond_what_is_wanted_are_not_counted_as_more_than_wanted() ->
     )
     assert (condition_of(computed, "Ready") or {})["message"] == "1/1 replicas ready, 1 more still stopping"
     assert computed["replicaSummary"] == "1/1"
+
+
+def test_replicas_behind_a_gateway_without_a_ready_pod_are_not_ready() -> None:
+    def behind(gateway_ready: int | None) -> dict[str, Any]:
+        return compute(deployment(ready=2), [pod("asr-a", "ready"), pod("asr-b", "ready")], gateway_ready=gateway_ready)
+
+    unreachable = behind(0)
+    assert summary(unreachable)[:2] == ("Pending", ("False", "GatewayUnavailable")), summary(unreachable)
+    assert "no gateway pod is ready" in (condition_of(unreachable, "Ready") or {})["message"]
+    assert summary(behind(1))[:2] == ("Ready", ("True", "Available"))
+    assert summary(behind(None))[:2] == ("Ready", ("True", "Available"))  # no gateway: the replicas are the door

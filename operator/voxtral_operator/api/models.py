@@ -261,7 +261,11 @@ class AudioLimitsSpec(_Model):
 
 class EngineSpec(_Model):
     max_model_len: int = Field(
-        default=32768, ge=1024, le=32768, description="Context length in tokens (--max-model-len)."
+        default=32768,
+        ge=1024,
+        le=catalog.MAX_CONTEXT_TOKENS,
+        description="Context length in tokens (--max-model-len), up to the model's own (32768; the realtime "
+        "model's 131072).",
     )
     gpu_memory_utilization: float = Field(
         default=0.9,
@@ -538,6 +542,38 @@ class ResourcesSpec(_Model):
     )
 
 
+class RealtimeSpec(_Model):
+    """Sessions on /v1/realtime (realtime models only): the gateway admits them per replica and bounds them."""
+
+    max_session_seconds: int | None = Field(
+        default=None,
+        ge=10,
+        le=14400,
+        description="Longest session; the gateway closes it then (1008). Default, and most: what maxModelLen "
+        "holds (95% of it as audio at 12.5 tokens per second: 2 h 46 min at 131072).",
+    )
+    max_sessions_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Sessions one replica serves at once (also its --max-num-seqs); default and most: what its "
+        "KV cache holds, from the model's per-session memory.",
+    )
+    idle_timeout_seconds: int = Field(
+        default=60, ge=1, le=3600, description="A session that sends nothing for this long is closed (1001)."
+    )
+    max_frame_kb: int = Field(
+        alias="maxFrameKB",
+        default=1024,
+        ge=16,
+        le=16384,
+        description="Largest WebSocket message a caller may send (1009 beyond).",
+    )
+    max_messages_per_second: int = Field(
+        default=50, ge=1, le=10000, description="Messages a session may send per second, averaged over 5 s (1008)."
+    )
+
+
 class VoxtralEndpointSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra={
@@ -643,6 +679,9 @@ class VoxtralEndpointSpec(_Model):
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM settings.")
     auth: AuthSpec = Field(default_factory=AuthSpec, description="Who may call the endpoint.")
     gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="The endpoint's front door.")
+    realtime: RealtimeSpec = Field(
+        default_factory=RealtimeSpec, description="Realtime sessions (WebSocket /v1/realtime) of a realtime model."
+    )
     suspended: bool = Field(
         default=False,
         description=(
@@ -699,6 +738,28 @@ class VoxtralEndpointSpec(_Model):
                 f"spec.model: {self.model!r} is not in the catalog ({', '.join(catalog.KNOWN_MODELS)}); "
                 "set spec.modelProfile.weightsGB so the operator can size it"
             )
+        known = catalog.MODELS.get(self.model)
+        if known is not None and self.engine.max_model_len > known.context_tokens:
+            problems.append(
+                f"spec.engine.maxModelLen: {self.engine.max_model_len} is more than {self.model}'s context "
+                f"({known.context_tokens} tokens)"
+            )
+        # Only the settings without a default: the API server writes the others' defaults into every
+        # endpoint, realtime or not, and they are ignored where there is no realtime route.
+        sized = self.realtime.max_session_seconds is not None or self.realtime.max_sessions_per_replica is not None
+        if sized and (known is None or not known.realtime):
+            problems.append(
+                f"spec.realtime: {self.model} does not serve /v1/realtime (realtime models: "
+                f"{', '.join(m for m, p in catalog.MODELS.items() if p.realtime)})"
+            )
+        session = self.realtime.max_session_seconds
+        if known is not None and known.realtime and session is not None:
+            most = catalog.max_session_seconds(self.engine.max_model_len)
+            if session > most:
+                problems.append(
+                    f"spec.realtime.maxSessionSeconds: {session}s of audio does not fit maxModelLen "
+                    f"{self.engine.max_model_len} (at most {most}s); raise engine.maxModelLen or shorten it"
+                )
         if (
             self.model_cache is not None
             and self.model_cache.access_mode == AccessMode.READ_WRITE_ONCE

@@ -35,6 +35,14 @@ class InvalidSpec(ValueError):
 
 
 @dataclass(frozen=True)
+class RealtimePlan:
+    """A realtime model's sessions: how many one replica holds, and how long one may last."""
+
+    sessions_per_replica: int
+    max_session_seconds: int
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     namespace: str
@@ -47,6 +55,7 @@ class Plan:
     image: str
     cpu_request: str
     memory_request: str
+    realtime: RealtimePlan | None = None
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -349,6 +358,10 @@ def resolve(
             f"spec.maxReplicas: {spec.max_replicas} replicas x {tp} GPUs is {tp * spec.max_replicas} GPUs; "
             f"the platform allows at most {policy.max_gpus_per_endpoint} per endpoint in namespace {namespace!r}"
         )
+    realtime = None
+    if model.realtime:
+        realtime, found = _realtime_plan(spec, model, gpu, tp)
+        problems += found
     if problems:
         raise InvalidSpec(problems)
     return Plan(
@@ -363,4 +376,41 @@ def resolve(
         image=spec.image or config.vllm_image,
         cpu_request=spec.resources.cpu or str(4 * tp),
         memory_request=spec.resources.memory or _default_memory(model),
+        realtime=realtime,
     )
+
+
+def session_capacity(
+    spec: models.VoxtralEndpointSpec, model: catalog.ModelProfile, gpu: catalog.GpuProfile, tp: int
+) -> int:
+    """Realtime sessions one replica's memory holds at the spec's engine settings."""
+    engine = spec.engine
+    fit = catalog.check_fit(model, gpu, tp, engine.gpu_memory_utilization, engine.max_model_len)
+    return catalog.sessions_per_replica(fit.kv_cache_available_bytes, model, engine.max_model_len)
+
+
+def sessions_per_replica(
+    spec: models.VoxtralEndpointSpec, model: catalog.ModelProfile, gpu: catalog.GpuProfile, tp: int
+) -> int:
+    """The sessions a replica serves (its --max-num-seqs): the spec's cap, else what its memory holds."""
+    return spec.realtime.max_sessions_per_replica or session_capacity(spec, model, gpu, tp)
+
+
+def _realtime_plan(
+    spec: models.VoxtralEndpointSpec, model: catalog.ModelProfile, gpu: catalog.GpuProfile, tp: int
+) -> tuple[RealtimePlan, list[str]]:
+    """Sessions per replica from the memory figures (or the spec, within them) and the session length."""
+    engine = spec.engine
+    fit = catalog.check_fit(model, gpu, tp, engine.gpu_memory_utilization, engine.max_model_len)
+    capacity = session_capacity(spec, model, gpu, tp)
+    wanted = spec.realtime.max_sessions_per_replica
+    problems = []
+    if wanted is not None and wanted > capacity:
+        problems.append(
+            f"spec.realtime.maxSessionsPerReplica: {wanted} sessions do not fit one replica: {tp} x {spec.gpu.type} "
+            f"leaves {_gb(max(fit.kv_cache_available_bytes, 0))} for sessions of "
+            f"{_gb(model.sequence_bytes(engine.max_model_len))} each (at most {capacity})"
+        )
+    length = spec.realtime.max_session_seconds or catalog.max_session_seconds(engine.max_model_len)
+    plan = RealtimePlan(sessions_per_replica=sessions_per_replica(spec, model, gpu, tp), max_session_seconds=length)
+    return plan, problems

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -106,6 +106,9 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
     )
     tensor_parallel_size: int = spec.tensor_parallel_size or next(fitting, 1)  # as the renderer picks it
     max_num_seqs = engine.max_num_seqs or catalog.DEFAULT_MAX_NUM_SEQS
+    if model.realtime and engine.max_num_seqs is None:
+        # A realtime replica runs one sequence per session, as many as the renderer gave it.
+        max_num_seqs = max(1, resolve.sessions_per_replica(spec, model, gpu, tensor_parallel_size))
     return Limits(
         min_replicas=spec.min_replicas,
         max_replicas=spec.max_replicas,
@@ -140,10 +143,7 @@ def replicas_writer(endpoint: JSON) -> ReplicasWriter | None:
         fields = entry.get("fieldsV1") or {}
         if not isinstance(fields.get("f:spec"), dict) or "f:replicas" not in fields["f:spec"]:
             continue
-        try:
-            at: float | None = datetime.datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00")).timestamp()
-        except (KeyError, ValueError):
-            at = None
+        at = _epoch(entry.get("time"))
         if found is None or (at or 0.0) >= (found.at or 0.0):
             found = ReplicasWriter(
                 str(entry.get("manager") or "an unnamed client"), str(entry.get("subresource") or ""), at
@@ -162,6 +162,7 @@ class _EndpointState:
     # What this autoscaler last wrote to spec.replicas (how a person's scale is told apart on a server
     # that keeps no managedFields), and the person's write last seen, with when it was first seen.
     written_replicas: int | None = None
+    hold_resumed: bool = False  # a person's floor shown in status was taken up after a start
     person_write: tuple[tuple[int, str, float | None], float] | None = None
     restored: bool = False  # the saved state was looked for
     saved_at: float | None = None  # when the learned state was last saved (or restored)
@@ -252,6 +253,10 @@ class Autoscaler:
                 if sample is not None
             ],
         )
+        if not state.hold_resumed:
+            state.hold_resumed = True
+            delay = spec.autoscaling.scale_down_delay_seconds
+            state.policy = resumed_hold(state.policy, seen.manual, endpoint, delay)
         decision = decide(policy_limits(spec, self.config), seen, state.policy, self.wall_clock())
         state.policy = decision.state
         await self._save(key, endpoint, state, now)
@@ -518,6 +523,40 @@ class Autoscaler:
 
 def _rfc3339(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _managed_time(endpoint: JSON, manager: str, subresource: str) -> float | None:
+    for entry in (endpoint.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == manager and (entry.get("subresource") or "") == subresource:
+            return _epoch(entry.get("time"))
+    return None
+
+
+def _epoch(text: Any) -> float | None:
+    try:
+        return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def resumed_hold(policy: State, manual: ManualScale | None, endpoint: JSON, delay: float) -> State:
+    """After a start, a person's scale the last autoscaler already handled, as its status shows it:
+    the floor goes on to the same end (or stays served), instead of starting anew from now."""
+    if manual is None or policy.hold_at is not None:
+        return policy
+    shown = (endpoint.get("status") or {}).get("scaleHold")
+    if isinstance(shown, dict):
+        if shown.get("replicas") != manual.replicas or shown.get("setAt") != _rfc3339(manual.at):
+            return policy  # another write than the one shown: a new floor
+        until = _epoch(shown["until"]) if shown.get("until") else None
+        ready_at = None if until is None else until - delay
+    else:
+        # No floor shown although the autoscaler wrote status after this write: it had served its time.
+        written = _managed_time(endpoint, AUTOSCALER_FIELD_MANAGER, "status")
+        if written is None or written < manual.at:
+            return policy
+        ready_at = manual.at - delay
+    return replace(policy, hold_replicas=manual.replicas, hold_by=manual.by, hold_at=manual.at, hold_ready_at=ready_at)
 
 
 def _hold_status(hold: Hold | None, delay: float) -> JSON | None:

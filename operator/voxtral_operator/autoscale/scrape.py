@@ -69,7 +69,9 @@ KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
 PROMPT_TOKENS = "vllm:prompt_tokens_total"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
 REQUEST_SUCCESS = "vllm:request_success_total"
-_SUMMED = (WAITING, RUNNING, PROMPT_TOKENS, GENERATION_TOKENS, REQUEST_SUCCESS)
+# Realtime models only: open WebSocket sessions, each holding an engine slot for its life.
+WEBSOCKETS_ACTIVE = "vllm:websocket_connections_active"
+_SUMMED = (WAITING, RUNNING, PROMPT_TOKENS, GENERATION_TOKENS, REQUEST_SUCCESS, WEBSOCKETS_ACTIVE)
 
 
 # What a pod may report: pods are not trusted, so a value no real page holds (NaN, infinite,
@@ -157,7 +159,9 @@ def parse_queue_metrics(text: str) -> QueueSample | None:
         return None
     return QueueSample(
         waiting=totals[WAITING],
-        running=totals[RUNNING],
+        # A realtime session counts as running from its handshake, not only while it transcribes:
+        # the gateway admitted it against the replica's sessions and it may start at any moment.
+        running=max(totals[RUNNING], totals[WEBSOCKETS_ACTIVE]),
         kv_cache_usage=kv_total / kv_count if kv_count else None,
         prompt_tokens=totals[PROMPT_TOKENS] if PROMPT_TOKENS in seen else None,
         generation_tokens=totals[GENERATION_TOKENS] if GENERATION_TOKENS in seen else None,

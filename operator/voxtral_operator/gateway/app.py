@@ -30,7 +30,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from voxtral_operator.gateway.connections import GuardedServer, Limits
 from voxtral_operator.gateway.dispatch import Dispatcher, Lease, Rejected, Stopping, Suspended
 from voxtral_operator.gateway.framing import Framing, Refusal, backend_headers, request_framing, response_headers
-from voxtral_operator.gateway.metrics import GatewayMetrics
+from voxtral_operator.gateway.metrics import GatewayMetrics, Snapshot
+from voxtral_operator.gateway.realtime import (
+    GOING_AWAY,
+    SERVICE_RESTART,
+    RealtimeSessions,
+    RealtimeSettings,
+    Refused,
+    offered_key,
+)
+from voxtral_operator.gateway.realtime import ROUTE as REALTIME_ROUTE
 from voxtral_operator.gateway.sources import ANONYMOUS, LiveSettings, Sources
 from voxtral_operator.gateway.work import MAX_TOKENS, PREFIX_BYTES, Work, estimate
 
@@ -70,6 +79,7 @@ class Settings:
     connect_timeout: float = 5.0
     body_timeout: float = 30.0  # an upload that sends nothing for this long is abandoned
     limits: Limits = field(default_factory=Limits)
+    realtime: RealtimeSettings | None = None  # the WebSocket /v1/realtime, for a realtime model
 
 
 class UploadTooLarge(Exception):
@@ -209,11 +219,18 @@ class Gateway:
         self.sources = sources
         self.dispatcher = dispatcher
         self.settings = settings
-        self.metrics = GatewayMetrics(dispatcher.snapshot, lambda: sources.missing)
+        self.realtime: RealtimeSessions | None = None
+        self.metrics = GatewayMetrics(self._snapshot, lambda: sources.missing)
         self._session: aiohttp.ClientSession | None = None
         self.ssl_context: ssl.SSLContext | None = None
         # Tests only: called at each of STEPS; what it raises fails the request there.
         self.fault_at: Callable[[str], None] | None = None
+        if settings.realtime is not None:
+            self.realtime = RealtimeSessions(
+                settings.realtime, self.metrics, self.session, sources.backend_key_for, lambda: dispatcher.hold_timeout
+            )
+            sources.on_backends.append(self.realtime.set_replicas)
+            self.realtime.set_replicas(sources.backends)
         sources.on_backends.append(dispatcher.set_replicas)
         sources.on_tls.append(self._load_tls)
         self._default_hold_timeout = dispatcher.hold_timeout
@@ -236,15 +253,34 @@ class Gateway:
             )
         return self._session
 
+    def _snapshot(self) -> Snapshot:
+        """The dispatcher's state, realtime handshakes held counted as held requests (the autoscaler's cue)."""
+        now = self.dispatcher.snapshot()
+        if self.realtime is not None:
+            now.queued += self.realtime.held
+            now.held += self.realtime.held
+        return now
+
     def _follow_settings(self, settings: LiveSettings) -> None:
         """Suspend or resume the moment the endpoint says so (held and queued requests get 503 now)."""
         if not isinstance(self.dispatcher.refusing, Stopping):
             self.dispatcher.refuse(Suspended(SUSPENDED_MESSAGE) if settings.suspended else None)
+            if self.realtime is not None:
+                if settings.suspended:
+                    refusal = Refused(503, SUSPENDED_MESSAGE, Suspended.code, Suspended.retry_after)
+                    self.realtime.refuse(refusal, close=(GOING_AWAY, SUSPENDED_MESSAGE, "suspended"))
+                else:
+                    self.realtime.refuse(None)
         self.dispatcher.set_hold_timeout(settings.hold_timeout_seconds or self._default_hold_timeout)
 
     def stop(self, queued_grace: float) -> None:
-        """Shutting down: new and held requests get 503 and retry elsewhere, queued ones after the grace."""
-        self.dispatcher.refuse(Stopping("this gateway pod is shutting down; retry"), queued_grace=queued_grace)
+        """Shutting down: new and held requests get 503 and retry elsewhere, queued ones after the grace;
+        realtime sessions close (1012) so their callers reconnect through another gateway pod."""
+        message = "this gateway pod is shutting down; retry"
+        self.dispatcher.refuse(Stopping(message), queued_grace=queued_grace)
+        if self.realtime is not None:
+            refusal = Refused(503, message, Stopping.code, Stopping.retry_after)
+            self.realtime.refuse(refusal, close=(SERVICE_RESTART, "gateway pod shutting down: reconnect", "stopping"))
 
     async def close(self) -> None:
         if self._session is not None:
@@ -277,7 +313,7 @@ class Gateway:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         path = request.raw_path.split("?", 1)[0]
-        route = path if path in ROUTES else "other"
+        route = path if path in ROUTES or (path == REALTIME_ROUTE and self.realtime is not None) else "other"
         key = ANONYMOUS
         response: web.StreamResponse | None = None
         try:
@@ -316,6 +352,8 @@ class Gateway:
             return refusal_response(
                 request, Refusal(404, "Not found: this endpoint serves only the OpenAI API routes", "not_found")
             ), ANONYMOUS
+        if route == REALTIME_ROUTE:
+            return await self._realtime(request, framing)
         if request.method != ROUTES[route]:
             refusal = Refusal(405, f"{request.method} is not allowed on {route}", "method_not_allowed")
             return refusal_response(request, refusal), ANONYMOUS
@@ -376,16 +414,51 @@ class Gateway:
         body = Body(prefix, request.content, limit, self.settings.body_timeout)
         return await self._forward(request, route, key, work, body, framing), key
 
-    def _authenticate(self, request: web.BaseRequest) -> str | None:
+    def _authenticate(self, request: web.BaseRequest, *, subprotocol: bool = False) -> str | None:
         keys = self.sources.caller_keys
         if keys is None:
             return ANONYMOUS
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
+        if subprotocol and not header:
+            # Browsers cannot set headers on a WebSocket: the key may come as a subprotocol token.
+            presented, scheme = offered_key(request.headers.get("Sec-WebSocket-Protocol", "")) or "", "bearer"
         if scheme.lower() != "bearer" or not presented.strip():
             return None
         # The parser decodes header bytes as UTF-8 with surrogate escapes: encode them back, never fail.
         return keys.match(presented.strip().encode("utf-8", "surrogateescape"))
+
+    async def _realtime(self, request: web.BaseRequest, framing: Framing | Refusal) -> tuple[web.StreamResponse, str]:
+        """The WebSocket route: every check on the upgrade request, before any socket is accepted."""
+        assert self.realtime is not None
+        if request.method != "GET":
+            return refusal_response(request, Refusal(405, f"{request.method} is not allowed on {REALTIME_ROUTE}",
+                                                     "method_not_allowed")), ANONYMOUS  # fmt: skip
+        if isinstance(framing, Refusal):
+            return refusal_response(request, framing), ANONYMOUS
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            refusal = Refusal(426, f"{REALTIME_ROUTE} takes a WebSocket upgrade", "upgrade_required")
+            return refusal_response(request, refusal), ANONYMOUS
+        if self.sources.misconfigured:
+            refusal = Refusal(503, "endpoint misconfigured: a Secret it needs is missing; its operator is told",
+                              "endpoint_misconfigured")  # fmt: skip
+            return refusal_response(request, refusal), ANONYMOUS
+        key = self._authenticate(request, subprotocol=True)
+        if key is None:
+            refusal = Refusal(401, "Incorrect or missing API key (Authorization: Bearer KEY)", "invalid_api_key")
+            return refusal_response(request, refusal), ANONYMOUS
+        refusing = self.dispatcher.refusing
+        try:
+            if refusing is not None:
+                raise Refused(refusing.status, str(refusing), refusing.code, refusing.retry_after)
+            return await self.realtime.serve(request, key), key
+        except Refused as exc:
+            response = error_response(
+                exc.status, str(exc), exc.code, kind="service_unavailable", retry_after=exc.retry_after
+            )
+            response.force_close()
+            request.protocol.close()
+            return response, key
 
     def _tenant(self, key: str) -> str | None:
         keys = self.sources.caller_keys

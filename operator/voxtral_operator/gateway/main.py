@@ -16,6 +16,7 @@ from voxtral_operator.gateway.connections import Limits
 from voxtral_operator.gateway.dispatch import Dispatcher
 from voxtral_operator.gateway.kube import SERVICE_ACCOUNT_TOKEN, KubeReader
 from voxtral_operator.gateway.limits import KeyLimits, KeyPolicies, parse_override
+from voxtral_operator.gateway.realtime import RealtimeSettings
 from voxtral_operator.gateway.sources import SecretRef, Sources, Spec, watch_sources
 from voxtral_operator.k8s.client import Connection
 
@@ -50,6 +51,11 @@ def spec_of(args: argparse.Namespace) -> Spec:
         ("--idle-timeout-seconds", args.idle_timeout_seconds),
         ("--header-timeout-seconds", args.header_timeout_seconds),
         ("--body-timeout-seconds", args.body_timeout_seconds),
+        ("--realtime-max-session-seconds", args.realtime_max_session_seconds),
+        ("--realtime-idle-seconds", args.realtime_idle_seconds),
+        ("--realtime-messages-per-second", args.realtime_messages_per_second),
+        ("--realtime-slow-reader-seconds", args.realtime_slow_reader_seconds),
+        ("--realtime-max-frame-bytes", args.realtime_max_frame_bytes),
     ):
         if value <= 0:
             raise UsageError(f"{name} must be positive, not {value:g}")
@@ -66,6 +72,22 @@ def spec_of(args: argparse.Namespace) -> Spec:
         caller_keys=caller_keys,
         tls_secret=args.tls_secret or None,
         secrets_dir=Path(args.secrets_dir),
+    )
+
+
+def realtime_settings(args: argparse.Namespace) -> RealtimeSettings | None:
+    """The realtime route's bounds from the flags; None when the endpoint serves no realtime model."""
+    if args.realtime_sessions_per_replica <= 0:
+        return None
+    return RealtimeSettings(
+        sessions_per_replica=args.realtime_sessions_per_replica,
+        max_session_seconds=args.realtime_max_session_seconds,
+        idle_seconds=args.realtime_idle_seconds,
+        drain_seconds=args.realtime_drain_seconds,
+        max_frame_bytes=args.realtime_max_frame_bytes,
+        messages_per_second=args.realtime_messages_per_second,
+        full_wait_seconds=args.realtime_full_wait_seconds,
+        slow_reader_seconds=args.realtime_slow_reader_seconds,
     )
 
 
@@ -153,6 +175,7 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
                 idle_timeout=args.idle_timeout_seconds,
                 header_timeout=args.header_timeout_seconds,
             ),
+            realtime=realtime_settings(args),
         ),
     )
     watching = asyncio.create_task(watch_sources(reader, spec, sources))

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 FIELD_MANAGER = "voxtral-operator"
 RETRYABLE = frozenset({409, 429, 500, 502, 503, 504})
 NOT_FOUND = frozenset({404})
+# A list's objects as metadata only (PartialObjectMetadataList), or whole where a server cannot.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
 class ApiError(Exception):
@@ -147,12 +149,15 @@ class ApiClient:
         content_type: str = "application/json",
         retry_statuses: frozenset[int] = RETRYABLE,
         expected: frozenset[int] = frozenset(),
+        accept: str | None = None,
     ) -> dict[str, Any]:
         """`expected`: answers the caller handles as normal (a GET's 404): raised, not counted as API errors."""
         session = await self._get_session()
         url = self.connection.server.rstrip("/") + path
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
+        if accept is not None:
+            headers["Accept"] = accept
         metrics.API_REQUESTS.labels(method.lower()).inc()
         for attempt in range(1, self.attempts + 1):
             retry_after: float | None = None
@@ -229,14 +234,25 @@ class ApiClient:
         with contextlib.suppress(NotFound):  # already gone is what was wanted
             await self.request("DELETE", resource.path(namespace, name), body=body, expected=NOT_FOUND)
 
-    async def list(
-        self, resource: Resource, namespace: str | None, label_selector: str | None = None
-    ) -> list[dict[str, Any]]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        # 404: a type the cluster does not serve (a CRD not installed); the caller decides.
-        listing = await self.request("GET", resource.path(namespace), params=params, expected=NOT_FOUND)
-        items: list[dict[str, Any]] = listing.get("items") or []
-        return items
+    async def list_uids(
+        self, resource: Resource, namespace: str | None, label_selector: str | None = None, page_size: int = 500
+    ) -> set[str]:
+        """The uids of every object listed, read page by page as metadata only: a fleet's worth of
+        objects is never in memory at once. 404: a type the cluster does not serve (a CRD not
+        installed), raised as NotFound for the caller to decide."""
+        params = {"limit": str(page_size)}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        uids: set[str] = set()
+        while True:
+            page = await self.request(
+                "GET", resource.path(namespace), params=params, expected=NOT_FOUND, accept=METADATA_ONLY
+            )
+            uids.update(item["metadata"]["uid"] for item in page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return uids
+            params = {**params, "continue": token}
 
     async def get(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:

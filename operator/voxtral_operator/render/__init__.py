@@ -130,6 +130,34 @@ def render_template(template: str, values: Mapping[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def _model_flags(plan: Plan) -> list[str]:
+    if plan.realtime is not None:
+        # vLLM's recipe for the realtime model: its tokenizer loads only through mistral_common, and
+        # piecewise CUDA graphs (full graphs do not capture its streaming encoder).
+        return [
+            "--tokenizer-mode",
+            "mistral",
+            "--compilation-config",
+            json.dumps({"cudagraph_mode": "PIECEWISE"}, separators=(",", ":")),
+        ]
+    return [
+        # The model card's loading flags: Voxtral ships mistral-format weights and tokenizer.
+        "--tokenizer-mode",
+        "mistral",
+        "--config-format",
+        "mistral",
+        "--load-format",
+        "mistral",
+        # Function calling from voice.
+        "--tool-call-parser",
+        "mistral",
+        "--enable-auto-tool-choice",
+        # The model's own cap: five audios per prompt.
+        "--limit-mm-per-prompt",
+        json.dumps({"audio": 5}, separators=(",", ":")),
+    ]
+
+
 def vllm_args(plan: Plan, config: OperatorConfig) -> list[str]:
     spec = plan.spec
     engine = spec.engine
@@ -141,22 +169,9 @@ def vllm_args(plan: Plan, config: OperatorConfig) -> list[str]:
         str(config.vllm_port),
         "--served-model-name",
         plan.served_model_name,
-        # The model card's loading flags: Voxtral ships mistral-format weights and tokenizer.
-        "--tokenizer-mode",
-        "mistral",
-        "--config-format",
-        "mistral",
-        "--load-format",
-        "mistral",
+        *_model_flags(plan),
         "--tensor-parallel-size",
         str(plan.tensor_parallel_size),
-        # Function calling from voice.
-        "--tool-call-parser",
-        "mistral",
-        "--enable-auto-tool-choice",
-        # The model's own cap: five audios per prompt.
-        "--limit-mm-per-prompt",
-        json.dumps({"audio": 5}, separators=(",", ":")),
         "--max-model-len",
         str(engine.max_model_len),
         "--gpu-memory-utilization",
@@ -170,6 +185,9 @@ def vllm_args(plan: Plan, config: OperatorConfig) -> list[str]:
     ]
     if engine.max_num_seqs is not None:
         args += ["--max-num-seqs", str(engine.max_num_seqs)]
+    elif plan.realtime is not None:
+        # One session is one running request: the engine runs as many as the gateway admits.
+        args += ["--max-num-seqs", str(plan.realtime.sessions_per_replica)]
     if engine.max_queued_requests is not None:
         args += ["--max-num-queued-reqs", str(engine.max_queued_requests)]
     return args + list(engine.extra_args)
@@ -195,6 +213,9 @@ def vllm_env(plan: Plan) -> list[dict[str, Any]]:
         # A redirect would lead a media fetch off the allowed domains.
         {"name": "VLLM_MEDIA_URL_ALLOW_REDIRECTS", "value": "0"},
     ]
+    if plan.realtime is not None:
+        # vLLM's recipe: the compile cache is not used for the realtime model.
+        env.append({"name": "VLLM_DISABLE_COMPILE_CACHE", "value": "1"})
     if spec.weights_source == models.WeightsSource.PRELOADED:
         # The weights are in the cache or the image: never reach for the hub (the pod has no egress to it).
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})

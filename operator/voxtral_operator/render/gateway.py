@@ -131,7 +131,29 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         args += ["--caller-keys-secret", spec.auth.api_keys_secret_name]
     if spec.gateway.tls is not None:
         args += ["--tls-secret", tls_secret_name(plan)]
-    return args + key_limit_args(plan)
+    return args + realtime_args(plan) + key_limit_args(plan)
+
+
+def realtime_args(plan: Plan) -> list[str]:
+    """A realtime model's sessions: each gateway pod admits its share of a replica's sessions."""
+    if plan.realtime is None:
+        return []
+    realtime = plan.spec.realtime
+    return [
+        "--realtime-sessions-per-replica",
+        str(max(1, plan.realtime.sessions_per_replica // plan.spec.gateway.replicas)),
+        "--realtime-max-session-seconds",
+        str(plan.realtime.max_session_seconds),
+        "--realtime-idle-seconds",
+        str(realtime.idle_timeout_seconds),
+        "--realtime-max-frame-bytes",
+        str(realtime.max_frame_kb * 1024),
+        "--realtime-messages-per-second",
+        str(realtime.max_messages_per_second),
+        # A replica that leaves keeps its sessions as long as vLLM drains its running requests.
+        "--realtime-drain-seconds",
+        str(plan.spec.engine.shutdown_timeout_seconds),
+    ]
 
 
 def _shares(limits: KeyLimitsSpec, pods: int) -> list[tuple[str, str]]:

@@ -1,0 +1,31 @@
+"""The stages children are applied in: what the API server or the pods need first comes in an earlier stage."""
+
+from __future__ import annotations
+
+import pytest
+
+from voxtral_operator.reconcile import APPLY_ORDER, APPLY_STAGES, SERVING_KINDS
+
+
+def _stage(kind: str) -> int:
+    return next(i for i, stage in enumerate(APPLY_STAGES) if kind in stage)
+
+
+def test_every_kind_is_in_exactly_one_stage() -> None:
+    flat = [kind for stage in APPLY_STAGES for kind in stage]
+    assert sorted(flat) == sorted(APPLY_ORDER), APPLY_STAGES
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        # The API server refuses (404) a RoleBinding whose Role does not exist yet.
+        ("Role", "RoleBinding"),
+        # Fail closed: nothing serves before its NetworkPolicy exists.
+        *[("NetworkPolicy", kind) for kind in SERVING_KINDS],
+        # What the pods use exists before the pods.
+        *[(kind, "Deployment") for kind in ("Secret", "ServiceAccount", "RoleBinding", "PersistentVolumeClaim")],
+    ],
+)
+def test_a_kind_another_needs_is_applied_in_an_earlier_stage(first: str, then: str) -> None:
+    assert _stage(first) < _stage(then), APPLY_STAGES
