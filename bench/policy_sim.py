@@ -1184,7 +1184,7 @@ class Oracle:
 class PolicySpec:
     name: str
     knob: str
-    values: tuple[float, ...]  # what bench/tune_policies.py tries, four each
+    values: tuple[float, ...]  # what bench/tune_policies.py tries, five each
     default: float  # when bench/policy_constants.json has no value
     make: Callable[[Scenario, Engine, float, dict[str, float]], SimPolicy]
 
@@ -1196,49 +1196,49 @@ POLICIES: tuple[PolicySpec, ...] = (
     PolicySpec(
         "new",
         "targetUtilization",
-        (0.3, 0.35, 0.45, 0.55),
+        (0.25, 0.3, 0.325, 0.35, 0.4),
         new_policy.Limits(0, 1).target_utilization,
         lambda s, e, v, c: New(new_limits(s, e, v)),
     ),
     PolicySpec(
         "hpa-kv",
         "kv_cache_usage_perc",
-        (0.3, 0.4, 0.5, 0.6),
+        (0.35, 0.4, 0.5, 0.55, 0.6),
         0.5,
         lambda s, e, v, c: Hpa("kv", v, max_replicas=s.max_replicas),
     ),
     PolicySpec(
         "hpa-active",
         "(running+waiting)/replica",
-        (4, 8, 12, 16),
-        8,
+        (3, 4, 6, 8, 10),
+        4,
         lambda s, e, v, c: Hpa("active", v, max_replicas=s.max_replicas),
     ),
     PolicySpec(
         "hpa-waiting",
         "waiting/replica",
-        (0.25, 0.5, 1, 2),
+        (0.1, 0.25, 0.5, 1, 2),
         0.5,
         lambda s, e, v, c: Hpa("waiting", v, max_replicas=s.max_replicas),
     ),
     PolicySpec(
         "kubeai",
         "targetRequests",
-        (2, 3, 5, 8),
+        (2, 2.5, 3, 3.5, 4),
         3,
         lambda s, e, v, c: KubeAi(v, max_replicas=s.max_replicas),
     ),
     PolicySpec(
         "cron-hpa",
         "working-hours floor",
-        (4, 6, 8, 10),
+        (2, 3, 4, 6, 8),
         6,
         lambda s, e, v, c: ScheduledHpa("kv", c.get("hpa-kv", 0.5), max_replicas=s.max_replicas, working_floor=int(v)),
     ),
     PolicySpec(
         "fixed",
         "replicas",
-        (8, 10, 12, 14),
+        (10, 11, 12, 13, 14),
         12,
         lambda s, e, v, c: Static(int(v)),
     ),
@@ -1314,9 +1314,9 @@ class Setup:
     scenario: Scenario
     routing: str = "gateway"
     seeds: tuple[int, ...] = (1,)
-    days: int = 14
-    warmup_days: int = 7
-    holidays: tuple[int, ...] = (9,)  # a Wednesday of the scored week
+    days: int = 9
+    warmup_days: int = 5
+    holidays: tuple[int, ...] = (8,)  # the Tuesday after the scored weekend
     trace: Path | None = None
     weights: str = "hub"
     reserved_gpus: int = 0
@@ -1437,15 +1437,23 @@ def evaluate_seeds(
     setup: Setup, settings: Sequence[tuple[str, float]], constants: dict[str, float], workers: int = 1
 ) -> list[Score]:
     """Every setting over every seed of the setup, scored days pooled per setting."""
-    tasks = [(setup, seed, tuple(settings), constants) for seed in setup.seeds]
+    # One task per seed and share of the settings, so that two workers help even with one seed.
+    shares = max(1, min(len(settings), workers // len(setup.seeds) or 1))
+    tasks = [
+        (setup, seed, tuple(settings[share::shares]), constants) for seed in setup.seeds for share in range(shares)
+    ]
     if workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_evaluate_task, tasks))
     else:
         results = [_evaluate_task(task) for task in tasks]
+    by_setting: dict[tuple[str, float], list[Score]] = {}
+    for task, result in zip(tasks, results, strict=True):
+        for (name, value), score in zip(task[2], result, strict=True):
+            by_setting.setdefault((name, value), []).append(score)
     merged = []
-    for index, (name, value) in enumerate(settings):
-        scores = [result[index] for result in results]
+    for name, value in settings:
+        scores = by_setting[(name, value)]
         merged.append(
             Score(
                 name,
@@ -1497,7 +1505,7 @@ def choose(scores: Sequence[Score], target: Target) -> tuple[Score, bool]:
     return min(scores, key=lambda s: (target.distance(s), sum(s.billed_hours(d) for d in s.days))), False
 
 
-ORACLE_UTILIZATIONS = (0.5, 0.6, 0.7, 0.8, 0.9)
+ORACLE_UTILIZATIONS = (0.55, 0.7, 0.8, 0.9)
 
 
 def tune_oracle(setup: Setup, target: Target, workers: int) -> tuple[Score, bool]:
@@ -1581,12 +1589,12 @@ def report(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="small-h100")
-    parser.add_argument("--seeds", type=int, default=2, help="held-out seeds first-seed..first-seed+N-1")
+    parser.add_argument("--seeds", type=int, default=3, help="held-out seeds first-seed..first-seed+N-1")
     parser.add_argument("--first-seed", type=int, default=1, help="held-out seeds start here (training: 101 on)")
     parser.add_argument("--routing", choices=("service", "gateway"), default="gateway")
-    parser.add_argument("--days", type=int, default=14, help="built-in days from a Monday (default 14)")
-    parser.add_argument("--warmup-days", type=int, default=7, help="days lived through, not scored (default 7)")
-    parser.add_argument("--holidays", default="9", help="comma-separated day numbers (day 0 a Monday)")
+    parser.add_argument("--days", type=int, default=9, help="built-in days from a Monday (default 9)")
+    parser.add_argument("--warmup-days", type=int, default=5, help="days lived through, not scored (default 5)")
+    parser.add_argument("--holidays", default="8", help="comma-separated day numbers (day 0 a Monday)")
     parser.add_argument("--trace", type=Path, help="CSV arrival_s,audio_s,output_tokens[,class]")
     parser.add_argument("--weights", choices=("hub", "cache"), default="hub", help="where a new replica reads weights")
     parser.add_argument("--reserved-gpus", type=int, default=0, help="GPUs paid all day; beyond them on demand")

@@ -1,13 +1,13 @@
 """Tune every policy of bench/policy_sim.py on training seeds only, with the same budget, and write the
 chosen constants to bench/policy_constants.json, which the simulator reads.
 
-Each policy has one constant and four values to try (`PolicySpec.values`): the same number of
-simulated weeks for each. The training seeds (101 on) are never scored; `policy_sim.py` scores on
+Each policy has one constant and five values to try (`PolicySpec.values`): the same number of
+simulated days for each. The training seeds (101 on) are never scored; `policy_sim.py` scores on
 seeds 1 on. A value is chosen when every scored training day meets the wait target (per-day p95 and
 p99, failures); among those the cheapest in GPU-hours; when none meets it, the one missing it least.
 The schedule floor beside HPA (`cron-hpa`) is tuned after HPA on KV usage, whose target it reuses.
 
-    python bench/tune_policies.py                      # small-h100 behind the gateway, seeds 101-102
+    python bench/tune_policies.py                      # small-h100 behind the gateway, seed 101
     python bench/tune_policies.py --routing service --seeds 1
 """
 
@@ -51,6 +51,9 @@ def tune(
                 "values": {
                     f"{s.value:g}": {
                         "gpu_hours_per_day": round(sum(s.billed_hours(d) for d in s.days) / len(s.days), 1),
+                        "gpu_hours_by_day": [round(s.billed_hours(d), 1) for d in s.days],
+                        "p95_by_day": s.per_day(95),
+                        "p99_by_day": s.per_day(99),
                         "worst_day_p95_s": max(s.per_day(95)),
                         "worst_day_p99_s": max(s.per_day(99)),
                         "failed": s.pooled.failed,
@@ -67,11 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=sorted(sim.SCENARIOS), default="small-h100")
     parser.add_argument("--routing", choices=("service", "gateway"), default="gateway")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--first-seed", type=int, default=101, help="training seeds start here (scoring: 1 on)")
-    parser.add_argument("--days", type=int, default=14)
-    parser.add_argument("--warmup-days", type=int, default=7)
-    parser.add_argument("--holidays", default="9")
+    parser.add_argument("--days", type=int, default=9)
+    parser.add_argument("--warmup-days", type=int, default=5)
+    parser.add_argument("--holidays", default="8")
     parser.add_argument("--policies", default=",".join(p.name for p in sim.POLICIES), help="comma-separated")
     parser.add_argument("--out", type=Path, default=sim.CONSTANTS_FILE)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))

@@ -320,6 +320,7 @@ def parser() -> argparse.ArgumentParser:
         ("--realtime-drain-seconds", 120.0, "a leaving replica's sessions are closed (1012) after this long"),
         ("--realtime-messages-per-second", 50.0, "messages a session may send per second, over 5 s (1008)"),
         ("--realtime-full-wait-seconds", 10.0, "a handshake waits this long for room on a full endpoint, then 503"),
+        ("--realtime-slow-reader-seconds", 10.0, "a session whose caller reads nothing for this long is closed"),
     ):
         p.add_argument(flag, type=float, default=default, metavar="S", help=f"{what} (default: {default:g})")
     p.add_argument(

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.integration import test_gateway
 from tests.integration.test_gateway import (
@@ -29,7 +31,7 @@ from tests.integration.test_gateway import (
 from voxtral_operator.gateway import metrics as names
 from voxtral_operator.gateway import realtime
 from voxtral_operator.gateway.metrics import key_id
-from voxtral_testbed.harness import Kube, eventually
+from voxtral_testbed.harness import Kube, eventually, free_port
 from voxtral_testbed.realtime_client import MODEL, frame, stream
 from voxtral_testbed.sandbox import Sandbox
 
@@ -284,3 +286,51 @@ async def test_a_gateway_pod_shutting_down_closes_its_sessions_1012_to_reconnect
     assert ws.close_code == realtime.SERVICE_RESTART, closed
     assert "gateway pod shutting down" in (closed.extra or ""), closed
     assert await asyncio.to_thread(gateway.process.wait, 30) == 0
+
+
+async def test_a_caller_that_does_not_read_is_closed_not_buffered_for(
+    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], tmp_path: Path
+) -> None:
+    """A replica that writes faster than the caller reads: the gateway holds no more than its socket's
+    buffers for the session, and closes it (1008) once the caller has taken nothing for the bound."""
+
+    async def flood(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"type": "session.created", "id": "sess-flood", "created": 0}))
+        chunk = json.dumps({"type": "transcription.delta", "delta": "x" * 100_000})
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while not ws.closed:
+                await ws.send_str(chunk)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/realtime", flood)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await put_secret(kube, "callers", {"alice": CALLER_KEY})
+        await put_secret(kube, "vllm-key", {"api-key": BACKEND_KEY})
+        await put_slice(kube, "mini-0", port)
+        gateway = await _gateway(gateways, sandbox, tmp_path, session, "--realtime-slow-reader-seconds", "1")
+        ws = await session.ws_connect(_ws(gateway), headers=auth(), max_msg_size=0)
+        await asyncio.sleep(3.0)  # reads nothing: aiohttp stops taking bytes once its queue is full
+        rss = gateway_rss(gateway)
+        closed = await _until_closed(ws)  # now reads what was buffered, then the close
+        assert ws.close_code == realtime.POLICY, closed
+        assert closed.extra == "the caller did not read for 1s", closed
+        assert rss < 200, f"gateway RSS {rss:.0f} MB while the caller did not read"
+        await eventually(
+            lambda: gateway.metric(session, realtime.SESSIONS_CLOSED_TOTAL, 'reason="slow_reader"'), timeout=10
+        )
+    finally:
+        await runner.cleanup()
+
+
+def gateway_rss(gateway: Gateway) -> float:
+    for line in Path(f"/proc/{gateway.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

@@ -554,3 +554,20 @@ def test_a_restarted_autoscaler_resumes_the_floor_its_status_shows() -> None:
     assert resumed_hold(State(), manual, {"status": {}}, delay=60.0) == State()
     other = {"status": {"scaleHold": {**shown, "replicas": 3}}}
     assert resumed_hold(State(), manual, other, delay=60.0) == State()
+
+
+def test_a_day_unlike_the_profile_pulls_its_floor_down_and_a_working_day_brings_it_back() -> None:
+    """A holiday after a busy week: the profile's floor follows the quiet day down within two hours
+    (it used to stay at 70 % of a working day's), and comes back within minutes of a busy morning."""
+    week = profile_with(2.0, 0, 86400) * 7
+    state = with_days(steady(0.2), week)
+    quiet = Observation(2, 2, pods(0.1, 0.1))
+    for second in range(0, 7200, 60):
+        decision = decide(LIMITS, quiet, state, NOW + second)
+        state = decision.state
+    assert decision.explanation.floor <= 1, decision.reason
+    busy = Observation(4, 4, pods(0.5, 0.5, 0.5, 0.5))
+    for second in range(7200, 7200 + 1200, 60):
+        decision = decide(LIMITS, busy, state, NOW + second)
+        state = decision.state
+    assert decision.explanation.floor >= 3, decision.reason

@@ -102,7 +102,7 @@ def test_other_models_get_no_realtime_route() -> None:
             id="more-sessions-than-memory",
         ),
         pytest.param(
-            {"model": "mistralai/Voxtral-Mini-3B-2507", "minReplicas": 1, "realtime": {"idleTimeoutSeconds": 5}},
+            {"model": "mistralai/Voxtral-Mini-3B-2507", "minReplicas": 1, "realtime": {"maxSessionsPerReplica": 5}},
             "spec.realtime: mistralai/Voxtral-Mini-3B-2507 does not serve /v1/realtime",
             id="realtime-settings-on-a-file-model",
         ),
@@ -172,3 +172,15 @@ def test_open_sessions_scale_a_realtime_endpoint_up_before_admissions_are_refuse
     # Counted by the two transcribing only, the replica would look far from full.
     fewer = Observation(replicas=1, ready=1, pods=[PodSample("pod-0", 0.0, 2.0, 0.2)])
     assert decide(limits, fewer, State(), 10 * 86400.0).replicas == 1
+
+
+def test_the_defaults_the_api_server_writes_into_every_endpoint_refuse_no_file_model() -> None:
+    """The CRD's defaults for spec.realtime land in every stored endpoint, realtime or not."""
+    from voxtral_operator.api import crd
+
+    schema = crd.custom_resource_definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    realtime = schema["properties"]["realtime"]
+    defaulted = {key: value["default"] for key, value in realtime["properties"].items() if "default" in value}
+    assert defaulted  # idleTimeoutSeconds, maxFrameKB, maxMessagesPerSecond
+    plan = resolve(_endpoint(realtime={**realtime.get("default", {}), **defaulted}), CONFIG)
+    assert plan.realtime is None

@@ -744,7 +744,10 @@ class VoxtralEndpointSpec(_Model):
                 f"spec.engine.maxModelLen: {self.engine.max_model_len} is more than {self.model}'s context "
                 f"({known.context_tokens} tokens)"
             )
-        if "realtime" in self.model_fields_set and (known is None or not known.realtime):
+        # Only the settings without a default: the API server writes the others' defaults into every
+        # endpoint, realtime or not, and they are ignored where there is no realtime route.
+        sized = self.realtime.max_session_seconds is not None or self.realtime.max_sessions_per_replica is not None
+        if sized and (known is None or not known.realtime):
             problems.append(
                 f"spec.realtime: {self.model} does not serve /v1/realtime (realtime models: "
                 f"{', '.join(m for m, p in catalog.MODELS.items() if p.realtime)})"

@@ -84,10 +84,13 @@ SCALE_DOWN_STEP_SECONDS = 30.0
 PROFILE_BIN_SECONDS = 300
 PROFILE_BINS = 86400 // PROFILE_BIN_SECONDS
 PROFILE_DAYS = 7
-# Today's level against the profile (a busier Monday, a quiet holiday) follows over this window,
-# within this range; bins below MIN_PROFILE_DEMAND (replicas' worth) are too quiet to compare.
+# Today's level against the profile (a busier Monday, a quiet holiday) follows within this range;
+# bins below MIN_PROFILE_DEMAND (replicas' worth) are too quiet to compare. It falls over an hour and
+# rises within minutes: a weekend or holiday unlike the week behind it pulls the profile's floor down
+# to what the day shows, and a working day after it has the floor back before its morning ramp.
 LEVEL_WINDOW_SECONDS = 3600.0
-LEVEL_RANGE = (0.7, 1.5)
+LEVEL_RISE_WINDOW_SECONDS = 600.0
+LEVEL_RANGE = (0.1, 1.5)
 MIN_PROFILE_DEMAND = 0.5
 IDLE_DEMAND = 0.05  # replicas' worth the profile may expect while the endpoint still goes to zero
 
@@ -541,7 +544,7 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
     expected_now = _profile_at(profile, now)
     if expected_now is not None and expected_now >= MIN_PROFILE_DEMAND and not first:
         ratio = min(max(base / expected_now, LEVEL_RANGE[0]), LEVEL_RANGE[1])
-        level = _ewma(level, ratio, dt, LEVEL_WINDOW_SECONDS)
+        level = _ewma(level, ratio, dt, LEVEL_RISE_WINDOW_SECONDS if ratio > level else LEVEL_WINDOW_SECONDS)
     ahead = _profile_at(profile, now + cold_start)
     floor = 0 if ahead is None else _ceil(level * ahead / rho)
 

@@ -54,6 +54,7 @@ def spec_of(args: argparse.Namespace) -> Spec:
         ("--realtime-max-session-seconds", args.realtime_max_session_seconds),
         ("--realtime-idle-seconds", args.realtime_idle_seconds),
         ("--realtime-messages-per-second", args.realtime_messages_per_second),
+        ("--realtime-slow-reader-seconds", args.realtime_slow_reader_seconds),
         ("--realtime-max-frame-bytes", args.realtime_max_frame_bytes),
     ):
         if value <= 0:
@@ -86,6 +87,7 @@ def realtime_settings(args: argparse.Namespace) -> RealtimeSettings | None:
         max_frame_bytes=args.realtime_max_frame_bytes,
         messages_per_second=args.realtime_messages_per_second,
         full_wait_seconds=args.realtime_full_wait_seconds,
+        slow_reader_seconds=args.realtime_slow_reader_seconds,
     )
 
 

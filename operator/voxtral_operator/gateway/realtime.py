@@ -10,7 +10,7 @@ caller's upgrade accepted, so a caller refused or held never holds a replica's s
 
 Messages are relayed as they are (text or binary), each bounded: the caller's frame size (1009
 beyond), its message rate (1008), its silence (1001 after the idle time), the session's length (1008);
-a caller that does not read its transcription within SLOW_READER_SECONDS is closed (1008) rather
+a caller that does not read its transcription within `slow_reader_seconds` is closed (1008) rather
 than buffered for: the gateway holds at most the socket's write buffer per session. Closes the
 gateway decides carry a reason; a replica leaving gives its sessions the drain time, then 1012.
 Audio-seconds sent are metered per caller key, tokens from `transcription.done`'s usage.
@@ -40,8 +40,8 @@ ROUTE = "/v1/realtime"
 SUBPROTOCOL = "realtime"
 KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 PCM16_BYTES_PER_SECOND = 16_000 * 2
-SLOW_READER_SECONDS = 10.0
 RATE_WINDOW_SECONDS = 5.0
+BACKEND_CLOSE_SECONDS = 5.0
 CONNECT_ATTEMPTS = 3
 # Close codes (RFC 6455 and IANA's registry) and the reasons the gateway gives.
 GOING_AWAY = 1001
@@ -66,6 +66,7 @@ class RealtimeSettings:
     max_frame_bytes: int = 1024 * 1024
     messages_per_second: float = 50.0
     full_wait_seconds: float = 10.0  # how long a newcomer waits for room when every replica is full
+    slow_reader_seconds: float = 10.0  # a caller whose socket takes no more data this long is closed
     connect_timeout: float = 5.0
 
 
@@ -126,7 +127,8 @@ class _Session:
         self.address = address
         self.caller = caller
         self.task = task
-        self.closing: tuple[int, str, str] | None = None  # (code, reason, metric label) the gateway decided
+        self.closing: tuple[int, str, str] | None = None  # (code, reason, metric label) decided from outside
+        self.ended = "caller"  # why it ended, as the relay found (a metric label)
 
     def end(self, code: int, reason: str, label: str) -> None:
         if self.closing is None:
@@ -295,8 +297,8 @@ class RealtimeSessions:
         try:
             await caller.prepare(request)
         except BaseException:
-            await backend.close()
             self._ended(address)
+            await _close_backend(backend)
             raise
         task = asyncio.current_task()
         assert task is not None
@@ -307,6 +309,7 @@ class RealtimeSessions:
             label = await self._relay(session, backend, key)
         except asyncio.CancelledError:
             if session.closing is None:
+                label = session.ended  # the caller left, perhaps as the relay was closing it for a reason
                 raise  # the caller's connection is gone (aiohttp cancels the handler)
             code, reason, label = session.closing
             await self._close(caller, code, reason)
@@ -314,10 +317,9 @@ class RealtimeSessions:
             uncancel()
         finally:
             self._sessions.discard(session)
-            with contextlib.suppress(Exception):
-                await backend.close()
             self.metrics.closed.labels(label).inc()
             self._ended(address)
+            await _close_backend(backend)
         return caller
 
     def _ended(self, address: str) -> None:
@@ -348,6 +350,7 @@ class RealtimeSessions:
             for task in (upstream, downstream):
                 task.cancel()
             await asyncio.gather(upstream, downstream, return_exceptions=True)
+        session.ended = label
         if label != "caller":
             await self._close(caller, code, reason)
         return label
@@ -398,7 +401,7 @@ class RealtimeSessions:
         async for message in backend:
             read = time.monotonic()
             try:
-                async with asyncio.timeout(SLOW_READER_SECONDS):
+                async with asyncio.timeout(self.settings.slow_reader_seconds):
                     if message.type == WSMsgType.TEXT:
                         await caller.send_str(message.data)
                     elif message.type == WSMsgType.BINARY:
@@ -406,7 +409,7 @@ class RealtimeSessions:
                     else:
                         break
             except TimeoutError:
-                return POLICY, f"the caller did not read for {SLOW_READER_SECONDS:g}s", "slow_reader"
+                return POLICY, f"the caller did not read for {self.settings.slow_reader_seconds:g}s", "slow_reader"
             except ConnectionError:
                 return 1000, "", "caller"
             self.metrics.delta.observe(time.monotonic() - read)
@@ -430,6 +433,14 @@ class RealtimeSessions:
     def close_all(self, code: int, reason: str, label: str) -> None:
         for session in list(self._sessions):
             session.end(code, reason, label)
+
+
+async def _close_backend(backend: aiohttp.ClientWebSocketResponse) -> None:
+    """Close the replica's socket; a replica that keeps writing instead of answering the close has
+    BACKEND_CLOSE_SECONDS, then its connection is dropped (aiohttp's close reads on while data comes)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(BACKEND_CLOSE_SECONDS):
+            await backend.close()
 
 
 def _audio_seconds(data: str) -> float:
