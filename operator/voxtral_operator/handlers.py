@@ -31,7 +31,6 @@ POD_LABELS = {render.LABEL_NAME: render.APP_NAME, render.LABEL_INSTANCE: kopf.PR
 GATEWAY_POD_LABELS = {render.LABEL_NAME: render.gateway.GATEWAY_APP_NAME, render.LABEL_INSTANCE: kopf.PRESENT}
 # What the server selects for the operator's watches of children and pods (all carry both labels).
 WATCHED_SELECTOR = f"{render.LABEL_MANAGED_BY}={render.MANAGED_BY},{render.LABEL_INSTANCE}"
-LIST_PAGE_SIZE = 250
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -125,8 +124,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # operator must never list and cache every Pod (kopf filters handler labels client-side only).
     for resource in (*resources.CHILDREN, resources.PODS):
         settings.watching.label_selectors[resource.group, resource.version, resource.plural] = WATCHED_SELECTOR
-    # The initial listing (and a relisting after 410 Gone) in pages: never a whole kind in memory at once.
-    settings.watching.chunk_size = LIST_PAGE_SIZE
+    # No settings.watching.chunk_size: kopf fetches the next page only once the previous page's
+    # objects are handled, which at thousands of objects outlasts the continue token (410 Gone), and
+    # kopf's watcher then fails for good.
     # Ask the server to end each watch now and then; kopf resumes from the last resourceVersion.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
