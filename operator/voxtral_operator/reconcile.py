@@ -518,6 +518,8 @@ class Reconciler:
                 raise
             if exc.status == 403 and "being terminated" in exc.message:
                 raise NamespaceTerminating(exc.message) from exc
+            if exc.status == 404 and f'namespaces "{key[0]}" not found' in exc.message:
+                raise NamespaceTerminating(exc.message) from exc  # already gone: the endpoint went with it
             message = f"{child[0]} {child[1]}: {exc.status} {exc.reason}: {exc.message}"
             logs.log_child_change(key, "refused", *child, f"{exc.status} {exc.reason}: {exc.message}")
             unserved = ("could not find the requested resource", "page not found")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from voxtral_operator.config import OperatorConfig
@@ -16,16 +17,20 @@ JSON = dict[str, Any]
 
 
 class TerminatingNamespace(ApiClient):
-    """Every create in the namespace is refused as the API server refuses it while the namespace is deleted."""
+    """Every create in the namespace is refused as the API server refuses it while the namespace is
+    deleted, or (gone) once it has been deleted."""
 
-    def __init__(self) -> None:
+    def __init__(self, gone: bool = False) -> None:
         super().__init__(Connection(server="http://api.invalid"), attempts=1)
         self.writes: list[str] = []
+        self.gone = gone
 
     async def request(self, method: str, path: str, **_: Any) -> JSON:
         if method == "GET":
             raise NotFound(404, "NotFound", "not found")
         self.writes.append(f"{method} {path}")
+        if self.gone:
+            raise NotFound(404, "NotFound", 'namespaces "speech" not found')
         raise ApiError(
             403,
             "Forbidden",
@@ -48,10 +53,11 @@ class OneEndpoint(EmptyView):
         return {}
 
 
-async def test_a_terminating_namespace_ends_the_reconcile_with_no_retry_status_or_event() -> None:
+@pytest.mark.parametrize("gone", [False, True], ids=["terminating", "gone"])
+async def test_a_terminating_namespace_ends_the_reconcile_with_no_retry_status_or_event(gone: bool) -> None:
     endpoint = yaml.safe_load((ROOT / "examples" / "mini-on-l4.yaml").read_text())
     endpoint["metadata"].update(uid="u-1", generation=1)
-    client, posted = TerminatingNamespace(), []
+    client, posted = TerminatingNamespace(gone), []
     reconciler = Reconciler(
         client=client,
         config=OperatorConfig(),
