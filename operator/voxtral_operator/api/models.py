@@ -175,6 +175,17 @@ class AutoscalingSpec(_Model):
             "replica starts. Off when unset."
         ),
     )
+    reserved_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description=(
+            "The reserved pool (GPUs paid for whatever happens), with the gateway: while deferrable requests "
+            "(service_tier flex) wait or run, the autoscaler keeps up to this many replicas (within "
+            "maxReplicas), and never scales beyond it for deferrable work alone; interactive demand scales "
+            "as always. Unset: deferrable work counts as demand like any other."
+        ),
+    )
 
 
 class Toleration(_Model):
@@ -444,6 +455,22 @@ class GatewayKeySpec(KeyLimitsSpec):
     )
 
 
+class DeferrableLaneSpec(_Model):
+    max_queue: int = Field(
+        default=10000,
+        ge=1,
+        le=1_000_000,
+        description="Deferrable requests (service_tier flex) a gateway pod queues at most; beyond: 429.",
+    )
+    timeout_seconds: int = Field(
+        default=21600,
+        ge=60,
+        le=7 * 86400,
+        description="Longest a deferrable request waits for spare capacity (held or queued) before 503; the "
+        "caller's connection stays open that long.",
+    )
+
+
 class GatewaySpec(_Model):
     enabled: bool = Field(
         default=True,
@@ -464,6 +491,11 @@ class GatewaySpec(_Model):
         ge=1,
         le=7200,
         description="Longest wait for a first replica (scale from zero); default: the model's startup budget.",
+    )
+    deferrable: DeferrableLaneSpec = Field(
+        default_factory=DeferrableLaneSpec,
+        description="The deferrable lane: requests marked service_tier flex run only in capacity interactive "
+        "work leaves idle, with their own queue bound and timeout.",
     )
     tls: GatewayTLSSpec | None = Field(default=None, description="Serve HTTPS; plain HTTP when unset.")
     key_limits: KeyLimitsSpec = Field(
@@ -821,6 +853,17 @@ class ScaleHold(_Model):
     message: str = Field(max_length=512, description="What the autoscaler keeps, and until when.")
 
 
+class LaneStatus(_Model):
+    queued_requests: int = Field(description="Requests waiting in the gateway pods' queues.")
+    queued_audio_seconds: int = Field(description="Audio-seconds in those requests.")
+    in_flight_requests: int = Field(description="Requests on replicas now.")
+
+
+class LanesStatus(_Model):
+    interactive: LaneStatus = Field(description="Requests without service_tier flex.")
+    deferrable: LaneStatus = Field(description="Requests with service_tier flex.")
+
+
 class VoxtralEndpointStatus(_Model):
     phase: Phase | None = Field(
         default=None, description="Pending, Loading, Ready, Degraded, Failed, ScaledToZero or Suspended."
@@ -833,6 +876,9 @@ class VoxtralEndpointStatus(_Model):
     queue_depth: int | None = Field(default=None, description="Requests waiting across all replicas.")
     queued_audio_seconds: int | None = Field(
         default=None, description="Audio-seconds of work waiting in the gateway's queue (with the gateway)."
+    )
+    lanes: LanesStatus | None = Field(
+        default=None, description="The gateway's queue per lane: interactive and deferrable (service_tier flex)."
     )
     url: str | None = Field(default=None, description="OpenAI-compatible base URL inside the cluster.")
     observed_generation: int | None = Field(default=None, description="Last spec generation acted on.")

@@ -47,6 +47,7 @@ from voxtral_operator.autoscale.scrape import (
     parse_queue_metrics,
 )
 from voxtral_operator.config import OperatorConfig
+from voxtral_operator.gateway.lanes import DEFERRABLE, INTERACTIVE
 from voxtral_operator.k8s import resources
 from voxtral_operator.k8s.client import ApiClient, ApiError, NotFound
 from voxtral_operator.reconcile import Key, utc_now
@@ -121,7 +122,25 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
         max_scale_up_step=spec.autoscaling.max_scale_up_step,
         target_queue_depth=spec.autoscaling.target_queue_depth,
         scale_to_zero_after_seconds=spec.autoscaling.scale_to_zero_after_seconds,
+        reserved_replicas=spec.autoscaling.reserved_replicas,
     )
+
+
+def lanes_status(gateway: GatewaySample) -> JSON:
+    """status.lanes: each lane's queue and what it has on replicas, summed over the gateway pods."""
+    interactive = gateway.interactive()
+    return {
+        INTERACTIVE: {
+            "queuedRequests": round(interactive.queued_requests),
+            "queuedAudioSeconds": round(interactive.queued_audio_seconds),
+            "inFlightRequests": round(gateway.interactive_in_flight),
+        },
+        DEFERRABLE: {
+            "queuedRequests": round(gateway.deferrable_queued_requests),
+            "queuedAudioSeconds": round(gateway.deferrable_queued_audio_seconds),
+            "inFlightRequests": round(gateway.deferrable_in_flight),
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -327,6 +346,7 @@ class Autoscaler:
             status["scaleHold"] = hold
         if seen.gateway is not None:
             status["queuedAudioSeconds"] = round(seen.gateway.queued_audio_seconds)
+            status["lanes"] = lanes_status(seen.gateway)
         current = (self.view.endpoint(key) or {}).get("status") or {}
         if changed:
             status["lastScaleDecision"] = {
@@ -471,11 +491,17 @@ class Autoscaler:
             state.last_request_at = now  # traffic since the last look (or the first look: count from now)
         state.gateway_requests = counts
         pages_seen = list(answered.values())
+        deferrable = [p.lanes[DEFERRABLE] for p in pages_seen if DEFERRABLE in p.lanes]
+        interactive = [p.lanes[INTERACTIVE] for p in pages_seen if INTERACTIVE in p.lanes]
         return GatewaySample(
             queued_requests=sum(p.queued for p in pages_seen),
             queued_audio_seconds=sum(p.queued_audio_seconds for p in pages_seen),
             in_flight_audio_seconds=sum(p.in_flight_audio_seconds for p in pages_seen),
             seconds_since_last_request=now - state.last_request_at,
+            deferrable_queued_requests=sum(lane.queued for lane in deferrable),
+            deferrable_queued_audio_seconds=sum(lane.queued_audio_seconds for lane in deferrable),
+            deferrable_in_flight=sum(lane.in_flight for lane in deferrable),
+            interactive_in_flight=sum(lane.in_flight for lane in interactive),
         )
 
     async def _check_gateway_secrets(self, key: Key) -> None:

@@ -45,6 +45,12 @@ bills that long anyway, so a replica wanted back within it saves nothing). Scale
 long and the profile expects none within a cold start; a request held at the gateway brings a
 replica back at once.
 
+A reserved pool (`reserved_replicas`, with the gateway): deferrable work (service_tier flex) is
+not demand. While some waits at the gateway or runs on a replica, the pool (within max_replicas)
+is a floor, reached in steps as any scale-up; that work never asks for a replica beyond it, since
+its queue, its audio-seconds and its share of the replicas' slots are left out of every signal
+above. Without it, deferrable work counts like any other.
+
 Every decision carries an `Explanation`: the signal, the capacity, the target and why.
 """
 
@@ -128,6 +134,7 @@ class Limits:
     target_utilization: float = 0.35  # of KV cache and sequence slots, averaged over ready replicas
     node_retention_seconds: float = 600.0  # a GPU node bills this long after its pod goes
     scale_to_zero_after_seconds: float | None = None  # with the gateway; needs min_replicas 0
+    reserved_replicas: int | None = None  # the reserved pool deferrable work may keep up (None: it is demand)
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,26 @@ class GatewaySample:
     queued_audio_seconds: float
     in_flight_audio_seconds: float = 0.0
     seconds_since_last_request: float | None = None
+    # Of the above, the deferrable lane's (service_tier flex): waiting, and running on replicas.
+    deferrable_queued_requests: float = 0.0
+    deferrable_queued_audio_seconds: float = 0.0
+    deferrable_in_flight: float = 0.0
+    interactive_in_flight: float = 0.0  # for status only
+
+    @property
+    def deferrable_pending(self) -> bool:
+        return self.deferrable_queued_requests > 0 or self.deferrable_in_flight > 0
+
+    def interactive(self) -> GatewaySample:
+        """The same gateway as interactive work alone sees it."""
+        return replace(
+            self,
+            queued_requests=max(0.0, self.queued_requests - self.deferrable_queued_requests),
+            queued_audio_seconds=max(0.0, self.queued_audio_seconds - self.deferrable_queued_audio_seconds),
+            deferrable_queued_requests=0.0,
+            deferrable_queued_audio_seconds=0.0,
+            deferrable_in_flight=0.0,
+        )
 
 
 @dataclass(frozen=True)
@@ -468,6 +495,14 @@ def _ceil(value: float) -> int:
 
 
 def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decision:
+    # With a reserved pool, deferrable work is not demand: it keeps the pool up while it waits or runs
+    # (those GPUs are paid for anyway) and never asks for more. Everything below sees interactive work only.
+    reserve, deferred_busy = 0, 0.0
+    if limits.reserved_replicas is not None and seen.gateway is not None:
+        if seen.gateway.deferrable_pending:
+            reserve = min(limits.reserved_replicas, limits.max_replicas)
+        deferred_busy = seen.gateway.deferrable_in_flight / max(limits.max_num_seqs, 1)
+        seen = replace(seen, gateway=seen.gateway.interactive())
     current = seen.replicas
     first = state.updated_at is None
     dt = 0.0 if state.updated_at is None else max(0.0, now - state.updated_at)
@@ -516,6 +551,7 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
     busy = 0.0
     for pod in seen.pods:
         busy += min(1.0, max(pod.kv_cache_usage or 0.0, pod.running / limits.max_num_seqs))
+    busy = max(0.0, busy - deferred_busy)
     queued_work = sum(p.waiting for p in seen.pods) * work_per_request
     if seen.gateway is not None:
         queued_work += seen.gateway.queued_audio_seconds * WORK_PER_AUDIO_SECOND
@@ -573,6 +609,7 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
             step = min(limits.max_scale_up_step, _ceil((seen.waiting - tolerated) / limits.target_queue_depth))
             up = max(up, current + max(step, 1))
             panic = panic or f"queue {seen.waiting:g} waiting, more than {tolerated} tolerated by {seen.ready} ready"
+    up = max(up, reserve)
     panic_until = now + min(STABLE_WINDOW_SECONDS, limits.scale_down_delay_seconds) if panic else state.panic_until
 
     person, hold_fields = _hold(limits, seen, state, now)
@@ -627,11 +664,13 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
     if current == 0:
         if gateway is not None and gateway.queued_requests > 0:
             return decision(min(high, max(1, up)), "scale up: request held at zero replicas", low_since=None)
+        if reserve > 0:
+            return decision(reserve, f"scale up: deferrable work waits; the reserved pool is {reserve}")
         if floor > 0 and (level * (ahead or 0.0)) > IDLE_DEMAND:
             return decision(min(high, floor), "scale up: the profile expects load within a cold start")
         return decision(0, "at zero replicas, no request held")
     after = limits.scale_to_zero_after_seconds
-    if after is not None and low == 0 and gateway is not None and not seen.loading:
+    if after is not None and low == 0 and gateway is not None and not seen.loading and reserve == 0:
         idle = gateway.seconds_since_last_request
         expected = _profile_max(profile, now, now + cold_start)
         quiet = busy == 0 and seen.waiting == 0 and gateway.in_flight_audio_seconds == 0
@@ -644,7 +683,9 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
             return decision(current, "demand above maxReplicas", low_since=None)
         if panic:
             return decision(min(high, up), f"scale up, panic: {panic}", low_since=None)
-        if floor == up and floor > _ceil(needed + backlog):
+        if reserve == up and reserve > max(_ceil(needed + backlog), floor):
+            why = f"deferrable work waits; the reserved pool is {reserve}"
+        elif floor == up and floor > _ceil(needed + backlog):
             why = "the profile expects more one cold start ahead"
         elif _ceil(needed) == up:
             why = "demand above target"
@@ -656,10 +697,13 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
     # -- down: slow, drain-aware, never below the profile over a cold start and the node retention --
     expected_max = _profile_max(profile, now, now + cold_start + limits.node_retention_seconds)
     hold = 0 if expected_max is None else _ceil(level * expected_max / rho)
-    down = max(_ceil(needed + backlog), hold, low, 1)  # only the idle rule above goes to zero
+    down = max(_ceil(needed + backlog), hold, low, 1, reserve)  # only the idle rule above goes to zero
     if down >= current:
         held = hold >= current > max(_ceil(needed + backlog), low, 1)
-        return decision(current, "the profile expects the load back" if held else "load within target", low_since=None)
+        why = "the profile expects the load back" if held else "load within target"
+        if reserve >= current > max(_ceil(needed + backlog), hold, low, 1):
+            why = f"deferrable work waits or runs: the reserved pool of {reserve} is kept"
+        return decision(current, why, low_since=None)
     if seen.missing:
         return decision(current, f"metrics missing from {seen.missing} replica(s): not scaling down", low_since=None)
     if panic_until is not None and now < panic_until:
