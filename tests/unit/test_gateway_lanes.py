@@ -8,6 +8,7 @@ import json
 import pytest
 from prometheus_client import generate_latest
 
+from voxtral_operator.autoscale.loop import gateway_sample, lanes_status
 from voxtral_operator.autoscale.scrape import LanePage, parse_gateway_metrics
 from voxtral_operator.gateway import lanes
 from voxtral_operator.gateway.dispatch import Dispatcher, Lease, QueueFull, QueueTimeout
@@ -207,9 +208,19 @@ async def test_the_lanes_page_reads_back_as_the_autoscaler_parses_it() -> None:
     page = generate_latest(GatewayMetrics(dispatcher.snapshot).registry).decode()
     parsed = parse_gateway_metrics(page)
     assert parsed is not None, page
-    assert parsed.lanes[DEFERRABLE] == LanePage(queued=1, queued_audio_seconds=30, in_flight=7)
-    assert parsed.lanes[INTERACTIVE] == LanePage(queued=0, queued_audio_seconds=0, in_flight=1)
+    assert parsed.lanes[DEFERRABLE] == LanePage(
+        queued=1, queued_audio_seconds=30, in_flight=7, in_flight_audio_seconds=420
+    )
+    assert parsed.lanes[INTERACTIVE] == LanePage(
+        queued=0, queued_audio_seconds=0, in_flight=1, in_flight_audio_seconds=5
+    )
     assert parsed.queued == 1  # the total counts both lanes, as before
+    # What the policy reads of two such pods: the interactive queue, the deferrable lane apart.
+    sample = gateway_sample([parsed, parsed], seconds_since_last_request=3.0)
+    assert (sample.queued_requests, sample.queued_audio_seconds) == (0, 0)
+    assert (sample.deferrable_queued_requests, sample.deferrable_in_flight_audio_seconds) == (2, 840)
+    assert sample.interactive_share == pytest.approx(10 / 850)
+    assert lanes_status([parsed])[DEFERRABLE] == {"queuedRequests": 1, "queuedAudioSeconds": 30, "inFlightRequests": 7}
     queued.cancel()
     for lease in [*leases, interactive]:
         lease.release()

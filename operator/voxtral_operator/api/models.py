@@ -175,15 +175,16 @@ class AutoscalingSpec(_Model):
             "replica starts. Off when unset."
         ),
     )
-    reserved_replicas: int | None = Field(
-        default=None,
+    reserved_replicas: int = Field(
+        default=0,
         ge=0,
         le=1000,
         description=(
             "The reserved pool (GPUs paid for whatever happens), with the gateway: while deferrable requests "
             "(service_tier flex) wait or run, the autoscaler keeps up to this many replicas (within "
-            "maxReplicas), and never scales beyond it for deferrable work alone; interactive demand scales "
-            "as always. Unset: deferrable work counts as demand like any other."
+            "maxReplicas). Deferrable work is never demand: it never scales beyond the pool (with 0, the "
+            "default, it runs only on replicas interactive work or minReplicas keep); interactive demand "
+            "scales as always."
         ),
     )
 

@@ -126,21 +126,38 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
     )
 
 
-def lanes_status(gateway: GatewaySample) -> JSON:
+def lanes_status(pages: list[GatewayPage]) -> JSON:
     """status.lanes: each lane's queue and what it has on replicas, summed over the gateway pods."""
-    interactive = gateway.interactive()
-    return {
-        INTERACTIVE: {
-            "queuedRequests": round(interactive.queued_requests),
-            "queuedAudioSeconds": round(interactive.queued_audio_seconds),
-            "inFlightRequests": round(gateway.interactive_in_flight),
-        },
-        DEFERRABLE: {
-            "queuedRequests": round(gateway.deferrable_queued_requests),
-            "queuedAudioSeconds": round(gateway.deferrable_queued_audio_seconds),
-            "inFlightRequests": round(gateway.deferrable_in_flight),
-        },
-    }
+    status: JSON = {}
+    for lane in (INTERACTIVE, DEFERRABLE):
+        seen = [p.lanes[lane] for p in pages if lane in p.lanes]
+        status[lane] = {
+            "queuedRequests": round(sum(s.queued for s in seen)),
+            "queuedAudioSeconds": round(sum(s.queued_audio_seconds for s in seen)),
+            "inFlightRequests": round(sum(s.in_flight for s in seen)),
+        }
+    return status
+
+
+def gateway_sample(pages: list[GatewayPage], seconds_since_last_request: float | None) -> GatewaySample:
+    """What the policy reads of the gateway pods' pages, summed: the interactive lane's queue (the whole
+    queue from a gateway without lanes) and the deferrable lane's apart."""
+    queued = queued_audio = deferrable_queued = deferrable_audio = 0.0
+    for page in pages:
+        interactive, deferrable = page.lanes.get(INTERACTIVE), page.lanes.get(DEFERRABLE)
+        queued += interactive.queued if interactive else page.queued
+        queued_audio += interactive.queued_audio_seconds if interactive else page.queued_audio_seconds
+        if deferrable is not None:
+            deferrable_queued += deferrable.queued
+            deferrable_audio += deferrable.in_flight_audio_seconds
+    return GatewaySample(
+        queued_requests=queued,
+        queued_audio_seconds=queued_audio,
+        in_flight_audio_seconds=sum(p.in_flight_audio_seconds for p in pages),
+        seconds_since_last_request=seconds_since_last_request,
+        deferrable_queued_requests=deferrable_queued,
+        deferrable_in_flight_audio_seconds=deferrable_audio,
+    )
 
 
 @dataclass(frozen=True)
@@ -178,6 +195,7 @@ class _EndpointState:
     # The gateways' answered-request counters per pod, and when any of them last moved.
     gateway_requests: dict[str, float] = field(default_factory=dict)
     last_request_at: float | None = None
+    gateway_pages: list[GatewayPage] = field(default_factory=list)  # the last answers (status shows them)
     # What this autoscaler last wrote to spec.replicas (how a person's scale is told apart on a server
     # that keeps no managedFields), and the person's write last seen, with when it was first seen.
     written_replicas: int | None = None
@@ -344,9 +362,9 @@ class Autoscaler:
         status: JSON = {"queueDepth": round(seen.waiting), "desiredReplicas": replicas}
         if hold is not None:
             status["scaleHold"] = hold
-        if seen.gateway is not None:
-            status["queuedAudioSeconds"] = round(seen.gateway.queued_audio_seconds)
-            status["lanes"] = lanes_status(seen.gateway)
+        if seen.gateway is not None and state.gateway_pages:
+            status["queuedAudioSeconds"] = round(sum(p.queued_audio_seconds for p in state.gateway_pages))
+            status["lanes"] = lanes_status(state.gateway_pages)
         current = (self.view.endpoint(key) or {}).get("status") or {}
         if changed:
             status["lastScaleDecision"] = {
@@ -485,24 +503,14 @@ class Autoscaler:
         pages = await asyncio.gather(*(self._scrape_gateway(p["ip"]) for p in pods))
         answered = {str(p["name"]): page for p, page in zip(pods, pages, strict=True) if page is not None}
         if not answered:
+            state.gateway_pages = []
             return None
         counts = {name: page.work_requests for name, page in answered.items()}
         if state.last_request_at is None or any(state.gateway_requests.get(n) != c for n, c in counts.items()):
             state.last_request_at = now  # traffic since the last look (or the first look: count from now)
         state.gateway_requests = counts
-        pages_seen = list(answered.values())
-        deferrable = [p.lanes[DEFERRABLE] for p in pages_seen if DEFERRABLE in p.lanes]
-        interactive = [p.lanes[INTERACTIVE] for p in pages_seen if INTERACTIVE in p.lanes]
-        return GatewaySample(
-            queued_requests=sum(p.queued for p in pages_seen),
-            queued_audio_seconds=sum(p.queued_audio_seconds for p in pages_seen),
-            in_flight_audio_seconds=sum(p.in_flight_audio_seconds for p in pages_seen),
-            seconds_since_last_request=now - state.last_request_at,
-            deferrable_queued_requests=sum(lane.queued for lane in deferrable),
-            deferrable_queued_audio_seconds=sum(lane.queued_audio_seconds for lane in deferrable),
-            deferrable_in_flight=sum(lane.in_flight for lane in deferrable),
-            interactive_in_flight=sum(lane.in_flight for lane in interactive),
-        )
+        state.gateway_pages = list(answered.values())
+        return gateway_sample(state.gateway_pages, now - state.last_request_at)
 
     async def _check_gateway_secrets(self, key: Key) -> None:
         """What the gateway pods report missing (a Secret's name and key, never its data), pooled;

@@ -45,11 +45,12 @@ bills that long anyway, so a replica wanted back within it saves nothing). Scale
 long and the profile expects none within a cold start; a request held at the gateway brings a
 replica back at once.
 
-A reserved pool (`reserved_replicas`, with the gateway): deferrable work (service_tier flex) is
-not demand. While some waits at the gateway or runs on a replica, the pool (within max_replicas)
-is a floor, reached in steps as any scale-up; that work never asks for a replica beyond it, since
-its queue, its audio-seconds and its share of the replicas' slots are left out of every signal
-above. Without it, deferrable work counts like any other.
+A reserved pool (`reserved_replicas`, GPUs paid whatever happens) earns only when busy: while the
+gateway's deferrable lane has work waiting or in flight, the policy keeps up to that many replicas
+up (the deferrable lane fills their idle capacity), and never scales beyond it for deferrable work
+alone: deferrable work is left out of the demand, the queue and the profile. Its share of a
+replica's load is estimated by its share of the audio-seconds in flight (the KV cache a request
+holds grows with its audio).
 
 Every decision carries an `Explanation`: the signal, the capacity, the target and why.
 """
@@ -134,7 +135,7 @@ class Limits:
     target_utilization: float = 0.35  # of KV cache and sequence slots, averaged over ready replicas
     node_retention_seconds: float = 600.0  # a GPU node bills this long after its pod goes
     scale_to_zero_after_seconds: float | None = None  # with the gateway; needs min_replicas 0
-    reserved_replicas: int | None = None  # the reserved pool deferrable work may keep up (None: it is demand)
+    reserved_replicas: int = 0  # replicas' worth of reserved GPUs: kept up while deferrable work waits
 
 
 @dataclass(frozen=True)
@@ -152,32 +153,27 @@ class PodSample:
 
 @dataclass(frozen=True)
 class GatewaySample:
-    """What the endpoint's gateway reports: its own queue, in requests and audio-seconds."""
+    """What the endpoint's gateway reports: its own queue, in requests and audio-seconds (the
+    interactive lane's), what it has in flight (both lanes), and its deferrable lane."""
 
     queued_requests: float
     queued_audio_seconds: float
     in_flight_audio_seconds: float = 0.0
     seconds_since_last_request: float | None = None
-    # Of the above, the deferrable lane's (service_tier flex): waiting, and running on replicas.
     deferrable_queued_requests: float = 0.0
-    deferrable_queued_audio_seconds: float = 0.0
-    deferrable_in_flight: float = 0.0
-    interactive_in_flight: float = 0.0  # for status only
+    deferrable_in_flight_audio_seconds: float = 0.0  # the deferrable share of in_flight_audio_seconds
 
     @property
     def deferrable_pending(self) -> bool:
-        return self.deferrable_queued_requests > 0 or self.deferrable_in_flight > 0
+        return self.deferrable_queued_requests > 0 or self.deferrable_in_flight_audio_seconds > 0
 
-    def interactive(self) -> GatewaySample:
-        """The same gateway as interactive work alone sees it."""
-        return replace(
-            self,
-            queued_requests=max(0.0, self.queued_requests - self.deferrable_queued_requests),
-            queued_audio_seconds=max(0.0, self.queued_audio_seconds - self.deferrable_queued_audio_seconds),
-            deferrable_queued_requests=0.0,
-            deferrable_queued_audio_seconds=0.0,
-            deferrable_in_flight=0.0,
-        )
+    @property
+    def interactive_share(self) -> float:
+        """The interactive lane's share of the work in flight, by audio-seconds."""
+        total = self.in_flight_audio_seconds
+        if total <= 0:
+            return 1.0
+        return min(1.0, max(0.0, 1.0 - self.deferrable_in_flight_audio_seconds / total))
 
 
 @dataclass(frozen=True)
@@ -495,14 +491,6 @@ def _ceil(value: float) -> int:
 
 
 def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decision:
-    # With a reserved pool, deferrable work is not demand: it keeps the pool up while it waits or runs
-    # (those GPUs are paid for anyway) and never asks for more. Everything below sees interactive work only.
-    reserve, deferred_busy = 0, 0.0
-    if limits.reserved_replicas is not None and seen.gateway is not None:
-        if seen.gateway.deferrable_pending:
-            reserve = min(limits.reserved_replicas, limits.max_replicas)
-        deferred_busy = seen.gateway.deferrable_in_flight / max(limits.max_num_seqs, 1)
-        seen = replace(seen, gateway=seen.gateway.interactive())
     current = seen.replicas
     first = state.updated_at is None
     dt = 0.0 if state.updated_at is None else max(0.0, now - state.updated_at)
@@ -551,7 +539,8 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
     busy = 0.0
     for pod in seen.pods:
         busy += min(1.0, max(pod.kv_cache_usage or 0.0, pod.running / limits.max_num_seqs))
-    busy = max(0.0, busy - deferred_busy)
+    if seen.gateway is not None:
+        busy *= seen.gateway.interactive_share  # deferrable work fills idle capacity: it is no demand
     queued_work = sum(p.waiting for p in seen.pods) * work_per_request
     if seen.gateway is not None:
         queued_work += seen.gateway.queued_audio_seconds * WORK_PER_AUDIO_SECOND
@@ -609,7 +598,6 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
             step = min(limits.max_scale_up_step, _ceil((seen.waiting - tolerated) / limits.target_queue_depth))
             up = max(up, current + max(step, 1))
             panic = panic or f"queue {seen.waiting:g} waiting, more than {tolerated} tolerated by {seen.ready} ready"
-    up = max(up, reserve)
     panic_until = now + min(STABLE_WINDOW_SECONDS, limits.scale_down_delay_seconds) if panic else state.panic_until
 
     person, hold_fields = _hold(limits, seen, state, now)
@@ -659,21 +647,28 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
     if current < low or current > high:
         return decision(min(max(current, low), high), f"replicas {current} outside [{low}, {high}]")
 
-    # -- zero and back -----------------------------------------------------------------------------
+    # -- the reserved pool: kept up while deferrable work waits, never beyond it for that work -------
     gateway = seen.gateway
+    reserved = 0
+    if gateway is not None and gateway.deferrable_pending:
+        reserved = min(limits.reserved_replicas, high)
+    if reserved > current and up <= current:
+        why = f"scale up: deferrable work waits: the reserved pool's {reserved} replicas kept up"
+        return decision(reserved, why, low_since=None)
+
+    # -- zero and back -----------------------------------------------------------------------------
     if current == 0:
         if gateway is not None and gateway.queued_requests > 0:
             return decision(min(high, max(1, up)), "scale up: request held at zero replicas", low_since=None)
-        if reserve > 0:
-            return decision(reserve, f"scale up: deferrable work waits; the reserved pool is {reserve}")
         if floor > 0 and (level * (ahead or 0.0)) > IDLE_DEMAND:
             return decision(min(high, floor), "scale up: the profile expects load within a cold start")
         return decision(0, "at zero replicas, no request held")
     after = limits.scale_to_zero_after_seconds
-    if after is not None and low == 0 and gateway is not None and not seen.loading and reserve == 0:
+    if after is not None and low == 0 and gateway is not None and not seen.loading:
         idle = gateway.seconds_since_last_request
         expected = _profile_max(profile, now, now + cold_start)
         quiet = busy == 0 and seen.waiting == 0 and gateway.in_flight_audio_seconds == 0
+        quiet = quiet and not gateway.deferrable_pending
         if quiet and idle is not None and idle >= after and level * (expected or 0.0) <= IDLE_DEMAND:
             return decision(0, f"idle for {idle:.0f}s: scale to zero", low_since=None)
 
@@ -683,26 +678,24 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
             return decision(current, "demand above maxReplicas", low_since=None)
         if panic:
             return decision(min(high, up), f"scale up, panic: {panic}", low_since=None)
-        if reserve == up and reserve > max(_ceil(needed + backlog), floor):
-            why = f"deferrable work waits; the reserved pool is {reserve}"
-        elif floor == up and floor > _ceil(needed + backlog):
+        if floor == up and floor > _ceil(needed + backlog):
             why = "the profile expects more one cold start ahead"
         elif _ceil(needed) == up:
             why = "demand above target"
         else:
             why = "queue outlives a cold start"
         step = min(limits.max_scale_up_step, up - current)
-        return decision(min(high, current + step), f"scale up: {why}", low_since=None)
+        return decision(max(reserved, min(high, current + step)), f"scale up: {why}", low_since=None)
 
     # -- down: slow, drain-aware, never below the profile over a cold start and the node retention --
     expected_max = _profile_max(profile, now, now + cold_start + limits.node_retention_seconds)
     hold = 0 if expected_max is None else _ceil(level * expected_max / rho)
-    down = max(_ceil(needed + backlog), hold, low, 1, reserve)  # only the idle rule above goes to zero
+    down = max(_ceil(needed + backlog), hold, low, 1, reserved)  # only the idle rule above goes to zero
     if down >= current:
         held = hold >= current > max(_ceil(needed + backlog), low, 1)
         why = "the profile expects the load back" if held else "load within target"
-        if reserve >= current > max(_ceil(needed + backlog), hold, low, 1):
-            why = f"deferrable work waits or runs: the reserved pool of {reserve} is kept"
+        if reserved >= current > max(_ceil(needed + backlog), hold, low, 1):
+            why = f"deferrable work waits: the reserved pool's {reserved} replicas kept up"
         return decision(current, why, low_since=None)
     if seen.missing:
         return decision(current, f"metrics missing from {seen.missing} replica(s): not scaling down", low_since=None)

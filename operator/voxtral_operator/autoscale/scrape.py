@@ -186,6 +186,7 @@ class LanePage:
     queued: float = 0.0
     queued_audio_seconds: float = 0.0
     in_flight: float = 0.0
+    in_flight_audio_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ _LANE_FIELDS = {
     gateway_metrics.LANE_QUEUED_REQUESTS: "queued",
     gateway_metrics.LANE_QUEUED_AUDIO_SECONDS: "queued_audio_seconds",
     gateway_metrics.LANE_INFLIGHT_REQUESTS: "in_flight",
+    gateway_metrics.LANE_INFLIGHT_AUDIO_SECONDS: "in_flight_audio_seconds",
 }
 
 

@@ -88,6 +88,7 @@ class Replica:
     outstanding: float = 0.0  # estimated work in flight
     audio_seconds: float = 0.0  # audio in flight
     deferrable: int = 0  # of `inflight`, deferrable requests
+    deferrable_audio_seconds: float = 0.0  # of `audio_seconds`, the deferrable requests'
     gone: bool = False  # left the EndpointSlice; its in-flight requests finish or fail on their own
 
 
@@ -332,6 +333,7 @@ class Dispatcher:
         cost = work.cost  # before any count moves: nothing is left to undo if it fails
         if lane == lanes.DEFERRABLE:
             replica.deferrable += 1
+            replica.deferrable_audio_seconds += work.audio_seconds
         replica.inflight += 1
         replica.outstanding += cost
         replica.audio_seconds += work.audio_seconds
@@ -345,11 +347,12 @@ class Dispatcher:
         replica = lease.replica
         if lease.lane == lanes.DEFERRABLE:
             replica.deferrable -= 1
+            replica.deferrable_audio_seconds = max(0.0, replica.deferrable_audio_seconds - lease.work.audio_seconds)
         replica.inflight -= 1
         replica.outstanding = max(0.0, replica.outstanding - lease.work.cost)
         replica.audio_seconds = max(0.0, replica.audio_seconds - lease.work.audio_seconds)
         if replica.inflight == 0:  # no float drift left behind
-            replica.outstanding = replica.audio_seconds = 0.0
+            replica.outstanding = replica.audio_seconds = replica.deferrable_audio_seconds = 0.0
             self._gone.pop(id(replica), None)
         self._pump()
 
@@ -395,6 +398,10 @@ class Dispatcher:
         for replica in [*self.replicas.values(), *self._gone.values()]:
             now.lanes[lanes.DEFERRABLE].inflight += replica.deferrable
             now.lanes[lanes.INTERACTIVE].inflight += replica.inflight - replica.deferrable
+            now.lanes[lanes.DEFERRABLE].inflight_audio_seconds += replica.deferrable_audio_seconds
+            now.lanes[lanes.INTERACTIVE].inflight_audio_seconds += max(
+                0.0, replica.audio_seconds - replica.deferrable_audio_seconds
+            )
         for replica in self.replicas.values():
             now.inflight += replica.inflight
             now.inflight_audio_seconds += replica.audio_seconds

@@ -32,6 +32,7 @@ SECRET_MISSING = "voxtral_gateway_secret_missing"
 LANE_QUEUED_REQUESTS = "voxtral_gateway_lane_queued_requests"
 LANE_QUEUED_AUDIO_SECONDS = "voxtral_gateway_lane_queued_audio_seconds"
 LANE_INFLIGHT_REQUESTS = "voxtral_gateway_lane_inflight_requests"
+LANE_INFLIGHT_AUDIO_SECONDS = "voxtral_gateway_lane_inflight_audio_seconds"
 LANE_ADMITTED_TOTAL = "voxtral_gateway_lane_admitted_total"
 LANE_FAILED_TOTAL = "voxtral_gateway_lane_failed_total"
 LANE_QUEUE_WAIT_SECONDS = "voxtral_gateway_lane_queue_wait_seconds"
@@ -56,6 +57,7 @@ ALL = (
     LANE_QUEUED_REQUESTS,
     LANE_QUEUED_AUDIO_SECONDS,
     LANE_INFLIGHT_REQUESTS,
+    LANE_INFLIGHT_AUDIO_SECONDS,
     LANE_ADMITTED_TOTAL,
     LANE_FAILED_TOTAL,
     LANE_QUEUE_WAIT_SECONDS,
@@ -74,6 +76,7 @@ class LaneSnapshot:
         self.queued = 0
         self.queued_audio_seconds = 0.0
         self.inflight = 0
+        self.inflight_audio_seconds = 0.0
         self.admitted = 0
         self.failed: dict[str, int] = {}  # by the code answered (queue_full, queue_timeout, ...)
 
@@ -149,6 +152,9 @@ def _lane_families(now: Snapshot) -> Iterator[Metric]:
     )
     audio = GaugeMetricFamily(LANE_QUEUED_AUDIO_SECONDS, "Seconds of audio queued, per lane.", labels=["lane"])
     inflight = GaugeMetricFamily(LANE_INFLIGHT_REQUESTS, "Requests in flight on replicas, per lane.", labels=["lane"])
+    inflight_audio = GaugeMetricFamily(
+        LANE_INFLIGHT_AUDIO_SECONDS, "Seconds of audio in flight on replicas, per lane.", labels=["lane"]
+    )
     admitted = CounterMetricFamily(
         LANE_ADMITTED_TOTAL.removesuffix("_total"), "Requests dispatched to a replica, per lane.", labels=["lane"]
     )
@@ -162,10 +168,11 @@ def _lane_families(now: Snapshot) -> Iterator[Metric]:
         queued.add_metric([lane], state.queued)
         audio.add_metric([lane], state.queued_audio_seconds)
         inflight.add_metric([lane], state.inflight)
+        inflight_audio.add_metric([lane], state.inflight_audio_seconds)
         admitted.add_metric([lane], state.admitted)
         for reason, count in sorted(state.failed.items()):
             failed.add_metric([lane, reason], count)
-    yield from (queued, audio, inflight, admitted, failed)
+    yield from (queued, audio, inflight, inflight_audio, admitted, failed)
 
 
 class GatewayMetrics:
