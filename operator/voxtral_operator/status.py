@@ -74,8 +74,17 @@ def pod_summary(pod: Mapping[str, Any]) -> JSON:
     """The few pod fields status needs (what the operator keeps in memory per pod)."""
     status = pod.get("status") or {}
     conditions = status.get("conditions") or []
+    containers = status.get("containerStatuses") or []
+    running = ((containers[0].get("state") or {}).get("running") or {}) if containers else {}
+    ready_since = next(
+        (c.get("lastTransitionTime") for c in conditions if c.get("type") == "Ready" and c.get("status") == "True"),
+        None,
+    )
     return {
         "name": pod.get("metadata", {}).get("name"),
+        # When the container started and when the pod turned Ready: the replica's load time (coldstart.py).
+        "startedAt": running.get("startedAt"),
+        "readySince": ready_since,
         "ip": status.get("podIP"),
         "ready": any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions),
         "phase": status.get("phase"),
