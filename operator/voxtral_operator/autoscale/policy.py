@@ -14,7 +14,8 @@ are not the same request):
   `vllm:generation_tokens`, `vllm:request_success`), the catalog giving the prior (the weights a
   decode step reads against the GPU's memory bandwidth).
 
-Cold starts (the catalog's startup budget as the prior, then learned from how long replicas took):
+Cold starts (the catalog's startup budget as the prior, then learned from how long replicas took, one
+figure per cold-start path, `Observation.start_path`: a staged cache starts in minutes, a download in tens):
 - demand is smoothed over a quarter of a cold start: what will not last until a new replica is
   ready is not worth one. A surge above the level of the last cold start counts in proportion to how
   long it has lasted, in full once it has lasted a cold start;
