@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voxtral_operator.api import models
+from voxtral_operator.status import make_condition
 
 JSON = dict[str, Any]
 
@@ -93,20 +94,6 @@ def _epoch(text: object) -> float | None:
         return None
 
 
-def _condition(previous: Mapping[str, JSON], type_: str, status: bool, reason: str, message: str, **meta: Any) -> JSON:
-    value = "True" if status else "False"
-    old = previous.get(type_)
-    changed = old is None or old.get("status") != value
-    return {
-        "type": type_,
-        "status": value,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": meta["now"] if changed else old["lastTransitionTime"],  # type: ignore[index]
-        "observedGeneration": meta["generation"],
-    }
-
-
 def load_seconds(pod: Mapping[str, Any]) -> float | None:
     """From the container's start to the pod's Ready: the load itself (image pull and scheduling before it)."""
     started, ready = _epoch(pod.get("startedAt")), _epoch(pod.get("readySince"))
@@ -132,16 +119,16 @@ def with_cold_start(
     """`status` with WeightsStaged (when the endpoint prestages) and Loading (once a replica has started);
     while the weights are not staged and no replica is ready, Ready and the phase say so."""
     previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
-    meta = {"generation": generation, "now": now}
+    meta = (generation, now)
     conditions = [c for c in status.get("conditions") or [] if c.get("type") not in (WEIGHTS_STAGED, LOADING)]
     status = dict(status)
     if warmer is not None:
         conditions.append(
-            _condition(previous_conditions, WEIGHTS_STAGED, warmer.staged, warmer.reason, warmer.message, **meta)
+            make_condition(previous_conditions, WEIGHTS_STAGED, warmer.staged, warmer.reason, warmer.message, *meta)
         )
         if not warmer.staged and not status.get("readyReplicas") and not spec.suspended:
             conditions = [
-                _condition(previous_conditions, "Ready", False, warmer.reason, warmer.message, **meta)
+                make_condition(previous_conditions, "Ready", False, warmer.reason, warmer.message, *meta)
                 if c.get("type") == "Ready"
                 else c
                 for c in conditions
@@ -159,7 +146,7 @@ def with_cold_start(
         path = start_path(spec, staged=staged, cache_filled=filled and pod not in ready, restarts=_restarts(pod))
         more = f" ({len(loading) - 1} more loading)" if len(loading) > 1 else ""
         message = f"pod {pod['name']} is {PATH_WORDS[path]}, since {pod['startedAt']}{more}"
-        loading_condition = _condition(previous_conditions, LOADING, True, path, message, **meta)
+        loading_condition = make_condition(previous_conditions, LOADING, True, path, message, *meta)
     elif ready:
         pod = max(ready, key=lambda p: (_epoch(p.get("readySince")) or 0.0, str(p["name"])))
         old = previous_conditions.get(LOADING)
@@ -172,7 +159,7 @@ def with_cold_start(
         timing = f" in {took:.0f}s (container start to ready)" if took is not None else ""
         words = PATH_WORDS.get(path, path)
         message = f"pod {pod['name']} loaded{timing}, {words}"
-        loading_condition = _condition(previous_conditions, LOADING, False, path, message, **meta)
+        loading_condition = make_condition(previous_conditions, LOADING, False, path, message, *meta)
     elif LOADING in previous_conditions:
         loading_condition = previous_conditions[LOADING]
     if loading_condition is not None:
