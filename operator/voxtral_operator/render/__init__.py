@@ -498,6 +498,8 @@ def cache_warmer_template(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
                 {"name": "HF_HOME", "value": f"{CACHE_MOUNT_PATH}/hf"},
                 {"name": "HF_HUB_CACHE", "value": f"{CACHE_MOUNT_PATH}/hf/hub"},
                 {"name": "HOME", "value": HOME_PATH},
+                # The root filesystem is read-only: temporary files go to the pod's own emptyDir.
+                {"name": "TMPDIR", "value": HOME_PATH},
                 {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
                 # hf_xet (the hub's chunked transfer) may use every core and the link's full bandwidth.
                 {"name": "HF_XET_HIGH_PERFORMANCE", "value": "1"},
