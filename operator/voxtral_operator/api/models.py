@@ -544,6 +544,34 @@ class ModelCacheSpec(_Model):
     )
 
 
+class ColdStartSpec(_Model):
+    """How a new replica gets its weights, compiled kernels and image before it can serve."""
+
+    prestage_weights: bool = Field(
+        default=False,
+        description=(
+            "Download the weights into the model cache with a cache-warmer Job (no GPU) before the first "
+            "replica is created; replicas wait for it (condition WeightsStaged) and then load from the cache. "
+            "Needs modelCache and weightsSource hub. A model change keeps the running replicas until the new "
+            "weights are staged."
+        ),
+    )
+    share_compile_cache: bool = Field(
+        default=True,
+        description=(
+            "With modelCache: keep vLLM's torch.compile, Inductor and Triton caches on the cache volume, so a "
+            "later start of the same model and settings reuses the compiled kernels. false: per replica."
+        ),
+    )
+    prepull_image: bool = Field(
+        default=False,
+        description=(
+            "A DaemonSet on the pool's GPU nodes whose init container is the vLLM image running a no-op, so the "
+            "image is on every node of the pool before a replica lands there. Holds no GPU."
+        ),
+    )
+
+
 class AccessSpec(_Model):
     from_namespaces: list[Annotated[str, Field(max_length=63, pattern=DNS_LABEL)]] = Field(
         default_factory=list,
@@ -657,6 +685,14 @@ class VoxtralEndpointSpec(_Model):
                     "use ReadWriteMany or maxReplicas 1",
                     "fieldPath": ".modelCache.accessMode",
                 },
+                {
+                    "rule": "!has(self.coldStart) || !has(self.coldStart.prestageWeights)"
+                    " || !self.coldStart.prestageWeights"
+                    " || (has(self.modelCache) && (!has(self.weightsSource) || self.weightsSource == 'hub'))",
+                    "message": "coldStart.prestageWeights needs modelCache (the volume it fills) and "
+                    "weightsSource hub (preloaded weights need no download)",
+                    "fieldPath": ".coldStart.prestageWeights",
+                },
             ]
         }
     )
@@ -724,6 +760,11 @@ class VoxtralEndpointSpec(_Model):
     )
     access: AccessSpec = Field(
         default_factory=AccessSpec, description="Network access to the endpoint (NetworkPolicy)."
+    )
+    cold_start: ColdStartSpec = Field(
+        default_factory=ColdStartSpec,
+        description="Shorter replica starts: weights staged before the first replica, shared compile caches, "
+        "the image pulled ahead.",
     )
     model_cache: ModelCacheSpec | None = Field(
         default=None, description="PersistentVolumeClaim for the Hugging Face cache; emptyDir when unset."
@@ -801,6 +842,11 @@ class VoxtralEndpointSpec(_Model):
             problems.append(
                 "spec.modelCache.accessMode: a ReadWriteOnce cache cannot be shared by more than one "
                 "replica; use ReadWriteMany or maxReplicas 1"
+            )
+        if self.cold_start.prestage_weights and (self.model_cache is None or self.weights_source != WeightsSource.HUB):
+            problems.append(
+                "spec.coldStart.prestageWeights: needs modelCache (the volume it fills) and weightsSource hub "
+                "(preloaded weights need no download)"
             )
         return problems
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 from prometheus_client import Counter, Histogram
 
-from voxtral_operator import logs, render
+from voxtral_operator import coldstart, logs, render
 from voxtral_operator.api import catalog, models, resolve
 from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
 from voxtral_operator.autoscale.policy import (
@@ -83,7 +83,18 @@ class EndpointSource(Protocol):
 
 
 # What the policy learned slowly and a restart should not forget; the rest it relearns in seconds.
-SAVED_FIELDS = ("capacity", "workPerRequest", "coldStart", "level", "days", "day", "binStart", "binTotal", "binSeconds")
+SAVED_FIELDS = (
+    "capacity",
+    "workPerRequest",
+    "coldStart",
+    "coldStarts",
+    "level",
+    "days",
+    "day",
+    "binStart",
+    "binTotal",
+    "binSeconds",
+)
 STATE_KEY = "state.json"
 
 
@@ -249,6 +260,13 @@ class Autoscaler:
         for gone in set(self._states) - set(keys):
             del self._states[gone]
 
+    def _start_path(self, key: Key, endpoint: JSON, spec: VoxtralEndpointSpec, any_ready: bool) -> str:
+        """The cold-start path the next replica takes, so the policy plans with that path's learned time."""
+        children = self.view.children(key).items()
+        staged = any(kind == "Job" and coldstart.staging(name, child).staged for (kind, name), child in children)
+        filled = any_ready or bool((endpoint.get("status") or {}).get("readyReplicas"))
+        return coldstart.start_path(spec, staged=staged, cache_filled=filled)
+
     async def _one(self, key: Key) -> None:
         logs.bind_endpoint(key)  # this coroutine runs in its own task (gather)
         endpoint = self.view.endpoint(key)
@@ -272,6 +290,7 @@ class Autoscaler:
             self._gateway_sample(key, spec, state, now),
         )
         seen = Observation(
+            start_path=self._start_path(key, endpoint, spec, bool(ready)),
             manual=self._manual_scale(endpoint, spec, state),
             gateway=gateway,
             replicas=spec.desired_replicas,
