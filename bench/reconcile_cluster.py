@@ -263,7 +263,7 @@ async def _quiet(audit: Path, seconds: float, give_up_after: float) -> int:
 async def _restart(kube: Kube, state: Path, count: int, idle_seconds: float, offset: int) -> None:
     """Restart at scale: the operator stopped, one endpoint changed meanwhile, the operator started."""
     audit = state / "audit.log"
-    changed = _endpoint(0)["metadata"]
+    changed = _endpoint(1)["metadata"]
     changed_path = f"{PATH}/namespaces/{changed['namespace']}/voxtralendpoints/{changed['name']}"
     await asyncio.to_thread(subprocess.run, [str(ROOT / "e2e" / "cluster" / "operator"), "stop"], check=True)
     _, restart_offset = _operator_events(audit, offset)
@@ -366,7 +366,9 @@ async def _takeover(kube: Kube, state: Path, count: int, changes: int) -> None:
         passive = 3 - active
         await asyncio.sleep(10)  # the active one's start-up writes, if any, are not the burst's
         _, offset = _operator_events(audit, 0)
-        targets = [_endpoint(i)["metadata"] for i in range(1, changes + 1)]
+        # Neither the restart's changed endpoint nor any in the first namespace (a --keep run killed in
+        # its clean-up may have begun deleting it).
+        targets = [_endpoint(i)["metadata"] for i in range(2, 2 + 2 * changes) if i % len(NAMESPACES)][:changes]
         generations: dict[str, int] = {}
 
         async def change(meta: dict[str, Any]) -> None:
@@ -462,13 +464,15 @@ def main() -> None:
 
     async def run() -> None:
         try:
+            count = args.endpoints + args.paced
             if args.reuse:
                 offset = await _quiet(state / "audit.log", 30, 900)
-                await _restart(kube, state, args.endpoints + args.paced, args.idle_seconds, offset)
+                count = len((await kube.get(f"{PATH}/voxtralendpoints") or {}).get("items") or [])
+                await _restart(kube, state, count, args.idle_seconds, offset)
             else:
                 await _bench(kube, state, args.endpoints, args.paced, args.idle_seconds)
             if args.takeover_changes:
-                await _takeover(kube, state, args.endpoints + args.paced, args.takeover_changes)
+                await _takeover(kube, state, count, args.takeover_changes)
         finally:
             if not args.keep:
                 await _cleanup(kube)
