@@ -52,7 +52,7 @@ Billing: on demand (every GPU-second of a node), or `--reserved-gpus N` (N GPUs 
 whatever happens; GPUs beyond them on demand; `reserved_busy_fraction` is the share of reserved
 GPU-seconds with a replica serving at least one request). The operator's policy is told the pool
 (`reservedReplicas`): it keeps the pool up while deferrable work waits, never more for it alone.
-`--reserved-target` runs section 4's measurement: a working week of warm-up, then a scored week on
+`--reserved-target` measures a reserved pool: a working week of warm-up, then a scored week on
 a pool sized for the interactive p95 peak, with an overnight backlog and without it (`--plot FILE`
 draws it).
 
@@ -1786,7 +1786,7 @@ def report(
 # The reserved pool: busy on deferrable work, interactive tails kept
 
 
-RESERVED_BACKLOG = 6000  # deferrable items an evening, by default
+RESERVED_BACKLOG = 11000  # deferrable items an evening, by default: about what the pool finishes by 06:30
 RESERVED_POOL_UTILIZATION = 0.55  # the oracle's share of a replica's KV cache when sizing the pool
 RESERVED_BUSY_TARGET = 0.8  # of the reserved GPU-seconds, over the scored days
 TAIL_TOLERANCE = 0.1  # interactive per-day p95 and p99 within this share of the run without deferrable work
@@ -2062,7 +2062,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_reserved_target(args: argparse.Namespace, setup: Setup) -> int:
-    """Section 4's target: the defaults are a week of scored days after a working week of warm-up."""
+    """The reserved pool measured: by default a scored week after a working week of warm-up."""
     if args.days == 9:  # not given: a working week to learn from, then a scored week
         setup = replace(setup, days=setup.warmup_days + 7)
     if not setup.backlog:

@@ -166,7 +166,7 @@ class GatewaySample:
 
     @property
     def deferrable_pending(self) -> bool:
-        return self.deferrable_queued_requests > 0 or self.deferrable_in_flight_audio_seconds > 0
+        return self.deferrable_queued_requests > 0 or self.deferrable_in_flight_requests > 0
 
     @property
     def interactive_share(self) -> float:
