@@ -571,3 +571,43 @@ def test_a_day_unlike_the_profile_pulls_its_floor_down_and_a_working_day_brings_
         decision = decide(LIMITS, busy, state, NOW + second)
         state = decision.state
     assert decision.explanation.floor >= 3, decision.reason
+
+
+RESERVED = replace(LIMITS, reserved_replicas=4)
+
+
+def deferrable(queued: float, in_flight_audio: float = 0.0, deferrable_audio: float = 0.0) -> GatewaySample:
+    return GatewaySample(0, 0, in_flight_audio, 1.0, queued, deferrable_audio)
+
+
+def test_deferrable_work_waiting_keeps_the_reserved_pool_up() -> None:
+    decision = decide(RESERVED, Observation(1, 1, pods(0.1), gateway=deferrable(50)), steady(0.1), NOW)
+    assert decision.replicas == 4, decision.reason
+    assert "deferrable work waits" in decision.reason
+    # Once the reserved pool is up it is kept while the lane still has work, however low the demand.
+    state = replace(decision.state, low_since=NOW - 3600, loading_since=())
+    busy_on_deferrable = deferrable(0, in_flight_audio=4000, deferrable_audio=4000)
+    kept = decide(RESERVED, Observation(4, 4, pods(0.9, 0.9, 0.9, 0.9), gateway=busy_on_deferrable), state, NOW + 60)
+    assert kept.replicas == 4, kept.reason
+
+
+def test_deferrable_work_alone_never_scales_beyond_the_reserved_pool() -> None:
+    """Four replicas full of deferrable work and a deep deferrable queue: no demand of its own."""
+    state, now = steady(0.2), NOW
+    seen = Observation(4, 4, pods(1.0, 1.0, 1.0, 1.0, running=8), gateway=deferrable(500, 9000, 8800))
+    for second in range(0, 1800, 10):
+        decision = decide(RESERVED, seen, state, now + second)
+        assert decision.replicas == 4, decision.reason
+        state = decision.state
+
+
+def test_without_deferrable_work_the_reserved_pool_scales_down_as_before() -> None:
+    state = steady(0.2, low_since=NOW - 3600)
+    seen = Observation(4, 4, pods(0.05, 0.05, 0.05, 0.05), gateway=GatewaySample(0, 0, 0.0, 1.0))
+    assert decide(RESERVED, seen, state, NOW).replicas == 3
+
+
+def test_interactive_demand_scales_beyond_the_reserved_pool() -> None:
+    seen = Observation(4, 4, pods(1.0, 1.0, 1.0, 1.0, running=8), gateway=deferrable(10, 1000, 100))
+    decision = decide(RESERVED, seen, steady(3.6), NOW)
+    assert decision.replicas == 6, decision.reason  # 90 % of the work is interactive: 3.6 replicas at 50 %

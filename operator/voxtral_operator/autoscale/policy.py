@@ -45,6 +45,13 @@ bills that long anyway, so a replica wanted back within it saves nothing). Scale
 long and the profile expects none within a cold start; a request held at the gateway brings a
 replica back at once.
 
+A reserved pool (`reserved_replicas`, GPUs paid whatever happens) earns only when busy: while the
+gateway's deferrable lane has work waiting or in flight, the policy keeps up to that many replicas
+up (the deferrable lane fills their idle capacity), and never scales beyond it for deferrable work
+alone: deferrable work is left out of the demand, the queue and the profile. Its share of a
+replica's load is estimated by its share of the audio-seconds in flight (the KV cache a request
+holds grows with its audio).
+
 Every decision carries an `Explanation`: the signal, the capacity, the target and why.
 """
 
@@ -128,6 +135,7 @@ class Limits:
     target_utilization: float = 0.35  # of KV cache and sequence slots, averaged over ready replicas
     node_retention_seconds: float = 600.0  # a GPU node bills this long after its pod goes
     scale_to_zero_after_seconds: float | None = None  # with the gateway; needs min_replicas 0
+    reserved_replicas: int = 0  # replicas' worth of reserved GPUs: kept up while deferrable work waits
 
 
 @dataclass(frozen=True)
@@ -145,12 +153,27 @@ class PodSample:
 
 @dataclass(frozen=True)
 class GatewaySample:
-    """What the endpoint's gateway reports: its own queue, in requests and audio-seconds."""
+    """What the endpoint's gateway reports: its own queue, in requests and audio-seconds (the
+    interactive lane's), what it has in flight (both lanes), and its deferrable lane."""
 
     queued_requests: float
     queued_audio_seconds: float
     in_flight_audio_seconds: float = 0.0
     seconds_since_last_request: float | None = None
+    deferrable_queued_requests: float = 0.0
+    deferrable_in_flight_audio_seconds: float = 0.0  # the deferrable share of in_flight_audio_seconds
+
+    @property
+    def deferrable_pending(self) -> bool:
+        return self.deferrable_queued_requests > 0 or self.deferrable_in_flight_audio_seconds > 0
+
+    @property
+    def interactive_share(self) -> float:
+        """The interactive lane's share of the work in flight, by audio-seconds."""
+        total = self.in_flight_audio_seconds
+        if total <= 0:
+            return 1.0
+        return min(1.0, max(0.0, 1.0 - self.deferrable_in_flight_audio_seconds / total))
 
 
 @dataclass(frozen=True)
@@ -516,6 +539,8 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
     busy = 0.0
     for pod in seen.pods:
         busy += min(1.0, max(pod.kv_cache_usage or 0.0, pod.running / limits.max_num_seqs))
+    if seen.gateway is not None:
+        busy *= seen.gateway.interactive_share  # deferrable work fills idle capacity: it is no demand
     queued_work = sum(p.waiting for p in seen.pods) * work_per_request
     if seen.gateway is not None:
         queued_work += seen.gateway.queued_audio_seconds * WORK_PER_AUDIO_SECOND
@@ -622,8 +647,16 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
     if current < low or current > high:
         return decision(min(max(current, low), high), f"replicas {current} outside [{low}, {high}]")
 
-    # -- zero and back -----------------------------------------------------------------------------
+    # -- the reserved pool: kept up while deferrable work waits, never beyond it for that work -------
     gateway = seen.gateway
+    reserved = 0
+    if gateway is not None and gateway.deferrable_pending:
+        reserved = min(limits.reserved_replicas, high)
+    if reserved > current and up <= current:
+        why = f"scale up: deferrable work waits: the reserved pool's {reserved} replicas kept up"
+        return decision(reserved, why, low_since=None)
+
+    # -- zero and back -----------------------------------------------------------------------------
     if current == 0:
         if gateway is not None and gateway.queued_requests > 0:
             return decision(min(high, max(1, up)), "scale up: request held at zero replicas", low_since=None)
@@ -635,6 +668,7 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
         idle = gateway.seconds_since_last_request
         expected = _profile_max(profile, now, now + cold_start)
         quiet = busy == 0 and seen.waiting == 0 and gateway.in_flight_audio_seconds == 0
+        quiet = quiet and not gateway.deferrable_pending
         if quiet and idle is not None and idle >= after and level * (expected or 0.0) <= IDLE_DEMAND:
             return decision(0, f"idle for {idle:.0f}s: scale to zero", low_since=None)
 
@@ -651,15 +685,18 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
         else:
             why = "queue outlives a cold start"
         step = min(limits.max_scale_up_step, up - current)
-        return decision(min(high, current + step), f"scale up: {why}", low_since=None)
+        return decision(max(reserved, min(high, current + step)), f"scale up: {why}", low_since=None)
 
     # -- down: slow, drain-aware, never below the profile over a cold start and the node retention --
     expected_max = _profile_max(profile, now, now + cold_start + limits.node_retention_seconds)
     hold = 0 if expected_max is None else _ceil(level * expected_max / rho)
-    down = max(_ceil(needed + backlog), hold, low, 1)  # only the idle rule above goes to zero
+    down = max(_ceil(needed + backlog), hold, low, 1, reserved)  # only the idle rule above goes to zero
     if down >= current:
         held = hold >= current > max(_ceil(needed + backlog), low, 1)
-        return decision(current, "the profile expects the load back" if held else "load within target", low_since=None)
+        why = "the profile expects the load back" if held else "load within target"
+        if reserved >= current > max(_ceil(needed + backlog), hold, low, 1):
+            why = f"deferrable work waits: the reserved pool's {reserved} replicas kept up"
+        return decision(current, why, low_since=None)
     if seen.missing:
         return decision(current, f"metrics missing from {seen.missing} replica(s): not scaling down", low_since=None)
     if panic_until is not None and now < panic_until:
