@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from .conftest import (
+    MINI,
     Kubectl,
     LocalCluster,
     condition,
@@ -29,6 +30,7 @@ from .conftest import (
     service_base_url,
     wait_ready,
 )
+from .test_reconcile import _quiet
 from .test_suspend import Callers
 
 pytestmark = pytest.mark.e2e
@@ -45,6 +47,8 @@ OVERFLOW_POOL = {
 }
 # A replica takes this long to load: long enough that a move done break-before-make would be seen.
 LOAD_SECONDS = 6
+# e2e/cluster/values.yaml's operatorConfig.resyncSeconds: every endpoint is reconciled again this often.
+RESYNC_SECONDS = 15
 
 
 @pytest.fixture
@@ -85,7 +89,7 @@ def gpu_work(name: str, namespace: str, replicas: int, priority_class: str | Non
             {
                 "name": "work",
                 "image": "ghcr.io/voxtral-dev/vllm-sim:0.1.0",
-                "args": ["--port", "8000"],
+                "args": [MINI, "--port", "8000"],
                 "resources": {
                     "requests": {"cpu": "100m", "memory": "128Mi", "nvidia.com/gpu": "2"},
                     "limits": {"memory": "256Mi", "nvidia.com/gpu": "2"},
@@ -194,6 +198,9 @@ def test_overflow_when_reserved_is_full_and_back_make_before_break(
         assert condition({"status": found}, "PodsScheduled").get("status") == "True", found["conditions"]
         listing = kubectl.run("get", "vxe", name, "-n", namespace).stdout
         assert (column(listing, "GPUS"), column(listing, "OVERFLOW")) == ("4", "2"), listing
+        # Overflowing is a steady state: its reconciles (the resync's included) write nothing.
+        writes = [w for w in _quiet(local, settle=5, window=RESYNC_SECONDS + 5) if f" {namespace}/" in w]
+        assert not writes, writes
 
         # A scale-down ends overflow replicas first: the reserved replicas stay as they are.
         reserved_before = {
@@ -272,8 +279,12 @@ def test_lent_reserved_gpus_are_taken_back_by_preemption_and_lent_again(
 
         def batch_running() -> int:
             items = kubectl.json("get", "pods", "-n", namespace, "-l", "app=batch")["items"]
+            # Running with its process alive (a dead one would skip its preStop and vanish at once).
             return sum(
-                1 for p in items if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+                1
+                for p in items
+                if not p["metadata"].get("deletionTimestamp")
+                and any("running" in (c.get("state") or {}) for c in p["status"].get("containerStatuses") or [])
             )
 
         eventually(lambda: batch_running() == 1, timeout=60, what="the lent work on the idle reserved GPUs")
