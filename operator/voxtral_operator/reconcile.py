@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from voxtral_operator import capacity, diffing, logs, metrics, render, status
+from voxtral_operator import capacity, coldstart, diffing, logs, metrics, render, status
 from voxtral_operator.api.resolve import InvalidSpec, Plan, resolve
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s import resources
@@ -73,6 +73,8 @@ APPLY_ORDER = (
     "Certificate",
     "PersistentVolumeClaim",
     "Deployment",
+    "Job",
+    "DaemonSet",
     "Service",
     "PodDisruptionBudget",
     "ScaledObject",
@@ -91,7 +93,7 @@ SERVING_KINDS = ("Deployment", "Service")
 APPLY_STAGES = (
     ("NetworkPolicy", "Secret", "ServiceAccount", "Role", "Certificate", "PersistentVolumeClaim"),
     ("RoleBinding", "Service", "PodDisruptionBudget", "ScaledObject"),
-    ("Deployment",),
+    ("Deployment", "Job", "DaemonSet"),
 )
 
 # API answers that retrying the same apply cannot change: bad request, forbidden, no such resource
@@ -286,6 +288,12 @@ class Reconciler:
         live_children = self.view.children(key)
         pods = self.view.pods(key)
         desired = _with_overflow_replicas(self._desired(key, endpoint, plan), plan, live_children, pods)
+        warmer = _staging(desired, live_children)
+        # Until the cache warmer has staged the weights, the replicas' Deployments are neither created nor
+        # changed (a running one keeps serving the model it has); they are still wanted, so never deleted.
+        held = warmer is not None and not warmer.staged
+        replicas = {("Deployment", plan.name), ("Deployment", render.overflow_name(plan.name))}
+        applied = [o for o in desired if not (held and _child_key(o) in replicas)]
         refused: ChildRefused | None = None
         created: list[str] = []
         updated: list[str] = []
@@ -293,7 +301,7 @@ class Reconciler:
             # The spec is unchanged since status last described it: a new desired object comes from
             # the operator's config (or version), and the log line says so.
             spec_changed = current_status.get("observedGeneration") != generation
-            created, updated = await self._apply_children(key, plan.uid, desired, live_children, spec_changed)
+            created, updated = await self._apply_children(key, plan.uid, applied, live_children, spec_changed)
             await self._delete_stale_children(key, plan.uid, desired, live_children)
         except ChildRefused as exc:
             refused = exc
@@ -330,6 +338,15 @@ class Reconciler:
             previous=current_status,
             gateway=plan.spec.gateway.enabled,
             caller_keys=plan.spec.auth.api_key_secret_ref is not None or bool(plan.spec.auth.api_keys_secret_name),
+            generation=generation,
+            now=self.clock(),
+        )
+        new_status = coldstart.with_cold_start(
+            new_status,
+            previous=current_status,
+            spec=plan.spec,
+            warmer=warmer,
+            pods=pods,
             generation=generation,
             now=self.clock(),
         )
@@ -612,7 +629,7 @@ class Reconciler:
     def _post_condition_events(self, endpoint: JSON, old: JSON | None, new: JSON | None) -> None:
         if new is None or (old is not None and old.get("reason") == new.get("reason")):
             return
-        if new.get("reason") in status.FAILURE_REASONS:
+        if new.get("reason") in (*status.FAILURE_REASONS, coldstart.STAGING_FAILED):
             self.post_event(endpoint, "Warning", str(new["reason"]), str(new.get("message", "")))
         elif new.get("status") == "True" and (old is None or old.get("status") != "True"):
             self.post_event(endpoint, "Normal", "Ready", str(new.get("message", "")))
@@ -643,6 +660,15 @@ def _with_overflow_replicas(
             obj = diffing.with_applied_hash(obj)
         result.append(obj)
     return result
+
+
+def _staging(desired: list[JSON], live_children: Mapping[ChildKey, JSON]) -> coldstart.Staging | None:
+    """The cache warmer's state when the endpoint has one (coldStart.prestageWeights), else None."""
+    job = next((o for o in desired if o["kind"] == "Job"), None)
+    if job is None:
+        return None
+    name = job["metadata"]["name"]
+    return coldstart.staging(name, live_children.get(("Job", name)))
 
 
 def _ready_replicas(deployment: JSON | None) -> int:

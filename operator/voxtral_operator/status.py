@@ -78,10 +78,19 @@ def pod_summary(pod: Mapping[str, Any]) -> JSON:
     """The few pod fields status needs (what the operator keeps in memory per pod)."""
     status = pod.get("status") or {}
     conditions = status.get("conditions") or []
+    containers = status.get("containerStatuses") or []
+    running = ((containers[0].get("state") or {}).get("running") or {}) if containers else {}
+    ready_since = next(
+        (c.get("lastTransitionTime") for c in conditions if c.get("type") == "Ready" and c.get("status") == "True"),
+        None,
+    )
     return {
         "name": pod.get("metadata", {}).get("name"),
         "pool": (pod.get("metadata", {}).get("labels") or {}).get(capacity.POOL_LABEL),
         "nominatedNode": status.get("nominatedNodeName"),
+        # When the container started and when the pod turned Ready: the replica's load time (coldstart.py).
+        "startedAt": running.get("startedAt"),
+        "readySince": ready_since,
         "ip": status.get("podIP"),
         "ready": any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions),
         "phase": status.get("phase"),
@@ -164,7 +173,7 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
     return PodProblem(PENDING, f"pod {name} is {pod.get('phase') or 'Pending'}")
 
 
-def _condition(
+def make_condition(
     previous: Mapping[str, JSON],
     type_: str,
     status: bool,
@@ -333,7 +342,7 @@ def compute_status(
         progressing_reason, progressing_message = "RollingOut", f"{updated}/{desired_replicas} replicas updated"
 
     conditions = [
-        _condition(
+        make_condition(
             previous_conditions,
             READY,
             ready >= 1 and reachable and not suspended,
@@ -342,18 +351,20 @@ def compute_status(
             generation,
             now,
         ),
-        _condition(
+        make_condition(
             previous_conditions, PROGRESSING, not rolled_out, progressing_reason, progressing_message, generation, now
         ),
-        _condition(previous_conditions, DEGRADED, degraded, degraded_reason, degraded_message, generation, now),
+        make_condition(previous_conditions, DEGRADED, degraded, degraded_reason, degraded_message, generation, now),
     ]
     if unscheduled is not None:
         scheduled = (False, unscheduled.reason, unscheduled.message)
     else:
         scheduled = (True, SCHEDULED, "every pod has a node")
-    conditions.append(_condition(previous_conditions, PODS_SCHEDULED, *scheduled, generation, now))
+    conditions.append(make_condition(previous_conditions, PODS_SCHEDULED, *scheduled, generation, now))
     if serving is not None:
-        conditions.append(_condition(previous_conditions, SERVING, serving[0], serving[1], serving[2], generation, now))
+        conditions.append(
+            make_condition(previous_conditions, SERVING, serving[0], serving[1], serving[2], generation, now)
+        )
     # The operator's conditions this function does not compute (Serving before its first check) are
     # carried over; other writers' conditions are theirs (status is applied per field manager).
     computed = {c["type"] for c in conditions}
@@ -402,7 +413,7 @@ def with_exposure(
     """`status` with the Exposed condition: what callers the NetworkPolicy admits can reach without a key."""
     previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
     if gateway:
-        condition = _condition(
+        condition = make_condition(
             previous_conditions,
             EXPOSED,
             not caller_keys,
@@ -419,7 +430,7 @@ def with_exposure(
             reach = f"its /v1 routes check the caller key, but {UNKEYED_VLLM_ROUTES} answer without one"
         else:
             reach = f"spec.auth names no key: every route answers without one, {UNKEYED_VLLM_ROUTES} among them"
-        condition = _condition(
+        condition = make_condition(
             previous_conditions,
             EXPOSED,
             True,
@@ -436,9 +447,11 @@ def invalid_status(*, generation: int | None, previous: Mapping[str, Any], messa
     """Status of an endpoint the operator refuses to render: children untouched, the reason stated."""
     previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
     conditions = [
-        _condition(previous_conditions, READY, False, INVALID_SPEC, message, generation, now),
-        _condition(previous_conditions, PROGRESSING, False, INVALID_SPEC, "fix the spec to continue", generation, now),
-        _condition(previous_conditions, DEGRADED, True, INVALID_SPEC, message, generation, now),
+        make_condition(previous_conditions, READY, False, INVALID_SPEC, message, generation, now),
+        make_condition(
+            previous_conditions, PROGRESSING, False, INVALID_SPEC, "fix the spec to continue", generation, now
+        ),
+        make_condition(previous_conditions, DEGRADED, True, INVALID_SPEC, message, generation, now),
     ]
     return {
         **{
