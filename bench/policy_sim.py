@@ -225,21 +225,45 @@ class Engine:
         )
 
 
-# Cold-start paths: (low, high) seconds or bytes/s, drawn uniformly. Sources: a GPU VM from request to
-# a schedulable node with the NVIDIA device plugin registered takes 2-5 minutes on the large clouds;
-# the vLLM image (about 10 GB) pulls in 1.5-4 minutes; the hub serves a model's weights at
-# 150-500 MB/s to one node, a ReadWriteMany model cache (Filestore, EFS) at 0.5-1.5 GB/s; vLLM reads
-# the weights into the GPU, profiles memory and captures CUDA graphs (torch.compile cached) in 1-3 min.
+# Cold-start paths, as the operator names them in its Loading condition (coldstart.py): `hub` is
+# ColdDownload (vLLM downloads the weights while holding its GPUs), `cache` SharedCache (the model cache
+# volume, filled by the cache warmer), `local` LocalCache (the node's own disk: weights baked into the
+# image). (low, high) seconds or bytes/s, drawn uniformly. Figures and where they come from:
+# - a GPU VM from request to a schedulable node with the NVIDIA device plugin registered: 2-5 minutes
+#   on the large clouds; the vLLM image (about 10 GB) pulls in 1.5-4 minutes. The operator's image
+#   pre-pull (coldStart.prepullImage) helps nodes that exist before the replica (a reserved pool), not
+#   a node the cluster autoscaler adds for it (the DaemonSet's pod starts pulling when the replica does);
+# - the hub serves one node 150-500 MB/s; a ReadWriteMany cache reads at 0.5-1.5 GB/s (Filestore
+#   Zonal: 260 MiB/s per provisioned TiB up to 9.75 TiB, docs.cloud.google.com/filestore/docs/
+#   service-tiers-zonal; vLLM reads it with --safetensors-load-strategy eager); a node's local NVMe SSD
+#   at 1-3 GB/s (an assumption: what current NVMe drives read, no one published figure for GPU nodes);
+# - vLLM starts its engine (memory profiling, CUDA graph capture) in 30-60 s and compiles the model with
+#   torch.compile in 30-120 s; with the compile cache kept (the operator puts VLLM_CACHE_ROOT on the
+#   model cache, so only the `cache` path has it) that is 5-20 s (Baseten's figure for a shared
+#   torch.compile cache, docs.baseten.co/development/model/torch-compile-cache; vLLM keys the cache by
+#   config and code hash, docs.vllm.ai/en/latest/design/torch_compile/).
 NODE_PROVISION_S = (120.0, 300.0)
 IMAGE_PULL_S = (90.0, 240.0)
-WEIGHTS_BYTES_PER_S = {"hub": (150e6, 500e6), "cache": (500e6, 1500e6)}
-ENGINE_LOAD_S = (60.0, 180.0)
+WEIGHTS_BYTES_PER_S = {"hub": (150e6, 500e6), "cache": (500e6, 1500e6), "local": (1000e6, 3000e6)}
+OPERATOR_PATHS = {"hub": "ColdDownload", "cache": "SharedCache", "local": "LocalCache"}
+ENGINE_START_S = (30.0, 60.0)
+COMPILE_S = (30.0, 120.0)
+COMPILE_CACHED_S = (5.0, 20.0)
+ENGINE_LOAD_S = (ENGINE_START_S[0] + COMPILE_S[0], ENGINE_START_S[1] + COMPILE_S[1])  # compile not cached
+
+
+def engine_load_range(weights: str) -> tuple[float, float]:
+    """Engine start plus torch.compile: from the compile cache on the `cache` path, from scratch otherwise."""
+    compile_s = COMPILE_CACHED_S if weights == "cache" else COMPILE_S
+    return (ENGINE_START_S[0] + compile_s[0], ENGINE_START_S[1] + compile_s[1])
 
 
 def cold_start(rng: random.Random, engine: Engine, new_node: bool, weights: str) -> float:
     """A replica's load time: on a new node every step; on a node still held the image is there
     (the weights are not: they live in the pod's volume or the shared cache, not on the node)."""
-    seconds = rng.uniform(*ENGINE_LOAD_S) + engine.weights_bytes / rng.uniform(*WEIGHTS_BYTES_PER_S[weights])
+    seconds = rng.uniform(*engine_load_range(weights)) + engine.weights_bytes / rng.uniform(
+        *WEIGHTS_BYTES_PER_S[weights]
+    )
     if new_node:
         seconds += rng.uniform(*NODE_PROVISION_S) + rng.uniform(*IMAGE_PULL_S)
     return seconds
@@ -247,19 +271,20 @@ def cold_start(rng: random.Random, engine: Engine, new_node: bool, weights: str)
 
 def cold_start_range(engine: Engine, new_node: bool, weights: str) -> tuple[float, float]:
     low, high = WEIGHTS_BYTES_PER_S[weights]
+    load = engine_load_range(weights)
     fixed = (NODE_PROVISION_S[0] + IMAGE_PULL_S[0], NODE_PROVISION_S[1] + IMAGE_PULL_S[1]) if new_node else (0.0, 0.0)
     return (
-        ENGINE_LOAD_S[0] + engine.weights_bytes / high + fixed[0],
-        ENGINE_LOAD_S[1] + engine.weights_bytes / low + fixed[1],
+        load[0] + engine.weights_bytes / high + fixed[0],
+        load[1] + engine.weights_bytes / low + fixed[1],
     )
 
 
 def cold_start_paths(engine: Engine) -> str:
     parts = []
-    for weights in ("hub", "cache"):
+    for weights in ("hub", "cache", "local"):
         for new_node, name in ((True, "new node"), (False, "node held")):
             low, high = cold_start_range(engine, new_node, weights)
-            parts.append(f"{name}, weights from {weights}: {low / 60:.0f}-{high / 60:.0f} min")
+            parts.append(f"{name}, {OPERATOR_PATHS[weights]} ({weights}): {low / 60:.0f}-{high / 60:.0f} min")
     return "; ".join(parts)
 
 
@@ -1975,7 +2000,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup-days", type=int, default=5, help="days lived through, not scored (default 5)")
     parser.add_argument("--holidays", default="8", help="comma-separated day numbers (day 0 a Monday)")
     parser.add_argument("--trace", type=Path, help="CSV arrival_s,audio_s,output_tokens[,class]")
-    parser.add_argument("--weights", choices=("hub", "cache"), default="hub", help="where a new replica reads weights")
+    parser.add_argument(
+        "--weights",
+        choices=tuple(WEIGHTS_BYTES_PER_S),
+        default="hub",
+        help="where a new replica reads weights: hub (ColdDownload), cache (SharedCache), local (LocalCache)",
+    )
     parser.add_argument("--reserved-gpus", type=int, default=0, help="GPUs paid all day; beyond them on demand")
     parser.add_argument("--backlog", type=int, default=0, help="deferrable items every evening (built-in days)")
     parser.add_argument("--lane-kv", action="store_true", help="the lane rule also bounds deferrable work by KV cache")

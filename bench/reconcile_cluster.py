@@ -14,6 +14,9 @@ controllers and the operator; the API server's time per operator request from th
 the operator's writes during the idle period. Then a restart at scale: the operator stopped, one
 endpoint's spec changed meanwhile, the operator started again: how long until that endpoint's status
 shows the new generation, and every write the restarted operator makes (none but that endpoint's).
+Then a takeover at scale: two replicas with peering, a burst of changed endpoints, the active replica
+killed (SIGKILL) at its first write: when the other writes, when every change is in a status, and
+whether the audit log shows an endpoint written by both at once (each replica's User-Agent names it).
 Not modelled: pods that run (every pod waits for a GPU), network latency between the operator and a
 remote API server, API priority and fairness under other tenants' load.
 """
@@ -26,6 +29,8 @@ import contextlib
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -289,6 +294,127 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     )
 
 
+def _helm(*args: str) -> None:
+    subprocess.run(
+        [
+            str(ROOT / ".tools" / "helm"),
+            "upgrade",
+            "voxtral-operator",
+            str(ROOT / "charts" / "voxtral-operator"),
+            "-n",
+            "voxtral-system",
+            "-f",
+            str(ROOT / "e2e" / "cluster" / "values.yaml"),
+            *args,
+            "--wait",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def _operator(action: str, instance: int = 1) -> None:
+    subprocess.run([str(ROOT / "e2e" / "cluster" / "operator"), action, str(instance)], check=True, timeout=1800)
+
+
+async def _takeover(kube: Kube, state: Path, count: int, changes: int) -> None:
+    """Two peered replicas over every endpoint; `changes` endpoints changed at once, the active
+    replica killed (SIGKILL) at its first write for them: how long until the other writes, until
+    every change is in a status, and whether any endpoint was written by both at once."""
+    audit = state / "audit.log"
+    await asyncio.to_thread(_helm, "--set", "peering.enabled=true")
+    try:
+        # A started peer is live once its liveness answers, which kopf gives only after its first listing.
+        await asyncio.to_thread(_operator, "restart", 1)
+        await asyncio.to_thread(_operator, "start", 2)
+        identities = {i: f"{socket.gethostname()}/{_pid(state, i)}" for i in (1, 2)}
+        peering: dict[str, Any] = {}
+        for _ in range(120):
+            peering = await kube.get("/apis/kopf.dev/v1/clusterkopfpeerings/voxtral-operator") or {}
+            if set(identities.values()) <= set(peering.get("status") or {}):
+                break
+            await asyncio.sleep(1)
+        priorities = {i: int(peering["status"][identities[i]]["priority"]) for i in identities}
+        active = max(priorities, key=lambda i: priorities[i])
+        passive = 3 - active
+        await asyncio.sleep(10)  # the active one's start-up writes, if any, are not the burst's
+        _, offset = _operator_events(audit, 0)
+        targets = [_endpoint(i)["metadata"] for i in range(1, changes + 1)]
+        generations: dict[str, int] = {}
+
+        async def change(meta: dict[str, Any]) -> None:
+            path = f"{PATH}/namespaces/{meta['namespace']}/voxtralendpoints/{meta['name']}"
+            patched = await kube.request(
+                "PATCH", path, {"spec": {"maxReplicas": 4}}, content_type="application/merge-patch+json"
+            )
+            generations[meta["name"]] = patched["metadata"]["generation"]
+
+        await asyncio.gather(*(change(meta) for meta in targets))
+        names = {meta["name"] for meta in targets}
+        agent = {i: f"({identities[i]})" for i in identities}
+        first_write = None
+        while first_write is None:
+            events, _ = _operator_events(audit, offset)
+            first_write = next(
+                (e for e in events if e["verb"] in WRITE_VERBS and agent[active] in e.get("userAgent", "")), None
+            )
+            await asyncio.sleep(0.05)
+        os.killpg(_pid(state, active), signal.SIGKILL)
+        killed = time.time()
+        # Converged: every changed endpoint's status at its new generation.
+        pending = set(names)
+        while pending:
+            await asyncio.sleep(1)
+            if time.time() - killed > 1200:
+                print(f"takeover: {len(pending)} of {changes} changes not in a status within 1200 s")
+                return
+            for meta in targets:
+                if meta["name"] in pending:
+                    path = f"{PATH}/namespaces/{meta['namespace']}/voxtralendpoints/{meta['name']}"
+                    found = await kube.get(path) or {}
+                    if (found.get("status") or {}).get("observedGeneration") == generations[meta["name"]]:
+                        pending.discard(meta["name"])
+        converged = time.time() - killed
+        await asyncio.sleep(5)
+        events, _ = _operator_events(audit, offset)
+        writes = [e for e in events if e["verb"] in WRITE_VERBS]
+        at = {id(e): _stamp(e) for e in writes}
+        by = {i: [e for e in writes if agent[i] in e.get("userAgent", "")] for i in (active, passive)}
+        successor_first = min((at[id(e)] for e in by[passive]), default=float("nan")) - killed
+        per_endpoint: dict[str, dict[int, list[float]]] = {}
+        for i, seen in by.items():
+            for e in seen:
+                name = (e.get("objectRef") or {}).get("name", "")
+                endpoint = next((n for n in names if name == n or name.startswith((f"{n}-", f"{n}."))), name)
+                per_endpoint.setdefault(endpoint, {active: [], passive: []})[i].append(at[id(e)])
+        interleaved = [
+            n for n, t in per_endpoint.items() if t[active] and t[passive] and max(t[active]) >= min(t[passive])
+        ]
+        others = [n for n in per_endpoint if n not in names]
+        print(
+            f"takeover with {count} endpoints, {changes} changed at once, the active replica killed at its first "
+            f"write: the other's first write {successor_first:.1f} s after the kill, every change in a status "
+            f"after {converged:.1f} s; writes by the killed {len(by[active])}, by the successor {len(by[passive])}; "
+            f"endpoints written by both at once: {len(interleaved)}; objects written not of a changed endpoint: "
+            f"{len(others)}; successor peak RSS {_peak_rss_mb(_pid(state, passive)):.0f} MB",
+            flush=True,
+        )
+    finally:
+        await asyncio.to_thread(_operator, "stop", 2)
+        await asyncio.to_thread(_operator, "stop", 1)
+        await asyncio.to_thread(_helm)
+        await asyncio.to_thread(_operator, "start", 1)
+
+
+def _pid(state: Path, instance: int) -> int:
+    return int((state / "pids" / ("operator" if instance == 1 else f"operator-{instance}")).read_text())
+
+
+def _stamp(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+
+
 async def _cleanup(kube: Kube) -> None:
     for namespace in NAMESPACES:
         with contextlib.suppress(ApiError):
@@ -300,6 +426,7 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--paced", type=int, default=50)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--takeover-changes", type=int, default=50, help="endpoints changed in the takeover's burst")
     args = parser.parse_args()
     state = Path(os.environ.get("VOXTRAL_LOCAL_CLUSTER", ROOT / ".tools" / "cluster"))
     kube = Kube.from_kubeconfig(os.environ["KUBECONFIG"])
@@ -307,6 +434,8 @@ def main() -> None:
     async def run() -> None:
         try:
             await _bench(kube, state, args.endpoints, args.paced, args.idle_seconds)
+            if args.takeover_changes:
+                await _takeover(kube, state, args.endpoints + args.paced, args.takeover_changes)
         finally:
             await _cleanup(kube)
             await kube.close()

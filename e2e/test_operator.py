@@ -3,12 +3,14 @@ a watch gap and a second replica do, judged by the API server's own audit log.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -128,12 +130,25 @@ def _helm(*args: str) -> None:
     assert result.returncode == 0, f"helm upgrade {' '.join(args)}: {result.stderr}"
 
 
-def test_two_peered_operators_one_acts(kubectl: Kubectl, local: LocalCluster, namespace: str, unique_name: str) -> None:
-    name = unique_name
+@contextlib.contextmanager
+def two_peers(local: LocalCluster) -> Iterator[None]:
+    """Peering on, the operator restarted so and a second one started; one standalone operator after."""
     _helm("--set", "peering.enabled=true")
     try:
         local.operator("restart", 1)
         local.operator("start", 2)
+        yield
+    finally:
+        local.operator("stop", 2)
+        try:
+            _helm()
+        finally:
+            local.operator("restart", 1)
+
+
+def test_two_peered_operators_one_acts(kubectl: Kubectl, local: LocalCluster, namespace: str, unique_name: str) -> None:
+    name = unique_name
+    with two_peers(local):
         time.sleep(5)  # peers see each other through the peering object, then the lower priority pauses
         before = (_reconciles(9090), _reconciles(9190))
         kubectl.apply(endpoint_body(name, namespace))
@@ -142,12 +157,6 @@ def test_two_peered_operators_one_acts(kubectl: Kubectl, local: LocalCluster, na
         acted = [after[i] > before[i] for i in range(2)]
         assert acted.count(True) == 1, f"reconciles before {before}, after {after}: exactly one peer must act"
         delete_endpoint(kubectl, name, namespace)
-    finally:
-        local.operator("stop", 2)
-        try:
-            _helm()
-        finally:
-            local.operator("restart", 1)
 
 
 def test_peering_in_every_watched_namespace(kubectl: Kubectl, local: LocalCluster, unique_name: str) -> None:

@@ -22,6 +22,7 @@ class Write:
     namespace: str
     name: str
     code: int
+    user_agent: str = ""  # which operator process (peers share one ServiceAccount)
 
     def __str__(self) -> str:
         return f"{self.verb} {self.resource} {self.namespace}/{self.name} -> {self.code}"
@@ -60,6 +61,7 @@ class AuditLog:
                     namespace=ref.get("namespace", ""),
                     name=ref.get("name", ""),
                     code=int((event.get("responseStatus") or {}).get("code", 0)),
+                    user_agent=event.get("userAgent", ""),
                 )
             )
         return found

@@ -139,11 +139,12 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     info: kopf.ConnectionInfo | None = await asyncio.to_thread(kopf.login_via_client, **kwargs)
     if info is None:
         return None
+    connection = Connection.from_kopf(info, user_agent=STATE.user_agent)
     if STATE._reconciler is None:
-        client = ApiClient(Connection.from_kopf(info))
+        client = ApiClient(connection)
         STATE.reconciler = Reconciler(client=client, config=STATE.config, view=EmptyView(), post_event=post_event)
     else:  # the reconciler and the autoscaler share this client
-        await STATE.reconciler.client.reconnect(Connection.from_kopf(info))
+        await STATE.reconciler.client.reconnect(connection)
     return info
 
 

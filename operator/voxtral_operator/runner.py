@@ -7,11 +7,12 @@ import asyncio
 import logging
 import os
 import random
+import socket
 
 import kopf
 import prometheus_client
 
-from voxtral_operator import logs
+from voxtral_operator import logs, toggles
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.runtime import STATE
 
@@ -50,12 +51,17 @@ def run_operator(args: argparse.Namespace, config: OperatorConfig) -> int:
     STATE.peering_priority = args.priority if args.priority is not None else random.randint(1, 2**30)
     STATE.peering_name = args.peering
     STATE.namespaces = namespaces
+    # In a pod the hostname is the pod's name; two local processes differ by pid.
+    STATE.identity = f"{socket.gethostname()}/{os.getpid()}"
+    STATE.user_agent = f"voxtral-operator/{args.version} ({STATE.identity})"
+    toggles.install()  # kopf's start-up gate, linear in the watched objects (toggles.py)
     import voxtral_operator.handlers  # noqa: F401 - registers the handlers with kopf
 
     logs.configure(args.log_format or config.log_format, verbose=args.verbose)
     logger.info(
-        "voxtral-operator %s starting: watching %s, %s",
+        "voxtral-operator %s (%s) starting: watching %s, %s",
         args.version,
+        STATE.identity,
         ", ".join(namespaces) if namespaces else "all namespaces",
         f"peering {args.peering} at priority {STATE.peering_priority}" if args.peering else "standalone",
     )
@@ -67,6 +73,7 @@ def run_operator(args: argparse.Namespace, config: OperatorConfig) -> int:
             namespaces=namespaces,
             standalone=args.peering is None,
             peering_name=args.peering,
+            identity=STATE.identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
             liveness_endpoint=args.liveness or None,
         )
     )

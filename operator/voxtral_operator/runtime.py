@@ -18,6 +18,10 @@ class OperatorState:
     config: OperatorConfig = field(default_factory=OperatorConfig)
     peering_priority: int = 0
     peering_name: str | None = None
+    # This process among its peers (its peering identity), and its API requests' User-Agent, which
+    # carries that identity so the audit log tells peers apart (they share one ServiceAccount).
+    identity: str = ""
+    user_agent: str | None = None
     namespaces: list[str] = field(default_factory=list)
     autoscaler_task: asyncio.Task[None] | None = None
     resync_task: asyncio.Task[None] | None = None

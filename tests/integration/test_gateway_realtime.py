@@ -268,8 +268,7 @@ async def test_bounds_frame_size_rate_idle_and_length_close_with_reasons(
     assert seen["too_long"] == (realtime.POLICY, "session longer than 3s"), seen
     async with session.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics") as response:
         page = [line for line in (await response.text()).splitlines() if "closed_total{" in line]
-    # A too-big frame's caller usually leaves with aiohttp's close reply: counted as the caller's close.
-    for label in ("rate", "idle", "too_long"):
+    for label in ("too_big", "rate", "idle", "too_long"):
         assert f'{realtime.SESSIONS_CLOSED_TOTAL}{{reason="{label}"}} 1.0' in page, (label, page)
 
 

@@ -141,9 +141,14 @@ def test_cold_start_paths_order_as_their_steps_do(sim: Any) -> None:
     hub_held = sim.cold_start_range(engine, False, "hub")
     cache_new = sim.cold_start_range(engine, True, "cache")
     cache_held = sim.cold_start_range(engine, False, "cache")
+    local_held = sim.cold_start_range(engine, False, "local")
     assert cache_held[1] < hub_held[1] < hub_new[1]
+    assert local_held[1] < hub_held[1]
     assert cache_new[0] < hub_new[0]
-    assert cache_held[0] >= sim.ENGINE_LOAD_S[0]
+    # The shared cache also holds the compile cache: only that path skips compiling.
+    assert cache_held[0] >= sim.ENGINE_START_S[0] + sim.COMPILE_CACHED_S[0]
+    assert hub_held[0] >= sim.ENGINE_LOAD_S[0]
+    assert set(sim.OPERATOR_PATHS.values()) == {"ColdDownload", "SharedCache", "LocalCache"}
 
 
 def test_reserved_gpus_are_paid_whatever_happens(sim: Any, morning: Rows) -> None:

@@ -346,6 +346,13 @@ class RealtimeSessions:
             code, reason, label = finished.result()
         except TimeoutError:
             code, reason, label = POLICY, f"session longer than {settings.max_session_seconds:g}s", "too_long"
+        except asyncio.CancelledError:
+            # The caller's connection is gone. Its direction may be one step from saying why (aiohttp
+            # closes a too-big frame's socket itself, which cancels this handler): give it that step.
+            await asyncio.wait([upstream], timeout=1.0)
+            if upstream.done() and not upstream.cancelled() and upstream.exception() is None:
+                session.ended = upstream.result()[2]
+            raise
         finally:
             for task in (upstream, downstream):
                 task.cancel()

@@ -58,11 +58,14 @@ class Connection:
     certificate_data: bytes | None = None
     private_key_path: str | None = None
     private_key_data: bytes | None = None
+    # Which operator process made a request: the API server's audit log keeps it (userAgent).
+    user_agent: str | None = None
 
     @classmethod
-    def from_kopf(cls, info: Any) -> Connection:
+    def from_kopf(cls, info: Any, user_agent: str | None = None) -> Connection:
         fields: dict[str, Any] = {name: getattr(info, name, None) for name in cls.__dataclass_fields__}
         fields["insecure"] = bool(fields["insecure"])
+        fields["user_agent"] = user_agent
         return cls(**fields)
 
     def ssl_context(self) -> ssl.SSLContext | bool:
@@ -84,12 +87,13 @@ class Connection:
         return context
 
     def headers(self) -> dict[str, str]:
+        headers = {"User-Agent": self.user_agent} if self.user_agent else {}
         if self.token:
-            return {"Authorization": f"{self.scheme or 'Bearer'} {self.token}"}
-        if self.username and self.password:
+            headers["Authorization"] = f"{self.scheme or 'Bearer'} {self.token}"
+        elif self.username and self.password:
             raw = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-            return {"Authorization": f"Basic {raw}"}
-        return {}
+            headers["Authorization"] = f"Basic {raw}"
+        return headers
 
 
 def _to_file(data: bytes) -> str:

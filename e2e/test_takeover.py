@@ -1,0 +1,143 @@
+"""Two operator replicas with peering under the chart's RBAC: the active one killed (SIGKILL) in the
+middle of a burst, the other takes over within a bound, every endpoint converges, and the API server's
+audit log shows the two never wrote at the same time.
+
+Both processes use the chart's ServiceAccount, so the audit log tells them apart by User-Agent: each
+operator process sends `voxtral-operator/<version> (<host>/<pid>)`, its peering identity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import defaultdict
+
+import pytest
+
+from .chaos.audit import AuditLog, Write
+from .chaos.test_faults import unconverged
+from .conftest import Kubectl, LocalCluster, endpoint_body, eventually
+from .test_operator import two_peers
+
+pytestmark = pytest.mark.e2e
+BURST = 40  # suspended endpoints created at once: children and status, no GPU
+PEERING = "voxtral-operator"  # the chart's peering.name
+# kopf's peering lease (settings.peering.lifetime): a peer killed without a word is presumed dead once
+# its last keepalive is this old, and only then does the other resume (it lists everything again).
+LEASE_SECONDS = 60.0
+TAKEOVER_SECONDS = LEASE_SECONDS + 30.0  # the lease, then the relist and the first write
+CONVERGE_SECONDS = 300.0
+
+
+def _pid(local: LocalCluster, instance: int) -> int:
+    name = "operator" if instance == 1 else f"operator-{instance}"  # as e2e/cluster/operator names them
+    return int((local.state / "pids" / name).read_text())
+
+
+def _identity(local: LocalCluster, instance: int) -> str:
+    return f"{socket.gethostname()}/{_pid(local, instance)}"
+
+
+def _peers(kubectl: Kubectl) -> dict[str, int]:
+    """Live peers of the peering object: identity -> priority."""
+    peering = kubectl.json("get", "clusterkopfpeering", PEERING)
+    return {identity: int(info.get("priority", 0)) for identity, info in (peering.get("status") or {}).items()}
+
+
+def _endpoint_of(write: Write, names: list[str]) -> str | None:
+    for name in names:  # children are named after their endpoint, Events "<name>.<suffix>"
+        if write.name == name or write.name.startswith((f"{name}-", f"{name}.")):
+            return name
+    return None
+
+
+def test_takeover_after_the_active_replica_is_killed_mid_burst(kubectl: Kubectl, local: LocalCluster) -> None:
+    namespace = f"takeover-{uuid.uuid4().hex[:6]}"
+    names = [f"tk-{i:02d}" for i in range(BURST)]
+    kubectl.run("create", "namespace", namespace)
+    audit = AuditLog(local.audit_log)
+    try:
+        with two_peers(local):
+            _takeover(kubectl, local, audit, namespace, names)
+    finally:
+        kubectl.run("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _takeover(kubectl: Kubectl, local: LocalCluster, audit: AuditLog, namespace: str, names: list[str]) -> None:
+    identities = {instance: _identity(local, instance) for instance in (1, 2)}
+    peers = eventually(
+        lambda: (lambda seen: seen if set(identities.values()) <= set(seen) else None)(_peers(kubectl)),
+        60,
+        f"both operators {sorted(identities.values())} in the peering object",
+    )
+    active = max(identities, key=lambda instance: peers[identities[instance]])
+    passive = 3 - active
+    agent = {instance: f"({identities[instance]})" for instance in identities}
+    time.sleep(5)  # the lower priority has read the peering object and paused
+
+    since = audit.offset()
+    kubectl.apply(*(endpoint_body(name, namespace, suspended=True) for name in names))
+    first_status = eventually(
+        lambda: next(
+            (w for w in audit.writes(since) if w.namespace == namespace and w.resource.endswith("/status")),
+            None,
+        ),
+        120,
+        "the active operator's first status write",
+        interval=0.05,
+    )
+    os.killpg(_pid(local, active), signal.SIGKILL)
+    killed_at = time.time()
+    left_at_kill = unconverged(kubectl, namespace)
+    assert agent[active] in first_status.user_agent, (
+        f"the first status write came from {first_status.user_agent!r}, not the active {agent[active]}"
+    )
+    assert left_at_kill, "every endpoint converged before the kill: not a takeover mid-burst"
+
+    eventually(lambda: not unconverged(kubectl, namespace), CONVERGE_SECONDS, f"{namespace} converged", 1.0)
+    converged_at = time.time()
+    time.sleep(3)  # the last writes' audit entries reach the log
+    writes = [w for w in audit.writes(since) if w.namespace == namespace]
+    by_peer = {instance: [w for w in writes if agent[instance] in w.user_agent] for instance in (active, passive)}
+    strangers = [f"{w} by {w.user_agent}" for w in writes if not any(a in w.user_agent for a in agent.values())]
+    assert not strangers, f"operator writes from neither peer: {strangers[:10]}"
+    assert by_peer[passive], "the passive operator never wrote: no takeover"
+    took_over = min(w.at for w in by_peer[passive]) - killed_at
+    last_of_killed = max(w.at for w in by_peer[active])
+
+    # No endpoint written by both at once: each endpoint's writes by the killed peer all precede
+    # the other's, and the passive one wrote nothing before the kill.
+    per_endpoint: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for instance, seen in by_peer.items():
+        for write in seen:
+            endpoint = _endpoint_of(write, names)
+            assert endpoint is not None, f"a write to no endpoint of the burst: {write}"
+            per_endpoint[endpoint][instance].append(write.at)
+    interleaved = [
+        name
+        for name, times in per_endpoint.items()
+        if times[active] and times[passive] and max(times[active]) >= min(times[passive])
+    ]
+    both = sorted(name for name, times in per_endpoint.items() if times[active] and times[passive])
+    print(
+        "\n[takeover] "
+        + json.dumps(
+            {
+                "endpoints": BURST,
+                "unconverged_at_kill": len(left_at_kill),
+                "takeover_seconds": round(took_over, 1),
+                "converged_seconds_after_kill": round(converged_at - killed_at, 1),
+                "writes_by_killed": len(by_peer[active]),
+                "writes_by_successor": len(by_peer[passive]),
+                "endpoints_written_by_both_one_after_the_other": len(both),
+            }
+        )
+    )
+    assert took_over > 0, f"the passive operator wrote {-took_over:.1f}s before the active one was killed"
+    assert last_of_killed <= killed_at + 1, "the killed operator's writes went on after the kill"
+    assert not interleaved, f"endpoints written by both peers at once: {interleaved}"
+    assert took_over <= TAKEOVER_SECONDS, f"took over {took_over:.0f}s after the kill (bound {TAKEOVER_SECONDS:.0f}s)"
