@@ -251,6 +251,28 @@ def parser() -> argparse.ArgumentParser:
         help="how long a request waits while no replica is ready (scale from zero), unless the endpoint's "
         "spec.gateway.holdTimeoutSeconds says otherwise (default: 1200)",
     )
+    p.add_argument(
+        "--max-deferrable-queue",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="queued deferrable (service_tier flex) requests beyond: 429 (default: 10000)",
+    )
+    p.add_argument(
+        "--deferrable-timeout-seconds",
+        type=float,
+        default=21600.0,
+        metavar="S",
+        help="a deferrable request waiting longer for spare capacity, held or queued: 503 (default: 21600)",
+    )
+    p.add_argument(
+        "--deferrable-priority",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the priority deferrable chat/completions requests carry (vLLM runs --scheduling-policy priority; "
+        "default: none)",
+    )
     p.add_argument("--max-upload-mb", type=float, default=25.0, metavar="N", help="upload size cap in MB (default: 25)")
     p.add_argument(
         "--max-connections",

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from voxtral_operator import capacity
+
 JSON = dict[str, Any]
 
 READY = "Ready"
@@ -31,6 +33,8 @@ CONTAINER_CONFIG_ERROR = "ContainerConfigError"
 OOM_KILLED = "OOMKilled"
 CRASH_LOOP = "CrashLoop"
 WAITING_FOR_GPU = "WaitingForGPU"
+# The scheduler nominated a node where lower-priority pods (lent reserved GPUs) are being preempted.
+WAITING_FOR_PREEMPTION = "WaitingForPreemption"
 UNSCHEDULABLE = "Unschedulable"
 LOADING = "Loading"
 PENDING = "Pending"
@@ -39,7 +43,14 @@ SCALED_TO_ZERO = "ScaledToZero"
 AVAILABLE = "Available"
 GATEWAY_UNAVAILABLE = "GatewayUnavailable"
 # The status fields the autoscaler writes (under its own field manager); the reconciler never sends them.
-AUTOSCALER_FIELDS = ("queueDepth", "queuedAudioSeconds", "desiredReplicas", "lastScaleDecision", "scaleHold")
+AUTOSCALER_FIELDS = (
+    "queueDepth",
+    "queuedAudioSeconds",
+    "desiredReplicas",
+    "lastScaleDecision",
+    "scaleHold",
+    "coldStartSeconds",
+)
 SCHEDULED = "Scheduled"
 # Blockers a person must remove: the endpoint is Failed (Degraded while some replica serves).
 FAILURE_REASONS = (
@@ -52,7 +63,7 @@ FAILURE_REASONS = (
 )
 # Blockers that may clear by themselves (a GPU frees up, the cluster autoscaler adds a node):
 # the endpoint stays Pending, and PodsScheduled says since when it has waited.
-WAITING_REASONS = (WAITING_FOR_GPU, UNSCHEDULABLE)
+WAITING_REASONS = (WAITING_FOR_GPU, UNSCHEDULABLE, WAITING_FOR_PREEMPTION)
 BLOCKER_ORDER = (*FAILURE_REASONS, *WAITING_REASONS, LOADING, PENDING)
 
 # The CRD's limit on a condition's message is 4096; API server messages (PodSecurity) can be long.
@@ -74,8 +85,19 @@ def pod_summary(pod: Mapping[str, Any]) -> JSON:
     """The few pod fields status needs (what the operator keeps in memory per pod)."""
     status = pod.get("status") or {}
     conditions = status.get("conditions") or []
+    containers = status.get("containerStatuses") or []
+    running = ((containers[0].get("state") or {}).get("running") or {}) if containers else {}
+    ready_since = next(
+        (c.get("lastTransitionTime") for c in conditions if c.get("type") == "Ready" and c.get("status") == "True"),
+        None,
+    )
     return {
         "name": pod.get("metadata", {}).get("name"),
+        "pool": (pod.get("metadata", {}).get("labels") or {}).get(capacity.POOL_LABEL),
+        "nominatedNode": status.get("nominatedNodeName"),
+        # When the container started and when the pod turned Ready: the replica's load time (coldstart.py).
+        "startedAt": running.get("startedAt"),
+        "readySince": ready_since,
         "ip": status.get("podIP"),
         "ready": any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions),
         "phase": status.get("phase"),
@@ -125,6 +147,11 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
     name = pod.get("name")
     conditions = {c["type"]: c for c in pod.get("conditions") or []}
     scheduled = conditions.get("PodScheduled")
+    if capacity.waits_for_preemption(pod):
+        return PodProblem(
+            WAITING_FOR_PREEMPTION,
+            f"pod {name} waits for lower-priority pods on node {pod.get('nominatedNode')} to be preempted",
+        )
     if scheduled and scheduled.get("status") == "False":
         message = scheduled.get("message") or ""
         if "nvidia.com/gpu" in message:
@@ -153,7 +180,7 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
     return PodProblem(PENDING, f"pod {name} is {pod.get('phase') or 'Pending'}")
 
 
-def _condition(
+def make_condition(
     previous: Mapping[str, JSON],
     type_: str,
     status: bool,
@@ -186,9 +213,15 @@ def deployment_problem(deployment: Mapping[str, Any] | None) -> PodProblem | Non
     return None
 
 
-def _pod_problems(pods: Iterable[Mapping[str, Any]]) -> list[PodProblem]:
+def _pod_problems(pods: Iterable[Mapping[str, Any]], overflow: bool = False) -> list[PodProblem]:
     # By pod name, so the same pods always name the same blocker (no status flip-flop between them).
     live = sorted((pod for pod in pods if not pod.get("deleting")), key=lambda pod: str(pod.get("name")))
+    if overflow:
+        # A reserved pod with no room is what the overflow pool is for: no problem while an overflow
+        # pod stands in for it (the overflow pod's own wait, if any, is the one reported).
+        covering = sum(1 for pod in live if capacity.pool_of(pod) == capacity.OVERFLOW)
+        covered = [pod for pod in live if capacity.waits_for_room(pod)][:covering]
+        live = [pod for pod in live if pod not in covered]
     return [p for p in (pod_problem(pod) for pod in live) if p is not None]
 
 
@@ -237,8 +270,10 @@ def compute_status(
     refused: tuple[str, str] | None = None,
     suspended: bool = False,
     gateway_ready: int | None = None,
+    overflow: bool = False,
 ) -> JSON:
-    """serving: the last active check through the Service (ok, reason, message), if any.
+    """overflow: the endpoint has an overflow pool (spec.nodePool.overflow).
+    serving: the last active check through the Service (ok, reason, message), if any.
     refused: a child the API would not take (reason, message), if any.
     gateway_ready: ready gateway pods when callers come through a gateway, else None."""
     pods = list(pods)
@@ -253,7 +288,7 @@ def compute_status(
     updated = int(dep_status.get("updatedReplicas") or 0)
     dep_conditions = {c.get("type"): c for c in dep_status.get("conditions") or []}
     creation = deployment_problem(deployment)
-    pod_problems = [_with_gpu_need(p, tensor_parallel_size) for p in _pod_problems(pods)]
+    pod_problems = [_with_gpu_need(p, tensor_parallel_size) for p in _pod_problems(pods, overflow)]
     problem = creation or _first(pod_problems, BLOCKER_ORDER)
     unscheduled = creation or _first(pod_problems, WAITING_REASONS)
     waiting = problem is not None and problem.reason in WAITING_REASONS
@@ -314,7 +349,7 @@ def compute_status(
         progressing_reason, progressing_message = "RollingOut", f"{updated}/{desired_replicas} replicas updated"
 
     conditions = [
-        _condition(
+        make_condition(
             previous_conditions,
             READY,
             ready >= 1 and reachable and not suspended,
@@ -323,18 +358,20 @@ def compute_status(
             generation,
             now,
         ),
-        _condition(
+        make_condition(
             previous_conditions, PROGRESSING, not rolled_out, progressing_reason, progressing_message, generation, now
         ),
-        _condition(previous_conditions, DEGRADED, degraded, degraded_reason, degraded_message, generation, now),
+        make_condition(previous_conditions, DEGRADED, degraded, degraded_reason, degraded_message, generation, now),
     ]
     if unscheduled is not None:
         scheduled = (False, unscheduled.reason, unscheduled.message)
     else:
         scheduled = (True, SCHEDULED, "every pod has a node")
-    conditions.append(_condition(previous_conditions, PODS_SCHEDULED, *scheduled, generation, now))
+    conditions.append(make_condition(previous_conditions, PODS_SCHEDULED, *scheduled, generation, now))
     if serving is not None:
-        conditions.append(_condition(previous_conditions, SERVING, serving[0], serving[1], serving[2], generation, now))
+        conditions.append(
+            make_condition(previous_conditions, SERVING, serving[0], serving[1], serving[2], generation, now)
+        )
     # The operator's conditions this function does not compute (Serving before its first check) are
     # carried over; other writers' conditions are theirs (status is applied per field manager).
     computed = {c["type"] for c in conditions}
@@ -367,6 +404,8 @@ def compute_status(
         "tensorParallelSize": tensor_parallel_size,
         "gpus": sum(1 for pod in pods if pod.get("holdsNode")) * tensor_parallel_size,
     }
+    if overflow:
+        status["gpusByPool"] = capacity.gpus_by_pool(pods, tensor_parallel_size)
     return status
 
 
@@ -381,7 +420,7 @@ def with_exposure(
     """`status` with the Exposed condition: what callers the NetworkPolicy admits can reach without a key."""
     previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
     if gateway:
-        condition = _condition(
+        condition = make_condition(
             previous_conditions,
             EXPOSED,
             not caller_keys,
@@ -398,7 +437,7 @@ def with_exposure(
             reach = f"its /v1 routes check the caller key, but {UNKEYED_VLLM_ROUTES} answer without one"
         else:
             reach = f"spec.auth names no key: every route answers without one, {UNKEYED_VLLM_ROUTES} among them"
-        condition = _condition(
+        condition = make_condition(
             previous_conditions,
             EXPOSED,
             True,
@@ -415,9 +454,11 @@ def invalid_status(*, generation: int | None, previous: Mapping[str, Any], messa
     """Status of an endpoint the operator refuses to render: children untouched, the reason stated."""
     previous_conditions = {c["type"]: c for c in previous.get("conditions") or []}
     conditions = [
-        _condition(previous_conditions, READY, False, INVALID_SPEC, message, generation, now),
-        _condition(previous_conditions, PROGRESSING, False, INVALID_SPEC, "fix the spec to continue", generation, now),
-        _condition(previous_conditions, DEGRADED, True, INVALID_SPEC, message, generation, now),
+        make_condition(previous_conditions, READY, False, INVALID_SPEC, message, generation, now),
+        make_condition(
+            previous_conditions, PROGRESSING, False, INVALID_SPEC, "fix the spec to continue", generation, now
+        ),
+        make_condition(previous_conditions, DEGRADED, True, INVALID_SPEC, message, generation, now),
     ]
     return {
         **{

@@ -116,8 +116,8 @@ def _with_host(argv: list[str], ip: str) -> list[str]:
     """vLLM's (and the gateway's) --host as the pod's own address: pods share one network namespace
     here. The operator (`voxtral-operator run`) has no --host: it listens where its --liveness URL
     says (the chart: 0.0.0.0, every address here, the pod's included)."""
-    if argv[:2] == ["voxtral-operator", "run"]:
-        return argv
+    if argv[:2] == ["voxtral-operator", "run"] or argv[:1] not in (["vllm"], ["voxtral-operator"]):
+        return argv  # servers only: a warmer's `hf download`, a pause container take no --host
     result = list(argv)
     for index, arg in enumerate(result):
         if arg == "--host" and index + 1 < len(result):
@@ -146,6 +146,7 @@ class ContainerState:
     restarts: int = 0
     started: bool = False
     ready: bool = False
+    phase: str = ""  # Succeeded or Failed once a pod that is not restarted has run to its end
 
 
 class PodRunner:
@@ -196,8 +197,12 @@ class PodRunner:
             {"type": "ContainersReady", "status": flag, "lastTransitionTime": self.started_at},
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": self.started_at},
         ]
+        if self.state.phase:
+            for condition in conditions:
+                if condition["type"] in ("Ready", "ContainersReady"):
+                    condition["reason"] = "PodCompleted"
         return {
-            "phase": "Running" if running or self.state.restarts else "Pending",
+            "phase": self.state.phase or ("Running" if running or self.state.restarts else "Pending"),
             "hostIP": self.agent.node_ip,
             "hostIPs": [{"ip": self.agent.node_ip}],
             "podIP": self.ip,
@@ -360,6 +365,13 @@ class PodRunner:
         entrypoint = self.agent.images[self.container["image"]]
         argv = list(self.container.get("command") or entrypoint) + list(self.container.get("args") or [])
         argv = _with_host(_at_mounted_paths(self.volumes.rewrite(argv), self.mounts), self.ip)
+        warmer_env = {}
+        if argv[:1] == ["hf"]:
+            # The cache warmer's `hf download` (the shim): how long it takes and how it ends.
+            warmer_env = {
+                "TESTBED_DOWNLOAD_SECONDS": str(fault.get("downloadSeconds", 3)),
+                "TESTBED_DOWNLOAD_EXIT": str(fault.get("downloadExit", 0)),
+            }
         if argv[:1] != ["vllm"]:
             fault = {}  # faults are the simulator's options: a gateway pod of the same endpoint runs as is
         if fault.get("loadSeconds"):
@@ -374,6 +386,7 @@ class PodRunner:
             # The images' code is this checkout's (the node agent's own PYTHONPATH, when it has one).
             **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
             **env,
+            **warmer_env,
             "HOME": str(home),
             "PYTHONUNBUFFERED": "1",
         }
@@ -471,11 +484,34 @@ class PodRunner:
             self._kill(signal.SIGKILL)
             self.node.release_ip(self.ip)
 
+    async def _run_init_containers(self, env: dict[str, str]) -> bool:
+        """Each init container's command to its end, in order, as the kubelet runs them before the
+        containers; False when one fails (the pod's containers then do not start) or the pod is deleted."""
+        for init in self.pod["spec"].get("initContainers") or []:
+            argv = list(init.get("command") or self.agent.images[init["image"]]) + list(init.get("args") or [])
+            path = f"{self.agent.shim_dir}:{Path(sys.executable).parent}:/usr/bin:/bin"
+            process = await asyncio.create_subprocess_exec(*argv, env={"PATH": path, **env}, start_new_session=True)
+            while process.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), timeout=0.2)
+                if self.terminating.is_set():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    return False
+            if process.returncode != 0:
+                message = f"init container {init['name']} exited with {process.returncode}"
+                self.state.state = {"waiting": {"reason": "Init:Error", "message": message}}
+                await self.publish()
+                return False
+        return True
+
     async def _live(self) -> None:
         await self.publish()
-        if self.container["image"] not in self.agent.images:
+        images = [c["image"] for c in (*(self.pod["spec"].get("initContainers") or []), self.container)]
+        unknown = next((image for image in images if image not in self.agent.images), None)
+        if unknown is not None:
             for reason in ("ErrImagePull", "ImagePullBackOff"):
-                message = f'Back-off pulling image "{self.container["image"]}": not found'
+                message = f'Back-off pulling image "{unknown}": not found'
                 self.state.state = {"waiting": {"reason": reason, "message": message}}
                 await self.publish()
                 if await self._wait_or_terminate(2):
@@ -496,10 +532,22 @@ class PodRunner:
                 await self.publish()
                 await self._wait_or_terminate(2)
                 continue
+            if not await self._run_init_containers(env):
+                await self._wait_or_terminate(10 * self.agent.probe_period_scale)
+                continue
             code, reason = await self._run_container(env, await self._fault())
             if code < 0:
                 break
             finished = {"exitCode": code, "reason": reason, "finishedAt": now()}
+            policy = self.pod["spec"].get("restartPolicy") or "Always"
+            if policy == "Never" or (policy == "OnFailure" and code == 0):
+                # A Job's pod: it ends here, and stays (Succeeded or Failed) until it is deleted.
+                self.state.state = {"terminated": {**finished, "startedAt": self.state.state["running"]["startedAt"]}}
+                self.state.ready = self.state.started = False
+                self.state.phase = "Succeeded" if code == 0 else "Failed"
+                await self.publish()
+                await self.terminating.wait()
+                break
             self.state.last_state = {"terminated": {**finished, "startedAt": self.state.state["running"]["startedAt"]}}
             self.state.restarts += 1
             self.state.ready = self.state.started = False
@@ -674,6 +722,10 @@ class NodeAgent:
                     self.runners.pop(uid, None)
                 continue
             if runner is None:
+                if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                    if pod["metadata"].get("deletionTimestamp"):
+                        await self._remove(pod)
+                    continue  # ran to its end (a Job's pod): never run again
                 if pod["metadata"].get("deletionTimestamp") and not (pod.get("status") or {}).get("podIP"):
                     # Deleted before it ever ran: nothing to stop.
                     await self._remove(pod)

@@ -12,6 +12,8 @@ It honours vLLM's HTTP contract where the operator and its callers can see it:
   `{"error": "Unauthorized"}`); `/health`, `/metrics`, `/ping`, `/version`, `/load` stay open;
 - at most `--max-num-seqs` requests run at once; the rest wait and show as
   `vllm:num_requests_waiting`; beyond `--max-num-queued-reqs` waiting, requests get 503;
+- `--scheduling-policy priority`: waiting requests start lowest `priority` first (chat and
+  completions carry it; default 0), then in arrival order; without it a nonzero `priority` is a 400;
 - SIGTERM: new requests are refused while running ones drain for up to `--shutdown-timeout`
   seconds; `/health` still answers 200 while draining;
 - for a realtime model, the WebSocket `/v1/realtime` (realtime.py) and its `vllm:websocket_*` metrics.
@@ -22,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import os
 import signal
@@ -55,7 +59,10 @@ class Engine:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.model_name = args.served_model_name or args.model
-        self.slots = asyncio.Semaphore(args.max_num_seqs)
+        self.free_slots = args.max_num_seqs
+        # Waiting requests as (priority, arrival, future): vLLM's priority scheduler, or FCFS when all are 0.
+        self._line: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
         self.waiting = 0
         self.running = 0
         self.in_flight_http = 0
@@ -143,13 +150,27 @@ class Engine:
         self.g_waiting_reason.labels(**self.labels, reason="deferred").set(0)
         self.g_kv.labels(**self.labels).set(min(1.0, self.running / max(1, self.args.max_num_seqs)))
 
-    async def begin(self) -> None:
+    async def begin(self, priority: int = 0) -> None:
         """A streaming request (a realtime session's generation) takes a slot, waiting its turn like any other."""
         self.waiting += 1
         self._publish()
         arrived = time.perf_counter()
         try:
-            await self.slots.acquire()
+            if self.free_slots > 0 and not self._line:
+                self.free_slots -= 1
+            else:
+                turn = asyncio.get_running_loop().create_future()
+                entry = (priority, next(self._arrivals), turn)
+                heapq.heappush(self._line, entry)
+                try:
+                    await turn
+                except BaseException:
+                    if turn.done() and not turn.cancelled():
+                        self._hand_over()  # given a slot as it gave up: pass it on
+                    else:
+                        self._line.remove(entry)
+                        heapq.heapify(self._line)
+                    raise
         finally:
             self.waiting -= 1
         self.running += 1
@@ -158,15 +179,24 @@ class Engine:
 
     def end(self) -> None:
         self.running -= 1
-        self.slots.release()
+        self._hand_over()
         self._publish()
+
+    def _hand_over(self) -> None:
+        """A slot came free: the first in line (lowest priority number, then oldest) takes it."""
+        while self._line:
+            _, _, turn = heapq.heappop(self._line)
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.free_slots += 1
 
     def finish(self, prompt_tokens: int, output_tokens: int) -> None:
         self.c_prompt.labels(**self.labels).inc(prompt_tokens)
         self.c_generation.labels(**self.labels).inc(output_tokens)
         self.c_success.labels(**self.labels, finished_reason="stop").inc()
 
-    async def generate(self, prompt_tokens: int, output_tokens: int) -> None:
+    async def generate(self, prompt_tokens: int, output_tokens: int, priority: int = 0) -> None:
         """Queue for a slot, then 'compute' for --request-seconds."""
         limit = self.args.max_num_queued_reqs
         if limit is not None and self.waiting >= limit:
@@ -175,7 +205,7 @@ class Engine:
                 text=json.dumps({"error": "queue is full"}), content_type="application/json"
             )
         arrived = time.perf_counter()
-        await self.begin()
+        await self.begin(priority)
         started = time.perf_counter()
         try:
             await asyncio.sleep(self.args.request_seconds)
@@ -189,6 +219,17 @@ class Engine:
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
+
+
+def _priority(engine: Engine, body: dict[str, Any]) -> int | web.Response:
+    """A request's `priority` as vLLM reads it: an int, and nonzero only under the priority policy."""
+    value = body.get("priority", 0)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return _json({"error": {"message": "priority must be an integer", "type": "BadRequestError", "code": 400}}, 400)
+    if value != 0 and engine.args.scheduling_policy != "priority":
+        message = "Got priority != 0 for a request but the scheduling policy is not 'priority'"
+        return _json({"error": {"message": message, "type": "BadRequestError", "code": 400}}, 400)
+    return value
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -314,7 +355,10 @@ def build_app(engine: Engine) -> web.Application:
                 400,
             )
         prompt_tokens = 32 + 375 * audios
-        await engine.generate(prompt_tokens, 24)
+        priority = _priority(engine, body)
+        if isinstance(priority, web.Response):
+            return priority
+        await engine.generate(prompt_tokens, 24, priority)
         tools = body.get("tools") or []
         message: dict[str, Any]
         if tools and body.get("tool_choice") != "none":
@@ -353,7 +397,10 @@ def build_app(engine: Engine) -> web.Application:
         if not isinstance(prompt, str) or not prompt:
             return _json({"error": {"message": "prompt is required", "type": "BadRequestError", "code": 400}}, 400)
         prompt_tokens = max(1, len(prompt) // 4)
-        await engine.generate(prompt_tokens, 16)
+        priority = _priority(engine, body)
+        if isinstance(priority, web.Response):
+            return priority
+        await engine.generate(prompt_tokens, 16, priority)
         text = "simulated completion"
         if body.get("stream"):
             return await _stream(request, body, "text_completion", prompt_tokens, text)
@@ -470,6 +517,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"))
     parser.add_argument("--max-num-seqs", type=int, default=8)
     parser.add_argument("--max-num-queued-reqs", type=int, default=None)
+    parser.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default="fcfs")
     parser.add_argument("--max-model-len", type=int, default=32768)
     parser.add_argument("--shutdown-timeout", type=float, default=0.0)
     parser.add_argument("--load-seconds", type=float, default=0.0, help="refuse connections this long first")

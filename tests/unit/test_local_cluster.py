@@ -16,6 +16,8 @@ def test_the_node_agent_runs_each_image_with_its_dockerfiles_entrypoint() -> Non
     _nodes, images = load_nodes(ROOT / "e2e" / "cluster" / "nodes.yaml")
     assert images
     for image, entrypoint in images.items():
+        if not image.startswith("ghcr.io/voxtral-dev/"):
+            continue  # a public image the project does not build (the pre-pull DaemonSet's pause container)
         name = image.rsplit("/", 1)[1].split(":")[0]
         dockerfile = (ROOT / "images" / name.removeprefix("voxtral-") / "Dockerfile").read_text()
         (declared,) = re.findall(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M)

@@ -175,6 +175,18 @@ class AutoscalingSpec(_Model):
             "replica starts. Off when unset."
         ),
     )
+    reserved_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description=(
+            "The reserved pool (GPUs paid for whatever happens), with the gateway: while deferrable requests "
+            "(service_tier flex) wait or run, the autoscaler keeps up to this many replicas (within "
+            "maxReplicas). Deferrable work is never demand: it never scales beyond the pool (with 0, the "
+            "default, it runs only on replicas interactive work or minReplicas keep); interactive demand "
+            "scales as always."
+        ),
+    )
 
 
 class Toleration(_Model):
@@ -222,16 +234,9 @@ class Toleration(_Model):
         return self
 
 
-class NodePoolSpec(_Model):
-    node_selector: dict[LabelKey, LabelValue] = Field(
-        default_factory=dict,
-        max_length=32,
-        description=(
-            "Labels of the reserved GPU nodes, added to the GPU product selector (which it cannot override), "
-            "within the namespace's policy in the operator config."
-        ),
-        json_schema_extra=_label_map_rule("nodeSelector"),
-    )
+class _PoolPlacement(_Model):
+    """What places a pool's pods besides its node labels."""
+
     tolerations: list[Toleration] = Field(
         default_factory=list,
         max_length=32,
@@ -241,10 +246,77 @@ class NodePoolSpec(_Model):
         default=None,
         max_length=253,
         pattern=DNS_SUBDOMAIN,
-        description="PriorityClass of the vLLM pods: one the namespace's policy allows (never system-*).",
+        description="PriorityClass of the pool's vLLM pods: one the namespace's policy allows (never system-*).",
+    )
+
+
+class OverflowPoolSpec(_PoolPlacement):
+    """Where replicas go while the reserved pool is full (on-demand or spot nodes, paid by the second)."""
+
+    node_selector: dict[LabelKey, LabelValue] = Field(
+        min_length=1,
+        max_length=32,
+        description=(
+            "Labels of the overflow nodes, added to the GPU product selector (which it cannot override), "
+            "within the namespace's policy in the operator config. Must differ from the reserved pool's."
+        ),
+        json_schema_extra=_label_map_rule("overflow nodeSelector"),
+    )
+    gpu: GpuSpec | None = Field(
+        default=None,
+        description=(
+            "Another GPU type for overflow replicas; the fit check must accept it at the endpoint's "
+            "tensor-parallel size (replicas behind one gateway are interchangeable). Default: spec.gpu."
+        ),
+    )
+    max_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Most overflow replicas at once (a cap on on-demand spend). Default: up to the desired count.",
     )
 
     _node_selector_keys = field_validator("node_selector")(_label_keys)
+
+
+class NodePoolSpec(_PoolPlacement):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.overflow) || !has(self.nodeSelector)"
+                    " || self.overflow.nodeSelector != self.nodeSelector",
+                    "message": "overflow.nodeSelector must name other nodes than the reserved pool's nodeSelector",
+                    "fieldPath": ".overflow.nodeSelector",
+                }
+            ]
+        }
+    )
+
+    node_selector: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description=(
+            "Labels of the reserved GPU nodes, added to the GPU product selector (which it cannot override), "
+            "within the namespace's policy in the operator config."
+        ),
+        json_schema_extra=_label_map_rule("nodeSelector"),
+    )
+    overflow: OverflowPoolSpec | None = Field(
+        default=None,
+        description=(
+            "A second pool used only while this one is full: replicas the scheduler finds no room for here "
+            "run there, and move back (make-before-break) when room frees up. Unset: they wait."
+        ),
+    )
+
+    _node_selector_keys = field_validator("node_selector")(_label_keys)
+
+    @model_validator(mode="after")
+    def _overflow_elsewhere(self) -> NodePoolSpec:
+        if self.overflow is not None and self.overflow.node_selector == self.node_selector:
+            raise ValueError("overflow.nodeSelector must name other nodes than the reserved pool's nodeSelector")
+        return self
 
 
 class AudioLimitsSpec(_Model):
@@ -444,6 +516,22 @@ class GatewayKeySpec(KeyLimitsSpec):
     )
 
 
+class DeferrableLaneSpec(_Model):
+    max_queue: int = Field(
+        default=10000,
+        ge=1,
+        le=1_000_000,
+        description="Deferrable requests (service_tier flex) a gateway pod queues at most; beyond: 429.",
+    )
+    timeout_seconds: int = Field(
+        default=21600,
+        ge=60,
+        le=7 * 86400,
+        description="Longest a deferrable request waits for spare capacity (held or queued) before 503; the "
+        "caller's connection stays open that long.",
+    )
+
+
 class GatewaySpec(_Model):
     enabled: bool = Field(
         default=True,
@@ -464,6 +552,11 @@ class GatewaySpec(_Model):
         ge=1,
         le=7200,
         description="Longest wait for a first replica (scale from zero); default: the model's startup budget.",
+    )
+    deferrable: DeferrableLaneSpec = Field(
+        default_factory=DeferrableLaneSpec,
+        description="The deferrable lane: requests marked service_tier flex run only in capacity interactive "
+        "work leaves idle, with their own queue bound and timeout.",
     )
     tls: GatewayTLSSpec | None = Field(default=None, description="Serve HTTPS; plain HTTP when unset.")
     key_limits: KeyLimitsSpec = Field(
@@ -507,6 +600,34 @@ class ModelCacheSpec(_Model):
         description=(
             "ReadWriteMany lets every replica share the cache. ReadWriteOnce only works for a "
             "single replica (maxReplicas 1)."
+        ),
+    )
+
+
+class ColdStartSpec(_Model):
+    """How a new replica gets its weights, compiled kernels and image before it can serve."""
+
+    prestage_weights: bool = Field(
+        default=False,
+        description=(
+            "Download the weights into the model cache with a cache-warmer Job (no GPU) before the first "
+            "replica is created; replicas wait for it (condition WeightsStaged) and then load from the cache. "
+            "Needs modelCache and weightsSource hub. A model change keeps the running replicas until the new "
+            "weights are staged."
+        ),
+    )
+    share_compile_cache: bool = Field(
+        default=True,
+        description=(
+            "With modelCache: keep vLLM's torch.compile, Inductor and Triton caches on the cache volume, so a "
+            "later start of the same model and settings reuses the compiled kernels. false: per replica."
+        ),
+    )
+    prepull_image: bool = Field(
+        default=False,
+        description=(
+            "A DaemonSet on the pool's GPU nodes whose init container is the vLLM image running a no-op, so the "
+            "image is on every node of the pool before a replica lands there. Holds no GPU."
         ),
     )
 
@@ -624,6 +745,14 @@ class VoxtralEndpointSpec(_Model):
                     "use ReadWriteMany or maxReplicas 1",
                     "fieldPath": ".modelCache.accessMode",
                 },
+                {
+                    "rule": "!has(self.coldStart) || !has(self.coldStart.prestageWeights)"
+                    " || !self.coldStart.prestageWeights"
+                    " || (has(self.modelCache) && (!has(self.weightsSource) || self.weightsSource == 'hub'))",
+                    "message": "coldStart.prestageWeights needs modelCache (the volume it fills) and "
+                    "weightsSource hub (preloaded weights need no download)",
+                    "fieldPath": ".coldStart.prestageWeights",
+                },
             ]
         }
     )
@@ -691,6 +820,11 @@ class VoxtralEndpointSpec(_Model):
     )
     access: AccessSpec = Field(
         default_factory=AccessSpec, description="Network access to the endpoint (NetworkPolicy)."
+    )
+    cold_start: ColdStartSpec = Field(
+        default_factory=ColdStartSpec,
+        description="Shorter replica starts: weights staged before the first replica, shared compile caches, "
+        "the image pulled ahead.",
     )
     model_cache: ModelCacheSpec | None = Field(
         default=None, description="PersistentVolumeClaim for the Hugging Face cache; emptyDir when unset."
@@ -769,6 +903,11 @@ class VoxtralEndpointSpec(_Model):
                 "spec.modelCache.accessMode: a ReadWriteOnce cache cannot be shared by more than one "
                 "replica; use ReadWriteMany or maxReplicas 1"
             )
+        if self.cold_start.prestage_weights and (self.model_cache is None or self.weights_source != WeightsSource.HUB):
+            problems.append(
+                "spec.coldStart.prestageWeights: needs modelCache (the volume it fills) and weightsSource hub "
+                "(preloaded weights need no download)"
+            )
         return problems
 
     @property
@@ -821,6 +960,22 @@ class ScaleHold(_Model):
     message: str = Field(max_length=512, description="What the autoscaler keeps, and until when.")
 
 
+class GpusByPool(_Model):
+    reserved: int = Field(default=0, description="GPUs held on the reserved pool's nodes.")
+    overflow: int = Field(default=0, description="GPUs held on the overflow pool's nodes.")
+
+
+class LaneStatus(_Model):
+    queued_requests: int = Field(description="Requests waiting in the gateway pods' queues.")
+    queued_audio_seconds: int = Field(description="Audio-seconds in those requests.")
+    in_flight_requests: int = Field(description="Requests on replicas now.")
+
+
+class LanesStatus(_Model):
+    interactive: LaneStatus = Field(description="Requests without service_tier flex.")
+    deferrable: LaneStatus = Field(description="Requests with service_tier flex.")
+
+
 class VoxtralEndpointStatus(_Model):
     phase: Phase | None = Field(
         default=None, description="Pending, Loading, Ready, Degraded, Failed, ScaledToZero or Suspended."
@@ -834,6 +989,9 @@ class VoxtralEndpointStatus(_Model):
     queued_audio_seconds: int | None = Field(
         default=None, description="Audio-seconds of work waiting in the gateway's queue (with the gateway)."
     )
+    lanes: LanesStatus | None = Field(
+        default=None, description="The gateway's queue per lane: interactive and deferrable (service_tier flex)."
+    )
     url: str | None = Field(default=None, description="OpenAI-compatible base URL inside the cluster.")
     observed_generation: int | None = Field(default=None, description="Last spec generation acted on.")
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
@@ -841,7 +999,15 @@ class VoxtralEndpointStatus(_Model):
     gpus: int | None = Field(
         default=None, description="GPUs held now: pods bound to a node and not finished, x tensor-parallel size."
     )
+    gpus_by_pool: GpusByPool | None = Field(
+        default=None, description="GPUs held now in the reserved pool and in the overflow pool."
+    )
     last_scale_decision: ScaleDecision | None = Field(default=None, description="The autoscaler's last decision.")
+    cold_start_seconds: dict[str, int] | None = Field(
+        default=None,
+        description="The cold start the autoscaler has learned per path (the Loading condition's reasons: "
+        "ColdDownload, SharedCache, LocalCache), in seconds from asking for a replica to its being ready.",
+    )
     scale_hold: ScaleHold | None = Field(
         default=None,
         description="A person's spec.replicas (kubectl scale, apply) the autoscaler keeps as a floor, while it does.",

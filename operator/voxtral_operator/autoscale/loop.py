@@ -14,14 +14,14 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from prometheus_client import Counter, Histogram
 
-from voxtral_operator import logs, render
+from voxtral_operator import coldstart, logs, render
 from voxtral_operator.api import catalog, models, resolve
 from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
 from voxtral_operator.autoscale.policy import (
@@ -47,6 +47,7 @@ from voxtral_operator.autoscale.scrape import (
     parse_queue_metrics,
 )
 from voxtral_operator.config import OperatorConfig
+from voxtral_operator.gateway.lanes import DEFERRABLE, INTERACTIVE
 from voxtral_operator.k8s import resources
 from voxtral_operator.k8s.client import ApiClient, ApiError, NotFound
 from voxtral_operator.reconcile import Key, utc_now
@@ -82,7 +83,18 @@ class EndpointSource(Protocol):
 
 
 # What the policy learned slowly and a restart should not forget; the rest it relearns in seconds.
-SAVED_FIELDS = ("capacity", "workPerRequest", "coldStart", "level", "days", "day", "binStart", "binTotal", "binSeconds")
+SAVED_FIELDS = (
+    "capacity",
+    "workPerRequest",
+    "coldStart",
+    "coldStarts",
+    "level",
+    "days",
+    "day",
+    "binStart",
+    "binTotal",
+    "binSeconds",
+)
 STATE_KEY = "state.json"
 
 
@@ -121,6 +133,41 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
         max_scale_up_step=spec.autoscaling.max_scale_up_step,
         target_queue_depth=spec.autoscaling.target_queue_depth,
         scale_to_zero_after_seconds=spec.autoscaling.scale_to_zero_after_seconds,
+        reserved_replicas=spec.autoscaling.reserved_replicas,
+    )
+
+
+def lanes_status(pages: list[GatewayPage]) -> JSON:
+    """status.lanes: each lane's queue and what it has on replicas, summed over the gateway pods."""
+    status: JSON = {}
+    for lane in (INTERACTIVE, DEFERRABLE):
+        seen = [p.lanes[lane] for p in pages if lane in p.lanes]
+        status[lane] = {
+            "queuedRequests": round(sum(s.queued for s in seen)),
+            "queuedAudioSeconds": round(sum(s.queued_audio_seconds for s in seen)),
+            "inFlightRequests": round(sum(s.in_flight for s in seen)),
+        }
+    return status
+
+
+def gateway_sample(pages: list[GatewayPage], seconds_since_last_request: float | None) -> GatewaySample:
+    """What the policy reads of the gateway pods' pages, summed: the interactive lane's queue (the whole
+    queue from a gateway without lanes) and the deferrable lane's apart."""
+    queued = queued_audio = deferrable_queued = deferrable_audio = 0.0
+    for page in pages:
+        interactive, deferrable = page.lanes.get(INTERACTIVE), page.lanes.get(DEFERRABLE)
+        queued += interactive.queued if interactive else page.queued
+        queued_audio += interactive.queued_audio_seconds if interactive else page.queued_audio_seconds
+        if deferrable is not None:
+            deferrable_queued += deferrable.queued
+            deferrable_audio += deferrable.in_flight_audio_seconds
+    return GatewaySample(
+        queued_requests=queued,
+        queued_audio_seconds=queued_audio,
+        in_flight_audio_seconds=sum(p.in_flight_audio_seconds for p in pages),
+        seconds_since_last_request=seconds_since_last_request,
+        deferrable_queued_requests=deferrable_queued,
+        deferrable_in_flight_audio_seconds=deferrable_audio,
     )
 
 
@@ -159,6 +206,7 @@ class _EndpointState:
     # The gateways' answered-request counters per pod, and when any of them last moved.
     gateway_requests: dict[str, float] = field(default_factory=dict)
     last_request_at: float | None = None
+    gateway_pages: list[GatewayPage] = field(default_factory=list)  # the last answers (status shows them)
     # What this autoscaler last wrote to spec.replicas (how a person's scale is told apart on a server
     # that keeps no managedFields), and the person's write last seen, with when it was first seen.
     written_replicas: int | None = None
@@ -212,6 +260,13 @@ class Autoscaler:
         for gone in set(self._states) - set(keys):
             del self._states[gone]
 
+    def _start_path(self, key: Key, endpoint: JSON, spec: VoxtralEndpointSpec, any_ready: bool) -> str:
+        """The cold-start path the next replica takes, so the policy plans with that path's learned time."""
+        children = self.view.children(key).items()
+        staged = any(kind == "Job" and coldstart.staging(name, child).staged for (kind, name), child in children)
+        filled = any_ready or bool((endpoint.get("status") or {}).get("readyReplicas"))
+        return coldstart.start_path(spec, staged=staged, cache_filled=filled)
+
     async def _one(self, key: Key) -> None:
         logs.bind_endpoint(key)  # this coroutine runs in its own task (gather)
         endpoint = self.view.endpoint(key)
@@ -235,6 +290,7 @@ class Autoscaler:
             self._gateway_sample(key, spec, state, now),
         )
         seen = Observation(
+            start_path=self._start_path(key, endpoint, spec, bool(ready)),
             manual=self._manual_scale(endpoint, spec, state),
             gateway=gateway,
             replicas=spec.desired_replicas,
@@ -284,6 +340,7 @@ class Autoscaler:
             now,
             changed=decision.replicas != seen.replicas,
             hold=_hold_status(decision.hold, spec.autoscaling.scale_down_delay_seconds),
+            cold_starts=decision.state.cold_starts,
         )
 
     def _manual_scale(self, endpoint: JSON, spec: VoxtralEndpointSpec, state: _EndpointState) -> ManualScale | None:
@@ -321,12 +378,17 @@ class Autoscaler:
         *,
         changed: bool,
         hold: JSON | None,
+        cold_starts: Mapping[str, float] | None = None,
     ) -> None:
         status: JSON = {"queueDepth": round(seen.waiting), "desiredReplicas": replicas}
+        if cold_starts:
+            # Whole seconds: the learned figure moves only when a replica becomes ready.
+            status["coldStartSeconds"] = {path: round(seconds) for path, seconds in sorted(cold_starts.items())}
         if hold is not None:
             status["scaleHold"] = hold
-        if seen.gateway is not None:
-            status["queuedAudioSeconds"] = round(seen.gateway.queued_audio_seconds)
+        if seen.gateway is not None and state.gateway_pages:
+            status["queuedAudioSeconds"] = round(sum(p.queued_audio_seconds for p in state.gateway_pages))
+            status["lanes"] = lanes_status(state.gateway_pages)
         current = (self.view.endpoint(key) or {}).get("status") or {}
         if changed:
             status["lastScaleDecision"] = {
@@ -465,18 +527,14 @@ class Autoscaler:
         pages = await asyncio.gather(*(self._scrape_gateway(p["ip"]) for p in pods))
         answered = {str(p["name"]): page for p, page in zip(pods, pages, strict=True) if page is not None}
         if not answered:
+            state.gateway_pages = []
             return None
         counts = {name: page.work_requests for name, page in answered.items()}
         if state.last_request_at is None or any(state.gateway_requests.get(n) != c for n, c in counts.items()):
             state.last_request_at = now  # traffic since the last look (or the first look: count from now)
         state.gateway_requests = counts
-        pages_seen = list(answered.values())
-        return GatewaySample(
-            queued_requests=sum(p.queued for p in pages_seen),
-            queued_audio_seconds=sum(p.queued_audio_seconds for p in pages_seen),
-            in_flight_audio_seconds=sum(p.in_flight_audio_seconds for p in pages_seen),
-            seconds_since_last_request=now - state.last_request_at,
-        )
+        state.gateway_pages = list(answered.values())
+        return gateway_sample(state.gateway_pages, now - state.last_request_at)
 
     async def _check_gateway_secrets(self, key: Key) -> None:
         """What the gateway pods report missing (a Secret's name and key, never its data), pooled;

@@ -14,7 +14,8 @@ are not the same request):
   `vllm:generation_tokens`, `vllm:request_success`), the catalog giving the prior (the weights a
   decode step reads against the GPU's memory bandwidth).
 
-Cold starts (the catalog's startup budget as the prior, then learned from how long replicas took):
+Cold starts (the catalog's startup budget as the prior, then learned from how long replicas took, one
+figure per cold-start path, `Observation.start_path`: a staged cache starts in minutes, a download in tens):
 - demand is smoothed over a quarter of a cold start: what will not last until a new replica is
   ready is not worth one. A surge above the level of the last cold start counts in proportion to how
   long it has lasted, in full once it has lasted a cold start;
@@ -162,10 +163,15 @@ class GatewaySample:
     seconds_since_last_request: float | None = None
     deferrable_queued_requests: float = 0.0
     deferrable_in_flight_audio_seconds: float = 0.0  # the deferrable share of in_flight_audio_seconds
+    deferrable_in_flight_requests: float = 0.0  # sent to replicas, running or waiting in vLLM's queue
 
     @property
     def deferrable_pending(self) -> bool:
-        return self.deferrable_queued_requests > 0 or self.deferrable_in_flight_audio_seconds > 0
+        return (
+            self.deferrable_queued_requests > 0
+            or self.deferrable_in_flight_requests > 0
+            or self.deferrable_in_flight_audio_seconds > 0
+        )
 
     @property
     def interactive_share(self) -> float:
@@ -192,6 +198,9 @@ class Observation:
     pods: Sequence[PodSample] = ()  # ready replicas whose /metrics answered
     gateway: GatewaySample | None = None
     manual: ManualScale | None = None  # when spec.replicas was last written by a person, not the autoscaler
+    # The cold-start path a replica started now takes (coldstart.py: ColdDownload, SharedCache,
+    # LocalCache); "" when unknown: then one cold start is learned for all.
+    start_path: str = ""
 
     @property
     def loading(self) -> int:
@@ -202,8 +211,17 @@ class Observation:
         return max(0, self.ready - len(self.pods))
 
     @property
+    def engine_waiting(self) -> float:
+        """Requests waiting in the replicas' own queues, less the deferrable ones the gateway has in
+        flight (vLLM's count does not tell the lanes apart: at most that many of them are deferrable)."""
+        waiting = sum(p.waiting for p in self.pods)
+        if self.gateway is not None:
+            waiting = max(0.0, waiting - self.gateway.deferrable_in_flight_requests)
+        return waiting
+
+    @property
     def waiting(self) -> float:
-        return sum(p.waiting for p in self.pods) + (self.gateway.queued_requests if self.gateway else 0.0)
+        return self.engine_waiting + (self.gateway.queued_requests if self.gateway else 0.0)
 
 
 Bins = tuple[float | None, ...]
@@ -228,7 +246,8 @@ class State:
     updated_at: float | None = None
     capacity: float | None = None  # work units per second a saturated replica does (learned)
     work_per_request: float | None = None  # learned
-    cold_start: float | None = None  # seconds, learned
+    cold_start: float | None = None  # seconds, learned over every path
+    cold_starts: Mapping[str, float] = field(default_factory=dict)  # seconds, learned per cold-start path
     counters: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)  # pod: prompt, gen, finished
     demand: float = 0.0  # replicas' worth of work in flight, stable window
     base: float = 0.0  # the same over one cold start: the level a new replica would meet
@@ -261,6 +280,7 @@ class State:
             "capacity": self.capacity,
             "workPerRequest": self.work_per_request,
             "coldStart": self.cold_start,
+            "coldStarts": dict(self.cold_starts),
             "counters": {k: list(v) for k, v in self.counters.items()},
             "demand": self.demand,
             "base": self.base,
@@ -308,6 +328,12 @@ class State:
             for name, values in raw.items():
                 if isinstance(values, list) and len(values) == 3 and all(isinstance(v, int | float) for v in values):
                     counters[str(name)] = (float(values[0]), float(values[1]), float(values[2]))
+        cold_starts: dict[str, float] = {}
+        raw_paths = data.get("coldStarts")
+        if isinstance(raw_paths, dict):
+            for path, seconds in raw_paths.items():
+                if isinstance(seconds, int | float) and not isinstance(seconds, bool) and math.isfinite(seconds):
+                    cold_starts[str(path)] = float(seconds)
         loading = data.get("loadingSince")
         day = number("day")
         hold_replicas = number("holdReplicas")
@@ -317,6 +343,7 @@ class State:
             capacity=number("capacity"),
             work_per_request=number("workPerRequest"),
             cold_start=number("coldStart"),
+            cold_starts=cold_starts,
             counters=counters,
             demand=number("demand") or 0.0,
             base=number("base") or 0.0,
@@ -357,6 +384,7 @@ class Explanation:
     demand: float = 0.0  # replicas' worth counted (base, and surges as they last)
     capacity: float = 0.0  # work units per second per replica
     cold_start: float = 0.0
+    start_path: str = ""
     needed: float = 0.0  # replicas the demand needs now, at the target utilisation
     backlog: float = 0.0  # replicas added for a backlog that outlives a cold start
     floor: int = 0  # from the daily profile
@@ -371,7 +399,8 @@ class Explanation:
 
     @property
     def capacity_text(self) -> str:
-        return f"capacity {self.capacity:.0f} work/s per replica, cold start {self.cold_start:.0f}s"
+        via = f" ({self.start_path})" if self.start_path else ""
+        return f"capacity {self.capacity:.0f} work/s per replica, cold start {self.cold_start:.0f}s{via}"
 
     @property
     def target_text(self) -> str:
@@ -523,13 +552,21 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
     if finished_done >= 1:
         work_per_request = _ewma(work_per_request, work_done / finished_done, dt, CAPACITY_WINDOW_SECONDS)
 
-    cold_start = state.cold_start or limits.cold_start_seconds
+    # A cold start per path: a replica reading a staged cache is ready in a fraction of a cold
+    # download's time, and planning with one blended number over- or under-provisions both.
+    overall = state.cold_start or limits.cold_start_seconds
+    path = seen.start_path
+    cold_starts = dict(state.cold_starts)
+    cold_start = cold_starts.get(path, limits.cold_start_seconds) if path else overall
     loading_since = list(state.loading_since)
     if seen.ready > state.ready and loading_since and not first:
         for _ in range(min(seen.ready - state.ready, len(loading_since))):
             took = now - loading_since.pop(0)
             if 0 < took <= 3 * limits.cold_start_seconds:
+                overall += (took - overall) * COLD_START_WEIGHT
                 cold_start += (took - cold_start) * COLD_START_WEIGHT
+                if path:
+                    cold_starts[path] = cold_start
     del loading_since[seen.loading :]  # loading pods removed: the newest go first
     loading_since += [now] * (seen.loading - len(loading_since))  # asked for by someone else: just started
 
@@ -541,7 +578,7 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
         busy += min(1.0, max(pod.kv_cache_usage or 0.0, pod.running / limits.max_num_seqs))
     if seen.gateway is not None:
         busy *= seen.gateway.interactive_share  # deferrable work fills idle capacity: it is no demand
-    queued_work = sum(p.waiting for p in seen.pods) * work_per_request
+    queued_work = seen.engine_waiting * work_per_request
     if seen.gateway is not None:
         queued_work += seen.gateway.queued_audio_seconds * WORK_PER_AUDIO_SECOND
     queue = queued_work / capacity  # replica-seconds
@@ -615,6 +652,7 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
             demand=counted,
             capacity=capacity,
             cold_start=cold_start,
+            start_path=path,
             needed=needed,
             backlog=backlog,
             floor=floor,
@@ -624,7 +662,8 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
             "updated_at": now,
             "capacity": capacity,
             "work_per_request": work_per_request,
-            "cold_start": cold_start,
+            "cold_start": overall,
+            "cold_starts": cold_starts,
             "counters": counters,
             "demand": demand,
             "base": base,

@@ -14,7 +14,7 @@ import functools
 import math
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import aiohttp
@@ -182,12 +182,29 @@ _REFUSED_CODES = frozenset({"401", "403", "404", "405"})
 
 
 @dataclass(frozen=True)
+class LanePage:
+    queued: float = 0.0
+    queued_audio_seconds: float = 0.0
+    in_flight: float = 0.0
+    in_flight_audio_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class GatewayPage:
     queued: float  # waiting for a replica slot, or held while no replica is ready
     queued_audio_seconds: float
     in_flight_audio_seconds: float
     work_requests: float  # inference requests answered so far (a counter: a change means traffic)
     missing_secrets: tuple[tuple[str, str], ...] = ()  # (Secret name, key or "") the gateway cannot find
+    lanes: dict[str, LanePage] = field(default_factory=dict)  # interactive, deferrable (older gateways: none)
+
+
+_LANE_FIELDS = {
+    gateway_metrics.LANE_QUEUED_REQUESTS: "queued",
+    gateway_metrics.LANE_QUEUED_AUDIO_SECONDS: "queued_audio_seconds",
+    gateway_metrics.LANE_INFLIGHT_REQUESTS: "in_flight",
+    gateway_metrics.LANE_INFLIGHT_AUDIO_SECONDS: "in_flight_audio_seconds",
+}
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -200,8 +217,14 @@ def parse_gateway_metrics(text: str) -> GatewayPage | None:
     work_requests = 0.0
     seen = set()
     missing: set[tuple[str, str]] = set()
+    lanes: dict[str, dict[str, float]] = {}
     for name, labels_text, value in _samples(text, "voxtral_gateway_"):
-        if name == gateway_metrics.SECRET_MISSING and value >= 1:
+        if name in _LANE_FIELDS:
+            lane = _labels(labels_text).get("lane", "")
+            if lane in gateway_metrics.LANE_NAMES:
+                fields = lanes.setdefault(lane, {})
+                fields[_LANE_FIELDS[name]] = fields.get(_LANE_FIELDS[name], 0.0) + value
+        elif name == gateway_metrics.SECRET_MISSING and value >= 1:
             labels = _labels(labels_text)
             missing.add((labels.get("secret", ""), labels.get("key", "")))
         elif name == gateway_metrics.REQUESTS_TOTAL:
@@ -219,4 +242,5 @@ def parse_gateway_metrics(text: str) -> GatewayPage | None:
         in_flight_audio_seconds=totals[gateway_metrics.INFLIGHT_AUDIO_SECONDS],
         work_requests=work_requests,
         missing_secrets=tuple(sorted(m for m in missing if m[0])),
+        lanes={lane: LanePage(**fields) for lane, fields in lanes.items()},
     )

@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from voxtral_operator.gateway import lanes
 from voxtral_operator.gateway.connections import GuardedServer, Limits
 from voxtral_operator.gateway.dispatch import Dispatcher, Lease, Rejected, Stopping, Suspended
 from voxtral_operator.gateway.framing import Framing, Refusal, backend_headers, request_framing, response_headers
@@ -41,7 +42,7 @@ from voxtral_operator.gateway.realtime import (
 )
 from voxtral_operator.gateway.realtime import ROUTE as REALTIME_ROUTE
 from voxtral_operator.gateway.sources import ANONYMOUS, LiveSettings, Sources
-from voxtral_operator.gateway.work import MAX_TOKENS, PREFIX_BYTES, Work, estimate
+from voxtral_operator.gateway.work import MAX_TOKENS, PREFIX_BYTES, Work, estimate, multipart_boundary
 
 logger = logging.getLogger("voxtral_operator.gateway")
 
@@ -80,6 +81,9 @@ class Settings:
     body_timeout: float = 30.0  # an upload that sends nothing for this long is abandoned
     limits: Limits = field(default_factory=Limits)
     realtime: RealtimeSettings | None = None  # the WebSocket /v1/realtime, for a realtime model
+    # The `priority` deferrable chat/completions requests carry (vLLM runs --scheduling-policy priority);
+    # None: vLLM runs first come first served and no request carries one.
+    deferrable_priority: int | None = None
 
 
 class UploadTooLarge(Exception):
@@ -140,8 +144,16 @@ async def read_prefix(stream: aiohttp.StreamReader, limit: int, stall_seconds: f
 class Body:
     """The request body as the backend reads it: the prefix already read, then the rest of the stream."""
 
-    def __init__(self, prefix: bytes, stream: aiohttp.StreamReader, limit: int, timeout: float) -> None:
+    def __init__(
+        self,
+        prefix: bytes,
+        stream: aiohttp.StreamReader,
+        limit: int,
+        timeout: float,
+        watch: tuple[bytes, ...] = (),
+    ) -> None:
         self.prefix = prefix
+        self.watch = lanes.LateFieldWatch(watch)  # fields that, after the prefix, fail the request
         self.stream = stream
         self.limit = limit
         self.timeout = timeout
@@ -168,6 +180,9 @@ class Body:
                 raise
             if not chunk:
                 return
+            if self.watch.found(chunk):
+                self.failure = lanes.LATE_FIELD
+                raise UploadFailed(lanes.LATE_FIELD)
             self.sent += len(chunk)
             if self.sent > self.limit:
                 self.too_large = True
@@ -411,8 +426,27 @@ class Gateway:
         self._step("body_prefix_read")
         work = estimate(content_type, prefix, framing.length)
         self._step("estimated")
-        body = Body(prefix, request.content, limit, self.settings.body_timeout)
-        return await self._forward(request, route, key, work, body, framing), key
+        complete = request.content.at_eof()
+        boundary = multipart_boundary(content_type)
+        tier = (
+            lanes.multipart_tier(prefix, boundary, complete)
+            if boundary is not None
+            else lanes.json_tier(prefix, complete)
+            if framing.has_body
+            else lanes.Tier(lanes.INTERACTIVE)
+        )
+        if isinstance(tier, Refusal):
+            return refusal_response(request, tier), key
+        watch = tier.watch
+        priority = self.settings.deferrable_priority
+        if tier.lane == lanes.DEFERRABLE and priority is not None and route in lanes.PRIORITY_ROUTES:
+            rewritten = lanes.with_priority(prefix, complete, priority)
+            if isinstance(rewritten, Refusal):
+                return refusal_response(request, rewritten), key
+            limit += len(rewritten[0]) - len(prefix)
+            prefix, watch = rewritten[0], watch + rewritten[1]
+        body = Body(prefix, request.content, limit, self.settings.body_timeout, watch)
+        return await self._forward(request, route, key, work, body, framing, tier.lane), key
 
     def _authenticate(self, request: web.BaseRequest, *, subprotocol: bool = False) -> str | None:
         keys = self.sources.caller_keys
@@ -471,19 +505,27 @@ class Gateway:
         )
 
     async def _forward(
-        self, request: web.BaseRequest, route: str, key: str, work: Work, body: Body, framing: Framing
+        self,
+        request: web.BaseRequest,
+        route: str,
+        key: str,
+        work: Work,
+        body: Body,
+        framing: Framing,
+        lane: str = lanes.INTERACTIVE,
     ) -> web.StreamResponse:
         arrived = time.monotonic()
         exclude: frozenset[str] = frozenset()
         for attempt in range(1, CONNECT_ATTEMPTS + 1):
             try:
-                lease = await self.dispatcher.acquire(work, exclude, key, self._tenant(key))
+                lease = await self.dispatcher.acquire(work, exclude, key, self._tenant(key), lane)
             except Rejected as exc:
                 kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"
                 return error_response(exc.status, str(exc), exc.code, kind=kind, retry_after=exc.retry_after)
             try:
                 if attempt == 1:
                     self.metrics.queue_wait.observe(time.monotonic() - arrived)
+                    self.metrics.lane_queue_wait.labels(lane).observe(time.monotonic() - arrived)
                 self._step("leased")
                 return await self._exchange(request, route, key, work, body, lease, framing)
             except aiohttp.ClientConnectorError as exc:

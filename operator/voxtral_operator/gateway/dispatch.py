@@ -10,6 +10,10 @@ estimated work of its in-flight requests). While no replica is ready at all, wai
 appears. When the queue is full, a newcomer whose key has fewer requests waiting than the longest
 flow takes the place of that flow's newest request (429 to it): one key's burst cannot fill the
 queue against the others.
+
+Deferrable work (`lanes.py`) waits in a second queue with its own bound and its own (long) timeout,
+held or queued alike; it is dispatched only while no interactive request waits and only into a
+replica with more than the headroom free. Each lane's admissions and failures are counted.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from voxtral_operator.gateway import lanes
 from voxtral_operator.gateway.flows import DeficitRoundRobin, FairnessPolicy, FlowQueue
 from voxtral_operator.gateway.limits import KeyLimiter, KeyPolicies
 from voxtral_operator.gateway.metrics import Snapshot
@@ -82,6 +87,8 @@ class Replica:
     inflight: int = 0
     outstanding: float = 0.0  # estimated work in flight
     audio_seconds: float = 0.0  # audio in flight
+    deferrable: int = 0  # of `inflight`, deferrable requests
+    deferrable_audio_seconds: float = 0.0  # of `audio_seconds`, the deferrable requests'
     gone: bool = False  # left the EndpointSlice; its in-flight requests finish or fail on their own
 
 
@@ -108,6 +115,7 @@ class Lease:
     work: Work
     _dispatcher: Dispatcher
     key: str = "anonymous"
+    lane: str = lanes.INTERACTIVE
     released: bool = False
 
     @property
@@ -128,6 +136,7 @@ class _Waiter:
     future: asyncio.Future[Lease]
     key: str
     order: int
+    lane: str = lanes.INTERACTIVE
     wakeup: asyncio.Future[None] | None = field(default=None)
 
     @property
@@ -143,6 +152,8 @@ class Dispatcher:
         max_queue: int = 1000,
         queue_timeout: float = 600.0,
         hold_timeout: float = 1200.0,
+        max_deferrable_queue: int = 10000,
+        deferrable_timeout: float = 6 * 3600.0,
         key_policies: KeyPolicies | None = None,
         fairness: FairnessPolicy[_Waiter] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -151,6 +162,8 @@ class Dispatcher:
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
         self.hold_timeout = hold_timeout
+        self.max_deferrable_queue = max_deferrable_queue
+        self.deferrable_timeout = deferrable_timeout
         self.key_policies = key_policies or KeyPolicies()
         self.replicas: dict[str, Replica] = {}
         self.refusing: Rejected | None = None  # suspended or stopping: what new requests get at once
@@ -158,11 +171,14 @@ class Dispatcher:
         self._ready_since = time.monotonic()  # when the replica set last became non-empty
         self._gone: dict[int, Replica] = {}  # left the slice with requests still in flight
         self._queue: FlowQueue[_Waiter] = FlowQueue(fairness or DeficitRoundRobin())
+        self._deferred: FlowQueue[_Waiter] = FlowQueue(DeficitRoundRobin())
         self._arrivals = itertools.count()
         self._clock = clock  # the limits' time (waits use the event loop's)
         self._limiter = KeyLimiter()
         self._active: collections.Counter[str] = collections.Counter()  # leases per key
         self.limited: collections.Counter[tuple[str, str]] = collections.Counter()  # 429s per (key, limit)
+        self.admitted: collections.Counter[str] = collections.Counter()  # dispatched per lane
+        self.failed: collections.Counter[tuple[str, str]] = collections.Counter()  # refused per (lane, code)
 
     # --- the replica set --------------------------------------------------------------------
 
@@ -196,25 +212,43 @@ class Dispatcher:
         self._wake_all()
 
     def _wake_all(self) -> None:
-        for waiter in self._queue:
+        for waiter in [*self._queue, *self._deferred]:
             if waiter.wakeup is not None and not waiter.wakeup.done():
                 waiter.wakeup.set_result(None)
 
     # --- requests ---------------------------------------------------------------------------
 
     async def acquire(
-        self, work: Work, exclude: frozenset[str] = frozenset(), key: str = "anonymous", tenant: str | None = None
+        self,
+        work: Work,
+        exclude: frozenset[str] = frozenset(),
+        key: str = "anonymous",
+        tenant: str | None = None,
+        lane: str = lanes.INTERACTIVE,
     ) -> Lease:
         """A lease on the best replica, waiting its key's turn; raises a Rejected when it cannot.
 
         `key`: the caller's key id (its flow and limits); `tenant`: the name its weight and limits are
         configured under. A retry (`exclude` not empty) was admitted already and is not charged again.
+        `lane`: interactive, or deferrable (admitted only into what interactive work leaves idle).
         """
+        try:
+            lease = await self._acquire(work, exclude, key, tenant, lane)
+        except Rejected as exc:
+            self.failed[(lane, exc.code)] += 1
+            raise
+        if not exclude:
+            self.admitted[lane] += 1
+        return lease
+
+    async def _acquire(self, work: Work, exclude: frozenset[str], key: str, tenant: str | None, lane: str) -> Lease:
         if self.refusing is not None:
             raise copy.copy(self.refusing)
+        deferrable = lane == lanes.DEFERRABLE
+        queue = self._deferred if deferrable else self._queue
         limits = self.key_policies.of(tenant)
         if not exclude:
-            active = self._active[key] + self._queue.waiting(key)
+            active = self._active[key] + self._queue.waiting(key) + self._deferred.waiting(key)
             refusal = self._limiter.admit(key, limits, work.audio_seconds, active, self._clock())
             if refusal is not None:
                 self.limited[(key, refusal.limit)] += 1
@@ -223,28 +257,35 @@ class Dispatcher:
                     f"on this gateway pod; retry in {refusal.retry_after}s",
                     refusal.retry_after,
                 )
-        if not self._queue:
-            replica = choose(self.replicas.values(), self.max_inflight, exclude)
+        if not queue and not self._queue:
+            replica = choose(self.replicas.values(), self._slots(lane), exclude)
             if replica is not None:
-                return self._lease(replica, work, key)
-        if len(self._queue) >= self.max_queue:
-            self._make_room(key)
+                return self._lease(replica, work, key, lane)
+        if len(queue) >= (self.max_deferrable_queue if deferrable else self.max_queue):
+            self._make_room(queue, key, self.max_deferrable_queue if deferrable else self.max_queue)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(work, exclude, time.monotonic(), loop.create_future(), key, next(self._arrivals))
-        self._queue.push(key, waiter, limits.weight)
+        waiter = _Waiter(work, exclude, time.monotonic(), loop.create_future(), key, next(self._arrivals), lane)
+        queue.push(key, waiter, limits.weight)
         try:
             while not waiter.future.done():
                 held = not self.replicas
                 now = time.monotonic()
                 if self.refusing is not None and (held or now >= self._refuse_queued_at):
                     raise copy.copy(self.refusing)
-                if held:
+                if deferrable:  # waits for spare capacity, held or queued: one long bound
+                    remaining = waiter.arrived + self.deferrable_timeout - now
+                elif held:
                     remaining = waiter.arrived + self.hold_timeout - now
                 else:
                     remaining = max(waiter.arrived, self._ready_since) + self.queue_timeout - now
                     if self.refusing is not None:
                         remaining = min(remaining, self._refuse_queued_at - now)
                 if remaining <= 0:
+                    if deferrable:
+                        raise QueueTimeout(
+                            f"the deferrable request waited {self.deferrable_timeout:g}s for spare capacity; "
+                            "retry later"
+                        )
                     if held:
                         raise HoldTimeout(
                             f"the endpoint is starting (scaled to zero or no replica ready): none became ready "
@@ -263,73 +304,104 @@ class Dispatcher:
                 future.cancel()
             raise
         finally:
-            self._queue.remove(key, waiter)
+            queue.remove(key, waiter)
             if waiter.wakeup is not None and not waiter.wakeup.done():
                 waiter.wakeup.cancel()
 
-    def _make_room(self, key: str) -> None:
+    def _make_room(self, queue: FlowQueue[_Waiter], key: str, bound: int) -> None:
         """Push out the newest request of the longest flow for this key's request, or raise QueueFull."""
-        longest = self._queue.longest()
-        if longest is None or len(longest) <= self._queue.waiting(key) + 1:
+        longest = queue.longest()
+        if longest is None or len(longest) <= queue.waiting(key) + 1:
             self.limited[(key, QUEUE_FULL)] += 1
-            raise QueueFull(f"the endpoint's queue is full ({self.max_queue} requests waiting); retry later")
+            raise QueueFull(f"the endpoint's queue is full ({bound} requests waiting); retry later")
         victim = longest.newest()
-        self._queue.remove(victim.key, victim)
+        queue.remove(victim.key, victim)
         self.limited[(victim.key, QUEUE_FULL)] += 1
+        self.failed[(victim.lane, QueueFull.code)] += 1
         victim.future.set_exception(
             QueueFull(
-                f"the endpoint's queue is full ({self.max_queue} requests waiting) and this key has the most of "
-                "them; retry later"
+                f"the endpoint's queue is full ({bound} requests waiting) and this key has the most of them; "
+                "retry later"
             )
         )
 
-    def _lease(self, replica: Replica, work: Work, key: str) -> Lease:
+    def _slots(self, lane: str) -> int:
+        """In-flight requests per replica below which a request of `lane` may be dispatched (lanes.admits)."""
+        return lanes.deferrable_slots(self.max_inflight) if lane == lanes.DEFERRABLE else self.max_inflight
+
+    def _lease(self, replica: Replica, work: Work, key: str, lane: str = lanes.INTERACTIVE) -> Lease:
         cost = work.cost  # before any count moves: nothing is left to undo if it fails
+        if lane == lanes.DEFERRABLE:
+            replica.deferrable += 1
+            replica.deferrable_audio_seconds += work.audio_seconds
         replica.inflight += 1
         replica.outstanding += cost
         replica.audio_seconds += work.audio_seconds
         self._active[key] += 1
-        return Lease(replica, work, self, key)
+        return Lease(replica, work, self, key, lane)
 
     def _release(self, lease: Lease) -> None:
         self._active[lease.key] -= 1
         if not self._active[lease.key]:
             del self._active[lease.key]
         replica = lease.replica
+        if lease.lane == lanes.DEFERRABLE:
+            replica.deferrable -= 1
+            replica.deferrable_audio_seconds = max(0.0, replica.deferrable_audio_seconds - lease.work.audio_seconds)
         replica.inflight -= 1
         replica.outstanding = max(0.0, replica.outstanding - lease.work.cost)
         replica.audio_seconds = max(0.0, replica.audio_seconds - lease.work.audio_seconds)
         if replica.inflight == 0:  # no float drift left behind
-            replica.outstanding = replica.audio_seconds = 0.0
+            replica.outstanding = replica.audio_seconds = replica.deferrable_audio_seconds = 0.0
             self._gone.pop(id(replica), None)
         self._pump()
 
     def _pump(self) -> None:
-        """Dispatch waiting requests, the fairness policy choosing whose turn it is, while some replica has room."""
-        while self._queue and choose(self.replicas.values(), self.max_inflight) is not None:
-            waiter = self._queue.pop_next(self._placeable)
-            if waiter is None:
-                return  # those waiting exclude the replicas with room
-            replica = choose(self.replicas.values(), self.max_inflight, waiter.exclude)
-            assert replica is not None
-            waiter.future.set_result(self._lease(replica, waiter.work, waiter.key))
+        """Dispatch waiting requests, the fairness policy choosing whose turn it is, while some replica has room:
+        interactive ones first; deferrable ones only while no interactive request waits (lanes.admits)."""
+        for lane, queue in ((lanes.INTERACTIVE, self._queue), (lanes.DEFERRABLE, self._deferred)):
+            while queue and choose(self.replicas.values(), self._slots(lane)) is not None:
+                if lane == lanes.DEFERRABLE and self._queue:
+                    return
+                waiter = queue.pop_next(self._placeable)
+                if waiter is None:
+                    break  # those waiting exclude the replicas with room
+                replica = choose(self.replicas.values(), self._slots(waiter.lane), waiter.exclude)
+                assert replica is not None
+                waiter.future.set_result(self._lease(replica, waiter.work, waiter.key, waiter.lane))
 
     def _placeable(self, waiter: _Waiter) -> bool:
         return (
-            not waiter.future.done() and choose(self.replicas.values(), self.max_inflight, waiter.exclude) is not None
+            not waiter.future.done()
+            and choose(self.replicas.values(), self._slots(waiter.lane), waiter.exclude) is not None
         )
 
     # --- what the metrics show --------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
         now = Snapshot()
-        waiting = list(self._queue)
+        waiting = [*self._queue, *self._deferred]
         now.queued = len(waiting)
-        now.queued_by_key = self._queue.by_key()
+        now.queued_by_key = dict(
+            collections.Counter(self._queue.by_key()) + collections.Counter(self._deferred.by_key())
+        )
         now.limited = dict(self.limited)
         now.queued_audio_seconds = sum(w.work.audio_seconds for w in waiting)
+        for lane, queue in ((lanes.INTERACTIVE, self._queue), (lanes.DEFERRABLE, self._deferred)):
+            now.lanes[lane].queued = len(queue)
+            now.lanes[lane].queued_audio_seconds = sum(w.work.audio_seconds for w in queue)
+            now.lanes[lane].admitted = self.admitted[lane]
+        for (lane, code), count in self.failed.items():
+            now.lanes[lane].failed[code] = count
         now.held = now.queued if not self.replicas else 0
         now.ready_replicas = len(self.replicas)
+        for replica in [*self.replicas.values(), *self._gone.values()]:
+            now.lanes[lanes.DEFERRABLE].inflight += replica.deferrable
+            now.lanes[lanes.INTERACTIVE].inflight += replica.inflight - replica.deferrable
+            now.lanes[lanes.DEFERRABLE].inflight_audio_seconds += replica.deferrable_audio_seconds
+            now.lanes[lanes.INTERACTIVE].inflight_audio_seconds += max(
+                0.0, replica.audio_seconds - replica.deferrable_audio_seconds
+            )
         for replica in self.replicas.values():
             now.inflight += replica.inflight
             now.inflight_audio_seconds += replica.audio_seconds
@@ -341,7 +413,7 @@ class Dispatcher:
 
     @property
     def waiting(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._deferred)
 
     def replica_states(self) -> Mapping[str, Replica]:
         return self.replicas

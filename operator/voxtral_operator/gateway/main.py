@@ -46,6 +46,8 @@ def spec_of(args: argparse.Namespace) -> Spec:
         ("--max-queue", args.max_queue),
         ("--queue-timeout-seconds", args.queue_timeout_seconds),
         ("--hold-timeout-seconds", args.hold_timeout_seconds),
+        ("--max-deferrable-queue", args.max_deferrable_queue),
+        ("--deferrable-timeout-seconds", args.deferrable_timeout_seconds),
         ("--max-upload-mb", args.max_upload_mb),
         ("--max-connections", args.max_connections),
         ("--idle-timeout-seconds", args.idle_timeout_seconds),
@@ -59,6 +61,8 @@ def spec_of(args: argparse.Namespace) -> Spec:
     ):
         if value <= 0:
             raise UsageError(f"{name} must be positive, not {value:g}")
+    if args.deferrable_priority is not None and args.deferrable_priority <= 0:
+        raise UsageError(f"--deferrable-priority must be above interactive requests' 0, not {args.deferrable_priority}")
     for name, port in (("--port", args.port), ("--metrics-port", args.metrics_port)):
         if not 0 <= port <= 65535:
             raise UsageError(f"{name} {port}: not a TCP port")
@@ -162,6 +166,8 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
         max_queue=args.max_queue,
         queue_timeout=args.queue_timeout_seconds,
         hold_timeout=args.hold_timeout_seconds,
+        max_deferrable_queue=args.max_deferrable_queue,
+        deferrable_timeout=args.deferrable_timeout_seconds,
         key_policies=key_policies_of(args),
     )
     gateway = Gateway(
@@ -176,6 +182,7 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
                 header_timeout=args.header_timeout_seconds,
             ),
             realtime=realtime_settings(args),
+            deferrable_priority=args.deferrable_priority,
         ),
     )
     watching = asyncio.create_task(watch_sources(reader, spec, sources))

@@ -28,6 +28,15 @@ USAGE_TOKENS_TOTAL = "voxtral_gateway_usage_tokens_total"
 KEY_QUEUED_REQUESTS = "voxtral_gateway_key_queued_requests"
 KEY_LIMITED_REQUESTS_TOTAL = "voxtral_gateway_key_limited_requests_total"
 SECRET_MISSING = "voxtral_gateway_secret_missing"
+# Per lane (interactive, deferrable): the queue, what is in flight, what was dispatched and what failed.
+LANE_QUEUED_REQUESTS = "voxtral_gateway_lane_queued_requests"
+LANE_QUEUED_AUDIO_SECONDS = "voxtral_gateway_lane_queued_audio_seconds"
+LANE_INFLIGHT_REQUESTS = "voxtral_gateway_lane_inflight_requests"
+LANE_INFLIGHT_AUDIO_SECONDS = "voxtral_gateway_lane_inflight_audio_seconds"
+LANE_ADMITTED_TOTAL = "voxtral_gateway_lane_admitted_total"
+LANE_FAILED_TOTAL = "voxtral_gateway_lane_failed_total"
+LANE_QUEUE_WAIT_SECONDS = "voxtral_gateway_lane_queue_wait_seconds"
+LANE_NAMES = ("interactive", "deferrable")  # as voxtral_operator.gateway.lanes names them
 
 ALL = (
     QUEUED_REQUESTS,
@@ -45,12 +54,31 @@ ALL = (
     KEY_QUEUED_REQUESTS,
     KEY_LIMITED_REQUESTS_TOTAL,
     SECRET_MISSING,
+    LANE_QUEUED_REQUESTS,
+    LANE_QUEUED_AUDIO_SECONDS,
+    LANE_INFLIGHT_REQUESTS,
+    LANE_INFLIGHT_AUDIO_SECONDS,
+    LANE_ADMITTED_TOTAL,
+    LANE_FAILED_TOTAL,
+    LANE_QUEUE_WAIT_SECONDS,
 )
 
 
 def key_id(key: bytes) -> str:
     """How a caller key is named in metrics: never the key itself."""
     return hashlib.sha256(key).hexdigest()[:8]
+
+
+class LaneSnapshot:
+    """One lane's queue, in-flight requests and counts so far."""
+
+    def __init__(self) -> None:
+        self.queued = 0
+        self.queued_audio_seconds = 0.0
+        self.inflight = 0
+        self.inflight_audio_seconds = 0.0
+        self.admitted = 0
+        self.failed: dict[str, int] = {}  # by the code answered (queue_full, queue_timeout, ...)
 
 
 class Snapshot:
@@ -66,6 +94,7 @@ class Snapshot:
         self.replicas: dict[str, tuple[int, float]] = {}  # address -> (in flight, outstanding audio seconds)
         self.queued_by_key: dict[str, int] = {}  # key id -> requests waiting
         self.limited: dict[tuple[str, str], int] = {}  # (key id, limit) -> requests refused with 429 so far
+        self.lanes: dict[str, LaneSnapshot] = {lane: LaneSnapshot() for lane in LANE_NAMES}
 
 
 class _Gauges(Collector):
@@ -114,6 +143,36 @@ class _Gauges(Collector):
         for secret, key in self._missing():
             missing.add_metric([secret, key], 1)
         yield missing
+        yield from _lane_families(now)
+
+
+def _lane_families(now: Snapshot) -> Iterator[Metric]:
+    queued = GaugeMetricFamily(
+        LANE_QUEUED_REQUESTS, "Requests waiting in the gateway's queue, per lane.", labels=["lane"]
+    )
+    audio = GaugeMetricFamily(LANE_QUEUED_AUDIO_SECONDS, "Seconds of audio queued, per lane.", labels=["lane"])
+    inflight = GaugeMetricFamily(LANE_INFLIGHT_REQUESTS, "Requests in flight on replicas, per lane.", labels=["lane"])
+    inflight_audio = GaugeMetricFamily(
+        LANE_INFLIGHT_AUDIO_SECONDS, "Seconds of audio in flight on replicas, per lane.", labels=["lane"]
+    )
+    admitted = CounterMetricFamily(
+        LANE_ADMITTED_TOTAL.removesuffix("_total"), "Requests dispatched to a replica, per lane.", labels=["lane"]
+    )
+    failed = CounterMetricFamily(
+        LANE_FAILED_TOTAL.removesuffix("_total"),
+        "Requests the gateway refused or timed out before a replica took them, per lane and reason "
+        "(queue_full, queue_timeout, endpoint_starting, rate_limit_exceeded, ...).",
+        labels=["lane", "reason"],
+    )
+    for lane, state in now.lanes.items():
+        queued.add_metric([lane], state.queued)
+        audio.add_metric([lane], state.queued_audio_seconds)
+        inflight.add_metric([lane], state.inflight)
+        inflight_audio.add_metric([lane], state.inflight_audio_seconds)
+        admitted.add_metric([lane], state.admitted)
+        for reason, count in sorted(state.failed.items()):
+            failed.add_metric([lane, reason], count)
+    yield from (queued, audio, inflight, inflight_audio, admitted, failed)
 
 
 class GatewayMetrics:
@@ -126,6 +185,13 @@ class GatewayMetrics:
             QUEUE_WAIT_SECONDS,
             "Time from a request's arrival to its dispatch to a replica.",
             buckets=(0.005, 0.05, 0.25, 1, 5, 15, 60, 180, 600, 1200),
+            registry=self.registry,
+        )
+        self.lane_queue_wait = Histogram(
+            LANE_QUEUE_WAIT_SECONDS,
+            "Time from a request's arrival to its dispatch to a replica, per lane.",
+            ["lane"],
+            buckets=(0.005, 0.05, 0.25, 1, 5, 15, 60, 180, 600, 1800, 3600, 14400),
             registry=self.registry,
         )
         self.requests = Counter(

@@ -47,6 +47,8 @@ ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "Rol
 CERTIFICATES = Resource("cert-manager.io", "v1", "certificates", "Certificate")
 CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+JOBS = Resource("batch", "v1", "jobs", "Job")
+DAEMON_SETS = Resource("apps", "v1", "daemonsets", "DaemonSet")
 
 # Children the operator watches and applies (server-side apply; stale ones deleted).
 CHILDREN: tuple[Resource, ...] = (
@@ -60,6 +62,8 @@ CHILDREN: tuple[Resource, ...] = (
     ROLES,
     ROLE_BINDINGS,
     CERTIFICATES,
+    JOBS,
+    DAEMON_SETS,
 )
 # Children the operator only creates, never reads (the gateway's backend key: the operator holds no
 # read of Secrets); the garbage collector deletes them with the endpoint.

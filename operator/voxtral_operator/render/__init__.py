@@ -8,6 +8,7 @@ output is parsed back, so a spec value can never alter a manifest's structure.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import math
@@ -17,6 +18,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from voxtral_operator import capacity
 from voxtral_operator.api import models
 from voxtral_operator.api.resolve import Plan, resolve
 from voxtral_operator.config import OperatorConfig
@@ -30,6 +32,21 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 
 CACHE_MOUNT_PATH = "/models"
+# (env var, folder under the cache mount) of the compile caches kept on the model cache volume.
+COMPILE_CACHE_DIRS = (
+    ("VLLM_CACHE_ROOT", "vllm"),
+    ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+    ("TRITON_CACHE_DIR", "triton"),
+)
+WARMER_APP_NAME = "voxtral-cache-warmer"
+WARMER_COMPONENT = "cache-warmer"
+PREPULL_APP_NAME = "voxtral-image-prepull"
+PREPULL_COMPONENT = "image-prepull"
+# The warmer's few retries and its CPU share: a download is network-bound, hf_xet uses a few threads.
+WARMER_BACKOFF_LIMIT = 3
+WARMER_CPU = "2"
+WARMER_MEMORY = "4Gi"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 HOME_PATH = "/home/vllm"
 PRE_STOP_SECONDS = 10
 # Audio decoding may happen at the source rate before resampling: 48 kHz, stereo, float32.
@@ -190,6 +207,11 @@ def vllm_args(plan: Plan, config: OperatorConfig) -> list[str]:
         args += ["--max-num-seqs", str(plan.realtime.sessions_per_replica)]
     if engine.max_queued_requests is not None:
         args += ["--max-num-queued-reqs", str(engine.max_queued_requests)]
+    if spec.model_cache is not None:
+        # The cache is a network volume (ReadWriteMany: NFS, Filestore, EFS): vLLM's parser documents
+        # `eager` (read each file whole, then load) for network filesystems, where memory-mapped random
+        # reads are slow. The memory request (1.5 x the weights + 16 GiB) holds a file read whole.
+        args += ["--safetensors-load-strategy", "eager"]
     return args + list(engine.extra_args)
 
 
@@ -216,6 +238,7 @@ def vllm_env(plan: Plan) -> list[dict[str, Any]]:
     if plan.realtime is not None:
         # vLLM's recipe: the compile cache is not used for the realtime model.
         env.append({"name": "VLLM_DISABLE_COMPILE_CACHE", "value": "1"})
+    env += compile_cache_env(spec)
     if spec.weights_source == models.WeightsSource.PRELOADED:
         # The weights are in the cache or the image: never reach for the hub (the pod has no egress to it).
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
@@ -230,52 +253,102 @@ def vllm_env(plan: Plan) -> list[dict[str, Any]]:
     return env
 
 
-def _tolerations(spec: models.VoxtralEndpointSpec) -> list[dict[str, Any]]:
+def compile_cache_env(spec: models.VoxtralEndpointSpec) -> list[dict[str, Any]]:
+    """vLLM's compile cache (torch.compile graphs, under VLLM_CACHE_ROOT), Inductor's and Triton's kernels
+    on the model cache volume: a later start of the same model and settings skips compiling. Each cache
+    keys its entries by a hash of the model, the settings and the library versions, so replicas of other
+    settings or a newer image never read a stale entry. Without a model cache they stay in the pod's HOME."""
+    if spec.model_cache is None or not spec.cold_start.share_compile_cache:
+        return []
+    return [{"name": name, "value": f"{CACHE_MOUNT_PATH}/{folder}"} for name, folder in COMPILE_CACHE_DIRS]
+
+
+def _tolerations(pool: models.NodePoolSpec | models.OverflowPoolSpec) -> list[dict[str, Any]]:
     # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule; tolerate it always.
     tolerations: list[dict[str, Any]] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    for toleration in spec.node_pool.tolerations:
+    for toleration in pool.tolerations:
         item = toleration.model_dump(by_alias=True, exclude_none=True)
         if item not in tolerations:
             tolerations.append(item)
     return tolerations
 
 
+def overflow_name(name: str) -> str:
+    return f"{name}-overflow"
+
+
+def overflow_selector(name: str) -> dict[str, str]:
+    """The overflow Deployment's pods: the endpoint's selector (so the Service, gateway, PDB and
+    NetworkPolicy take them as any replica) plus the pool label the reserved pods do not carry."""
+    return {**selector_labels(name), capacity.POOL_LABEL: capacity.OVERFLOW}
+
+
 def deployment(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
-    spec = plan.spec
-    shutdown = spec.engine.shutdown_timeout_seconds
-    budget = plan.model.startup_budget_seconds
+    """The reserved pool's Deployment: it always carries the endpoint's whole desired count."""
+    pool = plan.spec.node_pool
     return render_template(
         "deployment.yaml.j2",
         {
+            **_deployment_values(plan, config),
             "name": plan.name,
-            "namespace": plan.namespace,
             "labels": standard_labels(plan.name),
             "selector": selector_labels(plan.name),
-            "replicas": spec.desired_replicas,
-            "progress_deadline_seconds": budget + 300,
-            # preStop pause, then the drain, then a margin for the process to exit.
-            "termination_grace_period_seconds": PRE_STOP_SECONDS + shutdown + 30,
-            "pre_stop_seconds": PRE_STOP_SECONDS,
+            "replicas": plan.spec.desired_replicas,
             # The GPU product selector last: the pool's selector can never replace it (resolve refuses it too).
-            "node_selector": {**spec.node_pool.node_selector, config.gpu_node_label: plan.gpu.product_label},
-            "tolerations": _tolerations(spec),
-            "priority_class_name": spec.node_pool.priority_class_name,
-            "run_as_user": config.vllm_run_as_user,
-            "image": plan.image,
-            "image_pull_policy": config.image_pull_policy,
-            "args": vllm_args(plan, config),
-            "env": vllm_env(plan),
-            "port": config.vllm_port,
-            "cpu": plan.cpu_request,
-            "memory": plan.memory_request,
-            "gpus": str(plan.tensor_parallel_size),
-            "startup_failure_threshold": -(-budget // STARTUP_PROBE_PERIOD_SECONDS),
-            "cache_mount_path": CACHE_MOUNT_PATH,
-            "home_path": HOME_PATH,
-            "cache_claim_name": cache_claim_name(plan.name) if spec.model_cache else None,
-            "shm_size": config.shm_size,
+            "node_selector": {**pool.node_selector, config.gpu_node_label: plan.gpu.product_label},
+            "tolerations": _tolerations(pool),
+            "priority_class_name": pool.priority_class_name,
         },
     )
+
+
+def overflow_deployment(plan: Plan, config: OperatorConfig, replicas: int = 0) -> dict[str, Any] | None:
+    """The overflow pool's Deployment; its replicas come from the reserved pods (capacity.overflow_replicas)."""
+    pool = plan.spec.node_pool.overflow
+    if pool is None or plan.overflow_gpu is None:
+        return None
+    labels = {**standard_labels(plan.name), capacity.POOL_LABEL: capacity.OVERFLOW}
+    return render_template(
+        "deployment.yaml.j2",
+        {
+            **_deployment_values(plan, config),
+            "name": overflow_name(plan.name),
+            "labels": labels,
+            "selector": overflow_selector(plan.name),
+            "replicas": replicas,
+            "node_selector": {**pool.node_selector, config.gpu_node_label: plan.overflow_gpu.product_label},
+            "tolerations": _tolerations(pool),
+            "priority_class_name": pool.priority_class_name,
+        },
+    )
+
+
+def _deployment_values(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
+    """What a replica is, whichever pool it runs in."""
+    spec = plan.spec
+    shutdown = spec.engine.shutdown_timeout_seconds
+    budget = plan.model.startup_budget_seconds
+    return {
+        "namespace": plan.namespace,
+        "progress_deadline_seconds": budget + 300,
+        # preStop pause, then the drain, then a margin for the process to exit.
+        "termination_grace_period_seconds": PRE_STOP_SECONDS + shutdown + 30,
+        "pre_stop_seconds": PRE_STOP_SECONDS,
+        "run_as_user": config.vllm_run_as_user,
+        "image": plan.image,
+        "image_pull_policy": config.image_pull_policy,
+        "args": vllm_args(plan, config),
+        "env": vllm_env(plan),
+        "port": config.vllm_port,
+        "cpu": plan.cpu_request,
+        "memory": plan.memory_request,
+        "gpus": str(plan.tensor_parallel_size),
+        "startup_failure_threshold": -(-budget // STARTUP_PROBE_PERIOD_SECONDS),
+        "cache_mount_path": CACHE_MOUNT_PATH,
+        "home_path": HOME_PATH,
+        "cache_claim_name": cache_claim_name(plan.name) if spec.model_cache else None,
+        "shm_size": config.shm_size,
+    }
 
 
 def service(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
@@ -405,6 +478,11 @@ def egress_rules(plan: Plan, config: OperatorConfig) -> list[dict[str, Any]] | N
     fetches_media = bool(spec.engine.allowed_media_domains)
     if not downloads and not fetches_media:
         return []
+    return _hub_egress(config, fetches_media=fetches_media)
+
+
+def _hub_egress(config: OperatorConfig, *, fetches_media: bool) -> list[dict[str, Any]]:
+    """DNS, and HTTPS (plus HTTP for media) to public addresses."""
     dns = {
         "to": [
             {
@@ -417,6 +495,131 @@ def egress_rules(plan: Plan, config: OperatorConfig) -> list[dict[str, Any]] | N
     ports = [HTTPS_PORT] + ([HTTP_PORT] if fetches_media else [])
     web = {"to": _public_peers(config), "ports": [{"protocol": "TCP", "port": p} for p in ports]}
     return [dns, web]
+
+
+def warmer_selector(name: str) -> dict[str, str]:
+    return {LABEL_NAME: WARMER_APP_NAME, LABEL_INSTANCE: name}
+
+
+def _hub_files(plan: Plan) -> list[str]:
+    """`hf download` arguments for what vLLM reads: with the mistral load format only the consolidated
+    checkpoint and the JSON files (the repositories also carry the same weights in Hugging Face's format,
+    which would double the download); the realtime model loads in the default format: everything."""
+    if plan.realtime is not None:
+        return []
+    return ["--include", "consolidated*.safetensors", "*.json"]
+
+
+def cache_warmer_name(plan: Plan, config: OperatorConfig) -> str:
+    """The Job's name carries a hash of its pod template (immutable in a Job): a new model or image is a new
+    Job, and the old one is deleted as stale. 52 + 6 + 5 characters: within a label value's 63."""
+    return f"{plan.name}-warm-{_short_hash(cache_warmer_template(plan, config))}"
+
+
+def _short_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:5]
+
+
+def cache_warmer_template(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
+    spec = plan.spec
+    labels = {**warmer_selector(plan.name), LABEL_COMPONENT: WARMER_COMPONENT, LABEL_MANAGED_BY: MANAGED_BY}
+    return render_template(
+        "cache-warmer-pod.yaml.j2",
+        {
+            "labels": labels,
+            # On the pool's nodes: the image lands where replicas will run, and a ReadWriteOnce cache
+            # attaches in their zone. No GPU is asked for.
+            "node_selector": {**spec.node_pool.node_selector, config.gpu_node_label: plan.gpu.product_label},
+            "tolerations": _tolerations(spec.node_pool),
+            "run_as_user": config.vllm_run_as_user,
+            "image": plan.image,
+            "image_pull_policy": config.image_pull_policy,
+            "command": ["hf", "download", spec.model, *_hub_files(plan)],
+            "env": [
+                {"name": "HF_HOME", "value": f"{CACHE_MOUNT_PATH}/hf"},
+                {"name": "HF_HUB_CACHE", "value": f"{CACHE_MOUNT_PATH}/hf/hub"},
+                {"name": "HOME", "value": HOME_PATH},
+                # The root filesystem is read-only: temporary files go to the pod's own emptyDir.
+                {"name": "TMPDIR", "value": HOME_PATH},
+                {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+                # hf_xet (the hub's chunked transfer) may use every core and the link's full bandwidth.
+                {"name": "HF_XET_HIGH_PERFORMANCE", "value": "1"},
+            ],
+            "cpu": WARMER_CPU,
+            "memory": WARMER_MEMORY,
+            "cache_mount_path": CACHE_MOUNT_PATH,
+            "home_path": HOME_PATH,
+            "cache_claim_name": cache_claim_name(plan.name),
+        },
+    )
+
+
+def cache_warmer_job(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
+    """The Job that fills the model cache before the first replica (coldStart.prestageWeights)."""
+    if not plan.spec.cold_start.prestage_weights or plan.spec.model_cache is None:
+        return None
+    template = cache_warmer_template(plan, config)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": cache_warmer_name(plan, config),
+            "namespace": plan.namespace,
+            "labels": dict(template["metadata"]["labels"]),
+        },
+        "spec": {
+            "backoffLimit": WARMER_BACKOFF_LIMIT,
+            # A download that outlasts the model's whole start budget is stuck, not slow.
+            "activeDeadlineSeconds": plan.model.startup_budget_seconds,
+            "template": {"metadata": template["metadata"], "spec": template["spec"]},
+        },
+    }
+
+
+def cache_warmer_network_policy(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
+    """The warmer takes no connection; it reaches DNS and HTTPS (the hub) only, when the platform renders egress."""
+    if cache_warmer_job(plan, config) is None:
+        return None
+    egress = _hub_egress(config, fetches_media=False) if config.egress.enabled else None
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": f"{plan.name}-cache-warmer",
+            "namespace": plan.namespace,
+            "labels": {**standard_labels(plan.name), LABEL_COMPONENT: WARMER_COMPONENT},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": warmer_selector(plan.name)},
+            "policyTypes": ["Ingress"] if egress is None else ["Ingress", "Egress"],
+            **({} if egress is None else {"egress": egress}),
+        },
+    }
+
+
+def image_prepull_daemon_set(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
+    """coldStart.prepullImage: the vLLM image on every node of the pool before a replica needs it. The
+    init container runs the image's `true` (pulling it is the point); a pause container then holds the
+    pod (a DaemonSet's pods must keep running), with a few millicores and no GPU."""
+    spec = plan.spec
+    if not spec.cold_start.prepull_image:
+        return None
+    selector = {LABEL_NAME: PREPULL_APP_NAME, LABEL_INSTANCE: plan.name}
+    return render_template(
+        "image-prepull.yaml.j2",
+        {
+            "name": f"{plan.name}-prepull",
+            "namespace": plan.namespace,
+            "labels": {**selector, LABEL_COMPONENT: PREPULL_COMPONENT, LABEL_MANAGED_BY: MANAGED_BY},
+            "selector": selector,
+            "node_selector": {**spec.node_pool.node_selector, config.gpu_node_label: plan.gpu.product_label},
+            "tolerations": _tolerations(spec.node_pool),
+            "run_as_user": config.vllm_run_as_user,
+            "image": plan.image,
+            "image_pull_policy": config.image_pull_policy,
+            "pause_image": PAUSE_IMAGE,
+        },
+    )
 
 
 def persistent_volume_claim(plan: Plan) -> dict[str, Any] | None:
@@ -477,11 +680,15 @@ def render_plan(plan: Plan, config: OperatorConfig) -> list[dict[str, Any]]:
     objects = [
         persistent_volume_claim(plan),
         deployment(plan, config),
+        overflow_deployment(plan, config),
         service(plan, config),
         pod_disruption_budget(plan),
         network_policy(plan, config),
         gateway_network_policy(plan, config),
         scaled_object(plan, config),
+        cache_warmer_network_policy(plan, config),
+        cache_warmer_job(plan, config),
+        image_prepull_daemon_set(plan, config),
         *gateway_children(plan, config),
     ]
     rendered = [obj for obj in objects if obj is not None]

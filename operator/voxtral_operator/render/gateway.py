@@ -11,6 +11,7 @@ grant what it holds, needs no read of Secrets either.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from voxtral_operator.api import models
@@ -19,6 +20,7 @@ from voxtral_operator.api.models import KeyLimitsSpec
 from voxtral_operator.api.resolve import Plan
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.gateway import SECRETS_DIR
+from voxtral_operator.gateway.lanes import DEFERRABLE_PRIORITY
 from voxtral_operator.render import (
     LABEL_COMPONENT,
     LABEL_INSTANCE,
@@ -88,6 +90,16 @@ def certificate(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
     }
 
 
+def priority_scheduling(extra_args: Sequence[str]) -> bool:
+    """Whether vLLM's extra arguments select `--scheduling-policy priority`."""
+    for index, arg in enumerate(extra_args):
+        if arg == "--scheduling-policy=priority":
+            return True
+        if arg == "--scheduling-policy" and index + 1 < len(extra_args) and extra_args[index + 1] == "priority":
+            return True
+    return False
+
+
 def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
     spec = plan.spec
     args = [
@@ -117,6 +129,10 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         # from the endpoint itself, so changing them does not roll its pods.
         "--hold-timeout-seconds",
         str(plan.model.startup_budget_seconds),
+        "--max-deferrable-queue",
+        str(spec.gateway.deferrable.max_queue),
+        "--deferrable-timeout-seconds",
+        str(spec.gateway.deferrable.timeout_seconds),
         "--max-upload-mb",
         str(spec.engine.audio.max_file_size_mb),
         "--log-format",
@@ -131,6 +147,9 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         args += ["--caller-keys-secret", spec.auth.api_keys_secret_name]
     if spec.gateway.tls is not None:
         args += ["--tls-secret", tls_secret_name(plan)]
+    if priority_scheduling(spec.engine.extra_args):
+        # vLLM orders its waiting requests by priority: deferrable chat/completions go after interactive ones.
+        args += ["--deferrable-priority", str(DEFERRABLE_PRIORITY)]
     return args + realtime_args(plan) + key_limit_args(plan)
 
 

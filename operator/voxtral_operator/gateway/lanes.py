@@ -1,0 +1,198 @@
+"""The two lanes of a gateway pod and the rule that admits deferrable work: pure, no I/O.
+
+A request is interactive unless its caller marks it deferrable, as the OpenAI API does:
+`"service_tier": "flex"` in a JSON body (chat, completions), a `service_tier` form field in a
+multipart one (transcriptions, translations). `auto` and `default` are interactive; any other
+value is refused with 400 rather than guessed at.
+
+The rule (the policy simulation implements the same one):
+- interactive work may use every in-flight slot this gateway pod has on a replica;
+- deferrable work is admitted to a replica only while no interactive request waits in this pod's
+  queue and the replica has fewer than its slots minus a headroom in flight (an eighth of the
+  slots, at least one), so an interactive arrival finds a free slot and starts within one engine
+  step, never behind deferrable work;
+- where vLLM runs `--scheduling-policy priority`, deferrable chat and completions requests carry
+  a larger `priority` number (lower priority) than interactive ones, which carry none (0).
+
+The gateway reads the tier only from what it has read before dispatch (the body's first 64 KiB).
+When the body is longer, a `service_tier` (or, where the gateway sets it, `priority`) that shows up
+in the rest cannot be honoured: `LateFieldWatch` finds it and the request fails with 400 (before the
+replica answers, since the replica is still reading the body) instead of running in a lane it did
+not ask for.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from voxtral_operator.gateway.framing import Refusal
+
+INTERACTIVE = "interactive"
+DEFERRABLE = "deferrable"
+LANES = (INTERACTIVE, DEFERRABLE)
+TIERS = {"auto": INTERACTIVE, "default": INTERACTIVE, "flex": DEFERRABLE}
+PRIORITY_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+DEFERRABLE_PRIORITY = 10  # vLLM runs lower numbers first; interactive requests carry 0
+HEADROOM_SHARE = 8  # deferrable work leaves an eighth of a replica's slots to interactive arrivals
+
+
+def headroom(slots: int) -> int:
+    """Slots per replica deferrable work leaves free for interactive arrivals."""
+    return max(1, slots // HEADROOM_SHARE)
+
+
+def deferrable_slots(slots: int) -> int:
+    """In-flight requests per replica below which deferrable work may still be admitted."""
+    return max(0, slots - headroom(slots))
+
+
+def admits(lane: str, inflight: int, slots: int, interactive_waiting: int) -> bool:
+    """Whether a request of `lane` may go to a replica with `inflight` of this pod's `slots` taken."""
+    if lane == DEFERRABLE:
+        return interactive_waiting == 0 and inflight < deferrable_slots(slots)
+    return inflight < slots
+
+
+# --- the caller's tier ------------------------------------------------------------------------
+
+
+def _unknown_tier(value: object) -> Refusal:
+    shown = json.dumps(value)[:40] if isinstance(value, str | int | float | bool) else type(value).__name__
+    return Refusal(
+        400, f"Bad request: service_tier {shown} is not one of auto, default or flex", "invalid_service_tier"
+    )
+
+
+def lane_of_tier(value: object) -> str | Refusal:
+    """The lane a `service_tier` value asks for (absent or null: interactive)."""
+    if value is None:
+        return INTERACTIVE
+    if isinstance(value, str) and value in TIERS:
+        return TIERS[value]
+    return _unknown_tier(value)
+
+
+_QUOTED_TIER = b'"service_tier"'
+_QUOTED_PRIORITY = b'"priority"'
+_TIER_MEMBER = re.compile(rb'"service_tier"\s*:\s*(null|"[^"\\]{0,40}")')
+_LATE_TIER = Refusal(
+    400,
+    "Bad request: service_tier must come within the body's first 64 KiB (before large fields such as inline "
+    "audio) for the gateway to queue the request in its lane",
+    "service_tier_too_late",
+)
+
+
+@dataclass(frozen=True)
+class Tier:
+    """What the body says of its lane, and what to watch for in the part of it not read yet."""
+
+    lane: str
+    watch: tuple[bytes, ...] = ()  # byte strings that, found later in the body, fail the request
+
+
+def json_tier(prefix: bytes, complete: bool) -> Tier | Refusal:
+    """The lane of a JSON body whose first bytes are `prefix` (`complete`: the whole body).
+
+    A complete body that is not a JSON object is left to the replica to refuse (interactive). Of a
+    longer body only the prefix is known: one `"service_tier": VALUE` member there decides; two are
+    refused; none means interactive, and the rest of the body is watched for one.
+    """
+    if complete:
+        try:
+            body = json.loads(prefix)
+        except (ValueError, RecursionError):
+            return Tier(INTERACTIVE)
+        if not isinstance(body, dict):
+            return Tier(INTERACTIVE)
+        lane = lane_of_tier(body.get("service_tier"))
+        return lane if isinstance(lane, Refusal) else Tier(lane)
+    found = prefix.count(_QUOTED_TIER)
+    if found == 0:
+        return Tier(INTERACTIVE, watch=(_QUOTED_TIER,))
+    match = _TIER_MEMBER.search(prefix)
+    if found > 1 or match is None:
+        return Refusal(400, "Bad request: service_tier must appear once, as a string", "invalid_service_tier")
+    lane = lane_of_tier(json.loads(match.group(1)))
+    return lane if isinstance(lane, Refusal) else Tier(lane)
+
+
+def _field_name(name: str) -> bytes:
+    return b'name="' + name.encode() + b'"'
+
+
+def multipart_tier(prefix: bytes, boundary: str, complete: bool) -> Tier | Refusal:
+    """The lane of a multipart body from its `service_tier` field (which must precede the file part
+    when the body is longer than what was read)."""
+    delimiter = b"\r\n--" + boundary.encode()
+    marker = _field_name("service_tier")
+    start = prefix.find(marker)
+    if start < 0:
+        return Tier(INTERACTIVE, watch=() if complete else (marker,))
+    if prefix.find(marker, start + 1) >= 0:
+        return Refusal(400, "Bad request: more than one service_tier field", "invalid_service_tier")
+    data = prefix.find(b"\r\n\r\n", start)
+    end = prefix.find(delimiter, data + 4) if data >= 0 else -1
+    if end < 0:
+        return _LATE_TIER
+    try:
+        value = prefix[data + 4 : end].decode("ascii").strip()
+    except UnicodeDecodeError:
+        return _unknown_tier("(not ASCII)")
+    lane = lane_of_tier(value)
+    return lane if isinstance(lane, Refusal) else Tier(lane)
+
+
+def with_priority(prefix: bytes, complete: bool, priority: int) -> tuple[bytes, tuple[bytes, ...]] | Refusal:
+    """A JSON body's prefix with `"priority": N` as its first member, and what to watch for in the rest.
+
+    The gateway owns the priority of the requests it tiers: a body that brings its own is refused
+    (a duplicate member would be read as the last one by vLLM, undoing the lane).
+    """
+    stripped = prefix.lstrip(b" \t\r\n")
+    if not stripped.startswith(b"{"):
+        return Refusal(400, "Bad request: the body is not a JSON object", "bad_request")
+    if _QUOTED_PRIORITY in prefix and (not complete or _has_priority(prefix)):
+        return Refusal(
+            400,
+            "Bad request: priority is set by the gateway for service_tier flex; send the request without it",
+            "priority_not_allowed",
+        )
+    rest = stripped[1:]
+    separator = b"" if rest.lstrip(b" \t\r\n").startswith(b"}") else b","
+    member = b'{"priority":' + str(priority).encode() + separator
+    return member + rest, () if complete else (_QUOTED_PRIORITY,)
+
+
+def _has_priority(document: bytes) -> bool:
+    try:
+        body = json.loads(document)
+    except (ValueError, RecursionError):
+        return True  # unreadable: never guess that it has none
+    return not isinstance(body, dict) or "priority" in body
+
+
+class LateFieldWatch:
+    """Finds any of some byte strings in a stream given chunk by chunk (a match may span chunks)."""
+
+    def __init__(self, patterns: tuple[bytes, ...]) -> None:
+        self.patterns = patterns
+        self._keep = max((len(p) for p in patterns), default=1) - 1
+        self._tail = b""
+
+    def found(self, chunk: bytes) -> bool:
+        if not self.patterns:
+            return False
+        window = self._tail + chunk
+        self._tail = window[-self._keep :] if self._keep else b""
+        return any(pattern in window for pattern in self.patterns)
+
+
+LATE_FIELD = Refusal(
+    400,
+    "Bad request: service_tier (or priority) appears after the body's first 64 KiB; put service_tier before "
+    "large fields such as inline audio, and leave priority to the gateway",
+    "service_tier_too_late",
+)

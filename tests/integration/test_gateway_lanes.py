@@ -1,0 +1,186 @@
+"""The deferrable lane through the gateway process and the vLLM simulator over loopback: how callers
+mark work, what the gateway refuses, what it sends vLLM, and that interactive requests never queue
+behind deferrable ones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.test_gateway import (
+    Gateway,
+    form,
+    gateways,
+    kube,
+    put_slice,
+    sandbox,
+    session,
+    simulators,
+    start_gateway,
+    start_sim,
+    wav,
+)
+from voxtral_operator.gateway import metrics as names
+from voxtral_testbed.harness import Kube, eventually
+from voxtral_testbed.sandbox import Sandbox
+
+pytestmark = pytest.mark.integration
+__all__ = ["gateways", "kube", "sandbox", "session", "simulators"]  # fixtures
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def flex_form(clip: bytes) -> aiohttp.FormData:
+    data = aiohttp.FormData()
+    data.add_field("service_tier", "flex")  # before the file, as the OpenAI SDK (httpx) sends fields
+    data.add_field("file", clip, filename="clip.wav", content_type="audio/wav")
+    data.add_field("model", "mistralai/Voxtral-Mini-3B-2507")
+    return data
+
+
+Serve = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+def serve(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    simulators: Any,
+    tmp_path: Path,
+) -> Serve:
+    """A gateway in front of one simulated replica started with `simulator_args` (None: the one there)."""
+
+    async def start(simulator_args: tuple[str, ...] | None, *gateway_args: str) -> Gateway:
+        if simulator_args is not None:
+            await put_slice(kube, "mini-a", await start_sim(simulators, session, *simulator_args))
+        gateway = await start_gateway(gateways, sandbox, tmp_path, session, *gateway_args)
+        await eventually(lambda: gateway.metric(session, names.READY_REPLICAS), timeout=10)
+        return gateway
+
+    return start
+
+
+async def lane_metric(gateway: Gateway, session: aiohttp.ClientSession, name: str, lane: str) -> float:
+    return await gateway.metric(session, name, f'lane="{lane}"')
+
+
+async def test_interactive_requests_never_wait_behind_a_deferrable_backlog(
+    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
+) -> None:
+    gateway = await serve(("--max-num-seqs", "8", "--request-seconds", "0.5"), "--max-inflight-per-replica", "8")
+    url = f"{gateway.url}/v1/audio/transcriptions"
+    backlog = [asyncio.create_task(session.post(url, data=flex_form(wav(30)))) for _ in range(80)]
+    await eventually(lambda: lane_metric(gateway, session, names.LANE_QUEUED_REQUESTS, "deferrable"), timeout=10)
+    most_deferrable = 0.0
+    for _ in range(6):
+        most_deferrable = max(
+            most_deferrable, await lane_metric(gateway, session, names.LANE_INFLIGHT_REQUESTS, "deferrable")
+        )
+        async with session.post(url, data=form(wav(5))) as response:
+            assert response.status == 200, await response.text()
+    assert most_deferrable == 7, f"deferrable requests in flight: {most_deferrable}, not 8 slots less 1 of headroom"
+    # Each interactive request found a free slot at once: its time in the gateway's queue is no wait at all
+    # (the machine's load cannot lengthen it: a free slot is taken without yielding to the event loop).
+    waited = await gateway.metric(session, names.LANE_QUEUE_WAIT_SECONDS + "_sum", 'lane="interactive"')
+    assert waited < 0.05 * 6, f"interactive requests waited {waited:.3f}s in all in the gateway's queue"
+    assert await lane_metric(gateway, session, names.LANE_QUEUED_REQUESTS, "deferrable") > 0  # the backlog remained
+    for response in await asyncio.gather(*backlog):
+        assert response.status == 200, await response.text()
+        response.release()
+    assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 80
+    assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "interactive") == 6
+
+
+async def test_flex_chat_carries_a_lower_priority_only_where_vllm_schedules_by_it(
+    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
+) -> None:
+    # vLLM without the priority policy refuses a nonzero priority: the gateway must send none.
+    plain = await serve(("--request-seconds", "0.01"))
+    async with session.post(f"{plain.url}/v1/chat/completions", json={**CHAT, "service_tier": "flex"}) as response:
+        assert response.status == 200, await response.text()
+    # The gateway told to set it: a replica without the policy says it got one.
+    priority = await serve(None, "--deferrable-priority", "10")
+    async with session.post(f"{priority.url}/v1/chat/completions", json={**CHAT, "service_tier": "flex"}) as response:
+        assert response.status == 400, await response.text()
+        assert "priority" in (await response.text())
+    async with session.post(f"{priority.url}/v1/chat/completions", json=CHAT) as response:
+        assert response.status == 200, await response.text()  # interactive requests carry none
+    scheduled = await start_sim(simulators, session, "--request-seconds", "0.01", "--scheduling-policy", "priority")
+    await put_slice(kube, "mini-a", scheduled)  # the gateway follows the slice: the next requests go there
+    await eventually(lambda: _chat_ok(session, priority.url, {**CHAT, "service_tier": "flex"}), timeout=10)
+    # A caller's own priority on a flex request would undo the lane: refused.
+    own = {**CHAT, "service_tier": "flex", "priority": -100}
+    async with session.post(f"{priority.url}/v1/chat/completions", json=own) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "priority_not_allowed"
+
+
+async def _chat_ok(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> bool:
+    async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+        return response.status == 200
+
+
+async def test_what_the_gateway_cannot_read_unambiguously_it_refuses(
+    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
+) -> None:
+    gateway = await serve(("--request-seconds", "0.01"))
+    chat = f"{gateway.url}/v1/chat/completions"
+    async with session.post(chat, json={**CHAT, "service_tier": "scale"}) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "invalid_service_tier"
+    # A body longer than what is read before dispatch, naming its tier after inline audio: too late to honour.
+    audio = {"type": "input_audio", "input_audio": {"data": "A" * 200_000, "format": "wav"}}
+    late = {"model": "m", "messages": [{"role": "user", "content": [audio]}], "service_tier": "flex"}
+    async with session.post(chat, data=json.dumps(late), headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 400, await response.text()
+        assert (await response.json())["error"]["code"] == "service_tier_too_late"
+    early = {"service_tier": "flex", "model": "m", "messages": [{"role": "user", "content": [audio]}]}
+    async with session.post(chat, data=json.dumps(early), headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 200, await response.text()
+    # The late one had been dispatched as interactive (its tier unknown) and failed before the replica answered.
+    assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 1
+    assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "interactive") == 1
+    # The multipart field after the file part of a long upload: the same.
+    data = aiohttp.FormData()
+    data.add_field("file", wav(10, actual_bytes=200_000), filename="clip.wav", content_type="audio/wav")
+    data.add_field("service_tier", "flex")
+    async with session.post(f"{gateway.url}/v1/audio/transcriptions", data=data) as response:
+        assert response.status == 400, await response.text()
+        assert (await response.json())["error"]["code"] == "service_tier_too_late"
+
+
+async def test_the_simulator_starts_waiting_requests_lowest_priority_first(
+    session: aiohttp.ClientSession, simulators: Any
+) -> None:
+    port = await start_sim(
+        simulators, session, "--max-num-seqs", "1", "--request-seconds", "2", "--scheduling-policy", "priority"
+    )
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    finished: list[str] = []
+
+    async def chat(name: str, priority: int) -> None:
+        async with session.post(url, json={**CHAT, "priority": priority}) as response:
+            assert response.status == 200, await response.text()
+        finished.append(name)
+
+    async def gauge(name: str) -> float:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            page = await response.text()
+        line = next(x for x in page.splitlines() if x.startswith(name + "{"))
+        return float(line.rsplit(" ", 1)[1])
+
+    running = asyncio.create_task(chat("running", 0))
+    await eventually(lambda: gauge("vllm:num_requests_running"), timeout=5, interval=0.01)
+    deferred = asyncio.create_task(chat("deferred", 10))
+    await eventually(lambda: gauge("vllm:num_requests_waiting"), timeout=5, interval=0.01)
+    interactive = asyncio.create_task(chat("interactive", 0))
+    await asyncio.gather(running, deferred, interactive)
+    assert finished == ["running", "interactive", "deferred"], finished

@@ -1,0 +1,226 @@
+"""The deferrable lane: the admission rule, how a body names its tier, and the dispatcher's two queues."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from prometheus_client import generate_latest
+
+from voxtral_operator.autoscale.loop import gateway_sample, lanes_status
+from voxtral_operator.autoscale.scrape import LanePage, parse_gateway_metrics
+from voxtral_operator.gateway import lanes
+from voxtral_operator.gateway.dispatch import Dispatcher, Lease, QueueFull, QueueTimeout
+from voxtral_operator.gateway.framing import Refusal
+from voxtral_operator.gateway.lanes import DEFERRABLE, INTERACTIVE
+from voxtral_operator.gateway.metrics import GatewayMetrics
+from voxtral_operator.gateway.work import Work
+
+CLIP = Work(audio_seconds=5, output_tokens=20)
+
+
+@pytest.mark.parametrize(
+    ("lane", "inflight", "slots", "interactive_waiting", "admitted"),
+    [
+        (INTERACTIVE, 15, 16, 0, True),
+        (INTERACTIVE, 16, 16, 0, False),
+        (DEFERRABLE, 13, 16, 0, True),  # headroom of 16 slots: 2
+        (DEFERRABLE, 14, 16, 0, False),
+        (DEFERRABLE, 0, 16, 1, False),  # an interactive request waits: never deferrable first
+        (DEFERRABLE, 6, 8, 0, True),  # headroom at least 1
+        (DEFERRABLE, 7, 8, 0, False),
+        (DEFERRABLE, 0, 1, 0, False),  # one slot: it is the headroom
+        (DEFERRABLE, 111, 128, 0, True),  # 128 slots: headroom 16
+        (DEFERRABLE, 112, 128, 0, False),
+    ],
+)
+def test_the_admission_rule(lane: str, inflight: int, slots: int, interactive_waiting: int, admitted: bool) -> None:
+    assert lanes.admits(lane, inflight, slots, interactive_waiting) is admitted
+
+
+@pytest.mark.parametrize(
+    ("body", "lane"),
+    [
+        ({"messages": []}, INTERACTIVE),
+        ({"messages": [], "service_tier": "flex"}, DEFERRABLE),
+        ({"messages": [], "service_tier": "auto"}, INTERACTIVE),
+        ({"messages": [], "service_tier": "default"}, INTERACTIVE),
+        ({"messages": [], "service_tier": None}, INTERACTIVE),
+        ({"messages": [{"content": '"service_tier": "flex"'}]}, INTERACTIVE),  # inside a string: not a member
+        ([1, 2], INTERACTIVE),  # not an object: the replica refuses it
+    ],
+)
+def test_a_complete_json_body_names_its_lane(body: object, lane: str) -> None:
+    tier = lanes.json_tier(json.dumps(body).encode(), complete=True)
+    assert isinstance(tier, lanes.Tier)
+    assert tier.lane == lane
+    assert tier.watch == ()
+
+
+@pytest.mark.parametrize("value", ["scale", "priority", "FLEX", 3, True, ["flex"]])
+def test_an_unknown_tier_is_refused(value: object) -> None:
+    tier = lanes.json_tier(json.dumps({"service_tier": value}).encode(), complete=True)
+    assert isinstance(tier, Refusal), tier
+    assert (tier.status, tier.code) == (400, "invalid_service_tier")
+
+
+def test_a_long_json_body_is_read_from_its_prefix_and_watched_after() -> None:
+    first = lanes.json_tier(b'{"service_tier": "flex", "messages": [{"content": "AAAA', complete=False)
+    assert first == lanes.Tier(DEFERRABLE)
+    unnamed = lanes.json_tier(b'{"messages": [{"content": "AAAA', complete=False)
+    assert isinstance(unnamed, lanes.Tier)
+    assert unnamed.lane == INTERACTIVE
+    assert unnamed.watch == (b'"service_tier"',)
+    twice = lanes.json_tier(b'{"service_tier": "flex", "service_tier": "default", "m": "AAA', complete=False)
+    assert isinstance(twice, Refusal)
+    assert twice.status == 400
+
+
+def test_the_watch_finds_a_late_field_across_chunks() -> None:
+    watch = lanes.LateFieldWatch((b'"service_tier"',))
+    assert not watch.found(b"AAAA" * 100 + b'"serv')
+    assert watch.found(b'ice_tier": "flex"}')
+    assert not lanes.LateFieldWatch(()).found(b'"service_tier"')
+    escaped = lanes.LateFieldWatch((b'"service_tier"',))
+    assert not escaped.found(b'{"text": "say \\"service_tier\\" twice"}')  # a quoted word inside a string
+
+
+def multipart(*fields: tuple[str, bytes], boundary: str = "XyZ") -> bytes:
+    parts = b""
+    for name, value in fields:
+        filename = b'; filename="a.wav"' if name == "file" else b""
+        parts += b"--" + boundary.encode() + b"\r\n"
+        parts += b'Content-Disposition: form-data; name="' + name.encode() + b'"' + filename + b"\r\n\r\n"
+        parts += value + b"\r\n"
+    return parts + b"--" + boundary.encode() + b"--\r\n"
+
+
+def test_a_multipart_body_names_its_lane_in_a_field() -> None:
+    flex = multipart(("service_tier", b"flex"), ("file", b"RIFF...."), ("model", b"m"))
+    assert lanes.multipart_tier(flex, "XyZ", complete=True) == lanes.Tier(DEFERRABLE)
+    plain = multipart(("file", b"RIFF...."), ("model", b"m"))
+    assert lanes.multipart_tier(plain, "XyZ", complete=True) == lanes.Tier(INTERACTIVE)
+    # Longer than the prefix: a field after the file part would come too late, so the rest is watched.
+    head = multipart(("model", b"m"), ("file", b"RIFF" + b"\x00" * 64))[:-20]
+    tier = lanes.multipart_tier(head, "XyZ", complete=False)
+    assert isinstance(tier, lanes.Tier)
+    assert tier.lane == INTERACTIVE
+    assert tier.watch == (b'name="service_tier"',)
+    unknown = lanes.multipart_tier(multipart(("service_tier", b"scale"), ("file", b"x")), "XyZ", complete=True)
+    assert isinstance(unknown, Refusal)
+    assert unknown.code == "invalid_service_tier"
+    cut = multipart(("service_tier", b"flex"))[:-12]  # its value's end not read yet
+    assert isinstance(lanes.multipart_tier(cut, "XyZ", complete=False), Refusal)
+
+
+def test_the_priority_goes_first_and_a_callers_own_is_refused() -> None:
+    rewritten = lanes.with_priority(b'  {"messages": [], "service_tier": "flex"}', complete=True, priority=10)
+    assert not isinstance(rewritten, Refusal)
+    assert json.loads(rewritten[0]) == {"priority": 10, "messages": [], "service_tier": "flex"}
+    assert rewritten[1] == ()
+    empty = lanes.with_priority(b"{ }", complete=True, priority=10)
+    assert not isinstance(empty, Refusal)
+    assert json.loads(empty[0]) == {"priority": 10}
+    own = lanes.with_priority(b'{"priority": -5, "service_tier": "flex"}', complete=True, priority=10)
+    assert isinstance(own, Refusal)
+    assert own.code == "priority_not_allowed"
+    # A word in the text is no member: the complete body is parsed to tell.
+    text = lanes.with_priority(b'{"messages": [{"content": "\\"priority\\""}]}', complete=True, priority=10)
+    assert not isinstance(text, Refusal)
+    partial = lanes.with_priority(b'{"service_tier": "flex", "messages": [{"content": "AAA', complete=False, priority=7)
+    assert not isinstance(partial, Refusal)
+    assert partial[1] == (b'"priority"',)
+    assert partial[0].startswith(b'{"priority":7,"service_tier"')
+
+
+async def test_deferrable_work_fills_only_what_interactive_work_leaves() -> None:
+    dispatcher = Dispatcher(max_inflight=8, queue_timeout=5)
+    dispatcher.set_replicas(["a:1"])
+    deferred = [asyncio.create_task(dispatcher.acquire(CLIP, lane=DEFERRABLE)) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    assert sum(t.done() for t in deferred) == 7  # 8 slots less a headroom of 1
+    snapshot = dispatcher.snapshot()
+    assert (snapshot.lanes[DEFERRABLE].inflight, snapshot.lanes[DEFERRABLE].queued) == (7, 3)
+    # An interactive arrival starts at once, in the headroom.
+    first = await asyncio.wait_for(dispatcher.acquire(CLIP), 0.5)
+    # The replica is full now; the next interactive request waits, and it goes before the queued deferrable ones.
+    second = asyncio.create_task(dispatcher.acquire(CLIP))
+    await asyncio.sleep(0.01)
+    running = [t.result() for t in deferred if t.done()]
+    running[0].release()
+    await asyncio.sleep(0.01)
+    assert second.done()
+    assert sum(t.done() for t in deferred) == 7
+    # With no interactive request waiting, a deferrable one takes a slot only below the headroom again.
+    first.release()
+    await asyncio.sleep(0.01)
+    assert sum(t.done() for t in deferred) == 7  # 7 in flight (6 deferrable + 1 interactive): at the limit
+    second.result().release()
+    await asyncio.sleep(0.01)
+    assert sum(t.done() for t in deferred) == 8
+    snapshot = dispatcher.snapshot()
+    assert snapshot.lanes[DEFERRABLE].admitted == 8
+    assert snapshot.lanes[INTERACTIVE].admitted == 2
+    for task in deferred:
+        task.cancel()
+    await asyncio.gather(*deferred, return_exceptions=True)
+    for lease in (t.result() for t in deferred if t.done() and not t.cancelled()):
+        lease.release()
+
+
+async def test_the_deferrable_lane_has_its_own_bound_and_timeout() -> None:
+    dispatcher = Dispatcher(max_inflight=2, queue_timeout=0.05, max_deferrable_queue=1, deferrable_timeout=0.3)
+    dispatcher.set_replicas(["a:1"])
+    running: Lease = await dispatcher.acquire(CLIP, lane=DEFERRABLE)
+    waiting = asyncio.create_task(dispatcher.acquire(CLIP, lane=DEFERRABLE, key="k2"))
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFull):
+        await dispatcher.acquire(CLIP, lane=DEFERRABLE, key="k2")
+    await asyncio.sleep(0.1)  # past the interactive queue timeout: the deferrable one still waits
+    assert not waiting.done()
+    with pytest.raises(QueueTimeout, match="deferrable"):
+        await asyncio.wait_for(waiting, 1)
+    snapshot = dispatcher.snapshot()
+    assert snapshot.lanes[DEFERRABLE].failed == {"queue_full": 1, "queue_timeout": 1}
+    assert snapshot.lanes[INTERACTIVE].failed == {}
+    running.release()
+
+
+async def test_deferrable_work_waits_at_zero_replicas_for_its_own_timeout() -> None:
+    dispatcher = Dispatcher(max_inflight=8, hold_timeout=0.05, deferrable_timeout=5)
+    held = asyncio.create_task(dispatcher.acquire(CLIP, lane=DEFERRABLE))
+    await asyncio.sleep(0.15)
+    assert not held.done()
+    dispatcher.set_replicas(["a:1"])
+    lease = await asyncio.wait_for(held, 1)
+    assert lease.lane == DEFERRABLE
+    lease.release()
+
+
+async def test_the_lanes_page_reads_back_as_the_autoscaler_parses_it() -> None:
+    dispatcher = Dispatcher(max_inflight=8)
+    dispatcher.set_replicas(["a:1"])
+    leases = [await dispatcher.acquire(Work(audio_seconds=60, output_tokens=0), lane=DEFERRABLE) for _ in range(7)]
+    queued = asyncio.create_task(dispatcher.acquire(Work(audio_seconds=30, output_tokens=0), lane=DEFERRABLE))
+    interactive = await dispatcher.acquire(CLIP)
+    await asyncio.sleep(0.01)
+    page = generate_latest(GatewayMetrics(dispatcher.snapshot).registry).decode()
+    parsed = parse_gateway_metrics(page)
+    assert parsed is not None, page
+    assert parsed.lanes[DEFERRABLE] == LanePage(
+        queued=1, queued_audio_seconds=30, in_flight=7, in_flight_audio_seconds=420
+    )
+    assert parsed.lanes[INTERACTIVE] == LanePage(
+        queued=0, queued_audio_seconds=0, in_flight=1, in_flight_audio_seconds=5
+    )
+    assert parsed.queued == 1  # the total counts both lanes, as before
+    # What the policy reads of two such pods: the interactive queue, the deferrable lane apart.
+    sample = gateway_sample([parsed, parsed], seconds_since_last_request=3.0)
+    assert (sample.queued_requests, sample.queued_audio_seconds) == (0, 0)
+    assert (sample.deferrable_queued_requests, sample.deferrable_in_flight_audio_seconds) == (2, 840)
+    assert sample.interactive_share == pytest.approx(10 / 850)
+    assert lanes_status([parsed])[DEFERRABLE] == {"queuedRequests": 1, "queuedAudioSeconds": 30, "inFlightRequests": 7}
+    queued.cancel()
+    for lease in [*leases, interactive]:
+        lease.release()
