@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import datetime
 import json
 import logging
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from voxtral_operator import coldstart, diffing, logs, metrics, render, status
+from voxtral_operator import capacity, coldstart, diffing, logs, metrics, render, status
 from voxtral_operator.api.resolve import InvalidSpec, Plan, resolve
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s import resources
@@ -226,6 +227,7 @@ class Reconciler:
         self._backend_key_created.pop(key, None)
         self._phases.pop(key, None)
         self._rendered.pop(key, None)
+        metrics.GPU_METER.forget(*key)
         self._update_phase_gauge()
 
     async def _run(self, key: Key) -> None:
@@ -283,13 +285,15 @@ class Reconciler:
                 self.post_event(endpoint, "Warning", status.INVALID_SPEC, message)
             return
 
-        desired = self._desired(key, endpoint, plan)
         live_children = self.view.children(key)
+        pods = self.view.pods(key)
+        desired = _with_overflow_replicas(self._desired(key, endpoint, plan), plan, live_children, pods)
         warmer = _staging(desired, live_children)
-        # Until the cache warmer has staged the weights, the replicas' Deployment is neither created nor
-        # changed (a running one keeps serving the model it has); it is still wanted, so never deleted.
+        # Until the cache warmer has staged the weights, the replicas' Deployments are neither created nor
+        # changed (a running one keeps serving the model it has); they are still wanted, so never deleted.
         held = warmer is not None and not warmer.staged
-        applied = [o for o in desired if not (held and _child_key(o) == ("Deployment", plan.name))]
+        replicas = {("Deployment", plan.name), ("Deployment", render.overflow_name(plan.name))}
+        applied = [o for o in desired if not (held and _child_key(o) in replicas)]
         refused: ChildRefused | None = None
         created: list[str] = []
         updated: list[str] = []
@@ -314,7 +318,7 @@ class Reconciler:
             generation=generation,
             desired_replicas=plan.spec.desired_replicas,
             deployment=deployment,
-            pods=self.view.pods(key),
+            pods=pods,
             previous=current_status,
             url=render.service_url(plan.name, plan.namespace, self.config, tls=plan.spec.gateway.tls is not None),
             selector=render.label_selector_string(plan.name),
@@ -326,7 +330,9 @@ class Reconciler:
             gateway_ready=_ready_replicas(live_children.get(("Deployment", render.gateway.gateway_name(plan.name))))
             if plan.spec.gateway.enabled
             else None,
+            overflow=plan.spec.node_pool.overflow is not None,
         )
+        metrics.GPU_METER.held(*key, capacity.gpus_by_pool(pods, plan.tensor_parallel_size), time.monotonic())
         new_status = status.with_exposure(
             new_status,
             previous=current_status,
@@ -340,7 +346,7 @@ class Reconciler:
             previous=current_status,
             spec=plan.spec,
             warmer=warmer,
-            pods=self.view.pods(key),
+            pods=pods,
             generation=generation,
             now=self.clock(),
         )
@@ -627,6 +633,33 @@ class Reconciler:
             self.post_event(endpoint, "Warning", str(new["reason"]), str(new.get("message", "")))
         elif new.get("status") == "True" and (old is None or old.get("status") != "True"):
             self.post_event(endpoint, "Normal", "Ready", str(new.get("message", "")))
+
+
+def _with_overflow_replicas(
+    desired: list[JSON], plan: Plan, live_children: Mapping[ChildKey, JSON], pods: list[JSON]
+) -> list[JSON]:
+    """The overflow Deployment as rendered, with the replicas the reserved pods call for now
+    (capacity.overflow_replicas): the one child whose content follows the pods, not the spec."""
+    overflow = plan.spec.node_pool.overflow
+    if overflow is None:
+        return desired
+    name = render.overflow_name(plan.name)
+    live = live_children.get(("Deployment", name))
+    current = int(((live or {}).get("spec") or {}).get("replicas") or 0)
+    replicas = capacity.overflow_replicas(
+        desired=plan.spec.desired_replicas, pods=pods, current=current, cap=overflow.max_replicas
+    )
+    result = []
+    for obj in desired:
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] == name:
+            obj = copy.deepcopy(obj)
+            del obj["metadata"]["annotations"][diffing.APPLIED_HASH_ANNOTATION]
+            if not obj["metadata"]["annotations"]:
+                del obj["metadata"]["annotations"]
+            obj["spec"]["replicas"] = replicas
+            obj = diffing.with_applied_hash(obj)
+        result.append(obj)
+    return result
 
 
 def _staging(desired: list[JSON], live_children: Mapping[ChildKey, JSON]) -> coldstart.Staging | None:

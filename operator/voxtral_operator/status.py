@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from voxtral_operator import capacity
+
 JSON = dict[str, Any]
 
 READY = "Ready"
@@ -31,6 +33,8 @@ CONTAINER_CONFIG_ERROR = "ContainerConfigError"
 OOM_KILLED = "OOMKilled"
 CRASH_LOOP = "CrashLoop"
 WAITING_FOR_GPU = "WaitingForGPU"
+# The scheduler nominated a node where lower-priority pods (lent reserved GPUs) are being preempted.
+WAITING_FOR_PREEMPTION = "WaitingForPreemption"
 UNSCHEDULABLE = "Unschedulable"
 LOADING = "Loading"
 PENDING = "Pending"
@@ -39,7 +43,14 @@ SCALED_TO_ZERO = "ScaledToZero"
 AVAILABLE = "Available"
 GATEWAY_UNAVAILABLE = "GatewayUnavailable"
 # The status fields the autoscaler writes (under its own field manager); the reconciler never sends them.
-AUTOSCALER_FIELDS = ("queueDepth", "queuedAudioSeconds", "desiredReplicas", "lastScaleDecision", "scaleHold")
+AUTOSCALER_FIELDS = (
+    "queueDepth",
+    "queuedAudioSeconds",
+    "desiredReplicas",
+    "lastScaleDecision",
+    "scaleHold",
+    "coldStartSeconds",
+)
 SCHEDULED = "Scheduled"
 # Blockers a person must remove: the endpoint is Failed (Degraded while some replica serves).
 FAILURE_REASONS = (
@@ -52,7 +63,7 @@ FAILURE_REASONS = (
 )
 # Blockers that may clear by themselves (a GPU frees up, the cluster autoscaler adds a node):
 # the endpoint stays Pending, and PodsScheduled says since when it has waited.
-WAITING_REASONS = (WAITING_FOR_GPU, UNSCHEDULABLE)
+WAITING_REASONS = (WAITING_FOR_GPU, UNSCHEDULABLE, WAITING_FOR_PREEMPTION)
 BLOCKER_ORDER = (*FAILURE_REASONS, *WAITING_REASONS, LOADING, PENDING)
 
 # The CRD's limit on a condition's message is 4096; API server messages (PodSecurity) can be long.
@@ -82,6 +93,8 @@ def pod_summary(pod: Mapping[str, Any]) -> JSON:
     )
     return {
         "name": pod.get("metadata", {}).get("name"),
+        "pool": (pod.get("metadata", {}).get("labels") or {}).get(capacity.POOL_LABEL),
+        "nominatedNode": status.get("nominatedNodeName"),
         # When the container started and when the pod turned Ready: the replica's load time (coldstart.py).
         "startedAt": running.get("startedAt"),
         "readySince": ready_since,
@@ -134,6 +147,11 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
     name = pod.get("name")
     conditions = {c["type"]: c for c in pod.get("conditions") or []}
     scheduled = conditions.get("PodScheduled")
+    if capacity.waits_for_preemption(pod):
+        return PodProblem(
+            WAITING_FOR_PREEMPTION,
+            f"pod {name} waits for lower-priority pods on node {pod.get('nominatedNode')} to be preempted",
+        )
     if scheduled and scheduled.get("status") == "False":
         message = scheduled.get("message") or ""
         if "nvidia.com/gpu" in message:
@@ -195,9 +213,15 @@ def deployment_problem(deployment: Mapping[str, Any] | None) -> PodProblem | Non
     return None
 
 
-def _pod_problems(pods: Iterable[Mapping[str, Any]]) -> list[PodProblem]:
+def _pod_problems(pods: Iterable[Mapping[str, Any]], overflow: bool = False) -> list[PodProblem]:
     # By pod name, so the same pods always name the same blocker (no status flip-flop between them).
     live = sorted((pod for pod in pods if not pod.get("deleting")), key=lambda pod: str(pod.get("name")))
+    if overflow:
+        # A reserved pod with no room is what the overflow pool is for: no problem while an overflow
+        # pod stands in for it (the overflow pod's own wait, if any, is the one reported).
+        covering = sum(1 for pod in live if capacity.pool_of(pod) == capacity.OVERFLOW)
+        covered = [pod for pod in live if capacity.waits_for_room(pod)][:covering]
+        live = [pod for pod in live if pod not in covered]
     return [p for p in (pod_problem(pod) for pod in live) if p is not None]
 
 
@@ -246,8 +270,10 @@ def compute_status(
     refused: tuple[str, str] | None = None,
     suspended: bool = False,
     gateway_ready: int | None = None,
+    overflow: bool = False,
 ) -> JSON:
-    """serving: the last active check through the Service (ok, reason, message), if any.
+    """overflow: the endpoint has an overflow pool (spec.nodePool.overflow).
+    serving: the last active check through the Service (ok, reason, message), if any.
     refused: a child the API would not take (reason, message), if any.
     gateway_ready: ready gateway pods when callers come through a gateway, else None."""
     pods = list(pods)
@@ -262,7 +288,7 @@ def compute_status(
     updated = int(dep_status.get("updatedReplicas") or 0)
     dep_conditions = {c.get("type"): c for c in dep_status.get("conditions") or []}
     creation = deployment_problem(deployment)
-    pod_problems = [_with_gpu_need(p, tensor_parallel_size) for p in _pod_problems(pods)]
+    pod_problems = [_with_gpu_need(p, tensor_parallel_size) for p in _pod_problems(pods, overflow)]
     problem = creation or _first(pod_problems, BLOCKER_ORDER)
     unscheduled = creation or _first(pod_problems, WAITING_REASONS)
     waiting = problem is not None and problem.reason in WAITING_REASONS
@@ -378,6 +404,8 @@ def compute_status(
         "tensorParallelSize": tensor_parallel_size,
         "gpus": sum(1 for pod in pods if pod.get("holdsNode")) * tensor_parallel_size,
     }
+    if overflow:
+        status["gpusByPool"] = capacity.gpus_by_pool(pods, tensor_parallel_size)
     return status
 
 

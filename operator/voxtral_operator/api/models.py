@@ -234,16 +234,9 @@ class Toleration(_Model):
         return self
 
 
-class NodePoolSpec(_Model):
-    node_selector: dict[LabelKey, LabelValue] = Field(
-        default_factory=dict,
-        max_length=32,
-        description=(
-            "Labels of the reserved GPU nodes, added to the GPU product selector (which it cannot override), "
-            "within the namespace's policy in the operator config."
-        ),
-        json_schema_extra=_label_map_rule("nodeSelector"),
-    )
+class _PoolPlacement(_Model):
+    """What places a pool's pods besides its node labels."""
+
     tolerations: list[Toleration] = Field(
         default_factory=list,
         max_length=32,
@@ -253,10 +246,77 @@ class NodePoolSpec(_Model):
         default=None,
         max_length=253,
         pattern=DNS_SUBDOMAIN,
-        description="PriorityClass of the vLLM pods: one the namespace's policy allows (never system-*).",
+        description="PriorityClass of the pool's vLLM pods: one the namespace's policy allows (never system-*).",
+    )
+
+
+class OverflowPoolSpec(_PoolPlacement):
+    """Where replicas go while the reserved pool is full (on-demand or spot nodes, paid by the second)."""
+
+    node_selector: dict[LabelKey, LabelValue] = Field(
+        min_length=1,
+        max_length=32,
+        description=(
+            "Labels of the overflow nodes, added to the GPU product selector (which it cannot override), "
+            "within the namespace's policy in the operator config. Must differ from the reserved pool's."
+        ),
+        json_schema_extra=_label_map_rule("overflow nodeSelector"),
+    )
+    gpu: GpuSpec | None = Field(
+        default=None,
+        description=(
+            "Another GPU type for overflow replicas; the fit check must accept it at the endpoint's "
+            "tensor-parallel size (replicas behind one gateway are interchangeable). Default: spec.gpu."
+        ),
+    )
+    max_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Most overflow replicas at once (a cap on on-demand spend). Default: up to the desired count.",
     )
 
     _node_selector_keys = field_validator("node_selector")(_label_keys)
+
+
+class NodePoolSpec(_PoolPlacement):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.overflow) || !has(self.nodeSelector)"
+                    " || self.overflow.nodeSelector != self.nodeSelector",
+                    "message": "overflow.nodeSelector must name other nodes than the reserved pool's nodeSelector",
+                    "fieldPath": ".overflow.nodeSelector",
+                }
+            ]
+        }
+    )
+
+    node_selector: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description=(
+            "Labels of the reserved GPU nodes, added to the GPU product selector (which it cannot override), "
+            "within the namespace's policy in the operator config."
+        ),
+        json_schema_extra=_label_map_rule("nodeSelector"),
+    )
+    overflow: OverflowPoolSpec | None = Field(
+        default=None,
+        description=(
+            "A second pool used only while this one is full: replicas the scheduler finds no room for here "
+            "run there, and move back (make-before-break) when room frees up. Unset: they wait."
+        ),
+    )
+
+    _node_selector_keys = field_validator("node_selector")(_label_keys)
+
+    @model_validator(mode="after")
+    def _overflow_elsewhere(self) -> NodePoolSpec:
+        if self.overflow is not None and self.overflow.node_selector == self.node_selector:
+            raise ValueError("overflow.nodeSelector must name other nodes than the reserved pool's nodeSelector")
+        return self
 
 
 class AudioLimitsSpec(_Model):
@@ -900,6 +960,11 @@ class ScaleHold(_Model):
     message: str = Field(max_length=512, description="What the autoscaler keeps, and until when.")
 
 
+class GpusByPool(_Model):
+    reserved: int = Field(default=0, description="GPUs held on the reserved pool's nodes.")
+    overflow: int = Field(default=0, description="GPUs held on the overflow pool's nodes.")
+
+
 class LaneStatus(_Model):
     queued_requests: int = Field(description="Requests waiting in the gateway pods' queues.")
     queued_audio_seconds: int = Field(description="Audio-seconds in those requests.")
@@ -934,7 +999,15 @@ class VoxtralEndpointStatus(_Model):
     gpus: int | None = Field(
         default=None, description="GPUs held now: pods bound to a node and not finished, x tensor-parallel size."
     )
+    gpus_by_pool: GpusByPool | None = Field(
+        default=None, description="GPUs held now in the reserved pool and in the overflow pool."
+    )
     last_scale_decision: ScaleDecision | None = Field(default=None, description="The autoscaler's last decision.")
+    cold_start_seconds: dict[str, int] | None = Field(
+        default=None,
+        description="The cold start the autoscaler has learned per path (the Loading condition's reasons: "
+        "ColdDownload, SharedCache, LocalCache), in seconds from asking for a replica to its being ready.",
+    )
     scale_hold: ScaleHold | None = Field(
         default=None,
         description="A person's spec.replicas (kubectl scale, apply) the autoscaler keeps as a floor, while it does.",

@@ -56,6 +56,8 @@ class Plan:
     cpu_request: str
     memory_request: str
     realtime: RealtimePlan | None = None
+    # The overflow pool's GPU (spec.nodePool.overflow), None without one.
+    overflow_gpu: catalog.GpuProfile | None = None
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -273,30 +275,50 @@ def platform_problems(
                 f"(operator config allowedMediaDomains: {', '.join(config.allowed_media_domains) or 'none'})"
             )
     pool = spec.node_pool
+    pools: list[tuple[str, models.NodePoolSpec | models.OverflowPoolSpec, str]] = [
+        ("spec.nodePool", pool, spec.gpu.type)
+    ]
+    if pool.overflow is not None:
+        overflow_gpu = pool.overflow.gpu.type if pool.overflow.gpu else spec.gpu.type
+        pools.append(("spec.nodePool.overflow", pool.overflow, overflow_gpu))
+    for path, placement, gpu_type in pools:
+        problems += _placement_problems(path, placement, gpu_type, config, policy, where)
+    return problems
+
+
+def _placement_problems(
+    path: str,
+    pool: models.NodePoolSpec | models.OverflowPoolSpec,
+    gpu_type: str,
+    config: OperatorConfig,
+    policy: NamespacePolicy | None,
+    where: str,
+) -> list[str]:
+    """A pool's selector, tolerations, priority class and GPU type against the platform's limits."""
+    problems = []
+    gpu_field = "spec.gpu.type" if path == "spec.nodePool" else f"{path}.gpu.type"
     for key in pool.node_selector:
         if key in (config.gpu_node_label, *GPU_PRODUCT_LABELS):
             problems.append(
-                f"spec.nodePool.nodeSelector: {key!r} is the operator's GPU product selector (from spec.gpu.type); "
+                f"{path}.nodeSelector: {key!r} is the operator's GPU product selector (from {gpu_field}); "
                 "it cannot be overridden"
             )
     if pool.priority_class_name and pool.priority_class_name.startswith("system-"):
         problems.append(
-            f"spec.nodePool.priorityClassName: {pool.priority_class_name!r}: system-* priority classes are "
+            f"{path}.priorityClassName: {pool.priority_class_name!r}: system-* priority classes are "
             "for cluster components"
         )
     if policy is None:
         return problems
-    if not _allowed(spec.gpu.type, policy.gpu_types):
-        problems.append(
-            f"spec.gpu.type: {spec.gpu.type} is not allowed {where} (allowed: {', '.join(policy.gpu_types)})"
-        )
+    if not _allowed(gpu_type, policy.gpu_types):
+        problems.append(f"{gpu_field}: {gpu_type} is not allowed {where} (allowed: {', '.join(policy.gpu_types)})")
     if (
         pool.priority_class_name
         and not pool.priority_class_name.startswith("system-")
         and pool.priority_class_name not in policy.priority_class_names
     ):
         problems.append(
-            f"spec.nodePool.priorityClassName: {pool.priority_class_name!r} is not allowed {where} "
+            f"{path}.priorityClassName: {pool.priority_class_name!r} is not allowed {where} "
             f"(allowed: {', '.join(policy.priority_class_names) or 'none'})"
         )
     for key, value in pool.node_selector.items():
@@ -304,13 +326,46 @@ def platform_problems(
             continue
         values = policy.node_selector.get(key, policy.node_selector.get(ANY))
         if values is None or not _allowed(value, values):
-            problems.append(f"spec.nodePool.nodeSelector: {key}={value!r} is not allowed {where}")
+            problems.append(f"{path}.nodeSelector: {key}={value!r} is not allowed {where}")
     for index, toleration in enumerate(pool.tolerations):
         if not _toleration_allowed(toleration, policy):
             shown = toleration.model_dump(by_alias=True, exclude_none=True)
             what = "tolerates every taint" if not toleration.key else "is not allowed"
-            problems.append(f"spec.nodePool.tolerations[{index}]: {shown} {what} {where}")
+            problems.append(f"{path}.tolerations[{index}]: {shown} {what} {where}")
     return problems
+
+
+def _overflow_gpu(
+    spec: models.VoxtralEndpointSpec,
+    model: catalog.ModelProfile,
+    gpus: dict[str, catalog.GpuProfile],
+    tp: int,
+    realtime: RealtimePlan | None,
+) -> tuple[catalog.GpuProfile | None, list[str]]:
+    """The overflow pool's GPU, accepted by the same fit check at the endpoint's tensor-parallel size:
+    an overflow replica must serve what a reserved one does (same flags, same sessions)."""
+    overflow = spec.node_pool.overflow
+    if overflow is None:
+        return None, []
+    if overflow.gpu is None:
+        return gpus[spec.gpu.type], []
+    gpu_type = overflow.gpu.type
+    gpu = gpus[gpu_type]
+    engine = spec.engine
+    fit = catalog.check_fit(model, gpu, tp, engine.gpu_memory_utilization, engine.max_model_len)
+    if not fit.fits:
+        return None, [
+            f"spec.nodePool.overflow.gpu.type: {spec.model} does not fit on {tp} x {gpu_type} at "
+            f"gpuMemoryUtilization {engine.gpu_memory_utilization} and maxModelLen {engine.max_model_len} "
+            f"({_gb(max(fit.kv_cache_available_bytes, 0))} left for KV cache, {_gb(fit.kv_cache_needed_bytes)} "
+            f"needed); overflow replicas run at the endpoint's tensorParallelSize {tp}"
+        ]
+    if realtime is not None and session_capacity(spec, model, gpu, tp) < realtime.sessions_per_replica:
+        return None, [
+            f"spec.nodePool.overflow.gpu.type: {tp} x {gpu_type} holds fewer than the "
+            f"{realtime.sessions_per_replica} realtime sessions a reserved replica serves"
+        ]
+    return gpu, []
 
 
 def resolve(
@@ -362,6 +417,8 @@ def resolve(
     if model.realtime:
         realtime, found = _realtime_plan(spec, model, gpu, tp)
         problems += found
+    overflow_gpu, found = _overflow_gpu(spec, model, gpus, tp, realtime)
+    problems += found
     if problems:
         raise InvalidSpec(problems)
     return Plan(
@@ -377,6 +434,7 @@ def resolve(
         cpu_request=spec.resources.cpu or str(4 * tp),
         memory_request=spec.resources.memory or _default_memory(model),
         realtime=realtime,
+        overflow_gpu=overflow_gpu,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from voxtral_operator import capacity
 from voxtral_operator.api import models
 from voxtral_operator.api.resolve import Plan, resolve
 from voxtral_operator.config import OperatorConfig
@@ -262,52 +263,92 @@ def compile_cache_env(spec: models.VoxtralEndpointSpec) -> list[dict[str, Any]]:
     return [{"name": name, "value": f"{CACHE_MOUNT_PATH}/{folder}"} for name, folder in COMPILE_CACHE_DIRS]
 
 
-def _tolerations(spec: models.VoxtralEndpointSpec) -> list[dict[str, Any]]:
+def _tolerations(pool: models.NodePoolSpec | models.OverflowPoolSpec) -> list[dict[str, Any]]:
     # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule; tolerate it always.
     tolerations: list[dict[str, Any]] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    for toleration in spec.node_pool.tolerations:
+    for toleration in pool.tolerations:
         item = toleration.model_dump(by_alias=True, exclude_none=True)
         if item not in tolerations:
             tolerations.append(item)
     return tolerations
 
 
+def overflow_name(name: str) -> str:
+    return f"{name}-overflow"
+
+
+def overflow_selector(name: str) -> dict[str, str]:
+    """The overflow Deployment's pods: the endpoint's selector (so the Service, gateway, PDB and
+    NetworkPolicy take them as any replica) plus the pool label the reserved pods do not carry."""
+    return {**selector_labels(name), capacity.POOL_LABEL: capacity.OVERFLOW}
+
+
 def deployment(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
-    spec = plan.spec
-    shutdown = spec.engine.shutdown_timeout_seconds
-    budget = plan.model.startup_budget_seconds
+    """The reserved pool's Deployment: it always carries the endpoint's whole desired count."""
+    pool = plan.spec.node_pool
     return render_template(
         "deployment.yaml.j2",
         {
+            **_deployment_values(plan, config),
             "name": plan.name,
-            "namespace": plan.namespace,
             "labels": standard_labels(plan.name),
             "selector": selector_labels(plan.name),
-            "replicas": spec.desired_replicas,
-            "progress_deadline_seconds": budget + 300,
-            # preStop pause, then the drain, then a margin for the process to exit.
-            "termination_grace_period_seconds": PRE_STOP_SECONDS + shutdown + 30,
-            "pre_stop_seconds": PRE_STOP_SECONDS,
+            "replicas": plan.spec.desired_replicas,
             # The GPU product selector last: the pool's selector can never replace it (resolve refuses it too).
-            "node_selector": {**spec.node_pool.node_selector, config.gpu_node_label: plan.gpu.product_label},
-            "tolerations": _tolerations(spec),
-            "priority_class_name": spec.node_pool.priority_class_name,
-            "run_as_user": config.vllm_run_as_user,
-            "image": plan.image,
-            "image_pull_policy": config.image_pull_policy,
-            "args": vllm_args(plan, config),
-            "env": vllm_env(plan),
-            "port": config.vllm_port,
-            "cpu": plan.cpu_request,
-            "memory": plan.memory_request,
-            "gpus": str(plan.tensor_parallel_size),
-            "startup_failure_threshold": -(-budget // STARTUP_PROBE_PERIOD_SECONDS),
-            "cache_mount_path": CACHE_MOUNT_PATH,
-            "home_path": HOME_PATH,
-            "cache_claim_name": cache_claim_name(plan.name) if spec.model_cache else None,
-            "shm_size": config.shm_size,
+            "node_selector": {**pool.node_selector, config.gpu_node_label: plan.gpu.product_label},
+            "tolerations": _tolerations(pool),
+            "priority_class_name": pool.priority_class_name,
         },
     )
+
+
+def overflow_deployment(plan: Plan, config: OperatorConfig, replicas: int = 0) -> dict[str, Any] | None:
+    """The overflow pool's Deployment; its replicas come from the reserved pods (capacity.overflow_replicas)."""
+    pool = plan.spec.node_pool.overflow
+    if pool is None or plan.overflow_gpu is None:
+        return None
+    labels = {**standard_labels(plan.name), capacity.POOL_LABEL: capacity.OVERFLOW}
+    return render_template(
+        "deployment.yaml.j2",
+        {
+            **_deployment_values(plan, config),
+            "name": overflow_name(plan.name),
+            "labels": labels,
+            "selector": overflow_selector(plan.name),
+            "replicas": replicas,
+            "node_selector": {**pool.node_selector, config.gpu_node_label: plan.overflow_gpu.product_label},
+            "tolerations": _tolerations(pool),
+            "priority_class_name": pool.priority_class_name,
+        },
+    )
+
+
+def _deployment_values(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
+    """What a replica is, whichever pool it runs in."""
+    spec = plan.spec
+    shutdown = spec.engine.shutdown_timeout_seconds
+    budget = plan.model.startup_budget_seconds
+    return {
+        "namespace": plan.namespace,
+        "progress_deadline_seconds": budget + 300,
+        # preStop pause, then the drain, then a margin for the process to exit.
+        "termination_grace_period_seconds": PRE_STOP_SECONDS + shutdown + 30,
+        "pre_stop_seconds": PRE_STOP_SECONDS,
+        "run_as_user": config.vllm_run_as_user,
+        "image": plan.image,
+        "image_pull_policy": config.image_pull_policy,
+        "args": vllm_args(plan, config),
+        "env": vllm_env(plan),
+        "port": config.vllm_port,
+        "cpu": plan.cpu_request,
+        "memory": plan.memory_request,
+        "gpus": str(plan.tensor_parallel_size),
+        "startup_failure_threshold": -(-budget // STARTUP_PROBE_PERIOD_SECONDS),
+        "cache_mount_path": CACHE_MOUNT_PATH,
+        "home_path": HOME_PATH,
+        "cache_claim_name": cache_claim_name(plan.name) if spec.model_cache else None,
+        "shm_size": config.shm_size,
+    }
 
 
 def service(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
@@ -489,7 +530,7 @@ def cache_warmer_template(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
             # On the pool's nodes: the image lands where replicas will run, and a ReadWriteOnce cache
             # attaches in their zone. No GPU is asked for.
             "node_selector": {**spec.node_pool.node_selector, config.gpu_node_label: plan.gpu.product_label},
-            "tolerations": _tolerations(spec),
+            "tolerations": _tolerations(spec.node_pool),
             "run_as_user": config.vllm_run_as_user,
             "image": plan.image,
             "image_pull_policy": config.image_pull_policy,
@@ -572,7 +613,7 @@ def image_prepull_daemon_set(plan: Plan, config: OperatorConfig) -> dict[str, An
             "labels": {**selector, LABEL_COMPONENT: PREPULL_COMPONENT, LABEL_MANAGED_BY: MANAGED_BY},
             "selector": selector,
             "node_selector": {**spec.node_pool.node_selector, config.gpu_node_label: plan.gpu.product_label},
-            "tolerations": _tolerations(spec),
+            "tolerations": _tolerations(spec.node_pool),
             "run_as_user": config.vllm_run_as_user,
             "image": plan.image,
             "image_pull_policy": config.image_pull_policy,
@@ -639,6 +680,7 @@ def render_plan(plan: Plan, config: OperatorConfig) -> list[dict[str, Any]]:
     objects = [
         persistent_volume_claim(plan),
         deployment(plan, config),
+        overflow_deployment(plan, config),
         service(plan, config),
         pod_disruption_budget(plan),
         network_policy(plan, config),
