@@ -266,6 +266,14 @@ def parser() -> argparse.ArgumentParser:
         help="a deferrable request waiting longer for spare capacity, held or queued: 503 (default: 21600)",
     )
     p.add_argument(
+        "--kv-cache-tokens-per-replica",
+        type=float,
+        default=None,
+        metavar="N",
+        help="this gateway pod's share of a replica's KV cache in tokens: deferrable work is admitted only "
+        "while its requests in flight there hold less than 7/8 of it (default: no bound)",
+    )
+    p.add_argument(
         "--deferrable-priority",
         type=int,
         default=None,

@@ -40,6 +40,54 @@ def test_the_admission_rule(lane: str, inflight: int, slots: int, interactive_wa
 
 
 @pytest.mark.parametrize(
+    ("tokens_in_flight", "request_tokens", "kv_tokens", "admitted"),
+    [
+        (0, 50_000, 8_000, True),  # alone on the replica: a request longer than the bound still runs
+        (6_000, 1_000, 8_000, True),  # 7,000 of 8,000 less an eighth
+        (6_000, 1_001, 8_000, False),
+        (6_000, 10**9, None, True),  # no bound known
+    ],
+)
+def test_the_kv_bound(tokens_in_flight: float, request_tokens: float, kv_tokens: float | None, admitted: bool) -> None:
+    assert lanes.kv_room(tokens_in_flight, request_tokens, kv_tokens) is admitted
+    assert (
+        lanes.admits(
+            DEFERRABLE, 1, 16, 0, tokens_in_flight=tokens_in_flight, request_tokens=request_tokens, kv_tokens=kv_tokens
+        )
+        is admitted
+    )
+    assert lanes.admits(
+        INTERACTIVE, 1, 16, 0, tokens_in_flight=tokens_in_flight, request_tokens=request_tokens, kv_tokens=kv_tokens
+    )
+
+
+async def test_long_recordings_fill_the_kv_cache_not_the_slots() -> None:
+    """Ten-minute recordings (7,500 audio tokens and 2,400 of transcript each) on a replica of 64 slots
+    whose KV cache (this pod's share) holds 40,000 tokens: deferrable ones stop at what fits in 35,000."""
+    recording = Work(audio_seconds=600, output_tokens=2400)
+    dispatcher = Dispatcher(max_inflight=64, kv_tokens=40_000)
+    dispatcher.set_replicas(["a:1"])
+    deferred = [asyncio.create_task(dispatcher.acquire(recording, lane=DEFERRABLE)) for _ in range(8)]
+    await asyncio.sleep(0.01)
+    running = [t.result() for t in deferred if t.done()]
+    assert len(running) == 3, len(running)  # 3 x 9,900 = 29,700; a fourth would hold 39,600
+    # Interactive work is not bounded by it: it takes the free slots as before.
+    interactive = [await asyncio.wait_for(dispatcher.acquire(recording), 0.5) for _ in range(2)]
+    running[0].release()
+    await asyncio.sleep(0.01)
+    assert sum(t.done() for t in deferred) == 3  # 2 x 9,900 + 2 interactive x 9,900: no room for one more
+    for lease in interactive:
+        lease.release()
+    await asyncio.sleep(0.01)
+    assert sum(t.done() for t in deferred) == 4
+    for task in deferred:
+        task.cancel()
+    await asyncio.gather(*deferred, return_exceptions=True)
+    for lease in (t.result() for t in deferred if t.done() and not t.cancelled()):
+        lease.release()
+
+
+@pytest.mark.parametrize(
     ("body", "lane"),
     [
         ({"messages": []}, INTERACTIVE),

@@ -89,14 +89,23 @@ class Replica:
     audio_seconds: float = 0.0  # audio in flight
     deferrable: int = 0  # of `inflight`, deferrable requests
     deferrable_audio_seconds: float = 0.0  # of `audio_seconds`, the deferrable requests'
+    tokens: float = 0.0  # KV cache the requests in flight will hold (Work.tokens)
     gone: bool = False  # left the EndpointSlice; its in-flight requests finish or fail on their own
 
 
-def choose(replicas: Iterable[Replica], max_inflight: int, exclude: frozenset[str] = frozenset()) -> Replica | None:
-    """The replica with spare capacity and the least outstanding work (ties: fewer in flight, then address)."""
+def choose(
+    replicas: Iterable[Replica],
+    max_inflight: int,
+    exclude: frozenset[str] = frozenset(),
+    fits: Callable[[Replica], bool] | None = None,
+) -> Replica | None:
+    """The replica with spare capacity (and, given `fits`, that it accepts) and the least outstanding work
+    (ties: fewer in flight, then address)."""
     best: Replica | None = None
     for replica in replicas:
         if replica.gone or replica.inflight >= max_inflight or replica.address in exclude:
+            continue
+        if fits is not None and not fits(replica):
             continue
         if best is None or (replica.outstanding, replica.inflight, replica.address) < (
             best.outstanding,
@@ -154,6 +163,7 @@ class Dispatcher:
         hold_timeout: float = 1200.0,
         max_deferrable_queue: int = 10000,
         deferrable_timeout: float = 6 * 3600.0,
+        kv_tokens: float | None = None,
         key_policies: KeyPolicies | None = None,
         fairness: FairnessPolicy[_Waiter] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -164,6 +174,7 @@ class Dispatcher:
         self.hold_timeout = hold_timeout
         self.max_deferrable_queue = max_deferrable_queue
         self.deferrable_timeout = deferrable_timeout
+        self.kv_tokens = kv_tokens  # this pod's share of a replica's KV cache (None: unknown, no bound)
         self.key_policies = key_policies or KeyPolicies()
         self.replicas: dict[str, Replica] = {}
         self.refusing: Rejected | None = None  # suspended or stopping: what new requests get at once
@@ -258,7 +269,7 @@ class Dispatcher:
                     refusal.retry_after,
                 )
         if not queue and not self._queue:
-            replica = choose(self.replicas.values(), self._slots(lane), exclude)
+            replica = choose(self.replicas.values(), self._slots(lane), exclude, self._fits(lane, work))
             if replica is not None:
                 return self._lease(replica, work, key, lane)
         if len(queue) >= (self.max_deferrable_queue if deferrable else self.max_queue):
@@ -324,6 +335,12 @@ class Dispatcher:
             )
         )
 
+    def _fits(self, lane: str, work: Work) -> Callable[[Replica], bool] | None:
+        """The KV bound of the deferrable lane (lanes.kv_room); None for interactive work or without a bound."""
+        if lane != lanes.DEFERRABLE or self.kv_tokens is None:
+            return None
+        return lambda replica: lanes.kv_room(replica.tokens, work.tokens, self.kv_tokens)
+
     def _slots(self, lane: str) -> int:
         """In-flight requests per replica below which a request of `lane` may be dispatched (lanes.admits)."""
         return lanes.deferrable_slots(self.max_inflight) if lane == lanes.DEFERRABLE else self.max_inflight
@@ -334,6 +351,7 @@ class Dispatcher:
             replica.deferrable += 1
             replica.deferrable_audio_seconds += work.audio_seconds
         replica.inflight += 1
+        replica.tokens += work.tokens
         replica.outstanding += cost
         replica.audio_seconds += work.audio_seconds
         self._active[key] += 1
@@ -348,10 +366,11 @@ class Dispatcher:
             replica.deferrable -= 1
             replica.deferrable_audio_seconds = max(0.0, replica.deferrable_audio_seconds - lease.work.audio_seconds)
         replica.inflight -= 1
+        replica.tokens = max(0.0, replica.tokens - lease.work.tokens)
         replica.outstanding = max(0.0, replica.outstanding - lease.work.cost)
         replica.audio_seconds = max(0.0, replica.audio_seconds - lease.work.audio_seconds)
         if replica.inflight == 0:  # no float drift left behind
-            replica.outstanding = replica.audio_seconds = replica.deferrable_audio_seconds = 0.0
+            replica.outstanding = replica.audio_seconds = replica.deferrable_audio_seconds = replica.tokens = 0.0
             self._gone.pop(id(replica), None)
         self._pump()
 
@@ -365,14 +384,22 @@ class Dispatcher:
                 waiter = queue.pop_next(self._placeable)
                 if waiter is None:
                     break  # those waiting exclude the replicas with room
-                replica = choose(self.replicas.values(), self._slots(waiter.lane), waiter.exclude)
+                replica = choose(
+                    self.replicas.values(),
+                    self._slots(waiter.lane),
+                    waiter.exclude,
+                    self._fits(waiter.lane, waiter.work),
+                )
                 assert replica is not None
                 waiter.future.set_result(self._lease(replica, waiter.work, waiter.key, waiter.lane))
 
     def _placeable(self, waiter: _Waiter) -> bool:
         return (
             not waiter.future.done()
-            and choose(self.replicas.values(), self._slots(waiter.lane), waiter.exclude) is not None
+            and choose(
+                self.replicas.values(), self._slots(waiter.lane), waiter.exclude, self._fits(waiter.lane, waiter.work)
+            )
+            is not None
         )
 
     # --- what the metrics show --------------------------------------------------------------

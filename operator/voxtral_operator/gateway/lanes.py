@@ -5,12 +5,14 @@ A request is interactive unless its caller marks it deferrable, as the OpenAI AP
 multipart one (transcriptions, translations). `auto` and `default` are interactive; any other
 value is refused with 400 rather than guessed at.
 
-The rule (the policy simulation implements the same one):
+The rule (the policy simulation implements the same one, the KV bound with `--lane-kv`):
 - interactive work may use every in-flight slot this gateway pod has on a replica;
 - deferrable work is admitted to a replica only while no interactive request waits in this pod's
   queue and the replica has fewer than its slots minus a headroom in flight (an eighth of the
   slots, at least one), so an interactive arrival finds a free slot and starts within one engine
-  step, never behind deferrable work;
+  step, never behind deferrable work; where the gateway knows the replicas' KV cache, also only
+  while this pod's tokens in flight there, with the request's, stay within its share of that cache
+  less an eighth (`kv_room`);
 - where vLLM runs `--scheduling-policy priority`, deferrable chat and completions requests carry
   a larger `priority` number (lower priority) than interactive ones, which carry none (0).
 
@@ -48,10 +50,33 @@ def deferrable_slots(slots: int) -> int:
     return max(0, slots - headroom(slots))
 
 
-def admits(lane: str, inflight: int, slots: int, interactive_waiting: int) -> bool:
+def kv_room(tokens_in_flight: float, request_tokens: float, kv_tokens: float | None) -> bool:
+    """Whether a deferrable request's tokens fit this pod's share of a replica's KV cache, less an eighth,
+    beside the tokens of this pod's requests in flight there (None: no bound). vLLM's binding limit is
+    its KV cache, not its slots: long recordings fill the cache with few slots taken, and an interactive
+    request sent into the free slots would wait in vLLM's queue behind them."""
+    if kv_tokens is None or tokens_in_flight <= 0:
+        return True  # one request alone always goes: a longer one than the bound would never run otherwise
+    return tokens_in_flight + request_tokens <= kv_tokens * (1 - 1 / HEADROOM_SHARE)
+
+
+def admits(
+    lane: str,
+    inflight: int,
+    slots: int,
+    interactive_waiting: int,
+    *,
+    tokens_in_flight: float = 0.0,
+    request_tokens: float = 0.0,
+    kv_tokens: float | None = None,
+) -> bool:
     """Whether a request of `lane` may go to a replica with `inflight` of this pod's `slots` taken."""
     if lane == DEFERRABLE:
-        return interactive_waiting == 0 and inflight < deferrable_slots(slots)
+        return (
+            interactive_waiting == 0
+            and inflight < deferrable_slots(slots)
+            and kv_room(tokens_in_flight, request_tokens, kv_tokens)
+        )
     return inflight < slots
 
 

@@ -22,6 +22,7 @@ BASE_SECONDS = 0.5  # every request's fixed cost (prefill, scheduling)
 # Bounds on what a request may claim: the estimate stays a finite float whatever a body says.
 MAX_TOKENS = 10_000_000
 MAX_AUDIO_SECONDS = 1e7
+AUDIO_TOKENS_PER_SECOND = 12.5  # Voxtral's audio encoder
 
 # Bytes per second of audio when the header does not say: typical speech encodings.
 BYTES_PER_SECOND = {
@@ -65,6 +66,11 @@ class Work:
         seconds = min(max(seconds, 0.0), MAX_AUDIO_SECONDS) if math.isfinite(seconds) else MAX_AUDIO_SECONDS
         object.__setattr__(self, "audio_seconds", float(seconds))
         object.__setattr__(self, "output_tokens", min(max(int(self.output_tokens), 0), MAX_TOKENS))
+
+    @property
+    def tokens(self) -> float:
+        """The KV cache the request will hold at its end, in tokens: its audio's and its output's."""
+        return self.audio_seconds * AUDIO_TOKENS_PER_SECOND + self.output_tokens
 
     @property
     def cost(self) -> float:

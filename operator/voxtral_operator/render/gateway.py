@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from voxtral_operator.api import models
+from voxtral_operator.api import catalog, models
 from voxtral_operator.api.catalog import DEFAULT_MAX_NUM_SEQS
 from voxtral_operator.api.models import KeyLimitsSpec
 from voxtral_operator.api.resolve import Plan
@@ -90,6 +90,15 @@ def certificate(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
     }
 
 
+def kv_cache_tokens(plan: Plan) -> int:
+    """Tokens a replica's KV cache holds: the memory left after the weights, as the fit check counts it."""
+    engine = plan.spec.engine
+    fit = catalog.check_fit(
+        plan.model, plan.gpu, plan.tensor_parallel_size, engine.gpu_memory_utilization, engine.max_model_len
+    )
+    return max(0, fit.kv_cache_available_bytes) // max(1, plan.model.kv_cache_bytes_per_token)
+
+
 def priority_scheduling(extra_args: Sequence[str]) -> bool:
     """Whether vLLM's extra arguments select `--scheduling-policy priority`."""
     for index, arg in enumerate(extra_args):
@@ -133,6 +142,9 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         str(spec.gateway.deferrable.max_queue),
         "--deferrable-timeout-seconds",
         str(spec.gateway.deferrable.timeout_seconds),
+        # The deferrable lane's KV bound: each pod's share of a replica's KV cache, as the slots are split.
+        "--kv-cache-tokens-per-replica",
+        str(max(1, kv_cache_tokens(plan) // spec.gateway.replicas)),
         "--max-upload-mb",
         str(spec.engine.audio.max_file_size_mb),
         "--log-format",
