@@ -8,8 +8,18 @@ ramp, lunch dip, afternoon peak, evening tail, each day's level and timing jitte
 bursts of 5-30 minutes at 1.5-2.5x), Saturdays and Sundays (a fraction of a weekday's level, later),
 and holidays (like a Sunday, on a weekday the profile expects busy). Requests are short call clips,
 audio questions on 1-15 minute recordings, and 25-40 minute uploads (4 % of requests, most of the
-tokens). `--trace FILE` replays a CSV `arrival_s,audio_s,output_tokens[,class]` instead; rows of
-class `batch` (deferrable) are counted but not served: the deferrable lane is not modelled here.
+tokens). `--trace FILE` replays a CSV `arrival_s,audio_s,output_tokens[,class]` instead. `--backlog N`
+adds N deferrable requests every evening (10-30 minute recordings, 18:00-22:00).
+
+The deferrable lane (rows of class `batch`, `service_tier: flex` at the gateway): due by 08:00 of the
+day after they arrive (the trace's clock), counted on the day they are due. The gateway admits them
+by the lane rule: into a replica only while no interactive request waits in that gateway pod's queue
+and the replica has more than a headroom H (an eighth of the slots, at least 1) of that pod's
+in-flight slots free; with `--lane-kv` also only while the replica's outstanding tokens (as the
+gateway counts them) with the request's stay within its KV cache less the same eighth. Their own
+queue bound and long timeout; a refused or timed-out one is failed. Wait figures are the interactive
+lane's; `batch_done_by_deadline` is the share finished by the deadline. Through a Service there is no
+lane: they are sent like any request (and kept out of the wait figures).
 
 Scoring: every policy lives through the first `--warmup-days` days (the new policy learns its profile
 from them; the stateless baselines start an hour before the first scored day) and is scored on the
@@ -39,7 +49,12 @@ most ceil(256 / 2) requests in flight to a replica, least outstanding work first
 `shutdownTimeoutSeconds` (120 s); requests not started are sent again. The GPU node bills from the
 scale-up until a retention period (the cluster autoscaler's unneeded time, 600 s) after its pod goes.
 Billing: on demand (every GPU-second of a node), or `--reserved-gpus N` (N GPUs paid all day,
-whatever happens; GPUs beyond them on demand).
+whatever happens; GPUs beyond them on demand; `reserved_busy_fraction` is the share of reserved
+GPU-seconds with a replica serving at least one request). The operator's policy is told the pool
+(`reservedReplicas`): it keeps the pool up while deferrable work waits, never more for it alone.
+`--reserved-target` measures a reserved pool: a working week of warm-up, then a scored week on
+a pool sized for the interactive p95 peak, with an overnight backlog and without it (`--plot FILE`
+draws it).
 
 Metrics each system sees, with its own lag: the operator scrapes every pod every 2 s; HPA reads
 Prometheus (15 s scrape) at its 15 s sync; KubeAI samples its proxy every 10 s and averages 10 min.
@@ -57,11 +72,13 @@ Not modelled: prefix caching, speculative decoding, the audio encoder's own comp
 growing with context length, preemption's swap mode and priority scheduling, stragglers and engine
 failures, pods sharing a node, node-pool quotas or capacity shortages (every scale-up gets a node),
 network time, callers retrying after a failure, the control plane's own latency between a decision
-and a pod, the operator's and the gateway's CPU cost, and the deferrable lane.
+and a pod, and the operator's and the gateway's CPU cost. Without priority scheduling, deferrable
+requests are ordered by the gateway alone, as transcriptions are.
 
     python bench/policy_sim.py                       # held-out seeds, the table
     python bench/policy_sim.py --quick --json        # smoke test
     python bench/policy_sim.py --trace calls.csv --warmup-days 7 --json
+    python bench/policy_sim.py --reserved-target --seeds 1 --plot bench/reserved-pool.svg
 """
 
 from __future__ import annotations
@@ -136,6 +153,8 @@ class Scenario:
     gateway_pods: int = 2  # the spec's default gateway.replicas
     gateway_max_queue: int = 1000  # per gateway pod
     queue_timeout_s: float = 600.0  # gateway.queueTimeoutSeconds; a caller's patience through a Service
+    deferrable_max_queue: int = 100_000  # per gateway pod: the deferrable lane's own bound
+    deferrable_timeout_s: float = 86400.0  # the deferrable lane's own (long) timeout
 
 
 SCENARIOS = {
@@ -278,6 +297,8 @@ class Request:
         "admitted",
         "arrival",
         "audio_s",
+        "deferrable",
+        "due",
         "epoch",
         "gw",
         "left",
@@ -289,8 +310,10 @@ class Request:
         "start_clock",
     )
 
-    def __init__(self, arrival: float, audio_s: float, output: int) -> None:
+    def __init__(self, arrival: float, audio_s: float, output: int, deferrable: bool = False) -> None:
         self.arrival = arrival
+        self.deferrable = deferrable  # the deferrable lane (`class` batch, `service_tier: flex`)
+        self.due = due_by(arrival) if deferrable else math.inf
         self.audio_s = audio_s
         self.prompt = float(math.ceil(audio_s * AUDIO_TOKENS_PER_SECOND) + TEXT_PROMPT_TOKENS)
         self.output = max(1, output)
@@ -312,6 +335,12 @@ class Request:
 
 
 Row = tuple[float, float, int]
+DEFERRABLE_DUE_HOUR = 8  # a deferrable row is due by 08:00 of the day after it arrived (the trace's clock)
+
+
+def due_by(arrival: float) -> float:
+    return (math.floor(arrival / DAY) + 1) * DAY + DEFERRABLE_DUE_HOUR * 3600
+
 
 # (hour, share of the peak arrival rate) of a working day: quiet night, morning ramp, lunch dip,
 # afternoon peak, evening tail. Each day jitters the level, the timing and the lunch depth.
@@ -429,10 +458,33 @@ def call_centre_days(seed: int, peak: float, days: int, holidays: Iterable[int] 
     return rows
 
 
+# An overnight deferrable backlog: the day's recorded meetings and archived calls (10-30 minutes
+# each) queued for transcription between 18:00 and 22:00, due 08:00 the next morning.
+BACKLOG_HOURS = (18.0, 22.0)
+
+
+def overnight_backlog(seed: int, days: int, items: int) -> list[Row]:
+    """`items` deferrable rows every evening of days 0..days-2 (the last day's would be due after the
+    trace ends)."""
+    rows: list[Row] = []
+    for day in range(days - 1):
+        rng = random.Random(seed * 2_000_003 + day)
+        for _ in range(items):
+            arrival = day * DAY + rng.uniform(BACKLOG_HOURS[0] * 3600, BACKLOG_HOURS[1] * 3600)
+            audio = rng.uniform(600.0, 1800.0)
+            rows.append((arrival, audio, round(audio * rng.uniform(2.6, 3.4)) + 5))
+    rows.sort()
+    return rows
+
+
 @dataclass(frozen=True)
 class Trace:
     rows: tuple[Row, ...]  # interactive requests, sorted by arrival
-    batch: int = 0  # deferrable rows read (not served here)
+    batch_rows: tuple[Row, ...] = ()  # deferrable requests (class batch), sorted by arrival
+
+    @property
+    def batch(self) -> int:
+        return len(self.batch_rows)
 
 
 def read_trace(path: Path) -> Trace:
@@ -440,25 +492,25 @@ def read_trace(path: Path) -> Trace:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or {"arrival_s", "audio_s", "output_tokens"} - set(reader.fieldnames):
             raise SystemExit(f"{path}: the header must be arrival_s,audio_s,output_tokens[,class]")
-        rows, batch = [], 0
+        rows: list[Row] = []
+        batch: list[Row] = []
         for number, r in enumerate(reader, start=2):
             kind = (r.get("class") or "interactive").strip() or "interactive"
             if kind not in ("interactive", "batch"):
                 raise SystemExit(f"{path}:{number}: class must be interactive or batch, not {kind!r}")
-            if kind == "batch":
-                batch += 1
-                continue
-            rows.append((float(r["arrival_s"]), float(r["audio_s"]), int(float(r["output_tokens"]))))
-    rows.sort()
-    return Trace(tuple(rows), batch)
+            row = (float(r["arrival_s"]), float(r["audio_s"]), int(float(r["output_tokens"])))
+            (batch if kind == "batch" else rows).append(row)
+    return Trace(tuple(sorted(rows)), tuple(sorted(batch)))
 
 
-def write_trace(path: Path, rows: Iterable[Row]) -> None:
+def write_trace(path: Path, rows: Iterable[Row], batch_rows: Iterable[Row] = ()) -> None:
+    classed = [(row, "interactive") for row in rows] + [(row, "batch") for row in batch_rows]
+    classed.sort()
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["arrival_s", "audio_s", "output_tokens"])
-        for arrival, audio, output in rows:
-            writer.writerow([f"{arrival:.3f}", f"{audio:.2f}", output])
+        writer.writerow(["arrival_s", "audio_s", "output_tokens", "class"])
+        for (arrival, audio, output), kind in classed:
+            writer.writerow([f"{arrival:.3f}", f"{audio:.2f}", output, kind])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,7 +593,8 @@ class Replica:
                 self.queued_tokens -= head.need
                 if not head.admitted:
                     head.admitted = True
-                    waits.append((head.arrival, now - head.arrival if now > head.arrival else 0.0))
+                    if not head.deferrable:  # the wait figures are the interactive lane's
+                        waits.append((head.arrival, now - head.arrival if now > head.arrival else 0.0))
                 self.running += 1
                 self.running_order[head] = None
                 self.prefilling.append(head)
@@ -650,13 +703,17 @@ class PodMetrics:
 
 @dataclass
 class GatewayMetrics:
-    queued: int
+    queued: int  # the interactive lane's
     queued_audio_s: float
-    in_flight_audio_s: float
+    in_flight_audio_s: float  # both lanes
     since_last_request_s: float
+    deferrable_queued: int = 0
+    deferrable_in_flight_audio_s: float = 0.0
+    deferrable_in_flight: int = 0
 
 
 WAIT_BIN_S = 0.25  # queue-wait histogram resolution
+HOUR = 3600
 TIMEOUT_SCAN_S = 5  # how often timed-out waiters are taken off the queues
 
 
@@ -670,6 +727,9 @@ class DayFigures:
     gpu_s: float = 0.0  # every GPU-second a node was held (on-demand billing)
     overflow_gpu_s: float = 0.0  # GPU-seconds beyond the reserved pool
     busy_reserved_s: float = 0.0  # reserved GPU-seconds serving at least one request
+    batch_items: int = 0  # deferrable requests that arrived this day
+    batch_on_time: int = 0  # of them, finished by their deadline
+    batch_failed: int = 0  # of them, refused or timed out
 
     def add(self, other: DayFigures) -> None:
         for key, count in other.waits.items():
@@ -679,6 +739,9 @@ class DayFigures:
         self.gpu_s += other.gpu_s
         self.overflow_gpu_s += other.overflow_gpu_s
         self.busy_reserved_s += other.busy_reserved_s
+        self.batch_items += other.batch_items
+        self.batch_on_time += other.batch_on_time
+        self.batch_failed += other.batch_failed
 
 
 def _bin(wait: float) -> int:
@@ -698,6 +761,7 @@ class Cluster:
         replicas: int,
         weights: str = "hub",
         reserved_gpus: int = 0,
+        lane_kv: bool = False,
     ) -> None:
         self.scenario = scenario
         self.engine = engine
@@ -711,8 +775,18 @@ class Cluster:
         pods = scenario.gateway_pods if routing == "gateway" else 1
         # The gateway pods' queues; through a Service, callers retrying while no pod is ready.
         self.held: list[deque[Request]] = [deque() for _ in range(pods)]
-        self.held_audio_s = 0.0
-        self.in_flight_audio_s = 0.0
+        # The gateway pods' deferrable lanes (through a Service there is no lane: they wait in `held`).
+        self.deferred: list[deque[Request]] = [deque() for _ in range(pods)]
+        self.held_audio_s = 0.0  # the interactive lane's
+        self.in_flight_audio_s = 0.0  # both lanes'
+        self.deferred_in_flight_audio_s = 0.0
+        self.deferred_in_flight = 0
+        # The lane rule's headroom H: deferrable work leaves this many of a gateway pod's slots free.
+        self.lane_headroom = max(1, engine.gateway_inflight // 8)
+        # `lane_kv`: besides the slots, the replica's outstanding tokens (as the gateway counts them)
+        # with the deferrable request's stay within its KV cache less the same share of headroom.
+        self.lane_kv_tokens = engine.kv_tokens * (1 - 1 / 8) if lane_kv else math.inf
+        self.hours: dict[int, list[float]] = {}  # hour -> [busy reserved GPU-s, ready replica-s, deferred queued]
         self.last_arrival = -math.inf
         self.waits: list[tuple[float, float]] = []
         self.days: dict[int, DayFigures] = {}
@@ -761,7 +835,15 @@ class Cluster:
         if self.routing != "gateway":
             return None
         queued = sum(len(q) for q in self.held)
-        return GatewayMetrics(queued, self.held_audio_s, self.in_flight_audio_s, now - self.last_arrival)
+        return GatewayMetrics(
+            queued,
+            self.held_audio_s,
+            self.in_flight_audio_s,
+            now - self.last_arrival,
+            sum(len(q) for q in self.deferred),
+            self.deferred_in_flight_audio_s,
+            self.deferred_in_flight,
+        )
 
     # -- scaling ----------------------------------------------------------------------------
 
@@ -807,17 +889,38 @@ class Cluster:
         request.reset()
         self.in_flight_audio_s -= request.audio_s
         self.resent += 1
+        if request.deferrable:
+            self.deferred_in_flight_audio_s -= request.audio_s
+            self.deferred_in_flight -= 1
+            lane = self.deferred if self.routing == "gateway" else self.held
+            lane[request.gw].appendleft(request)
+            return
         self.held[request.gw].append(request)
         self.held_audio_s += request.audio_s
 
     def _fail(self, request: Request) -> None:
-        """Timed out or refused: a failed request, in the wait percentiles at the timeout."""
+        """Timed out or refused: a failed request, in the wait percentiles at the timeout (an
+        interactive one; a deferrable one is counted with its lane)."""
         figures = self.day(request.arrival)
+        if request.deferrable:
+            self.day(request.due - 1).batch_failed += 1
+            return
         figures.failed += 1
         key = _bin(self.scenario.queue_timeout_s)
         figures.waits[key] = figures.waits.get(key, 0) + 1
 
     def arrive(self, request: Request) -> None:
+        if request.deferrable:
+            self.day(request.due - 1).batch_items += 1  # a deferrable request counts on the day it is due
+            if self.routing == "gateway":
+                request.gw = int(self.rng.random() * len(self.deferred))
+                if len(self.deferred[request.gw]) >= self.scenario.deferrable_max_queue:
+                    self._fail(request)  # the deferrable lane's own bound
+                    return
+                self.deferred[request.gw].append(request)
+            else:
+                self.held[0].append(request)
+            return
         self.last_arrival = request.arrival
         self.day(request.arrival).requests += 1
         if self.routing == "gateway":
@@ -842,47 +945,79 @@ class Cluster:
         limit = self.engine.gateway_inflight
         work = {pod: pod.kv_used() + pod.prefill_left + pod.queued_tokens for pod in ready}
         for g, held in enumerate(self.held):
-            while held:
-                best, best_work = None, math.inf
-                for pod in ready:
-                    if pod.gw_inflight[g] < limit and work[pod] < best_work:
-                        best, best_work = pod, work[pod]
-                if best is None:
-                    break
-                request = held.popleft()
-                best.gw_inflight[g] += 1
-                work[best] += request.need
-                self._dispatch(request, best)
+            self._route_lane(held, g, ready, work, limit)
+            # The lane rule: deferrable work only while no interactive request waits in this gateway
+            # pod's queue, and only into a replica with more than the headroom H of its slots free.
+            if not held and self.deferred[g]:
+                headroom = limit - self.lane_headroom
+                self._route_lane(self.deferred[g], g, ready, work, headroom, self.lane_kv_tokens)
+
+    def _route_lane(
+        self,
+        lane: deque[Request],
+        g: int,
+        ready: list[Replica],
+        work: dict[Replica, float],
+        limit: int,
+        kv_bound: float = math.inf,
+    ) -> None:
+        """Least outstanding work first, to replicas with fewer than `limit` of gateway pod g's requests
+        (and outstanding tokens, with the request's, within `kv_bound`)."""
+        while lane:
+            best, best_work = None, math.inf
+            need = lane[0].need
+            for pod in ready:
+                if pod.gw_inflight[g] < limit and work[pod] < best_work and work[pod] + need <= kv_bound:
+                    best, best_work = pod, work[pod]
+            if best is None:
+                break
+            request = lane.popleft()
+            best.gw_inflight[g] += 1
+            work[best] += request.need
+            self._dispatch(request, best)
 
     def _dispatch(self, request: Request, pod: Replica) -> None:
         request.pod = pod
         pod.queue.append(request)
         pod.queued_tokens += request.need
-        self.held_audio_s -= request.audio_s
         self.in_flight_audio_s += request.audio_s
+        if request.deferrable:
+            self.deferred_in_flight_audio_s += request.audio_s
+            self.deferred_in_flight += 1
+        else:
+            self.held_audio_s -= request.audio_s
 
     def _expire(self, now: float) -> None:
         """Waiters past the timeout leave: the gateway answers 503, a caller gives up on vLLM's queue."""
         deadline = now - self.scenario.queue_timeout_s
-        for held in self.held:
+        deferrable_deadline = now - self.scenario.deferrable_timeout_s
+
+        def expired(request: Request) -> bool:
+            return request.arrival <= (deferrable_deadline if request.deferrable else deadline)
+
+        for held in (*self.held, *self.deferred):
             if held and min(r.arrival for r in held) <= deadline:
-                kept_held = [r for r in held if r.arrival > deadline]
+                kept_held = [r for r in held if not expired(r)]
                 for request in held:
-                    if request.arrival <= deadline:
-                        self.held_audio_s -= request.audio_s
+                    if expired(request):
+                        if not request.deferrable:
+                            self.held_audio_s -= request.audio_s
                         self._fail(request)
                 held.clear()
                 held.extend(kept_held)
         if self.routing != "service":
             return
         for pod in self.pods + self.draining:
-            if not any(not r.admitted and r.arrival <= deadline for r in pod.queue):
+            if not any(not r.admitted and expired(r) for r in pod.queue):
                 continue
             kept: deque[Request] = deque()
             for request in pod.queue:
-                if not request.admitted and request.arrival <= deadline:
+                if not request.admitted and expired(request):
                     pod.queued_tokens -= request.need
                     self.in_flight_audio_s -= request.audio_s
+                    if request.deferrable:
+                        self.deferred_in_flight_audio_s -= request.audio_s
+                        self.deferred_in_flight -= 1
                     self._fail(request)
                 else:
                     kept.append(request)
@@ -894,7 +1029,7 @@ class Cluster:
                 pod.state = READY
         if int(now) % TIMEOUT_SCAN_S == 0:
             self._expire(now)
-        if any(self.held):
+        if any(self.held) or any(self.deferred):
             self._route()
         engine, waits, done = self.engine, self.waits, self._done
         for pod in self.pods:
@@ -915,6 +1050,13 @@ class Cluster:
                 self.in_flight_audio_s -= request.audio_s
                 if gateway and request.pod is not None:
                     request.pod.gw_inflight[request.gw] -= 1
+                if request.deferrable:
+                    self.deferred_in_flight_audio_s -= request.audio_s
+                    self.deferred_in_flight -= 1
+                    if not self.deferred_in_flight:
+                        self.deferred_in_flight_audio_s = 0.0  # no float residue: nothing is in flight
+                    if now + dt <= request.due:
+                        self.day(request.due - 1).batch_on_time += 1
             done.clear()
         if waits:
             for arrival, wait in waits:
@@ -927,16 +1069,27 @@ class Cluster:
         figures = self.day(now)
         used = self.gpus_held()
         figures.gpu_s += used * dt
+        ready = busy = 0
+        for pod in self.pods:
+            if pod.state == READY:
+                ready += 1
+                busy += 1 if pod.running else 0
+        busy_reserved = min(busy * engine.gpus, self.reserved_gpus) * dt
         if self.reserved_gpus:
             figures.overflow_gpu_s += max(0, used - self.reserved_gpus) * dt
-            busy = sum(1 for p in self.pods if p.state == READY and p.running) * engine.gpus
-            figures.busy_reserved_s += min(busy, self.reserved_gpus) * dt
+            figures.busy_reserved_s += busy_reserved
+        hour = self.hours.get(int(now // HOUR))
+        if hour is None:
+            hour = self.hours[int(now // HOUR)] = [0.0, 0.0, 0.0]
+        hour[0] += busy_reserved
+        hour[1] += ready * dt
+        hour[2] += sum(len(q) for q in self.deferred) * dt
 
     def finish(self, now: float) -> None:
         """Requests never started by the end are counted at their wait so far: a queue cannot hide."""
-        pending = [r for held in self.held for r in held]
+        pending = [r for held in self.held for r in held if not r.deferrable]
         for pod in self.pods + self.draining:
-            pending.extend(r for r in pod.queue if not r.admitted)
+            pending.extend(r for r in pod.queue if not r.admitted and not r.deferrable)
         for request in pending:
             wait = now - request.arrival
             figures = self.day(request.arrival)
@@ -1124,7 +1277,13 @@ class New:
             gateway=None
             if gateway is None
             else new_policy.GatewaySample(
-                gateway.queued, gateway.queued_audio_s, gateway.in_flight_audio_s, gateway.since_last_request_s
+                gateway.queued,
+                gateway.queued_audio_s,
+                gateway.in_flight_audio_s,
+                gateway.since_last_request_s,
+                gateway.deferrable_queued,
+                gateway.deferrable_in_flight_audio_s,
+                gateway.deferrable_in_flight,
             ),
         )
         decision = new_policy.decide(self.limits, seen, self.state, now)
@@ -1294,6 +1453,7 @@ class Run:
     peak_replicas: int
     resent: int
     preemptions: int
+    hours: dict[int, list[float]] = field(default_factory=dict)  # Cluster.hours
 
 
 def simulate(
@@ -1306,30 +1466,39 @@ def simulate(
     end: float,
     weights: str = "hub",
     reserved_gpus: int = 0,
+    batch_rows: Sequence[Row] = (),
+    lane_kv: bool = False,
 ) -> Run:
-    """Replay `rows` (arrivals in [start, end)) through one policy, one-second steps."""
+    """Replay `rows` and the deferrable `batch_rows` (arrivals in [start, end)) through one policy,
+    one-second steps."""
     engine = Engine.of(scenario)
-    cluster = Cluster(scenario, engine, routing, seed, start, scenario.min_replicas, weights, reserved_gpus)
+    cluster = Cluster(scenario, engine, routing, seed, start, scenario.min_replicas, weights, reserved_gpus, lane_kv)
     limit = min(scenario.max_model_len, engine.kv_tokens)
-    index = bisect.bisect_left(rows, (start,))
+    lanes = [(rows, bisect.bisect_left(rows, (start,)), False)]
+    if batch_rows:
+        lanes.append((batch_rows, bisect.bisect_left(batch_rows, (start,)), True))
+    indexes = [index for _, index, _ in lanes]
     now = start
     while now < end:
-        while index < len(rows) and rows[index][0] < now + 1:
-            arrival, audio, output = rows[index]
-            index += 1
-            if arrival >= end:
-                break
-            request = Request(arrival, audio, output)
-            if request.need > limit:  # vLLM refuses what can never fit; a caller sees 400 at once
-                request = Request(arrival, audio, max(1, int(limit - request.prompt)))
-            if request.need <= limit:
-                cluster.arrive(request)
+        for lane, (lane_rows, _, deferrable) in enumerate(lanes):
+            index = indexes[lane]
+            while index < len(lane_rows) and lane_rows[index][0] < now + 1:
+                arrival, audio, output = lane_rows[index]
+                index += 1
+                if arrival >= end:
+                    break
+                request = Request(arrival, audio, output, deferrable)
+                if request.need > limit:  # vLLM refuses what can never fit; a caller sees 400 at once
+                    request = Request(arrival, audio, max(1, int(limit - request.prompt)), deferrable)
+                if request.need <= limit:
+                    cluster.arrive(request)
+            indexes[lane] = index
         cluster.step(now, 1.0)
         policy.tick(cluster, now)
         now += 1.0
     cluster.finish(end)
     preemptions = sum(p.preemptions for p in cluster.pods + cluster.draining)
-    return Run(cluster.days, cluster.peak, cluster.resent, preemptions)
+    return Run(cluster.days, cluster.peak, cluster.resent, preemptions, cluster.hours)
 
 
 @dataclass(frozen=True)
@@ -1348,19 +1517,27 @@ class Setup:
     peak_scale: float = 1.0
     window: tuple[float, float] | None = None  # (from, to) seconds of the first scored day only: --quick
     lead_in_s: float = 3600.0  # stateless policies start this long before the first scored day
+    backlog: int = 0  # deferrable items added every evening to the built-in days
+    deferrable: bool = True  # False: the deferrable rows are left out (the run to compare against)
+    lane_kv: bool = False  # the lane rule bounds deferrable work by the replica's KV cache too
 
 
-def load_rows(setup: Setup, seed: int) -> tuple[list[Row], int, int]:
-    """(rows, first day, days) of the trace or the built-in days."""
+def load_rows(setup: Setup, seed: int) -> tuple[list[Row], list[Row], int, int]:
+    """(interactive rows, deferrable rows, first day, days) of the trace or the built-in days."""
     if setup.trace is not None:
         trace = read_trace(setup.trace)
-        rows = list(trace.rows)
-        first = int(rows[0][0] // DAY) if rows else 0
-        last = int(rows[-1][0] // DAY) if rows else 0
-        return rows, first, last - first + 1
-    peak = setup.scenario.peak_rate * setup.peak_scale
-    rows = call_centre_days(seed, peak, setup.days, setup.holidays)
-    return rows, 0, setup.days
+        rows, batch = list(trace.rows), list(trace.batch_rows)
+        arrivals = [r[0] for r in rows + batch]
+        first = int(min(arrivals) // DAY) if arrivals else 0
+        # Through the day the last deferrable row is due: a trace's last evening is scored too.
+        last = int(max([*arrivals, *(due_by(r[0]) - 1 for r in batch)]) // DAY) if arrivals else 0
+        days = last - first + 1
+    else:
+        peak = setup.scenario.peak_rate * setup.peak_scale
+        rows = call_centre_days(seed, peak, setup.days, setup.holidays)
+        batch = overnight_backlog(seed, setup.days, setup.backlog)
+        first, days = 0, setup.days
+    return rows, batch if setup.deferrable else [], first, days
 
 
 def scored_span(setup: Setup, first: int, days: int) -> tuple[float, float]:
@@ -1381,6 +1558,7 @@ class Score:
     reserved_gpus: int
     peak_replicas: int = 0
     preemptions: int = 0
+    hours: dict[int, list[float]] = field(default_factory=dict)  # the first seed's, every simulated hour
 
     def billed_hours(self, day: DayFigures) -> float:
         if self.reserved_gpus:
@@ -1403,13 +1581,14 @@ class Score:
         busy = None
         if self.reserved_gpus:
             busy = round(pooled.busy_reserved_s / (self.reserved_gpus * self.day_hours * 3600 * len(self.days)), 3)
+        done = round(pooled.batch_on_time / pooled.batch_items, 4) if pooled.batch_items else None
         return {
             "gpu_hours": round(sum(hours) / seeds, 2),
             "p95_wait_s": percentile(pooled.waits, 95),
             "p99_wait_s": percentile(pooled.waits, 99),
-            "failed": pooled.failed,
+            "failed": pooled.failed + pooled.batch_failed,
             "reserved_busy_fraction": busy,
-            "batch_done_by_deadline": None,
+            "batch_done_by_deadline": done,
         }
 
 
@@ -1419,7 +1598,7 @@ def evaluate(
     """Every (policy, value) over this seed's scored days; the oracle is a setting like any other."""
     scenario = setup.scenario
     engine = Engine.of(scenario)
-    rows, first, days = load_rows(setup, seed)
+    rows, batch, first, days = load_rows(setup, seed)
     if days <= setup.warmup_days:
         raise SystemExit(f"{days} days simulated, {setup.warmup_days} of them warm-up: nothing left to score")
     start, end = scored_span(setup, first, days)
@@ -1435,10 +1614,25 @@ def evaluate(
             begin = start - setup.lead_in_s
         else:
             policy = POLICY_BY_NAME[name].make(scenario, engine, value, constants)
+            if isinstance(policy, New) and setup.reserved_gpus:
+                reserved = setup.reserved_gpus // engine.gpus
+                policy = replace(policy, limits=replace(policy.limits, reserved_replicas=reserved))
             # The new policy learns from the warm-up days; the others keep no memory beyond minutes.
             learns = isinstance(policy, New) and setup.warmup_days > 0
             begin = first * DAY if learns else start - setup.lead_in_s
-        run = simulate(rows, scenario, setup.routing, policy, seed, begin, end, setup.weights, setup.reserved_gpus)
+        run = simulate(
+            rows,
+            scenario,
+            setup.routing,
+            policy,
+            seed,
+            begin,
+            end,
+            setup.weights,
+            setup.reserved_gpus,
+            batch,
+            setup.lane_kv,
+        )
         figures = [run.days.get(day, DayFigures()) for day in scored]
         out.append(
             Score(
@@ -1449,6 +1643,7 @@ def evaluate(
                 setup.reserved_gpus,
                 run.peak_replicas,
                 run.preemptions,
+                run.hours,
             )
         )
     return out
@@ -1488,6 +1683,7 @@ def evaluate_seeds(
                 setup.reserved_gpus,
                 max(s.peak_replicas for s in scores),
                 sum(s.preemptions for s in scores),
+                scores[0].hours,
             )
         )
     return merged
@@ -1611,6 +1807,189 @@ def report(
     return "\n".join(lines), payload
 
 
+# ---------------------------------------------------------------------------------------------
+# The reserved pool: busy on deferrable work, interactive tails kept
+
+
+RESERVED_BACKLOG = 11000  # deferrable items an evening, by default: about what the pool finishes by 06:30
+RESERVED_POOL_UTILIZATION = 0.55  # the oracle's share of a replica's KV cache when sizing the pool
+RESERVED_BUSY_TARGET = 0.8  # of the reserved GPU-seconds, over the scored days
+TAIL_TOLERANCE = 0.1  # interactive per-day p95 and p99 within this share of the run without deferrable work
+PLOT_FILE = Path(__file__).with_name("reserved-pool.svg")
+
+
+def reserved_pool_for(setup: Setup, utilization: float) -> int:
+    """GPUs for the interactive p95 peak: the 95th percentile, over the scored minutes, of the
+    replicas each minute's interactive KV-cache need asks for at this share of a replica's cache
+    (the oracle's rule), the highest over the seeds."""
+    engine = Engine.of(setup.scenario)
+    sizes = []
+    for seed in setup.seeds:
+        rows, _, first, days = load_rows(replace(setup, deferrable=False), seed)
+        start, end = scored_span(setup, first, days)
+        need = oracle_need(rows, engine, start, end, utilization)[: int((end - start) // ORACLE_BIN_S)]
+        sizes.append(sorted(need)[math.ceil(0.95 * len(need)) - 1])
+    return max(sizes) * engine.gpus
+
+
+def _kept(with_deferrable: float, without: float) -> bool:
+    """Within the tolerance, or within the wait histogram's resolution of a wait of 0."""
+    return with_deferrable <= without * (1 + TAIL_TOLERANCE) + WAIT_BIN_S
+
+
+def reserved_target(
+    setup: Setup, value: float, constants: dict[str, float], workers: int
+) -> tuple[str, dict[str, Any]]:
+    """The operator's policy on a reserved pool with the deferrable backlog and without it, the same
+    seeds and days: the pool's busy share, the interactive tails of each day, deferrable work done."""
+    runs = (setup, replace(setup, deferrable=False))
+    tasks = [(run, seed, (("new", value),), constants) for run in runs for seed in setup.seeds]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+            results = list(pool.map(_evaluate_task, tasks))
+    else:
+        results = [_evaluate_task(task) for task in tasks]
+    half = len(setup.seeds)
+    with_runs = [r[0] for r in results[:half]]
+    without_runs = [r[0] for r in results[half:]]
+    reserved = setup.reserved_gpus
+    lines = [
+        f"  {'seed':<6}{'day':<10}{'p95 without':>12}{'with':>8}{'p99 without':>13}{'with':>8}"
+        f"{'busy without':>14}{'with':>7}{'deferrable due':>16}{'on time':>9}{'kept':>6}"
+    ]
+    tails_kept = True
+    busy_with = busy_without = 0.0
+    items = on_time = failed = 0
+    days_out = []
+    for seed, with_score, without_score in zip(setup.seeds, with_runs, without_runs, strict=True):
+        first = setup.warmup_days
+        for index, (w, wo) in enumerate(zip(with_score.days, without_score.days, strict=True)):
+            day = first + index
+            pcts = [percentile(d.waits, pct) for d in (wo, w) for pct in (95, 99)]
+            kept = _kept(pcts[2], pcts[0]) and _kept(pcts[3], pcts[1]) and w.failed <= wo.failed
+            tails_kept = tails_kept and kept
+            seconds = reserved * with_score.day_hours * 3600
+            busy = (wo.busy_reserved_s / seconds, w.busy_reserved_s / seconds)
+            busy_without += wo.busy_reserved_s
+            busy_with += w.busy_reserved_s
+            items, on_time, failed = items + w.batch_items, on_time + w.batch_on_time, failed + w.batch_failed
+            kind = day_kind(day, setup.holidays)
+            lines.append(
+                f"  {seed:<6}{f'{day} {kind[:3]}':<10}{pcts[0]:>11.1f}s{pcts[2]:>7.1f}s"
+                f"{pcts[1]:>12.1f}s{pcts[3]:>7.1f}s{busy[0]:>14.0%}{busy[1]:>7.0%}"
+                f"{w.batch_items:>16}{w.batch_on_time:>9}{'yes' if kept else 'NO':>6}"
+            )
+            days_out.append(
+                {
+                    "seed": seed,
+                    "day": day,
+                    "kind": kind,
+                    "p95_wait_s": [pcts[0], pcts[2]],
+                    "p99_wait_s": [pcts[1], pcts[3]],
+                    "failed": [wo.failed, w.failed],
+                    "reserved_busy_fraction": [round(busy[0], 3), round(busy[1], 3)],
+                    "batch_due": w.batch_items,
+                    "batch_on_time": w.batch_on_time,
+                }
+            )
+    total = reserved * with_runs[0].day_hours * 3600 * sum(len(r.days) for r in with_runs)
+    busy_share = busy_with / total
+    done = on_time / items if items else None
+    busy_met = busy_share >= RESERVED_BUSY_TARGET
+    done_met = done == 1.0
+    lines.append(
+        f"  reserved GPUs busy over the scored days: {busy_share:.1%} (without deferrable work "
+        f"{busy_without / total:.1%}); target >= {RESERVED_BUSY_TARGET:.0%}: {'met' if busy_met else 'NOT MET'}"
+    )
+    lines.append(
+        f"  interactive per-day p95 and p99 within {TAIL_TOLERANCE:.0%} (or {WAIT_BIN_S:g} s) of the run "
+        f"without deferrable work, no more failures, every day: {'met' if tails_kept else 'NOT MET'}"
+    )
+    lines.append(
+        f"  deferrable requests done by their deadline: {on_time} of {items} ({failed} failed): "
+        f"{'met' if done_met else 'NOT MET'}"
+    )
+    payload = {
+        "reserved_gpus": reserved,
+        "reserved_busy_fraction": round(busy_share, 4),
+        "reserved_busy_fraction_without_deferrable": round(busy_without / total, 4),
+        "batch_done_by_deadline": done,
+        "targets_met": {"busy": busy_met, "tails": tails_kept, "deadline": done_met},
+        "days": days_out,
+    }
+    return "\n".join(lines), payload | {"_plot": (with_runs[0], without_runs[0])}
+
+
+def plot_reserved(path: Path, setup: Setup, with_score: Score, without_score: Score) -> None:
+    """An SVG of the first seed's scored hours: the reserved pool's busy share and the replicas up,
+    with the deferrable backlog and without it."""
+    start = setup.warmup_days * 24
+    hours = range(start, start + 24 * len(with_score.days))
+    reserved = max(1, setup.reserved_gpus)
+
+    def series(score: Score, index: int, scale: float) -> list[float]:
+        return [score.hours.get(h, [0.0, 0.0, 0.0])[index] / 3600 / scale for h in hours]
+
+    busy_with, busy_without = series(with_score, 0, reserved), series(without_score, 0, reserved)
+    up_with, up_without = series(with_score, 1, 1), series(without_score, 1, 1)
+    width, left, right, panel, gap, top = 900, 60, 20, 180, 50, 30
+    plot_w = width - left - right
+    height = top + 2 * panel + gap + 40
+
+    def x(i: int) -> float:
+        return left + plot_w * i / max(1, len(busy_with))
+
+    def line(values: list[float], y0: float, ymax: float, color: str) -> str:
+        """Each hour a level step."""
+        ys = [y0 + panel * (1 - min(v, ymax) / ymax) for v in values]
+        points = " ".join(f"{x(i):.1f},{y:.1f} {x(i + 1):.1f},{y:.1f}" for i, y in enumerate(ys))
+        return f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{points}"/>'
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        f'font-size="12"><rect width="100%" height="100%" fill="white"/>'
+    ]
+    top_max = max([*up_with, *up_without, reserved]) * 1.1
+    for y0, title, ymax in (
+        (top, "reserved GPUs busy (hourly share)", 1.0),
+        (top + panel + gap, f"replicas up (reserved pool {reserved} GPUs dashed)", top_max),
+    ):
+        parts.append(f'<text x="{left}" y="{y0 - 8}" font-weight="bold">{title}</text>')
+        parts.append(f'<rect x="{left}" y="{y0}" width="{plot_w}" height="{panel}" fill="none" stroke="#999"/>')
+        for tick in (0.0, 0.5, 1.0):
+            y = y0 + panel * (1 - tick)
+            parts.append(
+                f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{tick * ymax:.{0 if ymax > 2 else 1}f}</text>'
+            )
+    y_busy, y_up = top, top + panel + gap
+
+    def dashed(y: float) -> str:
+        return (
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#c00" stroke-dasharray="4 3"/>'
+        )
+
+    parts.append(dashed(y_busy + panel * (1 - RESERVED_BUSY_TARGET)))
+    parts.append(line(busy_without, y_busy, 1.0, "#999"))
+    parts.append(line(busy_with, y_busy, 1.0, "#1f5fbf"))
+    parts.append(dashed(y_up + panel * (1 - reserved / top_max)))
+    parts.append(line(up_without, y_up, top_max, "#999"))
+    parts.append(line(up_with, y_up, top_max, "#1f5fbf"))
+    for d in range(len(with_score.days)):
+        day = setup.warmup_days + d
+        parts.append(f'<line x1="{x(24 * d):.1f}" x2="{x(24 * d):.1f}" y1="{top}" y2="{y_up + panel}" stroke="#ddd"/>')
+        label = f"day {day} {day_kind(day, setup.holidays)}"
+        parts.append(f'<text x="{x(24 * d) + 4:.1f}" y="{y_up + panel + 16}">{label}</text>')
+    legend_y = y_up + panel + 34
+    parts.append(
+        f'<text x="{left}" y="{legend_y}"><tspan fill="#1f5fbf">&#9644; with the overnight deferrable backlog</tspan>'
+        f'<tspan dx="20" fill="#999">&#9644; without it</tspan>'
+        f'<tspan dx="20" fill="#c00">- - target 80 % / pool size</tspan></text>'
+    )
+    parts.append("</svg>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="small-h100")
@@ -1628,6 +2007,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where a new replica reads weights: hub (ColdDownload), cache (SharedCache), local (LocalCache)",
     )
     parser.add_argument("--reserved-gpus", type=int, default=0, help="GPUs paid all day; beyond them on demand")
+    parser.add_argument("--backlog", type=int, default=0, help="deferrable items every evening (built-in days)")
+    parser.add_argument("--lane-kv", action="store_true", help="the lane rule also bounds deferrable work by KV cache")
+    parser.add_argument(
+        "--reserved-target",
+        action="store_true",
+        help="a week on a reserved pool sized for the interactive p95 peak, with an overnight backlog and without",
+    )
+    parser.add_argument(
+        "--plot", type=Path, help=f"with --reserved-target: write the SVG here (e.g. bench/{PLOT_FILE.name})"
+    )
     parser.add_argument("--policies", default=",".join(p.name for p in POLICIES), help="comma-separated")
     parser.add_argument("--constants", type=Path, default=CONSTANTS_FILE)
     parser.add_argument("--write-trace", type=Path, help="write the first seed's built-in days as a CSV and exit")
@@ -1651,7 +2040,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.trace,
         args.weights,
         args.reserved_gpus,
+        backlog=args.backlog,
+        lane_kv=args.lane_kv,
     )
+    if args.reserved_target:
+        return run_reserved_target(args, setup)
     if args.quick:
         setup = replace(
             setup, seeds=(args.first_seed,), days=1, warmup_days=0, peak_scale=0.5, window=(7 * 3600, 9 * 3600)
@@ -1673,7 +2066,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if setup.trace is not None:
         trace = read_trace(setup.trace)
         source = f"trace {setup.trace} ({len(trace.rows)} interactive rows"
-        source += f", {trace.batch} batch rows not served: the deferrable lane is not modelled)" if trace.batch else ")"
+        source += f", {trace.batch} deferrable rows)" if trace.batch else ")"
     else:
         source = (
             f"built-in days 0-{setup.days - 1} from a Monday, holidays {list(setup.holidays)}, "
@@ -1687,9 +2080,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"target per day p95 <= {target.p95_wait_s:g} s, p99 <= {target.p99_wait_s:g} s, "
         f"failed <= {target.failed_share:.1%}"
     )
+    if setup.backlog:
+        rule = "slots + KV cache" if setup.lane_kv else "slots"
+        print(f"  {setup.backlog} deferrable items every evening, the lane rule: {rule}")
     print(f"  cold starts: {cold_start_paths(engine)}")
     print(f"  settings from {args.constants.name if args.constants.exists() else 'the defaults'}; {elapsed:.0f}s")
     print(text)
+    if args.json:
+        print(json.dumps(payload))
+    return 0
+
+
+def run_reserved_target(args: argparse.Namespace, setup: Setup) -> int:
+    """The reserved pool measured: by default a scored week after a working week of warm-up."""
+    if args.days == 9:  # not given: a working week to learn from, then a scored week
+        setup = replace(setup, days=setup.warmup_days + 7)
+    if not setup.backlog:
+        setup = replace(setup, backlog=RESERVED_BACKLOG)
+    constants = load_constants(args.constants)
+    chosen = settings_for(setup.scenario.name, setup.routing, constants)
+    started = time.perf_counter()
+    sized = reserved_pool_for(setup, RESERVED_POOL_UTILIZATION)
+    if not setup.reserved_gpus:
+        setup = replace(setup, reserved_gpus=sized)
+    text, payload = reserved_target(setup, chosen["new"], chosen, args.workers)
+    with_score, without_score = payload.pop("_plot")
+    scenario = setup.scenario
+    print(
+        f"reserved pool: {scenario.model} on {scenario.gpu_type}, routing {setup.routing}; built-in days "
+        f"0-{setup.days - 1}, holidays {list(setup.holidays)}, seeds {setup.seeds[0]}-{setup.seeds[-1]}, "
+        f"days {setup.warmup_days}+ scored"
+    )
+    print(
+        f"  {setup.reserved_gpus} reserved GPUs (the interactive p95 peak: {sized}, at "
+        f"{RESERVED_POOL_UTILIZATION:.0%} of each replica's KV cache); {setup.backlog} deferrable items "
+        f"(10-30 minute recordings) every evening 18:00-22:00, due 08:00; the lane rule "
+        f"{'slots + KV cache' if setup.lane_kv else 'slots'}; policy new at targetUtilization {chosen['new']:g}; "
+        f"{time.perf_counter() - started:.0f}s"
+    )
+    print(text)
+    if args.plot:
+        plot_reserved(args.plot, setup, with_score, without_score)
+        print(f"  plot: {args.plot}")
     if args.json:
         print(json.dumps(payload))
     return 0

@@ -241,16 +241,33 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     print("burst: CPU seconds until settled: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_burst.items()))
     print(f"operator writes while idle:      {idle_writes} over {idle_seconds:.0f} s (audit log)", flush=True)
     watcher.cancel()
+    await _restart(kube, state, count + paced, idle_seconds, offset)
 
-    # Restart at scale: the operator stopped, one endpoint changed meanwhile, the operator started.
-    changed = _endpoint(0)["metadata"]
+
+async def _quiet(audit: Path, seconds: float, give_up_after: float) -> int:
+    """Wait until the operator has made no write for `seconds`; the audit log's offset then."""
+    _, offset = _operator_events(audit, 0)
+    quiet_since = time.perf_counter()
+    deadline = quiet_since + give_up_after
+    while time.perf_counter() - quiet_since < seconds:
+        if time.perf_counter() > deadline:
+            print(f"the operator never went {seconds:.0f} s without a write in {give_up_after:.0f} s")
+            break
+        await asyncio.sleep(1)
+        writes, offset = _operator_writes(audit, offset)
+        if writes:
+            quiet_since = time.perf_counter()
+    return offset
+
+
+async def _restart(kube: Kube, state: Path, count: int, idle_seconds: float, offset: int) -> None:
+    """Restart at scale: the operator stopped, one endpoint changed meanwhile, the operator started."""
+    audit = state / "audit.log"
+    changed = _endpoint(1)["metadata"]
     changed_path = f"{PATH}/namespaces/{changed['namespace']}/voxtralendpoints/{changed['name']}"
     await asyncio.to_thread(subprocess.run, [str(ROOT / "e2e" / "cluster" / "operator"), "stop"], check=True)
     _, restart_offset = _operator_events(audit, offset)
-    patched = await kube.request(
-        "PATCH", changed_path, {"spec": {"maxReplicas": 3}}, content_type="application/merge-patch+json"
-    )
-    generation = patched["metadata"]["generation"]
+    generation = await _change(kube, changed_path)
     acted = asyncio.get_running_loop().create_future()
 
     async def watch_changed() -> None:
@@ -269,7 +286,7 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     try:
         acted_after = await asyncio.wait_for(acted, timeout=1200) - restarted
     except TimeoutError:
-        print(f"restart with {count + paced} endpoints: the changed endpoint's status not written within 1200 s")
+        print(f"restart with {count} endpoints: the changed endpoint's status not written within 1200 s")
         return
     await asyncio.sleep(idle_seconds)
     restart_events, _ = _operator_events(audit, restart_offset)
@@ -283,8 +300,7 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     restart_rss = _peak_rss_mb(int((state / "pids" / "operator").read_text()))
     changed_watcher.cancel()
     print(
-        f"restart with {count + paced} endpoints: live after {live:.1f} s, "
-        f"changed endpoint's status after {acted_after:.1f} s"
+        f"restart with {count} endpoints: live after {live:.1f} s, changed endpoint's status after {acted_after:.1f} s"
     )
     print(
         f"restart: operator writes in the {idle_seconds:.0f} s after: {len(restart_writes)} "
@@ -292,6 +308,16 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
         + (", ".join(f"{k} {n}" for k, n in Counter(_what(e) for e in others).items()) or "none")
         + f"); peak RSS {restart_rss:.0f} MB"
     )
+
+
+async def _change(kube: Kube, path: str) -> int:
+    """A spec change (maxReplicas between 3 and 4, a change in any run) and the generation it makes."""
+    current = await kube.get(path) or {}
+    replicas = 4 if (current.get("spec") or {}).get("maxReplicas") == 3 else 3
+    patched = await kube.request(
+        "PATCH", path, {"spec": {"maxReplicas": replicas}}, content_type="application/merge-patch+json"
+    )
+    return int(patched["metadata"]["generation"])
 
 
 def _helm(*args: str) -> None:
@@ -340,15 +366,14 @@ async def _takeover(kube: Kube, state: Path, count: int, changes: int) -> None:
         passive = 3 - active
         await asyncio.sleep(10)  # the active one's start-up writes, if any, are not the burst's
         _, offset = _operator_events(audit, 0)
-        targets = [_endpoint(i)["metadata"] for i in range(1, changes + 1)]
+        # Neither the restart's changed endpoint nor any in the first namespace (a --keep run killed in
+        # its clean-up may have begun deleting it).
+        targets = [_endpoint(i)["metadata"] for i in range(2, 2 + 2 * changes) if i % len(NAMESPACES)][:changes]
         generations: dict[str, int] = {}
 
         async def change(meta: dict[str, Any]) -> None:
             path = f"{PATH}/namespaces/{meta['namespace']}/voxtralendpoints/{meta['name']}"
-            patched = await kube.request(
-                "PATCH", path, {"spec": {"maxReplicas": 4}}, content_type="application/merge-patch+json"
-            )
-            generations[meta["name"]] = patched["metadata"]["generation"]
+            generations[meta["name"]] = await _change(kube, path)
 
         await asyncio.gather(*(change(meta) for meta in targets))
         names = {meta["name"] for meta in targets}
@@ -426,6 +451,12 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--paced", type=int, default=50)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="no burst: the endpoints a previous run left (--keep), once the operator is quiet for 30 s",
+    )
+    parser.add_argument("--keep", action="store_true", help="leave the endpoints for a later --reuse run")
     parser.add_argument("--takeover-changes", type=int, default=50, help="endpoints changed in the takeover's burst")
     args = parser.parse_args()
     state = Path(os.environ.get("VOXTRAL_LOCAL_CLUSTER", ROOT / ".tools" / "cluster"))
@@ -433,11 +464,18 @@ def main() -> None:
 
     async def run() -> None:
         try:
-            await _bench(kube, state, args.endpoints, args.paced, args.idle_seconds)
+            count = args.endpoints + args.paced
+            if args.reuse:
+                offset = await _quiet(state / "audit.log", 30, 900)
+                count = len((await kube.get(f"{PATH}/voxtralendpoints") or {}).get("items") or [])
+                await _restart(kube, state, count, args.idle_seconds, offset)
+            else:
+                await _bench(kube, state, args.endpoints, args.paced, args.idle_seconds)
             if args.takeover_changes:
-                await _takeover(kube, state, args.endpoints + args.paced, args.takeover_changes)
+                await _takeover(kube, state, count, args.takeover_changes)
         finally:
-            await _cleanup(kube)
+            if not args.keep:
+                await _cleanup(kube)
             await kube.close()
 
     asyncio.run(run())

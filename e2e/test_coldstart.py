@@ -105,6 +105,17 @@ def test_the_cache_warmer_completes_before_the_first_replica(
 
         eventually(prepulled, timeout=120, what="the pre-pull DaemonSet ready on both L4 nodes")
 
+        # The autoscaler learned this path's cold start (from the catalog's 600 s prior towards the
+        # seconds this start took, staging included) and planned with nothing else.
+        def learned() -> dict[str, int] | None:
+            status = (kubectl.get("vxe", unique_name, namespace) or {}).get("status") or {}
+            seconds: dict[str, int] | None = status.get("coldStartSeconds")
+            return seconds if seconds and "SharedCache" in seconds else None
+
+        seconds = eventually(learned, timeout=60, what="status.coldStartSeconds with SharedCache")
+        assert set(seconds) == {"SharedCache"}, seconds
+        assert seconds["SharedCache"] < 600, seconds
+
         # Converged, warmer and DaemonSet included: the operator writes nothing more.
         writes = _quiet(local, settle=8, window=20)
         assert not writes, f"a converged prestaged endpoint made writes: {writes}"

@@ -12,7 +12,7 @@ import socket
 import kopf
 import prometheus_client
 
-from voxtral_operator import logs, toggles
+from voxtral_operator import keepalive, logs, toggles
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.runtime import STATE
 
@@ -55,6 +55,7 @@ def run_operator(args: argparse.Namespace, config: OperatorConfig) -> int:
     STATE.identity = f"{socket.gethostname()}/{os.getpid()}"
     STATE.user_agent = f"voxtral-operator/{args.version} ({STATE.identity})"
     toggles.install()  # kopf's start-up gate, linear in the watched objects (toggles.py)
+    keepalive.install()  # a peering lease kept through a busy start-up (keepalive.py)
     import voxtral_operator.handlers  # noqa: F401 - registers the handlers with kopf
 
     logs.configure(args.log_format or config.log_format, verbose=args.verbose)

@@ -43,7 +43,14 @@ SCALED_TO_ZERO = "ScaledToZero"
 AVAILABLE = "Available"
 GATEWAY_UNAVAILABLE = "GatewayUnavailable"
 # The status fields the autoscaler writes (under its own field manager); the reconciler never sends them.
-AUTOSCALER_FIELDS = ("queueDepth", "queuedAudioSeconds", "desiredReplicas", "lastScaleDecision", "scaleHold")
+AUTOSCALER_FIELDS = (
+    "queueDepth",
+    "queuedAudioSeconds",
+    "desiredReplicas",
+    "lastScaleDecision",
+    "scaleHold",
+    "coldStartSeconds",
+)
 SCHEDULED = "Scheduled"
 # Blockers a person must remove: the endpoint is Failed (Degraded while some replica serves).
 FAILURE_REASONS = (

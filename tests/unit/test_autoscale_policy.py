@@ -576,8 +576,11 @@ def test_a_day_unlike_the_profile_pulls_its_floor_down_and_a_working_day_brings_
 RESERVED = replace(LIMITS, reserved_replicas=4)
 
 
-def deferrable(queued: float, in_flight_audio: float = 0.0, deferrable_audio: float = 0.0) -> GatewaySample:
-    return GatewaySample(0, 0, in_flight_audio, 1.0, queued, deferrable_audio)
+def deferrable(
+    queued: float, in_flight_audio: float = 0.0, deferrable_audio: float = 0.0, in_flight: float = 0.0
+) -> GatewaySample:
+    """The gateway with this much deferrable work queued and in flight (and this much audio in flight)."""
+    return GatewaySample(0, 0, in_flight_audio, 1.0, queued, deferrable_audio, in_flight)
 
 
 def test_deferrable_work_waiting_keeps_the_reserved_pool_up() -> None:
@@ -586,7 +589,7 @@ def test_deferrable_work_waiting_keeps_the_reserved_pool_up() -> None:
     assert "deferrable work waits" in decision.reason
     # Once the reserved pool is up it is kept while the lane still has work, however low the demand.
     state = replace(decision.state, low_since=NOW - 3600, loading_since=())
-    busy_on_deferrable = deferrable(0, in_flight_audio=4000, deferrable_audio=4000)
+    busy_on_deferrable = deferrable(0, in_flight_audio=4000, deferrable_audio=4000, in_flight=12)
     kept = decide(RESERVED, Observation(4, 4, pods(0.9, 0.9, 0.9, 0.9), gateway=busy_on_deferrable), state, NOW + 60)
     assert kept.replicas == 4, kept.reason
 
@@ -594,7 +597,8 @@ def test_deferrable_work_waiting_keeps_the_reserved_pool_up() -> None:
 def test_deferrable_work_alone_never_scales_beyond_the_reserved_pool() -> None:
     """Four replicas full of deferrable work and a deep deferrable queue: no demand of its own."""
     state, now = steady(0.2), NOW
-    seen = Observation(4, 4, pods(1.0, 1.0, 1.0, 1.0, running=8), gateway=deferrable(500, 9000, 8800))
+    full = pods(1.0, 1.0, 1.0, 1.0, waiting=30, running=8)  # vLLM's queue holds deferrable requests too
+    seen = Observation(4, 4, full, gateway=deferrable(500, 9000, 8800, in_flight=60))
     for second in range(0, 1800, 10):
         decision = decide(RESERVED, seen, state, now + second)
         assert decision.replicas == 4, decision.reason
@@ -608,6 +612,6 @@ def test_without_deferrable_work_the_reserved_pool_scales_down_as_before() -> No
 
 
 def test_interactive_demand_scales_beyond_the_reserved_pool() -> None:
-    seen = Observation(4, 4, pods(1.0, 1.0, 1.0, 1.0, running=8), gateway=deferrable(10, 1000, 100))
+    seen = Observation(4, 4, pods(1.0, 1.0, 1.0, 1.0, running=8), gateway=deferrable(10, 1000, 100, in_flight=2))
     decision = decide(RESERVED, seen, steady(3.6), NOW)
     assert decision.replicas == 6, decision.reason  # 90 % of the work is interactive: 3.6 replicas at 50 %

@@ -187,6 +187,23 @@ async def test_the_deferrable_lane_has_its_own_bound_and_timeout() -> None:
     running.release()
 
 
+async def test_a_deferrable_request_pushed_out_of_a_full_queue_is_one_failure() -> None:
+    dispatcher = Dispatcher(max_inflight=1, max_deferrable_queue=2)
+    dispatcher.set_replicas(["a:1"])
+    running = await dispatcher.acquire(CLIP)
+    burst = [asyncio.create_task(dispatcher.acquire(CLIP, lane=DEFERRABLE, key="k1")) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    other = asyncio.create_task(dispatcher.acquire(CLIP, lane=DEFERRABLE, key="k2"))
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFull):
+        await burst[1]  # k1's newest made room for k2
+    assert dispatcher.snapshot().lanes[DEFERRABLE].failed == {"queue_full": 1}
+    for task in (burst[0], other):
+        task.cancel()
+    await asyncio.gather(burst[0], other, return_exceptions=True)
+    running.release()
+
+
 async def test_deferrable_work_waits_at_zero_replicas_for_its_own_timeout() -> None:
     dispatcher = Dispatcher(max_inflight=8, hold_timeout=0.05, deferrable_timeout=5)
     held = asyncio.create_task(dispatcher.acquire(CLIP, lane=DEFERRABLE))

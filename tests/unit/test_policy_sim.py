@@ -212,3 +212,57 @@ def test_the_cheapest_setting_meeting_the_target_on_every_day_is_chosen(sim: Any
     assert (best.value, met) == (0.4, True)
     best, met = sim.choose([score(0.5, 120.0, 90.0), score(0.6, 100.0, 300.0)], target)
     assert (best.value, met) == (0.5, False)  # none meets it: the one missing it least
+
+
+def test_the_lane_rule_leaves_headroom_and_yields_to_waiting_interactive_work(sim: Any) -> None:
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=1)
+    engine = sim.Engine.of(scenario)
+    cluster = sim.Cluster(scenario, engine, "gateway", 5, 0.0, 1)
+    slots, headroom = engine.gateway_inflight, max(1, engine.gateway_inflight // 8)
+    for _ in range(400):
+        cluster.arrive(sim.Request(0.0, 30.0, 90, deferrable=True))
+    cluster.step(0.0, 0.01)
+    pod = cluster.pods[0]
+    assert all(cluster.deferred), "more deferrable work than slots: some waits at each gateway pod"
+    assert pod.gw_inflight == [slots - headroom] * scenario.gateway_pods  # H slots left for interactive work
+    arrived = [0] * scenario.gateway_pods
+    for _ in range(4 * headroom):
+        request = sim.Request(1.0, 30.0, 90)
+        cluster.arrive(request)
+        arrived[request.gw] += 1
+    cluster.step(1.0, 0.01)  # too short for anything to finish
+    for g, held in enumerate(cluster.held):
+        assert pod.gw_inflight[g] == slots - headroom + min(arrived[g], headroom), (g, arrived)
+        assert len(held) == max(0, arrived[g] - headroom), (g, arrived)  # waits for a slot, no deferrable work
+
+
+def test_deferrable_rows_are_due_by_eight_the_next_morning_and_scored(sim: Any, tmp_path: Path) -> None:
+    assert sim.due_by(0.0) == sim.DAY + 8 * 3600
+    assert sim.due_by(sim.DAY + 23 * 3600) == 2 * sim.DAY + 8 * 3600
+    trace = tmp_path / "with-batch.csv"
+    interactive = [(sim.DAY + 60.0 * m + 1.0, 20.0, 70) for m in range(120)]  # day 1, 00:00-02:00
+    batch = [(sim.DAY - 3600 + i, 600.0, 1800) for i in range(40)]  # 23:00 on day 0, due 08:00 on day 1
+    sim.write_trace(trace, interactive, batch)
+    read = sim.read_trace(trace)
+    assert (read.rows, read.batch_rows) == (tuple(interactive), tuple(batch))
+    setup = sim.Setup(sim.SCENARIOS["small-h100"], trace=trace, warmup_days=1, window=(0.0, 3 * 3600.0))
+    for deferrable in (True, False):
+        scores = sim.evaluate_seeds(replace(setup, deferrable=deferrable), [("new", 0.3), ("hpa-kv", 0.55)], {})
+        for score in scores:
+            summary = score.summary(1)
+            assert summary["batch_done_by_deadline"] == (1.0 if deferrable else None), (score.policy, summary)
+            assert summary["p95_wait_s"] == 0.0, (score.policy, summary)  # the interactive lane's wait only
+            assert score.pooled.requests == 120, score.policy
+
+
+def test_a_reserved_pool_is_kept_up_while_deferrable_work_waits_and_not_beyond(sim: Any) -> None:
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=8)
+    engine = sim.Engine.of(scenario)
+    batch = [(10.0 + i, 1500.0, 4500) for i in range(300)]  # long recordings: many replicas' worth
+    policy = sim.New(replace(sim.new_limits(scenario, engine, 0.3), reserved_replicas=3))
+    run = sim.simulate([], scenario, "gateway", policy, 5, 0.0, 7200.0, reserved_gpus=3, batch_rows=batch, lane_kv=True)
+    assert run.peak_replicas == 3  # up to the pool while deferrable work waits, never beyond it
+    busy, _ready, waiting = (value / 3600 for value in run.hours[0])
+    assert busy > 2.5, run.hours  # the pool's idle nodes start at once (no provisioning) and fill up
+    assert waiting > 0, run.hours
+    assert run.hours[1][1] < 3 * 3600, run.hours  # the backlog done, the pool scales down again

@@ -311,3 +311,26 @@ def test_key_names_are_unique() -> None:
     keys = [{"name": "alice"}, {"name": "alice", "weight": 2}]
     with pytest.raises(InvalidSpec, match="alice repeated"):
         _objects(gateway={"enabled": True, "keys": keys})
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "priority"),
+    [
+        ([], None),
+        (["--scheduling-policy", "priority"], "10"),
+        (["--scheduling-policy=priority"], "10"),
+        (["--scheduling-policy", "fcfs"], None),
+    ],
+)
+def test_deferrable_requests_carry_a_priority_only_where_vllm_schedules_by_it(
+    extra_args: list[str], priority: str | None
+) -> None:
+    spec = {**GATEWAY, "engine": {"extraArgs": extra_args}}
+    spec["gateway"] = {"enabled": True, "deferrable": {"maxQueue": 50, "timeoutSeconds": 7200}}
+    (container,) = _objects(**spec)[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--max-deferrable-queue") + 1] == "50"
+    assert args[args.index("--deferrable-timeout-seconds") + 1] == "7200"
+    assert (args[args.index("--deferrable-priority") + 1] if "--deferrable-priority" in args else None) == priority
+    (vllm,) = _objects(**spec)[("Deployment", "ep")]["spec"]["template"]["spec"]["containers"]
+    assert all(arg in vllm["args"] for arg in extra_args)  # the flag reaches vLLM as the endpoint wrote it

@@ -1003,6 +1003,11 @@ class VoxtralEndpointStatus(_Model):
         default=None, description="GPUs held now in the reserved pool and in the overflow pool."
     )
     last_scale_decision: ScaleDecision | None = Field(default=None, description="The autoscaler's last decision.")
+    cold_start_seconds: dict[str, int] | None = Field(
+        default=None,
+        description="The cold start the autoscaler has learned per path (the Loading condition's reasons: "
+        "ColdDownload, SharedCache, LocalCache), in seconds from asking for a replica to its being ready.",
+    )
     scale_hold: ScaleHold | None = Field(
         default=None,
         description="A person's spec.replicas (kubectl scale, apply) the autoscaler keeps as a floor, while it does.",

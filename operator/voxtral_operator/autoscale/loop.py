@@ -14,7 +14,7 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -340,6 +340,7 @@ class Autoscaler:
             now,
             changed=decision.replicas != seen.replicas,
             hold=_hold_status(decision.hold, spec.autoscaling.scale_down_delay_seconds),
+            cold_starts=decision.state.cold_starts,
         )
 
     def _manual_scale(self, endpoint: JSON, spec: VoxtralEndpointSpec, state: _EndpointState) -> ManualScale | None:
@@ -377,8 +378,12 @@ class Autoscaler:
         *,
         changed: bool,
         hold: JSON | None,
+        cold_starts: Mapping[str, float] | None = None,
     ) -> None:
         status: JSON = {"queueDepth": round(seen.waiting), "desiredReplicas": replicas}
+        if cold_starts:
+            # Whole seconds: the learned figure moves only when a replica becomes ready.
+            status["coldStartSeconds"] = {path: round(seconds) for path, seconds in sorted(cold_starts.items())}
         if hold is not None:
             status["scaleHold"] = hold
         if seen.gateway is not None and state.gateway_pages:

@@ -163,10 +163,15 @@ class GatewaySample:
     seconds_since_last_request: float | None = None
     deferrable_queued_requests: float = 0.0
     deferrable_in_flight_audio_seconds: float = 0.0  # the deferrable share of in_flight_audio_seconds
+    deferrable_in_flight_requests: float = 0.0  # sent to replicas, running or waiting in vLLM's queue
 
     @property
     def deferrable_pending(self) -> bool:
-        return self.deferrable_queued_requests > 0 or self.deferrable_in_flight_audio_seconds > 0
+        return (
+            self.deferrable_queued_requests > 0
+            or self.deferrable_in_flight_requests > 0
+            or self.deferrable_in_flight_audio_seconds > 0
+        )
 
     @property
     def interactive_share(self) -> float:
@@ -206,8 +211,17 @@ class Observation:
         return max(0, self.ready - len(self.pods))
 
     @property
+    def engine_waiting(self) -> float:
+        """Requests waiting in the replicas' own queues, less the deferrable ones the gateway has in
+        flight (vLLM's count does not tell the lanes apart: at most that many of them are deferrable)."""
+        waiting = sum(p.waiting for p in self.pods)
+        if self.gateway is not None:
+            waiting = max(0.0, waiting - self.gateway.deferrable_in_flight_requests)
+        return waiting
+
+    @property
     def waiting(self) -> float:
-        return sum(p.waiting for p in self.pods) + (self.gateway.queued_requests if self.gateway else 0.0)
+        return self.engine_waiting + (self.gateway.queued_requests if self.gateway else 0.0)
 
 
 Bins = tuple[float | None, ...]
@@ -564,7 +578,7 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
         busy += min(1.0, max(pod.kv_cache_usage or 0.0, pod.running / limits.max_num_seqs))
     if seen.gateway is not None:
         busy *= seen.gateway.interactive_share  # deferrable work fills idle capacity: it is no demand
-    queued_work = sum(p.waiting for p in seen.pods) * work_per_request
+    queued_work = seen.engine_waiting * work_per_request
     if seen.gateway is not None:
         queued_work += seen.gateway.queued_audio_seconds * WORK_PER_AUDIO_SECOND
     queue = queued_work / capacity  # replica-seconds

@@ -316,8 +316,7 @@ class Dispatcher:
             raise QueueFull(f"the endpoint's queue is full ({bound} requests waiting); retry later")
         victim = longest.newest()
         queue.remove(victim.key, victim)
-        self.limited[(victim.key, QUEUE_FULL)] += 1
-        self.failed[(victim.lane, QueueFull.code)] += 1
+        self.limited[(victim.key, QUEUE_FULL)] += 1  # its own acquire() counts it as a failure of its lane
         victim.future.set_exception(
             QueueFull(
                 f"the endpoint's queue is full ({bound} requests waiting) and this key has the most of them; "
