@@ -266,6 +266,14 @@ def parser() -> argparse.ArgumentParser:
         help="a deferrable request waiting longer for spare capacity, held or queued: 503 (default: 21600)",
     )
     p.add_argument(
+        "--kv-cache-tokens-per-replica",
+        type=int,
+        default=0,
+        metavar="N",
+        help="this pod's share of a replica's KV cache in tokens: deferrable work stays within it less an eighth "
+        "(default: 0, no KV bound)",
+    )
+    p.add_argument(
         "--deferrable-priority",
         type=int,
         default=None,

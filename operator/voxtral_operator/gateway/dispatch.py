@@ -13,7 +13,9 @@ queue against the others.
 
 Deferrable work (`lanes.py`) waits in a second queue with its own bound and its own (long) timeout,
 held or queued alike; it is dispatched only while no interactive request waits and only into a
-replica with more than the headroom free. Each lane's admissions and failures are counted.
+replica with more than the headroom of its slots free and, when the replica's KV cache size is
+given, its outstanding KV tokens (both lanes', as this pod counts them) with the request's within
+this pod's share less the headroom. Each lane's admissions and failures are counted.
 """
 
 from __future__ import annotations
@@ -89,14 +91,23 @@ class Replica:
     audio_seconds: float = 0.0  # audio in flight
     deferrable: int = 0  # of `inflight`, deferrable requests
     deferrable_audio_seconds: float = 0.0  # of `audio_seconds`, the deferrable requests'
+    kv_tokens: int = 0  # estimated KV tokens of the requests in flight, both lanes (Work.kv_tokens)
     gone: bool = False  # left the EndpointSlice; its in-flight requests finish or fail on their own
 
 
-def choose(replicas: Iterable[Replica], max_inflight: int, exclude: frozenset[str] = frozenset()) -> Replica | None:
-    """The replica with spare capacity and the least outstanding work (ties: fewer in flight, then address)."""
+def choose(
+    replicas: Iterable[Replica],
+    max_inflight: int,
+    exclude: frozenset[str] = frozenset(),
+    fits: Callable[[Replica], bool] | None = None,
+) -> Replica | None:
+    """The replica with spare capacity (and that `fits` accepts) and the least outstanding work (ties: fewer
+    in flight, then address)."""
     best: Replica | None = None
     for replica in replicas:
         if replica.gone or replica.inflight >= max_inflight or replica.address in exclude:
+            continue
+        if fits is not None and not fits(replica):
             continue
         if best is None or (replica.outstanding, replica.inflight, replica.address) < (
             best.outstanding,
@@ -154,6 +165,7 @@ class Dispatcher:
         hold_timeout: float = 1200.0,
         max_deferrable_queue: int = 10000,
         deferrable_timeout: float = 6 * 3600.0,
+        kv_tokens_per_replica: int = 0,
         key_policies: KeyPolicies | None = None,
         fairness: FairnessPolicy[_Waiter] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -164,6 +176,7 @@ class Dispatcher:
         self.hold_timeout = hold_timeout
         self.max_deferrable_queue = max_deferrable_queue
         self.deferrable_timeout = deferrable_timeout
+        self.kv_tokens_per_replica = kv_tokens_per_replica  # this pod's share of a replica's KV cache; 0: unknown
         self.key_policies = key_policies or KeyPolicies()
         self.replicas: dict[str, Replica] = {}
         self.refusing: Rejected | None = None  # suspended or stopping: what new requests get at once
@@ -258,7 +271,7 @@ class Dispatcher:
                     refusal.retry_after,
                 )
         if not queue and not self._queue:
-            replica = choose(self.replicas.values(), self._slots(lane), exclude)
+            replica = self._choose(lane, work, exclude)
             if replica is not None:
                 return self._lease(replica, work, key, lane)
         if len(queue) >= (self.max_deferrable_queue if deferrable else self.max_queue):
@@ -328,12 +341,22 @@ class Dispatcher:
         """In-flight requests per replica below which a request of `lane` may be dispatched (lanes.admits)."""
         return lanes.deferrable_slots(self.max_inflight) if lane == lanes.DEFERRABLE else self.max_inflight
 
+    def _choose(self, lane: str, work: Work, exclude: frozenset[str] = frozenset()) -> Replica | None:
+        """The replica a request of `lane` goes to now by the lane rule (lanes.admits), or None."""
+        if lane != lanes.DEFERRABLE or self.kv_tokens_per_replica <= 0:
+            return choose(self.replicas.values(), self._slots(lane), exclude)
+        tokens, kv = work.kv_tokens, self.kv_tokens_per_replica
+        return choose(
+            self.replicas.values(), self._slots(lane), exclude, lambda r: lanes.kv_admits(r.kv_tokens, tokens, kv)
+        )
+
     def _lease(self, replica: Replica, work: Work, key: str, lane: str = lanes.INTERACTIVE) -> Lease:
-        cost = work.cost  # before any count moves: nothing is left to undo if it fails
+        cost, tokens = work.cost, work.kv_tokens  # before any count moves: nothing is left to undo if it fails
         if lane == lanes.DEFERRABLE:
             replica.deferrable += 1
             replica.deferrable_audio_seconds += work.audio_seconds
         replica.inflight += 1
+        replica.kv_tokens += tokens
         replica.outstanding += cost
         replica.audio_seconds += work.audio_seconds
         self._active[key] += 1
@@ -348,10 +371,12 @@ class Dispatcher:
             replica.deferrable -= 1
             replica.deferrable_audio_seconds = max(0.0, replica.deferrable_audio_seconds - lease.work.audio_seconds)
         replica.inflight -= 1
+        replica.kv_tokens = max(0, replica.kv_tokens - lease.work.kv_tokens)
         replica.outstanding = max(0.0, replica.outstanding - lease.work.cost)
         replica.audio_seconds = max(0.0, replica.audio_seconds - lease.work.audio_seconds)
         if replica.inflight == 0:  # no float drift left behind
             replica.outstanding = replica.audio_seconds = replica.deferrable_audio_seconds = 0.0
+            replica.kv_tokens = 0
             self._gone.pop(id(replica), None)
         self._pump()
 
@@ -365,15 +390,12 @@ class Dispatcher:
                 waiter = queue.pop_next(self._placeable)
                 if waiter is None:
                     break  # those waiting exclude the replicas with room
-                replica = choose(self.replicas.values(), self._slots(waiter.lane), waiter.exclude)
+                replica = self._choose(waiter.lane, waiter.work, waiter.exclude)
                 assert replica is not None
                 waiter.future.set_result(self._lease(replica, waiter.work, waiter.key, waiter.lane))
 
     def _placeable(self, waiter: _Waiter) -> bool:
-        return (
-            not waiter.future.done()
-            and choose(self.replicas.values(), self._slots(waiter.lane), waiter.exclude) is not None
-        )
+        return not waiter.future.done() and self._choose(waiter.lane, waiter.work, waiter.exclude) is not None
 
     # --- what the metrics show --------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from voxtral_operator.api import models
+from voxtral_operator.api import catalog, models
 from voxtral_operator.api.catalog import DEFAULT_MAX_NUM_SEQS
 from voxtral_operator.api.models import KeyLimitsSpec
 from voxtral_operator.api.resolve import Plan
@@ -100,6 +100,20 @@ def priority_scheduling(extra_args: Sequence[str]) -> bool:
     return False
 
 
+def kv_cache_tokens_per_gateway_pod(plan: Plan) -> int:
+    """A replica's KV cache in tokens, by the fit check (the smaller of the primary and overflow GPUs'),
+    split across the gateway pods as the in-flight slots are."""
+    engine = plan.spec.engine
+    tokens = []
+    for gpu in (plan.gpu, plan.overflow_gpu):
+        if gpu is not None:
+            fit = catalog.check_fit(
+                plan.model, gpu, plan.tensor_parallel_size, engine.gpu_memory_utilization, engine.max_model_len
+            )
+            tokens.append(max(fit.kv_cache_available_bytes, 0) // plan.model.kv_cache_bytes_per_token)
+    return max(1, min(tokens) // plan.spec.gateway.replicas)
+
+
 def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
     spec = plan.spec
     args = [
@@ -133,6 +147,9 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         str(spec.gateway.deferrable.max_queue),
         "--deferrable-timeout-seconds",
         str(spec.gateway.deferrable.timeout_seconds),
+        # Deferrable work stays within this share of a replica's KV cache (less an eighth), gateway/lanes.py.
+        "--kv-cache-tokens-per-replica",
+        str(kv_cache_tokens_per_gateway_pod(plan)),
         "--max-upload-mb",
         str(spec.engine.audio.max_file_size_mb),
         "--log-format",
