@@ -55,7 +55,6 @@ crds: $(STAMP)
 	$(BIN)/voxtral-operator rbac > charts/voxtral-operator/templates/clusterrole.yaml
 
 bench: $(STAMP) $(HELM)
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/reconcile.py
 	e2e/cluster/up
 	e2e/cluster/exec $(CURDIR)/$(BIN)/python bench/reconcile_cluster.py

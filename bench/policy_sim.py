@@ -1583,7 +1583,7 @@ class Score:
         if self.reserved_gpus:
             busy = round(pooled.busy_reserved_s / (self.reserved_gpus * self.day_hours * 3600 * len(self.days)), 3)
         done = round(pooled.batch_on_time / pooled.batch_items, 4) if pooled.batch_items else None
-        return {
+        summary: dict[str, Any] = {
             "gpu_hours": round(sum(hours) / seeds, 2),
             "p95_wait_s": percentile(pooled.waits, 95),
             "p99_wait_s": percentile(pooled.waits, 99),
@@ -1591,6 +1591,10 @@ class Score:
             "reserved_busy_fraction": busy,
             "batch_done_by_deadline": done,
         }
+        if self.reserved_gpus:  # the bill split for chargeback: the pool paid whatever, overflow on demand
+            summary["reserved_gpu_hours"] = round(self.reserved_gpus * self.day_hours * len(self.days) / seeds, 2)
+            summary["overflow_gpu_hours"] = round(pooled.overflow_gpu_s / 3600 / seeds, 2)
+        return summary
 
 
 def evaluate(
@@ -1804,6 +1808,11 @@ def report(
         f"  oracle {oracle_hours:.1f} GPU-h ({'meets' if oracle_met else 'misses'} the target); "
         f"new / oracle = {new_hours / oracle_hours if oracle_hours else math.nan:.2f} (goal <= 1.15)"
     )
+    if setup.reserved_gpus:
+        split = ", ".join(
+            f"{name} {p['reserved_gpu_hours']:.1f} + {p['overflow_gpu_hours']:.1f}" for name, p in policies.items()
+        )
+        lines.append(f"  GPU-h (all scored days, per seed), reserved + overflow: {split}")
     payload = {"policies": policies, "new": "new", "oracle": {"gpu_hours": oracle_hours}}
     return "\n".join(lines), payload
 

@@ -181,7 +181,9 @@ async def _demo(examples: list[Path]) -> int:
                 for body in endpoints:
                     namespace = body["metadata"].get("namespace", "default")
                     current = await kube.get(endpoint_path(namespace, body["metadata"]["name"]))
-                    if ((current or {}).get("status") or {}).get("phase") != wanted:
+                    # An endpoint that may idle at zero stays there until its first request.
+                    expected = "ScaledToZero" if _idles_at_zero(body) else wanted
+                    if ((current or {}).get("status") or {}).get("phase") != expected:
                         return False
                 return True
 
@@ -262,6 +264,10 @@ async def _demo(examples: list[Path]) -> int:
     return 0
 
 
+def _idles_at_zero(body: dict[str, Any]) -> bool:
+    return int(body["spec"].get("minReplicas", 1)) == 0
+
+
 async def _gateways_ready(kube: Kube, namespace: str, name: str) -> bool:
     """Every gateway pod of the endpoint ready (True without a gateway: callers then meet vLLM)."""
     deployment = await kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}-gateway")
@@ -277,6 +283,9 @@ async def _call_through_services(
     _say("\n$ curl http://<service>/v1/models   # from a pod the NetworkPolicy admits")
     for body in endpoints:
         namespace, name = body["metadata"].get("namespace", "default"), body["metadata"]["name"]
+        if _idles_at_zero(body):
+            _say(f"  {name}: scaled to zero (its first request starts a replica, shown below)")
+            continue
         service = await kube.get(f"/api/v1/namespaces/{namespace}/services/{name}")
         url = f"http://{(service or {})['spec']['clusterIP']}:{port}/v1/models"
         async with session.get(url) as response:

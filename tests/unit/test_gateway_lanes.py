@@ -291,6 +291,7 @@ async def test_the_lanes_page_reads_back_as_the_autoscaler_parses_it() -> None:
     sample = gateway_sample([parsed, parsed], seconds_since_last_request=3.0)
     assert (sample.queued_requests, sample.queued_audio_seconds) == (0, 0)
     assert (sample.deferrable_queued_requests, sample.deferrable_in_flight_audio_seconds) == (2, 840)
+    assert sample.deferrable_in_flight_requests == 14  # taken off vLLM's waiting count by the policy
     assert sample.interactive_share == pytest.approx(10 / 850)
     assert lanes_status([parsed])[DEFERRABLE] == {"queuedRequests": 1, "queuedAudioSeconds": 30, "inFlightRequests": 7}
     queued.cancel()

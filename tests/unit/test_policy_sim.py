@@ -160,6 +160,19 @@ def test_reserved_gpus_are_paid_whatever_happens(sim: Any, morning: Rows) -> Non
     assert 0 < busy <= 0.5  # two replicas can keep at most half of four GPUs busy
 
 
+def test_gpu_hours_split_into_the_reserved_pool_and_overflow(sim: Any, morning: Rows) -> None:
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=2, max_replicas=2)
+    for reserved, overflowing in ((4, False), (1, True)):
+        run = sim.simulate(morning, scenario, "gateway", sim.Static(2), 5, 0.0, 7200.0, reserved_gpus=reserved)
+        score = sim.Score("fixed", 2, [run.days[0]], 2.0, reserved)
+        summary = score.summary(1)
+        assert summary["reserved_gpu_hours"] == reserved * 2.0, summary
+        assert (summary["overflow_gpu_hours"] > 0) == overflowing, summary
+        assert summary["reserved_gpu_hours"] + summary["overflow_gpu_hours"] == pytest.approx(
+            summary["gpu_hours"], abs=0.02
+        ), summary
+
+
 def test_days_of_the_week_and_holidays_differ(sim: Any) -> None:
     peak = sim.SCENARIOS["small-h100"].peak_rate
     monday = sim.call_centre_day(11, peak, day=0)

@@ -153,7 +153,7 @@ def lanes_status(pages: list[GatewayPage]) -> JSON:
 def gateway_sample(pages: list[GatewayPage], seconds_since_last_request: float | None) -> GatewaySample:
     """What the policy reads of the gateway pods' pages, summed: the interactive lane's queue (the whole
     queue from a gateway without lanes) and the deferrable lane's apart."""
-    queued = queued_audio = deferrable_queued = deferrable_audio = 0.0
+    queued = queued_audio = deferrable_queued = deferrable_audio = deferrable_in_flight = 0.0
     for page in pages:
         interactive, deferrable = page.lanes.get(INTERACTIVE), page.lanes.get(DEFERRABLE)
         queued += interactive.queued if interactive else page.queued
@@ -161,6 +161,7 @@ def gateway_sample(pages: list[GatewayPage], seconds_since_last_request: float |
         if deferrable is not None:
             deferrable_queued += deferrable.queued
             deferrable_audio += deferrable.in_flight_audio_seconds
+            deferrable_in_flight += deferrable.in_flight
     return GatewaySample(
         queued_requests=queued,
         queued_audio_seconds=queued_audio,
@@ -168,6 +169,7 @@ def gateway_sample(pages: list[GatewayPage], seconds_since_last_request: float |
         seconds_since_last_request=seconds_since_last_request,
         deferrable_queued_requests=deferrable_queued,
         deferrable_in_flight_audio_seconds=deferrable_audio,
+        deferrable_in_flight_requests=deferrable_in_flight,
     )
 
 
