@@ -15,8 +15,9 @@ The deferrable lane (rows of class `batch`, `service_tier: flex` at the gateway)
 day after they arrive (the trace's clock), counted on the day they are due. The gateway admits them
 by the lane rule: into a replica only while no interactive request waits in that gateway pod's queue
 and the replica has more than a headroom H (an eighth of the slots, at least 1) of that pod's
-in-flight slots free; with `--lane-kv` also only while the replica's outstanding tokens (as the
-gateway counts them) with the request's stay within its KV cache less the same eighth. Their own
+in-flight slots free, and only while the replica's outstanding tokens (as the gateway counts them)
+with the request's stay within its KV cache less the same eighth, as the gateway does
+(operator/voxtral_operator/gateway/lanes.py); `--lane-slots-only` drops the KV bound, for comparison. Their own
 queue bound and long timeout; a refused or timed-out one is failed. Wait figures are the interactive
 lane's; `batch_done_by_deadline` is the share finished by the deadline. Through a Service there is no
 lane: they are sent like any request (and kept out of the wait figures).
@@ -761,7 +762,7 @@ class Cluster:
         replicas: int,
         weights: str = "hub",
         reserved_gpus: int = 0,
-        lane_kv: bool = False,
+        lane_kv: bool = True,
     ) -> None:
         self.scenario = scenario
         self.engine = engine
@@ -1467,7 +1468,7 @@ def simulate(
     weights: str = "hub",
     reserved_gpus: int = 0,
     batch_rows: Sequence[Row] = (),
-    lane_kv: bool = False,
+    lane_kv: bool = True,
 ) -> Run:
     """Replay `rows` and the deferrable `batch_rows` (arrivals in [start, end)) through one policy,
     one-second steps."""
@@ -1519,7 +1520,7 @@ class Setup:
     lead_in_s: float = 3600.0  # stateless policies start this long before the first scored day
     backlog: int = 0  # deferrable items added every evening to the built-in days
     deferrable: bool = True  # False: the deferrable rows are left out (the run to compare against)
-    lane_kv: bool = False  # the lane rule bounds deferrable work by the replica's KV cache too
+    lane_kv: bool = True  # the lane rule bounds deferrable work by the replica's KV cache too (False: slots only)
 
 
 def load_rows(setup: Setup, seed: int) -> tuple[list[Row], list[Row], int, int]:
@@ -2017,7 +2018,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--reserved-gpus", type=int, default=0, help="GPUs paid all day; beyond them on demand")
     parser.add_argument("--backlog", type=int, default=0, help="deferrable items every evening (built-in days)")
-    parser.add_argument("--lane-kv", action="store_true", help="the lane rule also bounds deferrable work by KV cache")
+    parser.add_argument(
+        "--lane-slots-only",
+        dest="lane_kv",
+        action="store_false",
+        help="the lane rule bounds deferrable work by in-flight slots alone, not also by KV cache (for comparison)",
+    )
     parser.add_argument(
         "--reserved-target",
         action="store_true",

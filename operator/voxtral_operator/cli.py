@@ -267,11 +267,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--kv-cache-tokens-per-replica",
-        type=float,
-        default=None,
+        type=int,
+        default=0,
         metavar="N",
-        help="this gateway pod's share of a replica's KV cache in tokens: deferrable work is admitted only "
-        "while its requests in flight there hold less than 7/8 of it (default: no bound)",
+        help="this pod's share of a replica's KV cache in tokens: deferrable work stays within it less an eighth "
+        "(default: 0, no KV bound)",
     )
     p.add_argument(
         "--deferrable-priority",

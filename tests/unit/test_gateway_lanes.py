@@ -40,51 +40,26 @@ def test_the_admission_rule(lane: str, inflight: int, slots: int, interactive_wa
 
 
 @pytest.mark.parametrize(
-    ("tokens_in_flight", "request_tokens", "kv_tokens", "admitted"),
+    ("lane", "outstanding", "tokens", "kv_tokens", "admitted"),
     [
-        (0, 50_000, 8_000, True),  # alone on the replica: a request longer than the bound still runs
-        (6_000, 1_000, 8_000, True),  # 7,000 of 8,000 less an eighth
-        (6_000, 1_001, 8_000, False),
-        (6_000, 10**9, None, True),  # no bound known
+        (DEFERRABLE, 6000, 1000, 8000, True),  # 8000 less an eighth: 7000
+        (DEFERRABLE, 6001, 1000, 8000, False),
+        (DEFERRABLE, 0, 50_000, 8000, True),  # nothing in flight: one request of any size
+        (DEFERRABLE, 1, 50_000, 8000, False),
+        (DEFERRABLE, 10**9, 10**9, 0, True),  # the KV cache's size unknown: slots alone
+        (INTERACTIVE, 10**9, 10**9, 8000, True),  # interactive work may use the whole KV cache
     ],
 )
-def test_the_kv_bound(tokens_in_flight: float, request_tokens: float, kv_tokens: float | None, admitted: bool) -> None:
-    assert lanes.kv_room(tokens_in_flight, request_tokens, kv_tokens) is admitted
-    assert (
-        lanes.admits(
-            DEFERRABLE, 1, 16, 0, tokens_in_flight=tokens_in_flight, request_tokens=request_tokens, kv_tokens=kv_tokens
-        )
-        is admitted
-    )
-    assert lanes.admits(
-        INTERACTIVE, 1, 16, 0, tokens_in_flight=tokens_in_flight, request_tokens=request_tokens, kv_tokens=kv_tokens
-    )
+def test_deferrable_work_stays_within_the_kv_cache_less_an_eighth(
+    lane: str, outstanding: int, tokens: int, kv_tokens: int, admitted: bool
+) -> None:
+    assert lanes.admits(lane, 0, 16, 0, outstanding, tokens, kv_tokens) is admitted
 
 
-async def test_long_recordings_fill_the_kv_cache_not_the_slots() -> None:
-    """Ten-minute recordings (7,500 audio tokens and 2,400 of transcript each) on a replica of 64 slots
-    whose KV cache (this pod's share) holds 40,000 tokens: deferrable ones stop at what fits in 35,000."""
-    recording = Work(audio_seconds=600, output_tokens=2400)
-    dispatcher = Dispatcher(max_inflight=64, kv_tokens=40_000)
-    dispatcher.set_replicas(["a:1"])
-    deferred = [asyncio.create_task(dispatcher.acquire(recording, lane=DEFERRABLE)) for _ in range(8)]
-    await asyncio.sleep(0.01)
-    running = [t.result() for t in deferred if t.done()]
-    assert len(running) == 3, len(running)  # 3 x 9,900 = 29,700; a fourth would hold 39,600
-    # Interactive work is not bounded by it: it takes the free slots as before.
-    interactive = [await asyncio.wait_for(dispatcher.acquire(recording), 0.5) for _ in range(2)]
-    running[0].release()
-    await asyncio.sleep(0.01)
-    assert sum(t.done() for t in deferred) == 3  # 2 x 9,900 + 2 interactive x 9,900: no room for one more
-    for lease in interactive:
-        lease.release()
-    await asyncio.sleep(0.01)
-    assert sum(t.done() for t in deferred) == 4
-    for task in deferred:
-        task.cancel()
-    await asyncio.gather(*deferred, return_exceptions=True)
-    for lease in (t.result() for t in deferred if t.done() and not t.cancelled()):
-        lease.release()
+def test_a_requests_kv_tokens_are_its_audio_prompt_and_expected_output() -> None:
+    # 60 s of audio at 12.5 tokens a second, the 64-token text prompt, 240 tokens of transcript.
+    assert Work(audio_seconds=60, output_tokens=240).kv_tokens == 750 + 64 + 240
+    assert Work(audio_seconds=0.01, output_tokens=0).kv_tokens == 1 + 64  # a started 80 ms takes a token
 
 
 @pytest.mark.parametrize(
@@ -215,6 +190,38 @@ async def test_deferrable_work_fills_only_what_interactive_work_leaves() -> None
     await asyncio.gather(*deferred, return_exceptions=True)
     for lease in (t.result() for t in deferred if t.done() and not t.cancelled()):
         lease.release()
+
+
+async def test_long_deferrable_work_leaves_the_kv_cache_to_interactive_work() -> None:
+    # 1,800 s recordings: 23,000 KV tokens each with their prompts and transcripts. Slots alone would let 7 in.
+    long = Work(audio_seconds=1800, output_tokens=436)
+    dispatcher = Dispatcher(max_inflight=8, queue_timeout=5, kv_tokens_per_replica=80_000)
+    dispatcher.set_replicas(["a:1", "b:1"])
+    deferred = [asyncio.create_task(dispatcher.acquire(long, lane=DEFERRABLE)) for _ in range(8)]
+    await asyncio.sleep(0.01)
+    # 70,000 of each replica's 80,000 tokens: 3 such requests per replica (69,000), not 4 (92,000).
+    assert sum(t.done() for t in deferred) == 6, [r.kv_tokens for r in dispatcher.replicas.values()]
+    assert sorted(r.deferrable for r in dispatcher.replicas.values()) == [3, 3]
+    # Interactive work is not bound by the KV estimate: it takes the rest at once.
+    interactive = await asyncio.wait_for(dispatcher.acquire(long), 0.5)
+    await asyncio.sleep(0.01)
+    assert sum(t.done() for t in deferred) == 6
+    # A deferrable request finishing beside the interactive one frees too little for the next: 69,000 with it.
+    running = [t.result() for t in deferred if t.done()]
+    next(r for r in running if r.address == interactive.address).release()
+    await asyncio.sleep(0.01)
+    assert sum(t.done() for t in deferred) == 6
+    # One finishing on the other replica frees its tokens: the next one takes them.
+    next(r for r in running if r.address != interactive.address).release()
+    await asyncio.sleep(0.01)
+    assert sum(t.done() for t in deferred) == 7
+    interactive.release()
+    for task in deferred:
+        task.cancel()
+    await asyncio.gather(*deferred, return_exceptions=True)
+    for lease in (t.result() for t in deferred if t.done() and not t.cancelled()):
+        lease.release()
+    assert all(r.kv_tokens == 0 for r in dispatcher.replicas.values())
 
 
 async def test_the_deferrable_lane_has_its_own_bound_and_timeout() -> None:

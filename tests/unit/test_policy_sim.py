@@ -230,7 +230,7 @@ def test_the_cheapest_setting_meeting_the_target_on_every_day_is_chosen(sim: Any
 def test_the_lane_rule_leaves_headroom_and_yields_to_waiting_interactive_work(sim: Any) -> None:
     scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=1)
     engine = sim.Engine.of(scenario)
-    cluster = sim.Cluster(scenario, engine, "gateway", 5, 0.0, 1)
+    cluster = sim.Cluster(scenario, engine, "gateway", 5, 0.0, 1, lane_kv=False)  # the slots bound alone
     slots, headroom = engine.gateway_inflight, max(1, engine.gateway_inflight // 8)
     for _ in range(400):
         cluster.arrive(sim.Request(0.0, 30.0, 90, deferrable=True))
@@ -247,6 +247,21 @@ def test_the_lane_rule_leaves_headroom_and_yields_to_waiting_interactive_work(si
     for g, held in enumerate(cluster.held):
         assert pod.gw_inflight[g] == slots - headroom + min(arrived[g], headroom), (g, arrived)
         assert len(held) == max(0, arrived[g] - headroom), (g, arrived)  # waits for a slot, no deferrable work
+
+
+def test_by_default_deferrable_work_stays_within_the_kv_cache_less_an_eighth(sim: Any) -> None:
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=1)
+    engine = sim.Engine.of(scenario)
+    cluster = sim.Cluster(scenario, engine, "gateway", 5, 0.0, 1)
+    for _ in range(400):
+        cluster.arrive(sim.Request(0.0, 1200.0, 900, deferrable=True))  # 20-minute recordings
+    cluster.step(0.0, 0.01)
+    pod, need = cluster.pods[0], sim.Request(0.0, 1200.0, 900).need
+    admitted = sum(pod.gw_inflight)
+    bound = engine.kv_tokens * 7 / 8
+    assert 0 < admitted < engine.gateway_inflight - max(1, engine.gateway_inflight // 8), admitted
+    assert admitted * need <= bound, (admitted, need, bound)  # the replica's tokens, whichever gateway pod sent them
+    assert (admitted + 1) * need > bound, (admitted, need, bound)
 
 
 def test_deferrable_rows_are_due_by_eight_the_next_morning_and_scored(sim: Any, tmp_path: Path) -> None:

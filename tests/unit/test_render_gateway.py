@@ -8,7 +8,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from voxtral_operator import status
+from voxtral_operator import hardware, status
+from voxtral_operator.api import catalog
 from voxtral_operator.api.resolve import InvalidSpec
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.render import render
@@ -257,6 +258,26 @@ def test_gateway_pods_together_never_exceed_a_replicas_sequence_slots(
     deployment = _objects(gateway={"enabled": True, "replicas": gateways}, engine=engine)[("Deployment", "ep-gateway")]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert int(args[args.index("--max-inflight-per-replica") + 1]) == each
+
+
+def test_gateway_pods_split_a_replicas_kv_cache_for_the_deferrable_lane() -> None:
+    def kv_tokens(gateways: int) -> int:
+        objects = _objects(gateway={"enabled": True, "replicas": gateways})
+        args = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["containers"][0]["args"]
+        return int(args[args.index("--kv-cache-tokens-per-replica") + 1])
+
+    one = kv_tokens(1)
+    options = hardware.options(
+        catalog.MODELS["mistralai/Voxtral-Mini-3B-2507"],
+        catalog.GPUS,
+        max_model_len=32768,
+        gpu_memory_utilization=0.9,
+        prices={},
+    )
+    expected = next(o for o in options if o.gpu_type == "L4-24GB" and o.default_choice).kv_cache_tokens
+    assert one == expected, (one, expected)
+    assert kv_tokens(2) == one // 2
+    assert kv_tokens(3) == one // 3
 
 
 def test_a_certificate_from_cert_manager_when_the_endpoint_names_an_issuer() -> None:

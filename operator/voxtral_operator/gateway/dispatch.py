@@ -13,7 +13,9 @@ queue against the others.
 
 Deferrable work (`lanes.py`) waits in a second queue with its own bound and its own (long) timeout,
 held or queued alike; it is dispatched only while no interactive request waits and only into a
-replica with more than the headroom free. Each lane's admissions and failures are counted.
+replica with more than the headroom of its slots free and, when the replica's KV cache size is
+given, its outstanding KV tokens (both lanes', as this pod counts them) with the request's within
+this pod's share less the headroom. Each lane's admissions and failures are counted.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class Replica:
     audio_seconds: float = 0.0  # audio in flight
     deferrable: int = 0  # of `inflight`, deferrable requests
     deferrable_audio_seconds: float = 0.0  # of `audio_seconds`, the deferrable requests'
-    tokens: float = 0.0  # KV cache the requests in flight will hold (Work.tokens)
+    kv_tokens: int = 0  # estimated KV tokens of the requests in flight, both lanes (Work.kv_tokens)
     gone: bool = False  # left the EndpointSlice; its in-flight requests finish or fail on their own
 
 
@@ -99,8 +101,8 @@ def choose(
     exclude: frozenset[str] = frozenset(),
     fits: Callable[[Replica], bool] | None = None,
 ) -> Replica | None:
-    """The replica with spare capacity (and, given `fits`, that it accepts) and the least outstanding work
-    (ties: fewer in flight, then address)."""
+    """The replica with spare capacity (and that `fits` accepts) and the least outstanding work (ties: fewer
+    in flight, then address)."""
     best: Replica | None = None
     for replica in replicas:
         if replica.gone or replica.inflight >= max_inflight or replica.address in exclude:
@@ -163,7 +165,7 @@ class Dispatcher:
         hold_timeout: float = 1200.0,
         max_deferrable_queue: int = 10000,
         deferrable_timeout: float = 6 * 3600.0,
-        kv_tokens: float | None = None,
+        kv_tokens_per_replica: int = 0,
         key_policies: KeyPolicies | None = None,
         fairness: FairnessPolicy[_Waiter] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -174,7 +176,7 @@ class Dispatcher:
         self.hold_timeout = hold_timeout
         self.max_deferrable_queue = max_deferrable_queue
         self.deferrable_timeout = deferrable_timeout
-        self.kv_tokens = kv_tokens  # this pod's share of a replica's KV cache (None: unknown, no bound)
+        self.kv_tokens_per_replica = kv_tokens_per_replica  # this pod's share of a replica's KV cache; 0: unknown
         self.key_policies = key_policies or KeyPolicies()
         self.replicas: dict[str, Replica] = {}
         self.refusing: Rejected | None = None  # suspended or stopping: what new requests get at once
@@ -269,7 +271,7 @@ class Dispatcher:
                     refusal.retry_after,
                 )
         if not queue and not self._queue:
-            replica = choose(self.replicas.values(), self._slots(lane), exclude, self._fits(lane, work))
+            replica = self._choose(lane, work, exclude)
             if replica is not None:
                 return self._lease(replica, work, key, lane)
         if len(queue) >= (self.max_deferrable_queue if deferrable else self.max_queue):
@@ -335,23 +337,26 @@ class Dispatcher:
             )
         )
 
-    def _fits(self, lane: str, work: Work) -> Callable[[Replica], bool] | None:
-        """The KV bound of the deferrable lane (lanes.kv_room); None for interactive work or without a bound."""
-        if lane != lanes.DEFERRABLE or self.kv_tokens is None:
-            return None
-        return lambda replica: lanes.kv_room(replica.tokens, work.tokens, self.kv_tokens)
-
     def _slots(self, lane: str) -> int:
         """In-flight requests per replica below which a request of `lane` may be dispatched (lanes.admits)."""
         return lanes.deferrable_slots(self.max_inflight) if lane == lanes.DEFERRABLE else self.max_inflight
 
+    def _choose(self, lane: str, work: Work, exclude: frozenset[str] = frozenset()) -> Replica | None:
+        """The replica a request of `lane` goes to now by the lane rule (lanes.admits), or None."""
+        if lane != lanes.DEFERRABLE or self.kv_tokens_per_replica <= 0:
+            return choose(self.replicas.values(), self._slots(lane), exclude)
+        tokens, kv = work.kv_tokens, self.kv_tokens_per_replica
+        return choose(
+            self.replicas.values(), self._slots(lane), exclude, lambda r: lanes.kv_admits(r.kv_tokens, tokens, kv)
+        )
+
     def _lease(self, replica: Replica, work: Work, key: str, lane: str = lanes.INTERACTIVE) -> Lease:
-        cost = work.cost  # before any count moves: nothing is left to undo if it fails
+        cost, tokens = work.cost, work.kv_tokens  # before any count moves: nothing is left to undo if it fails
         if lane == lanes.DEFERRABLE:
             replica.deferrable += 1
             replica.deferrable_audio_seconds += work.audio_seconds
         replica.inflight += 1
-        replica.tokens += work.tokens
+        replica.kv_tokens += tokens
         replica.outstanding += cost
         replica.audio_seconds += work.audio_seconds
         self._active[key] += 1
@@ -366,11 +371,12 @@ class Dispatcher:
             replica.deferrable -= 1
             replica.deferrable_audio_seconds = max(0.0, replica.deferrable_audio_seconds - lease.work.audio_seconds)
         replica.inflight -= 1
-        replica.tokens = max(0.0, replica.tokens - lease.work.tokens)
+        replica.kv_tokens = max(0, replica.kv_tokens - lease.work.kv_tokens)
         replica.outstanding = max(0.0, replica.outstanding - lease.work.cost)
         replica.audio_seconds = max(0.0, replica.audio_seconds - lease.work.audio_seconds)
         if replica.inflight == 0:  # no float drift left behind
-            replica.outstanding = replica.audio_seconds = replica.deferrable_audio_seconds = replica.tokens = 0.0
+            replica.outstanding = replica.audio_seconds = replica.deferrable_audio_seconds = 0.0
+            replica.kv_tokens = 0
             self._gone.pop(id(replica), None)
         self._pump()
 
@@ -384,23 +390,12 @@ class Dispatcher:
                 waiter = queue.pop_next(self._placeable)
                 if waiter is None:
                     break  # those waiting exclude the replicas with room
-                replica = choose(
-                    self.replicas.values(),
-                    self._slots(waiter.lane),
-                    waiter.exclude,
-                    self._fits(waiter.lane, waiter.work),
-                )
+                replica = self._choose(waiter.lane, waiter.work, waiter.exclude)
                 assert replica is not None
                 waiter.future.set_result(self._lease(replica, waiter.work, waiter.key, waiter.lane))
 
     def _placeable(self, waiter: _Waiter) -> bool:
-        return (
-            not waiter.future.done()
-            and choose(
-                self.replicas.values(), self._slots(waiter.lane), waiter.exclude, self._fits(waiter.lane, waiter.work)
-            )
-            is not None
-        )
+        return not waiter.future.done() and self._choose(waiter.lane, waiter.work, waiter.exclude) is not None
 
     # --- what the metrics show --------------------------------------------------------------
 

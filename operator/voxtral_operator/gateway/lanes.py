@@ -5,16 +5,26 @@ A request is interactive unless its caller marks it deferrable, as the OpenAI AP
 multipart one (transcriptions, translations). `auto` and `default` are interactive; any other
 value is refused with 400 rather than guessed at.
 
-The rule (the policy simulation implements the same one, the KV bound with `--lane-kv`):
+The rule (the policy simulation implements the same one):
 - interactive work may use every in-flight slot this gateway pod has on a replica;
 - deferrable work is admitted to a replica only while no interactive request waits in this pod's
-  queue and the replica has fewer than its slots minus a headroom in flight (an eighth of the
-  slots, at least one), so an interactive arrival finds a free slot and starts within one engine
-  step, never behind deferrable work; where the gateway knows the replicas' KV cache, also only
-  while this pod's tokens in flight there, with the request's, stay within its share of that cache
-  less an eighth (`kv_room`);
+  queue, the replica has fewer than its slots minus a headroom in flight (an eighth of the slots,
+  at least one), and the replica's outstanding KV tokens as this pod counts them (`Work.kv_tokens`
+  of every request it has in flight there, both lanes), with the request's, stay within this pod's
+  share of the replica's KV cache less an eighth. vLLM's real limit is its KV cache, not its
+  sequence slots: a slot bound alone lets long deferrable transcriptions fill the cache, and an
+  interactive request sent into the free slots then waits in vLLM's first-come-first-served queue
+  behind them. A replica this pod has nothing in flight on takes one deferrable request whatever
+  its size (else a request larger than the bound would never run);
 - where vLLM runs `--scheduling-policy priority`, deferrable chat and completions requests carry
   a larger `priority` number (lower priority) than interactive ones, which carry none (0).
+
+What this buys, and its limits: an interactive arrival finds a free slot and, as far as the token
+estimates hold, free KV cache, so vLLM admits it at its next engine step instead of queueing it
+behind deferrable work. The estimates are estimates: a transcript longer than expected, audio
+whose length the header did not give, or interactive work that itself fills the cache can still
+put an interactive request in vLLM's queue (transcriptions carry no priority there); without a
+KV size (`--kv-cache-tokens-per-replica` 0) only the slots bound deferrable work.
 
 The gateway reads the tier only from what it has read before dispatch (the body's first 64 KiB).
 When the body is longer, a `service_tier` (or, where the gateway sets it, `priority`) that shows up
@@ -50,14 +60,17 @@ def deferrable_slots(slots: int) -> int:
     return max(0, slots - headroom(slots))
 
 
-def kv_room(tokens_in_flight: float, request_tokens: float, kv_tokens: float | None) -> bool:
-    """Whether a deferrable request's tokens fit this pod's share of a replica's KV cache, less an eighth,
-    beside the tokens of this pod's requests in flight there (None: no bound). vLLM's binding limit is
-    its KV cache, not its slots: long recordings fill the cache with few slots taken, and an interactive
-    request sent into the free slots would wait in vLLM's queue behind them."""
-    if kv_tokens is None or tokens_in_flight <= 0:
-        return True  # one request alone always goes: a longer one than the bound would never run otherwise
-    return tokens_in_flight + request_tokens <= kv_tokens * (1 - 1 / HEADROOM_SHARE)
+def deferrable_kv_tokens(kv_tokens: int) -> int:
+    """This pod's outstanding KV tokens per replica deferrable work stays within (its share less an eighth)."""
+    return kv_tokens - kv_tokens // HEADROOM_SHARE
+
+
+def kv_admits(outstanding_tokens: int, tokens: int, kv_tokens: int) -> bool:
+    """Whether a deferrable request of `tokens` fits a replica this pod has `outstanding_tokens` in flight on,
+    within its share `kv_tokens` of the replica's KV cache less the headroom (0: size unknown, no bound)."""
+    if kv_tokens <= 0 or outstanding_tokens <= 0:
+        return True
+    return outstanding_tokens + tokens <= deferrable_kv_tokens(kv_tokens)
 
 
 def admits(
@@ -65,17 +78,17 @@ def admits(
     inflight: int,
     slots: int,
     interactive_waiting: int,
-    *,
-    tokens_in_flight: float = 0.0,
-    request_tokens: float = 0.0,
-    kv_tokens: float | None = None,
+    outstanding_tokens: int = 0,
+    tokens: int = 0,
+    kv_tokens: int = 0,
 ) -> bool:
-    """Whether a request of `lane` may go to a replica with `inflight` of this pod's `slots` taken."""
+    """Whether a request of `lane` (and `tokens` KV tokens) may go to a replica with `inflight` of this
+    pod's `slots` taken and `outstanding_tokens` of this pod's share `kv_tokens` of its KV cache counted."""
     if lane == DEFERRABLE:
         return (
             interactive_waiting == 0
             and inflight < deferrable_slots(slots)
-            and kv_room(tokens_in_flight, request_tokens, kv_tokens)
+            and kv_admits(outstanding_tokens, tokens, kv_tokens)
         )
     return inflight < slots
 

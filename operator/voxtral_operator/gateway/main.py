@@ -61,8 +61,8 @@ def spec_of(args: argparse.Namespace) -> Spec:
     ):
         if value <= 0:
             raise UsageError(f"{name} must be positive, not {value:g}")
-    if args.kv_cache_tokens_per_replica is not None and args.kv_cache_tokens_per_replica <= 0:
-        raise UsageError(f"--kv-cache-tokens-per-replica must be positive, not {args.kv_cache_tokens_per_replica:g}")
+    if args.kv_cache_tokens_per_replica < 0:
+        raise UsageError(f"--kv-cache-tokens-per-replica must not be negative, not {args.kv_cache_tokens_per_replica}")
     if args.deferrable_priority is not None and args.deferrable_priority <= 0:
         raise UsageError(f"--deferrable-priority must be above interactive requests' 0, not {args.deferrable_priority}")
     for name, port in (("--port", args.port), ("--metrics-port", args.metrics_port)):
@@ -170,7 +170,7 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
         hold_timeout=args.hold_timeout_seconds,
         max_deferrable_queue=args.max_deferrable_queue,
         deferrable_timeout=args.deferrable_timeout_seconds,
-        kv_tokens=args.kv_cache_tokens_per_replica,
+        kv_tokens_per_replica=args.kv_cache_tokens_per_replica,
         key_policies=key_policies_of(args),
     )
     gateway = Gateway(

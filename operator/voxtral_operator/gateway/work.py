@@ -5,6 +5,9 @@ the format records them (WAV: data bytes / byte rate; FLAC: STREAMINFO total sam
 rate; MP3: the Xing/Info or VBRI frame count, else the first frame's CBR bitrate), otherwise from
 the size and a per-type bytes-per-second guess. Expected output adds `max_tokens` (or
 `max_completion_tokens`) from a JSON body, else a default.
+
+A request's KV cache tokens (what the deferrable lane's KV bound counts, `lanes.py`) are its whole
+sequence's: the audio at the encoder's token rate, the text prompt around it, and the expected output.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ import re
 import struct
 from dataclasses import dataclass
 
+from voxtral_operator.api.catalog import AUDIO_TOKENS_PER_SECOND
+
 PREFIX_BYTES = 64 * 1024  # what the gateway reads of a body before dispatching it
 DEFAULT_OUTPUT_TOKENS = 256
 SECONDS_PER_OUTPUT_TOKEN = 0.02  # decoding 50 tokens costs about as much as a second of audio
 BASE_SECONDS = 0.5  # every request's fixed cost (prefill, scheduling)
+TEXT_PROMPT_TOKENS = 64  # the instruction or transcription prompt around the audio
 # Bounds on what a request may claim: the estimate stays a finite float whatever a body says.
 MAX_TOKENS = 10_000_000
 MAX_AUDIO_SECONDS = 1e7
-AUDIO_TOKENS_PER_SECOND = 12.5  # Voxtral's audio encoder
 
 # Bytes per second of audio when the header does not say: typical speech encodings.
 BYTES_PER_SECOND = {
@@ -68,14 +73,14 @@ class Work:
         object.__setattr__(self, "output_tokens", min(max(int(self.output_tokens), 0), MAX_TOKENS))
 
     @property
-    def tokens(self) -> float:
-        """The KV cache the request will hold at its end, in tokens: its audio's and its output's."""
-        return self.audio_seconds * AUDIO_TOKENS_PER_SECOND + self.output_tokens
-
-    @property
     def cost(self) -> float:
         """What dispatch balances: the request's share of a replica's time, in audio-seconds."""
         return BASE_SECONDS + self.audio_seconds + self.output_tokens * SECONDS_PER_OUTPUT_TOKEN
+
+    @property
+    def kv_tokens(self) -> int:
+        """The KV cache the whole sequence takes on a replica: prompt (audio and text) plus expected output."""
+        return math.ceil(self.audio_seconds * AUDIO_TOKENS_PER_SECOND) + TEXT_PROMPT_TOKENS + self.output_tokens
 
 
 # --- container headers ------------------------------------------------------------------------

@@ -90,15 +90,6 @@ def certificate(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
     }
 
 
-def kv_cache_tokens(plan: Plan) -> int:
-    """Tokens a replica's KV cache holds: the memory left after the weights, as the fit check counts it."""
-    engine = plan.spec.engine
-    fit = catalog.check_fit(
-        plan.model, plan.gpu, plan.tensor_parallel_size, engine.gpu_memory_utilization, engine.max_model_len
-    )
-    return max(0, fit.kv_cache_available_bytes) // max(1, plan.model.kv_cache_bytes_per_token)
-
-
 def priority_scheduling(extra_args: Sequence[str]) -> bool:
     """Whether vLLM's extra arguments select `--scheduling-policy priority`."""
     for index, arg in enumerate(extra_args):
@@ -107,6 +98,20 @@ def priority_scheduling(extra_args: Sequence[str]) -> bool:
         if arg == "--scheduling-policy" and index + 1 < len(extra_args) and extra_args[index + 1] == "priority":
             return True
     return False
+
+
+def kv_cache_tokens_per_gateway_pod(plan: Plan) -> int:
+    """A replica's KV cache in tokens, by the fit check (the smaller of the primary and overflow GPUs'),
+    split across the gateway pods as the in-flight slots are."""
+    engine = plan.spec.engine
+    tokens = []
+    for gpu in (plan.gpu, plan.overflow_gpu):
+        if gpu is not None:
+            fit = catalog.check_fit(
+                plan.model, gpu, plan.tensor_parallel_size, engine.gpu_memory_utilization, engine.max_model_len
+            )
+            tokens.append(max(fit.kv_cache_available_bytes, 0) // plan.model.kv_cache_bytes_per_token)
+    return max(1, min(tokens) // plan.spec.gateway.replicas)
 
 
 def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
@@ -142,9 +147,9 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         str(spec.gateway.deferrable.max_queue),
         "--deferrable-timeout-seconds",
         str(spec.gateway.deferrable.timeout_seconds),
-        # The deferrable lane's KV bound: each pod's share of a replica's KV cache, as the slots are split.
+        # Deferrable work stays within this share of a replica's KV cache (less an eighth), gateway/lanes.py.
         "--kv-cache-tokens-per-replica",
-        str(max(1, kv_cache_tokens(plan) // spec.gateway.replicas)),
+        str(kv_cache_tokens_per_gateway_pod(plan)),
         "--max-upload-mb",
         str(spec.engine.audio.max_file_size_mb),
         "--log-format",
