@@ -111,6 +111,21 @@ def test_overflow_deployment_is_a_replica_on_the_other_pool_and_validates() -> N
     assert container == {k: reserved["spec"]["template"]["spec"]["containers"][0][k] for k in same}
 
 
+def test_the_image_prepull_covers_the_overflow_pools_nodes_too() -> None:
+    objects = render.render(endpoint(coldStart={"prepullImage": True}), CONFIG)
+    (daemon_set,) = [obj for obj in objects if obj["kind"] == "DaemonSet"]
+    kubernetes_validate.validate(daemon_set, "1.34", strict=True)
+    pod = daemon_set["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod  # a node of either pool, as the affinity's two terms say
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    pools = [{e["key"]: e["values"] for e in term["matchExpressions"]} for term in terms]
+    assert pools == [
+        {"pool": ["l4-speech"], "nvidia.com/gpu.product": ["NVIDIA-L4"]},
+        {"pool": ["l4-overflow"], "nvidia.com/gpu.product": ["NVIDIA-L4"]},
+    ]
+    assert OVERFLOW["tolerations"][0] in pod["tolerations"]
+
+
 def test_no_overflow_pool_renders_no_overflow_deployment() -> None:
     body = endpoint(nodePool={"nodeSelector": {"pool": "l4-speech"}})
     names = [o["metadata"]["name"] for o in render.render(body, CONFIG) if o["kind"] == "Deployment"]

@@ -605,6 +605,17 @@ def image_prepull_daemon_set(plan: Plan, config: OperatorConfig) -> dict[str, An
     if not spec.cold_start.prepull_image:
         return None
     selector = {LABEL_NAME: PREPULL_APP_NAME, LABEL_INSTANCE: plan.name}
+    node_selector = {**spec.node_pool.node_selector, config.gpu_node_label: plan.gpu.product_label}
+    tolerations = _tolerations(spec.node_pool)
+    node_terms: list[dict[str, Any]] = []
+    overflow = spec.node_pool.overflow
+    if overflow is not None and plan.overflow_gpu is not None:
+        # The overflow pool's nodes too (new on-demand nodes are where a pull costs most): a node of
+        # either pool, as two terms of a required node affinity, and either pool's tolerations.
+        overflow_selector = {**overflow.node_selector, config.gpu_node_label: plan.overflow_gpu.product_label}
+        node_terms = [_node_selector_term(node_selector), _node_selector_term(overflow_selector)]
+        node_selector = {}
+        tolerations += [t for t in _tolerations(overflow) if t not in tolerations]
     return render_template(
         "image-prepull.yaml.j2",
         {
@@ -612,14 +623,19 @@ def image_prepull_daemon_set(plan: Plan, config: OperatorConfig) -> dict[str, An
             "namespace": plan.namespace,
             "labels": {**selector, LABEL_COMPONENT: PREPULL_COMPONENT, LABEL_MANAGED_BY: MANAGED_BY},
             "selector": selector,
-            "node_selector": {**spec.node_pool.node_selector, config.gpu_node_label: plan.gpu.product_label},
-            "tolerations": _tolerations(spec.node_pool),
+            "node_selector": node_selector,
+            "node_terms": node_terms,
+            "tolerations": tolerations,
             "run_as_user": config.vllm_run_as_user,
             "image": plan.image,
             "image_pull_policy": config.image_pull_policy,
             "pause_image": PAUSE_IMAGE,
         },
     )
+
+
+def _node_selector_term(labels: dict[str, str]) -> dict[str, Any]:
+    return {"matchExpressions": [{"key": key, "operator": "In", "values": [value]} for key, value in labels.items()]}
 
 
 def persistent_volume_claim(plan: Plan) -> dict[str, Any] | None:
