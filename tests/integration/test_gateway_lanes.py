@@ -72,24 +72,33 @@ async def lane_metric(gateway: Gateway, session: aiohttp.ClientSession, name: st
     return await gateway.metric(session, name, f'lane="{lane}"')
 
 
+async def interactive_beside_the_backlog(
+    gateway: Gateway, session: aiohttp.ClientSession, url: str, clip: bytes, count: int
+) -> tuple[float, float]:
+    """(the most deferrable requests in flight seen, the interactive lane's total queue wait) while `count`
+    interactive requests of `clip`, one after another, each answered 200, run beside a deferrable backlog."""
+    await eventually(lambda: lane_metric(gateway, session, names.LANE_QUEUED_REQUESTS, "deferrable"), timeout=10)
+    most_deferrable = 0.0
+    for _ in range(count):
+        most_deferrable = max(
+            most_deferrable, await lane_metric(gateway, session, names.LANE_INFLIGHT_REQUESTS, "deferrable")
+        )
+        async with session.post(url, data=form(clip)) as response:
+            assert response.status == 200, await response.text()
+    waited = await gateway.metric(session, names.LANE_QUEUE_WAIT_SECONDS + "_sum", 'lane="interactive"')
+    return most_deferrable, waited
+
+
 async def test_interactive_requests_never_wait_behind_a_deferrable_backlog(
     serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
 ) -> None:
     gateway = await serve(("--max-num-seqs", "8", "--request-seconds", "0.5"), "--max-inflight-per-replica", "8")
     url = f"{gateway.url}/v1/audio/transcriptions"
     backlog = [asyncio.create_task(session.post(url, data=flex_form(wav(30)))) for _ in range(80)]
-    await eventually(lambda: lane_metric(gateway, session, names.LANE_QUEUED_REQUESTS, "deferrable"), timeout=10)
-    most_deferrable = 0.0
-    for _ in range(6):
-        most_deferrable = max(
-            most_deferrable, await lane_metric(gateway, session, names.LANE_INFLIGHT_REQUESTS, "deferrable")
-        )
-        async with session.post(url, data=form(wav(5))) as response:
-            assert response.status == 200, await response.text()
+    most_deferrable, waited = await interactive_beside_the_backlog(gateway, session, url, wav(5), 6)
     assert most_deferrable == 7, f"deferrable requests in flight: {most_deferrable}, not 8 slots less 1 of headroom"
     # Each interactive request found a free slot at once: its time in the gateway's queue is no wait at all
     # (the machine's load cannot lengthen it: a free slot is taken without yielding to the event loop).
-    waited = await gateway.metric(session, names.LANE_QUEUE_WAIT_SECONDS + "_sum", 'lane="interactive"')
     assert waited < 0.05 * 6, f"interactive requests waited {waited:.3f}s in all in the gateway's queue"
     assert await lane_metric(gateway, session, names.LANE_QUEUED_REQUESTS, "deferrable") > 0  # the backlog remained
     for response in await asyncio.gather(*backlog):
@@ -97,6 +106,30 @@ async def test_interactive_requests_never_wait_behind_a_deferrable_backlog(
         response.release()
     assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 80
     assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "interactive") == 6
+
+
+async def test_long_deferrable_recordings_are_bounded_by_the_replicas_kv_cache(
+    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
+) -> None:
+    # 30-minute recordings: 22,500 audio tokens, the 64-token prompt and 7,200 of transcript = 29,764 each.
+    # This pod's share of the replica's KV cache, 100,000 tokens less an eighth, holds 2 of them; slots would take 7.
+    gateway = await serve(
+        ("--max-num-seqs", "8", "--request-seconds", "0.5"),
+        "--max-inflight-per-replica",
+        "8",
+        "--kv-cache-tokens-per-replica",
+        "100000",
+    )
+    url = f"{gateway.url}/v1/audio/transcriptions"
+    backlog = [asyncio.create_task(session.post(url, data=flex_form(wav(1800)))) for _ in range(12)]
+    # Interactive work is not bound by the estimate: a long interactive recording starts at once too.
+    most_deferrable, waited = await interactive_beside_the_backlog(gateway, session, url, wav(1800), 4)
+    assert most_deferrable == 2, f"deferrable requests in flight: {most_deferrable}, not the 2 the KV share holds"
+    assert waited < 0.05 * 4, f"interactive requests waited {waited:.3f}s in all in the gateway's queue"
+    for response in await asyncio.gather(*backlog):
+        assert response.status == 200, await response.text()
+        response.release()
+    assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 12
 
 
 async def test_flex_chat_carries_a_lower_priority_only_where_vllm_schedules_by_it(

@@ -147,7 +147,7 @@ async def test_get_vxe_prints_the_printer_columns(sandbox: Sandbox) -> None:
     code, out, err = await kubectl(sandbox, "get", "vxe", "-n", NS)
     assert code == 0, err
     header, row = table(out)
-    assert header == ["NAME", "MODEL", "GPU", "REPLICAS", "READY", "REASON", "QUEUE", "GPUS", "AGE"]
+    assert header == ["NAME", "MODEL", "GPU", "REPLICAS", "READY", "REASON", "QUEUE", "GPUS", "OVERFLOW", "AGE"]
     assert row[:8] == [
         "voxtral-mini",
         "mistralai/Voxtral-Mini-3B-2507",
