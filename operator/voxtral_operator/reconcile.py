@@ -172,6 +172,8 @@ class Reconciler:
     _pending_children: dict[tuple[Key, ChildKey], tuple[str | None, float]] = field(default_factory=dict)
     _pending_status: dict[Key, tuple[JSON, float]] = field(default_factory=dict)
     pending_ttl: float = 300.0
+    # Children this operator deleted (uid -> when), kept through their late watch events.
+    _deleted_uids: dict[str, float] = field(default_factory=dict)
     _semaphore: asyncio.Semaphore = field(init=False)
     _phases: dict[Key, str] = field(default_factory=dict)
     # Each endpoint's rendered children, compressed JSON (a tenth of the objects' size in memory).
@@ -567,12 +569,29 @@ class Reconciler:
         for child, live in live_children.items():
             if child in wanted or not _owned_by(live, uid):
                 continue
-            live_version = live["metadata"].get("resourceVersion")
+            live_version, live_uid = live["metadata"].get("resourceVersion"), live["metadata"].get("uid")
             if self._is_pending(self._pending_children.get((key, child)), live_version):
                 continue  # deleted already; the cache has not heard yet
-            await self.client.delete(resources.BY_KIND[child[0]], key[0], child[1], live["metadata"].get("uid"))
+            if live["metadata"].get("deletionTimestamp") or self._deleted_recently(live_uid):
+                # Its deletion is under way: an event from before the delete (a status write, a
+                # finalizer's) can arrive after it and show the object still there.
+                continue
+            await self.client.delete(resources.BY_KIND[child[0]], key[0], child[1], live_uid)
             logs.log_child_change(key, "deleted", *child, "the spec no longer asks for it")
             self._pending_children[(key, child)] = (live_version, time.monotonic())
+            self._remember_deleted(live_uid)
+
+    def _deleted_recently(self, uid: str | None) -> bool:
+        at = self._deleted_uids.get(uid) if uid else None
+        return at is not None and time.monotonic() - at < self.pending_ttl
+
+    def _remember_deleted(self, uid: str | None) -> None:
+        if not uid:
+            return
+        now = time.monotonic()
+        for old in [u for u, at in self._deleted_uids.items() if now - at >= self.pending_ttl]:
+            del self._deleted_uids[old]
+        self._deleted_uids[uid] = now
 
     def _is_pending(self, entry: tuple[Any, float] | None, value: Any) -> bool:
         return entry is not None and entry[0] == value and time.monotonic() - entry[1] < self.pending_ttl

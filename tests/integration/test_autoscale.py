@@ -186,8 +186,15 @@ async def test_hung_or_failing_scrapes_never_shrink_and_never_stall_others(
     sandbox.controllers.behave(NS, "stuck", Behaviour(PodBehaviour.SIMULATED, simulator_args=hung))
     await kube.create(endpoint_path(NS), endpoint("stuck", replicas=2, minReplicas=1))
     await kube.create(endpoint_path(NS), endpoint("busy"))
-    await eventually(lambda: _ready_exactly(kube, "stuck", 2), timeout=60)
-    await eventually(lambda: ready_replicas(kube, "busy"), timeout=60)
+    # Both endpoints' replicas (each a process) start together with their gateway pods: on a busy
+    # machine that can take a while; a failure says what the pods and the endpoint showed.
+    try:
+        await eventually(lambda: _ready_exactly(kube, "stuck", 2), timeout=120)
+        await eventually(lambda: ready_replicas(kube, "busy"), timeout=120)
+    except AssertionError as exc:
+        pods = {p["metadata"]["name"]: p.get("status") for p in sandbox.api.objects_of("v1/pods", NS)}
+        statuses = {n: (await kube.get(endpoint_path(NS, n)) or {}).get("status") for n in ("stuck", "busy")}
+        raise AssertionError(f"{exc}; pods: {pods}; endpoints: {statuses}") from None
 
     # "busy" still scales up within a few scrape intervals...
     async with load(pod_ips(sandbox, "busy"), vllm_port, concurrency=12):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import yaml
 
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s.client import ApiClient, ApiError, Connection, NotFound
-from voxtral_operator.reconcile import ChildKey, EmptyView, Key, Reconciler
+from voxtral_operator.reconcile import ChildKey, ChildRefused, EmptyView, Key, Reconciler
 
 ROOT = Path(__file__).resolve().parents[2]
 JSON = dict[str, Any]
@@ -110,3 +111,50 @@ async def test_a_child_the_watch_cache_has_not_seen_yet_is_not_applied_again_whe
     ).reconcile(("speech", "voxtral-mini"))
     children = [w for w in again.writes if w.startswith("PATCH") and not w.endswith("/status")]
     assert not children, again.writes
+
+
+class WithStaleClaim(OneEndpoint):
+    """The endpoint, what it applied (as the watch would show it), and a cache volume claim of its own
+    the spec no longer asks for."""
+
+    def __init__(self, endpoint: JSON, client: Recording) -> None:
+        super().__init__(endpoint)
+        self.client = client
+        self.claim: JSON = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": "voxtral-mini-model-cache",
+                "namespace": "speech",
+                "uid": "claim-1",
+                "resourceVersion": "10",
+                "ownerReferences": [
+                    {"kind": "VoxtralEndpoint", "name": "voxtral-mini", "uid": "u-1", "controller": True}
+                ],
+            },
+        }
+
+    def children(self, key: Key) -> dict[ChildKey, JSON]:
+        applied = {(body["kind"], body["metadata"]["name"]): body for body in self.client.applied.values()}
+        return {**applied, ("PersistentVolumeClaim", self.claim["metadata"]["name"]): self.claim}
+
+
+async def test_a_deleted_child_is_not_deleted_again_when_an_older_event_of_it_arrives_late() -> None:
+    endpoint = yaml.safe_load((ROOT / "examples" / "mini-on-l4.yaml").read_text())
+    endpoint["metadata"].update(uid="u-1", generation=1)
+    client = Recording()
+    view = WithStaleClaim(endpoint, client)
+    reconciler = Reconciler(client=client, config=OperatorConfig(), view=view, post_event=lambda *_: None)
+    key = ("speech", "voxtral-mini")
+    for _ in range(4):  # a stage at a time, as the watch shows each applied
+        with contextlib.suppress(ChildRefused):
+            await reconciler.reconcile(key)
+    deletes = [w for w in client.writes if w.startswith("DELETE")]
+    assert len(deletes) == 1, client.writes
+    assert "persistentvolumeclaims" in deletes[0], client.writes
+    # The claim's status write from before the delete arrives now: the cache shows it, newer, still there.
+    view.claim["metadata"]["resourceVersion"] = "11"
+    reconciler.child_observed(key, "PersistentVolumeClaim", view.claim["metadata"]["name"])
+    with contextlib.suppress(ChildRefused):
+        await reconciler.reconcile(key)
+    assert [w for w in client.writes if w.startswith("DELETE")] == deletes, client.writes
