@@ -294,6 +294,8 @@ async def test_the_lanes_page_reads_back_as_the_autoscaler_parses_it() -> None:
     assert sample.deferrable_in_flight_requests == 14  # taken off vLLM's waiting count by the policy
     assert sample.interactive_share == pytest.approx(10 / 850)
     assert lanes_status([parsed])[DEFERRABLE] == {"queuedRequests": 1, "queuedAudioSeconds": 30, "inFlightRequests": 7}
+    # Steady interactive traffic writes no status: its in-flight count is left to the metrics.
+    assert lanes_status([parsed])[INTERACTIVE] == {"queuedRequests": 0, "queuedAudioSeconds": 0}
     queued.cancel()
     for lease in [*leases, interactive]:
         lease.release()

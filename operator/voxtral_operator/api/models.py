@@ -968,7 +968,11 @@ class GpusByPool(_Model):
 class LaneStatus(_Model):
     queued_requests: int = Field(description="Requests waiting in the gateway pods' queues.")
     queued_audio_seconds: int = Field(description="Audio-seconds in those requests.")
-    in_flight_requests: int = Field(description="Requests on replicas now.")
+    in_flight_requests: int | None = Field(
+        default=None,
+        description="Requests on replicas now: the deferrable lane only (the interactive lane's count changes "
+        "with every request, so it is in the gateway's metrics, not in status).",
+    )
 
 
 class LanesStatus(_Model):
