@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from voxtral_operator.autoscale.loop import gateway_sample, lanes_status
-from voxtral_operator.autoscale.scrape import LanePage, parse_gateway_metrics
+from voxtral_operator.autoscale.scrape import GatewayPage, LanePage, parse_gateway_metrics
 from voxtral_operator.gateway import lanes
 from voxtral_operator.gateway.dispatch import Dispatcher, Lease, QueueFull, QueueTimeout
 from voxtral_operator.gateway.framing import Refusal
@@ -299,3 +299,16 @@ async def test_the_lanes_page_reads_back_as_the_autoscaler_parses_it() -> None:
     queued.cancel()
     for lease in [*leases, interactive]:
         lease.release()
+
+
+def test_realtime_handshakes_held_at_zero_count_in_the_queue_the_policy_reads() -> None:
+    """They are in the page's total and in no lane: the policy's queue is the total less the deferrable lane."""
+    lane = LanePage(queued=0, queued_audio_seconds=0, in_flight=0, in_flight_audio_seconds=0)
+    page = GatewayPage(
+        queued=2,  # two handshakes held, no replica
+        queued_audio_seconds=0,
+        in_flight_audio_seconds=0,
+        work_requests=0,
+        lanes={INTERACTIVE: lane, DEFERRABLE: lane},
+    )
+    assert gateway_sample([page], seconds_since_last_request=1.0).queued_requests == 2

@@ -158,9 +158,11 @@ def gateway_sample(pages: list[GatewayPage], seconds_since_last_request: float |
     queue from a gateway without lanes) and the deferrable lane's apart."""
     queued = queued_audio = deferrable_queued = deferrable_audio = deferrable_in_flight = 0.0
     for page in pages:
-        interactive, deferrable = page.lanes.get(INTERACTIVE), page.lanes.get(DEFERRABLE)
-        queued += interactive.queued if interactive else page.queued
-        queued_audio += interactive.queued_audio_seconds if interactive else page.queued_audio_seconds
+        deferrable = page.lanes.get(DEFERRABLE)
+        # Everything held but the deferrable lane: the interactive lane's queue and realtime
+        # handshakes held at zero replicas (counted in the total, in no lane).
+        queued += page.queued - (deferrable.queued if deferrable else 0.0)
+        queued_audio += page.queued_audio_seconds - (deferrable.queued_audio_seconds if deferrable else 0.0)
         if deferrable is not None:
             deferrable_queued += deferrable.queued
             deferrable_audio += deferrable.in_flight_audio_seconds
