@@ -108,9 +108,9 @@ def test_namespaced_mode_refuses_endpoints_outside_the_watched_namespaces(
         text=True,
         check=True,
     ).stdout
+    elsewhere = endpoint_body(unique_name, "default")
     kubectl.run("apply", "-f", "-", stdin=rendered)
     try:
-        elsewhere = endpoint_body(unique_name, "default")
 
         def refused() -> str | None:
             result = kubectl.run("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(elsewhere), check=False)
@@ -123,3 +123,16 @@ def test_namespaced_mode_refuses_endpoints_outside_the_watched_namespaces(
         kubectl.run("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(watched))
     finally:
         kubectl.run("delete", "-f", "-", "--wait=true", stdin=rendered, check=False)
+        # The admission plugin drops a deleted policy as lazily as it picks a new one up; the tests after
+        # this one create endpoints in their own namespaces and must not meet it.
+        refusals: list[str] = []
+
+        def admitted_again() -> bool:
+            result = kubectl.run("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(elsewhere), check=False)
+            refusals.append(result.stderr.strip())
+            return result.returncode == 0
+
+        try:
+            eventually(admitted_again, timeout=120, what="the deleted admission policy no longer refusing endpoints")
+        except AssertionError as stuck:
+            raise AssertionError(f"{stuck}; last refusal: {refusals[-1]}") from None
