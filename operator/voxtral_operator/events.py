@@ -54,7 +54,9 @@ MAX_SERIES = 4096  # events remembered for folding repeats (oldest forgotten fir
 QUEUE_LIMIT = 1000  # writes waiting; beyond this, events are logged and dropped
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # seconds before each retry of a failed write (the client retries within each)
 MAX_WRITE_ATTEMPTS = len(RETRY_DELAYS) + 1  # a series whose write failed this often is dropped
-STALE_SECONDS = 10.0  # a create later than this after the event first checks the endpoint's uid
+# A create later than this after the event first checks the endpoint's uid: a namespace deleted and made
+# again takes seconds, and an Event queued behind a busy minute must not land in the successor.
+STALE_SECONDS = 1.0
 
 # What the operator did, by the reason it reports (anything else: it was reconciling).
 ACTIONS = {
