@@ -108,12 +108,16 @@ def test_namespaced_mode_refuses_endpoints_outside_the_watched_namespaces(
         text=True,
         check=True,
     ).stdout
-    elsewhere = endpoint_body(unique_name, "default")
+    elsewhere = yaml.safe_dump(endpoint_body(unique_name, "default"))
+
+    def create_elsewhere() -> subprocess.CompletedProcess[str]:
+        return kubectl.run("create", "--dry-run=server", "-f", "-", stdin=elsewhere, check=False)
+
     kubectl.run("apply", "-f", "-", stdin=rendered)
     try:
 
         def refused() -> str | None:
-            result = kubectl.run("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(elsewhere), check=False)
+            result = create_elsewhere()
             return result.stderr if result.returncode != 0 else None
 
         # A new policy takes effect once the API server's admission plugin has synced it.
@@ -128,7 +132,7 @@ def test_namespaced_mode_refuses_endpoints_outside_the_watched_namespaces(
         refusals: list[str] = []
 
         def admitted_again() -> bool:
-            result = kubectl.run("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(elsewhere), check=False)
+            result = create_elsewhere()
             refusals.append(result.stderr.strip())
             return result.returncode == 0
 
