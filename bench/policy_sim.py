@@ -103,6 +103,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from voxtral_operator.api import catalog
+from voxtral_operator.api.models import DEFAULT_SCALE_DOWN_DELAY_SECONDS, AutoscalingPolicy
 from voxtral_operator.autoscale import policy as new_policy
 
 DAY = 86400.0
@@ -1293,11 +1294,19 @@ class New:
             cluster.scale_to(decision.replicas, now)
 
 
-def new_limits(scenario: Scenario, engine: Engine, target_utilization: float) -> new_policy.Limits:
+def new_limits(
+    scenario: Scenario,
+    engine: Engine,
+    target_utilization: float = new_policy.Limits(0, 1).target_utilization,
+    policy: str = new_policy.WORKLOAD_POLICY,
+    target_active_requests: float = new_policy.Limits(0, 1).target_active_requests,
+) -> new_policy.Limits:
     """The operator's Limits for this endpoint, as autoscale/loop.py builds them from the spec."""
     return new_policy.Limits(
         min_replicas=scenario.min_replicas,
         max_replicas=scenario.max_replicas,
+        policy=policy,
+        target_active_requests=target_active_requests,
         max_num_seqs=engine.policy_max_num_seqs,
         prior_work_per_second=new_policy.prior_work_per_second(
             engine.weights_bytes, scenario.gpu_type, scenario.tensor_parallel_size, engine.policy_max_num_seqs
@@ -1305,7 +1314,7 @@ def new_limits(scenario: Scenario, engine: Engine, target_utilization: float) ->
         cold_start_seconds=engine.startup_budget_s,
         target_utilization=target_utilization,
         node_retention_seconds=scenario.node_retention_s,
-        scale_down_delay_seconds=300.0,
+        scale_down_delay_seconds=float(DEFAULT_SCALE_DOWN_DELAY_SECONDS[AutoscalingPolicy(policy)]),
     )
 
 
@@ -1380,6 +1389,13 @@ class PolicySpec:
 POLICIES: tuple[PolicySpec, ...] = (
     PolicySpec(
         "new",
+        "targetActiveRequests",
+        (3, 4, 6, 8, 10),
+        new_policy.Limits(0, 1).target_active_requests,
+        lambda s, e, v, c: New(new_limits(s, e, policy=new_policy.REQUESTS_POLICY, target_active_requests=v)),
+    ),
+    PolicySpec(
+        "workload",
         "targetUtilization",
         (0.25, 0.3, 0.325, 0.35, 0.4),
         new_policy.Limits(0, 1).target_utilization,
@@ -1792,7 +1808,7 @@ def report(
         if score.policy != "oracle":
             policies[score.policy] = summary
     new = next(s for s in scores if s.policy == "new")
-    baselines = [s for s in scores if s.policy != "new" and target.met(s)]
+    baselines = [s for s in scores if s.policy not in ("new", "workload") and target.met(s)]
     best = min(baselines, key=lambda s: s.summary(seeds)["gpu_hours"], default=None)
     new_hours = policies["new"]["gpu_hours"]
     if best is None:

@@ -39,7 +39,7 @@ BURST_ENDPOINT = {
         "minReplicas": 1,
         "maxReplicas": 3,
         "engine": {"maxNumSeqs": 2},
-        "autoscaling": {"targetQueueDepth": 2, "scaleDownDelaySeconds": 5},
+        "autoscaling": {"scaleDownDelaySeconds": 5},
         # Callers straight to vLLM: scaling on vLLM's own queue (the edge endpoint below shows the gateway).
         "gateway": {"enabled": False},
     },
@@ -305,8 +305,8 @@ async def _burst(sandbox: Sandbox, kube: Kube, vllm_port: int) -> None:
         Behaviour(PodBehaviour.SIMULATED, simulator_args=("--max-num-seqs", "2", "--request-seconds", "0.5")),
     )
     _say(
-        f"\n$ kubectl apply -f {name}.yaml   # pods are simulated vLLM processes; maxNumSeqs 2, targetQueueDepth 2, "
-        "no gateway"
+        f"\n$ kubectl apply -f {name}.yaml   # pods are simulated vLLM processes; maxNumSeqs 2 (the target: 2 requests "
+        "in flight a replica), scaleDownDelaySeconds 5, no gateway"
     )
     await kube.create(endpoint_path(namespace), BURST_ENDPOINT)
 
@@ -351,8 +351,8 @@ async def _burst(sandbox: Sandbox, kube: Kube, vllm_port: int) -> None:
         stop.set()
         await asyncio.gather(*callers, return_exceptions=True)
     _say(
-        "load stopped. Scale-down is slow on purpose: the demand a new replica would meet is averaged over a\n"
-        "cold start, and a freed GPU node bills for 10 minutes anyway; the operator's log shows each decision."
+        "load stopped. Scale-down waits: the endpoint goes down to the most replicas it asked for over the last\n"
+        "scaleDownDelaySeconds (5 s here, 300 s by default); the operator's log shows each decision."
     )
     stopped = time.monotonic()
     while time.monotonic() - stopped < 8:

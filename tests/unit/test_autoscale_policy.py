@@ -12,6 +12,7 @@ from voxtral_operator.autoscale.loop import AUTOSCALER_FIELD_MANAGER, replicas_w
 from voxtral_operator.autoscale.policy import (
     PROFILE_BIN_SECONDS,
     PROFILE_BINS,
+    WORKLOAD_POLICY,
     Decision,
     GatewaySample,
     Limits,
@@ -24,9 +25,11 @@ from voxtral_operator.autoscale.policy import (
 )
 from voxtral_operator.autoscale.scrape import parse_queue_metrics
 
+# The workload policy's tables; the requests policy (the default) has its own in test_autoscale_requests.py.
 LIMITS = Limits(
     min_replicas=1,
     max_replicas=6,
+    policy=WORKLOAD_POLICY,
     max_num_seqs=8,
     prior_work_per_second=1000.0,
     cold_start_seconds=600.0,

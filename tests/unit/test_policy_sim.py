@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from voxtral_operator.api.models import DEFAULT_TARGET_ACTIVE_REQUESTS, AutoscalingSpec
 from voxtral_operator.autoscale import policy as operator_policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +72,13 @@ def test_quick_json_ends_with_every_policy_and_the_oracle(sim: Any) -> None:
 
 def test_the_simulator_runs_the_operators_own_policy(sim: Any) -> None:
     assert sim.new_policy is operator_policy
-    assert sim.POLICY_BY_NAME["new"].default == operator_policy.Limits(0, 1).target_utilization
+    # The simulation's defaults are the operator's: the spec's for the requests policy (the default).
+    assert sim.POLICY_BY_NAME["new"].default == operator_policy.Limits(0, 1).target_active_requests
+    assert sim.POLICY_BY_NAME["new"].default == DEFAULT_TARGET_ACTIVE_REQUESTS
+    assert sim.POLICY_BY_NAME["workload"].default == operator_policy.Limits(0, 1).target_utilization
+    scenario = sim.SCENARIOS["small-h100"]
+    limits = sim.POLICY_BY_NAME["new"].make(scenario, sim.Engine.of(scenario), 8, {}).limits
+    assert (limits.policy, limits.target_active_requests) == (str(AutoscalingSpec().policy), 8)
 
 
 def test_more_replicas_never_raise_the_wait(sim: Any, morning: Rows) -> None:
@@ -206,11 +213,11 @@ def test_a_trace_with_classes_replays_deterministically(sim: Any, morning: Rows,
     sim.write_trace(plain, morning)
     assert sim.read_trace(plain).rows == read.rows
     setup = sim.Setup(sim.SCENARIOS["small-h100"], trace=trace, warmup_days=0, window=(0.0, 1800.0))
-    settings = [("new", 0.35), ("hpa-kv", 0.5)]
+    settings = [("new", 6), ("workload", 0.35), ("hpa-kv", 0.5)]
     first = sim.evaluate_seeds(setup, settings, {})
     again = sim.evaluate_seeds(setup, settings, {})
     assert [s.days for s in first] == [s.days for s in again]
-    assert [s.policy for s in first] == ["new", "hpa-kv"]
+    assert [s.policy for s in first] == ["new", "workload", "hpa-kv"]
 
 
 def test_the_cheapest_setting_meeting_the_target_on_every_day_is_chosen(sim: Any) -> None:
@@ -275,7 +282,9 @@ def test_deferrable_rows_are_due_by_eight_the_next_morning_and_scored(sim: Any, 
     assert (read.rows, read.batch_rows) == (tuple(interactive), tuple(batch))
     setup = sim.Setup(sim.SCENARIOS["small-h100"], trace=trace, warmup_days=1, window=(0.0, 3 * 3600.0))
     for deferrable in (True, False):
-        scores = sim.evaluate_seeds(replace(setup, deferrable=deferrable), [("new", 0.3), ("hpa-kv", 0.55)], {})
+        scores = sim.evaluate_seeds(
+            replace(setup, deferrable=deferrable), [("new", 6), ("workload", 0.3), ("hpa-kv", 0.55)], {}
+        )
         for score in scores:
             summary = score.summary(1)
             assert summary["batch_done_by_deadline"] == (1.0 if deferrable else None), (score.policy, summary)
@@ -283,11 +292,12 @@ def test_deferrable_rows_are_due_by_eight_the_next_morning_and_scored(sim: Any, 
             assert score.pooled.requests == 120, score.policy
 
 
-def test_a_reserved_pool_is_kept_up_while_deferrable_work_waits_and_not_beyond(sim: Any) -> None:
+@pytest.mark.parametrize("policy_name", ["requests", "workload"])
+def test_a_reserved_pool_is_kept_up_while_deferrable_work_waits_and_not_beyond(sim: Any, policy_name: str) -> None:
     scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=8)
     engine = sim.Engine.of(scenario)
     batch = [(10.0 + i, 1500.0, 4500) for i in range(300)]  # long recordings: many replicas' worth
-    policy = sim.New(replace(sim.new_limits(scenario, engine, 0.3), reserved_replicas=3))
+    policy = sim.New(replace(sim.new_limits(scenario, engine, 0.3, policy=policy_name), reserved_replicas=3))
     run = sim.simulate([], scenario, "gateway", policy, 5, 0.0, 7200.0, reserved_gpus=3, batch_rows=batch, lane_kv=True)
     assert run.peak_replicas == 3  # up to the pool while deferrable work waits, never beyond it
     busy, _ready, waiting = (value / 3600 for value in run.hours[0])

@@ -138,6 +138,16 @@ class AutoscalingMode(enum.StrEnum):
     KEDA = "keda"
 
 
+class AutoscalingPolicy(enum.StrEnum):
+    REQUESTS = "requests"
+    WORKLOAD = "workload"
+
+
+DEFAULT_TARGET_ACTIVE_REQUESTS = 6
+REALTIME_TARGET_SESSION_SHARE = 0.6
+DEFAULT_SCALE_DOWN_DELAY_SECONDS = {AutoscalingPolicy.REQUESTS: 900, AutoscalingPolicy.WORKLOAD: 300}
+
+
 class AutoscalingSpec(_Model):
     enabled: bool = Field(default=True, description="Scale replicas between minReplicas and maxReplicas.")
     mode: AutoscalingMode = Field(
@@ -147,23 +157,55 @@ class AutoscalingSpec(_Model):
             "keda: render a KEDA ScaledObject that drives the scale subresource instead."
         ),
     )
+    policy: AutoscalingPolicy = Field(
+        default=AutoscalingPolicy.REQUESTS,
+        description=(
+            "mode operator only. requests: hold requests in flight per replica (running or waiting at vLLM, "
+            "queued at the gateway) at targetActiveRequests, with HPA's algorithm (10 % tolerance, scale-up by "
+            "at most max(4, the replicas there are) every 15 s, scale-down to the highest recommendation of "
+            "scaleDownDelaySeconds). workload: a model of KV cache and sequence slots in use with a learned daily "
+            "profile (it used more GPU-hours in the simulation; see the README)."
+        ),
+    )
+    target_active_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description=(
+            "The requests policy: requests in flight per replica it scales to, at most the replica's maxNumSeqs "
+            "(default 6; a realtime model: 60 % of the sessions a replica holds, each session one request for "
+            "its whole length)."
+        ),
+    )
     target_queue_depth: int = Field(
         default=4,
         ge=1,
         le=1000,
-        description="Waiting requests per replica the endpoint tolerates before it scales up.",
+        description=(
+            "The workload policy and mode keda: waiting requests per replica the endpoint tolerates before it "
+            "scales up."
+        ),
     )
-    scale_down_delay_seconds: int = Field(
-        default=300,
+    scale_down_delay_seconds: int | None = Field(
+        default=None,
         ge=0,
         le=86400,
-        description="Seconds of sustained low load before one replica is removed.",
+        description=(
+            "The requests policy scales down to the highest replicas it asked for over this many seconds "
+            "(default 900: a GPU node bills about 600 s more after its pod goes, so a replica wanted back "
+            "within that saves nothing by leaving); the workload policy removes one replica after this long "
+            "of sustained low load (default 300); mode keda: the cooldown (default 300). A person's "
+            "spec.replicas is kept this long once ready."
+        ),
     )
     max_scale_up_step: int = Field(
         default=2,
         ge=1,
         le=64,
-        description="Most replicas added by one scale-up decision.",
+        description=(
+            "The workload policy and mode keda: most replicas added by one scale-up decision (the requests "
+            "policy adds at most max(4, the replicas there are) every 15 s)."
+        ),
     )
     scale_to_zero_after_seconds: int | None = Field(
         default=None,
@@ -187,6 +229,15 @@ class AutoscalingSpec(_Model):
             "scales as always."
         ),
     )
+
+    @property
+    def scale_down_delay(self) -> int:
+        """scaleDownDelaySeconds, or its policy's default when unset (mode keda: HPA's own, 300)."""
+        if self.scale_down_delay_seconds is not None:
+            return self.scale_down_delay_seconds
+        if self.mode == AutoscalingMode.KEDA:
+            return DEFAULT_SCALE_DOWN_DELAY_SECONDS[AutoscalingPolicy.WORKLOAD]
+        return DEFAULT_SCALE_DOWN_DELAY_SECONDS[self.policy]
 
 
 class Toleration(_Model):

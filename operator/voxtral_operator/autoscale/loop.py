@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -121,15 +122,22 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
     if model.realtime and engine.max_num_seqs is None:
         # A realtime replica runs one sequence per session, as many as the renderer gave it.
         max_num_seqs = max(1, resolve.sessions_per_replica(spec, model, gpu, tensor_parallel_size))
+    target_active_requests = spec.autoscaling.target_active_requests
+    if target_active_requests is None:
+        target_active_requests = models.DEFAULT_TARGET_ACTIVE_REQUESTS
+        if model.realtime:
+            target_active_requests = max(1, math.floor(models.REALTIME_TARGET_SESSION_SHARE * max_num_seqs))
     return Limits(
         min_replicas=spec.min_replicas,
         max_replicas=spec.max_replicas,
+        policy=str(spec.autoscaling.policy),
+        target_active_requests=float(target_active_requests),
         max_num_seqs=max_num_seqs,
         prior_work_per_second=prior_work_per_second(
             model.weights_bytes, spec.gpu.type, tensor_parallel_size, max_num_seqs
         ),
         cold_start_seconds=float(model.startup_budget_seconds),
-        scale_down_delay_seconds=float(spec.autoscaling.scale_down_delay_seconds),
+        scale_down_delay_seconds=float(spec.autoscaling.scale_down_delay),
         max_scale_up_step=spec.autoscaling.max_scale_up_step,
         target_queue_depth=spec.autoscaling.target_queue_depth,
         scale_to_zero_after_seconds=spec.autoscaling.scale_to_zero_after_seconds,
@@ -318,7 +326,7 @@ class Autoscaler:
         )
         if not state.hold_resumed:
             state.hold_resumed = True
-            delay = spec.autoscaling.scale_down_delay_seconds
+            delay = spec.autoscaling.scale_down_delay
             state.policy = resumed_hold(state.policy, seen.manual, endpoint, delay)
         decision = decide(policy_limits(spec, self.config), seen, state.policy, self.wall_clock())
         state.policy = decision.state
@@ -346,7 +354,7 @@ class Autoscaler:
             decision.reason,
             now,
             changed=decision.replicas != seen.replicas,
-            hold=_hold_status(decision.hold, spec.autoscaling.scale_down_delay_seconds),
+            hold=_hold_status(decision.hold, spec.autoscaling.scale_down_delay),
             cold_starts=decision.state.cold_starts,
         )
 

@@ -1,11 +1,23 @@
-"""Pure: how many replicas an endpoint should have, from what its replicas (and later its gateway) report.
+"""Pure: how many replicas an endpoint should have, from what its replicas and its gateway report.
 
 No I/O and no clock: `now` is given in epoch seconds (the time of day matters for the daily
 profile). What carries over between decisions is a plain value, `State` (`to_dict`/`from_dict`), so
 the operator can keep it in status or a ConfigMap and a restart forgets nothing.
 
-Load is counted in replicas' worth of work, not in requests (a 5-second clip and a 40-minute file
-are not the same request):
+Two policies, chosen by `spec.autoscaling.policy`:
+
+**requests** (the default, `_decide_requests`): requests in flight per replica (running and waiting at
+vLLM, queued at the gateway, deferrable work left out) held at `targetActiveRequests`, with the
+algorithm of Kubernetes' HPA (autoscaling/v2): a 10 % tolerance, scale-up by at most max(4, the replicas
+there are) every 15 s, scale-down to the highest recommendation of the last `scaleDownDelaySeconds`
+(900 s by default). In the simulation (bench/policy_sim.py, README) it used fewer GPU-hours on held-out
+days than the workload policy below at the same tails; simpler won. What the operator adds to HPA's
+rule is shared with the workload policy: scale to and from zero at the gateway, a person's scale kept
+as a floor, the reserved pool kept up for deferrable work, loading replicas kept until ready, no
+scale-down while a ready replica's metrics are missing.
+
+**workload** (`_decide_workload`): load counted in replicas' worth of work, not in requests (a
+5-second clip and a 40-minute file are not the same request):
 - a ready replica is as busy as the larger of its KV-cache usage and its share of `maxNumSeqs` in
   flight; the target keeps that, averaged over the replicas, at `target_utilization`;
 - waiting work (waiting requests x the work a request has taken lately, plus the gateway's queued
@@ -123,15 +135,28 @@ def prior_work_per_second(weights_bytes: float, gpu_type: str, tensor_parallel_s
     return bandwidth / max(weights_bytes, 1.0) * min(max_num_seqs, PRIOR_BATCH)
 
 
+REQUESTS_POLICY = "requests"
+WORKLOAD_POLICY = "workload"
+# The requests policy (the default) holds requests in flight per replica at a target, as Kubernetes'
+# HPA (autoscaling/v2) does with an AverageValue target: a 10 % tolerance, scale-up by at most
+# max(4, the replicas there are) every 15 s, scale-down to the highest recommendation of the last
+# scaleDownDelaySeconds.
+REQUESTS_TOLERANCE = 0.1
+SCALE_UP_PERIOD_SECONDS = 15.0
+SCALE_UP_MIN_STEP = 4
+
+
 @dataclass(frozen=True)
 class Limits:
     min_replicas: int
     max_replicas: int
+    policy: str = REQUESTS_POLICY  # or WORKLOAD_POLICY
+    target_active_requests: float = 6.0  # the requests policy: running + waiting + queued, per replica
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     prior_work_per_second: float = 1000.0  # per replica; see prior_work_per_second()
     cold_start_seconds: float = 600.0  # the catalog's startup budget: the prior for load time
     scale_down_delay_seconds: float = 300.0
-    max_scale_up_step: int = 2  # outside panic
+    max_scale_up_step: int = 2  # the workload policy, outside panic
     target_queue_depth: int = 4  # waiting requests per ready replica tolerated before a queue is a surge
     target_utilization: float = 0.35  # of KV cache and sequence slots, averaged over ready replicas
     node_retention_seconds: float = 600.0  # a GPU node bills this long after its pod goes
@@ -273,6 +298,10 @@ class State:
     hold_by: str = ""
     hold_at: float | None = None
     hold_ready_at: float | None = None
+    # The requests policy: its recommendations over the scale-down window, each kept only while no later
+    # one is as high (so the first is the window's highest), and its last scale-up.
+    recommendations: tuple[tuple[float, int], ...] = ()
+    last_scale_up: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -304,6 +333,8 @@ class State:
             "holdBy": self.hold_by,
             "holdAt": self.hold_at,
             "holdReadyAt": self.hold_ready_at,
+            "recommendations": [list(r) for r in self.recommendations],
+            "lastScaleUp": self.last_scale_up,
         }
 
     @classmethod
@@ -338,6 +369,7 @@ class State:
         day = number("day")
         hold_replicas = number("holdReplicas")
         hold_by = data.get("holdBy")
+        recommendations = data.get("recommendations")
         return cls(
             updated_at=number("updatedAt"),
             capacity=number("capacity"),
@@ -370,6 +402,14 @@ class State:
             hold_by=hold_by if isinstance(hold_by, str) else "",
             hold_at=number("holdAt"),
             hold_ready_at=number("holdReadyAt"),
+            recommendations=tuple(
+                (float(r[0]), int(r[1]))
+                for r in recommendations
+                if isinstance(r, list) and len(r) == 2 and all(isinstance(v, int | float) for v in r)
+            )
+            if isinstance(recommendations, list)
+            else (),
+            last_scale_up=number("lastScaleUp"),
         )
 
 
@@ -389,9 +429,18 @@ class Explanation:
     backlog: float = 0.0  # replicas added for a backlog that outlives a cold start
     floor: int = 0  # from the daily profile
     target: int = 0
+    # The requests policy: requests in flight (running + waiting at the replicas + queued at the gateway),
+    # the target per replica, and the highest recommendation of the scale-down window.
+    active: float | None = None
+    per_replica: float = 0.0
+    window_highest: int = 0
 
     @property
     def signal(self) -> str:
+        if self.active is not None:
+            return (
+                f"{self.active:g} requests in flight ({self.waiting:g} waiting), target {self.per_replica:g} a replica"
+            )
         return (
             f"busy {self.busy:.1f} replicas, queue {self.waiting:g} waiting "
             f"({self.queued_seconds:.0f} replica-s), demand {self.demand:.1f}"
@@ -404,6 +453,8 @@ class Explanation:
 
     @property
     def target_text(self) -> str:
+        if self.active is not None:
+            return f"target {self.target} (needs {self.needed:.2f}, highest of the window {self.window_highest})"
         parts = [f"target {self.target} (needs {self.needed:.2f}"]
         if self.backlog > 0:
             parts.append(f" + {self.backlog:.2f} for the backlog")
@@ -448,6 +499,14 @@ def _hold(limits: Limits, seen: Observation, state: State, now: float) -> tuple[
     if replicas <= 0 or (until is not None and now >= until):
         return None, fields  # served its time; remembered so the same write does not start it again
     return Hold(replicas, by, at, ready_at, until), fields
+
+
+def _held(limits: Limits, person: Hold | None, replicas: int, why: str) -> tuple[int, str]:
+    """Never below what a person asked for while it holds; the autoscaler's own reason goes along."""
+    if person is None or replicas >= min(person.replicas, limits.max_replicas):
+        return replicas, why
+    kept = min(person.replicas, limits.max_replicas)
+    return kept, f"{person.describe(limits.scale_down_delay_seconds)}; the load alone: {why}"
 
 
 @dataclass(frozen=True)
@@ -519,12 +578,32 @@ def _ceil(value: float) -> int:
     return math.ceil(value - 0.05)
 
 
-def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decision:
-    current = seen.replicas
-    first = state.updated_at is None
-    dt = 0.0 if state.updated_at is None else max(0.0, now - state.updated_at)
-    rho = min(max(limits.target_utilization, 0.05), 1.0)
+@dataclass(frozen=True)
+class _Learned:
+    """What both policies learn every decision: a saturated replica's throughput, the work of a request,
+    and how long a replica takes to load (per cold-start path)."""
 
+    capacity: float
+    work_per_request: float
+    counters: dict[str, tuple[float, float, float]]
+    cold_start: float  # for the path a replica started now takes
+    overall: float  # over every path
+    cold_starts: dict[str, float]
+    path: str
+    loading_since: list[float]
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "capacity": self.capacity,
+            "work_per_request": self.work_per_request,
+            "cold_start": self.overall,
+            "cold_starts": self.cold_starts,
+            "counters": self.counters,
+        }
+
+
+def _learn(limits: Limits, seen: Observation, state: State, now: float, dt: float) -> _Learned:
+    first = state.updated_at is None
     # -- learn: throughput of saturated replicas, work per request, load time ---------------------
     capacity = state.capacity or limits.prior_work_per_second
     work_per_request = state.work_per_request or PRIOR_WORK_PER_REQUEST
@@ -569,6 +648,25 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
                     cold_starts[path] = cold_start
     del loading_since[seen.loading :]  # loading pods removed: the newest go first
     loading_since += [now] * (seen.loading - len(loading_since))  # asked for by someone else: just started
+
+    return _Learned(capacity, work_per_request, counters, cold_start, overall, cold_starts, path, loading_since)
+
+
+def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decision:
+    """The endpoint's replicas now, by the policy its spec names (`Limits.policy`)."""
+    if limits.policy == REQUESTS_POLICY:
+        return _decide_requests(limits, seen, state, now)
+    return _decide_workload(limits, seen, state, now)
+
+
+def _decide_workload(limits: Limits, seen: Observation, state: State, now: float) -> Decision:
+    current = seen.replicas
+    first = state.updated_at is None
+    dt = 0.0 if state.updated_at is None else max(0.0, now - state.updated_at)
+    rho = min(max(limits.target_utilization, 0.05), 1.0)
+    learned = _learn(limits, seen, state, now, dt)
+    capacity, work_per_request, cold_start = learned.capacity, learned.work_per_request, learned.cold_start
+    path, loading_since = learned.path, learned.loading_since
 
     # -- signal: replicas' worth of work in flight, and waiting ------------------------------------
     # A ready replica that did not answer adds no demand: unknown is not busy (a failed scrape of one
@@ -640,10 +738,7 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
     person, hold_fields = _hold(limits, seen, state, now)
 
     def decision(replicas: int, why: str, **more: Any) -> Decision:
-        if person is not None and replicas < min(person.replicas, limits.max_replicas):
-            # Never below what a person asked for while it holds; the autoscaler's own reason goes along.
-            replicas = min(person.replicas, limits.max_replicas)
-            why = f"{person.describe(limits.scale_down_delay_seconds)}; the load alone: {why}"
+        replicas, why = _held(limits, person, replicas, why)
         explanation = Explanation(
             why=why,
             busy=busy,
@@ -660,11 +755,7 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
         )
         fields: dict[str, Any] = {
             "updated_at": now,
-            "capacity": capacity,
-            "work_per_request": work_per_request,
-            "cold_start": overall,
-            "cold_starts": cold_starts,
-            "counters": counters,
+            **learned.fields(),
             "demand": demand,
             "base": base,
             "demand_fast": demand_fast,
@@ -763,3 +854,110 @@ def decide(limits: Limits, seen: Observation, state: State, now: float) -> Decis
     if state.last_scale_down is not None and now - state.last_scale_down < gap:
         return decision(current, f"low load for {waited:.0f}s, next step down soon", low_since=low_since)
     return decision(current - 1, f"low load for {waited:.0f}s", low_since=low_since, last_scale_down=now)
+
+
+def _decide_requests(limits: Limits, seen: Observation, state: State, now: float) -> Decision:
+    """The requests policy: requests in flight per replica held at `target_active_requests`, with HPA's
+    algorithm (module docstring), and the operator's own: scale to and from zero at the gateway, a
+    person's scale kept as a floor, the reserved pool kept up for deferrable work, loading replicas kept
+    until ready, no scale-down while a ready replica's metrics are missing."""
+    current = seen.replicas
+    dt = 0.0 if state.updated_at is None else max(0.0, now - state.updated_at)
+    learned = _learn(limits, seen, state, now, dt)
+    gateway = seen.gateway
+    per_replica = max(1.0, min(limits.target_active_requests, float(limits.max_num_seqs)))
+    # Deferrable work fills idle capacity: it is no demand. vLLM's counts do not tell the lanes apart,
+    # so the gateway's deferrable requests in flight are taken off them.
+    active = sum(p.running + p.waiting for p in seen.pods)
+    if gateway is not None:
+        active = max(0.0, active - gateway.deferrable_in_flight_requests) + gateway.queued_requests
+    needed = active / per_replica
+    recommended = current
+    if abs(needed / max(current, 1) - 1) > REQUESTS_TOLERANCE:
+        recommended = math.ceil(needed)
+    low, high = limits.min_replicas, limits.max_replicas
+    recommended = min(max(recommended, low), high)
+    # The scale-down window. None yet (a restarted operator, or one switched from the workload policy):
+    # it starts at the replicas there are, so nothing scales down before a window has been seen.
+    window = [r for r in state.recommendations if r[0] > now - limits.scale_down_delay_seconds]
+    if not state.recommendations:
+        window = [(now, current)]
+    while window and window[-1][1] <= recommended:
+        window.pop()
+    window.append((now, recommended))
+    highest = window[0][1]
+    person, hold_fields = _hold(limits, seen, state, now)
+
+    def decision(replicas: int, why: str, **more: Any) -> Decision:
+        replicas, why = _held(limits, person, replicas, why)
+        explanation = Explanation(
+            why=why,
+            waiting=seen.waiting,
+            capacity=learned.capacity,
+            cold_start=learned.cold_start,
+            start_path=learned.path,
+            needed=needed,
+            target=replicas,
+            active=active,
+            per_replica=per_replica,
+            window_highest=highest,
+        )
+        fields: dict[str, Any] = {
+            "updated_at": now,
+            **learned.fields(),
+            "loading_since": (*learned.loading_since, *(now,) * max(0, replicas - current)),
+            "ready": seen.ready,
+            "recommendations": tuple(window),
+            **hold_fields,
+            **more,
+        }
+        return Decision(replicas, explanation, replace(state, **fields), person)
+
+    if current < low or current > high:
+        return decision(min(max(current, low), high), f"replicas {current} outside [{low}, {high}]")
+
+    reserved = 0
+    if gateway is not None and gateway.deferrable_pending:
+        reserved = min(limits.reserved_replicas, high)
+    if reserved > current and recommended <= current:
+        return decision(reserved, f"scale up: deferrable work waits: the reserved pool's {reserved} replicas kept up")
+
+    # -- zero and back -----------------------------------------------------------------------------
+    if current == 0:
+        if gateway is not None and gateway.queued_requests > 0:
+            return decision(
+                min(high, max(1, recommended)), "scale up: request held at zero replicas", last_scale_up=now
+            )
+        return decision(0, "at zero replicas, no request held")
+    after = limits.scale_to_zero_after_seconds
+    if after is not None and low == 0 and gateway is not None and not seen.loading:
+        idle = gateway.seconds_since_last_request
+        quiet = active == 0 and gateway.in_flight_audio_seconds == 0 and not gateway.deferrable_pending
+        if quiet and idle is not None and idle >= after:
+            return decision(0, f"idle for {idle:.0f}s: scale to zero")
+
+    # -- up: at most max(4, the replicas there are) every 15 s -------------------------------------
+    if recommended > current:
+        if state.last_scale_up is not None and now - state.last_scale_up < SCALE_UP_PERIOD_SECONDS:
+            return decision(current, f"scale up paced: the last one {now - state.last_scale_up:.0f}s ago")
+        replicas = min(recommended, current + max(SCALE_UP_MIN_STEP, current))
+        return decision(max(reserved, replicas), "scale up: requests in flight above target", last_scale_up=now)
+
+    # -- down: to the highest recommendation of the window, never while loading or unmeasured --------
+    down = max(highest, low, 1, reserved)  # only the idle rule above goes to zero
+    if down >= current:
+        why = "load within target"
+        if reserved >= current > max(highest, low, 1):
+            why = f"deferrable work waits: the reserved pool's {reserved} replicas kept up"
+        elif highest >= current > recommended:
+            why = f"a higher recommendation within scaleDownDelaySeconds ({limits.scale_down_delay_seconds:g}s)"
+        return decision(current, why)
+    if seen.missing:
+        return decision(current, f"metrics missing from {seen.missing} replica(s): not scaling down")
+    if seen.loading:
+        oldest = now - learned.loading_since[0] if learned.loading_since else 0.0
+        if oldest <= OVERDUE_COLD_STARTS * learned.cold_start:
+            return decision(current, f"{seen.loading} loading replica(s) kept until ready")
+        keep = max(down, seen.ready)
+        return decision(keep, f"cancel {current - keep} loading replica(s), overdue ({oldest:.0f}s)")
+    return decision(down, f"scale down: the highest recommendation of the last {limits.scale_down_delay_seconds:g}s")

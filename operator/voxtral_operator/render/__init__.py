@@ -672,7 +672,7 @@ def scaled_object(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
             "target_kind": models.KIND,
             "min_replicas": plan.spec.min_replicas,
             "max_replicas": plan.spec.max_replicas,
-            "scale_down_delay_seconds": autoscaling.scale_down_delay_seconds,
+            "scale_down_delay_seconds": autoscaling.scale_down_delay,
             "max_scale_up_step": autoscaling.max_scale_up_step,
             "prometheus_url": config.prometheus_url,
             "query": query,
