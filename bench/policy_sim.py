@@ -2146,7 +2146,8 @@ def run_reserved_target(args: argparse.Namespace, setup: Setup) -> int:
         f"  {setup.reserved_gpus} reserved GPUs (the interactive p95 peak: {sized}, at "
         f"{RESERVED_POOL_UTILIZATION:.0%} of each replica's KV cache); {setup.backlog} deferrable items "
         f"(10-30 minute recordings) every evening 18:00-22:00, due 08:00; the lane rule "
-        f"{'slots + KV cache' if setup.lane_kv else 'slots'}; policy new at targetUtilization {chosen['new']:g}; "
+        f"{'slots + KV cache' if setup.lane_kv else 'slots'}; "
+        f"policy new at {POLICY_BY_NAME['new'].label(chosen['new'])}; "
         f"{time.perf_counter() - started:.0f}s"
     )
     print(text)
