@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from voxtral_operator.autoscale.loop import Autoscaler
+from voxtral_operator.autoscale.policy import SCALE_UP_PERIOD_SECONDS
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s.client import ApiClient, Connection
 from voxtral_testbed.harness import free_port, start_simulator
@@ -80,7 +81,7 @@ async def spike_to_decision(spikes: int) -> list[float]:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(
             text=f'vllm:num_requests_waiting{{engine="0",model_name="m"}} {queue["waiting"]}.0\n'
-            f'vllm:num_requests_running{{engine="0",model_name="m"}} 8.0\n'
+            f'vllm:num_requests_running{{engine="0",model_name="m"}} 4.0\n'
         )
 
     app = web.Application()
@@ -99,7 +100,9 @@ async def spike_to_decision(spikes: int) -> list[float]:
         loop_task = asyncio.create_task(autoscaler.run_forever())
         try:
             for _ in range(spikes):
-                await asyncio.sleep(random.uniform(2.0, 4.0))  # spikes land anywhere in the scrape cycle
+                # Spikes land anywhere in the scrape cycle, each after the policy's scale-up period (a second
+                # scale-up within it waits for the period, as HPA's does).
+                await asyncio.sleep(SCALE_UP_PERIOD_SECONDS + random.uniform(0.0, 2.0))
                 queue["waiting"] = 50
                 started = time.perf_counter()
                 # Polls the API server's store: the moment of the write is what is measured.
