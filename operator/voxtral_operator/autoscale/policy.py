@@ -76,6 +76,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from voxtral_operator.api.catalog import DEFAULT_MAX_NUM_SEQS
+from voxtral_operator.api.models import DEFAULT_TARGET_ACTIVE_REQUESTS
 
 AUDIO_TOKENS_PER_SECOND = 12.5
 # A prompt token costs a fraction of a decode slot: prefill is computed in large chunks while each
@@ -151,7 +152,8 @@ class Limits:
     min_replicas: int
     max_replicas: int
     policy: str = REQUESTS_POLICY  # or WORKLOAD_POLICY
-    target_active_requests: float = 6.0  # the requests policy: running + waiting + queued, per replica
+    # The requests policy: running + waiting + queued, a replica (the spec's default, one constant).
+    target_active_requests: float = DEFAULT_TARGET_ACTIVE_REQUESTS
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     prior_work_per_second: float = 1000.0  # per replica; see prior_work_per_second()
     cold_start_seconds: float = 600.0  # the catalog's startup budget: the prior for load time
