@@ -38,7 +38,21 @@ class AuditLog:
         self.user = user
 
     def offset(self) -> int:
-        return self.path.stat().st_size
+        """Where the next whole event starts: just past the log's last newline. The API server may be
+        half-way through writing a long event when the size is read, and a read from the middle of a
+        line is not JSON."""
+        with self.path.open("rb") as log:
+            end = log.seek(0, 2)
+            position = end
+            while position > 0:
+                step = min(65536, position)
+                log.seek(position - step)
+                chunk = log.read(step)
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    return position - step + newline + 1
+                position -= step
+            return 0
 
     def writes(self, since: int) -> list[Write]:
         """The operator's completed writes from byte offset `since`, refused ones (429, 404...) included."""
