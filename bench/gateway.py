@@ -10,6 +10,9 @@ and the vLLM simulator on loopback, and prints:
 3. peak RSS of the gateway while 20 concurrent 200 MB uploads stream through it (to a sink
    backend that reads and discards: the simulator reads whole uploads into memory and caps them
    at --max-audio-mb, so it is not the backend here);
+   and while 20 concurrent 20 MB JSON chat bodies (inline audio, `service_tier` last, as the OpenAI
+   SDK writes it) go through: those are read whole before dispatch within the pod's budget
+   (--json-buffer-mb, 256 by default) and stream beyond it;
 4. scale from zero: from the first held request to its answer after a replica appears, minus the
    simulated model load time.
 
@@ -26,7 +29,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -180,13 +183,17 @@ class Sink:
 
     async def handle(self, request: web.Request) -> web.Response:
         size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
+        try:
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+        except ConnectionResetError:  # the gateway gave up on the upload (a 503 to retry): nothing to answer
+            return web.Response(status=499)
         return web.json_response({"text": "", "bytes": size})
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/audio/transcriptions", self.handle)
+        app.router.add_post("/v1/chat/completions", self.handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
@@ -223,14 +230,54 @@ async def big_upload(session: aiohttp.ClientSession, base: str, size: int) -> in
         return int(payload["bytes"])
 
 
+async def big_json(session: aiohttp.ClientSession, base: str, size: int) -> int:
+    """A chat request of `size` bytes: inline audio, then service_tier (the OpenAI SDK's member order)."""
+    head = b'{"model":"m","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"'
+    tail = b'","format":"wav"}}]}],"service_tier":"flex"}'
+    chunk = b"A" * (256 * 1024)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield head
+        left = size - len(head) - len(tail)
+        while left > 0:
+            piece = chunk[: min(left, len(chunk))]
+            left -= len(piece)
+            yield piece
+        yield tail
+
+    headers = {"Content-Type": "application/json", "Content-Length": str(size)}
+    async with session.post(f"{base}/v1/chat/completions", data=body(), headers=headers) as response:
+        payload = await response.json()
+        if response.status == 503 and payload["error"]["code"] == "gateway_busy":
+            return 0  # beyond the pod's budget: the caller is told to retry
+        if response.status != 200:
+            raise RuntimeError(f"chat: {response.status} {payload}")
+        return int(payload["bytes"])
+
+
 async def uploads(kube: Kube, sandbox: Sandbox, session: aiohttp.ClientSession, count: int, size: int) -> None:
     sink = Sink()
     await sink.start()
     await put_slice(kube, "sink", sink.port)
+    try:
+        await peak_memory(sandbox, session, count, size, big_upload, "multipart uploads")
+        await peak_memory(sandbox, session, count, 20 * MB, big_json, "JSON chat bodies, service_tier last,")
+    finally:
+        await sink.stop()
+
+
+async def peak_memory(
+    sandbox: Sandbox,
+    session: aiohttp.ClientSession,
+    count: int,
+    size: int,
+    send: Callable[[aiohttp.ClientSession, str, int], Awaitable[int]],
+    what: str,
+) -> None:
     gateway = GatewayProcess(sandbox.kubeconfig, "sink", "--max-upload-mb", str(size // MB + 1))
     try:
         await gateway.ready(session)
-        await transcribe_sink_warmup(session, gateway.url)
+        await send(session, gateway.url, 1 * MB)
         before = gateway.memory("VmRSS")
         peak_sampled = before
         sampling = True
@@ -243,23 +290,21 @@ async def uploads(kube: Kube, sandbox: Sandbox, session: aiohttp.ClientSession, 
 
         sampler = asyncio.create_task(sample())
         started = time.monotonic()
-        received = await asyncio.gather(*(big_upload(session, gateway.url, size) for _ in range(count)))
+        received = await asyncio.gather(*(send(session, gateway.url, size) for _ in range(count)))
         elapsed = time.monotonic() - started
         sampling = False
         await sampler
-        assert all(r >= size - 1000 for r in received), received
+        assert all(r == 0 or r >= size - 1000 for r in received), received
         total = count * size / MB
-        print(f"3. {count} concurrent uploads of {size / MB:.0f} MB each ({total / 1000:.1f} GB) through the gateway")
+        print(f"3. {count} concurrent {what} {size / MB:.0f} MB each ({total / 1000:.1f} GB), through the gateway")
         print(f"   to a sink backend, in {elapsed:.1f} s ({total / elapsed:.0f} MB/s):")
         peak = gateway.memory("VmHWM")
         print(f"   gateway RSS before {before:.0f} MB, peak {peak:.0f} MB (sampled: {peak_sampled:.0f} MB)")
+        busy = sum(1 for r in received if r == 0)
+        if busy:
+            print(f"   {count - busy} answered, {busy} told to retry (503 gateway_busy: the JSON budget was spent)")
     finally:
         gateway.stop()
-        await sink.stop()
-
-
-async def transcribe_sink_warmup(session: aiohttp.ClientSession, base: str) -> None:
-    await big_upload(session, base, 1 * MB)
 
 
 async def scale_from_zero(

@@ -283,6 +283,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-upload-mb", type=float, default=25.0, metavar="N", help="upload size cap in MB (default: 25)")
     p.add_argument(
+        "--json-buffer-mb",
+        type=float,
+        default=128.0,
+        metavar="N",
+        help="JSON bodies longer than 64 KiB that name no service_tier in those are read whole before dispatch "
+        "(to find it anywhere in them) while they fit N MB in all; the others stream (0: always; default: 128)",
+    )
+    p.add_argument(
         "--max-connections",
         type=int,
         default=4096,

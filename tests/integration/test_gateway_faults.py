@@ -142,7 +142,8 @@ async def test_a_stalled_upload_gives_its_slot_back(running: Running) -> None:
     """An authenticated upload that stops sending: abandoned after the body timeout, slot released."""
 
     async def trickle() -> AsyncIterator[bytes]:
-        yield b'{"prompt": "' + b"x" * 70_000  # past the prefix: dispatched, then streamed
+        # Its tier named in the prefix and the rest past it: dispatched, then streamed.
+        yield b'{"service_tier": "auto", "prompt": "' + b"x" * 70_000
         await asyncio.sleep(30)
         yield b'"}'
 
@@ -153,6 +154,34 @@ async def test_a_stalled_upload_gives_its_slot_back(running: Running) -> None:
         request.cancel()
         with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
             await request
+    assert await post(running.url, b'{"prompt": "next"}') == 200
+
+
+async def test_a_stalled_json_body_read_whole_takes_no_slot_and_gives_its_buffer_back(running: Running) -> None:
+    """A long JSON body naming no tier in its prefix is read whole before dispatch: stalled, it is answered
+    408 without ever holding a replica slot, and its share of the pod's JSON buffers comes back."""
+    seen_inflight = 0
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b'{"prompt": "' + b"x" * 70_000
+        await asyncio.sleep(30)
+        yield b'"}'
+
+    async def watch() -> None:
+        nonlocal seen_inflight
+        while True:
+            seen_inflight = max(seen_inflight, running.dispatcher.snapshot().inflight)
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{running.url}/v1/completions", data=trickle()) as response,
+    ):
+        assert response.status == 408, await response.text()
+    watcher.cancel()
+    assert seen_inflight == 0
+    assert running.gateway.json_buffers.held == 0
     assert await post(running.url, b'{"prompt": "next"}') == 200
 
 

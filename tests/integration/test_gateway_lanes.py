@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,18 +169,20 @@ async def test_what_the_gateway_cannot_read_unambiguously_it_refuses(
     async with session.post(chat, json={**CHAT, "service_tier": "scale"}) as response:
         assert response.status == 400
         assert (await response.json())["error"]["code"] == "invalid_service_tier"
-    # A body longer than what is read before dispatch, naming its tier after inline audio: too late to honour.
-    audio = {"type": "input_audio", "input_audio": {"data": "A" * 200_000, "format": "wav"}}
+    # A gateway that never reads JSON bodies whole: a tier named after the inline audio, past what was read
+    # before dispatch, is too late to honour. One whose budget is spent (below the body's size): the same,
+    # but as a 503 to retry, the caller having done nothing wrong.
+    audio = {"type": "input_audio", "input_audio": {"data": "A" * 1_000_000, "format": "wav"}}
     late = {"model": "m", "messages": [{"role": "user", "content": [audio]}], "service_tier": "flex"}
-    async with session.post(chat, data=json.dumps(late), headers={"Content-Type": "application/json"}) as response:
-        assert response.status == 400, await response.text()
-        assert (await response.json())["error"]["code"] == "service_tier_too_late"
-    early = {"service_tier": "flex", "model": "m", "messages": [{"role": "user", "content": [audio]}]}
-    async with session.post(chat, data=json.dumps(early), headers={"Content-Type": "application/json"}) as response:
-        assert response.status == 200, await response.text()
-    # The late one had been dispatched as interactive (its tier unknown) and failed before the replica answered.
-    assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 1
-    assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "interactive") == 1
+    sent = {"data": json.dumps(late), "headers": {"Content-Type": "application/json"}}
+    for budget, status, code in (("0", 400, "service_tier_too_late"), ("0.1", 503, "gateway_busy")):
+        streams = await serve(None, "--json-buffer-mb", budget)
+        async with session.post(f"{streams.url}/v1/chat/completions", **sent) as response:
+            assert response.status == status, await response.text()
+            assert (await response.json())["error"]["code"] == code
+        # It had been dispatched as interactive (its tier unknown) and failed before the replica answered.
+        assert await lane_metric(streams, session, names.LANE_ADMITTED_TOTAL, "interactive") == 1
+        assert await lane_metric(streams, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 0
     # The multipart field after the file part of a long upload: the same.
     data = aiohttp.FormData()
     data.add_field("file", wav(10, actual_bytes=200_000), filename="clip.wav", content_type="audio/wav")
@@ -188,6 +190,46 @@ async def test_what_the_gateway_cannot_read_unambiguously_it_refuses(
     async with session.post(f"{gateway.url}/v1/audio/transcriptions", data=data) as response:
         assert response.status == 400, await response.text()
         assert (await response.json())["error"]["code"] == "service_tier_too_late"
+
+
+async def test_a_json_body_naming_its_tier_after_inline_audio_is_read_whole_and_queued_in_its_lane(
+    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
+) -> None:
+    # The OpenAI SDK writes service_tier after messages: past the first 64 KiB when the audio is inline.
+    gateway = await serve(("--request-seconds", "0.01", "--scheduling-policy", "priority"))
+    chat = f"{gateway.url}/v1/chat/completions"
+    audio = {"type": "input_audio", "input_audio": {"data": "A" * 200_000, "format": "wav"}}
+    late = {"model": "m", "messages": [{"role": "user", "content": [audio]}], "service_tier": "flex"}
+    for chunked in (False, True):
+        body = json.dumps(late).encode()
+        data: Any = body if not chunked else _in_pieces(body, 8192)
+        async with session.post(chat, data=data, headers={"Content-Type": "application/json"}) as response:
+            assert response.status == 200, await response.text()
+    assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 2
+    assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "interactive") == 0
+    unknown = {**late, "service_tier": "scale"}
+    async with session.post(chat, json=unknown) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "invalid_service_tier"
+    # A budget of 0.3 MB holds one such body at a time: it is given back when each request is answered.
+    small = await serve(None, "--json-buffer-mb", "0.3")
+    for _ in range(3):
+        async with session.post(f"{small.url}/v1/chat/completions", json=late) as response:
+            assert response.status == 200, await response.text()
+    assert await lane_metric(small, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 3
+    # Where the gateway sets vLLM's priority, it does so on the whole body; one the caller brings is refused.
+    priority = await serve(None, "--deferrable-priority", "10")
+    async with session.post(f"{priority.url}/v1/chat/completions", json=late) as response:
+        assert response.status == 200, await response.text()
+    async with session.post(f"{priority.url}/v1/chat/completions", json={**late, "priority": -5}) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "priority_not_allowed"
+
+
+async def _in_pieces(body: bytes, size: int) -> AsyncIterator[bytes]:
+    """The body as a chunked upload (no Content-Length), `size` bytes at a time."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
 
 
 async def test_the_simulator_starts_waiting_requests_lowest_priority_first(

@@ -6,7 +6,12 @@ percent-encoded tricks are 404 before any backend is touched), and the request's
 one reading (framing.py), else the gateway answers and closes. Each backend request is built by the
 gateway: allowlisted headers, its own key, its own framing, no query string. Bodies stream both
 ways: only a bounded prefix (64 KiB) is read before dispatch, to estimate the work; the rest is read
-as the backend takes it, and an upload that stops making progress is abandoned.
+as the backend takes it, and an upload that stops making progress is abandoned. The exception is a
+longer JSON body whose prefix does not name its `service_tier`: the OpenAI SDK writes that member
+after `messages`, so after any inline audio. Such a body is read whole before dispatch, to find its
+lane, while the pod holds less than `json_buffer_bytes` of them (`JsonBuffers`); beyond that it
+streams, and a tier later in it fails the request (503, lanes.LATE_FIELD_BUFFERS_FULL). vLLM cannot start on a JSON
+body before its last byte anyway, so reading it first costs the caller almost nothing.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ STEPS = (
 @dataclass(frozen=True)
 class Settings:
     max_upload_bytes: int = 25 * 1_000_000
+    json_buffer_bytes: int = 128 * 1_000_000  # JSON bodies this pod may hold whole before dispatch, in all
     connect_timeout: float = 5.0
     body_timeout: float = 30.0  # an upload that sends nothing for this long is abandoned
     limits: Limits = field(default_factory=Limits)
@@ -141,6 +147,56 @@ async def read_prefix(stream: aiohttp.StreamReader, limit: int, stall_seconds: f
     return b"".join(parts)
 
 
+class JsonBuffers:
+    """The bytes of JSON bodies a gateway pod holds whole before dispatch, against its budget: the pod's
+    memory stays bounded whatever the callers send. A body reserves its whole size (its Content-Length,
+    else the upload cap) before its first byte past the prefix is read, so the bodies that fit are read
+    whole and the others stream at once, rather than all stalling half-read once the budget is spent."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+
+    def lease(self) -> JsonLease:
+        return JsonLease(self)
+
+
+class JsonLease:
+    """One request's share of its pod's JSON buffers, given back when the request is answered."""
+
+    def __init__(self, buffers: JsonBuffers) -> None:
+        self.buffers = buffers
+        self.size = 0
+
+    def reserve(self, size: int) -> bool:
+        """Whether `size` bytes more fit the pod's budget (then they are this request's until it ends)."""
+        if self.buffers.held + size > self.buffers.capacity:
+            return False
+        self.size += size
+        self.buffers.held += size
+        return True
+
+    def __enter__(self) -> JsonLease:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.buffers.held -= self.size
+        self.size = 0
+
+
+async def read_whole(stream: aiohttp.StreamReader, prefix: bytes, limit: int, stall_seconds: float) -> bytes:
+    """The body that begins with `prefix`, to its end or until more than `limit` bytes have been read."""
+    parts = [prefix]
+    size = len(prefix)
+    while size <= limit:
+        chunk = await _read(stream, 0, stall_seconds)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
 class Body:
     """The request body as the backend reads it: the prefix already read, then the rest of the stream."""
 
@@ -151,9 +207,11 @@ class Body:
         limit: int,
         timeout: float,
         watch: tuple[bytes, ...] = (),
+        late: Refusal = lanes.LATE_FIELD,
     ) -> None:
         self.prefix = prefix
         self.watch = lanes.LateFieldWatch(watch)  # fields that, after the prefix, fail the request
+        self.late = late  # the answer when one of them shows up
         self.stream = stream
         self.limit = limit
         self.timeout = timeout
@@ -181,8 +239,8 @@ class Body:
             if not chunk:
                 return
             if self.watch.found(chunk):
-                self.failure = lanes.LATE_FIELD
-                raise UploadFailed(lanes.LATE_FIELD)
+                self.failure = self.late
+                raise UploadFailed(self.late)
             self.sent += len(chunk)
             if self.sent > self.limit:
                 self.too_large = True
@@ -237,6 +295,7 @@ class Gateway:
         self.realtime: RealtimeSessions | None = None
         self.metrics = GatewayMetrics(self._snapshot, lambda: sources.missing)
         self._session: aiohttp.ClientSession | None = None
+        self.json_buffers = JsonBuffers(settings.json_buffer_bytes)
         self.ssl_context: ssl.SSLContext | None = None
         # Tests only: called at each of STEPS; what it raises fails the request there.
         self.fault_at: Callable[[str], None] | None = None
@@ -360,6 +419,10 @@ class Gateway:
             )
 
     async def _handle(self, request: web.BaseRequest, route: str) -> tuple[web.StreamResponse, str]:
+        with self.json_buffers.lease() as lease:
+            return await self._answer(request, route, lease)
+
+    async def _answer(self, request: web.BaseRequest, route: str, lease: JsonLease) -> tuple[web.StreamResponse, str]:
         framing = request_framing(request.version, request.raw_headers, takes_body=ROUTES.get(route) == "POST")
         if isinstance(framing, Refusal) and framing.status != 400:
             return refusal_response(request, framing), ANONYMOUS
@@ -423,11 +486,28 @@ class Gateway:
                 return refusal_response(request, exc.refusal), key
             if len(prefix) > limit:
                 return refusal_response(request, self._too_large(limit)), key
+        boundary = multipart_boundary(content_type)
+        late = lanes.LATE_FIELD
+        if (
+            framing.has_body
+            and boundary is None
+            and not request.content.at_eof()
+            and lanes.QUOTED_TIER not in prefix
+            and self.json_buffers.capacity > 0
+        ):
+            if lease.reserve(framing.length if framing.length is not None else limit):
+                try:
+                    prefix = await read_whole(request.content, prefix, limit, self.settings.body_timeout)
+                except UploadFailed as exc:
+                    return refusal_response(request, exc.refusal), key
+                if len(prefix) > limit:
+                    return refusal_response(request, self._too_large(limit)), key
+            else:
+                late = lanes.LATE_FIELD_BUFFERS_FULL
         self._step("body_prefix_read")
         work = estimate(content_type, prefix, framing.length)
         self._step("estimated")
         complete = request.content.at_eof()
-        boundary = multipart_boundary(content_type)
         tier = (
             lanes.multipart_tier(prefix, boundary, complete)
             if boundary is not None
@@ -445,7 +525,7 @@ class Gateway:
                 return refusal_response(request, rewritten), key
             limit += len(rewritten[0]) - len(prefix)
             prefix, watch = rewritten[0], watch + rewritten[1]
-        body = Body(prefix, request.content, limit, self.settings.body_timeout, watch)
+        body = Body(prefix, request.content, limit, self.settings.body_timeout, watch, late)
         return await self._forward(request, route, key, work, body, framing, tier.lane), key
 
     def _authenticate(self, request: web.BaseRequest, *, subprotocol: bool = False) -> str | None:

@@ -26,11 +26,12 @@ whose length the header did not give, or interactive work that itself fills the 
 put an interactive request in vLLM's queue (transcriptions carry no priority there); without a
 KV size (`--kv-cache-tokens-per-replica` 0) only the slots bound deferrable work.
 
-The gateway reads the tier only from what it has read before dispatch (the body's first 64 KiB).
-When the body is longer, a `service_tier` (or, where the gateway sets it, `priority`) that shows up
-in the rest cannot be honoured: `LateFieldWatch` finds it and the request fails with 400 (before the
-replica answers, since the replica is still reading the body) instead of running in a lane it did
-not ask for.
+The gateway reads the tier only from what it has read before dispatch: the body's first 64 KiB, or
+a whole JSON body that names no tier in those (the OpenAI SDK writes `service_tier` after
+`messages`), as long as its pod's budget for such bodies allows (app.JsonBuffers). When the rest of
+a body streams, a `service_tier` (or, where the gateway sets it, `priority`) that shows up in it
+cannot be honoured: `LateFieldWatch` finds it and the request fails with 400 (before the replica
+answers, since the replica is still reading the body) instead of running in a lane it did not ask for.
 """
 
 from __future__ import annotations
@@ -112,13 +113,13 @@ def lane_of_tier(value: object) -> str | Refusal:
     return _unknown_tier(value)
 
 
-_QUOTED_TIER = b'"service_tier"'
+QUOTED_TIER = b'"service_tier"'
 _QUOTED_PRIORITY = b'"priority"'
 _TIER_MEMBER = re.compile(rb'"service_tier"\s*:\s*(null|"[^"\\]{0,40}")')
 _LATE_TIER = Refusal(
     400,
-    "Bad request: service_tier must come within the body's first 64 KiB (before large fields such as inline "
-    "audio) for the gateway to queue the request in its lane",
+    "Bad request: the service_tier field must come before the file part, within the body's first 64 KiB, for "
+    "the gateway to queue the request in its lane",
     "service_tier_too_late",
 )
 
@@ -139,6 +140,8 @@ def json_tier(prefix: bytes, complete: bool) -> Tier | Refusal:
     refused; none means interactive, and the rest of the body is watched for one.
     """
     if complete:
+        if QUOTED_TIER not in prefix:
+            return Tier(INTERACTIVE)  # an object without the member, or not one: either way, no parse
         try:
             body = json.loads(prefix)
         except (ValueError, RecursionError):
@@ -147,9 +150,9 @@ def json_tier(prefix: bytes, complete: bool) -> Tier | Refusal:
             return Tier(INTERACTIVE)
         lane = lane_of_tier(body.get("service_tier"))
         return lane if isinstance(lane, Refusal) else Tier(lane)
-    found = prefix.count(_QUOTED_TIER)
+    found = prefix.count(QUOTED_TIER)
     if found == 0:
-        return Tier(INTERACTIVE, watch=(_QUOTED_TIER,))
+        return Tier(INTERACTIVE, watch=(QUOTED_TIER,))
     match = _TIER_MEMBER.search(prefix)
     if found > 1 or match is None:
         return Refusal(400, "Bad request: service_tier must appear once, as a string", "invalid_service_tier")
@@ -230,7 +233,16 @@ class LateFieldWatch:
 
 LATE_FIELD = Refusal(
     400,
-    "Bad request: service_tier (or priority) appears after the body's first 64 KiB; put service_tier before "
-    "large fields such as inline audio, and leave priority to the gateway",
+    "Bad request: service_tier (or priority) appears after what the gateway read before dispatch (64 KiB, or "
+    "a whole JSON body when it is not too busy); put service_tier before large fields such as inline audio or "
+    "the file part, and leave priority to the gateway",
     "service_tier_too_late",
+)
+# The same, for a JSON body the gateway would have read whole but for its pod's budget: the caller did
+# nothing wrong, so the answer is one to retry (the OpenAI SDK retries a 503 by itself).
+LATE_FIELD_BUFFERS_FULL = Refusal(
+    503,
+    "Service unavailable: this gateway pod holds too many large JSON bodies to read this one whole, and its "
+    "service_tier (or priority) comes after the first 64 KiB; retry, or put service_tier before messages",
+    "gateway_busy",
 )
