@@ -146,9 +146,26 @@ async def test_flex_chat_carries_a_lower_priority_only_where_vllm_schedules_by_i
         assert "priority" in (await response.text())
     async with session.post(f"{priority.url}/v1/chat/completions", json=CHAT) as response:
         assert response.status == 200, await response.text()  # interactive requests carry none
+    # Bodies that stream (their tier named early, the rest past the prefix) get the gateway's member last:
+    # vLLM reads the last of duplicate members, so one spelt with an escape, which the gateway cannot
+    # find in a stream, is overridden (here the replica would refuse its 5, and takes the gateway's 0).
+    pad = "x" * 100_000
+    for tier, sneaked, status in (("auto", ', "priorit\\u0079": 5', 200), ("flex", "", 400)):
+        head = f'{{"service_tier": "{tier}", "model": "m", "messages": [{{"role": "user", "content": "hi"}}], '
+        streamed = f'{head}"pad": "{pad}"{sneaked}}}  '.encode()
+        async with session.post(
+            f"{priority.url}/v1/chat/completions",
+            data=_in_pieces(streamed, 8192),
+            headers={"Content-Type": "application/json"},
+        ) as response:
+            assert response.status == status, (tier, await response.text())
     scheduled = await start_sim(simulators, session, "--request-seconds", "0.01", "--scheduling-policy", "priority")
     await put_slice(kube, "mini-a", scheduled)  # the gateway follows the slice: the next requests go there
     await eventually(lambda: _chat_ok(session, priority.url, {**CHAT, "service_tier": "flex"}), timeout=10)
+    # An interactive caller's own priority would run ahead of everyone's work: refused too.
+    async with session.post(f"{priority.url}/v1/chat/completions", json={**CHAT, "priority": -100}) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "priority_not_allowed"
     # A caller's own priority on a flex request would undo the lane: refused.
     own = {**CHAT, "service_tier": "flex", "priority": -100}
     async with session.post(f"{priority.url}/v1/chat/completions", json=own) as response:

@@ -139,22 +139,47 @@ def test_a_multipart_body_names_its_lane_in_a_field() -> None:
 
 def test_the_priority_goes_first_and_a_callers_own_is_refused() -> None:
     rewritten = lanes.with_priority(b'  {"messages": [], "service_tier": "flex"}', complete=True, priority=10)
-    assert not isinstance(rewritten, Refusal)
-    assert json.loads(rewritten[0]) == {"priority": 10, "messages": [], "service_tier": "flex"}
-    assert rewritten[1] == ()
+    assert isinstance(rewritten, lanes.Priority)
+    assert json.loads(rewritten.prefix) == {"priority": 10, "messages": [], "service_tier": "flex"}
+    assert (rewritten.watch, rewritten.closing) == ((), b"")
     empty = lanes.with_priority(b"{ }", complete=True, priority=10)
-    assert not isinstance(empty, Refusal)
-    assert json.loads(empty[0]) == {"priority": 10}
-    own = lanes.with_priority(b'{"priority": -5, "service_tier": "flex"}', complete=True, priority=10)
-    assert isinstance(own, Refusal)
-    assert own.code == "priority_not_allowed"
+    assert isinstance(empty, lanes.Priority)
+    assert json.loads(empty.prefix) == {"priority": 10}
+    # Interactive work: vLLM's default 0, the body as it came.
+    assert lanes.with_priority(b'{"messages": []}', complete=True, priority=0) == lanes.Priority(b'{"messages": []}')
+    for own in (
+        b'{"priority": -5, "service_tier": "flex"}',
+        b'{"messages": [], "priorit\\u0079": -5}',  # the same member, spelt with an escape
+    ):
+        for priority in (10, 0):
+            refused = lanes.with_priority(own, complete=True, priority=priority)
+            assert isinstance(refused, Refusal), (own, priority)
+            assert refused.code == "priority_not_allowed"
     # A word in the text is no member: the complete body is parsed to tell.
-    text = lanes.with_priority(b'{"messages": [{"content": "\\"priority\\""}]}', complete=True, priority=10)
-    assert not isinstance(text, Refusal)
+    text = lanes.with_priority(b'{"messages": [{"content": "\\"priority\\" \\u00e9"}]}', complete=True, priority=10)
+    assert isinstance(text, lanes.Priority)
+    not_json = lanes.with_priority(b'{"messages": [{"content": "\\u00e9"', complete=True, priority=0)
+    assert isinstance(not_json, Refusal)
+    assert not_json.code == "bad_request"
+    # A body that streams: its prefix as it came, the rest watched, and the gateway's member last.
     partial = lanes.with_priority(b'{"service_tier": "flex", "messages": [{"content": "AAA', complete=False, priority=7)
-    assert not isinstance(partial, Refusal)
-    assert partial[1] == (b'"priority"',)
-    assert partial[0].startswith(b'{"priority":7,"service_tier"')
+    assert partial == lanes.Priority(
+        b'{"service_tier": "flex", "messages": [{"content": "AAA', watch=(b'"priority"',), closing=b',"priority":7'
+    )
+    named = lanes.with_priority(b'{"priority": 1, "messages": [{"content": "AAA', complete=False, priority=0)
+    assert isinstance(named, Refusal)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_the_gateways_member_goes_before_a_streamed_objects_final_brace(size: int) -> None:
+    body = b'{"messages": [{"content": "x}"}], "priorit\\u0079": -5 }\r\n \n'
+    closer = lanes.BeforeClosingBrace(b',"priority":0')
+    sent = b"".join(closer.feed(body[i : i + size]) for i in range(0, len(body), size)) + closer.close()
+    assert json.loads(sent) == {"messages": [{"content": "x}"}], "priority": 0}  # the last member wins
+    assert sent.endswith(b',"priority":0}\r\n \n')
+    # Not an object's end: unchanged, for the replica to refuse.
+    closer = lanes.BeforeClosingBrace(b',"priority":0')
+    assert closer.feed(b'{"a": [1') + closer.close() == b'{"a": [1'
 
 
 async def test_deferrable_work_fills_only_what_interactive_work_leaves() -> None:

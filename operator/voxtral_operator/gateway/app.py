@@ -208,10 +208,12 @@ class Body:
         timeout: float,
         watch: tuple[bytes, ...] = (),
         late: Refusal = lanes.LATE_FIELD,
+        closing: bytes = b"",
     ) -> None:
         self.prefix = prefix
         self.watch = lanes.LateFieldWatch(watch)  # fields that, after the prefix, fail the request
         self.late = late  # the answer when one of them shows up
+        self.closing = closing  # a member to put before a streamed JSON object's final `}`
         self.stream = stream
         self.limit = limit
         self.timeout = timeout
@@ -228,8 +230,9 @@ class Body:
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
         self.sent = len(self.prefix)
+        closer = lanes.BeforeClosingBrace(self.closing) if self.closing else None
         if self.prefix:
-            yield self.prefix
+            yield closer.feed(self.prefix) if closer else self.prefix
         while True:
             try:
                 chunk = await _read(self.stream, 0, self.timeout)
@@ -237,7 +240,7 @@ class Body:
                 self.failure = exc.refusal
                 raise
             if not chunk:
-                return
+                break
             if self.watch.found(chunk):
                 self.failure = self.late
                 raise UploadFailed(self.late)
@@ -245,7 +248,12 @@ class Body:
             if self.sent > self.limit:
                 self.too_large = True
                 raise UploadTooLarge()
-            yield chunk
+            if closer is None:
+                yield chunk
+            elif passed := closer.feed(chunk):  # an empty chunk would end a chunked upload
+                yield passed
+        if closer is not None:
+            yield closer.close()
 
 
 def _count(value: Any) -> int | None:
@@ -519,13 +527,15 @@ class Gateway:
             return refusal_response(request, tier), key
         watch = tier.watch
         priority = self.settings.deferrable_priority
-        if tier.lane == lanes.DEFERRABLE and priority is not None and route in lanes.PRIORITY_ROUTES:
-            rewritten = lanes.with_priority(prefix, complete, priority)
+        closing = b""
+        if priority is not None and route in lanes.PRIORITY_ROUTES:
+            # vLLM schedules by priority here: the gateway sets it on every request, 0 for interactive ones.
+            rewritten = lanes.with_priority(prefix, complete, priority if tier.lane == lanes.DEFERRABLE else 0)
             if isinstance(rewritten, Refusal):
                 return refusal_response(request, rewritten), key
-            limit += len(rewritten[0]) - len(prefix)
-            prefix, watch = rewritten[0], watch + rewritten[1]
-        body = Body(prefix, request.content, limit, self.settings.body_timeout, watch, late)
+            limit += len(rewritten.prefix) - len(prefix) + len(rewritten.closing)
+            prefix, watch, closing = rewritten.prefix, watch + rewritten.watch, rewritten.closing
+        body = Body(prefix, request.content, limit, self.settings.body_timeout, watch, late, closing)
         return await self._forward(request, route, key, work, body, framing, tier.lane), key
 
     def _authenticate(self, request: web.BaseRequest, *, subprotocol: bool = False) -> str | None:

@@ -17,7 +17,7 @@ The rule (the policy simulation implements the same one):
   behind them. A replica this pod has nothing in flight on takes one deferrable request whatever
   its size (else a request larger than the bound would never run);
 - where vLLM runs `--scheduling-policy priority`, deferrable chat and completions requests carry
-  a larger `priority` number (lower priority) than interactive ones, which carry none (0).
+  a larger `priority` number (lower priority) than interactive ones (0); the caller sets none.
 
 What this buys, and its limits: an interactive arrival finds a free slot and, as far as the token
 estimates hold, free KV cache, so vLLM admits it at its next engine step instead of queueing it
@@ -186,33 +186,78 @@ def multipart_tier(prefix: bytes, boundary: str, complete: bool) -> Tier | Refus
     return lane if isinstance(lane, Refusal) else Tier(lane)
 
 
-def with_priority(prefix: bytes, complete: bool, priority: int) -> tuple[bytes, tuple[bytes, ...]] | Refusal:
-    """A JSON body's prefix with `"priority": N` as its first member, and what to watch for in the rest.
+_WHITESPACE = b" \t\r\n"
+_NOT_AN_OBJECT = Refusal(400, "Bad request: the body is not a JSON object", "bad_request")
+_OWN_PRIORITY = Refusal(
+    400,
+    "Bad request: priority is set by the gateway (its replicas schedule by it); send the request without it",
+    "priority_not_allowed",
+)
 
-    The gateway owns the priority of the requests it tiers: a body that brings its own is refused
-    (a duplicate member would be read as the last one by vLLM, undoing the lane).
+
+@dataclass(frozen=True)
+class Priority:
+    """A JSON body as the gateway sends it on where vLLM schedules by `priority`."""
+
+    prefix: bytes  # the body's prefix, the gateway's member first when the body is complete
+    watch: tuple[bytes, ...] = ()  # byte strings that, found later in the body, fail the request
+    closing: bytes = b""  # for a body that streams: the member to put before its final `}`
+
+
+def with_priority(prefix: bytes, complete: bool, priority: int) -> Priority | Refusal:
+    """A JSON body with the gateway's `"priority": N` (0 for interactive work, which vLLM runs first).
+
+    The gateway owns vLLM's priority: a body that brings its own is refused, in either lane (an
+    interactive caller's negative number would run ahead of every other caller's work; a deferrable
+    one's would undo its lane). A complete body is parsed when its bytes could spell the member
+    (escapes included), and gets the gateway's member first unless it is 0 (vLLM's default). A body
+    that streams is refused if its prefix names one and watched for one in the rest; a member spelt
+    with escapes cannot be found that way, so the gateway's own goes last, where vLLM, reading the
+    last of duplicate members, takes it whatever came before.
     """
-    stripped = prefix.lstrip(b" \t\r\n")
+    stripped = prefix.lstrip(_WHITESPACE)
     if not stripped.startswith(b"{"):
-        return Refusal(400, "Bad request: the body is not a JSON object", "bad_request")
-    if _QUOTED_PRIORITY in prefix and (not complete or _has_priority(prefix)):
-        return Refusal(
-            400,
-            "Bad request: priority is set by the gateway for service_tier flex; send the request without it",
-            "priority_not_allowed",
-        )
+        return _NOT_AN_OBJECT
+    member = b'"priority":' + str(priority).encode()
+    if not complete:
+        if _QUOTED_PRIORITY in prefix:
+            return _OWN_PRIORITY
+        return Priority(prefix, watch=(_QUOTED_PRIORITY,), closing=b"," + member)
+    if _QUOTED_PRIORITY in prefix or b"\\u" in prefix:
+        try:
+            body = json.loads(prefix)
+        except (ValueError, RecursionError):
+            return _NOT_AN_OBJECT
+        if not isinstance(body, dict):
+            return _NOT_AN_OBJECT
+        if "priority" in body:
+            return _OWN_PRIORITY
+    if priority == 0:
+        return Priority(prefix)
     rest = stripped[1:]
-    separator = b"" if rest.lstrip(b" \t\r\n").startswith(b"}") else b","
-    member = b'{"priority":' + str(priority).encode() + separator
-    return member + rest, () if complete else (_QUOTED_PRIORITY,)
+    separator = b"" if rest.lstrip(_WHITESPACE).startswith(b"}") else b","
+    return Priority(b"{" + member + separator + rest)
 
 
-def _has_priority(document: bytes) -> bool:
-    try:
-        body = json.loads(document)
-    except (ValueError, RecursionError):
-        return True  # unreadable: never guess that it has none
-    return not isinstance(body, dict) or "priority" in body
+class BeforeClosingBrace:
+    """Passes a JSON object through chunk by chunk, putting `member` before its final `}` (held back until
+    the body ends, with any whitespace after it). A body that does not end in `}` passes unchanged: it is
+    no JSON object, and the replica refuses it."""
+
+    def __init__(self, member: bytes) -> None:
+        self.member = member
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._held + chunk
+        end = len(data.rstrip(_WHITESPACE))
+        split = end - 1 if end and data[end - 1 : end] == b"}" else end
+        self._held = data[split:]
+        return data[:split]
+
+    def close(self) -> bytes:
+        held, self._held = self._held, b""
+        return self.member + held if held.startswith(b"}") else held
 
 
 class LateFieldWatch:
