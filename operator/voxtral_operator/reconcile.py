@@ -178,6 +178,10 @@ class Reconciler:
     _phases: dict[Key, str] = field(default_factory=dict)
     # Each endpoint's rendered children, compressed JSON (a tenth of the objects' size in memory).
     _rendered: dict[Key, tuple[str, bytes]] = field(default_factory=dict)
+    # Endpoints (by UID) whose namespace refused a create as being deleted: their namespace never comes
+    # back, so no later reconcile of them writes (each child the namespace controller deletes would
+    # otherwise bring one more refused create). A namespace made again under the name has new endpoints.
+    _in_deleted_namespace: dict[Key, str] = field(default_factory=dict)
     # The last active check through each endpoint's Service: (ok, reason, message).
     serving: dict[Key, tuple[bool, str, str]] = field(default_factory=dict)
     # What the endpoint's gateway pods report missing: (Secret name, key or "").
@@ -229,6 +233,7 @@ class Reconciler:
         self._backend_key_created.pop(key, None)
         self._phases.pop(key, None)
         self._rendered.pop(key, None)
+        self._in_deleted_namespace.pop(key, None)
         metrics.GPU_METER.forget(*key)
         self._update_phase_gauge()
 
@@ -274,6 +279,8 @@ class Reconciler:
         meta = endpoint.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return
+        if meta.get("uid") is not None and self._in_deleted_namespace.get(key) == meta.get("uid"):
+            return
         generation = meta.get("generation")
         current_status: JSON = dict(endpoint.get("status") or {})
         try:
@@ -310,6 +317,8 @@ class Reconciler:
         except NamespaceTerminating:
             # No retry, no status, no Event: the namespace controller is deleting the endpoint too.
             logger.info("%s/%s: the namespace is being deleted; nothing more is written", *key)
+            if meta.get("uid") is not None:
+                self._in_deleted_namespace[key] = meta["uid"]
             return
 
         deployment = live_children.get(("Deployment", plan.name))

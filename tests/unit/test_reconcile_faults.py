@@ -71,6 +71,15 @@ async def test_a_terminating_namespace_ends_the_reconcile_with_no_retry_status_o
     later = [w for w in client.writes if any(part in w for part in ("/deployments/", "/services/", "/status"))]
     assert not later, client.writes
     assert not posted
+    # Reconciled again (a resync, or a child the namespace controller deleted): no write at all.
+    refused = len(client.writes)
+    for _ in range(3):
+        await reconciler.reconcile(("speech", "voxtral-mini"))
+    assert len(client.writes) == refused, client.writes[refused:]
+    # An endpoint of the same name in a namespace made again under the name (a new UID) is reconciled.
+    endpoint["metadata"]["uid"] = "u-2"
+    await reconciler.reconcile(("speech", "voxtral-mini"))
+    assert len(client.writes) > refused
 
 
 class Recording(ApiClient):
