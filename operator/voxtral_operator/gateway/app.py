@@ -9,9 +9,9 @@ ways: only a bounded prefix (64 KiB) is read before dispatch, to estimate the wo
 as the backend takes it, and an upload that stops making progress is abandoned. The exception is a
 longer JSON body whose prefix does not name its `service_tier`: the OpenAI SDK writes that member
 after `messages`, so after any inline audio. Such a body is read whole before dispatch, to find its
-lane, while the pod holds less than `json_buffer_bytes` of them (`JsonBuffers`); beyond that it
-streams, and a tier later in it fails the request (503, lanes.LATE_FIELD_BUFFERS_FULL). vLLM cannot start on a JSON
-body before its last byte anyway, so reading it first costs the caller almost nothing.
+lane, if it fits what is left of the pod's `json_buffer_bytes` (`JsonBuffers`); else it streams, and
+a tier later in it fails the request (503, lanes.LATE_FIELD_BUFFERS_FULL). vLLM cannot start on a
+JSON body before its last byte anyway, so reading it first costs the caller almost nothing.
 """
 
 from __future__ import annotations
