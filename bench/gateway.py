@@ -203,27 +203,27 @@ class Sink:
         await self.runner.cleanup()
 
 
+async def padded(head: bytes, tail: bytes, size: int, fill: bytes) -> AsyncIterator[bytes]:
+    """A body of `size` bytes: `head`, `fill` repeated 256 KiB at a time, `tail`."""
+    chunk = fill * (256 * 1024 // len(fill))
+    yield head
+    left = size - len(head) - len(tail)
+    while left > 0:
+        piece = chunk[: min(left, len(chunk))]
+        left -= len(piece)
+        yield piece
+    yield tail
+
+
 async def big_upload(session: aiohttp.ClientSession, base: str, size: int) -> int:
     boundary = "bench-boundary"
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="long.wav"\r\n'
         "Content-Type: audio/wav\r\n\r\n"
     ).encode() + wav(0)[:44]
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    chunk = bytes(256 * 1024)
-    body_bytes = size - len(head) - len(tail)
-
-    async def body() -> AsyncIterator[bytes]:
-        yield head
-        left = body_bytes
-        while left > 0:
-            piece = chunk[: min(left, len(chunk))]
-            left -= len(piece)
-            yield piece
-        yield tail
-
+    body = padded(head, f"\r\n--{boundary}--\r\n".encode(), size, b"\0")
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(size)}
-    async with session.post(f"{base}/v1/audio/transcriptions", data=body(), headers=headers) as response:
+    async with session.post(f"{base}/v1/audio/transcriptions", data=body, headers=headers) as response:
         payload = await response.json()
         if response.status != 200:
             raise RuntimeError(f"upload: {response.status} {payload}")
@@ -233,20 +233,9 @@ async def big_upload(session: aiohttp.ClientSession, base: str, size: int) -> in
 async def big_json(session: aiohttp.ClientSession, base: str, size: int) -> int:
     """A chat request of `size` bytes: inline audio, then service_tier (the OpenAI SDK's member order)."""
     head = b'{"model":"m","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"'
-    tail = b'","format":"wav"}}]}],"service_tier":"flex"}'
-    chunk = b"A" * (256 * 1024)
-
-    async def body() -> AsyncIterator[bytes]:
-        yield head
-        left = size - len(head) - len(tail)
-        while left > 0:
-            piece = chunk[: min(left, len(chunk))]
-            left -= len(piece)
-            yield piece
-        yield tail
-
+    body = padded(head, b'","format":"wav"}}]}],"service_tier":"flex"}', size, b"A")
     headers = {"Content-Type": "application/json", "Content-Length": str(size)}
-    async with session.post(f"{base}/v1/chat/completions", data=body(), headers=headers) as response:
+    async with session.post(f"{base}/v1/chat/completions", data=body, headers=headers) as response:
         payload = await response.json()
         if response.status == 503 and payload["error"]["code"] == "gateway_busy":
             return 0  # beyond the pod's budget: the caller is told to retry

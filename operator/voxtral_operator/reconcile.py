@@ -279,7 +279,8 @@ class Reconciler:
         meta = endpoint.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return
-        if meta.get("uid") is not None and self._in_deleted_namespace.get(key) == meta.get("uid"):
+        uid = meta.get("uid")
+        if uid is not None and self._in_deleted_namespace.get(key) == uid:
             return
         generation = meta.get("generation")
         current_status: JSON = dict(endpoint.get("status") or {})
@@ -317,8 +318,8 @@ class Reconciler:
         except NamespaceTerminating:
             # No retry, no status, no Event: the namespace controller is deleting the endpoint too.
             logger.info("%s/%s: the namespace is being deleted; nothing more is written", *key)
-            if meta.get("uid") is not None:
-                self._in_deleted_namespace[key] = meta["uid"]
+            if uid is not None:
+                self._in_deleted_namespace[key] = uid
             return
 
         deployment = live_children.get(("Deployment", plan.name))

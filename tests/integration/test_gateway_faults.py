@@ -138,17 +138,19 @@ async def test_a_caller_leaving_the_queue_gives_its_place_back(running: Running)
     await eventually(lambda: settled(running.dispatcher), timeout=10)
 
 
+async def stalled(head: bytes) -> AsyncIterator[bytes]:
+    """A JSON body that sends `head` and 70 kB past the prefix, then nothing for 30 s."""
+    yield head + b"x" * 70_000
+    await asyncio.sleep(30)
+    yield b'"}'
+
+
 async def test_a_stalled_upload_gives_its_slot_back(running: Running) -> None:
     """An authenticated upload that stops sending: abandoned after the body timeout, slot released."""
-
-    async def trickle() -> AsyncIterator[bytes]:
-        # Its tier named in the prefix and the rest past it: dispatched, then streamed.
-        yield b'{"service_tier": "auto", "prompt": "' + b"x" * 70_000
-        await asyncio.sleep(30)
-        yield b'"}'
-
+    # Its tier named in the prefix and the rest past it: dispatched, then streamed.
+    body = stalled(b'{"service_tier": "auto", "prompt": "')
     async with aiohttp.ClientSession() as session:
-        request = asyncio.create_task(session.post(f"{running.url}/v1/completions", data=trickle()))
+        request = asyncio.create_task(session.post(f"{running.url}/v1/completions", data=body))
         await eventually(lambda: inflight(running.dispatcher), timeout=10)
         await eventually(lambda: settled(running.dispatcher), timeout=15)
         request.cancel()
@@ -162,11 +164,6 @@ async def test_a_stalled_json_body_read_whole_takes_no_slot_and_gives_its_buffer
     408 without ever holding a replica slot, and its share of the pod's JSON buffers comes back."""
     seen_inflight = 0
 
-    async def trickle() -> AsyncIterator[bytes]:
-        yield b'{"prompt": "' + b"x" * 70_000
-        await asyncio.sleep(30)
-        yield b'"}'
-
     async def watch() -> None:
         nonlocal seen_inflight
         while True:
@@ -176,7 +173,7 @@ async def test_a_stalled_json_body_read_whole_takes_no_slot_and_gives_its_buffer
     watcher = asyncio.create_task(watch())
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"{running.url}/v1/completions", data=trickle()) as response,
+        session.post(f"{running.url}/v1/completions", data=stalled(b'{"prompt": "')) as response,
     ):
         assert response.status == 408, await response.text()
     watcher.cancel()

@@ -30,8 +30,10 @@ The gateway reads the tier only from what it has read before dispatch: the body'
 a whole JSON body that names no tier in those (the OpenAI SDK writes `service_tier` after
 `messages`), as long as its pod's budget for such bodies allows (app.JsonBuffers). When the rest of
 a body streams, a `service_tier` (or, where the gateway sets it, `priority`) that shows up in it
-cannot be honoured: `LateFieldWatch` finds it and the request fails with 400 (before the replica
-answers, since the replica is still reading the body) instead of running in a lane it did not ask for.
+cannot be honoured: `LateFieldWatch` finds it and the request fails (400 `LATE_FIELD`, or 503
+`LATE_FIELD_BUFFERS_FULL` when only the budget kept a JSON body from being read whole) before the
+replica answers, since the replica is still reading the body, instead of running in a lane it did
+not ask for.
 """
 
 from __future__ import annotations
