@@ -9,6 +9,9 @@ They also play:
 - the kubelet for gateway pods (container command `voxtral-operator gateway`): the real gateway
   process on the pod's own loopback address, with the sandbox's kubeconfig, ready when its
   /readyz answers 200 (whatever the Behaviour);
+- the kubelet for simulated vLLM pods (`PodBehaviour.SIMULATED`): `simulate-vllm` on the pod's
+  address, ready when /health answers 200. Both kinds of process are restarted when they exit, and
+  their output is kept per pod (`Sandbox.pod_logs()`), so a pod that never got ready can say why;
 - the EndpointSlice controller: one slice `<service>-slice` per Service with a selector, headless
   ones included (the gateway reads its replicas from them);
 - kube-proxy: each Service's clusterIP forwards to its ready pods that really serve (simulated
@@ -170,6 +173,18 @@ class _GatewayPod:
     volumes_synced_at: float = float("-inf")
 
 
+@dataclasses.dataclass
+class _SimulatorPod:
+    """A simulated vLLM pod's process, as the kubelet runs it (restarted when it exits)."""
+
+    ip: str
+    args: list[str]
+    log: Path | None
+    process: subprocess.Popen[bytes]
+    started_at: float
+    restarts: int = 0
+
+
 def _pod_ready(status: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
@@ -256,7 +271,7 @@ class FakeControllers:
         # What gateway pods log in with (KUBECONFIG), and where their output goes (`<ns>.<pod>.log`).
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
-        self.simulators: dict[tuple[str, str], tuple[str, subprocess.Popen[bytes]]] = {}
+        self.simulators: dict[tuple[str, str], _SimulatorPod] = {}
         self.gateways: dict[tuple[str, str], _GatewayPod] = {}
         self._next_ip = loopback.pod_addresses()
         self._probe: aiohttp.ClientSession | None = None
@@ -279,7 +294,7 @@ class FakeControllers:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         # The sandbox is going: its pods are killed, not drained (a test that wants a drain deletes the pod).
-        stopping = [entry[1] for entry in self.simulators.values()] + [g.process for g in self.gateways.values()]
+        stopping = [s.process for s in self.simulators.values()] + [g.process for g in self.gateways.values()]
         self.simulators.clear()
         self.gateways.clear()
         for process in stopping:
@@ -330,7 +345,7 @@ class FakeControllers:
 
     def _start_simulator(
         self, key: tuple[str, str], behaviour: Behaviour, container: dict[str, Any], env: dict[str, str]
-    ) -> str:
+    ) -> _SimulatorPod:
         """Start the pod's process with what its spec says: served model name, API key from the Secret."""
         ip = next(self._next_ip)
         args = list(behaviour.simulator_args)
@@ -341,8 +356,29 @@ class FakeControllers:
             args += ["--api-key", env["VLLM_API_KEY"]]
         log = self.log_dir / f"{key[0]}.{key[1]}.log" if self.log_dir is not None else None
         process = start_simulator(ip, self.vllm_port, *args, log=log)
-        self.simulators[key] = (ip, process)
-        return ip
+        simulator = _SimulatorPod(ip, args, log, process, self._now())
+        self.simulators[key] = simulator
+        return simulator
+
+    async def _simulator_pod_status(self, simulator: _SimulatorPod, age: float) -> dict[str, Any]:
+        """The kubelet's view of a simulated vLLM pod: ready when /health answers 200; its process
+        restarted, after a short back-off, when it exits (the pod keeps its address)."""
+        exit_code = simulator.process.poll()
+        if exit_code is not None and self._now() - simulator.started_at >= 1.0:
+            simulator.restarts += 1
+            simulator.process = start_simulator(simulator.ip, self.vllm_port, *simulator.args, log=simulator.log)
+            simulator.started_at = self._now()
+            exit_code = None
+        healthy = exit_code is None and await self._healthy(simulator.ip)
+        status = _pod_status(
+            Behaviour(PodBehaviour.READY if healthy else PodBehaviour.LOADING_FOREVER, pod_ip=simulator.ip), age
+        )
+        container = status["containerStatuses"][0]
+        container["restartCount"] = simulator.restarts
+        if exit_code is not None:
+            container["started"] = False
+            container["state"] = {"terminated": {"reason": "Error", "exitCode": exit_code}}
+        return status
 
     def _secret_volumes(self, key: tuple[str, str], pod: dict[str, Any], container: dict[str, Any]) -> PodSecretVolumes:
         volumes = pod_secret_volumes(pod.get("spec") or {}, container)
@@ -434,9 +470,9 @@ class FakeControllers:
         # Its volumes stay until the sandbox goes: the draining process may still read them.
 
     def _stop_simulator(self, key: tuple[str, str]) -> None:
-        entry = self.simulators.pop(key, None)
-        if entry is not None and entry[1].poll() is None:
-            entry[1].terminate()  # SIGTERM: the simulator drains, as a pod being deleted
+        simulator = self.simulators.pop(key, None)
+        if simulator is not None and simulator.process.poll() is None:
+            simulator.process.terminate()  # SIGTERM: the simulator drains, as a pod being deleted
 
     async def _healthy(self, ip: str) -> bool:
         """The kubelet's readiness probe: GET /health."""
@@ -583,15 +619,8 @@ class FakeControllers:
                     if missing is not None and age < self.secret_wait_seconds:
                         pod_status = _config_error_status(missing)
                     else:
-                        ip = (
-                            self.simulators[key][0]
-                            if key in self.simulators
-                            else self._start_simulator(key, behaviour, container, env)
-                        )
-                        healthy = await self._healthy(ip)
-                        pod_status = _pod_status(
-                            Behaviour(PodBehaviour.READY if healthy else PodBehaviour.LOADING_FOREVER, pod_ip=ip), age
-                        )
+                        simulator = self.simulators.get(key) or self._start_simulator(key, behaviour, container, env)
+                        pod_status = await self._simulator_pod_status(simulator, age)
                 else:
                     serves = False
                     pod_status = _pod_status(behaviour, age)
@@ -641,6 +670,11 @@ class Sandbox:
             log_dir=Path(self._tmp.name),
             volumes_dir=Path(self._tmp.name) / "volumes",
         )
+
+    def pod_logs(self) -> dict[str, str]:
+        """Each simulated or gateway pod's output so far, by `<namespace>.<pod>`."""
+        directory = Path(self._tmp.name)
+        return {path.stem: path.read_text(errors="replace") for path in sorted(directory.glob("*.log"))}
 
     @property
     def url(self) -> str:

@@ -37,6 +37,14 @@ def operator(sandbox: Sandbox, tmp_path: Path) -> Iterator[OperatorProcess]:
 
 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
-    # Show the operator's log beside a failure: it is the first thing anyone looks at.
-    if call.excinfo is not None and "operator" in getattr(item, "funcargs", {}):
-        item.add_report_section(call.when, "operator log", item.funcargs["operator"].log()[-6000:])
+    # Show the operator's log beside a failure: it is the first thing anyone looks at. Then each
+    # pod's own output (a simulator that never got ready says why there).
+    if call.excinfo is None:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    if "operator" in funcargs:
+        item.add_report_section(call.when, "operator log", funcargs["operator"].log()[-6000:])
+    sandbox = funcargs.get("sandbox")
+    if isinstance(sandbox, Sandbox):
+        for name, text in sandbox.pod_logs().items():
+            item.add_report_section(call.when, f"pod {name} log", text[-3000:])

@@ -427,3 +427,38 @@ async def test_a_missing_caller_secret_is_named_in_status_and_a_deleted_backend_
     needed = request_permissions(r for r in sandbox.api if "kubectl-test" not in r.headers.get("User-Agent", ""))
     assert sorted(p for p in needed if not rbac.allowed(*p)) == []
     assert {p for p in needed if p[1] == "secrets"} == {("", "secrets", "create")}
+
+
+async def test_a_simulated_pod_whose_process_exits_is_restarted_on_its_address(sandbox: Sandbox, kube: Kube) -> None:
+    # The kubelet's part: a vLLM container that exits is started again in the same pod.
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "solo", "namespace": NS},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "solo"}},
+            "template": {
+                "metadata": {"labels": {"app": "solo"}},
+                "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai"}]},
+            },
+        },
+    }
+    await kube.create(f"/apis/apps/v1/namespaces/{NS}/deployments", deployment)
+
+    async def ready_pod() -> dict[str, Any] | None:
+        pods = await _pods(kube, "app=solo")
+        ready = [p for p in pods if p.get("status", {}).get("containerStatuses", [{}])[0].get("ready")]
+        return ready[0] if ready else None
+
+    first = await eventually(ready_pod, timeout=30)
+    sandbox.controllers.simulators[(NS, first["metadata"]["name"])].process.kill()
+
+    async def restarted() -> dict[str, Any] | None:
+        pod = await ready_pod()
+        return pod if pod and pod["status"]["containerStatuses"][0]["restartCount"] == 1 else None
+
+    again = await eventually(restarted, timeout=30)
+    assert again["status"]["podIP"] == first["status"]["podIP"]
+    log = sandbox.pod_logs()[f"{NS}.{first['metadata']['name']}"]
+    assert log.count("simulated vLLM") == 2, log  # both starts wrote to the pod's log
