@@ -351,9 +351,9 @@ class FakeControllers:
         args = list(behaviour.simulator_args)
         vllm_args = container.get("args") or []
         if "--served-model-name" in vllm_args:
-            args += ["--served-model-name", vllm_args[vllm_args.index("--served-model-name") + 1]]
-        if env.get("VLLM_API_KEY"):
-            args += ["--api-key", env["VLLM_API_KEY"]]
+            args.append(f"--served-model-name={vllm_args[vllm_args.index('--served-model-name') + 1]}")
+        if env.get("VLLM_API_KEY"):  # one argument: a generated key may begin with "-"
+            args.append(f"--api-key={env['VLLM_API_KEY']}")
         log = self.log_dir / f"{key[0]}.{key[1]}.log" if self.log_dir is not None else None
         process = start_simulator(ip, self.vllm_port, *args, log=log)
         simulator = _SimulatorPod(ip, args, log, process, self._now())

@@ -429,8 +429,15 @@ async def test_a_missing_caller_secret_is_named_in_status_and_a_deleted_backend_
     assert {p for p in needed if p[1] == "secrets"} == {("", "secrets", "create")}
 
 
-async def test_a_simulated_pod_whose_process_exits_is_restarted_on_its_address(sandbox: Sandbox, kube: Kube) -> None:
-    # The kubelet's part: a vLLM container that exits is started again in the same pod.
+async def test_a_simulated_pod_whose_process_exits_is_restarted_on_its_address(
+    sandbox: Sandbox, kube: Kube, vllm_port: int
+) -> None:
+    # The kubelet's part: a vLLM container that exits is started again in the same pod. Its key
+    # begins with "-", as one in 64 generated backend keys does.
+    key = "-starts-with-a-dash"
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "solo-key"}, "data": {"key": _b64(key)}}
+    await kube.create(f"/api/v1/namespaces/{NS}/secrets", secret)
+    env = [{"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "solo-key", "key": "key"}}}]
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -440,7 +447,7 @@ async def test_a_simulated_pod_whose_process_exits_is_restarted_on_its_address(s
             "selector": {"matchLabels": {"app": "solo"}},
             "template": {
                 "metadata": {"labels": {"app": "solo"}},
-                "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai"}]},
+                "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai", "env": env}]},
             },
         },
     }
@@ -452,6 +459,10 @@ async def test_a_simulated_pod_whose_process_exits_is_restarted_on_its_address(s
         return ready[0] if ready else None
 
     first = await eventually(ready_pod, timeout=30)
+    models = f"http://{first['status']['podIP']}:{vllm_port}/v1/models"
+    async with aiohttp.ClientSession() as session:
+        assert await _status_of(session, models, key) == 200
+        assert await _status_of(session, models) == 401
     sandbox.controllers.simulators[(NS, first["metadata"]["name"])].process.kill()
 
     async def restarted() -> dict[str, Any] | None:
