@@ -12,7 +12,7 @@ import socket
 import kopf
 import prometheus_client
 
-from voxtral_operator import keepalive, logs, toggles
+from voxtral_operator import keepalive, logs, toggles, trimming
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.runtime import STATE
 
@@ -56,6 +56,7 @@ def run_operator(args: argparse.Namespace, config: OperatorConfig) -> int:
     STATE.user_agent = f"voxtral-operator/{args.version} ({STATE.identity})"
     toggles.install()  # kopf's start-up gate, linear in the watched objects (toggles.py)
     keepalive.install()  # a peering lease kept through a busy start-up (keepalive.py)
+    trimming.install()  # watch events cut to what is read before kopf queues them (trimming.py)
     import voxtral_operator.handlers  # noqa: F401 - registers the handlers with kopf
 
     logs.configure(args.log_format or config.log_format, verbose=args.verbose)

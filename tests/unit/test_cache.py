@@ -6,7 +6,7 @@ import copy
 import json
 from typing import Any
 
-from voxtral_operator import cache, status
+from voxtral_operator import cache, diffing, status
 from voxtral_operator.autoscale.loop import replicas_writer
 from voxtral_operator.diffing import APPLIED_HASH_ANNOTATION
 from voxtral_operator.reconcile import _owned_by
@@ -53,10 +53,10 @@ def test_a_child_keeps_what_status_ownership_and_drift_read_and_drops_the_rest()
     assert "template" not in cached["spec"], cached
     assert "labels" not in cached["metadata"], cached
     assert cached["metadata"]["annotations"] == {APPLIED_HASH_ANNOTATION: "abc"}
-    assert cached["metadata"]["managedFields"] == [
-        DEPLOYMENT["metadata"]["managedFields"][0],
-        {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status"},
-    ]
+    own, controller = cached["metadata"]["managedFields"]
+    assert json.loads(own.pop("fieldsV1")) == DEPLOYMENT["metadata"]["managedFields"][0]["fieldsV1"]
+    assert own == {"manager": MANAGER, "operation": "Apply"}
+    assert controller == {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status"}
     assert _owned_by(cached, "e1")
     assert not _owned_by(cached, "e2")
     kwargs: dict[str, Any] = {
@@ -71,6 +71,22 @@ def test_a_child_keeps_what_status_ownership_and_drift_read_and_drops_the_rest()
     }
     assert status.compute_status(deployment=cached, **kwargs) == status.compute_status(deployment=DEPLOYMENT, **kwargs)
     assert len(json.dumps(cached)) < len(json.dumps(DEPLOYMENT)) / 2
+
+
+def test_the_drift_check_reads_the_cached_field_set_as_it_reads_the_servers() -> None:
+    live = copy.deepcopy(DEPLOYMENT)
+    live["metadata"]["managedFields"][0]["fieldsV1"] = {
+        "f:metadata": {"f:annotations": {f"f:{APPLIED_HASH_ANNOTATION}": {}}},
+        "f:spec": {"f:replicas": {}, "f:template": {}},
+    }
+    cached = cache.child(live, MANAGER)
+    assert isinstance(cached["metadata"]["managedFields"][0]["fieldsV1"], str)  # kept as text
+    metadata = {"name": "vx", "namespace": "team", "annotations": {APPLIED_HASH_ANNOTATION: "abc"}}
+    covered = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": {"replicas": 2}}
+    beyond = {**covered, "spec": {"replicas": 2, "strategy": {"type": "Recreate"}}}
+    for desired, reasons in ((covered, []), (beyond, [".spec.strategy edited or removed"])):
+        assert diffing.drift(desired, cached, MANAGER) == diffing.drift(desired, live, MANAGER) == reasons
+    assert cache.child(cached, MANAGER) == cached  # trimming twice (watch stream, then index) changes nothing
 
 
 def test_a_child_from_a_server_without_managed_fields_is_kept_whole() -> None:
