@@ -14,7 +14,8 @@ What is kept is what cache.py keeps (and the index functions compute from it the
 from the whole object; tests/unit/test_trimming.py checks that), plus what kopf itself reads: the
 identity (uid, name, namespace, resourceVersion), labels (the handlers' label filters and their
 `labels` argument) and deletionTimestamp. Namespaces and CRDs are left whole: kopf's own CRD
-observer reads their spec, and there are few of them.
+observer reads their spec, and there are few of them. A handler that reads more of an object must
+have it added here first.
 """
 
 from __future__ import annotations
