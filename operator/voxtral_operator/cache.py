@@ -60,8 +60,8 @@ def child(body: Mapping[str, Any], manager: str) -> JSON:
 def _child_entry(entry: Mapping[str, Any], manager: str) -> JSON:
     identity = {key: entry[key] for key in ENTRY_IDENTITY if key in entry}
     if entry.get("manager") == manager and entry.get("operation") == "Apply" and not entry.get("subresource"):
-        # As compact JSON text: a Deployment's field set is thousands of small dicts (about 17 kB of
-        # memory as objects, 2 kB as text); only a drift check reads it, and parses it then.
+        # As compact JSON text: a Deployment's field set is a tree of small dicts (about 17 kB of
+        # memory as objects, 3 kB as text); only a drift check reads it, and parses it then.
         fields = entry.get("fieldsV1") or {}
         text = fields if isinstance(fields, str) else json.dumps(fields, separators=(",", ":"))
         return {**identity, "fieldsV1": text}
