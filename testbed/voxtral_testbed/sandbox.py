@@ -32,9 +32,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import kmock
@@ -171,6 +172,14 @@ class _GatewayPod:
     volumes: PodSecretVolumes
     restarts: int = 0
     volumes_synced_at: float = float("-inf")
+
+
+class _PodProcess(Protocol):
+    """What the kubelet's restart reads and sets of a pod's process (_GatewayPod, _SimulatorPod)."""
+
+    process: subprocess.Popen[bytes]
+    started_at: float
+    restarts: int
 
 
 @dataclasses.dataclass
@@ -360,15 +369,23 @@ class FakeControllers:
         self.simulators[key] = simulator
         return simulator
 
+    def _restart_if_exited(self, pod: _PodProcess, spawn: Callable[[], subprocess.Popen[bytes]]) -> int | None:
+        """The kubelet's restart of a pod's process that exited, after a short back-off: the exit code
+        while it is down, None once it runs again."""
+        exit_code = pod.process.poll()
+        if exit_code is not None and self._now() - pod.started_at >= 1.0:
+            pod.restarts += 1
+            pod.process = spawn()
+            pod.started_at = self._now()
+            return None
+        return exit_code
+
     async def _simulator_pod_status(self, simulator: _SimulatorPod, age: float) -> dict[str, Any]:
         """The kubelet's view of a simulated vLLM pod: ready when /health answers 200; its process
         restarted, after a short back-off, when it exits (the pod keeps its address)."""
-        exit_code = simulator.process.poll()
-        if exit_code is not None and self._now() - simulator.started_at >= 1.0:
-            simulator.restarts += 1
-            simulator.process = start_simulator(simulator.ip, self.vllm_port, *simulator.args, log=simulator.log)
-            simulator.started_at = self._now()
-            exit_code = None
+        exit_code = self._restart_if_exited(
+            simulator, lambda: start_simulator(simulator.ip, self.vllm_port, *simulator.args, log=simulator.log)
+        )
         healthy = exit_code is None and await self._healthy(simulator.ip)
         status = _pod_status(
             Behaviour(PodBehaviour.READY if healthy else PodBehaviour.LOADING_FOREVER, pod_ip=simulator.ip), age
@@ -433,12 +450,7 @@ class FakeControllers:
         """The kubelet's view of a gateway pod: running its process, ready when /readyz answers 200."""
         gateway = self.gateways.get(key) or self._start_gateway(key, pod, container)
         self._sync_volumes(key, gateway)
-        exit_code = gateway.process.poll()
-        if exit_code is not None and self._now() - gateway.started_at >= 1.0:  # restarted, with a short back-off
-            gateway.restarts += 1
-            gateway.process = self._spawn_gateway(gateway.command, gateway.log)
-            gateway.started_at = self._now()
-            exit_code = None
+        exit_code = self._restart_if_exited(gateway, lambda: self._spawn_gateway(gateway.command, gateway.log))
         ready = exit_code is None and await self._probe_ok(f"http://{gateway.ip}:{gateway.metrics_port}/readyz")
         state: dict[str, Any] = (
             {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
