@@ -68,15 +68,16 @@ def trim_endpoint(body: MutableMapping[str, Any]) -> None:
         body["metadata"] = cache.endpoint(body)["metadata"]
 
 
-def _resource_key(group: str, version: str, plural: str) -> tuple[str, str, str]:
-    return (group, version, plural)
-
-
 TRIMS: dict[tuple[str, str, str], Trim] = {
-    **{_resource_key(r.group, r.version, r.plural): trim_child for r in resources.CHILDREN},
-    _resource_key(resources.PODS.group, resources.PODS.version, resources.PODS.plural): trim_pod,
-    _resource_key(models.GROUP, models.VERSION, models.PLURAL): trim_endpoint,
+    **{(r.group, r.version, r.plural): trim_child for r in resources.CHILDREN},
+    (resources.PODS.group, resources.PODS.version, resources.PODS.plural): trim_pod,
+    (models.GROUP, models.VERSION, models.PLURAL): trim_endpoint,
 }
+
+
+def _trim_for(resource: Any) -> Trim | None:
+    """The trim of a kopf resource's kind, or None for a kind passed whole."""
+    return TRIMS.get((resource.group, resource.version, resource.plural))
 
 
 def trimmed(events: AsyncIterator[Any], trim: Trim) -> AsyncIterator[Any]:
@@ -103,7 +104,7 @@ def _listing_turn() -> asyncio.Semaphore:
 async def _fetch_objs(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
     """kopf's listing, page by page, each page requested and parsed alone and trimmed before it is
     passed on. The turn is given back before the page is yielded, so no consumer can hold it."""
-    trim = TRIMS.get(_resource_key(resource.group, resource.version, resource.plural))
+    trim = _trim_for(resource)
     pages: Any = STOCK_FETCH_OBJS(resource=resource, **kwargs)  # an async generator (closed below)
     try:
         while True:
@@ -123,7 +124,7 @@ async def _fetch_objs(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
 
 def _infinite_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
     events = STOCK_INFINITE_WATCH(resource=resource, **kwargs)
-    trim = TRIMS.get(_resource_key(resource.group, resource.version, resource.plural))
+    trim = _trim_for(resource)
     return events if trim is None else trimmed(events, trim)
 
 
