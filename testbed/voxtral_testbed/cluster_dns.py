@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from voxtral_testbed.kube import Kube
 
 logger = logging.getLogger(__name__)
+# The least time between two listings of every Service (a new name resolves within about this).
+MIN_REWRITE_SECONDS = 1.0
 HEADER = "127.0.0.1 localhost\n::1 localhost\n# Services of the local control plane, kept by the node agent\n"
 
 
@@ -71,7 +74,12 @@ class ServiceHosts:
             while True:
                 await changed.wait()
                 changed.clear()
+                began = time.monotonic()
                 await self.sync()
+                # A burst of Services (a thousand endpoints at once) must not cost a listing of every
+                # Service per event: the agent then used most of a core, beside the control plane it
+                # stands in for. Events during this pause fold into one listing after it.
+                await asyncio.sleep(max(MIN_REWRITE_SECONDS, 4 * (time.monotonic() - began)))
 
         await asyncio.gather(watch(), write())
 

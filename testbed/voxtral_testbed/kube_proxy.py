@@ -13,6 +13,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ from voxtral_testbed.kube import Kube
 
 logger = logging.getLogger(__name__)
 ServiceKey = tuple[str, str]
+# The least time between two syncs of the listeners (a new ready backend is served within about this).
+MIN_SYNC_GAP_SECONDS = 0.1
 
 
 @dataclass
@@ -48,11 +51,21 @@ class ServiceProxy:
         self.services: dict[ServiceKey, dict[str, Any]] = {}
         self.slices: dict[tuple[str, str], dict[str, Any]] = {}
         self.listeners: dict[tuple[str, int], _Listener] = {}
-        # Both watches sync; one at a time, or two could bind the same address.
-        self._syncing = asyncio.Lock()
+        self._changed = asyncio.Event()
 
     async def run(self) -> None:
-        await asyncio.gather(self._watch_services(), self._watch_slices())
+        await asyncio.gather(self._watch_services(), self._watch_slices(), self._keep_listeners())
+
+    async def _keep_listeners(self) -> None:
+        """One sync at a time (two could bind the same address), after any change. A burst of Services
+        and slices (a thousand endpoints at once) folds into few syncs: one per event cost the node
+        agent most of a core, beside the control plane it stands in for."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            began = time.monotonic()
+            await self._sync_listeners()
+            await asyncio.sleep(max(MIN_SYNC_GAP_SECONDS, 4 * (time.monotonic() - began)))
 
     async def _watch_services(self) -> None:
         async for kind, obj in self.kube.watch("/api/v1/services"):
@@ -63,7 +76,7 @@ class ServiceProxy:
                 self.services.pop(key, None)
             else:
                 self.services[key] = obj
-            await self._sync()
+            self._changed.set()
 
     async def _watch_slices(self) -> None:
         async for kind, obj in self.kube.watch("/apis/discovery.k8s.io/v1/endpointslices"):
@@ -74,14 +87,21 @@ class ServiceProxy:
                 self.slices.pop(key, None)
             else:
                 self.slices[key] = obj
-            await self._sync()
+            self._changed.set()
 
-    def _backends(self, key: ServiceKey, port_name: str) -> list[tuple[str, int]]:
-        found: list[tuple[str, int]] = []
+    def _slices_by_service(self) -> dict[ServiceKey, list[dict[str, Any]]]:
+        by_service: dict[ServiceKey, list[dict[str, Any]]] = {}
         for endpoint_slice in self.slices.values():
             meta = endpoint_slice["metadata"]
-            if meta["namespace"] != key[0] or (meta.get("labels") or {}).get("kubernetes.io/service-name") != key[1]:
-                continue
+            service = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+            if service:
+                by_service.setdefault((meta["namespace"], service), []).append(endpoint_slice)
+        return by_service
+
+    @staticmethod
+    def _backends(slices: list[dict[str, Any]], port_name: str) -> list[tuple[str, int]]:
+        found: list[tuple[str, int]] = []
+        for endpoint_slice in slices:
             ports = [p for p in endpoint_slice.get("ports") or [] if (p.get("name") or "") == port_name]
             if not ports:
                 continue
@@ -91,12 +111,9 @@ class ServiceProxy:
                 found += [(address, int(ports[0]["port"])) for address in endpoint.get("addresses") or []]
         return sorted(found)
 
-    async def _sync(self) -> None:
-        async with self._syncing:
-            await self._sync_listeners()
-
     async def _sync_listeners(self) -> None:
         wanted: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        slices = self._slices_by_service()
         for key, service in self.services.items():
             spec = service.get("spec") or {}
             ip = spec.get("clusterIP")
@@ -104,7 +121,7 @@ class ServiceProxy:
                 continue
             for port in spec.get("ports") or []:
                 if port.get("protocol", "TCP") == "TCP":
-                    wanted[(ip, int(port["port"]))] = self._backends(key, port.get("name") or "")
+                    wanted[(ip, int(port["port"]))] = self._backends(slices.get(key, []), port.get("name") or "")
         for address in set(self.listeners) - set(wanted):
             await self._close(self.listeners.pop(address))
         for address, backends in wanted.items():
