@@ -8,7 +8,10 @@ Here each object is cut down, in place, to what the operator and kopf read the m
 watch stream, so a listing's originals are freed as it is read. kopf also starts every kind's
 initial listing at once, each response parsed whole (the operator sets no page size: see
 handlers.configure), so all of them were in memory together; the listings are now parsed one at a
-time, each trimmed before the next request is sent.
+time, each trimmed before the next request is sent. Even then the peak was the largest kind's list
+response parsed whole (2,000 Deployments or Pods at about 50 kB of Python objects each, before the
+trim brings each to 5-8 kB), so a trimmed kind's response is parsed as it streams in instead: each
+object of `items` alone, trimmed before the next one is read (`parse_listing`).
 
 What is kept is what cache.py keeps (and the index functions compute from it the same values as
 from the whole object; tests/unit/test_trimming.py checks that), plus what kopf itself reads: the
@@ -21,11 +24,17 @@ have it added here first.
 from __future__ import annotations
 
 import asyncio
+import codecs
+import json
+import re
 import weakref
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, MutableMapping
 from typing import Any
 
-from kopf._cogs.clients import fetching, watching
+from kopf._cogs.clients import api, fetching, watching
+from kopf._cogs.configs import configuration
+from kopf._cogs.helpers import typedefs
+from kopf._cogs.structs import references
 
 from voxtral_operator import cache
 from voxtral_operator.api import models
@@ -35,6 +44,7 @@ from voxtral_operator.k8s.client import FIELD_MANAGER
 STOCK_INFINITE_WATCH = watching.infinite_watch
 STOCK_FETCH_OBJS = fetching.fetch_objs
 POD_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences", "deletionTimestamp")
+LISTING_READ_SIZE = 64 * 1024
 
 Trim = Callable[[MutableMapping[str, Any]], None]
 
@@ -101,23 +111,210 @@ def _listing_turn() -> asyncio.Semaphore:
     return _LISTING.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(1))
 
 
-async def _fetch_objs(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
-    """kopf's listing, page by page, each page requested and parsed alone and trimmed before it is
-    passed on. The turn is given back before the page is yielded, so no consumer can hold it."""
+class _ListingParser:
+    """A list response's JSON object fed as text in pieces: every key but `items` decoded whole (they
+    are small), each element of `items` decoded alone, given kopf's defaults, trimmed and kept, so
+    only the trimmed objects and the text of the one object being read are held.
+
+    A value is taken only once what follows it has arrived and can follow a value, or the body has
+    ended: a number cut inside ("-1." of "-1.5") would otherwise decode as a shorter one. A value that
+    fails to decode is tried again only once the unparsed text has doubled: an object split over many
+    pieces is decoded at most about log2(its size / piece size) + 3 times, in time linear in its size,
+    and the text held stays under twice the largest object plus one piece. A malformed value is told
+    from an incomplete one only when the body ends, so it raises then (its text and the rest are held
+    until then)."""
+
+    _DECODER = json.JSONDecoder()
+    _NOT_WHITESPACE = re.compile(r"[^ \t\n\r]")
+    # The structural characters each state admits, and the state they lead to.
+    _STRUCTURE = {
+        ("object", "{"): "key_or_end",
+        ("key_or_end", "}"): "done",
+        ("colon", ":"): "value",
+        ("comma_or_end", ","): "key",
+        ("comma_or_end", "}"): "done",
+        ("items", "["): "item_or_end",
+        ("item_or_end", "]"): "comma_or_end",
+        ("item_comma_or_end", ","): "item",
+        ("item_comma_or_end", "]"): "comma_or_end",
+    }
+    _AFTER_VALUE = frozenset(" \t\n\r,:]}")
+    _KEYS = ("key_or_end", "key")
+    _VALUES = ("value", "items", "item_or_end", "item")
+
+    def __init__(self, trim: Trim) -> None:
+        self._trim = trim
+        self._text = ""  # received, not parsed yet
+        self._pieces: list[str] = []  # received since the last attempt, joined on the next one
+        self._pieces_length = 0
+        self._retry_at = 0  # the length of unparsed text at which the next attempt may get further
+        self._offset = 0  # of self._text in the whole body, in characters, for error messages
+        self._state = "object"
+        self._key = ""
+        self._head: dict[str, Any] = {}
+        self._items: list[Any] = []
+
+    def feed(self, text: str) -> None:
+        self._pieces.append(text)
+        self._pieces_length += len(text)
+        if len(self._text) + self._pieces_length >= self._retry_at:
+            self._parse(ended=False)
+
+    def finish(self) -> tuple[list[Any], dict[str, Any]]:
+        """The trimmed items and the list's other keys (kind, apiVersion, metadata), once the body has ended."""
+        self._parse(ended=True)
+        # Items listed before the list's kind or apiVersion get them now; every trim keeps both.
+        for item in self._items:
+            self._default(item)
+        return self._items, self._head
+
+    def _parse(self, *, ended: bool) -> None:
+        text = "".join([self._text, *self._pieces])
+        self._pieces.clear()
+        self._pieces_length = 0
+        pos = 0
+        while True:
+            found = self._NOT_WHITESPACE.search(text, pos)
+            if found is None:
+                pos = len(text)
+                if ended and self._state != "done":
+                    raise ValueError(f"the list response ended early, at character {self._offset + pos}")
+                self._retry_at = 1
+                break
+            pos = found.start()
+            char = text[pos]
+            following = self._STRUCTURE.get((self._state, char))
+            if following is not None:
+                if following == "value" and self._key == "items":
+                    following = "items"
+                elif following == "item_or_end":
+                    self._items = []  # a repeated key's last value counts, as in json.loads
+                self._state = following
+                pos += 1
+                continue
+            if not (self._state in self._VALUES or (self._state in self._KEYS and char == '"')):
+                raise ValueError(f"unexpected {char!r} in the list response, at character {self._offset + pos}")
+            try:
+                value, end = self._DECODER.raw_decode(text, pos)
+            except json.JSONDecodeError as error:
+                if ended:
+                    where = f"at character {self._offset + error.pos}"
+                    raise ValueError(f"malformed list response, {where}: {error.msg}") from error
+                self._retry_at = 2 * (len(text) - pos)
+                break
+            if not ended and end == len(text):
+                self._retry_at = end - pos + 1
+                break
+            if not ended and text[end] not in self._AFTER_VALUE:  # maybe a number read short
+                self._retry_at = 2 * (len(text) - pos)
+                break
+            self._take(value)
+            pos = end
+        self._text = text[pos:]
+        self._offset += pos
+
+    def _take(self, value: Any) -> None:
+        match self._state:
+            case "key_or_end" | "key":
+                self._key = value
+                self._state = "colon"
+            case "value":
+                self._head[self._key] = value
+                self._state = "comma_or_end"
+            case "items":
+                if value is not None:
+                    raise ValueError(f"the list response's items are not a list: {type(value).__name__}")
+                self._items = []
+                self._state = "comma_or_end"
+            case _:
+                if isinstance(value, dict):
+                    self._default(value)
+                    self._trim(value)
+                self._items.append(value)
+                self._state = "item_comma_or_end"
+
+    def _default(self, item: Any) -> None:
+        """kopf's fetch_objs: the list's kind (less its "List") and apiVersion, where an item has none."""
+        if isinstance(item, dict):
+            if "kind" in self._head:
+                item.setdefault("kind", self._head["kind"].removesuffix("List"))
+            if "apiVersion" in self._head:
+                item.setdefault("apiVersion", self._head["apiVersion"])
+
+
+async def parse_listing(chunks: AsyncIterable[bytes], trim: Trim) -> tuple[list[Any], dict[str, Any]]:
+    """A list response's items, each with kopf's defaults and trimmed as soon as it is read, and the
+    list's other keys (kind, apiVersion, metadata). Raises ValueError (JSON or UTF-8) on a malformed
+    or truncated body."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    parser = _ListingParser(trim)
+    async for chunk in chunks:
+        parser.feed(decoder.decode(chunk))
+    parser.feed(decoder.decode(b"", final=True))
+    return parser.finish()
+
+
+async def _streamed_pages(
+    *,
+    settings: configuration.OperatorSettings,
+    resource: references.Resource,
+    namespace: references.Namespace,
+    logger: typedefs.Logger,
+    trim: Trim,
+) -> AsyncIterator[tuple[list[Any], str]]:
+    """kopf 1.45's fetch_objs (the same query and pages), each response parsed by parse_listing."""
+    label_selector = ",".join(sorted(set(settings.watching.label_selectors.collect(resource))))
+    field_selector = ",".join(sorted(set(settings.watching.field_selectors.collect(resource))))
+    shard_selector, *_ = settings.watching.shard_selectors.collect(resource) or [""]
+    params: dict[str, str] = {}
+    if settings.watching.chunk_size is not None:
+        params["limit"] = str(settings.watching.chunk_size)
+    if label_selector:
+        params["labelSelector"] = label_selector
+    if field_selector:
+        params["fieldSelector"] = field_selector
+    if shard_selector:
+        params["shardSelector"] = shard_selector
+
+    first = True
+    continue_token = ""  # "" after the last page, as the API server sends it
+    while first or continue_token:
+        first = False
+        if continue_token:
+            params["continue"] = continue_token
+        url = resource.get_url(namespace=namespace, params=params)
+        response = await api.request("get", url, settings=settings, logger=logger)
+        async with response:
+            items, listing = await parse_listing(response.content.iter_chunked(LISTING_READ_SIZE), trim)
+        metadata = listing.get("metadata", {})
+        continue_token = metadata.get("continue")
+        yield items, metadata.get("resourceVersion")
+        del items, listing  # one page held at a time, not the old one beside the next
+
+
+async def _fetch_objs(
+    *,
+    settings: configuration.OperatorSettings,
+    resource: references.Resource,
+    namespace: references.Namespace,
+    logger: typedefs.Logger,
+) -> AsyncIterator[tuple[list[Any], str]]:
+    """kopf's listing, page by page, each page requested and parsed alone, a trimmed kind's parsed as
+    it streams in. The turn is given back before the page is yielded, so no consumer can hold it."""
     trim = _trim_for(resource)
-    pages: Any = STOCK_FETCH_OBJS(resource=resource, **kwargs)  # an async generator (closed below)
+    pages: Any  # an async generator (closed below)
+    if trim is None:
+        pages = STOCK_FETCH_OBJS(settings=settings, resource=resource, namespace=namespace, logger=logger)
+    else:
+        pages = _streamed_pages(settings=settings, resource=resource, namespace=namespace, logger=logger, trim=trim)
     try:
         while True:
             async with _listing_turn():
                 try:
-                    chunk, resource_version = await anext(pages)
+                    page = await anext(pages)
                 except StopAsyncIteration:
                     return
-                if trim is not None:
-                    for body in chunk:
-                        if isinstance(body, dict):
-                            trim(body)
-            yield chunk, resource_version
+            yield page
     finally:
         await pages.aclose()
 

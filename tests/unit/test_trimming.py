@@ -9,7 +9,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from kopf._cogs.clients import fetching, watching
 
 from voxtral_operator import cache, status, trimming
@@ -160,41 +159,6 @@ def test_the_stream_trims_objects_in_place_and_passes_bookmarks_on() -> None:
     # The listing's own objects are cut, so its originals are freed while it is read.
     assert all("managedFields" not in body["metadata"] for body in listing)
     assert [event["object"] for event in seen[:2]] == listing
-
-
-def test_listings_are_requested_and_parsed_one_at_a_time_and_trimmed_before_they_are_passed_on(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    requesting: list[str] = []
-    overlaps: list[list[str]] = []
-
-    async def stock_listing(*, resource: Any, **_: Any) -> AsyncIterator[Any]:
-        for page in range(2):
-            requesting.append(resource.plural)
-            if len(requesting) > 1:
-                overlaps.append(list(requesting))
-            await asyncio.sleep(0.01)  # the request and the parse
-            requesting.remove(resource.plural)
-            yield [copy.deepcopy(POD), copy.deepcopy(POD)], f"{page}"
-
-    monkeypatch.setattr(trimming, "STOCK_FETCH_OBJS", stock_listing)
-
-    async def consume(resource: Any) -> list[Any]:
-        pages = []
-        async for chunk, _ in trimming._fetch_objs(resource=resource):
-            pages.append(chunk)
-            await asyncio.sleep(0.02)  # a slow consumer holds no turn
-        return pages
-
-    async def run() -> list[list[Any]]:
-        return await asyncio.gather(consume(resources.PODS), consume(resources.DEPLOYMENTS), consume(resources.PODS))
-
-    pods, deployments, more_pods = asyncio.run(run())
-    assert not overlaps, overlaps
-    assert all("managedFields" not in body["metadata"] for page in pods + more_pods for body in page)
-    # A kind with another trim is trimmed its own way: these pod bodies have no apply entry to keep.
-    assert all(body["spec"] == {"nodeName": "gpu-node-3"} for page in pods for body in page)
-    assert len(deployments) == 2
 
 
 def test_install_makes_kopfs_watchers_trim_and_take_turns() -> None:
