@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -35,15 +36,24 @@ import subprocess
 import time
 import urllib.request
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from voxtral_operator import render
+from voxtral_operator.api.resolve import resolve
+from voxtral_operator.config import load_config
+from voxtral_operator.k8s import resources
+from voxtral_operator.k8s.client import FIELD_MANAGER
+from voxtral_operator.reconcile import APPLY_STAGES
 from voxtral_testbed.kube import ApiError, Kube
 
 ROOT = Path(__file__).resolve().parents[1]
 OPERATOR_USER = "system:serviceaccount:voxtral-system:voxtral-operator"
 NAMESPACES = [f"bench-{i}" for i in range(10)]
+FLOOR_NAMESPACES = [f"floor-{i}" for i in range(10)]
 PATH = "/apis/voxtral.dev/v1alpha1"
 
 
@@ -86,8 +96,8 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _operator_events(audit: Path, since: int) -> tuple[list[dict[str, Any]], int]:
-    """The operator's completed requests in the audit log from byte `since`, and where they end."""
+def _audit_events(audit: Path, since: int, user: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Completed requests (of `user`, or everyone's) in the audit log from byte `since`, and where they end."""
     with audit.open("rb") as log:
         log.seek(since)
         data = log.read()
@@ -95,9 +105,34 @@ def _operator_events(audit: Path, since: int) -> tuple[list[dict[str, Any]], int
     found = []
     for line in complete.splitlines():
         event = json.loads(line)
-        if event.get("stage") == "ResponseComplete" and event["user"]["username"] == OPERATOR_USER:
+        if event.get("stage") == "ResponseComplete" and user in (None, event["user"]["username"]):
             found.append(event)
     return found, since + len(complete)
+
+
+def _operator_events(audit: Path, since: int) -> tuple[list[dict[str, Any]], int]:
+    return _audit_events(audit, since, OPERATOR_USER)
+
+
+def _allocations(events: list[dict[str, Any]]) -> str:
+    """The API server's own ClusterIP allocations (an IPAddress created through its loopback client per
+    Service with a cluster IP, under one lock per IP family in 1.34's MetaAllocator): how many, their
+    rate, and how many overlapped another (none, if they are taken one at a time)."""
+    spans = sorted(
+        (datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp(), _stamp(e))
+        for e in events
+        if e["verb"] == "create" and (e.get("objectRef") or {}).get("resource") == "ipaddresses"
+    )
+    if len(spans) < 2:
+        return f"ClusterIP allocations: {len(spans)}"
+    overlapping = sum(1 for before, after in itertools.pairwise(spans) if after[0] < before[1])
+    elapsed = spans[-1][1] - spans[0][0]
+    busy = sum(done - began for began, done in spans)
+    return (
+        f"ClusterIP allocations: {len(spans)} in {elapsed:.1f} s ({len(spans) / elapsed:.1f}/s), "
+        f"{overlapping} overlapping another, each {busy / len(spans) * 1000:.0f} ms on average "
+        f"({busy / elapsed:.0%} of the time one was in progress)"
+    )
 
 
 def _operator_writes(audit: Path, since: int) -> tuple[int, int]:
@@ -190,6 +225,7 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     await asyncio.wait_for(all_written.wait(), timeout=1800)
     total = max(written.values()) - started
     burst = [(written[k] - created[k]) * 1000 for k in list(created)[:count]]
+    allocations, _ = _audit_events(audit, burst_offset)
 
     # Settled: no operator write for 5 s.
     burst_events, offset = _operator_events(audit, burst_offset)
@@ -208,6 +244,8 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     await asyncio.sleep(idle_seconds)
     idle_writes, offset = _operator_writes(audit, offset)
 
+    # One at a time means on a cluster that has worked off the burst: else it measures the backlog.
+    calm_after = await _cluster_calm(state)
     target = count + paced
     all_written.clear()
     paced_names = []
@@ -226,6 +264,8 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     print(f"burst: create -> status p95:     {_pct(burst, 95):.0f} ms")
     print(f"burst: all statuses written:     {total:.1f} s")
     print(f"burst: settled (no writes) at:   {settled:.1f} s")
+    print("burst: " + _allocations(allocations))
+    print(f"paced: begun after waiting       {calm_after:.0f} s for the control plane to calm")
     print(f"paced: create -> status p50:     {_pct(steady, 50):.0f} ms")
     print(f"paced: create -> status p95:     {_pct(steady, 95):.0f} ms")
     print(
@@ -242,6 +282,168 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
     print(f"operator writes while idle:      {idle_writes} over {idle_seconds:.0f} s (audit log)", flush=True)
     watcher.cancel()
     await _restart(kube, state, count + paced, idle_seconds, offset)
+
+
+async def _floor(admin: Kube, state: Path, count: int, paced: int, concurrency: int) -> None:
+    """The server's own floor for the burst and for one endpoint at a time: the same endpoints, and the
+    writes each needs at the least (its backend-key Secret, its 11 applied children in the operator's
+    three stages, its status), sent by a client that does nothing else (no watch, no look before a
+    write, nothing queued), `concurrency` endpoints at a time, under the operator's own token (the
+    same RBAC, admission and escalation checks), with the operator stopped. The controllers and the
+    scheduler then do for these children what they do for the operator's. The namespaces are deleted
+    afterwards, and gone before the operator's burst begins."""
+    config = load_config(state / "operator-config.yaml")
+    operator_kube = Kube.from_kubeconfig(state / "operator.kubeconfig")
+    await asyncio.to_thread(_operator, "stop")
+    await _delete_namespaces(admin, FLOOR_NAMESPACES)  # an earlier run's, cut short
+    for namespace in FLOOR_NAMESPACES:
+        try:
+            await admin.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+    cpu_before = _cpu_seconds(state)
+    _, audit_offset = _audit_events(state / "audit.log", 0)
+    failures: Counter[str] = Counter()
+
+    async def write(kube: Kube, method: str, path: str, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        for attempt in range(5):
+            try:
+                return await kube.request(method, path, body, **kwargs)
+            except ApiError as exc:
+                if exc.status == 409 and method == "POST" and attempt:
+                    # The attempt before timed out on our side but was done on the server's.
+                    return await kube.get(f"{path}/{body['metadata']['name']}") or {}
+                failures[f"{method} {exc.status}"] += 1
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.5 * 2**attempt)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failures[f"{method} {getattr(exc, 'status', type(exc).__name__)}"] += 1
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def one(index: int) -> float:
+        body = _endpoint(index)
+        body["metadata"]["namespace"] = FLOOR_NAMESPACES[index % len(FLOOR_NAMESPACES)]
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        began = time.perf_counter()
+        created = await write(admin, "POST", f"{PATH}/namespaces/{namespace}/voxtralendpoints", body)
+        children = render.render_plan(resolve(created, config, {}), config)
+        for stage in APPLY_STAGES:
+            batch = [child for child in children if child["kind"] in stage]
+            await asyncio.gather(*(_floor_write(write, operator_kube, child) for child in batch))
+        status = {
+            "apiVersion": "voxtral.dev/v1alpha1",
+            "kind": "VoxtralEndpoint",
+            "metadata": {"name": name, "namespace": namespace},
+            "status": {
+                "observedGeneration": created["metadata"]["generation"],
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "False",
+                        "reason": "Bench",
+                        "message": "floor",
+                        "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    }
+                ],
+            },
+        }
+        await write(
+            operator_kube,
+            "PATCH",
+            f"{PATH}/namespaces/{namespace}/voxtralendpoints/{name}/status",
+            status,
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
+        return (time.perf_counter() - began) * 1000
+
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def limited(index: int) -> float:
+        async with semaphore:
+            return await one(index)
+
+    try:
+        started = time.perf_counter()
+        burst = await asyncio.gather(*(limited(i) for i in range(count)))
+        total = time.perf_counter() - started
+        cpu = {name: value - cpu_before.get(name, 0.0) for name, value in _cpu_seconds(state).items()}
+        allocations, _ = _audit_events(state / "audit.log", audit_offset)
+        waited = await _cluster_calm(state)
+        steady = []
+        for index in range(count, count + paced):
+            steady.append(await one(index))
+            await asyncio.sleep(0.1)
+    finally:
+        await operator_kube.close()
+    print(
+        f"server floor: {count} endpoints' writes (14 each, {concurrency} endpoints at a time, operator stopped): "
+        f"all statuses written {total:.1f} s; create -> status p50 {_pct(burst, 50):.0f} ms, "
+        f"p95 {_pct(burst, 95):.0f} ms"
+    )
+    print("server floor: " + _allocations(allocations))
+    print("server floor: CPU seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items() if k != "operator"))
+    print(
+        f"server floor: one at a time (after {waited:.0f} s for the control plane to calm): create -> status "
+        f"p50 {_pct(steady, 50):.0f} ms, p95 {_pct(steady, 95):.0f} ms; retried writes: "
+        + (", ".join(f"{k} {n}" for k, n in failures.items()) or "none"),
+        flush=True,
+    )
+    deleting = time.perf_counter()
+    await _delete_namespaces(admin, FLOOR_NAMESPACES)
+    print(f"server floor: namespaces deleted in {time.perf_counter() - deleting:.0f} s", flush=True)
+    await asyncio.to_thread(_operator, "start")
+
+
+async def _delete_namespaces(admin: Kube, names: list[str], give_up_after: float = 1800.0) -> None:
+    """Delete the namespaces and wait until they are gone."""
+    for namespace in names:
+        with contextlib.suppress(ApiError):
+            await admin.request("DELETE", f"/api/v1/namespaces/{namespace}")
+    began = time.perf_counter()
+    for namespace in names:
+        while await admin.get(f"/api/v1/namespaces/{namespace}") is not None:
+            if time.perf_counter() - began > give_up_after:
+                raise TimeoutError(f"namespace {namespace} not deleted within {give_up_after:.0f} s")
+            await asyncio.sleep(2)
+
+
+async def _floor_write(write: Any, kube: Kube, child: dict[str, Any]) -> None:
+    """One child as the operator writes it: the Secret created with a key, the rest applied."""
+    meta = child["metadata"]
+    resource = resources.BY_KIND[child["kind"]]
+    if child["kind"] == "Secret":
+        secret = {**child, "data": {render.gateway.BACKEND_KEY: "Zmxvb3Itb25seQ=="}}
+        await write(kube, "POST", resource.path(meta["namespace"]), secret)
+        return
+    await write(
+        kube,
+        "PATCH",
+        resource.path(meta["namespace"], meta["name"]),
+        child,
+        params={"fieldManager": FIELD_MANAGER, "force": "true"},
+        content_type="application/apply-patch+yaml",
+    )
+
+
+CALM_CORES = 0.25  # the control plane's CPU over 10 s below a quarter of a core: its backlog worked off
+
+
+async def _cluster_calm(state: Path, give_up_after: float = 900.0) -> float:
+    """Seconds until the control plane's processes (the operator's included) use less than CALM_CORES."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < give_up_after:
+        before = sum(_cpu_seconds(state).values())
+        await asyncio.sleep(10)
+        if (sum(_cpu_seconds(state).values()) - before) / 10 < CALM_CORES:
+            break
+    return time.perf_counter() - began
 
 
 async def _quiet(audit: Path, seconds: float, give_up_after: float) -> int:
@@ -457,6 +659,11 @@ def main() -> None:
         help="no burst: the endpoints a previous run left (--keep), once the operator is quiet for 30 s",
     )
     parser.add_argument("--keep", action="store_true", help="leave the endpoints for a later --reuse run")
+    parser.add_argument(
+        "--floor", action="store_true", help="first the server's own floor: the same writes by a bare client"
+    )
+    parser.add_argument("--floor-only", action="store_true", help="the server's floor alone")
+    parser.add_argument("--floor-concurrency", type=int, default=64, help="endpoints the bare client writes at once")
     parser.add_argument("--takeover-changes", type=int, default=50, help="endpoints changed in the takeover's burst")
     args = parser.parse_args()
     state = Path(os.environ.get("VOXTRAL_LOCAL_CLUSTER", ROOT / ".tools" / "cluster"))
@@ -465,6 +672,10 @@ def main() -> None:
     async def run() -> None:
         try:
             count = args.endpoints + args.paced
+            if args.floor or args.floor_only:
+                await _floor(kube, state, args.endpoints, args.paced, args.floor_concurrency)
+                if args.floor_only:
+                    return
             if args.reuse:
                 offset = await _quiet(state / "audit.log", 30, 900)
                 count = len((await kube.get(f"{PATH}/voxtralendpoints") or {}).get("items") or [])
