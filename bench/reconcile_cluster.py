@@ -17,7 +17,10 @@ shows the new generation, and every write the restarted operator makes (none but
 Then a takeover at scale: two replicas with peering, a burst of changed endpoints, the active replica
 killed (SIGKILL) at its first write: when the other writes, when every change is in a status, and
 whether the audit log shows an endpoint written by both at once (each replica's User-Agent names it).
-Not modelled: pods that run (every pod waits for a GPU), network latency between the operator and a
+Every node is cordoned for the run (and uncordoned after it), so no pod runs: the gateway pods
+would otherwise run on the CPU node as processes on the control plane's own cores. The server's own
+floor (`--floor`) comes first: the same endpoints' writes from a bare client, with the operator
+stopped. Not modelled: pods that run, network latency between the operator and a
 remote API server, API priority and fairness under other tenants' load.
 """
 
@@ -92,7 +95,7 @@ def _api_requests() -> float:
 
 WRITE_VERBS = ("create", "update", "patch", "delete")
 # The control plane's processes whose CPU the burst costs (pid files of e2e/cluster).
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "operator")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent", "operator")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -642,6 +645,26 @@ def _stamp(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
 
 
+async def _cordoned(kube: Kube) -> list[str]:
+    """Every node made unschedulable; the names of those that were schedulable. The endpoints' gateway
+    pods would otherwise run on the CPU node, as processes on the control plane's own two cores (64 of
+    them fit), and the figures would be theirs as much as the operator's and the server's."""
+    nodes = (await kube.get("/api/v1/nodes") or {}).get("items") or []
+    names = [n["metadata"]["name"] for n in nodes if not (n.get("spec") or {}).get("unschedulable")]
+    await _set_unschedulable(kube, names, True)
+    return names
+
+
+async def _set_unschedulable(kube: Kube, names: list[str], unschedulable: bool) -> None:
+    for name in names:
+        await kube.request(
+            "PATCH",
+            f"/api/v1/nodes/{name}",
+            {"spec": {"unschedulable": unschedulable or None}},
+            content_type="application/merge-patch+json",
+        )
+
+
 async def _cleanup(kube: Kube) -> None:
     for namespace in NAMESPACES:
         with contextlib.suppress(ApiError):
@@ -670,6 +693,7 @@ def main() -> None:
     kube = Kube.from_kubeconfig(os.environ["KUBECONFIG"])
 
     async def run() -> None:
+        cordoned = await _cordoned(kube)
         try:
             count = args.endpoints + args.paced
             if args.floor or args.floor_only:
@@ -687,6 +711,7 @@ def main() -> None:
         finally:
             if not args.keep:
                 await _cleanup(kube)
+            await _set_unschedulable(kube, cordoned, False)
             await kube.close()
 
     asyncio.run(run())
