@@ -194,6 +194,23 @@ async def _exactly(kube: Kube, name: str, count: int) -> bool:
     return await spec_replicas(kube, name) == count
 
 
+async def test_a_changed_spec_is_what_the_next_decision_is_made_on(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess
+) -> None:
+    # The autoscaler validates a spec again only when it changes (a thousand endpoints a tick): a
+    # raised floor must still reach its decision.
+    await kube.create(endpoint_path(NS), endpoint("floor"))
+    await eventually(lambda: ready_replicas(kube, "floor"), timeout=30)
+
+    async def decided(replicas: int) -> dict[str, Any] | None:
+        current = await kube.get(endpoint_path(NS, "floor")) or {}
+        return current if (current.get("status") or {}).get("desiredReplicas") == replicas else None
+
+    await eventually(lambda: decided(1), timeout=15)
+    await kube.merge(endpoint_path(NS, "floor"), {"spec": {"minReplicas": 2}})
+    await eventually(lambda: decided(2), timeout=15)
+
+
 async def test_hung_or_failing_scrapes_never_shrink_and_never_stall_others(
     sandbox: Sandbox, kube: Kube, operator: OperatorProcess, vllm_port: int
 ) -> None:

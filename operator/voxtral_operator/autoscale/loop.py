@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime
 import json
 import logging
@@ -246,6 +247,7 @@ class Autoscaler:
     wall_clock: Callable[[], float] = time.time  # the policy's daily profile needs the time of day
     _last_serving_check: float = float("-inf")
     _states: dict[Key, _EndpointState] = field(default_factory=dict)
+    _specs: dict[Key, tuple[JSON, VoxtralEndpointSpec | None]] = field(default_factory=dict)  # see _valid_spec
     _session: aiohttp.ClientSession | None = None
     _semaphore: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
 
@@ -274,6 +276,8 @@ class Autoscaler:
             )
         for gone in set(self._states) - set(keys):
             del self._states[gone]
+        for gone in set(self._specs) - set(keys):
+            del self._specs[gone]
 
     def _start_path(self, key: Key, endpoint: JSON, spec: VoxtralEndpointSpec, any_ready: bool) -> str:
         """The cold-start path the next replica takes, so the policy plans with that path's learned time."""
@@ -282,17 +286,30 @@ class Autoscaler:
         filled = any_ready or bool((endpoint.get("status") or {}).get("readyReplicas"))
         return coldstart.start_path(spec, staged=staged, cache_filled=filled)
 
+    def _valid_spec(self, key: Key, given: JSON) -> VoxtralEndpointSpec | None:
+        """The endpoint's spec validated, or None when it is not valid. Validated again only when it
+        changes: every endpoint is looked at every tick, and validating a thousand specs a second
+        took most of the operator's CPU."""
+        known = self._specs.get(key)
+        if known is not None and known[0] == given:
+            return known[1]
+        try:
+            spec: VoxtralEndpointSpec | None = VoxtralEndpointSpec.model_validate(given)
+        except ValueError:
+            spec = None
+        if spec is not None and spec.cross_field_problems():
+            spec = None
+        self._specs[key] = (copy.deepcopy(given), spec)
+        return spec
+
     async def _one(self, key: Key) -> None:
         logs.bind_endpoint(key)  # this coroutine runs in its own task (gather)
         endpoint = self.view.endpoint(key)
         if endpoint is None:
             return
-        try:
-            spec = VoxtralEndpointSpec.model_validate(endpoint.get("spec") or {})
-        except ValueError:
+        spec = self._valid_spec(key, endpoint.get("spec") or {})
+        if spec is None or not spec.autoscaling.enabled:
             return  # the reconciler reports invalid specs
-        if spec.cross_field_problems() or not spec.autoscaling.enabled:
-            return
         if spec.autoscaling.mode != AutoscalingMode.OPERATOR or spec.suspended:
             return  # a suspended endpoint stays at zero whatever its gateway holds
         state = self._states.setdefault(key, _EndpointState())
