@@ -453,6 +453,42 @@ async def _cluster_calm(state: Path, give_up_after: float = 900.0) -> float:
     return time.perf_counter() - began
 
 
+async def _paced_only(kube: Kube, state: Path, paced: int) -> None:
+    """Endpoints created one at a time, 0.1 s apart, beside those a previous run left (--keep), once
+    the control plane is calm: create -> status, seen through a watch."""
+    existing = len((await kube.get(f"{PATH}/voxtralendpoints") or {}).get("items") or [])
+    calm_after = await _cluster_calm(state)
+    created: dict[str, float] = {}
+    written: dict[str, float] = {}
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        async for kind, obj in kube.watch(f"{PATH}/voxtralendpoints"):
+            name = obj.get("metadata", {}).get("name")
+            status = obj.get("status") or {}
+            if kind != "SYNCED" and name in created and name not in written and status.get("observedGeneration"):
+                written[name] = time.perf_counter()
+                if len(written) == paced:
+                    done.set()
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(2)  # the watch's listing first
+    for index in range(existing + 10_000, existing + 10_000 + paced):
+        body = _endpoint(index)
+        created[body["metadata"]["name"]] = time.perf_counter()
+        await kube.request("POST", f"{PATH}/namespaces/{body['metadata']['namespace']}/voxtralendpoints", body)
+        await asyncio.sleep(0.1)
+    await asyncio.wait_for(done.wait(), timeout=600)
+    watcher.cancel()
+    steady = [(written[k] - created[k]) * 1000 for k in created]
+    print(
+        f"paced beside {existing} endpoints (after {calm_after:.0f} s for the control plane to calm): "
+        f"create -> status p50 {_pct(steady, 50):.0f} ms, p95 {_pct(steady, 95):.0f} ms, "
+        f"max {max(steady):.0f} ms over {paced}",
+        flush=True,
+    )
+
+
 async def _quiet(audit: Path, seconds: float, give_up_after: float) -> int:
     """Wait until the operator has made no write for `seconds`; the audit log's offset then."""
     _, offset = _operator_events(audit, 0)
@@ -689,6 +725,9 @@ def main() -> None:
     parser.add_argument(
         "--floor", action="store_true", help="first the server's own floor: the same writes by a bare client"
     )
+    parser.add_argument(
+        "--paced-only", action="store_true", help="only --paced endpoints one at a time, beside a --keep run's"
+    )
     parser.add_argument("--floor-only", action="store_true", help="the server's floor alone")
     parser.add_argument("--floor-concurrency", type=int, default=64, help="endpoints the bare client writes at once")
     parser.add_argument("--takeover-changes", type=int, default=50, help="endpoints changed in the takeover's burst")
@@ -704,6 +743,9 @@ def main() -> None:
                 await _floor(kube, state, args.endpoints, args.paced, args.floor_concurrency)
                 if args.floor_only:
                     return
+            if args.paced_only:
+                await _paced_only(kube, state, args.paced)
+                return
             if args.reuse:
                 offset = await _quiet(state / "audit.log", 30, 900)
                 count = len((await kube.get(f"{PATH}/voxtralendpoints") or {}).get("items") or [])
