@@ -8,7 +8,8 @@ Here each object is cut down, in place, to what the operator and kopf read the m
 watch stream, so a listing's originals are freed as it is read. kopf also starts every kind's
 initial listing at once, each response parsed whole (the operator sets no page size: see
 handlers.configure), so all of them were in memory together; the listings are now parsed one at a
-time, each trimmed before the next request is sent. Even then the peak was the largest kind's list
+time, each trimmed before the next is parsed (the requests and their retries are not in turn: a kind
+waiting for a restarting API server must not hold up the others). Even then the peak was the largest kind's list
 response parsed whole (2,000 Deployments or Pods at about 50 kB of Python objects each, before the
 trim brings each to 5-8 kB), so a trimmed kind's response is parsed as it streams in instead: each
 object of `items` alone, trimmed before the next one is read (`parse_listing`).
@@ -283,8 +284,11 @@ async def _streamed_pages(
         if continue_token:
             params["continue"] = continue_token
         url = resource.get_url(namespace=namespace, params=params)
+        # The request and its retries (kopf's back-off, a 429's Retry-After) outside the turn: one kind
+        # waiting for an API server that restarts must not hold up the others' listings (an endpoint's
+        # DELETED event then came 15 s late). Only the body's parse takes turns.
         response = await api.request("get", url, settings=settings, logger=logger)
-        async with response:
+        async with response, _listing_turn():
             items, listing = await parse_listing(response.content.iter_chunked(LISTING_READ_SIZE), trim)
         metadata = listing.get("metadata", {})
         continue_token = metadata.get("continue")
@@ -292,31 +296,23 @@ async def _streamed_pages(
         del items, listing  # one page held at a time, not the old one beside the next
 
 
-async def _fetch_objs(
+def _fetch_objs(
     *,
     settings: configuration.OperatorSettings,
     resource: references.Resource,
     namespace: references.Namespace,
     logger: typedefs.Logger,
 ) -> AsyncIterator[tuple[list[Any], str]]:
-    """kopf's listing, page by page, each page requested and parsed alone, a trimmed kind's parsed as
-    it streams in. The turn is given back before the page is yielded, so no consumer can hold it."""
+    """kopf's listing, a trimmed kind's pages parsed as they stream in, one parse at a time (the
+    turn is given back before a page is yielded, so no consumer can hold it). Other kinds
+    (namespaces, CRDs: few and small) go through kopf's own listing, untouched."""
     trim = _trim_for(resource)
-    pages: Any  # an async generator (closed below)
     if trim is None:
-        pages = STOCK_FETCH_OBJS(settings=settings, resource=resource, namespace=namespace, logger=logger)
-    else:
-        pages = _streamed_pages(settings=settings, resource=resource, namespace=namespace, logger=logger, trim=trim)
-    try:
-        while True:
-            async with _listing_turn():
-                try:
-                    page = await anext(pages)
-                except StopAsyncIteration:
-                    return
-            yield page
-    finally:
-        await pages.aclose()
+        pages: AsyncIterator[Any] = STOCK_FETCH_OBJS(
+            settings=settings, resource=resource, namespace=namespace, logger=logger
+        )
+        return pages
+    return _streamed_pages(settings=settings, resource=resource, namespace=namespace, logger=logger, trim=trim)
 
 
 def _infinite_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
