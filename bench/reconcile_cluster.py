@@ -313,16 +313,12 @@ async def _floor(admin: Kube, state: Path, count: int, paced: int, concurrency: 
         for attempt in range(5):
             try:
                 return await kube.request(method, path, body, **kwargs)
-            except ApiError as exc:
-                if exc.status == 409 and method == "POST" and attempt:
+            except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                status = getattr(exc, "status", None)
+                if status == 409 and method == "POST" and attempt:
                     # The attempt before timed out on our side but was done on the server's.
                     return await kube.get(f"{path}/{body['metadata']['name']}") or {}
-                failures[f"{method} {exc.status}"] += 1
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(0.5 * 2**attempt)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                failures[f"{method} {getattr(exc, 'status', type(exc).__name__)}"] += 1
+                failures[f"{method} {status or type(exc).__name__}"] += 1
                 if attempt == 4:
                     raise
                 await asyncio.sleep(0.5 * 2**attempt)

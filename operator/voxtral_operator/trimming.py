@@ -8,11 +8,12 @@ Here each object is cut down, in place, to what the operator and kopf read the m
 watch stream, so a listing's originals are freed as it is read. kopf also starts every kind's
 initial listing at once, each response parsed whole (the operator sets no page size: see
 handlers.configure), so all of them were in memory together; the listings are now parsed one at a
-time, each trimmed before the next is parsed (the requests and their retries are not in turn: a kind
-waiting for a restarting API server must not hold up the others). Even then the peak was the largest kind's list
-response parsed whole (2,000 Deployments or Pods at about 50 kB of Python objects each, before the
-trim brings each to 5-8 kB), so a trimmed kind's response is parsed as it streams in instead: each
-object of `items` alone, trimmed before the next one is read (`parse_listing`).
+time, each trimmed before the next is parsed (the requests and their retries are not in turn: a
+kind waiting for a restarting API server must not hold up the others). Even then the peak was the
+largest kind's list response parsed whole (2,000 Deployments or Pods at about 50 kB of Python
+objects each, before the trim brings each to 5-8 kB), so a trimmed kind's response is parsed as it
+streams in instead: each object of `items` alone, trimmed before the next one is read
+(`parse_listing`).
 
 What is kept is what cache.py keeps (and the index functions compute from it the same values as
 from the whole object; tests/unit/test_trimming.py checks that), plus what kopf itself reads: the
