@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import tempfile
 import time
@@ -113,7 +114,13 @@ async def _bench(count: int, paced: int, idle_seconds: float) -> None:
             cpu_before = _cpu_seconds(pid)
             await asyncio.sleep(idle_seconds)
             idle_cpu = (_cpu_seconds(pid) - cpu_before) / idle_seconds * 100
-            idle_writes = len(writes(sandbox.api)) - before_writes
+            idle_requests = writes(sandbox.api)[before_writes:]
+            idle_writes = len(idle_requests)
+            idle_kinds = collections.Counter(
+                f"{r.method} {getattr(r.resource, 'plural', r.resource)}{'/' + r.subresource if r.subresource else ''}"
+                + (f" {r.data.get('reason')}" if isinstance(r.data, dict) and r.data.get("reason") else "")
+                for r in idle_requests
+            )
 
             # Phase 2: endpoints arriving one at a time (10 a second) onto the loaded operator.
             paced_keys = []
@@ -139,6 +146,8 @@ async def _bench(count: int, paced: int, idle_seconds: float) -> None:
             print(f"operator peak RSS:               {max(rss_after_burst, _peak_rss_mb(pid)):.0f} MB")
             print(f"operator CPU while idle:         {idle_cpu:.1f} % of one core over {idle_seconds:.0f} s")
             print(f"writes while idle:               {idle_writes}")
+            for kind, number in idle_kinds.most_common():
+                print(f"  {number:6d}  {kind}")
         finally:
             operator.stop()
 

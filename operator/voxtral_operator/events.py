@@ -8,7 +8,8 @@ the second occurrence patches the series at once, later ones at most every REFRE
 an event not seen for SERIES_GAP_SECONDS starts afresh. Nothing is written unless something
 happened: a steady endpoint costs no event writes.
 
-Writes go through one background task in order; `record` never blocks the reconciler. A series
+Writes go through WRITERS background tasks, a series' writes in order; `record` never blocks the
+reconciler. A series
 whose namespace or object is gone is dropped, never retried: a create answered 404 (the namespace
 is gone) or refused because the namespace is terminating drops every series of that namespace, a
 patch answered 404 drops its series, and the operator forgets the series of an endpoint it saw
@@ -52,6 +53,9 @@ REFRESH_SECONDS = 10.0
 SERIES_GAP_SECONDS = 360.0  # client-go's: a pause this long ends a series
 MAX_SERIES = 4096  # events remembered for folding repeats (oldest forgotten first)
 QUEUE_LIMIT = 1000  # writes waiting; beyond this, events are logged and dropped
+# Writes made at once. One at a time, the Created events of a thousand endpoints took minutes to land
+# (each a round trip, most also a look at the endpoint), long after everything else had settled.
+WRITERS = 8
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # seconds before each retry of a failed write (the client retries within each)
 MAX_WRITE_ATTEMPTS = len(RETRY_DELAYS) + 1  # a series whose write failed this often is dropped
 # A create later than this after the event first checks the endpoint's uid: a namespace deleted and made
@@ -144,6 +148,8 @@ class Series:
     first_observed: float = 0.0  # monotonic
     failed_writes: int = 0
     dropped: bool = False  # its namespace or object is gone, or it failed too often: never written again
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)  # a series' writes one at a time, in order
+    queued: bool = False  # waiting in the queue: its write will carry every count recorded until then
 
     @property
     def dirty(self) -> bool:
@@ -173,7 +179,8 @@ class EventRecorder:
     series_gap_seconds: float = SERIES_GAP_SECONDS
     _series: OrderedDict[SeriesKey, Series] = field(default_factory=OrderedDict)
     _queue: asyncio.Queue[Series] | None = None
-    _worker: asyncio.Task[None] | None = None
+    writers: int = WRITERS
+    _workers: list[asyncio.Task[None]] = field(default_factory=list)
     _warned: set[int] = field(default_factory=set)
 
     def record(self, obj: Mapping[str, Any], type_: str, reason: str, note: str, action: str | None = None) -> None:
@@ -220,10 +227,17 @@ class EventRecorder:
     def _enqueue(self, series: Series, now: float) -> None:
         if self._queue is None:
             self._queue = asyncio.Queue(QUEUE_LIMIT)
-            self._worker = asyncio.get_running_loop().create_task(self._run(), name="event recorder")
+            loop = asyncio.get_running_loop()
+            self._workers = [
+                loop.create_task(self._run(flushes=index == 0), name=f"event writer {index}")
+                for index in range(self.writers)
+            ]
         series.last_write = now
+        if series.queued:
+            return
         try:
             self._queue.put_nowait(series)
+            series.queued = True
         except asyncio.QueueFull:
             logger.warning("event not posted (too many waiting): %s %s", series.body["reason"], series.body["note"])
 
@@ -236,7 +250,8 @@ class EventRecorder:
             elif not series.dirty and now - series.last_observed > self.series_gap_seconds:
                 del self._series[key]  # ended and written: forget it
 
-    async def _run(self) -> None:
+    async def _run(self, flushes: bool) -> None:
+        """One writer; the one that `flushes` also queues the counts left unwritten once they are due."""
         assert self._queue is not None
         last_flush = self.clock()
         while True:
@@ -245,13 +260,15 @@ class EventRecorder:
             except TimeoutError:
                 series = None
             if series is not None:
+                series.queued = False
                 try:
-                    await self._write(series)
+                    async with series.writing:
+                        await self._write(series)
                 except Exception as exc:  # events are best effort: never let one stop the others
                     self._failed(series, exc)
                 finally:
                     self._queue.task_done()
-            if self.clock() - last_flush >= self.refresh_seconds:  # counts left unwritten are due now
+            if flushes and self.clock() - last_flush >= self.refresh_seconds:  # counts left unwritten are due now
                 last_flush = self.clock()
                 self.flush_due()
 

@@ -31,6 +31,7 @@ POD_LABELS = {render.LABEL_NAME: render.APP_NAME, render.LABEL_INSTANCE: kopf.PR
 GATEWAY_POD_LABELS = {render.LABEL_NAME: render.gateway.GATEWAY_APP_NAME, render.LABEL_INSTANCE: kopf.PRESENT}
 # What the server selects for the operator's watches of children and pods (all carry both labels).
 WATCHED_SELECTOR = f"{render.LABEL_MANAGED_BY}={render.MANAGED_BY},{render.LABEL_INSTANCE}"
+QUEUE_IDLE_SECONDS = 0.5
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -131,6 +132,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.peering.priority = STATE.peering_priority
+    # kopf keeps a worker task and a queue for each object until it has had no event for this long
+    # (5 s by default); in a burst or a restart's listing, that is one for nearly every watched object.
+    settings.queueing.idle_timeout = QUEUE_IDLE_SECONDS
 
 
 @kopf.on.login()

@@ -87,13 +87,16 @@ CREATE_ONLY_KINDS = ("Secret",)
 BACKEND_KEY_RECREATE_SECONDS = 180.0
 SERVING_KINDS = ("Deployment", "Service")
 # APPLY_ORDER in stages whose children do not need one another: the policy and what the pods use
-# (none of which serves anything); the RoleBinding (the API server refuses one whose Role does not
-# exist yet) and what serves, once the policy is in place; then the workloads, whose pods find their
-# identity, key, volume and permissions there.
+# (none of which serves anything); then, once the policy is in place, the RoleBinding (the API server
+# refuses one whose Role does not exist yet), what serves, and the workloads, whose pods find their
+# identity, key and volume in place. The gateway's permissions (the RoleBinding) come with its pods,
+# not before them: a pod takes seconds to start, the binding a round trip, and a gateway that still
+# finds its watches refused retries them within a second and is not ready until they are read. A
+# stage more cost every new endpoint the RoleBinding's time at the server (its escalation check, up
+# to a second under load) before its workloads were even sent.
 APPLY_STAGES = (
     ("NetworkPolicy", "Secret", "ServiceAccount", "Role", "Certificate", "PersistentVolumeClaim"),
-    ("RoleBinding", "Service", "PodDisruptionBudget", "ScaledObject"),
-    ("Deployment", "Job", "DaemonSet"),
+    ("RoleBinding", "Service", "PodDisruptionBudget", "ScaledObject", "Deployment", "Job", "DaemonSet"),
 )
 
 # API answers that retrying the same apply cannot change: bad request, forbidden, no such resource

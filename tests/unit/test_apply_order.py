@@ -23,9 +23,15 @@ def test_every_kind_is_in_exactly_one_stage() -> None:
         ("Role", "RoleBinding"),
         # Fail closed: nothing serves before its NetworkPolicy exists.
         *[("NetworkPolicy", kind) for kind in SERVING_KINDS],
-        # What the pods use exists before the pods.
-        *[(kind, "Deployment") for kind in ("Secret", "ServiceAccount", "RoleBinding", "PersistentVolumeClaim")],
+        # What the pods use exists before the pods (their permissions may come with them: see APPLY_STAGES).
+        *[(kind, "Deployment") for kind in ("Secret", "ServiceAccount", "PersistentVolumeClaim")],
     ],
 )
 def test_a_kind_another_needs_is_applied_in_an_earlier_stage(first: str, then: str) -> None:
     assert _stage(first) < _stage(then), APPLY_STAGES
+
+
+def test_the_workloads_are_not_held_back_a_stage_by_the_rolebinding() -> None:
+    """A new endpoint's status waits for every stage; the RoleBinding's escalation check at the server
+    must not be a stage of its own before the workloads."""
+    assert _stage("RoleBinding") == _stage("Deployment"), APPLY_STAGES

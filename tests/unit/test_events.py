@@ -261,3 +261,35 @@ async def test_an_event_that_expired_is_not_patched_again() -> None:
     await recorder.drain()
     assert api.writes == ["POST speech", "PATCH speech", "POST speech"]
     assert len(api.events) == 1
+
+
+class SlowApi(FakeApi):
+    """Each request takes a while (a busy API server); counts how many are in flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> JSON:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)
+            return await super().request(method, path, **kwargs)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_burst_of_events_is_written_several_at_a_time_each_series_in_order() -> None:
+    api, clock = SlowApi(), Clock()
+    recorder = EventRecorder(api, instance="op-0", clock=clock, refresh_seconds=60.0)
+    for number in range(40):
+        api.endpoints[("speech", f"mini-{number}")] = f"u-1-{number}"
+        recorder.record(endpoint(number), "Normal", "Created", "created Deployment")
+        recorder.record(endpoint(number), "Normal", "Created", "created Deployment")  # a repeat: its series patched
+    await recorder.drain()
+    assert api.most_in_flight == events.WRITERS, f"at most {api.most_in_flight} writes in flight"
+    # Every series was created, then its repeat counted: a patch never overtook its create.
+    assert len(api.events) == 40
+    assert all((event.get("series") or {}).get("count") == 2 for event in api.events.values()), api.events

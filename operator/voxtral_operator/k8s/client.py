@@ -239,11 +239,12 @@ class ApiClient:
             await self.request("DELETE", resource.path(namespace, name), body=body, expected=NOT_FOUND)
 
     async def list_uids(
-        self, resource: Resource, namespace: str | None, label_selector: str | None = None, page_size: int = 500
+        self, resource: Resource, namespace: str | None, label_selector: str | None = None, page_size: int = 100
     ) -> set[str]:
         """The uids of every object listed, read page by page as metadata only: a fleet's worth of
         objects is never in memory at once. 404: a type the cluster does not serve (a CRD not
-        installed), raised as NotFound for the caller to decide."""
+        installed), raised as NotFound for the caller to decide. Small pages: each is decoded in the
+        event loop, and a page of 500 objects' metadata (managedFields and all) held it for about 0.1 s."""
         params = {"limit": str(page_size)}
         if label_selector:
             params["labelSelector"] = label_selector
