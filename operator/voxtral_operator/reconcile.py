@@ -181,10 +181,12 @@ class Reconciler:
     _phases: dict[Key, str] = field(default_factory=dict)
     # Each endpoint's rendered children, compressed JSON (a tenth of the objects' size in memory).
     _rendered: dict[Key, tuple[str, bytes]] = field(default_factory=dict)
-    # Endpoints (by UID) whose namespace refused a create as being deleted: their namespace never comes
-    # back, so no later reconcile of them writes (each child the namespace controller deletes would
-    # otherwise bring one more refused create). A namespace made again under the name has new endpoints.
-    _in_deleted_namespace: dict[Key, str] = field(default_factory=dict)
+    # Endpoints (by UID) known to be deleted before the cache shows it: their namespace refused a create
+    # as being deleted, or their status write answered 404. No later reconcile of them writes until
+    # their DELETED event arrives (each child the namespace controller or the garbage collector deletes
+    # would otherwise bring the children back, and the two would fight). An endpoint made again under
+    # the name has a new UID.
+    _known_deleted: dict[Key, str] = field(default_factory=dict)
     # The last active check through each endpoint's Service: (ok, reason, message).
     serving: dict[Key, tuple[bool, str, str]] = field(default_factory=dict)
     # What the endpoint's gateway pods report missing: (Secret name, key or "").
@@ -236,7 +238,7 @@ class Reconciler:
         self._backend_key_created.pop(key, None)
         self._phases.pop(key, None)
         self._rendered.pop(key, None)
-        self._in_deleted_namespace.pop(key, None)
+        self._known_deleted.pop(key, None)
         metrics.GPU_METER.forget(*key)
         self._update_phase_gauge()
 
@@ -283,7 +285,7 @@ class Reconciler:
         if meta.get("deletionTimestamp"):
             return
         uid = meta.get("uid")
-        if uid is not None and self._in_deleted_namespace.get(key) == uid:
+        if uid is not None and self._known_deleted.get(key) == uid:
             return
         generation = meta.get("generation")
         current_status: JSON = dict(endpoint.get("status") or {})
@@ -294,7 +296,7 @@ class Reconciler:
             new_status = status.invalid_status(
                 generation=generation, previous=current_status, message=message, now=self.clock()
             )
-            if await self._write_status(key, current_status, new_status):
+            if await self._write_status(key, current_status, new_status, uid):
                 self.post_event(endpoint, "Warning", status.INVALID_SPEC, message)
             return
 
@@ -322,7 +324,7 @@ class Reconciler:
             # No retry, no status, no Event: the namespace controller is deleting the endpoint too.
             logger.info("%s/%s: the namespace is being deleted; nothing more is written", *key)
             if uid is not None:
-                self._in_deleted_namespace[key] = uid
+                self._known_deleted[key] = uid
             return
 
         deployment = live_children.get(("Deployment", plan.name))
@@ -368,7 +370,7 @@ class Reconciler:
         self._post_change_events(endpoint, created, updated, deployment, plan.spec.desired_replicas)
         old_ready = status.condition_of(current_status, status.READY)
         old_serving = status.condition_of(current_status, status.SERVING) or {}
-        if await self._write_status(key, current_status, new_status):
+        if await self._write_status(key, current_status, new_status, uid):
             self._post_condition_events(endpoint, old_ready, status.condition_of(new_status, status.READY))
             new_serving = status.condition_of(new_status, status.SERVING) or {}
             if new_serving.get("reason") == status.SECRET_MISSING and old_serving.get("message") != new_serving.get(
@@ -609,7 +611,7 @@ class Reconciler:
     def _is_pending(self, entry: tuple[Any, float] | None, value: Any) -> bool:
         return entry is not None and entry[0] == value and time.monotonic() - entry[1] < self.pending_ttl
 
-    async def _write_status(self, key: Key, current: JSON, new: JSON) -> bool:
+    async def _write_status(self, key: Key, current: JSON, new: JSON, uid: str | None = None) -> bool:
         """Write status only when it differs from what is there (or what was just written)."""
         self._record_phase(key, new.get("phase"))
         if _status_view(current, new) == _status_view(new, new) or self._is_pending(self._pending_status.get(key), new):
@@ -620,7 +622,10 @@ class Reconciler:
         try:
             await self.client.apply_status(resources.ENDPOINTS, namespace, name, new, FIELD_MANAGER)
         except NotFound:
-            return False  # deleted while this reconcile ran: its DELETED event is on the way
+            if uid is not None:  # deleted while this reconcile ran: its DELETED event is on the way
+                logger.info("%s/%s: deleted (its status answered 404); nothing more is written", *key)
+                self._known_deleted[key] = uid
+            return False
         ready = status.condition_of(new, status.READY) or {}
         logs.log_phase_change(
             key, current.get("phase"), new.get("phase"), ready.get("reason", ""), ready.get("message", "")

@@ -167,3 +167,42 @@ async def test_a_deleted_child_is_not_deleted_again_when_an_older_event_of_it_ar
     with contextlib.suppress(ChildRefused):
         await reconciler.reconcile(key)
     assert [w for w in client.writes if w.startswith("DELETE")] == deletes, client.writes
+
+
+class DeletedEndpoint(ApiClient):
+    """The endpoint was deleted a moment ago: its children are still written (the garbage collector
+    removes them later), its status answers 404."""
+
+    def __init__(self) -> None:
+        super().__init__(Connection(server="http://api.invalid"), attempts=1)
+        self.writes: list[str] = []
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> JSON:
+        if method == "GET":
+            raise NotFound(404, "NotFound", "not found")
+        self.writes.append(f"{method} {path}")
+        if path.endswith("/status"):
+            raise NotFound(404, "NotFound", 'voxtralendpoints.voxtral.dev "voxtral-mini" not found')
+        return dict(kwargs.get("body") or {})
+
+
+async def test_an_endpoint_whose_status_answers_404_is_not_written_again_before_its_deleted_event() -> None:
+    endpoint = yaml.safe_load((ROOT / "examples" / "mini-on-l4.yaml").read_text())
+    endpoint["metadata"].update(uid="u-1", generation=1)
+    client = DeletedEndpoint()
+    reconciler = Reconciler(
+        client=client, config=OperatorConfig(), view=OneEndpoint(endpoint), post_event=lambda *_: None
+    )
+    await reconciler.reconcile(("speech", "voxtral-mini"))
+    assert client.writes[-1].endswith("/voxtralendpoints/voxtral-mini/status"), client.writes
+    # The cache still shows it (its DELETED event is queued): reconciled again, e.g. as the garbage
+    # collector deletes its children, nothing is written: no fight with the collector.
+    written = len(client.writes)
+    for _ in range(3):
+        await reconciler.reconcile(("speech", "voxtral-mini"))
+    assert client.writes[written:] == []
+    # An endpoint made again under the name (a new UID) is reconciled.
+    endpoint["metadata"]["uid"] = "u-2"
+    with contextlib.suppress(ChildRefused):  # this fake's cache never shows the children applied
+        await reconciler.reconcile(("speech", "voxtral-mini"))
+    assert len(client.writes) > written, client.writes
