@@ -9,16 +9,14 @@ an event not seen for SERIES_GAP_SECONDS starts afresh. Nothing is written unles
 happened: a steady endpoint costs no event writes.
 
 Writes go through WRITERS background tasks, a series' writes in order; `record` never blocks the
-reconciler. A series
-whose namespace or object is gone is dropped, never retried: a create answered 404 (the namespace
-is gone) or refused because the namespace is terminating drops every series of that namespace, a
-patch answered 404 drops its series, and the operator forgets the series of an endpoint it saw
-deleted. Any other failure (the API server restarting, 429, 5xx) is retried after RETRY_DELAYS, so
-a late Event lands within seconds of the API server's return, not a refresh later, and dropped after
-MAX_WRITE_ATTEMPTS. A
-create that was retried or waited longer than STALE_SECONDS is made only if the endpoint still
-exists with the same uid, so a namespace or endpoint recreated under the same name never receives
-the Events of its predecessor.
+reconciler. A series whose namespace or object is gone is dropped, never retried: a create answered
+404 (the namespace is gone) or refused because the namespace is terminating drops every series of
+that namespace, a patch answered 404 drops its series, and the operator forgets the series of an
+endpoint it saw deleted. Any other failure (the API server restarting, 429, 5xx) is retried after
+RETRY_DELAYS, so a late Event lands within seconds of the API server's return, not a refresh later,
+and dropped after MAX_WRITE_ATTEMPTS. A create that was retried or waited longer than STALE_SECONDS
+is made only if the endpoint still exists with the same uid, so a namespace or endpoint recreated
+under the same name never receives the Events of its predecessor.
 """
 
 from __future__ import annotations
