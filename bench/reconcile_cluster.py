@@ -197,7 +197,7 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
             if exc.status != 409:
                 raise
     # A fresh operator, so its peak RSS is this run's.
-    await asyncio.to_thread(subprocess.run, [str(ROOT / "e2e" / "cluster" / "operator"), "restart"], check=True)
+    await asyncio.to_thread(_operator, "restart")
     pid = int((state / "pids" / "operator").read_text())
     audit = state / "audit.log"
     requests_before = _api_requests()
@@ -256,8 +256,6 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
 
     # One at a time means on a cluster that has worked off the burst: else it measures the backlog.
     calm_after = await _cluster_calm(state)
-    target = count + paced
-    all_written.clear()
     paced_names = [_endpoint(index)["metadata"]["name"] for index in range(count, count + paced)]
     await asyncio.wait_for(
         _one_at_a_time(create, range(count, count + paced), lambda i: _endpoint(i)["metadata"]["name"] in written),
