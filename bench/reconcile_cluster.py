@@ -59,7 +59,8 @@ from voxtral_operator.reconcile import APPLY_STAGES
 from voxtral_testbed.kube import ApiError, Kube
 
 ROOT = Path(__file__).resolve().parents[1]
-OPERATOR_USER = "system:serviceaccount:voxtral-system:voxtral-operator"
+RELEASE, RELEASE_NAMESPACE = "voxtral-operator", "voxtral-system"
+OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
 NAMESPACES = [f"bench-{i}" for i in range(10)]
 FLOOR_NAMESPACES = [f"floor-{i}" for i in range(10)]
 PATH = "/apis/voxtral.dev/v1alpha1"
@@ -183,7 +184,37 @@ def _print_requests(events: list[dict[str, Any]], count: int, title: str) -> Non
         print(f"    {what:<40} {n / count:6.2f}  ({n})")
 
 
-async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: float) -> None:
+def _creator(kube: Kube, created: dict[str, float], concurrency: int = 16) -> Callable[[int], Awaitable[None]]:
+    """Creates endpoint `index`, at most `concurrency` at once, stamping in `created` when it is sent."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def create(index: int) -> None:
+        body = _endpoint(index)
+        async with semaphore:
+            created[body["metadata"]["name"]] = time.perf_counter()
+            await kube.request("POST", f"{PATH}/namespaces/{body['metadata']['namespace']}/voxtralendpoints", body)
+
+    return create
+
+
+async def _stamp_statuses(kube: Kube, created: dict[str, float], written: dict[str, float]) -> None:
+    """Stamps in `written` when each endpoint in `created` first shows a status, seen through a watch."""
+    async for kind, obj in kube.watch(f"{PATH}/voxtralendpoints"):
+        name = obj.get("metadata", {}).get("name")
+        status = obj.get("status") or {}
+        if kind != "SYNCED" and name in created and name not in written and status.get("observedGeneration"):
+            written[name] = time.perf_counter()
+
+
+async def _all_stamped(written: dict[str, float], count: int, give_up_after: float) -> None:
+    deadline = time.perf_counter() + give_up_after
+    while len(written) < count:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{len(written)} of {count} statuses written within {give_up_after:.0f} s")
+        await asyncio.sleep(0.1)
+
+
+async def _fresh_namespaces(kube: Kube) -> None:
     for namespace in NAMESPACES:
         # A previous run's namespaces are deleted at its end: their garbage collection must not share this run.
         for _ in range(360):
@@ -196,6 +227,10 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
         except ApiError as exc:
             if exc.status != 409:
                 raise
+
+
+async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: float) -> None:
+    await _fresh_namespaces(kube)
     # A fresh operator, so its peak RSS is this run's.
     await asyncio.to_thread(_operator, "restart")
     pid = int((state / "pids" / "operator").read_text())
@@ -207,32 +242,13 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
 
     created: dict[str, float] = {}
     written: dict[str, float] = {}
-    all_written = asyncio.Event()
-    target = count
-
-    async def watch() -> None:
-        async for kind, obj in kube.watch(f"{PATH}/voxtralendpoints"):
-            if kind == "SYNCED":
-                continue
-            name = obj["metadata"]["name"]
-            if name in created and name not in written and (obj.get("status") or {}).get("observedGeneration"):
-                written[name] = time.perf_counter()
-                if len(written) >= target:
-                    all_written.set()
-
-    watcher = asyncio.create_task(watch())
-    semaphore = asyncio.Semaphore(16)
-
-    async def create(index: int) -> None:
-        body = _endpoint(index)
-        async with semaphore:
-            created[body["metadata"]["name"]] = time.perf_counter()
-            await kube.request("POST", f"{PATH}/namespaces/{body['metadata']['namespace']}/voxtralendpoints", body)
+    watcher = asyncio.create_task(_stamp_statuses(kube, created, written))
+    create = _creator(kube, created)
 
     started = time.perf_counter()
     await asyncio.gather(*(create(i) for i in range(count)))
     creating = time.perf_counter() - started
-    await asyncio.wait_for(all_written.wait(), timeout=1800)
+    await _all_stamped(written, count, 1800)
     total = max(written.values()) - started
     burst = [(written[k] - created[k]) * 1000 for k in list(created)[:count]]
     allocations, _ = _audit_events(audit, burst_offset)
@@ -479,20 +495,10 @@ async def _paced_only(kube: Kube, state: Path, paced: int) -> None:
     created: dict[str, float] = {}
     written: dict[str, float] = {}
 
-    async def watch() -> None:
-        async for kind, obj in kube.watch(f"{PATH}/voxtralendpoints"):
-            name = obj.get("metadata", {}).get("name")
-            status = obj.get("status") or {}
-            if kind != "SYNCED" and name in created and name not in written and status.get("observedGeneration"):
-                written[name] = time.perf_counter()
-
-    watcher = asyncio.create_task(watch())
+    watcher = asyncio.create_task(_stamp_statuses(kube, created, written))
     await asyncio.sleep(2)  # the watch's listing first
 
-    async def create(index: int) -> None:
-        body = _endpoint(index)
-        created[body["metadata"]["name"]] = time.perf_counter()
-        await kube.request("POST", f"{PATH}/namespaces/{body['metadata']['namespace']}/voxtralendpoints", body)
+    create = _creator(kube, created)
 
     first = existing + 10_000
     await asyncio.wait_for(
@@ -595,16 +601,19 @@ def _chart_intervals() -> list[str]:
     return [arg for key in BENCH_INTERVALS for arg in ("--set", f"operatorConfig.{key}={values[key]}")]
 
 
-def _helm(*args: str, bench: bool = True) -> None:
-    """The release upgraded with the local cluster's values, and for the benchmark the chart's intervals."""
+def _helm(*args: str, bench: bool = True, release: tuple[str, str] = (RELEASE, RELEASE_NAMESPACE)) -> None:
+    """The release upgraded (installed, if it is another than the local cluster's) with the local
+    cluster's values, and for the benchmark the chart's intervals."""
     subprocess.run(
         [
             str(ROOT / ".tools" / "helm"),
             "upgrade",
-            "voxtral-operator",
+            "--install",
+            "--create-namespace",
+            release[0],
             str(ROOT / "charts" / "voxtral-operator"),
             "-n",
-            "voxtral-system",
+            release[1],
             "-f",
             str(ROOT / "e2e" / "cluster" / "values.yaml"),
             *(_chart_intervals() if bench else []),
@@ -617,8 +626,119 @@ def _helm(*args: str, bench: bool = True) -> None:
     )
 
 
-def _operator(action: str, instance: int = 1) -> None:
-    subprocess.run([str(ROOT / "e2e" / "cluster" / "operator"), action, str(instance)], check=True, timeout=1800)
+def _operator(action: str, instance: int = 1, release: tuple[str, str] | None = None) -> None:
+    env = dict(os.environ)
+    if release is not None:
+        env["VOXTRAL_RELEASE"], env["VOXTRAL_RELEASE_NAMESPACE"] = release
+    subprocess.run(
+        [str(ROOT / "e2e" / "cluster" / "operator"), action, str(instance)], check=True, timeout=1800, env=env
+    )
+
+
+async def _releases(kube: Kube, state: Path, count: int, releases: int, idle_seconds: float) -> None:
+    """The burst split over several releases of the chart, each watching its own share of the ten
+    namespaces (README "Where one process stops"): when every status is written, each operator's peak
+    RSS after the burst and after all of them restart at once, and their writes while idle and after
+    the restart (none is due)."""
+    audit = state / "audit.log"
+    shares = [NAMESPACES[i::releases] for i in range(releases)]
+    # Release k beside the local cluster's own, in a namespace of its name; instance 2 is the takeover's peer.
+    names = [(RELEASE, RELEASE_NAMESPACE)] + [
+        (f"voxtral-operator-r{k}", f"voxtral-operator-r{k}") for k in range(1, releases)
+    ]
+    instances = [1] + [k + 2 for k in range(1, releases)]
+    users = {f"system:serviceaccount:{namespace}:{name}" for name, namespace in names}
+    split = ("--set", "refuseUnwatchedNamespaces=false", "--set", "priorityClasses.create=false")
+
+    def start_all(action: str) -> Awaitable[Any]:
+        return asyncio.gather(
+            *(
+                asyncio.to_thread(_operator, action, instance, release if k else None)
+                for k, (instance, release) in enumerate(zip(instances, names, strict=True))
+            )
+        )
+
+    def writes_since(offset: int) -> tuple[list[dict[str, Any]], int]:
+        events, offset = _audit_events(audit, offset)
+        return [e for e in events if e["user"]["username"] in users and e["verb"] in WRITE_VERBS], offset
+
+    await _fresh_namespaces(kube)
+    for k, release in enumerate(names):
+        # The local cluster's own release keeps its PriorityClasses (the e2e tests' namespaces use them).
+        extra = split if k else split[:2]
+        await asyncio.to_thread(_helm, *extra, "--set", f"watchNamespaces={{{','.join(shares[k])}}}", release=release)
+    try:
+        await start_all("restart")
+        pids = [_pid(state, instance) for instance in instances]
+        _, offset = writes_since(0)
+        created: dict[str, float] = {}
+        written: dict[str, float] = {}
+
+        watcher = asyncio.create_task(_stamp_statuses(kube, created, written))
+        await asyncio.sleep(2)  # the watch's listing first
+        create = _creator(kube, created)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(create(i) for i in range(count)))
+        await _all_stamped(written, count, 1800)
+        watcher.cancel()
+        total = max(written.values(), default=started) - started
+        burst_writes, offset = writes_since(offset)
+        quiet_since = time.perf_counter()
+        while time.perf_counter() - quiet_since < 5:
+            await asyncio.sleep(1)
+            new, offset = writes_since(offset)
+            burst_writes += new
+            if new:
+                quiet_since = time.perf_counter()
+        settled = quiet_since - started
+        burst_rss = [_peak_rss_mb(pid) for pid in pids]
+        wrote_in = {
+            user: sorted(
+                {(e.get("objectRef") or {}).get("namespace", "") for e in burst_writes if e["user"]["username"] == user}
+            )
+            for user in sorted(users)
+        }
+        await asyncio.sleep(idle_seconds)
+        idle_writes, offset = writes_since(offset)
+
+        for instance in instances:
+            await asyncio.to_thread(_operator, "stop", instance)
+        restarted = time.perf_counter()
+        await start_all("start")
+        live = time.perf_counter() - restarted
+        await asyncio.sleep(idle_seconds)
+        restart_writes, _ = writes_since(offset)
+        restart_rss = [_peak_rss_mb(_pid(state, instance)) for instance in instances]
+        print(
+            f"{releases} releases, {count} endpoints at once over {len(NAMESPACES)} namespaces: "
+            f"{len(written)} statuses written, the last after {total:.1f} s; settled (no writes) at {settled:.1f} s"
+        )
+        for k, (name, _) in enumerate(names):
+            print(
+                f"  {name:<22} namespaces {','.join(shares[k])}: peak RSS {burst_rss[k]:.0f} MB after the burst, "
+                f"{restart_rss[k]:.0f} MB after the restart"
+            )
+        print(f"  namespaces each release's operator wrote in: {wrote_in}")
+        print(
+            f"  writes while idle ({idle_seconds:.0f} s): {len(idle_writes)}; all restarted at once, live after "
+            f"{live:.1f} s, writes in the {idle_seconds:.0f} s after: {len(restart_writes)}",
+            flush=True,
+        )
+    finally:
+        for k in range(1, releases):
+            await asyncio.to_thread(_operator, "stop", instances[k], names[k])
+            name, namespace = names[k]
+            await asyncio.to_thread(
+                subprocess.run,
+                [str(ROOT / ".tools" / "helm"), "uninstall", name, "-n", namespace, "--wait"],
+                capture_output=True,
+                timeout=300,
+            )
+            with contextlib.suppress(ApiError):
+                await kube.request("DELETE", f"/api/v1/namespaces/{namespace}")
+        await asyncio.to_thread(_helm)
+        await asyncio.to_thread(_operator, "restart")
 
 
 async def _takeover(kube: Kube, state: Path, count: int, changes: int) -> None:
@@ -763,6 +883,9 @@ def main() -> None:
     parser.add_argument("--floor-only", action="store_true", help="the server's floor alone")
     parser.add_argument("--floor-concurrency", type=int, default=64, help="endpoints the bare client writes at once")
     parser.add_argument("--takeover-changes", type=int, default=50, help="endpoints changed in the takeover's burst")
+    parser.add_argument(
+        "--releases", type=int, default=1, help="more than 1: the burst split over this many releases, and nothing else"
+    )
     args = parser.parse_args()
     state = Path(os.environ.get("VOXTRAL_LOCAL_CLUSTER", ROOT / ".tools" / "cluster"))
     kube = Kube.from_kubeconfig(os.environ["KUBECONFIG"])
@@ -777,6 +900,9 @@ def main() -> None:
                 await _floor(kube, state, args.endpoints, args.paced, args.floor_concurrency)
                 if args.floor_only:
                     return
+            if args.releases > 1:
+                await _releases(kube, state, args.endpoints, args.releases, args.idle_seconds)
+                return
             if args.paced_only:
                 await _paced_only(kube, state, args.paced)
                 return

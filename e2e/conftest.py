@@ -132,8 +132,14 @@ class LocalCluster:
     def audit_offset(self) -> int:
         return self.audit_log.stat().st_size
 
-    def operator(self, action: str, instance: int = 1) -> None:
-        subprocess.run([str(ROOT / "e2e" / "cluster" / "operator"), action, str(instance)], check=True, timeout=120)
+    def operator(self, action: str, instance: int = 1, release: tuple[str, str] | None = None) -> None:
+        """e2e/cluster/operator: the local cluster's release, or `release` (name, namespace) another one's."""
+        env = dict(os.environ)
+        if release is not None:
+            env["VOXTRAL_RELEASE"], env["VOXTRAL_RELEASE_NAMESPACE"] = release
+        subprocess.run(
+            [str(ROOT / "e2e" / "cluster" / "operator"), action, str(instance)], check=True, timeout=120, env=env
+        )
 
     def set_fault(self, namespace: str, endpoint: str, fault: dict[str, Any] | None) -> None:
         """Pods of the endpoint started from now on behave so (see voxtral_testbed.node_agent)."""

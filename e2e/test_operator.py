@@ -179,6 +179,78 @@ def test_peering_in_every_watched_namespace(kubectl: Kubectl, local: LocalCluste
             kubectl.run("delete", "namespace", ns, "--wait=false", check=False)
 
 
+SECOND_RELEASE = ("voxtral-operator-b", "voxtral-operator-b")
+SECOND_USER = "system:serviceaccount:voxtral-operator-b:voxtral-operator-b"
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+def test_two_releases_each_reconcile_their_own_namespaces(
+    kubectl: Kubectl, local: LocalCluster, unique_name: str
+) -> None:
+    """Several releases of the chart, each watching its own namespaces (README "Where one process
+    stops"): each one's endpoint is reconciled by it, and the audit log shows neither writing in the
+    other's namespace."""
+    first, second = f"{unique_name}-a", f"{unique_name}-b"
+    name, namespace = SECOND_RELEASE
+    for ns in (first, second):
+        kubectl.run("create", "namespace", ns)
+    helm = str(ROOT / ".tools" / "helm")
+    split = ["--set", "refuseUnwatchedNamespaces=false"]
+    try:
+        _helm(*split, "--set", f"watchNamespaces={{{first}}}")
+        installed = subprocess.run(
+            [
+                helm,
+                "install",
+                name,
+                str(ROOT / "charts" / "voxtral-operator"),
+                "-n",
+                namespace,
+                "--create-namespace",
+                "-f",
+                str(ROOT / "e2e" / "cluster" / "values.yaml"),
+                *split,
+                "--set",
+                f"watchNamespaces={{{second}}}",
+                # Cluster-wide objects one release owns: the PriorityClasses.
+                "--set",
+                "priorityClasses.create=false",
+                "--wait",
+            ],
+            timeout=180,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert installed.returncode == 0, f"helm install {name}: {installed.stderr}"
+        local.operator("restart", 1)
+        local.operator("start", 3, release=SECOND_RELEASE)
+        offset = local.audit_offset()
+        for ns in (first, second):
+            kubectl.apply(endpoint_body("vx", ns))
+        for ns in (first, second):
+            wait_ready(kubectl, "vx", ns, timeout=120)
+        entries, _ = local.audit(offset)
+        written = {
+            user: sorted({e.namespace for e in entries if e.user == user and e.verb in WRITE_VERBS})
+            for user in (OPERATOR_USER, SECOND_USER)
+        }
+        assert written == {OPERATOR_USER: [first], SECOND_USER: [second]}, (
+            f"namespaces each release's operator wrote in: {written}"
+        )
+        for ns in (first, second):
+            delete_endpoint(kubectl, "vx", ns)
+    finally:
+        local.operator("stop", 3, release=SECOND_RELEASE)
+        subprocess.run([helm, "uninstall", name, "-n", namespace, "--wait"], timeout=180, check=False)
+        try:
+            _helm()
+        finally:
+            local.operator("restart", 1)
+        for ns in (first, second, namespace):
+            kubectl.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
 def test_helm_upgrade_and_uninstall_are_clean(kubectl: Kubectl, local: LocalCluster) -> None:
     _helm("--set", "operatorConfig.servingCheckSeconds=3")
     config = kubectl.get("configmap", "voxtral-operator-config", "voxtral-system")
