@@ -17,8 +17,9 @@ import kopf
 from voxtral_operator import cache, events, render
 from voxtral_operator.api import models
 from voxtral_operator.autoscale.loop import Autoscaler, peering_is_active
+from voxtral_operator.children import ChildCache
 from voxtral_operator.k8s import resources
-from voxtral_operator.k8s.client import FIELD_MANAGER, ApiClient, Connection
+from voxtral_operator.k8s.client import ApiClient, Connection
 from voxtral_operator.reconcile import ChildKey, EmptyView, Key, Reconciler
 from voxtral_operator.resync import Resync
 from voxtral_operator.runtime import STATE
@@ -44,7 +45,7 @@ class IndexView:
     def __init__(
         self,
         endpoints: kopf.Index[Any, Any],
-        children: list[kopf.Index[Any, Any]],
+        children: ChildCache,
         pods: kopf.Index[Any, Any],
         namespaces: kopf.Index[Any, Any],
         gateway_pods: kopf.Index[Any, Any] | None = None,
@@ -68,10 +69,9 @@ class IndexView:
 
     def children(self, key: Key) -> dict[ChildKey, dict[str, Any]]:
         found: dict[ChildKey, dict[str, Any]] = {}
-        for index in self._children:
-            for body in index.get(key, []):
-                if self._present(body):
-                    found[(body["kind"], body["metadata"]["name"])] = body
+        for body in self._children.get(key):
+            if self._present(body):
+                found[(body["kind"], body["metadata"]["name"])] = body
         return found
 
     def pods(self, key: Key) -> list[dict[str, Any]]:
@@ -91,8 +91,8 @@ class IndexView:
         return None
 
     def cached_uids(self) -> dict[str, Key]:
-        uids: dict[str, Key] = {}
-        for index in (self._endpoints, *self._children, self._pods):
+        uids: dict[str, Key] = self._children.uids()
+        for index in (self._endpoints, self._pods):
             for key in index:
                 for body in index.get(key, []):
                     uids[_uid(body)] = key
@@ -166,11 +166,17 @@ def _reconciler(**indexes: Any) -> Reconciler:
     if not isinstance(reconciler.view, IndexView):
         reconciler.view = IndexView(
             indexes["endpoint_index"],
-            [indexes[f"{r.plural}_index"] for r in resources.CHILDREN],
+            STATE.children,
             indexes["pod_index"],
             indexes["namespace_index"],
             indexes["gateway_pod_index"],
         )
+
+        def child_changed(key: Key, kind: str, name: str) -> None:
+            reconciler.child_observed(key, kind, name)
+            reconciler.enqueue(key)
+
+        STATE.children.on_change = child_changed
         _start_autoscaler(reconciler)
         _start_resync(reconciler, reconciler.view)
     return reconciler
@@ -222,31 +228,19 @@ async def endpoint_index(namespace: str, name: str, body: kopf.Body, **_: Any) -
     return {(namespace, name): cache.endpoint(_plain(body))}
 
 
-def _child_index(resource: resources.Resource) -> None:
-    """A watch cache of one child kind, and a trigger for the owning endpoint on every change."""
-    where = (resource.group, resource.version, resource.plural)
-    labels = {**MANAGED, render.LABEL_INSTANCE: kopf.PRESENT}
-
-    async def index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-        return {
-            (namespace, labels[render.LABEL_INSTANCE]): {
-                **cache.child(_plain(body), FIELD_MANAGER),
-                "kind": resource.kind,
-            }
-        }
-
-    async def changed(namespace: str, name: str, labels: kopf.Labels, **kwargs: Any) -> None:
-        key = (namespace, labels[render.LABEL_INSTANCE])
-        reconciler = _reconciler(**kwargs)
-        reconciler.child_observed(key, resource.kind, name)
-        reconciler.enqueue(key)
-
-    kopf.index(*where, id=f"{resource.plural}_index", labels=labels)(index)
-    kopf.on.event(*where, id=f"{resource.plural}_changed", labels=labels)(changed)
+async def child_watched(**_: Any) -> None:
+    """Never called: a child kind's events stop in children.ChildCache (STATE.children, which
+    triggers the owning endpoint's reconcile); kopf watches a kind only while a handler wants it."""
 
 
 for _resource in resources.CHILDREN:
-    _child_index(_resource)
+    kopf.on.event(
+        _resource.group,
+        _resource.version,
+        _resource.plural,
+        id=f"{_resource.plural}_watched",
+        labels={**MANAGED, render.LABEL_INSTANCE: kopf.PRESENT},
+    )(child_watched)
 
 
 @kopf.index("", "v1", "pods", labels=POD_LABELS)

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from voxtral_operator.children import ChildCache
 from voxtral_operator.config import OperatorConfig
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ class OperatorState:
     identity: str = ""
     user_agent: str | None = None
     namespaces: list[str] = field(default_factory=list)
+    # The children's watch cache (children.py), filled by the watch streams from the first listing on.
+    children: ChildCache = field(default_factory=ChildCache)
     autoscaler_task: asyncio.Task[None] | None = None
     resync_task: asyncio.Task[None] | None = None
     resync: Resync | None = None

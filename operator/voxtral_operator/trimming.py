@@ -38,10 +38,11 @@ from kopf._cogs.configs import configuration
 from kopf._cogs.helpers import typedefs
 from kopf._cogs.structs import references
 
-from voxtral_operator import cache
+from voxtral_operator import cache, children
 from voxtral_operator.api import models
 from voxtral_operator.k8s import resources
 from voxtral_operator.k8s.client import FIELD_MANAGER
+from voxtral_operator.runtime import STATE
 
 STOCK_INFINITE_WATCH = watching.infinite_watch
 STOCK_FETCH_OBJS = fetching.fetch_objs
@@ -316,9 +317,15 @@ def _fetch_objs(
     return _streamed_pages(settings=settings, resource=resource, namespace=namespace, logger=logger, trim=trim)
 
 
+CHILD_KINDS = {(r.group, r.version, r.plural): r.kind for r in resources.CHILDREN}
+
+
 def _infinite_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
     events = STOCK_INFINITE_WATCH(resource=resource, **kwargs)
     trim = _trim_for(resource)
+    kind = CHILD_KINDS.get((resource.group, resource.version, resource.plural))
+    if trim is not None and kind is not None:  # kept by the operator, never queued by kopf (children.py)
+        return children.taken(events, STATE.children, kind, kwargs.get("namespace"), trim)
     return events if trim is None else trimmed(events, trim)
 
 
