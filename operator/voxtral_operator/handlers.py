@@ -228,19 +228,20 @@ async def endpoint_index(namespace: str, name: str, body: kopf.Body, **_: Any) -
     return {(namespace, name): cache.endpoint(_plain(body))}
 
 
-async def child_watched(**_: Any) -> None:
-    """Never called: a child kind's events stop in children.ChildCache (STATE.children, which
-    triggers the owning endpoint's reconcile); kopf watches a kind only while a handler wants it."""
+async def child_listed(**_: Any) -> None:
+    """Never called: a child kind's objects stop in children.ChildCache (STATE.children, which also
+    triggers the owning endpoint's reconcile). Registered as an index so that kopf watches the kind
+    and holds every other handler until its listing is over, that is, until the cache is full."""
 
 
 for _resource in resources.CHILDREN:
-    kopf.on.event(
+    kopf.index(
         _resource.group,
         _resource.version,
         _resource.plural,
-        id=f"{_resource.plural}_watched",
+        id=f"{_resource.plural}_listed",
         labels={**MANAGED, render.LABEL_INSTANCE: kopf.PRESENT},
-    )(child_watched)
+    )(child_listed)
 
 
 @kopf.index("", "v1", "pods", labels=POD_LABELS)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from kopf._cogs.clients import watching
+from kopf._cogs.structs import references
 
 from voxtral_operator import children, render
 from voxtral_operator.trimming import trim_child
@@ -144,3 +145,23 @@ def test_a_namespaced_relist_drops_nothing_of_other_namespaces_or_kinds() -> Non
     _run(cache, {"type": None, "object": _child("a1", "vx", "vx")}, LISTED, namespace="team-a")
     _run(cache, LISTED, namespace="team-a")  # team-a's Services are all gone
     assert sorted(cache.uids()) == ["b1", "d1"]
+
+
+def test_kopf_holds_its_handlers_until_every_child_kind_is_listed() -> None:
+    """A restarted operator must compare against full caches before it could write. kopf's start-up
+    gate waits only for the listings of kinds with an index handler (orchestration.spawn_missing_watchers),
+    and a child kind's objects never reach kopf: each kind is registered as an index all the same."""
+    import kopf
+
+    from voxtral_operator import handlers  # noqa: F401 - registers the handlers
+    from voxtral_operator.k8s import resources
+
+    registry = kopf.get_default_registry()
+    not_gated = [
+        r.plural
+        for r in resources.CHILDREN
+        if not registry._indexing.has_handlers(
+            resource=references.Resource(r.group, r.version, r.plural, namespaced=True)
+        )
+    ]
+    assert not not_gated, f"child kinds kopf would not wait for at start-up: {not_gated}"
