@@ -18,6 +18,9 @@ shows the new generation, and every write the restarted operator makes (none but
 Then a takeover at scale: two replicas with peering, a burst of changed endpoints, the active replica
 killed (SIGKILL) at its first write: when the other writes, when every change is in a status, and
 whether the audit log shows an endpoint written by both at once (each replica's User-Agent names it).
+With `--releases N`, the burst alone, split over N releases of the chart that each watch their own
+share of the namespaces: when every status is written, each operator's peak RSS after the burst
+and after all of them restart, the namespaces each one wrote in, and their writes while idle.
 Every node is cordoned for the run (and uncordoned after it), so no pod runs: the gateway pods
 would otherwise run on the CPU node as processes on the control plane's own cores. The server's own
 floor (`--floor`) comes first: the same endpoints' writes from a bare client, with the operator

@@ -1,7 +1,9 @@
 """kopf glue: watch caches (indexes) and triggers. No logic lives here.
 
 kopf starts non-indexing handlers only after every index is filled by the initial listing, so a
-restarted operator compares against the whole cluster before it could write anything.
+restarted operator compares against the whole cluster before it could write anything. The
+children's cache is the operator's own (children.py); each child kind is registered as an index
+only so that kopf watches it and waits for its listing.
 No on.create/on.update handlers, daemons or timers: those would make kopf store progress
 annotations and add finalizers (writes) that a level-triggered design does not need.
 """
