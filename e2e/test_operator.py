@@ -201,7 +201,8 @@ def test_two_releases_each_reconcile_their_own_namespaces(
         installed = subprocess.run(
             [
                 helm,
-                "install",
+                "upgrade",
+                "--install",  # a run cut short may have left it
                 name,
                 str(ROOT / "charts" / "voxtral-operator"),
                 "-n",
@@ -222,7 +223,7 @@ def test_two_releases_each_reconcile_their_own_namespaces(
             text=True,
             check=False,
         )
-        assert installed.returncode == 0, f"helm install {name}: {installed.stderr}"
+        assert installed.returncode == 0, f"helm upgrade --install {name}: {installed.stderr}"
         local.operator("restart", 1)
         local.operator("start", 3, release=SECOND_RELEASE)
         offset = local.audit_offset()

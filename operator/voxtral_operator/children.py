@@ -39,9 +39,6 @@ class ChildCache:
     def uids(self) -> dict[str, Key]:
         return dict(self._key_of)
 
-    def __len__(self) -> int:
-        return len(self._key_of)
-
     def put(self, key: Key, uid: str, body: dict[str, Any]) -> bool:
         """Stores the object; whether it is new or another version than the one stored."""
         old = self._key_of.get(uid)
