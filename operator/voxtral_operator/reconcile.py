@@ -53,6 +53,10 @@ class NamespaceTerminating(Exception):
     """The endpoint's namespace is being deleted: nothing can be created there, and the endpoint goes too."""
 
 
+class EndpointGone(Exception):
+    """The endpoint is no longer on the server, though the watch cache still holds it."""
+
+
 class ChildRefused(Exception):
     """A child cannot be applied until something outside the operator changes (reported in status)."""
 
@@ -316,10 +320,18 @@ class Reconciler:
             # The spec is unchanged since status last described it: a new desired object comes from
             # the operator's config (or version), and the log line says so.
             spec_changed = current_status.get("observedGeneration") != generation
-            created, updated = await self._apply_children(key, plan.uid, applied, live_children, spec_changed)
+            established = current_status.get("observedGeneration") is not None
+            created, updated = await self._apply_children(
+                key, plan.uid, applied, live_children, spec_changed, established
+            )
             await self._delete_stale_children(key, plan.uid, desired, live_children)
         except ChildRefused as exc:
             refused = exc
+        except EndpointGone:
+            logger.info("%s/%s: deleted on the server, its DELETED event not yet seen; nothing is re-created", *key)
+            if uid is not None:
+                self._known_deleted[key] = uid
+            return
         except NamespaceTerminating:
             # No retry, no status, no Event: the namespace controller is deleting the endpoint too.
             logger.info("%s/%s: the namespace is being deleted; nothing more is written", *key)
@@ -403,6 +415,7 @@ class Reconciler:
         desired: list[JSON],
         live_children: Mapping[ChildKey, JSON],
         spec_changed: bool = True,
+        established: bool = False,
     ) -> tuple[list[str], list[str]]:
         created: list[str] = []
         updated: list[str] = []
@@ -418,6 +431,14 @@ class Reconciler:
             and _child_key(obj) not in live_children
             and not self._is_pending(self._pending_children.get((key, _child_key(obj))), None)
         }
+        # A child of an endpoint reconciled before is missing: most often the garbage collector took
+        # it because the endpoint was deleted, and the children's events came before the endpoint's.
+        # The endpoint itself is looked at with the children, so nothing is made again for it.
+        owner = (
+            asyncio.ensure_future(self.client.get(resources.ENDPOINTS, key[0], key[1]))
+            if lookups and established
+            else None
+        )
 
         async def one(obj: JSON) -> str | None:
             if obj["kind"] in CREATE_ONLY_KINDS:
@@ -426,11 +447,16 @@ class Reconciler:
             return await self._apply_child(key, uid, obj, live_children.get(child), spec_changed, lookups.get(child))
 
         try:
+            if owner is not None:
+                found = await owner
+                if found is None or (uid is not None and found.get("metadata", {}).get("uid") != uid):
+                    raise EndpointGone(f"{key[0]}/{key[1]}")
             await self._apply_stages(desired, live_children, one, refusals, created, updated)
         finally:
-            for lookup in lookups.values():
+            pending = [*lookups.values(), *([owner] if owner is not None else [])]
+            for lookup in pending:
                 lookup.cancel()
-            await asyncio.gather(*lookups.values(), return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
         if refusals:
             reasons = sorted({r.reason for r in refusals}, key=lambda r: r == "NetworkPolicyMissing")
             raise ChildRefused(reasons[0], "; ".join(r.message for r in refusals))

@@ -206,3 +206,39 @@ async def test_an_endpoint_whose_status_answers_404_is_not_written_again_before_
     with contextlib.suppress(ChildRefused):  # this fake's cache never shows the children applied
         await reconciler.reconcile(("speech", "voxtral-mini"))
     assert len(client.writes) > written, client.writes
+
+
+class CollectedChildren(DeletedEndpoint):
+    """The garbage collector has taken the children (each look answers 404); the endpoint itself is
+    on the server as `on_server` says: gone, made again under its name (another UID), or there."""
+
+    def __init__(self, on_server: JSON | None) -> None:
+        super().__init__()
+        self.on_server = on_server
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> JSON:
+        if method == "GET" and path.endswith("/voxtralendpoints/voxtral-mini") and self.on_server is not None:
+            return self.on_server
+        return await super().request(method, path, **kwargs)
+
+
+@pytest.mark.parametrize("on_server", ["gone", "made again", "there"])
+async def test_children_of_an_endpoint_deleted_on_the_server_are_not_made_again(on_server: str) -> None:
+    """The endpoint was deleted and the collector took its children; their events came before the
+    endpoint's, whose cache still shows it, reconciled before. Nothing is made again for it, unless
+    the server still has that endpoint (a child deleted by hand is made again)."""
+    endpoint = yaml.safe_load((ROOT / "examples" / "mini-on-l4.yaml").read_text())
+    endpoint["metadata"].update(uid="u-1", generation=1)
+    endpoint["status"] = {"observedGeneration": 1}
+    found = {"gone": None, "made again": {"metadata": {"uid": "u-2"}}, "there": endpoint}[on_server]
+    client = CollectedChildren(found)
+    reconciler = Reconciler(
+        client=client, config=OperatorConfig(), view=OneEndpoint(endpoint), post_event=lambda *_: None
+    )
+    with contextlib.suppress(ChildRefused):  # this fake's cache never shows the children applied
+        await reconciler.reconcile(("speech", "voxtral-mini"))
+    child_writes = [w for w in client.writes if "/voxtralendpoints/" not in w]
+    if on_server == "there":
+        assert child_writes, "a child missing from an endpoint still on the server was not made again"
+    else:
+        assert child_writes == [], f"children made again for an endpoint {on_server} on the server: {child_writes}"
