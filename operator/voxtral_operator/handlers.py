@@ -1,9 +1,9 @@
 """kopf glue: watch caches (indexes) and triggers. No logic lives here.
 
 kopf starts non-indexing handlers only after every index is filled by the initial listing, so a
-restarted operator compares against the whole cluster before it could write anything. The
-children's cache is the operator's own (children.py); each child kind is registered as an index
-only so that kopf watches it and waits for its listing.
+restarted operator compares against the whole cluster before it could write anything. The caches
+of children and pods are the operator's own (children.py); each of those kinds is registered as an
+index only so that kopf watches it and waits for its listing.
 No on.create/on.update handlers, daemons or timers: those would make kopf store progress
 annotations and add finalizers (writes) that a level-triggered design does not need.
 """
@@ -25,13 +25,10 @@ from voxtral_operator.k8s.client import ApiClient, Connection
 from voxtral_operator.reconcile import ChildKey, EmptyView, Key, Reconciler
 from voxtral_operator.resync import Resync
 from voxtral_operator.runtime import STATE
-from voxtral_operator.status import pod_summary
 
 logger = logging.getLogger(__name__)
 
 MANAGED = {render.LABEL_MANAGED_BY: render.MANAGED_BY}
-POD_LABELS = {render.LABEL_NAME: render.APP_NAME, render.LABEL_INSTANCE: kopf.PRESENT}
-GATEWAY_POD_LABELS = {render.LABEL_NAME: render.gateway.GATEWAY_APP_NAME, render.LABEL_INSTANCE: kopf.PRESENT}
 # What the server selects for the operator's watches of children and pods (all carry both labels).
 WATCHED_SELECTOR = f"{render.LABEL_MANAGED_BY}={render.MANAGED_BY},{render.LABEL_INSTANCE}"
 QUEUE_IDLE_SECONDS = 0.5
@@ -42,15 +39,16 @@ def _plain(body: Any) -> dict[str, Any]:
 
 
 class IndexView:
-    """The Reconciler's ClusterView over kopf's in-memory indexes."""
+    """The Reconciler's ClusterView over kopf's indexes (endpoints, namespaces) and the operator's
+    own watch caches (children, pods)."""
 
     def __init__(
         self,
         endpoints: kopf.Index[Any, Any],
         children: ChildCache,
-        pods: kopf.Index[Any, Any],
+        pods: ChildCache,
         namespaces: kopf.Index[Any, Any],
-        gateway_pods: kopf.Index[Any, Any] | None = None,
+        gateway_pods: ChildCache,
     ):
         self._gateway_pods = gateway_pods
         self._endpoints = endpoints
@@ -77,12 +75,10 @@ class IndexView:
         return found
 
     def pods(self, key: Key) -> list[dict[str, Any]]:
-        return [pod for pod in self._pods.get(key, []) if self._present(pod)]
+        return [pod for pod in self._pods.get(key) if self._present(pod)]
 
     def gateway_pods(self, key: Key) -> list[dict[str, Any]]:
-        if self._gateway_pods is None:
-            return []
-        return [pod for pod in self._gateway_pods.get(key, []) if self._present(pod)]
+        return [pod for pod in self._gateway_pods.get(key) if self._present(pod)]
 
     def endpoint_keys(self) -> list[Key]:
         return [key for key in self._endpoints if self.endpoint(key) is not None]
@@ -93,11 +89,10 @@ class IndexView:
         return None
 
     def cached_uids(self) -> dict[str, Key]:
-        uids: dict[str, Key] = self._children.uids()
-        for index in (self._endpoints, self._pods):
-            for key in index:
-                for body in index.get(key, []):
-                    uids[_uid(body)] = key
+        uids: dict[str, Key] = self._children.uids() | self._pods.uids() | self._gateway_pods.uids()
+        for key in self._endpoints:
+            for body in self._endpoints.get(key, []):
+                uids[_uid(body)] = key
         return uids
 
     def mark_absent(self, uids: set[str]) -> None:
@@ -169,9 +164,9 @@ def _reconciler(**indexes: Any) -> Reconciler:
         reconciler.view = IndexView(
             indexes["endpoint_index"],
             STATE.children,
-            indexes["pod_index"],
+            STATE.pods,
             indexes["namespace_index"],
-            indexes["gateway_pod_index"],
+            STATE.gateway_pods,
         )
 
         def child_changed(key: Key, kind: str, name: str) -> None:
@@ -179,6 +174,9 @@ def _reconciler(**indexes: Any) -> Reconciler:
             reconciler.enqueue(key)
 
         STATE.children.on_change = child_changed
+        # A replica's pod changed: its readiness and placement are in the status. (A gateway pod's
+        # change reaches the status through its Deployment.)
+        STATE.pods.on_change = lambda key, kind, name: reconciler.enqueue(key)
         _start_autoscaler(reconciler)
         _start_resync(reconciler, reconciler.view)
     return reconciler
@@ -230,39 +228,21 @@ async def endpoint_index(namespace: str, name: str, body: kopf.Body, **_: Any) -
     return {(namespace, name): cache.endpoint(_plain(body))}
 
 
-async def child_listed(**_: Any) -> None:
-    """Never called: a child kind's objects stop in children.ChildCache (STATE.children, which also
-    triggers the owning endpoint's reconcile). Registered as an index so that kopf watches the kind
-    and holds every other handler until its listing is over, that is, until the cache is full."""
+async def kept_listed(**_: Any) -> None:
+    """Never called: children's and pods' objects stop in the operator's caches (children.py, which
+    also trigger the owning endpoint's reconcile). Each kind is registered as an index so that kopf
+    watches it and holds every other handler until its listing is over, that is, until the cache is
+    full."""
 
 
-for _resource in resources.CHILDREN:
+for _resource in (*resources.CHILDREN, resources.PODS):
     kopf.index(
         _resource.group,
         _resource.version,
         _resource.plural,
         id=f"{_resource.plural}_listed",
         labels={**MANAGED, render.LABEL_INSTANCE: kopf.PRESENT},
-    )(child_listed)
-
-
-@kopf.index("", "v1", "pods", labels=POD_LABELS)
-async def pod_index(
-    namespace: str, labels: kopf.Labels, body: kopf.Body, uid: str, **_: Any
-) -> dict[Key, dict[str, Any]]:
-    return {(namespace, labels[render.LABEL_INSTANCE]): {**pod_summary(_plain(body)), "uid": uid}}
-
-
-@kopf.index("", "v1", "pods", labels=GATEWAY_POD_LABELS)
-async def gateway_pod_index(
-    namespace: str, labels: kopf.Labels, body: kopf.Body, uid: str, **_: Any
-) -> dict[Key, dict[str, Any]]:
-    """The gateway pods' addresses: the autoscaler reads each one's queue."""
-    summary = pod_summary(_plain(body))
-    return {
-        (namespace, labels[render.LABEL_INSTANCE]): {k: summary[k] for k in ("name", "ip", "ready", "deleting")}
-        | {"uid": uid}
-    }
+    )(kept_listed)
 
 
 # --- triggers -----------------------------------------------------------------------------
@@ -275,11 +255,6 @@ async def endpoint_changed(namespace: str, name: str, uid: str, **kwargs: Any) -
         events.forget(reconciler.client, namespace, uid)
     reconciler.endpoint_observed((namespace, name))
     reconciler.enqueue((namespace, name))
-
-
-@kopf.on.event("", "v1", "pods", labels=POD_LABELS)
-async def pod_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
-    _reconciler(**kwargs).enqueue((namespace, labels[render.LABEL_INSTANCE]))
 
 
 @kopf.index("", "v1", "namespaces")

@@ -24,8 +24,11 @@ class OperatorState:
     identity: str = ""
     user_agent: str | None = None
     namespaces: list[str] = field(default_factory=list)
-    # The children's watch cache (children.py), filled by the watch streams from the first listing on.
+    # The watch caches of children, replicas' pods and gateway pods (children.py), filled by the
+    # watch streams from the first listing on.
     children: ChildCache = field(default_factory=ChildCache)
+    pods: ChildCache = field(default_factory=ChildCache)
+    gateway_pods: ChildCache = field(default_factory=ChildCache)
     autoscaler_task: asyncio.Task[None] | None = None
     resync_task: asyncio.Task[None] | None = None
     resync: Resync | None = None

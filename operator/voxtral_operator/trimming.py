@@ -318,14 +318,20 @@ def _fetch_objs(
 
 
 CHILD_KINDS = {(r.group, r.version, r.plural): r.kind for r in resources.CHILDREN}
+PODS = resources.PODS
 
 
 def _infinite_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
     events = STOCK_INFINITE_WATCH(resource=resource, **kwargs)
     trim = _trim_for(resource)
     kind = CHILD_KINDS.get((resource.group, resource.version, resource.plural))
-    if trim is not None and kind is not None:  # kept by the operator, never queued by kopf (children.py)
-        return children.taken(events, STATE.children, kind, kwargs.get("namespace"), trim)
+    namespace = kwargs.get("namespace")
+    # Children and pods are kept by the operator, never queued by kopf (children.py).
+    if trim is not None and kind is not None:
+        return children.taken(events, [STATE.children], kind, namespace, children.as_child(STATE.children, kind, trim))
+    if (resource.group, resource.version, resource.plural) == (PODS.group, PODS.version, PODS.plural):
+        caches = [STATE.pods, STATE.gateway_pods]
+        return children.taken(events, caches, PODS.kind, namespace, children.as_pod(*caches))
     return events if trim is None else trimmed(events, trim)
 
 
