@@ -212,11 +212,11 @@ def test_pods_are_kept_as_summaries_replicas_and_gateways_apart_and_kopf_sees_on
     assert passed == [LISTED]
     [replica] = replicas.get(("team-a", "vx"))
     assert replica == {**status.pod_summary(_pod("p1", "vx-0", render.APP_NAME, "vx", ready=True)), "uid": "p1"}
-    assert replica["ready"] is True and replica["holdsNode"] is True
+    assert (replica["ready"], replica["holdsNode"]) == (True, True)
     assert gateways.get(("team-a", "vx")) == [
         {"name": "vx-gateway-0", "ip": "10.0.0.2", "ready": False, "deleting": False, "uid": "p2"}
     ]
-    assert sorted(replicas.uids()) == ["p1"] and sorted(gateways.uids()) == ["p2"], "another app's pod was kept"
+    assert (sorted(replicas.uids()), sorted(gateways.uids())) == (["p1"], ["p2"]), "another app's pod was kept"
 
 
 def test_a_replicas_pod_change_reaches_the_reconciler_and_a_relist_drops_pods_of_both_kinds() -> None:
@@ -237,7 +237,7 @@ def test_a_replicas_pod_change_reaches_the_reconciler_and_a_relist_drops_pods_of
     _run_pods(
         replicas, gateways, {"type": None, "object": _pod("p1", "vx-0", render.APP_NAME, "vx", "2", True)}, LISTED
     )
-    assert sorted(replicas.uids()) == ["p1"] and gateways.uids() == {}
+    assert (sorted(replicas.uids()), gateways.uids()) == (["p1"], {})
     assert seen[1:] == [(("team-a", "vx"), "Pod", "vx-1")], "an unchanged pod's relist or a dropped pod misreported"
     _run_pods(replicas, gateways, {"type": "DELETED", "object": _pod("p1", "vx-0", render.APP_NAME, "vx", "3")})
     assert replicas.uids() == {}
