@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import zlib
 from typing import Any
 
 APPLIED_HASH_ANNOTATION = "voxtral.dev/applied-hash"
@@ -60,14 +61,16 @@ def _empty_or_equal(desired: Any, live: Any) -> bool:
 
 def _owned_fields(live: dict[str, Any], manager: str) -> dict[str, Any] | None:
     """The fields `manager` owns by apply on the object itself (not a subresource), or None when the
-    server keeps no managedFields. The watch caches keep the field set as JSON text (cache.py)."""
+    server keeps no managedFields. The watch caches keep the field set as compressed JSON text (cache.py)."""
     entries = live.get("metadata", {}).get("managedFields")
     if not entries:
         return None
     for entry in entries:
         if entry.get("manager") == manager and entry.get("operation") == "Apply" and not entry.get("subresource"):
             fields = entry.get("fieldsV1") or {}
-            return dict(json.loads(fields) if isinstance(fields, str) else fields)
+            if isinstance(fields, bytes):
+                fields = zlib.decompress(fields)
+            return dict(json.loads(fields) if isinstance(fields, str | bytes) else fields)
     return {}
 
 

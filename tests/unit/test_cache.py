@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import zlib
 from typing import Any
 
 from voxtral_operator import cache, diffing, status
@@ -54,7 +55,7 @@ def test_a_child_keeps_what_status_ownership_and_drift_read_and_drops_the_rest()
     assert "labels" not in cached["metadata"], cached
     assert cached["metadata"]["annotations"] == {APPLIED_HASH_ANNOTATION: "abc"}
     own, controller = cached["metadata"]["managedFields"]
-    assert json.loads(own.pop("fieldsV1")) == DEPLOYMENT["metadata"]["managedFields"][0]["fieldsV1"]
+    assert json.loads(zlib.decompress(own.pop("fieldsV1"))) == DEPLOYMENT["metadata"]["managedFields"][0]["fieldsV1"]
     assert own == {"manager": MANAGER, "operation": "Apply"}
     assert controller == {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status"}
     assert _owned_by(cached, "e1")
@@ -80,7 +81,7 @@ def test_the_drift_check_reads_the_cached_field_set_as_it_reads_the_servers() ->
         "f:spec": {"f:replicas": {}, "f:template": {}},
     }
     cached = cache.child(live, MANAGER)
-    assert isinstance(cached["metadata"]["managedFields"][0]["fieldsV1"], str)  # kept as text
+    assert isinstance(cached["metadata"]["managedFields"][0]["fieldsV1"], bytes)  # kept compressed
     metadata = {"name": "vx", "namespace": "team", "annotations": {APPLIED_HASH_ANNOTATION: "abc"}}
     covered = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": {"replicas": 2}}
     beyond = {**covered, "spec": {"replicas": 2, "strategy": {"type": "Recreate"}}}

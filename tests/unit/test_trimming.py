@@ -98,7 +98,8 @@ def test_a_trimmed_child_caches_as_the_whole_one_with_its_labels_and_most_bytes_
     for key in ("name", "namespace", "uid", "resourceVersion", "ownerReferences"):
         assert trimmed["metadata"][key] == deployment["metadata"][key], key
     assert trimmed["metadata"]["annotations"] == {APPLIED_HASH_ANNOTATION: "abc"}
-    assert len(json.dumps(trimmed)) < len(json.dumps(deployment)) / 2
+    # (the operator's own field set is kept compressed: counted at its compressed size)
+    assert len(json.dumps(trimmed, default=lambda packed: "x" * len(packed))) < len(json.dumps(deployment)) / 2
 
 
 def test_a_child_from_a_server_without_managed_fields_is_left_whole() -> None:

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 FIELD_MANAGER = "voxtral-operator"
 RETRYABLE = frozenset({409, 429, 500, 502, 503, 504})
 NOT_FOUND = frozenset({404})
+# Connections to the API server at most (the reconciler runs 32 reconciles, Events go 8 at a time).
+CONNECTIONS = 24
 # A list's objects as metadata only (PartialObjectMetadataList), or whole where a server cannot.
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
@@ -128,7 +130,10 @@ class ApiClient:
 
     async def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self.connection.ssl_context(), limit=64)
+            # Each TLS connection holds a 256 kB read buffer (asyncio's SSLProtocol) and OpenSSL's
+            # own: at 64, a burst's connections were a tenth of the operator's traced memory. The
+            # server, not the pool, bounds a burst (README "The operator loop").
+            connector = aiohttp.TCPConnector(ssl=self.connection.ssl_context(), limit=CONNECTIONS)
             self._session = aiohttp.ClientSession(
                 base_url=None, connector=connector, headers=self.connection.headers(), timeout=self._timeout
             )
