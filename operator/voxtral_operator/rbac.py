@@ -56,7 +56,12 @@ RULES: tuple[Rule, ...] = (
         "its Secrets as volumes, which the kubelet reads)",
     ),
     Rule("", ("pods",), ("list", "watch"), "pod status for conditions; pod IPs for scraping"),
-    Rule("", ("configmaps",), ("get", "patch"), "the autoscaler's learned state per endpoint (NAME-autoscaler)"),
+    Rule(
+        "",
+        ("configmaps",),
+        ("get", "create", "patch"),
+        "the autoscaler's learned state per endpoint (NAME-autoscaler); its first save creates it",
+    ),
     Rule(
         "discovery.k8s.io",
         ("endpointslices",),

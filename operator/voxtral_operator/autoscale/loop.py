@@ -565,6 +565,9 @@ class Autoscaler:
             await self.client.apply(resources.CONFIG_MAPS, config_map)
         except ApiError as exc:
             logger.warning("cannot save the autoscaler state of %s/%s: %s", *key, exc)
+            # Tried again after the interval, not every tick: refused saves of every endpoint at every
+            # tick took the API client's connections from the reconciles.
+            state.saved_at = now
             return
         state.saved, state.saved_at = learned, now
 

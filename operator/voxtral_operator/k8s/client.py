@@ -125,7 +125,10 @@ class ApiClient:
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # Each attempt's connect and each read are bounded, not the wait for one of the pool's
+        # connections: in a burst, requests queue for the pool, and that queue is back-pressure,
+        # not a fault (a total bound timed out waits that had not yet reached the server).
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
         self._session: aiohttp.ClientSession | None = None
 
     async def _get_session(self) -> aiohttp.ClientSession:
