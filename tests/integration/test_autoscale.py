@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import kmock
 import pytest
 import yaml
 
@@ -306,6 +307,9 @@ async def test_what_the_autoscaler_learned_survives_a_restart(
         first.stop()
     endpoint_uid = (await kube.get(endpoint_path(NS, "learner")))["metadata"]["uid"]
     assert [ref["uid"] for ref in saved["metadata"]["ownerReferences"]] == [endpoint_uid]  # goes with the endpoint
+    # The first save creates the ConfigMap (an apply that creates needs `create`): the chart must grant it.
+    denied = sorted(p for p in request_permissions(_operator_requests(sandbox)) if not rbac.allowed(*p))
+    assert not denied, f"requests the chart's RBAC would refuse: {denied}"
 
     second = OperatorProcess(sandbox.kubeconfig, tmp_path / "second.log", "--config", str(config)).start()
     try:
@@ -318,3 +322,47 @@ async def test_what_the_autoscaler_learned_survives_a_restart(
 
 async def _logged(path: Path, text: str) -> bool:
     return text in await asyncio.to_thread(path.read_text)
+
+
+def _operator_requests(sandbox: Sandbox) -> list[Any]:
+    return [r for r in sandbox.api if "kubectl-test" not in r.headers.get("User-Agent", "")]
+
+
+async def test_a_refused_save_of_what_the_autoscaler_learned_waits_for_the_save_interval(
+    sandbox: Sandbox, kube: Kube, vllm_port: int, tmp_path: Path
+) -> None:
+    """A refused save (RBAC, quota, a webhook) is tried again after the save interval, not at every
+    tick: at 5,000 endpoints, every endpoint's refused save at every tick took the API client's
+    connections from the reconciles."""
+    save_seconds = 4.0
+    config = tmp_path / "config.yaml"
+    settings = {"vllmPort": vllm_port, "scrapeIntervalSeconds": 0.5, "autoscalerStateSaveSeconds": save_seconds}
+    config.write_text(yaml.safe_dump(settings))
+    sandbox.api["patch", kmock.resource("", "v1", "configmaps"), kmock.name("refused-autoscaler")] << 403
+    operator = OperatorProcess(sandbox.kubeconfig, tmp_path / "operator.log", "--config", str(config)).start()
+
+    def saves() -> int:
+        return sum(
+            1
+            for r in _operator_requests(sandbox)
+            if str(r.method.value if hasattr(r.method, "value") else r.method).upper() == "PATCH"
+            and r.name == "refused-autoscaler"
+        )
+
+    try:
+        await kube.create(endpoint_path(NS), endpoint("refused"))
+        await eventually(lambda: ready_replicas(kube, "refused"), timeout=60)
+        async with load(pod_ips(sandbox, "refused"), vllm_port, concurrency=4):
+
+            async def refused_once() -> bool:
+                return saves() > 0
+
+            await eventually(refused_once, timeout=60)
+            first = saves()
+            window = 2.5 * save_seconds  # 20 ticks
+            await asyncio.sleep(window)
+            tried = saves() - first
+    finally:
+        operator.stop()
+    # At most one try per interval: 2 in the window (3 if the first try fell early in it).
+    assert tried <= 3, f"{tried} tries to save in {window:.0f} s after a refusal, one due every {save_seconds} s"
