@@ -63,7 +63,7 @@ def _child_entry(entry: Mapping[str, Any], manager: str) -> JSON:
     if entry.get("manager") == manager and entry.get("operation") == "Apply" and not entry.get("subresource"):
         # As compressed compact JSON: a Deployment's field set is a tree of small dicts (about 17 kB
         # of memory as objects, 3 kB as text, under 1 kB compressed); only a drift check reads it,
-        # and unpacks it then (diffing.owned_fields).
+        # and unpacks it then (diffing._owned_fields).
         fields = entry.get("fieldsV1") or {}
         if isinstance(fields, bytes):
             return {**identity, "fieldsV1": fields}
