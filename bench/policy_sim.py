@@ -771,6 +771,10 @@ class Cluster:
         self.weights = weights
         self.reserved_gpus = reserved_gpus
         self.rng = random.Random(seed * 7919 + 17)
+        # The deferrable lane's gateway pod picks have a stream of their own: a run with deferrable work
+        # then draws interactive picks and cold starts from the same stream as the run without it does,
+        # instead of one shifted by every deferrable arrival (the two are compared day by day).
+        self.deferrable_rng = random.Random(seed * 7919 + 29)
         self.pods: list[Replica] = []  # loading or ready: what spec.replicas counts
         self.draining: list[Replica] = []
         self.spare_nodes: list[float] = []  # release times of nodes whose pod left
@@ -915,7 +919,7 @@ class Cluster:
         if request.deferrable:
             self.day(request.due - 1).batch_items += 1  # a deferrable request counts on the day it is due
             if self.routing == "gateway":
-                request.gw = int(self.rng.random() * len(self.deferred))
+                request.gw = int(self.deferrable_rng.random() * len(self.deferred))
                 if len(self.deferred[request.gw]) >= self.scenario.deferrable_max_queue:
                     self._fail(request)  # the deferrable lane's own bound
                     return

@@ -304,3 +304,24 @@ def test_a_reserved_pool_is_kept_up_while_deferrable_work_waits_and_not_beyond(s
     assert busy > 2.5, run.hours  # the pool's idle nodes start at once (no provisioning) and fill up
     assert waiting > 0, run.hours
     assert run.hours[1][1] < 3 * 3600, run.hours  # the backlog done, the pool scales down again
+
+
+def test_deferrable_arrivals_leave_the_interactive_random_draws_as_they_were(sim: Any) -> None:
+    """The reserved-pool target compares a run with deferrable work against one without, day by day:
+    interactive requests must pick the same gateway pods, and replicas draw the same cold starts, in both."""
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=8)
+    engine = sim.Engine.of(scenario)
+    runs = []
+    for with_deferrable in (True, False):
+        cluster = sim.Cluster(scenario, engine, "gateway", 5, 0.0, 1)
+        picks = []
+        for i in range(200):
+            if with_deferrable:
+                cluster.arrive(sim.Request(float(i), 600.0, 300, deferrable=True))
+            request = sim.Request(float(i), 30.0, 90)
+            cluster.arrive(request)
+            picks.append(request.gw)
+        cluster.scale_to(4, 200.0)
+        runs.append((picks, sorted(pod.ready_at for pod in cluster.pods)))
+    assert len(set(runs[1][0])) == scenario.gateway_pods  # the picks do vary
+    assert runs[0] == runs[1]
