@@ -18,9 +18,10 @@ shows the new generation, and every write the restarted operator makes (none but
 Then a takeover at scale: two replicas with peering, a burst of changed endpoints, the active replica
 killed (SIGKILL) at its first write: when the other writes, when every change is in a status, and
 whether the audit log shows an endpoint written by both at once (each replica's User-Agent names it).
-With `--releases N`, the burst alone, split over N releases of the chart that each watch their own
+With `--releases N`, the burst split over N releases of the chart that each watch their own
 share of the namespaces: when every status is written, each operator's peak RSS after the burst
-and after all of them restart, the namespaces each one wrote in, and their writes while idle.
+and after all of them restart, the namespaces each one wrote in, their writes while idle, and the
+paced endpoints one at a time (no floor, no takeover).
 Every node is cordoned for the run (and uncordoned after it), so no pod runs: the gateway pods
 would otherwise run on the CPU node as processes on the control plane's own cores. The server's own
 floor (`--floor`) comes first: the same endpoints' writes from a bare client, with the operator
@@ -638,11 +639,12 @@ def _operator(action: str, instance: int = 1, release: tuple[str, str] | None = 
     )
 
 
-async def _releases(kube: Kube, state: Path, count: int, releases: int, idle_seconds: float) -> None:
+async def _releases(kube: Kube, state: Path, count: int, paced: int, releases: int, idle_seconds: float) -> None:
     """The burst split over several releases of the chart, each watching its own share of the ten
     namespaces (README "Where one process stops"): when every status is written, each operator's peak
-    RSS after the burst and after all of them restart at once, and their writes while idle and after
-    the restart (none is due)."""
+    RSS after the burst and after all of them restart at once, their writes while idle and after
+    the restart (none is due), and `paced` endpoints one at a time once the control plane is calm
+    (spread over the namespaces, so over the releases)."""
     audit = state / "audit.log"
     shares = [NAMESPACES[i::releases] for i in range(releases)]
     # Release k beside the local cluster's own, in a namespace of its name; instance 2 is the takeover's peer.
@@ -705,6 +707,22 @@ async def _releases(kube: Kube, state: Path, count: int, releases: int, idle_sec
         await asyncio.sleep(idle_seconds)
         idle_writes, offset = writes_since(offset)
 
+        steady: list[float] = []
+        calm_after = 0.0
+        if paced:
+            # At this scale the control plane may never fall below CALM_CORES (the scheduler's retries
+            # of every Pending pod): the wait is bounded, and reported.
+            calm_after = await _cluster_calm(state, give_up_after=300)
+            watcher = asyncio.create_task(_stamp_statuses(kube, created, written))
+            await asyncio.sleep(2)  # the watch's listing first
+            indexes = range(count, count + paced)
+            await asyncio.wait_for(
+                _one_at_a_time(create, indexes, lambda i: _endpoint(i)["metadata"]["name"] in written), timeout=600
+            )
+            steady = [(written[k] - created[k]) * 1000 for k in (_endpoint(i)["metadata"]["name"] for i in indexes)]
+            watcher.cancel()
+            _, offset = writes_since(offset)
+
         for instance in instances:
             await asyncio.to_thread(_operator, "stop", instance)
         restarted = time.perf_counter()
@@ -723,6 +741,11 @@ async def _releases(kube: Kube, state: Path, count: int, releases: int, idle_sec
                 f"{restart_rss[k]:.0f} MB after the restart"
             )
         print(f"  namespaces each release's operator wrote in: {wrote_in}")
+        if steady:
+            print(
+                f"  {paced} one at a time (after {calm_after:.0f} s for the control plane to calm): create -> status "
+                f"p50 {_pct(steady, 50):.0f} ms, p95 {_pct(steady, 95):.0f} ms, max {max(steady):.0f} ms"
+            )
         print(
             f"  writes while idle ({idle_seconds:.0f} s): {len(idle_writes)}; all restarted at once, live after "
             f"{live:.1f} s, writes in the {idle_seconds:.0f} s after: {len(restart_writes)}",
@@ -778,9 +801,12 @@ async def _takeover(kube: Kube, state: Path, count: int, changes: int) -> None:
         await asyncio.gather(*(change(meta) for meta in targets))
         names = {meta["name"] for meta in targets}
         agent = {i: f"({identities[i]})" for i in identities}
+        # Each look reads only what the log gained since the last: re-reading it from `offset` grows with
+        # the log, and in one run at 1,000 endpoints the kill came after the active had written every change.
         first_write = None
+        scanned = offset
         while first_write is None:
-            events, _ = _operator_events(audit, offset)
+            events, scanned = _operator_events(audit, scanned)
             first_write = next(
                 (e for e in events if e["verb"] in WRITE_VERBS and agent[active] in e.get("userAgent", "")), None
             )
@@ -887,7 +913,10 @@ def main() -> None:
     parser.add_argument("--floor-concurrency", type=int, default=64, help="endpoints the bare client writes at once")
     parser.add_argument("--takeover-changes", type=int, default=50, help="endpoints changed in the takeover's burst")
     parser.add_argument(
-        "--releases", type=int, default=1, help="more than 1: the burst split over this many releases, and nothing else"
+        "--releases",
+        type=int,
+        default=1,
+        help="more than 1: the burst split over this many releases, then --paced one at a time, and nothing else",
     )
     args = parser.parse_args()
     state = Path(os.environ.get("VOXTRAL_LOCAL_CLUSTER", ROOT / ".tools" / "cluster"))
@@ -904,7 +933,7 @@ def main() -> None:
                 if args.floor_only:
                     return
             if args.releases > 1:
-                await _releases(kube, state, args.endpoints, args.releases, args.idle_seconds)
+                await _releases(kube, state, args.endpoints, args.paced, args.releases, args.idle_seconds)
                 return
             if args.paced_only:
                 await _paced_only(kube, state, args.paced)
