@@ -308,7 +308,7 @@ def test_a_reserved_pool_is_kept_up_while_deferrable_work_waits_and_not_beyond(s
 
 def test_deferrable_arrivals_leave_the_interactive_random_draws_as_they_were(sim: Any) -> None:
     """The reserved-pool target compares a run with deferrable work against one without, day by day:
-    interactive requests must pick the same gateway pods, and replicas draw the same cold starts, in both."""
+    interactive requests must pick the same gateway pods, and replicas started alike load as long, in both."""
     scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=8)
     engine = sim.Engine.of(scenario)
     runs = []
