@@ -288,12 +288,7 @@ async def _bench(kube: Kube, state: Path, count: int, paced: int, idle_seconds: 
 
     # One at a time means on a cluster that has worked off the burst: else it measures the backlog.
     calm_after = await _cluster_calm(state)
-    paced_names = [_endpoint(index)["metadata"]["name"] for index in range(count, count + paced)]
-    await asyncio.wait_for(
-        _one_at_a_time(create, range(count, count + paced), lambda i: _endpoint(i)["metadata"]["name"] in written),
-        timeout=600,
-    )
-    steady = [(written[k] - created[k]) * 1000 for k in paced_names]
+    steady = await _paced_latencies(create, range(count, count + paced), created, written)
     paced_rss = _peak_rss_mb(pid)
 
     server_times = sorted(_server_seconds(e) * 1000 for e in burst_events if e["verb"] != "watch")
@@ -503,6 +498,18 @@ async def _one_at_a_time(create: Callable[[int], Awaitable[Any]], indexes: range
         await asyncio.sleep(ONE_AT_A_TIME_GAP_SECONDS)
 
 
+async def _paced_latencies(
+    create: Callable[[int], Awaitable[Any]], indexes: range, created: dict[str, float], written: dict[str, float]
+) -> list[float]:
+    """Endpoints `indexes` created one at a time (_one_at_a_time), within 600 s in all: each one's create ->
+    status in ms, from the stamps `_creator` and `_stamp_statuses` keep."""
+    names = [_endpoint(i)["metadata"]["name"] for i in indexes]
+    await asyncio.wait_for(
+        _one_at_a_time(create, indexes, lambda i: _endpoint(i)["metadata"]["name"] in written), timeout=600
+    )
+    return [(written[name] - created[name]) * 1000 for name in names]
+
+
 async def _paced_only(kube: Kube, state: Path, paced: int) -> None:
     """Endpoints created one at a time (_one_at_a_time) beside those a previous run left (--keep), once
     the control plane is calm: create -> status, seen through a watch."""
@@ -517,12 +524,8 @@ async def _paced_only(kube: Kube, state: Path, paced: int) -> None:
     create = _creator(kube, created)
 
     first = existing + 10_000
-    await asyncio.wait_for(
-        _one_at_a_time(create, range(first, first + paced), lambda i: _endpoint(i)["metadata"]["name"] in written),
-        timeout=600,
-    )
+    steady = await _paced_latencies(create, range(first, first + paced), created, written)
     watcher.cancel()
-    steady = [(written[k] - created[k]) * 1000 for k in created]
     print(
         f"paced beside {existing} endpoints (after {calm_after:.0f} s for the control plane to calm): "
         f"create -> status p50 {_pct(steady, 50):.0f} ms, p95 {_pct(steady, 95):.0f} ms, "
@@ -727,11 +730,7 @@ async def _releases(kube: Kube, state: Path, count: int, paced: int, releases: i
             calm_after = await _cluster_calm(state, give_up_after=300)
             watcher = asyncio.create_task(_stamp_statuses(kube, created, written))
             await asyncio.sleep(2)  # the watch's listing first
-            indexes = range(count, count + paced)
-            await asyncio.wait_for(
-                _one_at_a_time(create, indexes, lambda i: _endpoint(i)["metadata"]["name"] in written), timeout=600
-            )
-            steady = [(written[k] - created[k]) * 1000 for k in (_endpoint(i)["metadata"]["name"] for i in indexes)]
+            steady = await _paced_latencies(create, range(count, count + paced), created, written)
             watcher.cancel()
             _, offset = writes_since(offset)
 
