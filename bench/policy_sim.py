@@ -13,14 +13,21 @@ adds N deferrable requests every evening (10-30 minute recordings, 18:00-22:00).
 
 The deferrable lane (rows of class `batch`, `service_tier: flex` at the gateway): due by 08:00 of the
 day after they arrive (the trace's clock), counted on the day they are due. The gateway admits them
-by the lane rule: into a replica only while no interactive request waits in that gateway pod's queue
-and the replica has more than a headroom H (an eighth of the slots, at least 1) of that pod's
-in-flight slots free, and only while the replica's outstanding tokens (as the gateway counts them)
-with the request's stay within its KV cache less the same eighth, as the gateway does
-(operator/voxtral_operator/gateway/lanes.py); `--lane-slots-only` drops the KV bound, for comparison. Their own
-queue bound and long timeout; a refused or timed-out one is failed. Wait figures are the interactive
-lane's; `batch_done_by_deadline` is the share finished by the deadline. Through a Service there is no
-lane: they are sent like any request (and kept out of the wait figures).
+by the lane rule (operator/voxtral_operator/gateway/lanes.py), counted as the gateway counts: into a
+replica only while no interactive request waits in that gateway pod's queue, the replica has more
+than a headroom H (an eighth of the slots, at least 1) of that pod's in-flight slots free, and the
+whole sequences (prompt and expected output) that pod has in flight there, with the request's, stay
+within the pod's share of the replica's KV cache (the cache over the gateway pods);
+`--lane-slots-only` drops the KV bound, for comparison. An interactive request whose tokens
+do not fit the pod's share beside what it counts on the replica goes to another replica where they
+fit, if one has room, else takes back that pod's deferrable requests there (those vLLM has not
+started first, then the newest running) until they fit: each is aborted, its work lost, and waits at
+the front of its lane again (lanes.to_take_back; the gateway can take back only requests whose body
+it kept, within its `--resend-buffer-mb`, where this assumes every one); `--no-take-back` leaves
+them, for comparison. Their own queue bound and long timeout; a refused or timed-out one is failed.
+Wait figures are the interactive lane's; `batch_done_by_deadline` is the share finished by the
+deadline. Through a Service there is no lane: they are sent like any request (and kept out of the
+wait figures).
 
 Scoring: every policy lives through the first `--warmup-days` days (the new policy learns its profile
 from them; the stateless baselines start an hour before the first scored day) and is scored on the
@@ -532,6 +539,7 @@ class Replica:
         "finished",
         "generation_total",
         "gw_inflight",
+        "gw_tokens",
         "kv_fixed",
         "name",
         "new_node",
@@ -570,6 +578,8 @@ class Replica:
         self.preemptions = 0
         self.drain_deadline = math.inf
         self.gw_inflight = [0] * gateway_pods
+        # Each gateway pod's count of this replica's KV tokens: the whole sequences (`need`) it has in flight here.
+        self.gw_tokens = [0.0] * gateway_pods
 
     def kv_used(self) -> float:
         """Tokens in the KV cache: prefilled prompts plus every token produced so far (vLLM allocates
@@ -676,6 +686,21 @@ class Replica:
         self.queue.appendleft(request)
         self.queued_tokens += request.need
 
+    def withdraw(self, request: Request) -> None:
+        """A running request aborted (its connection closed): its blocks freed, its work lost."""
+        del self.running_order[request]
+        self.running -= 1
+        if request.left > 0:
+            self.prefilling.remove(request)
+            self.kv_fixed -= request.prompt - request.left
+            self.prefill_left -= request.left
+            if not self.prefilling:
+                self.prefill_left = 0.0
+        else:
+            self.kv_fixed -= request.prompt
+            self.dec_start_sum -= request.start_clock
+        request.epoch += 1  # its decode entry is stale
+
     def evict(self) -> list[Request]:
         """Everything on this engine, waiting or running, taken off it (a cut drain)."""
         out = list(self.queue) + list(self.running_order)
@@ -732,6 +757,7 @@ class DayFigures:
     batch_items: int = 0  # deferrable requests that arrived this day
     batch_on_time: int = 0  # of them, finished by their deadline
     batch_failed: int = 0  # of them, refused or timed out
+    batch_taken_back: int = 0  # times one of them was taken back for an interactive request
 
     def add(self, other: DayFigures) -> None:
         for key, count in other.waits.items():
@@ -744,6 +770,7 @@ class DayFigures:
         self.batch_items += other.batch_items
         self.batch_on_time += other.batch_on_time
         self.batch_failed += other.batch_failed
+        self.batch_taken_back += other.batch_taken_back
 
 
 def _bin(wait: float) -> int:
@@ -764,6 +791,7 @@ class Cluster:
         weights: str = "hub",
         reserved_gpus: int = 0,
         lane_kv: bool = True,
+        take_back: bool = True,
     ) -> None:
         self.scenario = scenario
         self.engine = engine
@@ -791,7 +819,14 @@ class Cluster:
         self.lane_headroom = max(1, engine.gateway_inflight // 8)
         # `lane_kv`: besides the slots, the replica's outstanding tokens (as the gateway counts them)
         # with the deferrable request's stay within its KV cache less the same share of headroom.
-        self.lane_kv_tokens = engine.kv_tokens * (1 - 1 / 8) if lane_kv else math.inf
+        # Each gateway pod counts its own share of a replica's KV cache (the operator divides the cache by the
+        # gateway pods) and the whole sequences it has in flight there, as the gateway does.
+        self.kv_share = engine.kv_tokens / (scenario.gateway_pods if routing == "gateway" else 1)
+        self.lane_kv_tokens = self.kv_share if lane_kv else math.inf
+        # `take_back`: an interactive request whose tokens do not fit beside what a replica holds takes
+        # back that gateway pod's deferrable requests there, newest first, until they do.
+        self.take_back = take_back and routing == "gateway"
+        self.taken_back = 0
         self.hours: dict[int, list[float]] = {}  # hour -> [busy reserved GPU-s, ready replica-s, deferred queued]
         self.last_arrival = -math.inf
         self.waits: list[tuple[float, float]] = []
@@ -891,6 +926,7 @@ class Cluster:
         pod = request.pod
         if pod is not None and self.routing == "gateway":
             pod.gw_inflight[request.gw] -= 1
+            pod.gw_tokens[request.gw] -= request.need
         request.pod = None
         request.reset()
         self.in_flight_audio_s -= request.audio_s
@@ -973,14 +1009,50 @@ class Cluster:
             best, best_work = None, math.inf
             need = lane[0].need
             for pod in ready:
-                if pod.gw_inflight[g] < limit and work[pod] < best_work and work[pod] + need <= kv_bound:
+                counted = pod.gw_tokens[g]
+                if (
+                    pod.gw_inflight[g] < limit
+                    and work[pod] < best_work
+                    and (counted <= 0 or counted + need <= kv_bound)  # nothing in flight: one of any size
+                ):
                     best, best_work = pod, work[pod]
             if best is None:
                 break
             request = lane.popleft()
+            if self.take_back and not request.deferrable and best.gw_tokens[g] + need > self.kv_share:
+                # Another replica where the request fits as it is spares the deferrable work taking back.
+                room = [p for p in ready if p.gw_inflight[g] < limit and p.gw_tokens[g] + need <= self.kv_share]
+                retractable = any(r.deferrable and r.gw == g for r in (*best.queue, *best.running_order))
+                if room and retractable:
+                    best = min(room, key=work.__getitem__)
+                else:
+                    self._take_back(best, g, best.gw_tokens[g] + need - self.kv_share)
             best.gw_inflight[g] += 1
-            work[best] += request.need
+            best.gw_tokens[g] += need
+            work[best] += need
             self._dispatch(request, best)
+
+    def _take_back(self, pod: Replica, g: int, excess: float) -> None:
+        """Gateway pod g's deferrable requests on `pod` taken back to its deferrable lane, the ones vLLM
+        has not started first, then the newest running, until `excess` of the tokens g counts there are
+        freed or none is left (vLLM aborts a request whose connection closes; the gateway sends it again
+        later, from the start)."""
+        freed = 0.0
+        queued = [r for r in reversed(pod.queue) if r.deferrable and r.gw == g]
+        running = [r for r in reversed(pod.running_order) if r.deferrable and r.gw == g]
+        for request in queued + running:
+            if freed >= excess:
+                break
+            if request in pod.running_order:
+                pod.withdraw(request)
+            else:
+                pod.queue.remove(request)
+                pod.queued_tokens -= request.need
+            freed += request.need
+            self.taken_back += 1
+            self.day(request.due - 1).batch_taken_back += 1
+            self.resent -= 1  # counted as taken back, not as sent again
+            self._resend(request)
 
     def _dispatch(self, request: Request, pod: Replica) -> None:
         request.pod = pod
@@ -1056,6 +1128,7 @@ class Cluster:
                 self.in_flight_audio_s -= request.audio_s
                 if gateway and request.pod is not None:
                     request.pod.gw_inflight[request.gw] -= 1
+                    request.pod.gw_tokens[request.gw] -= request.need
                 if request.deferrable:
                     self.deferred_in_flight_audio_s -= request.audio_s
                     self.deferred_in_flight -= 1
@@ -1489,11 +1562,14 @@ def simulate(
     reserved_gpus: int = 0,
     batch_rows: Sequence[Row] = (),
     lane_kv: bool = True,
+    take_back: bool = True,
 ) -> Run:
     """Replay `rows` and the deferrable `batch_rows` (arrivals in [start, end)) through one policy,
     one-second steps."""
     engine = Engine.of(scenario)
-    cluster = Cluster(scenario, engine, routing, seed, start, scenario.min_replicas, weights, reserved_gpus, lane_kv)
+    cluster = Cluster(
+        scenario, engine, routing, seed, start, scenario.min_replicas, weights, reserved_gpus, lane_kv, take_back
+    )
     limit = min(scenario.max_model_len, engine.kv_tokens)
     lanes = [(rows, bisect.bisect_left(rows, (start,)), False)]
     if batch_rows:
@@ -1541,6 +1617,7 @@ class Setup:
     backlog: int = 0  # deferrable items added every evening to the built-in days
     deferrable: bool = True  # False: the deferrable rows are left out (the run to compare against)
     lane_kv: bool = True  # the lane rule bounds deferrable work by the replica's KV cache too (False: slots only)
+    take_back: bool = True  # an interactive request that does not fit takes back deferrable ones (False: never)
 
 
 def load_rows(setup: Setup, seed: int) -> tuple[list[Row], list[Row], int, int]:
@@ -1657,6 +1734,7 @@ def evaluate(
             setup.reserved_gpus,
             batch,
             setup.lane_kv,
+            setup.take_back,
         )
         figures = [run.days.get(day, DayFigures()) for day in scored]
         out.append(
@@ -1885,11 +1963,11 @@ def reserved_target(
     reserved = setup.reserved_gpus
     lines = [
         f"  {'seed':<6}{'day':<10}{'p95 without':>12}{'with':>8}{'p99 without':>13}{'with':>8}"
-        f"{'busy without':>14}{'with':>7}{'deferrable due':>16}{'on time':>9}{'kept':>6}"
+        f"{'busy without':>14}{'with':>7}{'deferrable due':>16}{'on time':>9}{'taken back':>12}{'kept':>6}"
     ]
     tails_kept = True
     busy_with = busy_without = 0.0
-    items = on_time = failed = 0
+    items = on_time = failed = taken_back = 0
     days_out = []
     for seed, with_score, without_score in zip(setup.seeds, with_runs, without_runs, strict=True):
         first = setup.warmup_days
@@ -1903,11 +1981,12 @@ def reserved_target(
             busy_without += wo.busy_reserved_s
             busy_with += w.busy_reserved_s
             items, on_time, failed = items + w.batch_items, on_time + w.batch_on_time, failed + w.batch_failed
+            taken_back += w.batch_taken_back
             kind = day_kind(day, setup.holidays)
             lines.append(
                 f"  {seed:<6}{f'{day} {kind[:3]}':<10}{pcts[0]:>11.1f}s{pcts[2]:>7.1f}s"
                 f"{pcts[1]:>12.1f}s{pcts[3]:>7.1f}s{busy[0]:>14.0%}{busy[1]:>7.0%}"
-                f"{w.batch_items:>16}{w.batch_on_time:>9}{'yes' if kept else 'NO':>6}"
+                f"{w.batch_items:>16}{w.batch_on_time:>9}{w.batch_taken_back:>12}{'yes' if kept else 'NO':>6}"
             )
             days_out.append(
                 {
@@ -1920,6 +1999,7 @@ def reserved_target(
                     "reserved_busy_fraction": [round(busy[0], 3), round(busy[1], 3)],
                     "batch_due": w.batch_items,
                     "batch_on_time": w.batch_on_time,
+                    "batch_taken_back": w.batch_taken_back,
                 }
             )
     total = reserved * with_runs[0].day_hours * 3600 * sum(len(r.days) for r in with_runs)
@@ -1937,13 +2017,15 @@ def reserved_target(
     )
     lines.append(
         f"  deferrable requests done by their deadline: {on_time} of {items} ({failed} failed): "
-        f"{'met' if done_met else 'NOT MET'}"
+        f"{'met' if done_met else 'NOT MET'}; taken back for interactive requests {taken_back} times "
+        f"({'the lane takes back' if setup.take_back else '--no-take-back'})"
     )
     payload = {
         "reserved_gpus": reserved,
         "reserved_busy_fraction": round(busy_share, 4),
         "reserved_busy_fraction_without_deferrable": round(busy_without / total, 4),
         "batch_done_by_deadline": done,
+        "batch_taken_back": taken_back,
         "targets_met": {"busy": busy_met, "tails": tails_kept, "deadline": done_met},
         "days": days_out,
     }
@@ -2045,6 +2127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the lane rule bounds deferrable work by in-flight slots alone, not also by KV cache (for comparison)",
     )
     parser.add_argument(
+        "--no-take-back",
+        dest="take_back",
+        action="store_false",
+        help="an interactive request never takes back deferrable requests in flight (for comparison)",
+    )
+    parser.add_argument(
         "--reserved-target",
         action="store_true",
         help="a week on a reserved pool sized for the interactive p95 peak, with an overnight backlog and without",
@@ -2077,6 +2165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.reserved_gpus,
         backlog=args.backlog,
         lane_kv=args.lane_kv,
+        take_back=args.take_back,
     )
     if args.reserved_target:
         return run_reserved_target(args, setup)

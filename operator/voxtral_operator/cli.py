@@ -270,7 +270,7 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="this pod's share of a replica's KV cache in tokens: deferrable work stays within it less an eighth "
+        help="this pod's share of a replica's KV cache in tokens: deferrable work stays within it "
         "(default: 0, no KV bound)",
     )
     p.add_argument(
@@ -289,6 +289,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="JSON bodies longer than 64 KiB that name no service_tier in those are read whole before dispatch "
         "(to find it anywhere in them) while they fit N MB in all; the others stream (0: always; default: 128)",
+    )
+    p.add_argument(
+        "--resend-buffer-mb",
+        type=float,
+        default=256.0,
+        metavar="N",
+        help="bodies of deferrable requests in flight kept (N MB in all) so that an interactive request can take "
+        "them back and they are sent again later; a body beyond it streams unkept (0: none; default: 256)",
     )
     p.add_argument(
         "--max-connections",

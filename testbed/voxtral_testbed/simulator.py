@@ -209,6 +209,10 @@ class Engine:
         started = time.perf_counter()
         try:
             await asyncio.sleep(self.args.request_seconds)
+        except asyncio.CancelledError:
+            # The caller's connection closed: vLLM's server aborts the request (`with_cancellation`).
+            self.c_success.labels(**self.labels, finished_reason="abort").inc()
+            raise
         finally:
             self.end()
         self.h_ttft.labels(**self.labels).observe(min(0.05, self.args.request_seconds) + started - arrived)
@@ -479,7 +483,8 @@ async def serve(args: argparse.Namespace) -> int:
     # Loading: nothing listens, so connections are refused, as with vLLM loading weights.
     await asyncio.sleep(args.load_seconds)
     engine = Engine(args)
-    runner = web.AppRunner(build_app(engine), access_log=None)
+    # vLLM's API server cancels a request's handler when its caller disconnects, and aborts the request.
+    runner = web.AppRunner(build_app(engine), access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()

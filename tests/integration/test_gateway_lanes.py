@@ -112,17 +112,18 @@ async def test_long_deferrable_recordings_are_bounded_by_the_replicas_kv_cache(
     serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
 ) -> None:
     # 30-minute recordings: 22,500 audio tokens, the 64-token prompt and 7,200 of transcript = 29,764 each.
-    # This pod's share of the replica's KV cache, 100,000 tokens less an eighth, holds 2 of them; slots would take 7.
+    # This pod's share of the replica's KV cache, 70,000 tokens, holds 2 of them; slots would take 7.
     gateway = await serve(
         ("--max-num-seqs", "8", "--request-seconds", "0.5"),
         "--max-inflight-per-replica",
         "8",
         "--kv-cache-tokens-per-replica",
-        "100000",
+        "70000",
     )
     url = f"{gateway.url}/v1/audio/transcriptions"
     backlog = [asyncio.create_task(session.post(url, data=flex_form(wav(1800)))) for _ in range(12)]
-    # Interactive work is not bound by the estimate: a long interactive recording starts at once too.
+    # Interactive work is not bound by the estimate: a long interactive recording starts at once too, taking
+    # back a deferrable one (sent again later) where it does not fit beside them.
     most_deferrable, waited = await interactive_beside_the_backlog(gateway, session, url, wav(1800), 4)
     assert most_deferrable == 2, f"deferrable requests in flight: {most_deferrable}, not the 2 the KV share holds"
     assert waited < 0.05 * 4, f"interactive requests waited {waited:.3f}s in all in the gateway's queue"
@@ -130,6 +131,61 @@ async def test_long_deferrable_recordings_are_bounded_by_the_replicas_kv_cache(
         assert response.status == 200, await response.text()
         response.release()
     assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 12
+
+
+async def sim_metric(session: aiohttp.ClientSession, port: int, name: str, labels: str) -> float:
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith(name + "{") and labels in line:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_an_interactive_request_takes_back_deferrable_work_its_kv_tokens_need_and_it_is_sent_again(
+    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
+) -> None:
+    # 30-minute recordings (29,764 KV tokens each, by their header) in a 50,000-token share: one deferrable
+    # request fits; an interactive one beside it does not, so it takes the deferrable one back.
+    port = await start_sim(simulators, session, "--max-num-seqs", "8", "--request-seconds", "3")
+    await put_slice(kube, "mini-a", port)
+    gateway = await serve(None, "--max-inflight-per-replica", "8", "--kv-cache-tokens-per-replica", "50000")
+    url = f"{gateway.url}/v1/audio/transcriptions"
+    recording = wav(1800, actual_bytes=300_000)  # past the 64 KiB the gateway reads first: it streams, and is kept
+    deferrable = asyncio.create_task(session.post(url, data=flex_form(recording)))
+    await eventually(lambda: lane_metric(gateway, session, names.LANE_INFLIGHT_REQUESTS, "deferrable"), timeout=10)
+    await eventually(lambda: sim_metric(session, port, "vllm:num_requests_running", ""), timeout=10)
+    async with session.post(url, data=form(wav(1800))) as response:
+        assert response.status == 200, await response.text()
+    response = await deferrable
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    response.release()
+    # The replica transcribed the whole upload the second time: the gateway kept the body it had streamed.
+    assert f"({len(recording)} bytes)" in answer["text"], answer
+    assert await gateway.metric(session, names.DEFERRABLE_TAKEN_BACK_TOTAL) == 1
+    assert await sim_metric(session, port, "vllm:request_success_total", 'finished_reason="abort"') == 1
+    assert await sim_metric(session, port, "vllm:request_success_total", 'finished_reason="stop"') == 2
+    assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 1  # admitted once
+
+
+async def test_a_deferrable_body_beyond_the_resend_buffers_is_not_taken_back(
+    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
+) -> None:
+    port = await start_sim(simulators, session, "--max-num-seqs", "8", "--request-seconds", "2")
+    await put_slice(kube, "mini-a", port)
+    gateway = await serve(
+        None, "--max-inflight-per-replica", "8", "--kv-cache-tokens-per-replica", "50000", "--resend-buffer-mb", "0.1"
+    )
+    url = f"{gateway.url}/v1/audio/transcriptions"
+    deferrable = asyncio.create_task(session.post(url, data=flex_form(wav(1800, actual_bytes=300_000))))
+    await eventually(lambda: sim_metric(session, port, "vllm:num_requests_running", ""), timeout=10)
+    async with session.post(url, data=form(wav(1800))) as response:
+        assert response.status == 200, await response.text()
+    response = await deferrable
+    assert response.status == 200, await response.text()
+    response.release()
+    assert await gateway.metric(session, names.DEFERRABLE_TAKEN_BACK_TOTAL) == 0
+    assert await sim_metric(session, port, "vllm:request_success_total", 'finished_reason="abort"') == 0
 
 
 async def test_flex_chat_carries_a_lower_priority_only_where_vllm_schedules_by_it(

@@ -42,15 +42,15 @@ def test_the_admission_rule(lane: str, inflight: int, slots: int, interactive_wa
 @pytest.mark.parametrize(
     ("lane", "outstanding", "tokens", "kv_tokens", "admitted"),
     [
-        (DEFERRABLE, 6000, 1000, 8000, True),  # 8000 less an eighth: 7000
-        (DEFERRABLE, 6001, 1000, 8000, False),
+        (DEFERRABLE, 7000, 1000, 8000, True),  # the whole share: interactive work takes back what it needs
+        (DEFERRABLE, 7001, 1000, 8000, False),
         (DEFERRABLE, 0, 50_000, 8000, True),  # nothing in flight: one request of any size
         (DEFERRABLE, 1, 50_000, 8000, False),
         (DEFERRABLE, 10**9, 10**9, 0, True),  # the KV cache's size unknown: slots alone
         (INTERACTIVE, 10**9, 10**9, 8000, True),  # interactive work may use the whole KV cache
     ],
 )
-def test_deferrable_work_stays_within_the_kv_cache_less_an_eighth(
+def test_deferrable_work_stays_within_the_pods_share_of_the_kv_cache(
     lane: str, outstanding: int, tokens: int, kv_tokens: int, admitted: bool
 ) -> None:
     assert lanes.admits(lane, 0, 16, 0, outstanding, tokens, kv_tokens) is admitted
@@ -247,6 +247,72 @@ async def test_long_deferrable_work_leaves_the_kv_cache_to_interactive_work() ->
     for lease in (t.result() for t in deferred if t.done() and not t.cancelled()):
         lease.release()
     assert all(r.kv_tokens == 0 for r in dispatcher.replicas.values())
+
+
+@pytest.mark.parametrize(
+    ("outstanding", "kv_tokens", "retractable", "taken"),
+    [
+        (80_000, 80_000, [20_000, 20_000], []),  # fits: nothing taken back
+        (80_001, 80_000, [20_000, 5_000], [1]),  # the newest first, and only as much as needed
+        (100_000, 80_000, [20_000, 5_000, 10_000], [2, 1, 0]),
+        (200_000, 80_000, [20_000], [0]),  # all there is, even when it is not enough
+        (200_000, 80_000, [], []),
+    ],
+)
+def test_an_interactive_request_takes_back_the_newest_deferrable_work_until_its_tokens_fit(
+    outstanding: int, kv_tokens: int, retractable: list[int], taken: list[int]
+) -> None:
+    assert lanes.to_take_back(outstanding, kv_tokens, retractable) == taken
+
+
+async def test_the_dispatcher_takes_back_only_retractable_deferrable_leases_on_the_interactive_requests_replica() -> (
+    None
+):
+    long = Work(audio_seconds=1800, output_tokens=436)  # 23,000 KV tokens
+    dispatcher = Dispatcher(max_inflight=8, kv_tokens_per_replica=80_000)
+    dispatcher.set_replicas(["a:1"])
+    leases = [await dispatcher.acquire(long, lane=DEFERRABLE) for _ in range(3)]  # 69,000 tokens
+    aborted: list[int] = []
+    for index in (0, 1):  # the third one's body was not kept: it cannot be sent again
+        leases[index].retractable(lambda index=index: aborted.append(index))
+    interactive = await dispatcher.acquire(long)  # 92,000 tokens with it: more than 80,000
+    # The newest retractable one goes, and only it: 92,000 less its 23,000 fits.
+    assert aborted == [1]
+    assert [lease.taken_back for lease in leases] == [False, True, False]
+    assert dispatcher.taken_back == 1
+    assert dispatcher.snapshot().lanes[DEFERRABLE].taken_back == 1
+    leases[1].release()
+    # An answer on its way is never taken back: the lease settles when the replica answers.
+    leases[0].settled()
+    (await dispatcher.acquire(long)).release()
+    assert aborted == [1]
+    assert dispatcher.taken_back == 1
+    for lease in (leases[0], leases[2], interactive):
+        lease.release()
+    assert dispatcher.replicas["a:1"].kv_tokens == 0
+    assert not dispatcher.replicas["a:1"].retractable
+
+
+async def test_an_interactive_request_goes_where_it_fits_rather_than_take_deferrable_work_back() -> None:
+    long = Work(audio_seconds=1800, output_tokens=436)  # 23,000 KV tokens
+    dispatcher = Dispatcher(max_inflight=8, kv_tokens_per_replica=80_000)
+    dispatcher.set_replicas(["a:1"])
+    leases = [await dispatcher.acquire(long, lane=DEFERRABLE) for _ in range(3)]  # 69,000 tokens on a
+    aborted: list[Lease] = []
+    for lease in leases:
+        lease.retractable(lambda lease=lease: aborted.append(lease))
+    dispatcher.set_replicas(["a:1", "b:1"])
+    dispatcher.replicas["b:1"].outstanding = 10**6  # more work than a, by the estimate, but no KV tokens
+    interactive = await dispatcher.acquire(long)
+    assert interactive.address == "b:1"
+    assert aborted == []
+    interactive.release()
+    dispatcher.set_replicas(["a:1"])  # no room elsewhere: a takes one back
+    interactive = await dispatcher.acquire(long)
+    assert interactive.address == "a:1"
+    assert aborted == [leases[2]]
+    for lease in (*leases, interactive):
+        lease.release()
 
 
 async def test_the_deferrable_lane_has_its_own_bound_and_timeout() -> None:

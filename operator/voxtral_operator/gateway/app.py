@@ -83,6 +83,9 @@ STEPS = (
 class Settings:
     max_upload_bytes: int = 25 * 1_000_000
     json_buffer_bytes: int = 128 * 1_000_000  # JSON bodies this pod may hold whole before dispatch, in all
+    # Bodies of deferrable requests in flight this pod keeps, to send them again if an interactive request
+    # takes them back (lanes.to_take_back); a body beyond it streams unkept and is not taken back.
+    resend_buffer_bytes: int = 256 * 1_000_000
     connect_timeout: float = 5.0
     body_timeout: float = 30.0  # an upload that sends nothing for this long is abandoned
     limits: Limits = field(default_factory=Limits)
@@ -184,6 +187,12 @@ class JsonLease:
         self.size = 0
 
 
+class ResendBuffers(JsonBuffers):
+    """The bytes of deferrable requests' bodies a gateway pod keeps while they are in flight, to send them again
+    if an interactive request takes them back; each reserves its whole size (its Content-Length, else the
+    upload cap) when it is first dispatched, and one that does not fit streams without being kept."""
+
+
 async def read_whole(stream: aiohttp.StreamReader, prefix: bytes, limit: int, stall_seconds: float) -> bytes:
     """The body that begins with `prefix`, to its end or until more than `limit` bytes have been read."""
     parts = [prefix]
@@ -221,11 +230,12 @@ class Body:
         self.too_large = False
         self.failure: Refusal | None = None
         self.sent = 0
-
-    @property
-    def complete(self) -> bool:
-        """The whole body is in the prefix (sent with a Content-Length), else it streams (chunked)."""
-        return self.stream.at_eof()
+        # The whole body is in the prefix (sent with a Content-Length), else it streams (chunked); as it was
+        # before any attempt read the rest, for an attempt after one that did.
+        self.complete = stream.at_eof()
+        self.keep = False  # keep what is read past the prefix, to send the body again
+        self.kept: list[bytes] = []
+        self._reading = asyncio.Lock()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
@@ -233,21 +243,32 @@ class Body:
         closer = lanes.BeforeClosingBrace(self.closing) if self.closing else None
         if self.prefix:
             yield closer.feed(self.prefix) if closer else self.prefix
-        while True:
-            try:
-                chunk = await _read(self.stream, 0, self.timeout)
-            except UploadFailed as exc:
-                self.failure = exc.refusal
-                raise
-            if not chunk:
-                break
-            if self.watch.found(chunk):
-                self.failure = self.late
-                raise UploadFailed(self.late)
+        for chunk in self.kept:  # sent again: what an earlier attempt read, checked then
             self.sent += len(chunk)
-            if self.sent > self.limit:
-                self.too_large = True
-                raise UploadTooLarge()
+            if closer is None:
+                yield chunk
+            elif passed := closer.feed(chunk):
+                yield passed
+        while True:
+            # One reader at a time: an aborted attempt's reader may still be waiting on the stream when the
+            # next attempt starts (the aborted one's read is cancelled, and what it read is kept first).
+            async with self._reading:
+                try:
+                    chunk = await _read(self.stream, 0, self.timeout)
+                except UploadFailed as exc:
+                    self.failure = exc.refusal
+                    raise
+                if not chunk:
+                    break
+                if self.watch.found(chunk):
+                    self.failure = self.late
+                    raise UploadFailed(self.late)
+                self.sent += len(chunk)
+                if self.sent > self.limit:
+                    self.too_large = True
+                    raise UploadTooLarge()
+                if self.keep:
+                    self.kept.append(chunk)  # before it is yielded: a chunk read is never lost to an abort
             if closer is None:
                 yield chunk
             elif passed := closer.feed(chunk):  # an empty chunk would end a chunked upload
@@ -304,6 +325,7 @@ class Gateway:
         self.metrics = GatewayMetrics(self._snapshot, lambda: sources.missing)
         self._session: aiohttp.ClientSession | None = None
         self.json_buffers = JsonBuffers(settings.json_buffer_bytes)
+        self.resend_buffers = ResendBuffers(settings.resend_buffer_bytes)
         self.ssl_context: ssl.SSLContext | None = None
         # Tests only: called at each of STEPS; what it raises fails the request there.
         self.fault_at: Callable[[str], None] | None = None
@@ -604,32 +626,58 @@ class Gateway:
         framing: Framing,
         lane: str = lanes.INTERACTIVE,
     ) -> web.StreamResponse:
-        arrived = time.monotonic()
-        exclude: frozenset[str] = frozenset()
-        for attempt in range(1, CONNECT_ATTEMPTS + 1):
-            try:
-                lease = await self.dispatcher.acquire(work, exclude, key, self._tenant(key), lane)
-            except Rejected as exc:
-                kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"
-                return error_response(exc.status, str(exc), exc.code, kind=kind, retry_after=exc.retry_after)
-            try:
-                if attempt == 1:
-                    self.metrics.queue_wait.observe(time.monotonic() - arrived)
-                    self.metrics.lane_queue_wait.labels(lane).observe(time.monotonic() - arrived)
-                self._step("leased")
-                return await self._exchange(request, route, key, work, body, lease, framing)
-            except aiohttp.ClientConnectorError as exc:
-                if body.started and body.sent > len(body.prefix):
-                    raise  # bytes of the stream are gone: cannot retry
-                logger.warning("replica %s unreachable (%s); attempt %d", lease.address, exc, attempt)
-                # Nothing was sent: the next attempt waits (held, as at zero replicas) for a replica not
-                # tried yet, so a lost replica's callers are served once its replacement is ready.
-                exclude |= {lease.address}
-            finally:
-                lease.release()
-        return error_response(
-            502, "No replica of the endpoint could be reached", "backend_unreachable", kind="api_error"
-        )
+        with self.resend_buffers.lease() as kept:
+            # A deferrable request can be taken back (aborted, sent again later) if its body can be sent again.
+            resendable = lane == lanes.DEFERRABLE and (
+                not framing.has_body
+                or body.complete
+                or kept.reserve(framing.length if framing.length is not None else body.limit)
+            )
+            body.keep = resendable and framing.has_body and not body.complete
+            arrived = time.monotonic()
+            exclude: frozenset[str] = frozenset()
+            attempt = 0
+            taken_back = False
+            while attempt < CONNECT_ATTEMPTS:
+                attempt += 1
+                try:
+                    lease = await self.dispatcher.acquire(
+                        work, exclude, key, self._tenant(key), lane, arrived if taken_back else None
+                    )
+                except Rejected as exc:
+                    kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"
+                    return error_response(exc.status, str(exc), exc.code, kind=kind, retry_after=exc.retry_after)
+                try:
+                    if attempt == 1 and not taken_back:
+                        self.metrics.queue_wait.observe(time.monotonic() - arrived)
+                        self.metrics.lane_queue_wait.labels(lane).observe(time.monotonic() - arrived)
+                    self._step("leased")
+                    if not resendable:
+                        return await self._exchange(request, route, key, work, body, lease, framing)
+                    exchange = asyncio.ensure_future(self._exchange(request, route, key, work, body, lease, framing))
+                    lease.retractable(exchange.cancel)
+                    try:
+                        return await exchange
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if not lease.taken_back or (task is not None and task.cancelling()):
+                            raise
+                    # Taken back for an interactive request before the replica answered: vLLM aborted it
+                    # when its connection closed; it waits in its lane again (not a failed attempt).
+                    taken_back = True
+                    attempt -= 1
+                except aiohttp.ClientConnectorError as exc:
+                    if body.started and body.sent > len(body.prefix) and not body.keep:
+                        raise  # bytes of the stream are gone: cannot retry
+                    logger.warning("replica %s unreachable (%s); attempt %d", lease.address, exc, attempt)
+                    # Nothing was sent: the next attempt waits (held, as at zero replicas) for a replica not
+                    # tried yet, so a lost replica's callers are served once its replacement is ready.
+                    exclude |= {lease.address}
+                finally:
+                    lease.release()
+            return error_response(
+                502, "No replica of the endpoint could be reached", "backend_unreachable", kind="api_error"
+            )
 
     async def _exchange(
         self, request: web.BaseRequest, route: str, key: str, work: Work, body: Body, lease: Lease, framing: Framing
@@ -651,6 +699,7 @@ class Gateway:
             async with self.session().request(
                 request.method, url, data=data, headers=headers, allow_redirects=False
             ) as upstream:
+                lease.settled()  # the replica answered: its caller will see this answer, it is not taken back
                 self._step("backend_answered")
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 request[RELAYED] = response

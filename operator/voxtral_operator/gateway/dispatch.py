@@ -16,6 +16,12 @@ held or queued alike; it is dispatched only while no interactive request waits a
 replica with more than the headroom of its slots free and, when the replica's KV cache size is
 given, its outstanding KV tokens (both lanes', as this pod counts them) with the request's within
 this pod's share less the headroom. Each lane's admissions and failures are counted.
+
+An interactive request sent to a replica where its KV tokens do not fit beside what this pod has in
+flight there takes back that replica's deferrable requests that can be sent again, newest first,
+until they fit (`lanes.to_take_back`): each is aborted (its connection to vLLM closed, which aborts
+it there) and waits in the deferrable queue again, keeping its arrival time. Without that, an
+interactive request larger than the headroom waits in vLLM's queue until deferrable ones finish.
 """
 
 from __future__ import annotations
@@ -93,6 +99,8 @@ class Replica:
     deferrable_audio_seconds: float = 0.0  # of `audio_seconds`, the deferrable requests'
     kv_tokens: int = 0  # estimated KV tokens of the requests in flight, both lanes (Work.kv_tokens)
     gone: bool = False  # left the EndpointSlice; its in-flight requests finish or fail on their own
+    # The deferrable leases that may be taken back (their body can be sent again), in dispatch order.
+    retractable: list[Lease] = field(default_factory=list)
 
 
 def choose(
@@ -128,13 +136,35 @@ class Lease:
     key: str = "anonymous"
     lane: str = lanes.INTERACTIVE
     released: bool = False
+    taken_back: bool = False  # aborted for an interactive request: to be sent again
+    _abort: Callable[[], object] | None = None
 
     @property
     def address(self) -> str:
         return self.replica.address
 
+    def retractable(self, abort: Callable[[], object]) -> None:
+        """This deferrable request can be sent again: `abort` stops its exchange if it is taken back."""
+        if self.lane == lanes.DEFERRABLE and not self.released and self._abort is None:
+            self._abort = abort
+            self.replica.retractable.append(self)
+
+    def settled(self) -> None:
+        """The replica has answered (its caller sees the answer): no longer taken back."""
+        if self._abort is not None:
+            self._abort = None
+            self.replica.retractable.remove(self)
+
+    def take_back(self) -> None:
+        abort = self._abort
+        self.settled()
+        self.taken_back = True
+        if abort is not None:
+            abort()
+
     def release(self) -> None:
         if not self.released:
+            self.settled()
             self.released = True
             self._dispatcher._release(self)
 
@@ -192,6 +222,7 @@ class Dispatcher:
         self.limited: collections.Counter[tuple[str, str]] = collections.Counter()  # 429s per (key, limit)
         self.admitted: collections.Counter[str] = collections.Counter()  # dispatched per lane
         self.failed: collections.Counter[tuple[str, str]] = collections.Counter()  # refused per (lane, code)
+        self.taken_back = 0  # deferrable requests aborted for interactive ones, to be sent again
 
     # --- the replica set --------------------------------------------------------------------
 
@@ -238,29 +269,34 @@ class Dispatcher:
         key: str = "anonymous",
         tenant: str | None = None,
         lane: str = lanes.INTERACTIVE,
+        arrived: float | None = None,
     ) -> Lease:
         """A lease on the best replica, waiting its key's turn; raises a Rejected when it cannot.
 
         `key`: the caller's key id (its flow and limits); `tenant`: the name its weight and limits are
-        configured under. A retry (`exclude` not empty) was admitted already and is not charged again.
+        configured under. A retry (`exclude` not empty, or `arrived` given: a request taken back) was
+        admitted already and is not charged again; `arrived` (the event loop's clock) is when it first
+        arrived, which its timeout counts from.
         `lane`: interactive, or deferrable (admitted only into what interactive work leaves idle).
         """
         try:
-            lease = await self._acquire(work, exclude, key, tenant, lane)
+            lease = await self._acquire(work, exclude, key, tenant, lane, arrived)
         except Rejected as exc:
             self.failed[(lane, exc.code)] += 1
             raise
-        if not exclude:
+        if not exclude and arrived is None:
             self.admitted[lane] += 1
         return lease
 
-    async def _acquire(self, work: Work, exclude: frozenset[str], key: str, tenant: str | None, lane: str) -> Lease:
+    async def _acquire(
+        self, work: Work, exclude: frozenset[str], key: str, tenant: str | None, lane: str, arrived: float | None
+    ) -> Lease:
         if self.refusing is not None:
             raise copy.copy(self.refusing)
         deferrable = lane == lanes.DEFERRABLE
         queue = self._deferred if deferrable else self._queue
         limits = self.key_policies.of(tenant)
-        if not exclude:
+        if not exclude and arrived is None:
             active = self._active[key] + self._queue.waiting(key) + self._deferred.waiting(key)
             refusal = self._limiter.admit(key, limits, work.audio_seconds, active, self._clock())
             if refusal is not None:
@@ -277,7 +313,8 @@ class Dispatcher:
         if len(queue) >= (self.max_deferrable_queue if deferrable else self.max_queue):
             self._make_room(queue, key, self.max_deferrable_queue if deferrable else self.max_queue)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(work, exclude, time.monotonic(), loop.create_future(), key, next(self._arrivals), lane)
+        since = time.monotonic() if arrived is None else arrived
+        waiter = _Waiter(work, exclude, since, loop.create_future(), key, next(self._arrivals), lane)
         queue.push(key, waiter, limits.weight)
         try:
             while not waiter.future.done():
@@ -342,10 +379,16 @@ class Dispatcher:
         return lanes.deferrable_slots(self.max_inflight) if lane == lanes.DEFERRABLE else self.max_inflight
 
     def _choose(self, lane: str, work: Work, exclude: frozenset[str] = frozenset()) -> Replica | None:
-        """The replica a request of `lane` goes to now by the lane rule (lanes.admits), or None."""
-        if lane != lanes.DEFERRABLE or self.kv_tokens_per_replica <= 0:
-            return choose(self.replicas.values(), self._slots(lane), exclude)
+        """The replica a request of `lane` goes to now by the lane rule (lanes.admits), or None. An interactive
+        request that would take deferrable work back goes where its KV tokens fit as they are, if some replica
+        has room for it: the deferrable work then is not sent again."""
         tokens, kv = work.kv_tokens, self.kv_tokens_per_replica
+        if lane != lanes.DEFERRABLE or kv <= 0:
+            best = choose(self.replicas.values(), self._slots(lane), exclude)
+            if best is not None and kv > 0 and best.retractable and best.kv_tokens + tokens > kv:
+                room = choose(self.replicas.values(), self._slots(lane), exclude, lambda r: r.kv_tokens + tokens <= kv)
+                return room or best
+            return best
         return choose(
             self.replicas.values(), self._slots(lane), exclude, lambda r: lanes.kv_admits(r.kv_tokens, tokens, kv)
         )
@@ -360,6 +403,13 @@ class Dispatcher:
         replica.outstanding += cost
         replica.audio_seconds += work.audio_seconds
         self._active[key] += 1
+        if lane == lanes.INTERACTIVE and self.kv_tokens_per_replica > 0 and replica.retractable:
+            held = [lease.work.kv_tokens for lease in replica.retractable]
+            indexes = lanes.to_take_back(replica.kv_tokens, self.kv_tokens_per_replica, held)
+            taken = [replica.retractable[index] for index in indexes]
+            for lease in taken:
+                lease.take_back()
+            self.taken_back += len(taken)
         return Lease(replica, work, self, key, lane)
 
     def _release(self, lease: Lease) -> None:
@@ -412,6 +462,7 @@ class Dispatcher:
             now.lanes[lane].queued = len(queue)
             now.lanes[lane].queued_audio_seconds = sum(w.work.audio_seconds for w in queue)
             now.lanes[lane].admitted = self.admitted[lane]
+        now.lanes[lanes.DEFERRABLE].taken_back = self.taken_back
         for (lane, code), count in self.failed.items():
             now.lanes[lane].failed[code] = count
         now.held = now.queued if not self.replicas else 0

@@ -61,8 +61,9 @@ def spec_of(args: argparse.Namespace) -> Spec:
     ):
         if value <= 0:
             raise UsageError(f"{name} must be positive, not {value:g}")
-    if args.json_buffer_mb < 0:
-        raise UsageError(f"--json-buffer-mb must not be negative, not {args.json_buffer_mb:g}")
+    for name, size in (("--json-buffer-mb", args.json_buffer_mb), ("--resend-buffer-mb", args.resend_buffer_mb)):
+        if size < 0:
+            raise UsageError(f"{name} must not be negative, not {size:g}")
     if args.kv_cache_tokens_per_replica < 0:
         raise UsageError(f"--kv-cache-tokens-per-replica must not be negative, not {args.kv_cache_tokens_per_replica}")
     if args.deferrable_priority is not None and args.deferrable_priority <= 0:
@@ -181,6 +182,7 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
         Settings(
             max_upload_bytes=int(args.max_upload_mb * 1_000_000),
             json_buffer_bytes=int(args.json_buffer_mb * 1_000_000),
+            resend_buffer_bytes=int(args.resend_buffer_mb * 1_000_000),
             body_timeout=args.body_timeout_seconds,
             limits=Limits(
                 max_connections=args.max_connections,

@@ -36,6 +36,8 @@ LANE_INFLIGHT_AUDIO_SECONDS = "voxtral_gateway_lane_inflight_audio_seconds"
 LANE_ADMITTED_TOTAL = "voxtral_gateway_lane_admitted_total"
 LANE_FAILED_TOTAL = "voxtral_gateway_lane_failed_total"
 LANE_QUEUE_WAIT_SECONDS = "voxtral_gateway_lane_queue_wait_seconds"
+# Deferrable requests aborted on a replica to make room for an interactive one, and queued again.
+DEFERRABLE_TAKEN_BACK_TOTAL = "voxtral_gateway_deferrable_taken_back_total"
 LANE_NAMES = ("interactive", "deferrable")  # as voxtral_operator.gateway.lanes names them
 
 ALL = (
@@ -79,6 +81,7 @@ class LaneSnapshot:
         self.inflight_audio_seconds = 0.0
         self.admitted = 0
         self.failed: dict[str, int] = {}  # by the code answered (queue_full, queue_timeout, ...)
+        self.taken_back = 0  # (deferrable) aborted on a replica for an interactive request, queued again
 
 
 class Snapshot:
@@ -164,6 +167,12 @@ def _lane_families(now: Snapshot) -> Iterator[Metric]:
         "(queue_full, queue_timeout, endpoint_starting, rate_limit_exceeded, ...).",
         labels=["lane", "reason"],
     )
+    taken_back = CounterMetricFamily(
+        DEFERRABLE_TAKEN_BACK_TOTAL.removesuffix("_total"),
+        "Deferrable requests aborted on a replica to make room in its KV cache for an interactive request, "
+        "and queued again (sent again from the start).",
+    )
+    taken_back.add_metric([], now.lanes["deferrable"].taken_back)
     for lane, state in now.lanes.items():
         queued.add_metric([lane], state.queued)
         audio.add_metric([lane], state.queued_audio_seconds)
@@ -172,7 +181,7 @@ def _lane_families(now: Snapshot) -> Iterator[Metric]:
         admitted.add_metric([lane], state.admitted)
         for reason, count in sorted(state.failed.items()):
             failed.add_metric([lane, reason], count)
-    yield from (queued, audio, inflight, inflight_audio, admitted, failed)
+    yield from (queued, audio, inflight, inflight_audio, admitted, failed, taken_back)
 
 
 class GatewayMetrics:

@@ -147,7 +147,7 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         str(spec.gateway.deferrable.max_queue),
         "--deferrable-timeout-seconds",
         str(spec.gateway.deferrable.timeout_seconds),
-        # Deferrable work stays within this share of a replica's KV cache (less an eighth), gateway/lanes.py.
+        # Deferrable work stays within this share of a replica's KV cache (gateway/lanes.py).
         "--kv-cache-tokens-per-replica",
         str(kv_cache_tokens_per_gateway_pod(plan)),
         "--max-upload-mb",
