@@ -18,7 +18,8 @@ replica only while no interactive request waits in that gateway pod's queue, the
 than a headroom H (an eighth of the slots, at least 1) of that pod's in-flight slots free, and the
 whole sequences (prompt and expected output) that pod has in flight there, with the request's, stay
 within the pod's share of the replica's KV cache (the cache over the gateway pods);
-`--lane-slots-only` drops the KV bound, for comparison. An interactive request whose tokens
+`--lane-slots-only` drops the KV bound (and taking back with it, as a gateway given no KV size),
+for comparison. An interactive request whose tokens
 do not fit the pod's share beside what it counts on the replica goes to another replica where they
 fit, if one has room, else takes back that pod's deferrable requests there (those vLLM has not
 started first, then the newest running) until they fit: each is aborted, its work lost, and waits at
@@ -825,7 +826,8 @@ class Cluster:
         self.lane_kv_tokens = self.kv_share if lane_kv else math.inf
         # `take_back`: an interactive request whose tokens do not fit beside what a replica holds takes
         # back that gateway pod's deferrable requests there, newest first, until they do.
-        self.take_back = take_back and routing == "gateway"
+        # Without the KV bound (the gateway given no KV size) the gateway has nothing to measure a fit by.
+        self.take_back = take_back and lane_kv and routing == "gateway"
         self.taken_back = 0
         self.hours: dict[int, list[float]] = {}  # hour -> [busy reserved GPU-s, ready replica-s, deferred queued]
         self.last_arrival = -math.inf
@@ -2018,7 +2020,7 @@ def reserved_target(
     lines.append(
         f"  deferrable requests done by their deadline: {on_time} of {items} ({failed} failed): "
         f"{'met' if done_met else 'NOT MET'}; taken back for interactive requests {taken_back} times "
-        f"({'the lane takes back' if setup.take_back else '--no-take-back'})"
+        f"({'the lane takes back' if setup.take_back and setup.lane_kv else 'nothing taken back'})"
     )
     payload = {
         "reserved_gpus": reserved,
