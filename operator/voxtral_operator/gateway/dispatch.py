@@ -15,13 +15,14 @@ Deferrable work (`lanes.py`) waits in a second queue with its own bound and its 
 held or queued alike; it is dispatched only while no interactive request waits and only into a
 replica with more than the headroom of its slots free and, when the replica's KV cache size is
 given, its outstanding KV tokens (both lanes', as this pod counts them) with the request's within
-this pod's share less the headroom. Each lane's admissions and failures are counted.
+this pod's share. Each lane's admissions and failures are counted.
 
 An interactive request sent to a replica where its KV tokens do not fit beside what this pod has in
 flight there takes back that replica's deferrable requests that can be sent again, newest first,
-until they fit (`lanes.to_take_back`): each is aborted (its connection to vLLM closed, which aborts
-it there) and waits in the deferrable queue again, keeping its arrival time. Without that, an
-interactive request larger than the headroom waits in vLLM's queue until deferrable ones finish.
+until they fit (`lanes.to_take_back`), unless another replica has room where they fit as they are:
+each is aborted (its connection to vLLM closed, which aborts it there) and waits in the deferrable
+queue again, keeping its arrival time. Without that, an interactive request that does not fit waits
+in vLLM's queue until deferrable ones finish.
 """
 
 from __future__ import annotations

@@ -16,21 +16,23 @@ The rule (the policy simulation implements the same one):
   interactive request sent into the free slots then waits in vLLM's first-come-first-served queue
   behind them. A replica this pod has nothing in flight on takes one deferrable request whatever
   its size (else a request larger than the bound would never run);
-- an interactive request sent to a replica where its KV tokens do not fit beside what this pod has
-  in flight there (its share of the cache, no headroom) takes back deferrable requests on that
-  replica, newest first, until they fit (`to_take_back`): the gateway aborts them and sends them
-  again later, from the start. Only requests whose body the gateway kept can be taken back
-  (app.ResendBuffers), and only until the replica answers. This is what keeps an interactive request
-  larger than the headroom (a long upload) from waiting in vLLM's queue until deferrable ones finish;
+- an interactive request whose KV tokens do not fit beside what this pod has in flight on the
+  replica it would go to (its share of the cache) goes to another replica where they fit, if one has
+  a free slot, else takes back deferrable requests on that replica, newest first, until they fit
+  (`to_take_back`): the gateway aborts them and sends them again later, from the start. Only
+  requests whose body the gateway kept can be taken back (app.ResendBuffers), and only until the
+  replica answers. This is what keeps an interactive request that does not fit (a long upload beside
+  the lane's work) from waiting in vLLM's queue until deferrable ones finish;
 - where vLLM runs `--scheduling-policy priority`, deferrable chat and completions requests carry
   a larger `priority` number (lower priority) than interactive ones (0); the caller sets none.
 
 What this buys, and its limits: an interactive arrival finds a free slot and, as far as the token
-estimates hold, free KV cache, so vLLM admits it at its next engine step instead of queueing it
-behind deferrable work. The estimates are estimates: a transcript longer than expected, audio
-whose length the header did not give, or interactive work that itself fills the cache can still
-put an interactive request in vLLM's queue (transcriptions carry no priority there); without a
-KV size (`--kv-cache-tokens-per-replica` 0) only the slots bound deferrable work.
+estimates hold, free KV cache (or frees it by taking deferrable work back), so vLLM admits it at its
+next engine step instead of queueing it behind deferrable work. The estimates are estimates: a
+transcript longer than expected, audio whose length the header did not give, or interactive work
+that itself fills the cache can still put an interactive request in vLLM's queue (transcriptions
+carry no priority there); without a KV size (`--kv-cache-tokens-per-replica` 0) only the slots
+bound deferrable work, and nothing is taken back.
 
 The gateway reads the tier only from what it has read before dispatch: the body's first 64 KiB, or
 a whole JSON body that names no tier in those (the OpenAI SDK writes `service_tier` after
