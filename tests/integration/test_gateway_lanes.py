@@ -168,6 +168,48 @@ async def test_an_interactive_request_takes_back_deferrable_work_its_kv_tokens_n
     assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 1  # admitted once
 
 
+async def test_a_deferrable_upload_taken_back_mid_stream_is_sent_again_whole(
+    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
+) -> None:
+    port = await start_sim(simulators, session, "--max-num-seqs", "8", "--request-seconds", "1")
+    await put_slice(kube, "mini-a", port)
+    gateway = await serve(None, "--max-inflight-per-replica", "8", "--kv-cache-tokens-per-replica", "50000")
+    url = f"{gateway.url}/v1/audio/transcriptions"
+    recording = wav(1800, actual_bytes=400_000)
+    boundary = "lanes-test-boundary"
+    head = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in (("service_tier", "flex"), ("model", "mistralai/Voxtral-Mini-3B-2507"))
+    )
+    head += f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="clip.wav"\r\n'
+    body = (head + "Content-Type: audio/wav\r\n\r\n").encode() + recording + f"\r\n--{boundary}--\r\n".encode()
+    rest_may_come = asyncio.Event()
+
+    async def upload() -> AsyncIterator[bytes]:
+        """Half the body, then the rest only once the request was taken back half-way through its upload."""
+        half = len(body) // 2
+        for start in range(0, half, 32768):
+            yield body[start : min(start + 32768, half)]
+        await rest_may_come.wait()
+        for start in range(half, len(body), 32768):
+            yield body[start : start + 32768]
+
+    deferrable = asyncio.create_task(
+        session.post(url, data=upload(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    )
+    await eventually(lambda: lane_metric(gateway, session, names.LANE_INFLIGHT_REQUESTS, "deferrable"), timeout=10)
+    interactive = asyncio.create_task(session.post(url, data=form(wav(1800))))
+    await eventually(lambda: gateway.metric(session, names.DEFERRABLE_TAKEN_BACK_TOTAL), timeout=10)
+    rest_may_come.set()
+    async with await interactive as response:
+        assert response.status == 200, await response.text()
+    async with await deferrable as response:
+        assert response.status == 200, await response.text()
+        answer = await response.json()
+    assert f"({len(recording)} bytes)" in answer["text"], answer  # every byte, each once
+    assert await sim_metric(session, port, "vllm:request_success_total", 'finished_reason="stop"') == 2
+
+
 async def test_a_deferrable_body_beyond_the_resend_buffers_is_not_taken_back(
     serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
 ) -> None:
