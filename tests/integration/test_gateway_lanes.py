@@ -141,15 +141,24 @@ async def sim_metric(session: aiohttp.ClientSession, port: int, name: str, label
     return 0.0
 
 
+async def one_replica_with_a_50000_token_share(
+    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any, seconds: str, *gateway_args: str
+) -> tuple[int, Gateway, str]:
+    """(the simulator's port, the gateway, its transcription URL): one replica taking `seconds` a request, in
+    front of it a gateway giving each pod a 50,000-token share of its KV cache: one 30-minute recording
+    (29,764 tokens by its header) fits beside another, a second does not."""
+    port = await start_sim(simulators, session, "--max-num-seqs", "8", "--request-seconds", seconds)
+    await put_slice(kube, "mini-a", port)
+    args = ("--max-inflight-per-replica", "8", "--kv-cache-tokens-per-replica", "50000", *gateway_args)
+    gateway = await serve(None, *args)
+    return port, gateway, f"{gateway.url}/v1/audio/transcriptions"
+
+
 async def test_an_interactive_request_takes_back_deferrable_work_its_kv_tokens_need_and_it_is_sent_again(
     serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
 ) -> None:
-    # 30-minute recordings (29,764 KV tokens each, by their header) in a 50,000-token share: one deferrable
-    # request fits; an interactive one beside it does not, so it takes the deferrable one back.
-    port = await start_sim(simulators, session, "--max-num-seqs", "8", "--request-seconds", "3")
-    await put_slice(kube, "mini-a", port)
-    gateway = await serve(None, "--max-inflight-per-replica", "8", "--kv-cache-tokens-per-replica", "50000")
-    url = f"{gateway.url}/v1/audio/transcriptions"
+    # One deferrable 30-minute recording fits the share; an interactive one beside it does not: it takes it back.
+    port, gateway, url = await one_replica_with_a_50000_token_share(serve, kube, session, simulators, "3")
     recording = wav(1800, actual_bytes=300_000)  # past the 64 KiB the gateway reads first: it streams, and is kept
     deferrable = asyncio.create_task(session.post(url, data=flex_form(recording)))
     await eventually(lambda: lane_metric(gateway, session, names.LANE_INFLIGHT_REQUESTS, "deferrable"), timeout=10)
@@ -171,10 +180,7 @@ async def test_an_interactive_request_takes_back_deferrable_work_its_kv_tokens_n
 async def test_a_deferrable_upload_taken_back_mid_stream_is_sent_again_whole(
     serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
 ) -> None:
-    port = await start_sim(simulators, session, "--max-num-seqs", "8", "--request-seconds", "1")
-    await put_slice(kube, "mini-a", port)
-    gateway = await serve(None, "--max-inflight-per-replica", "8", "--kv-cache-tokens-per-replica", "50000")
-    url = f"{gateway.url}/v1/audio/transcriptions"
+    port, gateway, url = await one_replica_with_a_50000_token_share(serve, kube, session, simulators, "1")
     recording = wav(1800, actual_bytes=400_000)
     boundary = "lanes-test-boundary"
     head = "".join(
@@ -213,12 +219,9 @@ async def test_a_deferrable_upload_taken_back_mid_stream_is_sent_again_whole(
 async def test_a_deferrable_body_beyond_the_resend_buffers_is_not_taken_back(
     serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
 ) -> None:
-    port = await start_sim(simulators, session, "--max-num-seqs", "8", "--request-seconds", "2")
-    await put_slice(kube, "mini-a", port)
-    gateway = await serve(
-        None, "--max-inflight-per-replica", "8", "--kv-cache-tokens-per-replica", "50000", "--resend-buffer-mb", "0.1"
+    port, gateway, url = await one_replica_with_a_50000_token_share(
+        serve, kube, session, simulators, "2", "--resend-buffer-mb", "0.1"
     )
-    url = f"{gateway.url}/v1/audio/transcriptions"
     deferrable = asyncio.create_task(session.post(url, data=flex_form(wav(1800, actual_bytes=300_000))))
     await eventually(lambda: sim_metric(session, port, "vllm:num_requests_running", ""), timeout=10)
     async with session.post(url, data=form(wav(1800))) as response:
