@@ -134,6 +134,7 @@ async def test_long_deferrable_recordings_are_bounded_by_the_replicas_kv_cache(
 
 
 async def sim_metric(session: aiohttp.ClientSession, port: int, name: str, labels: str) -> float:
+    """The simulator's first sample of `name` whose labels include `labels` (0 when it has none yet)."""
     async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
         for line in (await response.text()).splitlines():
             if line.startswith(name + "{") and labels in line:
@@ -364,16 +365,10 @@ async def test_the_simulator_starts_waiting_requests_lowest_priority_first(
             assert response.status == 200, await response.text()
         finished.append(name)
 
-    async def gauge(name: str) -> float:
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-            page = await response.text()
-        line = next(x for x in page.splitlines() if x.startswith(name + "{"))
-        return float(line.rsplit(" ", 1)[1])
-
     running = asyncio.create_task(chat("running", 0))
-    await eventually(lambda: gauge("vllm:num_requests_running"), timeout=5, interval=0.01)
+    await eventually(lambda: sim_metric(session, port, "vllm:num_requests_running", ""), timeout=5, interval=0.01)
     deferred = asyncio.create_task(chat("deferred", 10))
-    await eventually(lambda: gauge("vllm:num_requests_waiting"), timeout=5, interval=0.01)
+    await eventually(lambda: sim_metric(session, port, "vllm:num_requests_waiting", ""), timeout=5, interval=0.01)
     interactive = asyncio.create_task(chat("interactive", 0))
     await asyncio.gather(running, deferred, interactive)
     assert finished == ["running", "interactive", "deferred"], finished
