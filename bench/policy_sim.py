@@ -668,19 +668,25 @@ class Replica:
         while self.running > 1 and self.kv_used() > engine.kv_tokens:
             self._preempt(next(reversed(self.running_order)))
 
-    def _preempt(self, request: Request) -> None:
+    def _free(self, request: Request) -> None:
+        """A running request leaves the batch: its blocks freed, its decode entry (if any) stale."""
         del self.running_order[request]
         self.running -= 1
-        self.preemptions += 1
         if request.left > 0:  # still prefilling: what it computed is dropped
             self.prefilling.remove(request)
             self.kv_fixed -= request.prompt - request.left
             self.prefill_left -= request.left
         else:
-            produced = min(request.remaining, self.clock - request.start_clock)
             self.kv_fixed -= request.prompt
             self.dec_start_sum -= request.start_clock
-            request.epoch += 1
+        request.epoch += 1
+
+    def _preempt(self, request: Request) -> None:
+        self.preemptions += 1
+        decoding = request.left <= 0
+        self._free(request)
+        if decoding:
+            produced = min(request.remaining, self.clock - request.start_clock)
             request.prompt += produced  # what it produced is recomputed with the prompt
             request.remaining -= produced
         request.left = request.prompt
@@ -689,18 +695,10 @@ class Replica:
 
     def withdraw(self, request: Request) -> None:
         """A running request aborted (its connection closed): its blocks freed, its work lost."""
-        del self.running_order[request]
-        self.running -= 1
-        if request.left > 0:
-            self.prefilling.remove(request)
-            self.kv_fixed -= request.prompt - request.left
-            self.prefill_left -= request.left
-            if not self.prefilling:
-                self.prefill_left = 0.0
-        else:
-            self.kv_fixed -= request.prompt
-            self.dec_start_sum -= request.start_clock
-        request.epoch += 1  # its decode entry is stale
+        prefilling = request.left > 0
+        self._free(request)
+        if prefilling and not self.prefilling:
+            self.prefill_left = 0.0
 
     def evict(self) -> list[Request]:
         """Everything on this engine, waiting or running, taken off it (a cut drain)."""
