@@ -64,7 +64,7 @@ bench: $(STAMP) $(HELM)
 	$(BIN)/python bench/gateway_queues.py
 	$(BIN)/python bench/realtime.py
 	$(BIN)/python bench/policy_sim.py
-	$(BIN)/python bench/policy_sim.py --reserved-target --seeds 1 --lane-slots-only --plot bench/reserved-pool-slots.svg
+	$(BIN)/python bench/policy_sim.py --reserved-target --seeds 1 --draws 1 --lane-slots-only --plot bench/reserved-pool-slots.svg
 	$(BIN)/python bench/policy_sim.py --reserved-target --seeds 1 --plot bench/reserved-pool.svg
 
 # The image builds, printed rather than run (no Docker engine is assumed): `make images REGISTRY=...`.

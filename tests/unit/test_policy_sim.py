@@ -297,6 +297,29 @@ def test_an_interactive_upload_that_does_not_fit_beside_deferrable_work_takes_it
     assert not any(r.deferrable for r in pod.queue)
 
 
+@pytest.mark.parametrize("on_waiting", [True, False])
+def test_the_what_if_takes_back_where_vllm_reports_an_interactive_request_waiting(sim: Any, on_waiting: bool) -> None:
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=1)
+    engine = sim.Engine.of(scenario)
+    cluster = sim.Cluster(scenario, engine, "gateway", 5, 0.0, 1, take_back=on_waiting, take_back_on_waiting=on_waiting)
+    for _ in range(400):
+        cluster.arrive(sim.Request(0.0, 1500.0, 900, deferrable=True))
+    for second in range(5):
+        cluster.step(float(second), 1.0)
+    pod = cluster.pods[0]
+    upload = sim.Request(5.0, 2400.0, 600)
+    cluster.arrive(upload)
+    cluster.step(5.0, 1.0)
+    # Nothing is taken back when it is sent: the upload waits in vLLM's queue for blocks...
+    assert not upload.admitted, (cluster.taken_back, pod.kv_used())
+    assert cluster.taken_back == 0
+    cluster.step(6.0, 1.0)
+    # ...until the next reading of the replica's metrics shows it waiting (or, without the what-if, on).
+    assert upload.admitted is on_waiting, (cluster.taken_back, pod.kv_used(), upload.need)
+    assert (cluster.taken_back > 0) is on_waiting
+    assert pod.kv_used() <= engine.kv_tokens
+
+
 def test_deferrable_rows_are_due_by_eight_the_next_morning_and_scored(sim: Any, tmp_path: Path) -> None:
     assert sim.due_by(0.0) == sim.DAY + 8 * 3600
     assert sim.due_by(sim.DAY + 23 * 3600) == 2 * sim.DAY + 8 * 3600
@@ -351,3 +374,43 @@ def test_deferrable_arrivals_leave_the_interactive_random_draws_as_they_were(sim
         runs.append((picks, sorted(pod.ready_at for pod in cluster.pods)))
     assert len(set(runs[1][0])) == scenario.gateway_pods  # the picks do vary
     assert runs[0] == runs[1]
+
+
+def test_another_draw_changes_the_simulations_chance_and_draw_0_is_the_default(sim: Any) -> None:
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=8)
+    engine = sim.Engine.of(scenario)
+    runs = []
+    for draw in (None, 0, 1):
+        cluster = sim.Cluster(scenario, engine, "gateway", 5, 0.0, 1, **({} if draw is None else {"draw": draw}))
+        picks = []
+        for i in range(50):
+            request = sim.Request(float(i), 30.0, 90)
+            cluster.arrive(request)
+            picks.append(request.gw)
+        cluster.scale_to(4, 60.0)
+        runs.append((picks, sorted(pod.ready_at for pod in cluster.pods)))
+    assert runs[0] == runs[1]
+    assert runs[2][0] != runs[0][0]
+    assert runs[2][1] != runs[0][1]
+
+
+def test_the_reserved_target_pairs_each_draw_with_its_own_run_without_deferrable_work(sim: Any) -> None:
+    """With no deferrable rows, the run "with" deferrable work is the run without it, draw for draw: the
+    rule can miss no day. The other draws without deferrable work, judged by the same rule, do miss
+    this morning's (their replicas come up at other times): the comparison is not of a run with itself."""
+    setup = sim.Setup(
+        replace(sim.SCENARIOS["small-h100"], min_replicas=1),
+        seeds=(3,),
+        days=1,
+        warmup_days=0,
+        window=(7 * 3600, 8 * 3600),
+        reserved_gpus=2,
+    )
+    constants = sim.settings_for("small-h100", "gateway", sim.load_constants())
+    text, payload = sim.reserved_target(setup, constants["new"], constants, 1, draws=2)
+    assert payload["tail_days_missed"]["with_deferrable"] == 0, text
+    assert payload["tail_draw_days_missed"]["with_deferrable"] == 0, text
+    assert payload["tail_draw_days_missed"]["by_chance_alone"] >= 1, text
+    assert payload["tail_draw_days_missed"]["of"] == 2, text
+    assert payload["batch_done_by_deadline"] is None, text
+    assert "no deferrable requests due" in text
