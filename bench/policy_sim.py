@@ -1994,7 +1994,9 @@ def report(
 # The reserved pool: busy on deferrable work, interactive tails kept
 
 
-RESERVED_BACKLOG = 11000  # deferrable items an evening, by default: about what the pool finishes by 06:30
+# Deferrable items an evening, by default: sized to be finished by about 06:30 under an earlier lane rule
+# (the whole backlog counted by what replicas held); the README says when it is finished now.
+RESERVED_BACKLOG = 11000
 RESERVED_POOL_UTILIZATION = 0.55  # the oracle's share of a replica's KV cache when sizing the pool
 RESERVED_BUSY_TARGET = 0.8  # of the reserved GPU-seconds, over the scored days
 RESERVED_DRAWS = 3  # draws of the simulation's own chance per seed, by default, for the reserved pool's tails
@@ -2302,6 +2304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="end with one JSON line (the scored days)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
+    if args.draws < 1:
+        parser.error(f"--draws must be at least 1, not {args.draws}")
 
     scenario = SCENARIOS[args.scenario]
     holidays = tuple(int(d) for d in args.holidays.split(",") if d.strip())
