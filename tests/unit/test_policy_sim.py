@@ -314,7 +314,7 @@ def test_the_what_if_takes_back_where_vllm_reports_an_interactive_request_waitin
     assert not upload.admitted, (cluster.taken_back, pod.kv_used())
     assert cluster.taken_back == 0
     cluster.step(6.0, 1.0)
-    # ...until the next reading of the replica's metrics shows it waiting (or, without the what-if, on).
+    # ...until the next reading of the replica's metrics shows it waiting; with nothing taken back, it waits on.
     assert upload.admitted is on_waiting, (cluster.taken_back, pod.kv_used(), upload.need)
     assert (cluster.taken_back > 0) is on_waiting
     assert pod.kv_used() <= engine.kv_tokens
