@@ -673,18 +673,22 @@ class Replica:
         while self.running > 1 and self.kv_used() > engine.kv_tokens:
             self._preempt(next(reversed(self.running_order)))
 
-    def _free(self, request: Request) -> None:
-        """A running request leaves the batch: its blocks freed, its decode entry (if any) stale."""
+    def _free(self, request: Request) -> float:
+        """A running request leaves the batch: its blocks freed, its decode entry (if any) stale. Returns
+        the KV tokens it held (the prompt prefilled so far and the tokens produced)."""
         del self.running_order[request]
         self.running -= 1
         if request.left > 0:  # still prefilling: what it computed is dropped
+            held = request.prompt - request.left
             self.prefilling.remove(request)
-            self.kv_fixed -= request.prompt - request.left
+            self.kv_fixed -= held
             self.prefill_left -= request.left
         else:
+            held = request.prompt + min(request.remaining, self.clock - request.start_clock)
             self.kv_fixed -= request.prompt
             self.dec_start_sum -= request.start_clock
         request.epoch += 1
+        return held
 
     def _preempt(self, request: Request) -> None:
         self.preemptions += 1
@@ -698,12 +702,14 @@ class Replica:
         self.queue.appendleft(request)
         self.queued_tokens += request.need
 
-    def withdraw(self, request: Request) -> None:
-        """A running request aborted (its connection closed): its blocks freed, its work lost."""
+    def withdraw(self, request: Request) -> float:
+        """A running request aborted (its connection closed): its blocks freed, its work lost. Returns the
+        KV tokens it held."""
         prefilling = request.left > 0
-        self._free(request)
+        held = self._free(request)
         if prefilling and not self.prefilling:
             self.prefill_left = 0.0
+        return held
 
     def evict(self) -> list[Request]:
         """Everything on this engine, waiting or running, taken off it (a cut drain)."""
@@ -1054,10 +1060,7 @@ class Cluster:
     def _retract(self, pod: Replica, request: Request) -> float:
         """A deferrable request in flight on `pod` taken back to its lane: the KV tokens it held."""
         if request in pod.running_order:
-            held = request.prompt - request.left
-            if request.left <= 0:
-                held += pod.clock - request.start_clock
-            pod.withdraw(request)
+            held = pod.withdraw(request)
         else:
             pod.queue.remove(request)
             pod.queued_tokens -= request.need
