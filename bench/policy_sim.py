@@ -18,17 +18,23 @@ replica only while no interactive request waits in that gateway pod's queue, the
 than a headroom H (an eighth of the slots, at least 1) of that pod's in-flight slots free, and the
 whole sequences (prompt and expected output) that pod has in flight there, with the request's, stay
 within the pod's share of the replica's KV cache (the cache over the gateway pods);
-`--lane-slots-only` drops the KV bound (and taking back with it, as a gateway given no KV size),
-for comparison. An interactive request whose tokens
-do not fit the pod's share beside what it counts on the replica goes to another replica where they
-fit, if one has room, else takes back that pod's deferrable requests there (those vLLM has not
-started first, then the newest running) until they fit: each is aborted, its work lost, and waits at
-the front of its lane again (lanes.to_take_back; the gateway can take back only requests whose body
-it kept, within its `--resend-buffer-mb`, where this assumes every one); `--no-take-back` leaves
-them, for comparison; `--take-back-on-waiting` is a what-if the gateway does not implement (it
-would read each replica's vLLM metrics): every 2 s, where an interactive request waits in vLLM's
-queue for blocks, deferrable requests there (any gateway pod's) are taken back until it would be
-admitted, and none when it is sent. Their own queue bound and long timeout; a refused or timed-out one is failed.
+`--lane-slots-only` drops the KV bound (and taking back with it), for comparison. An interactive
+request whose tokens do not fit the pod's share beside what it counts on the replica with the least
+work goes to another where they fit, if one has room. Deferrable work an interactive request waits
+behind is taken back as the gateway does by default (lanes.to_take_back_on_waiting): every second
+each gateway pod reads each replica's vllm:num_requests_waiting (the engine's queue after its last
+step) and, where one of its own interactive requests may be among those waiting (its `waiting`
+newest there), takes back its own deferrable requests sent before that one, newest first, until
+their whole sequences cover the interactive ones': each is aborted, its work lost, and waits at the
+front of its lane again (the gateway can take back only requests whose body it kept, within its
+`--resend-buffer-mb`, where this assumes every one). `--take-back-by-count` takes back instead when
+an interactive request is sent that does not fit and finds no such room (the gateway's
+`--take-back-read-seconds 0`): that pod's deferrable requests on its replica (those vLLM has not
+started first, then the newest running) until they fit (lanes.to_take_back). `--no-take-back` leaves
+them, for comparison; `--take-back-on-waiting` is a what-if no gateway can do (it knows which
+request waits and why): every 2 s, where an interactive request waits in vLLM's queue for blocks,
+deferrable requests there (any gateway pod's) are taken back until it would be admitted.
+Their own queue bound and long timeout; a refused or timed-out one is failed.
 Wait figures are the interactive lane's; `batch_done_by_deadline` is the share finished by the
 deadline. Through a Service there is no lane: they are sent like any request (and kept out of the
 wait figures).
@@ -118,6 +124,7 @@ from typing import Any, Protocol
 from voxtral_operator.api import catalog
 from voxtral_operator.api.models import DEFAULT_SCALE_DOWN_DELAY_SECONDS, AutoscalingPolicy
 from voxtral_operator.autoscale import policy as new_policy
+from voxtral_operator.gateway import lanes as lane_rule
 
 DAY = 86400.0
 AUDIO_TOKENS_PER_SECOND = 12.5  # Voxtral's audio encoder: 80 ms per token after downsampling
@@ -322,6 +329,7 @@ class Request:
         "pod",
         "prompt",
         "remaining",
+        "sent",
         "start_clock",
     )
 
@@ -338,6 +346,7 @@ class Request:
         self.start_clock = 0.0  # the replica's decode clock when this request began decoding
         self.epoch = 0  # bumped on preemption: a stale decode entry is skipped
         self.admitted = False  # once admitted its wait is recorded; a preempted request keeps it
+        self.sent = 0  # the cluster's dispatch count when it was last sent to a replica: dispatch order
         self.gw = 0
         self.pod: Replica | None = None
 
@@ -752,7 +761,9 @@ class GatewayMetrics:
 WAIT_BIN_S = 0.25  # queue-wait histogram resolution
 DRAW_STRIDE = 1_000_003  # between the seeds of two draws of the same seed: far from 7919 * (one seed to the next)
 HOUR = 3600
-WAITING_READ_S = 2  # the what-if's reading of each replica's vLLM metrics
+WAITING_READ_S = 2  # how often the what-if reads each replica's vLLM metrics (--take-back-on-waiting)
+# How often each gateway pod reads them (taking back on reads, the gateway's default): the gateway's own interval.
+READS_S = lane_rule.TAKE_BACK_READ_SECONDS
 TIMEOUT_SCAN_S = 5  # how often timed-out waiters are taken off the queues
 
 
@@ -808,6 +819,7 @@ class Cluster:
         take_back: bool = True,
         draw: int = 0,
         take_back_on_waiting: bool = False,
+        take_back_on_reads: bool = False,
     ) -> None:
         self.scenario = scenario
         self.engine = engine
@@ -849,8 +861,13 @@ class Cluster:
         # WAITING_READ_S the gateway reads each replica's vLLM metrics and, where an interactive request
         # waits for KV blocks there, takes back deferrable requests (any gateway pod's) until it fits.
         self.take_back_on_waiting = take_back_on_waiting and self.take_back
-        if self.take_back_on_waiting:
+        # `take_back_on_reads`, what a gateway pod can see of the what-if: every READS_S each pod reads
+        # each replica's vllm:num_requests_waiting and takes back its own deferrable requests there where one
+        # of its interactive requests may be among those waiting (lanes.to_take_back_on_waiting).
+        self.take_back_on_reads = take_back_on_reads and self.take_back and not self.take_back_on_waiting
+        if self.take_back_on_waiting or self.take_back_on_reads:
             self.take_back = False
+        self._sent = 0
         self.taken_back = 0
         self.hours: dict[int, list[float]] = {}  # hour -> [busy reserved GPU-s, ready replica-s, deferred queued]
         self.last_arrival = -math.inf
@@ -1044,13 +1061,14 @@ class Cluster:
             if best is None:
                 break
             request = lane.popleft()
-            if self.take_back and not request.deferrable and best.gw_tokens[g] + need > self.kv_share:
+            counted = self.take_back or self.take_back_on_reads
+            if counted and not request.deferrable and best.gw_tokens[g] + need > self.kv_share:
                 # Another replica where the request fits as it is spares the deferrable work taking back.
                 room = [p for p in ready if p.gw_inflight[g] < limit and p.gw_tokens[g] + need <= self.kv_share]
                 retractable = any(r.deferrable and r.gw == g for r in (*best.queue, *best.running_order))
                 if room and retractable:
                     best = min(room, key=work.__getitem__)
-                else:
+                elif self.take_back:
                     self._take_back(best, g, best.gw_tokens[g] + need - self.kv_share)
             best.gw_inflight[g] += 1
             best.gw_tokens[g] += need
@@ -1097,6 +1115,18 @@ class Cluster:
                     short -= request.left + KV_BLOCK_TOKENS
                     self._retract(pod, request)
 
+    def _take_back_on_reads(self) -> None:
+        """Each gateway pod's reading of each replica's waiting requests, and what it takes back for it."""
+        for pod in self.ready():
+            waiting = len(pod.queue)
+            if not waiting:
+                continue
+            for g in range(len(self.deferred)):
+                mine = sorted((r for r in (*pod.running_order, *pod.queue) if r.gw == g), key=lambda r: r.sent)
+                unanswered = [lane_rule.Unanswered(r.deferrable, int(r.need), r.deferrable) for r in mine]
+                for index in lane_rule.to_take_back_on_waiting(waiting, unanswered):
+                    self._retract(pod, mine[index])
+
     def _take_back(self, pod: Replica, g: int, excess: float) -> None:
         """Gateway pod g's deferrable requests on `pod` taken back to its deferrable lane, the ones vLLM
         has not started first, then the newest running, until `excess` of the tokens g counts there are
@@ -1113,6 +1143,8 @@ class Cluster:
 
     def _dispatch(self, request: Request, pod: Replica) -> None:
         request.pod = pod
+        self._sent += 1
+        request.sent = self._sent
         pod.queue.append(request)
         pod.queued_tokens += request.need
         self.in_flight_audio_s += request.audio_s
@@ -1166,6 +1198,8 @@ class Cluster:
             self._expire(now)
         if self.take_back_on_waiting and int(now) % WAITING_READ_S == 0:
             self._take_back_for_waiting()
+        if self.take_back_on_reads and int(now) % READS_S == 0:
+            self._take_back_on_reads()
         if any(self.held) or any(self.deferred):
             self._route()
         engine, waits, done = self.engine, self.waits, self._done
@@ -1626,6 +1660,7 @@ def simulate(
     take_back: bool = True,
     draw: int = 0,
     take_back_on_waiting: bool = False,
+    take_back_on_reads: bool = False,
 ) -> Run:
     """Replay `rows` and the deferrable `batch_rows` (arrivals in [start, end)) through one policy,
     one-second steps."""
@@ -1643,6 +1678,7 @@ def simulate(
         take_back,
         draw,
         take_back_on_waiting,
+        take_back_on_reads,
     )
     limit = min(scenario.max_model_len, engine.kv_tokens)
     lanes = [(rows, bisect.bisect_left(rows, (start,)), False)]
@@ -1693,6 +1729,8 @@ class Setup:
     lane_kv: bool = True  # the lane rule bounds deferrable work by the replica's KV cache too (False: slots only)
     take_back: bool = True  # an interactive request that does not fit takes back deferrable ones (False: never)
     take_back_on_waiting: bool = False  # the what-if: taking back on vLLM's reported wait, not the count
+    take_back_on_reads: bool = True  # each gateway pod takes back on its reads of vLLM's waiting count (False: by
+    # its count when an interactive request is sent, the gateway's --take-back-read-seconds 0)
     draw: int = 0  # which stream of cold starts and kube-proxy picks (0 unless a comparison asks for others)
 
 
@@ -1813,6 +1851,7 @@ def evaluate(
             setup.take_back,
             setup.draw,
             setup.take_back_on_waiting,
+            setup.take_back_on_reads,
         )
         figures = [run.days.get(day, DayFigures()) for day in scored]
         out.append(
@@ -2031,7 +2070,9 @@ def _take_back_rule(setup: Setup) -> str:
         return "nothing taken back"
     if setup.take_back_on_waiting:
         return "the what-if: taken back where vLLM reports an interactive request waiting"
-    return "the lane takes back as the gateway counts"
+    if setup.take_back_on_reads:
+        return f"each gateway pod takes back on its reads of vLLM's waiting count, every {READS_S} s"
+    return "taken back by each gateway pod's count when an interactive request is sent"
 
 
 def _pooled(scores: Sequence[Score], index: int) -> DayFigures:
@@ -2284,7 +2325,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--take-back-on-waiting",
         action="store_true",
         help="a what-if the gateway does not implement: take back where vLLM reports an interactive request "
-        f"waiting for KV blocks (read every {WAITING_READ_S} s), instead of by each gateway pod's count",
+        f"waiting for KV blocks (read every {WAITING_READ_S} s), any gateway pod's deferrable requests",
+    )
+    parser.add_argument(
+        "--take-back-by-count",
+        dest="take_back_on_reads",
+        action="store_false",
+        help="an interactive request takes back deferrable ones when it is sent, by its gateway pod's count of KV "
+        f"tokens (the gateway's --take-back-read-seconds 0), instead of on reads of vLLM's waiting count every "
+        f"{READS_S} s (for comparison)",
     )
     parser.add_argument(
         "--reserved-target",
@@ -2329,6 +2378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lane_kv=args.lane_kv,
         take_back=args.take_back,
         take_back_on_waiting=args.take_back_on_waiting,
+        take_back_on_reads=args.take_back_on_reads,
     )
     if args.reserved_target:
         return run_reserved_target(args, setup)

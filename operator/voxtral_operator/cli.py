@@ -274,6 +274,15 @@ def parser() -> argparse.ArgumentParser:
         "(default: 0, no KV bound)",
     )
     p.add_argument(
+        "--take-back-read-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="every S seconds read vllm:num_requests_waiting of each replica where this pod has an unanswered "
+        "interactive request beside deferrable ones it can send again, and take back those it may wait behind "
+        "(0: take back by this pod's count of KV tokens when an interactive request is sent; default: 0)",
+    )
+    p.add_argument(
         "--deferrable-priority",
         type=int,
         default=None,

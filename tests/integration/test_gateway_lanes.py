@@ -178,6 +178,34 @@ async def test_an_interactive_request_takes_back_deferrable_work_its_kv_tokens_n
     assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 1  # admitted once
 
 
+async def test_a_gateway_reading_vllms_waiting_count_takes_back_what_an_interactive_request_waits_behind(
+    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
+) -> None:
+    # vLLM runs one request at a time here; the gateway, sending up to 8, learns that one waits only from the
+    # replica's vllm:num_requests_waiting. No KV size is given: nothing is taken back by the count, and
+    # without the reads the interactive request would wait the deferrable one's 3 s out and finish after it.
+    port = await start_sim(simulators, session, "--max-num-seqs", "1", "--request-seconds", "3")
+    await put_slice(kube, "mini-a", port)
+    gateway = await serve(None, "--max-inflight-per-replica", "8", "--take-back-read-seconds", "0.2")
+    url = f"{gateway.url}/v1/audio/transcriptions"
+    finished: list[str] = []
+
+    async def send(lane: str, data: aiohttp.FormData) -> None:
+        async with session.post(url, data=data) as response:
+            assert response.status == 200, await response.text()
+        finished.append(lane)
+
+    deferrable = asyncio.create_task(send("deferrable", flex_form(wav(30))))
+    await eventually(lambda: sim_metric(session, port, "vllm:num_requests_running", ""), timeout=10)
+    await send("interactive", form(wav(5)))
+    await deferrable
+    taken_back = await gateway.metric(session, names.DEFERRABLE_TAKEN_BACK_TOTAL)
+    aborted = await sim_metric(session, port, "vllm:request_success_total", 'finished_reason="abort"')
+    # Taken back within a read of the interactive request waiting; sent again behind it, and not taken again.
+    assert (finished, taken_back, aborted) == (["interactive", "deferrable"], 1, 1)
+    assert await sim_metric(session, port, "vllm:request_success_total", 'finished_reason="stop"') == 2
+
+
 async def test_a_deferrable_upload_taken_back_mid_stream_is_sent_again_whole(
     serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
 ) -> None:

@@ -338,3 +338,11 @@ def test_every_flag_of_every_subcommand_has_help(subcommand: str) -> None:
         assert action.help, f"{subcommand} {action.option_strings}: no help text"
         for option in action.option_strings:
             assert option in result.stdout
+
+
+@pytest.mark.parametrize("seconds", ["-1", "nan", "inf"])
+def test_the_gateway_refuses_a_read_interval_that_is_no_interval(seconds: str) -> None:
+    args = ("--namespace", "ns", "--endpoint", "ep", "--backend-service", "ep-vllm")
+    result = run("gateway", *args, "--take-back-read-seconds", seconds)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert f"--take-back-read-seconds must be 0 or more seconds, not {seconds}" in result.stderr, result.stderr

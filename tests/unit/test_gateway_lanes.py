@@ -315,6 +315,65 @@ async def test_an_interactive_request_goes_where_it_fits_rather_than_take_deferr
         lease.release()
 
 
+def _requests(text: str, tokens: int = 10_000) -> list[lanes.Unanswered]:
+    """`text` one letter a request in dispatch order: d deferrable that can be sent again, k deferrable kept
+    on the replica (its body not kept), i interactive."""
+    return [lanes.Unanswered(letter in "dk", tokens, letter == "d") for letter in text]
+
+
+@pytest.mark.parametrize(
+    ("waiting", "unanswered", "taken"),
+    [
+        (0, "ddi", []),  # nothing waits: nothing taken back
+        (1, "ddi", [1]),  # the interactive request may wait: the newest deferrable one before it covers it
+        (2, "ddii", [1, 0]),  # two may: two deferrable ones' tokens for theirs
+        (1, "ddid", []),  # this pod's newest request waits, a deferrable one: none of its interactive ones do
+        (2, "ddid", [1]),  # the deferrable one after the interactive one is behind it in the queue: left
+        (1, "kdki", [1]),  # only what can be sent again
+        (1, "kki", []),
+        (5, "di", [0]),  # more wait than this pod has requests there: all of its own are suspects
+    ],
+)
+def test_a_read_of_vllms_waiting_count_takes_back_what_an_interactive_request_may_wait_behind(
+    waiting: int, unanswered: str, taken: list[int]
+) -> None:
+    assert lanes.to_take_back_on_waiting(waiting, _requests(unanswered)) == taken
+
+
+def test_a_read_takes_back_deferrable_tokens_until_they_cover_the_waiting_interactive_ones() -> None:
+    requests = [*_requests("ddd", 4_000), *_requests("i", 10_000)]
+    assert lanes.to_take_back_on_waiting(1, requests) == [2, 1, 0]
+    requests = [*_requests("dd", 12_000), *_requests("i", 10_000)]
+    assert lanes.to_take_back_on_waiting(1, requests) == [1]
+
+
+async def test_the_dispatcher_takes_back_on_reads_only_when_told_to_and_not_when_a_request_is_sent() -> None:
+    long = Work(audio_seconds=1800, output_tokens=436)  # 23,000 KV tokens
+    for on_reads in (False, True):
+        dispatcher = Dispatcher(max_inflight=8, kv_tokens_per_replica=50_000, take_back_on_reads=on_reads)
+        dispatcher.set_replicas(["a:1"])
+        aborted: list[int] = []
+        leases = [await dispatcher.acquire(long, lane=DEFERRABLE) for _ in range(2)]  # 46,000 tokens
+        for index, lease in enumerate(leases):
+            lease.retractable(lambda index=index, aborted=aborted: aborted.append(index))
+        assert dispatcher.to_read() == []  # no interactive request there: nothing to read
+        interactive = await dispatcher.acquire(long)  # 69,000 with it: beyond the 50,000 share
+        # Counting takes the newest one back at once; reading waits for vLLM to say a request waits.
+        assert aborted == ([] if on_reads else [1])
+        assert dispatcher.to_read() == (["a:1"] if on_reads else [])
+        assert dispatcher.read_waiting("a:1", 0) == 0
+        assert dispatcher.read_waiting("gone:1", 3) == 0
+        assert dispatcher.read_waiting("a:1", 1) == (1 if on_reads else 0)
+        assert aborted == [1]
+        assert dispatcher.taken_back == 1
+        interactive.settled()  # answered: nothing of it waits any more
+        assert dispatcher.to_read() == []
+        assert dispatcher.read_waiting("a:1", 1) == 0
+        for lease in (*leases, interactive):
+            lease.release()
+        assert not dispatcher.replicas["a:1"].unanswered
+
+
 async def test_the_deferrable_lane_has_its_own_bound_and_timeout() -> None:
     dispatcher = Dispatcher(max_inflight=2, queue_timeout=0.05, max_deferrable_queue=1, deferrable_timeout=0.3)
     dispatcher.set_replicas(["a:1"])

@@ -297,11 +297,22 @@ def test_an_interactive_upload_that_does_not_fit_beside_deferrable_work_takes_it
     assert not any(r.deferrable for r in pod.queue)
 
 
-@pytest.mark.parametrize("on_waiting", [True, False])
-def test_the_what_if_takes_back_where_vllm_reports_an_interactive_request_waiting(sim: Any, on_waiting: bool) -> None:
+@pytest.mark.parametrize("rule", ["what-if", "reads", "none"])
+def test_the_what_if_takes_back_where_vllm_reports_an_interactive_request_waiting(sim: Any, rule: str) -> None:
     scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=1)
     engine = sim.Engine.of(scenario)
-    cluster = sim.Cluster(scenario, engine, "gateway", 5, 0.0, 1, take_back=on_waiting, take_back_on_waiting=on_waiting)
+    on_waiting = rule != "none"
+    cluster = sim.Cluster(
+        scenario,
+        engine,
+        "gateway",
+        5,
+        0.0,
+        1,
+        take_back=on_waiting,
+        take_back_on_waiting=rule == "what-if",
+        take_back_on_reads=rule == "reads",
+    )
     for _ in range(400):
         cluster.arrive(sim.Request(0.0, 1500.0, 900, deferrable=True))
     for second in range(5):
@@ -313,11 +324,17 @@ def test_the_what_if_takes_back_where_vllm_reports_an_interactive_request_waitin
     # Nothing is taken back when it is sent: the upload waits in vLLM's queue for blocks...
     assert not upload.admitted, (cluster.taken_back, pod.kv_used())
     assert cluster.taken_back == 0
+    others = pod.gw_inflight[1 - upload.gw]
     cluster.step(6.0, 1.0)
     # ...until the next reading of the replica's metrics shows it waiting; with nothing taken back, it waits on.
     assert upload.admitted is on_waiting, (cluster.taken_back, pod.kv_used(), upload.need)
     assert (cluster.taken_back > 0) is on_waiting
     assert pod.kv_used() <= engine.kv_tokens
+    if rule == "reads":  # a gateway pod takes back only its own requests, as many as the upload's tokens need
+        taken = list(cluster.deferred[upload.gw])[: cluster.taken_back]
+        assert [r.gw for r in taken] == [upload.gw] * cluster.taken_back
+        assert sum(r.need for r in taken[:-1]) < upload.need <= sum(r.need for r in taken)
+        assert pod.gw_inflight[1 - upload.gw] == others, "the other gateway pod's requests are not this pod's"
 
 
 def test_deferrable_rows_are_due_by_eight_the_next_morning_and_scored(sim: Any, tmp_path: Path) -> None:

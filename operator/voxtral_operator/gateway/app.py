@@ -32,6 +32,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from voxtral_operator.autoscale import scrape
 from voxtral_operator.gateway import lanes
 from voxtral_operator.gateway.connections import GuardedServer, Limits
 from voxtral_operator.gateway.dispatch import Dispatcher, Lease, Rejected, Stopping, Suspended
@@ -389,6 +390,33 @@ class Gateway:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def take_back_on_reads(self, interval: float) -> None:
+        """Every `interval` seconds, read vLLM's waiting count on each replica where this pod has an unanswered
+        interactive request beside deferrable work it can take back (Dispatcher.to_read), and take back what
+        an interactive request may wait behind (Dispatcher.read_waiting). A replica that does not answer within
+        the interval is read again at the next one."""
+        while True:
+            await asyncio.sleep(interval)
+            addresses = self.dispatcher.to_read()
+            if not addresses:
+                continue
+            try:
+                await asyncio.gather(*(self._read_waiting(address, within=interval) for address in addresses))
+            except Exception:  # a fault in one round must not end the reads for the pod's life
+                logger.exception("reading the replicas' waiting counts failed; reading again in %gs", interval)
+
+    async def _read_waiting(self, address: str, *, within: float) -> None:
+        url = f"http://{address}/metrics"
+        try:
+            page = await scrape.get_bounded(
+                self.session(), url, max_bytes=scrape.MAX_METRICS_BYTES, timeout_seconds=within
+            )
+        except (TimeoutError, aiohttp.ClientError, scrape.ReadLimitExceeded):
+            return
+        sample = await scrape.parse_page(page.body, scrape.parse_queue_metrics) if page.status == 200 else None
+        if sample is not None:
+            self.dispatcher.read_waiting(address, sample.waiting)
 
     def _load_tls(self, pair: tuple[bytes, bytes]) -> None:
         """Load (or reload in place: new handshakes get the new pair) the serving certificate."""

@@ -17,12 +17,13 @@ replica with more than the headroom of its slots free and, when the replica's KV
 given, its outstanding KV tokens (both lanes', as this pod counts them) with the request's within
 this pod's share. Each lane's admissions and failures are counted.
 
-An interactive request sent to a replica where its KV tokens do not fit beside what this pod has in
-flight there takes back that replica's deferrable requests that can be sent again, newest first,
-until they fit (`lanes.to_take_back`), unless another replica has room where they fit as they are:
-each is aborted (its connection to vLLM closed, which aborts it there) and waits in the deferrable
-queue again, keeping its arrival time. Without that, an interactive request that does not fit waits
-in vLLM's queue until deferrable ones finish.
+An interactive request that may wait in a replica's vLLM queue behind deferrable work, by a read of
+the replica's waiting count (`read_waiting`, `lanes.to_take_back_on_waiting`), takes back this pod's
+deferrable requests there that can be sent again: each is aborted (its connection to vLLM closed,
+which aborts it there) and waits in the deferrable queue again, keeping its arrival time. Without
+reads (`take_back_on_reads` off), an interactive request sent to a replica where its KV tokens do not
+fit beside what this pod has in flight there takes them back at once, newest first, until they fit
+(`lanes.to_take_back`), unless another replica has room where they fit as they are.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class Replica:
     gone: bool = False  # left the EndpointSlice; its in-flight requests finish or fail on their own
     # The deferrable leases that may be taken back (their body can be sent again), in dispatch order.
     retractable: list[Lease] = field(default_factory=list)
+    # This pod's leases the replica has not answered yet, both lanes, in dispatch order (read_waiting).
+    unanswered: list[Lease] = field(default_factory=list)
 
 
 def choose(
@@ -138,6 +141,7 @@ class Lease:
     lane: str = lanes.INTERACTIVE
     released: bool = False
     taken_back: bool = False  # aborted for an interactive request: to be sent again
+    answered: bool = False  # the replica has answered (its headers came back)
     _abort: Callable[[], object] | None = None
 
     @property
@@ -152,6 +156,9 @@ class Lease:
 
     def settled(self) -> None:
         """The replica has answered (its caller sees the answer): no longer taken back."""
+        if not self.answered:
+            self.answered = True
+            self.replica.unanswered.remove(self)
         if self._abort is not None:
             self._abort = None
             self.replica.retractable.remove(self)
@@ -197,6 +204,7 @@ class Dispatcher:
         max_deferrable_queue: int = 10000,
         deferrable_timeout: float = 6 * 3600.0,
         kv_tokens_per_replica: int = 0,
+        take_back_on_reads: bool = False,
         key_policies: KeyPolicies | None = None,
         fairness: FairnessPolicy[_Waiter] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -208,6 +216,9 @@ class Dispatcher:
         self.max_deferrable_queue = max_deferrable_queue
         self.deferrable_timeout = deferrable_timeout
         self.kv_tokens_per_replica = kv_tokens_per_replica  # this pod's share of a replica's KV cache; 0: unknown
+        # Deferrable work is taken back on reads of vLLM's waiting count (read_waiting), not by the count
+        # at dispatch.
+        self.take_back_on_reads = take_back_on_reads
         self.key_policies = key_policies or KeyPolicies()
         self.replicas: dict[str, Replica] = {}
         self.refusing: Rejected | None = None  # suspended or stopping: what new requests get at once
@@ -404,14 +415,46 @@ class Dispatcher:
         replica.outstanding += cost
         replica.audio_seconds += work.audio_seconds
         self._active[key] += 1
-        if lane == lanes.INTERACTIVE and self.kv_tokens_per_replica > 0 and replica.retractable:
+        counted = self.kv_tokens_per_replica > 0 and not self.take_back_on_reads
+        if lane == lanes.INTERACTIVE and counted and replica.retractable:
             held = [lease.work.kv_tokens for lease in replica.retractable]
             indexes = lanes.to_take_back(replica.kv_tokens, self.kv_tokens_per_replica, held)
             taken = [replica.retractable[index] for index in indexes]
             for lease in taken:
                 lease.take_back()
             self.taken_back += len(taken)
-        return Lease(replica, work, self, key, lane)
+        lease = Lease(replica, work, self, key, lane)
+        replica.unanswered.append(lease)
+        return lease
+
+    def to_read(self) -> list[str]:
+        """The replicas whose waiting count `read_waiting` could act on now: where this pod has an unanswered
+        interactive request beside deferrable ones it can take back (none unless it takes back on reads)."""
+        if not self.take_back_on_reads:
+            return []
+        return [
+            replica.address
+            for replica in self.replicas.values()
+            if replica.retractable and any(lease.lane == lanes.INTERACTIVE for lease in replica.unanswered)
+        ]
+
+    def read_waiting(self, address: str, waiting: float) -> int:
+        """`waiting` requests wait in the vLLM queue of the replica at `address`, as just read from its metrics:
+        take back this pod's deferrable requests there that one of its interactive requests may wait behind
+        (lanes.to_take_back_on_waiting). Returns how many were taken back."""
+        replica = self.replicas.get(address)
+        if replica is None or not self.take_back_on_reads:
+            return 0
+        leases = list(replica.unanswered)
+        unanswered = [
+            lanes.Unanswered(lease.lane == lanes.DEFERRABLE, lease.work.kv_tokens, lease in replica.retractable)
+            for lease in leases
+        ]
+        taken = [leases[index] for index in lanes.to_take_back_on_waiting(int(waiting), unanswered)]
+        for lease in taken:
+            lease.take_back()
+        self.taken_back += len(taken)
+        return len(taken)
 
     def _release(self, lease: Lease) -> None:
         self._active[lease.key] -= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -64,6 +65,8 @@ def spec_of(args: argparse.Namespace) -> Spec:
     for name, size in (("--json-buffer-mb", args.json_buffer_mb), ("--resend-buffer-mb", args.resend_buffer_mb)):
         if size < 0:
             raise UsageError(f"{name} must not be negative, not {size:g}")
+    if not (math.isfinite(args.take_back_read_seconds) and args.take_back_read_seconds >= 0):
+        raise UsageError(f"--take-back-read-seconds must be 0 or more seconds, not {args.take_back_read_seconds:g}")
     if args.kv_cache_tokens_per_replica < 0:
         raise UsageError(f"--kv-cache-tokens-per-replica must not be negative, not {args.kv_cache_tokens_per_replica}")
     if args.deferrable_priority is not None and args.deferrable_priority <= 0:
@@ -174,6 +177,7 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
         max_deferrable_queue=args.max_deferrable_queue,
         deferrable_timeout=args.deferrable_timeout_seconds,
         kv_tokens_per_replica=args.kv_cache_tokens_per_replica,
+        take_back_on_reads=args.take_back_read_seconds > 0,
         key_policies=key_policies_of(args),
     )
     gateway = Gateway(
@@ -194,6 +198,9 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
         ),
     )
     watching = asyncio.create_task(watch_sources(reader, spec, sources))
+    reading: asyncio.Task[None] | None = None
+    if args.take_back_read_seconds > 0:
+        reading = asyncio.create_task(gateway.take_back_on_reads(args.take_back_read_seconds))
     metrics_runner, metrics_port = await serve_metrics(gateway, args.host, args.metrics_port)
     api_runner = None
     try:
@@ -229,7 +236,9 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
         if api_runner is not None:
             await api_runner.cleanup()
         watching.cancel()
-        await asyncio.gather(watching, return_exceptions=True)
+        if reading is not None:
+            reading.cancel()
+        await asyncio.gather(watching, *([reading] if reading is not None else []), return_exceptions=True)
         await metrics_runner.cleanup()
         await gateway.close()
         await reader.close()

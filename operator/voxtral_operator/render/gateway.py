@@ -20,7 +20,7 @@ from voxtral_operator.api.models import KeyLimitsSpec
 from voxtral_operator.api.resolve import Plan
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.gateway import SECRETS_DIR
-from voxtral_operator.gateway.lanes import DEFERRABLE_PRIORITY
+from voxtral_operator.gateway.lanes import DEFERRABLE_PRIORITY, TAKE_BACK_READ_SECONDS
 from voxtral_operator.render import (
     LABEL_COMPONENT,
     LABEL_INSTANCE,
@@ -150,6 +150,10 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         # Deferrable work stays within this share of a replica's KV cache (gateway/lanes.py).
         "--kv-cache-tokens-per-replica",
         str(kv_cache_tokens_per_gateway_pod(plan)),
+        # Deferrable work an interactive request waits behind in vLLM's queue is taken back on reads of the
+        # replica's waiting count, not by the pod's count when the request is sent (gateway/lanes.py).
+        "--take-back-read-seconds",
+        str(TAKE_BACK_READ_SECONDS),
         "--max-upload-mb",
         str(spec.engine.audio.max_file_size_mb),
         "--log-format",
