@@ -32,16 +32,16 @@ The rule (the policy simulation implements the same one):
 - where vLLM runs `--scheduling-policy priority`, deferrable chat and completions requests carry
   a larger `priority` number (lower priority) than interactive ones (0); the caller sets none.
 
-What this buys, and its limits: an interactive arrival finds a free slot and, as far as the token
-estimates hold, free KV cache, so vLLM admits it at its next engine step; where the estimates do not
-hold (a transcript longer than expected, audio whose length the header did not give, the other gateway
-pod's work) it waits in vLLM's queue at most a read interval and an abort before deferrable work is
-taken back for it. What vLLM reports is the replica's, not this pod's: the pod's waiting requests are
-among its newest there, so an interactive request that is in fact running may be taken for a waiting
-one (deferrable work taken back it did not need to be), and another pod's deferrable work is not this
-pod's to take back. Interactive work that itself fills the cache can still wait (transcriptions carry
-no priority in vLLM's queue); without a KV size (`--kv-cache-tokens-per-replica` 0) only the slots
-bound deferrable work.
+What this buys, and its limits: an interactive arrival finds a free slot; where deferrable work holds
+the KV cache it needs (the lane may fill the pod's whole share, and the estimates are estimates), it
+goes to a replica with room by the pod's count, or else waits in vLLM's queue about a read interval
+and an abort before deferrable work is taken back for it, not until that work finishes. What vLLM
+reports is the replica's, not this pod's: the pod's waiting requests are among its newest there, so an
+interactive request that is in fact running may be taken for a waiting one (deferrable work taken back
+it did not need to be), and another pod's deferrable work is not this pod's to take back: an
+interactive request that waits behind only that waits for it. Interactive work that itself fills the
+cache can still wait (transcriptions carry no priority in vLLM's queue); without a KV size
+(`--kv-cache-tokens-per-replica` 0) only the slots bound deferrable work.
 
 The gateway reads the tier only from what it has read before dispatch: the body's first 64 KiB, or
 a whole JSON body that names no tier in those (the OpenAI SDK writes `service_tier` after
