@@ -37,15 +37,14 @@ from voxtral_operator.autoscale.policy import (
     prior_work_per_second,
 )
 from voxtral_operator.autoscale.scrape import (
-    MAX_METRICS_BYTES,
     MAX_PROBE_BODY_BYTES,
     GatewayPage,
     QueueSample,
     ReadLimitExceeded,
     get_bounded,
     parse_gateway_metrics,
-    parse_page,
     parse_queue_metrics,
+    read_page,
 )
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.gateway.lanes import DEFERRABLE, INTERACTIVE
@@ -619,18 +618,9 @@ class Autoscaler:
     async def _read_page(self, url: str, parse: Callable[[str], Page | None]) -> Page | None:
         """One bounded /metrics read, parsed; None (and a counted error) when it fails or does not parse."""
         assert self._session is not None
-        async with self._semaphore:
-            try:
-                response = await get_bounded(
-                    self._session, url, max_bytes=MAX_METRICS_BYTES, timeout_seconds=self.config.scrape_timeout_seconds
-                )
-            except (TimeoutError, aiohttp.ClientError, ReadLimitExceeded) as exc:
-                SCRAPE_ERRORS.inc()
-                logger.debug("scrape of %s failed: %s", url, exc)
-                return None
-        # Anything but 200 counts as a failed scrape.
-        page = await parse_page(response.body, parse) if response.status == 200 else None
-        if page is None:
+        timeout = self.config.scrape_timeout_seconds
+        page = await read_page(self._session, url, parse, timeout_seconds=timeout, gate=self._semaphore)
+        if page is None:  # a failed read, an answer other than 200, or a page that does not parse
             SCRAPE_ERRORS.inc()
         return page
 

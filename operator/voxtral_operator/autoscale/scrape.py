@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
+import logging
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -20,6 +22,8 @@ from typing import TypeVar
 import aiohttp
 
 from voxtral_operator.gateway import metrics as gateway_metrics
+
+logger = logging.getLogger(__name__)
 
 # A vLLM /metrics page is about 100 KB (histograms included); far more is not vLLM.
 MAX_METRICS_BYTES = 4 * 2**20
@@ -123,6 +127,25 @@ async def parse_page(body: bytes, parse: Callable[[str], Page | None]) -> Page |
             return None
 
     return await asyncio.get_running_loop().run_in_executor(_PARSER, decode_and_parse)
+
+
+async def read_page(
+    session: aiohttp.ClientSession,
+    url: str,
+    parse: Callable[[str], Page | None],
+    *,
+    timeout_seconds: float,
+    gate: asyncio.Semaphore | None = None,
+) -> Page | None:
+    """One bounded /metrics read (`get_bounded`, within `gate` if given), parsed; None when the read fails, the
+    answer is not 200, or the page does not parse."""
+    try:
+        async with gate or contextlib.nullcontext():
+            response = await get_bounded(session, url, max_bytes=MAX_METRICS_BYTES, timeout_seconds=timeout_seconds)
+    except (TimeoutError, aiohttp.ClientError, ReadLimitExceeded) as exc:
+        logger.debug("read of %s failed: %s", url, exc)
+        return None
+    return await parse_page(response.body, parse) if response.status == 200 else None
 
 
 @dataclass(frozen=True)

@@ -408,13 +408,7 @@ class Gateway:
 
     async def _read_waiting(self, address: str, *, within: float) -> None:
         url = f"http://{address}/metrics"
-        try:
-            page = await scrape.get_bounded(
-                self.session(), url, max_bytes=scrape.MAX_METRICS_BYTES, timeout_seconds=within
-            )
-        except (TimeoutError, aiohttp.ClientError, scrape.ReadLimitExceeded):
-            return
-        sample = await scrape.parse_page(page.body, scrape.parse_queue_metrics) if page.status == 200 else None
+        sample = await scrape.read_page(self.session(), url, scrape.parse_queue_metrics, timeout_seconds=within)
         if sample is not None:
             self.dispatcher.read_waiting(address, sample.waiting)
 
