@@ -148,6 +148,11 @@ class Lease:
     def address(self) -> str:
         return self.replica.address
 
+    @property
+    def can_be_taken_back(self) -> bool:
+        """Deferrable, its body kept, and not answered yet: in its replica's `retractable`."""
+        return self._abort is not None
+
     def retractable(self, abort: Callable[[], object]) -> None:
         """This deferrable request can be sent again: `abort` stops its exchange if it is taken back."""
         if self.lane == lanes.DEFERRABLE and not self.released and self._abort is None:
@@ -447,7 +452,7 @@ class Dispatcher:
             return 0
         leases = list(replica.unanswered)
         unanswered = [
-            lanes.Unanswered(lease.lane == lanes.DEFERRABLE, lease.work.kv_tokens, lease in replica.retractable)
+            lanes.Unanswered(lease.lane == lanes.DEFERRABLE, lease.work.kv_tokens, lease.can_be_taken_back)
             for lease in leases
         ]
         taken = [leases[index] for index in lanes.to_take_back_on_waiting(int(waiting), unanswered)]

@@ -198,9 +198,9 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
         ),
     )
     watching = asyncio.create_task(watch_sources(reader, spec, sources))
-    reading: asyncio.Task[None] | None = None
+    background = [watching]
     if args.take_back_read_seconds > 0:
-        reading = asyncio.create_task(gateway.take_back_on_reads(args.take_back_read_seconds))
+        background.append(asyncio.create_task(gateway.take_back_on_reads(args.take_back_read_seconds)))
     metrics_runner, metrics_port = await serve_metrics(gateway, args.host, args.metrics_port)
     api_runner = None
     try:
@@ -235,10 +235,9 @@ async def _serve(args: argparse.Namespace, spec: Spec, reader: KubeReader) -> No
     finally:
         if api_runner is not None:
             await api_runner.cleanup()
-        watching.cancel()
-        if reading is not None:
-            reading.cancel()
-        await asyncio.gather(watching, *([reading] if reading is not None else []), return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await metrics_runner.cleanup()
         await gateway.close()
         await reader.close()
