@@ -16,6 +16,7 @@ import json
 import threading
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,21 @@ def _p95(values: list[float]) -> float:
     return ordered[max(0, -(-95 * len(ordered) // 100) - 1)]  # nearest rank
 
 
+def _waiting_reads(kubectl: Kubectl, name: str, namespace: str) -> dict[str, float]:
+    """The gateway pods' reads of the replicas' vllm:num_requests_waiting (what taking back decides on), by
+    result, summed over the pods, from their metrics ports."""
+    selector = f"app.kubernetes.io/name=voxtral-gateway,app.kubernetes.io/instance={name}"
+    totals: dict[str, float] = {}
+    for pod in kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]:
+        with urllib.request.urlopen(f"http://{pod['status']['podIP']}:9091/metrics", timeout=10) as response:
+            page = response.read().decode()
+        for line in page.splitlines():
+            if line.startswith("voxtral_gateway_waiting_reads_total{"):
+                result = line.split('result="', 1)[1].split('"', 1)[0]
+                totals[result] = totals.get(result, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
 def _status(kubectl: Kubectl, name: str, namespace: str) -> dict[str, Any]:
     return dict((kubectl.get("vxe", name, namespace) or {}).get("status") or {})
 
@@ -171,6 +187,9 @@ def test_a_deferrable_backlog_leaves_interactive_latency_alone(
             stop.set()
             for caller in callers:
                 caller.join(timeout=REQUEST_SECONDS + 60)
+        # The rendered gateway reads the replica's waiting count while its interactive requests run beside
+        # deferrable ones: through the pod network, on the port the chart's policies leave open to it.
+        reads = _waiting_reads(kubectl, name, namespace)
 
         def counted(caller: Caller, backlog: bool) -> list[float]:
             return [
@@ -191,7 +210,8 @@ def test_a_deferrable_backlog_leaves_interactive_latency_alone(
             f"{p95_with:.3f}s with it ({len(with_)}); medians {sorted(without)[len(without) // 2]:.3f}s / "
             f"{sorted(with_)[len(with_) // 2]:.3f}s; max {max(without):.3f}s / {max(with_):.3f}s; "
             f"deferrable requests done {deferrable_done}; non-200 answers (flex?, status) {refused[:10]}; "
-            f"failures {failures[:5]}; most replicas wanted {most_replicas}; lanes in status {lanes_seen}"
+            f"failures {failures[:5]}; most replicas wanted {most_replicas}; lanes in status {lanes_seen}; "
+            f"the gateway's waiting-count reads {reads}"
         )
         print(seen)
         assert not failures, seen
@@ -203,6 +223,7 @@ def test_a_deferrable_backlog_leaves_interactive_latency_alone(
         # The reserved pool is one replica: deferrable work alone never asked for the second.
         assert most_replicas == 1, seen
         assert lanes_seen, f"status never showed deferrable requests in flight: {seen}"
+        assert reads.get("read", 0) > 0, seen
 
         def drained() -> dict[str, Any] | None:
             lanes = _status(kubectl, name, namespace).get("lanes")

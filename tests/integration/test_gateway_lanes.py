@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import pytest
 
 from tests.integration.test_gateway import (
@@ -204,6 +205,71 @@ async def test_a_gateway_reading_vllms_waiting_count_takes_back_what_an_interact
     # Taken back within a read of the interactive request waiting; sent again behind it, and not taken again.
     assert (finished, taken_back, aborted) == (["interactive", "deferrable"], 1, 1)
     assert await sim_metric(session, port, "vllm:request_success_total", 'finished_reason="stop"') == 2
+    reads = [await gateway.metric(session, names.WAITING_READS_TOTAL, f'result="{r}"') for r in ("read", "failed")]
+    assert reads[0] >= 1, f"waiting-count reads (read, failed): {reads}"
+    assert reads[1] == 0, f"waiting-count reads (read, failed): {reads}"
+
+
+async def test_a_replica_whose_waiting_count_cannot_be_read_is_counted_and_nothing_is_taken_back(
+    serve: Serve, kube: Kube, session: aiohttp.ClientSession
+) -> None:
+    # A replica that serves requests but answers /metrics with 500: the pod cannot tell whether its
+    # interactive request waits, so it takes nothing back, and says so in its failed reads.
+    release = asyncio.Event()
+    arrived: list[str] = []
+    requests: list[asyncio.Task[aiohttp.ClientResponse]] = []
+
+    async def transcribe(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        await request.read()
+        arrived.append(request.path)
+        await release.wait()
+        return aiohttp.web.json_response({"text": "ok"})
+
+    async def metrics_fail(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(status=500, text="metrics unavailable")
+
+    async def healthy(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(text="ok")
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/v1/audio/transcriptions", transcribe)
+    app.router.add_get("/metrics", metrics_fail)
+    app.router.add_get("/health", healthy)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        await put_slice(kube, "mini-a", port)
+        gateway = await serve(None, "--max-inflight-per-replica", "8", "--take-back-read-seconds", "0.2")
+        url = f"{gateway.url}/v1/audio/transcriptions"
+
+        async def sent(count: int) -> bool:
+            return len(arrived) >= count
+
+        async def failed_reads() -> float:
+            return await gateway.metric(session, names.WAITING_READS_TOTAL, 'result="failed"')
+
+        deferrable = asyncio.create_task(session.post(url, data=flex_form(wav(30))))
+        requests.append(deferrable)
+        await eventually(lambda: sent(1), timeout=10)
+        interactive = asyncio.create_task(session.post(url, data=form(wav(5))))
+        requests.append(interactive)
+        await eventually(lambda: sent(2), timeout=10)
+        await eventually(failed_reads, timeout=10)
+        release.set()
+        for task in (deferrable, interactive):
+            async with await task as response:
+                assert response.status == 200, await response.text()
+        assert await gateway.metric(session, names.DEFERRABLE_TAKEN_BACK_TOTAL) == 0
+        assert await gateway.metric(session, names.WAITING_READS_TOTAL, 'result="read"') == 0
+        assert arrived == ["/v1/audio/transcriptions"] * 2  # neither sent twice
+    finally:
+        release.set()
+        for task in requests:
+            task.cancel()
+        await runner.cleanup()
 
 
 async def test_a_deferrable_upload_taken_back_mid_stream_is_sent_again_whole(

@@ -409,6 +409,7 @@ class Gateway:
     async def _read_waiting(self, address: str, *, within: float) -> None:
         url = f"http://{address}/metrics"
         sample = await scrape.read_page(self.session(), url, scrape.parse_queue_metrics, timeout_seconds=within)
+        self.metrics.waiting_reads.labels("failed" if sample is None else "read").inc()
         if sample is not None:
             self.dispatcher.read_waiting(address, sample.waiting)
 

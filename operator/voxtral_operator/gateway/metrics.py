@@ -38,6 +38,10 @@ LANE_FAILED_TOTAL = "voxtral_gateway_lane_failed_total"
 LANE_QUEUE_WAIT_SECONDS = "voxtral_gateway_lane_queue_wait_seconds"
 # Deferrable requests aborted on a replica to make room for an interactive one, and queued again.
 DEFERRABLE_TAKEN_BACK_TOTAL = "voxtral_gateway_deferrable_taken_back_total"
+# Reads of a replica's vllm:num_requests_waiting that decide what is taken back, by result: a pod whose reads
+# fail takes nothing back, and an interactive request waits behind deferrable work until it finishes.
+WAITING_READS_TOTAL = "voxtral_gateway_waiting_reads_total"
+WAITING_READ_RESULTS = ("read", "failed")
 LANE_NAMES = ("interactive", "deferrable")  # as voxtral_operator.gateway.lanes names them
 
 ALL = (
@@ -63,6 +67,8 @@ ALL = (
     LANE_ADMITTED_TOTAL,
     LANE_FAILED_TOTAL,
     LANE_QUEUE_WAIT_SECONDS,
+    DEFERRABLE_TAKEN_BACK_TOTAL,
+    WAITING_READS_TOTAL,
 )
 
 
@@ -213,6 +219,14 @@ class GatewayMetrics:
             ["key_id"],
             registry=self.registry,
         )
+        self.waiting_reads = Counter(
+            WAITING_READS_TOTAL.removesuffix("_total"),
+            "Reads of a replica's vllm:num_requests_waiting for taking back deferrable work, by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in WAITING_READ_RESULTS:
+            self.waiting_reads.labels(result)  # both series from the start: a rate of failures needs its zero
         self.usage_tokens = Counter(
             USAGE_TOKENS_TOTAL.removesuffix("_total"),
             "Tokens per caller key, from the responses' usage objects.",
