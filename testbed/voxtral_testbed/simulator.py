@@ -8,6 +8,8 @@ It honours vLLM's HTTP contract where the operator and its callers can see it:
   plus the `python_*`/`process_*`/`http_requests_total` series vLLM's page also carries);
 - `/v1/audio/transcriptions` and `/v1/audio/translations` (multipart, as the OpenAI SDK sends),
   `/v1/chat/completions` with audio content parts, answering `tool_calls` when tools are given;
+- `"stream": true` (chat, completions): the `text/event-stream` headers at once, before the request
+  is scheduled, as vLLM's server returns its StreamingResponse; the events once it has run;
 - with an API key, everything under `/v1` needs `Authorization: Bearer <key>` (else 401
   `{"error": "Unauthorized"}`); `/health`, `/metrics`, `/ping`, `/version`, `/load` stay open;
 - at most `--max-num-seqs` requests run at once; the rest wait and show as
@@ -196,14 +198,18 @@ class Engine:
         self.c_generation.labels(**self.labels).inc(output_tokens)
         self.c_success.labels(**self.labels, finished_reason="stop").inc()
 
-    async def generate(self, prompt_tokens: int, output_tokens: int, priority: int = 0) -> None:
-        """Queue for a slot, then 'compute' for --request-seconds."""
+    def refuse_when_full(self) -> None:
+        """503 once --max-num-queued-reqs requests wait."""
         limit = self.args.max_num_queued_reqs
         if limit is not None and self.waiting >= limit:
             self.c_rejections.labels(model_name=self.model_name, reason="queue_full").inc()
             raise web.HTTPServiceUnavailable(
                 text=json.dumps({"error": "queue is full"}), content_type="application/json"
             )
+
+    async def generate(self, prompt_tokens: int, output_tokens: int, priority: int = 0) -> None:
+        """Queue for a slot, then 'compute' for --request-seconds."""
+        self.refuse_when_full()
         arrived = time.perf_counter()
         await self.begin(priority)
         started = time.perf_counter()
@@ -362,7 +368,6 @@ def build_app(engine: Engine) -> web.Application:
         priority = _priority(engine, body)
         if isinstance(priority, web.Response):
             return priority
-        await engine.generate(prompt_tokens, 24, priority)
         tools = body.get("tools") or []
         message: dict[str, Any]
         if tools and body.get("tool_choice") != "none":
@@ -383,7 +388,10 @@ def build_app(engine: Engine) -> web.Application:
             message = {"role": "assistant", "content": f"simulated answer about {audios} audio(s)"}
             finish = "stop"
         if body.get("stream"):
-            return await _stream(request, body, "chat.completion.chunk", prompt_tokens, message.get("content") or "")
+            return await _stream(
+                request, body, "chat.completion.chunk", (prompt_tokens, 24, priority), message.get("content") or ""
+            )
+        await engine.generate(prompt_tokens, 24, priority)
         return _json(
             {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -404,10 +412,10 @@ def build_app(engine: Engine) -> web.Application:
         priority = _priority(engine, body)
         if isinstance(priority, web.Response):
             return priority
-        await engine.generate(prompt_tokens, 16, priority)
         text = "simulated completion"
         if body.get("stream"):
-            return await _stream(request, body, "text_completion", prompt_tokens, text)
+            return await _stream(request, body, "text_completion", (prompt_tokens, 16, priority), text)
+        await engine.generate(prompt_tokens, 16, priority)
         return _json(
             {
                 "id": f"cmpl-{uuid.uuid4().hex}",
@@ -420,11 +428,16 @@ def build_app(engine: Engine) -> web.Application:
         )
 
     async def _stream(
-        request: web.Request, body: dict[str, Any], kind: str, prompt_tokens: int, text: str
+        request: web.Request, body: dict[str, Any], kind: str, work: tuple[int, int, int], text: str
     ) -> web.StreamResponse:
-        """Server-sent events as vLLM sends them: one chunk per word, `data: [DONE]` last."""
+        """Server-sent events as vLLM sends them: the headers at once, before the request is scheduled (vLLM
+        returns its StreamingResponse before the generator runs), then one chunk per word once it has run,
+        `data: [DONE]` last. `work` is (prompt tokens, output tokens, priority)."""
+        prompt_tokens = work[0]
+        engine.refuse_when_full()  # vLLM refuses before the stream starts; the simulator checks here
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
+        await engine.generate(*work)
         ident = f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}"
         words = text.split(" ")
         for index, word in enumerate(words):

@@ -210,6 +210,34 @@ async def test_a_gateway_reading_vllms_waiting_count_takes_back_what_an_interact
     assert reads[1] == 0, f"waiting-count reads (read, failed): {reads}"
 
 
+async def test_a_streamed_interactive_request_waiting_behind_a_streamed_deferrable_one_takes_it_back(
+    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
+) -> None:
+    # vLLM (and the simulator) sends a stream's headers before it schedules the request: a streamed request
+    # whose headers came back may still wait in vLLM's queue. Until its first event the gateway counts it
+    # unanswered: an interactive one among the suspects, a deferrable one still taken back.
+    port = await start_sim(simulators, session, "--max-num-seqs", "1", "--request-seconds", "3")
+    await put_slice(kube, "mini-a", port)
+    gateway = await serve(None, "--max-inflight-per-replica", "8", "--take-back-read-seconds", "0.2")
+    url = f"{gateway.url}/v1/chat/completions"
+    finished: list[str] = []
+
+    async def send(lane: str, body: dict[str, Any]) -> None:
+        async with session.post(url, json={**body, "stream": True}) as response:
+            assert response.status == 200, await response.text()
+            events = await response.text()
+        assert events.rstrip().endswith("data: [DONE]"), events
+        finished.append(lane)
+
+    deferrable = asyncio.create_task(send("deferrable", {**CHAT, "service_tier": "flex"}))
+    await eventually(lambda: sim_metric(session, port, "vllm:num_requests_running", ""), timeout=10)
+    await send("interactive", CHAT)
+    await deferrable
+    taken_back = await gateway.metric(session, names.DEFERRABLE_TAKEN_BACK_TOTAL)
+    aborted = await sim_metric(session, port, "vllm:request_success_total", 'finished_reason="abort"')
+    assert (finished, taken_back, aborted) == (["interactive", "deferrable"], 1, 1)
+
+
 async def test_a_replica_whose_waiting_count_cannot_be_read_is_counted_and_nothing_is_taken_back(
     serve: Serve, kube: Kube, session: aiohttp.ClientSession
 ) -> None:

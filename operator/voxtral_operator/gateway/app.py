@@ -722,6 +722,14 @@ class Gateway:
             async with self.session().request(
                 request.method, url, data=data, headers=headers, allow_redirects=False
             ) as upstream:
+                media = upstream.content_type
+                streaming = media == "text/event-stream"
+                first = b""
+                if streaming and upstream.status == 200:
+                    # vLLM sends a stream's headers before it schedules the request: until the first event
+                    # the request may still wait in its queue, so it stays unanswered (an interactive one a
+                    # suspect for read_waiting, a deferrable one still taken back), its caller shown nothing.
+                    first = await upstream.content.readany()
                 lease.settled()  # the replica answered: its caller will see this answer, it is not taken back
                 self._step("backend_answered")
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -732,10 +740,10 @@ class Gateway:
                     response.content_length = upstream.content_length
                 await response.prepare(request)
                 self._step("response_started")
-                media = upstream.content_type
-                streaming = media == "text/event-stream"
                 keep = media == "application/json" and (upstream.content_length or 0) <= USAGE_JSON_LIMIT
-                collected = bytearray()
+                collected = bytearray(first)
+                if first:
+                    await response.write(first)
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
                     if streaming:

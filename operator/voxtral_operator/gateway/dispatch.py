@@ -141,7 +141,7 @@ class Lease:
     lane: str = lanes.INTERACTIVE
     released: bool = False
     taken_back: bool = False  # aborted for an interactive request: to be sent again
-    answered: bool = False  # the replica has answered (its headers came back)
+    answered: bool = False  # the replica has answered (its headers came back; a stream's first event)
     _abort: Callable[[], object] | None = None
 
     @property
