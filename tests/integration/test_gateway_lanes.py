@@ -179,26 +179,49 @@ async def test_an_interactive_request_takes_back_deferrable_work_its_kv_tokens_n
     assert await lane_metric(gateway, session, names.LANE_ADMITTED_TOTAL, "deferrable") == 1  # admitted once
 
 
+def _transcription(deferrable: bool) -> dict[str, Any]:
+    return {"data": flex_form(wav(30)) if deferrable else form(wav(5))}
+
+
+def _streamed_chat(deferrable: bool) -> dict[str, Any]:
+    return {"json": {**CHAT, "stream": True, **({"service_tier": "flex"} if deferrable else {})}}
+
+
+@pytest.mark.parametrize(
+    ("route", "request_of"),
+    [("/v1/audio/transcriptions", _transcription), ("/v1/chat/completions", _streamed_chat)],
+    ids=["transcriptions", "streamed-chat"],
+)
 async def test_a_gateway_reading_vllms_waiting_count_takes_back_what_an_interactive_request_waits_behind(
-    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
+    serve: Serve,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    simulators: Any,
+    route: str,
+    request_of: Callable[[bool], dict[str, Any]],
 ) -> None:
     # vLLM runs one request at a time here; the gateway, sending up to 8, learns that one waits only from the
     # replica's vllm:num_requests_waiting. No KV size is given: nothing is taken back by the count, and
     # without the reads the interactive request would wait the deferrable one's 3 s out and finish after it.
+    # Streamed, both requests' headers come back before vLLM schedules them (as vLLM sends them): until its
+    # first event a stream counts as unanswered, the interactive one a suspect, the deferrable one taken back.
     port = await start_sim(simulators, session, "--max-num-seqs", "1", "--request-seconds", "3")
     await put_slice(kube, "mini-a", port)
     gateway = await serve(None, "--max-inflight-per-replica", "8", "--take-back-read-seconds", "0.2")
-    url = f"{gateway.url}/v1/audio/transcriptions"
+    url = f"{gateway.url}{route}"
     finished: list[str] = []
 
-    async def send(lane: str, data: aiohttp.FormData) -> None:
-        async with session.post(url, data=data) as response:
+    async def send(lane: str) -> None:
+        async with session.post(url, **request_of(lane == "deferrable")) as response:
             assert response.status == 200, await response.text()
+            answer = await response.text()
+        if route == "/v1/chat/completions":
+            assert answer.rstrip().endswith("data: [DONE]"), answer
         finished.append(lane)
 
-    deferrable = asyncio.create_task(send("deferrable", flex_form(wav(30))))
+    deferrable = asyncio.create_task(send("deferrable"))
     await eventually(lambda: sim_metric(session, port, "vllm:num_requests_running", ""), timeout=10)
-    await send("interactive", form(wav(5)))
+    await send("interactive")
     await deferrable
     taken_back = await gateway.metric(session, names.DEFERRABLE_TAKEN_BACK_TOTAL)
     aborted = await sim_metric(session, port, "vllm:request_success_total", 'finished_reason="abort"')
@@ -208,34 +231,6 @@ async def test_a_gateway_reading_vllms_waiting_count_takes_back_what_an_interact
     reads = [await gateway.metric(session, names.WAITING_READS_TOTAL, f'result="{r}"') for r in ("read", "failed")]
     assert reads[0] >= 1, f"waiting-count reads (read, failed): {reads}"
     assert reads[1] == 0, f"waiting-count reads (read, failed): {reads}"
-
-
-async def test_a_streamed_interactive_request_waiting_behind_a_streamed_deferrable_one_takes_it_back(
-    serve: Serve, kube: Kube, session: aiohttp.ClientSession, simulators: Any
-) -> None:
-    # vLLM (and the simulator) sends a stream's headers before it schedules the request: a streamed request
-    # whose headers came back may still wait in vLLM's queue. Until its first event the gateway counts it
-    # unanswered: an interactive one among the suspects, a deferrable one still taken back.
-    port = await start_sim(simulators, session, "--max-num-seqs", "1", "--request-seconds", "3")
-    await put_slice(kube, "mini-a", port)
-    gateway = await serve(None, "--max-inflight-per-replica", "8", "--take-back-read-seconds", "0.2")
-    url = f"{gateway.url}/v1/chat/completions"
-    finished: list[str] = []
-
-    async def send(lane: str, body: dict[str, Any]) -> None:
-        async with session.post(url, json={**body, "stream": True}) as response:
-            assert response.status == 200, await response.text()
-            events = await response.text()
-        assert events.rstrip().endswith("data: [DONE]"), events
-        finished.append(lane)
-
-    deferrable = asyncio.create_task(send("deferrable", {**CHAT, "service_tier": "flex"}))
-    await eventually(lambda: sim_metric(session, port, "vllm:num_requests_running", ""), timeout=10)
-    await send("interactive", CHAT)
-    await deferrable
-    taken_back = await gateway.metric(session, names.DEFERRABLE_TAKEN_BACK_TOTAL)
-    aborted = await sim_metric(session, port, "vllm:request_success_total", 'finished_reason="abort"')
-    assert (finished, taken_back, aborted) == (["interactive", "deferrable"], 1, 1)
 
 
 async def test_a_replica_whose_waiting_count_cannot_be_read_is_counted_and_nothing_is_taken_back(
