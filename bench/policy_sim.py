@@ -2036,9 +2036,11 @@ def report(
 # The reserved pool: busy on deferrable work, interactive tails kept
 
 
-# Deferrable items an evening, by default: sized to be finished by about 06:30 under an earlier lane rule
-# (the whole backlog counted by what replicas held); the README says when it is finished now.
-RESERVED_BACKLOG = 11000
+# Deferrable items an evening per reserved GPU: `bench/tune_policies.py --reserved-backlog` sizes it on the
+# training seeds (the largest of BACKLOG_PER_GPU_VALUES every training night finishes by its deadline) and
+# writes it to the constants file; this is the value before that.
+RESERVED_BACKLOG_PER_GPU = 1400
+BACKLOG_PER_GPU_VALUES = (1200, 1300, 1400, 1500, 1600)  # the sizing's budget: five values, as for a policy
 RESERVED_POOL_UTILIZATION = 0.55  # the oracle's share of a replica's KV cache when sizing the pool
 RESERVED_BUSY_TARGET = 0.8  # of the reserved GPU-seconds, over the scored days
 RESERVED_DRAWS = 3  # draws of the simulation's own chance per seed, by default, for the reserved pool's tails
@@ -2058,6 +2060,51 @@ def reserved_pool_for(setup: Setup, utilization: float) -> int:
         need = oracle_need(rows, engine, start, end, utilization)[: int((end - start) // ORACLE_BIN_S)]
         sizes.append(sorted(need)[math.ceil(0.95 * len(need)) - 1])
     return max(sizes) * engine.gpus
+
+
+def backlog_per_gpu(constants: dict[str, Any]) -> int:
+    """Deferrable items an evening per reserved GPU, as sized on the training seeds."""
+    return int(constants.get("reserved", {}).get("backlog_per_gpu", RESERVED_BACKLOG_PER_GPU))
+
+
+def reserved_setup(setup: Setup, constants: dict[str, Any]) -> tuple[Setup, int]:
+    """The reserved target's setup: a scored week after the warm-up when the days were not given, the pool
+    sized for the seeds' interactive p95 peak unless given, and the backlog sized to the pool unless given;
+    with the pool that sizing asked for."""
+    if setup.days == Setup.days:  # not given: a working week to learn from, then a scored week
+        setup = replace(setup, days=setup.warmup_days + 7)
+    sized = reserved_pool_for(setup, RESERVED_POOL_UTILIZATION)
+    if not setup.reserved_gpus:
+        setup = replace(setup, reserved_gpus=sized)
+    if not setup.backlog:
+        setup = replace(setup, backlog=backlog_per_gpu(constants) * setup.reserved_gpus)
+    return setup, sized
+
+
+@dataclass(frozen=True)
+class Night:
+    """One scored morning's deferrable requests: how many were due, how many done by their deadline, and
+    when the last was done, in minutes after the deadline (negative: before; None: none were due)."""
+
+    seed: int
+    day: int
+    due: int
+    on_time: int
+    last_done_min: float | None
+
+
+def nights(setup: Setup, scores: Sequence[Score]) -> list[Night]:
+    """The scored mornings of one run per seed (`scores[i]` the run of `setup.seeds[i]`)."""
+    out = []
+    for seed, score in zip(setup.seeds, scores, strict=True):
+        for index, day_figures in enumerate(score.days):
+            day = setup.warmup_days + index
+            last = None
+            if day_figures.batch_items:  # none done at all: infinitely late
+                done = day_figures.batch_last_done
+                last = (done - due_by(day * DAY - 1)) / 60 if math.isfinite(done) else math.inf
+            out.append(Night(seed, day, day_figures.batch_items, day_figures.batch_on_time, last))
+    return out
 
 
 def _kept(with_deferrable: float, without: float) -> bool:
@@ -2430,18 +2477,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_reserved_target(args: argparse.Namespace, setup: Setup) -> int:
     """The reserved pool measured: by default a scored week after a working week of warm-up."""
-    if args.days == 9:  # not given: a working week to learn from, then a scored week
-        setup = replace(setup, days=setup.warmup_days + 7)
-    if not setup.backlog:
-        setup = replace(setup, backlog=RESERVED_BACKLOG)
     constants = load_constants(args.constants)
     chosen = settings_for(setup.scenario.name, setup.routing, constants)
     started = time.perf_counter()
-    sized = reserved_pool_for(setup, RESERVED_POOL_UTILIZATION)
-    if not setup.reserved_gpus:
-        setup = replace(setup, reserved_gpus=sized)
+    backlog_given = bool(setup.backlog)
+    setup, sized = reserved_setup(setup, constants)
     text, payload = reserved_target(setup, chosen["new"], chosen, args.workers, args.draws)
     with_score, without_score = payload.pop("_plot")
+    payload = {"backlog": setup.backlog} | payload
     scenario = setup.scenario
     print(
         f"reserved pool: {scenario.model} on {scenario.gpu_type}, routing {setup.routing}; built-in days "
@@ -2451,7 +2494,8 @@ def run_reserved_target(args: argparse.Namespace, setup: Setup) -> int:
     print(
         f"  {setup.reserved_gpus} reserved GPUs (the interactive p95 peak: {sized}, at "
         f"{RESERVED_POOL_UTILIZATION:.0%} of each replica's KV cache); {setup.backlog} deferrable items "
-        f"(10-30 minute recordings) every evening 18:00-22:00, due 08:00; the lane rule "
+        f"({'given' if backlog_given else f'{backlog_per_gpu(constants)} per reserved GPU, sized on training seeds'}; "
+        f"10-30 minute recordings) every evening 18:00-22:00, due 08:00; the lane rule "
         f"{'slots + KV cache' if setup.lane_kv else 'slots'}; "
         f"policy new at {POLICY_BY_NAME['new'].label(chosen['new'])}; "
         f"{time.perf_counter() - started:.0f}s"

@@ -7,8 +7,15 @@ seeds 1 on. A value is chosen when every scored training day meets the wait targ
 p99, failures); among those the cheapest in GPU-hours; when none meets it, the one missing it least.
 The schedule floor beside HPA (`cron-hpa`) is tuned after HPA on KV usage, whose target it reuses.
 
-    python bench/tune_policies.py                      # small-h100 behind the gateway, seed 101
+`--reserved-backlog` sizes instead the overnight deferrable backlog of `policy_sim.py --reserved-target`,
+per reserved GPU, with the operator's policy at its tuned constant: on a pool sized for the training seeds'
+interactive p95 peak, the largest of five values (`policy_sim.BACKLOG_PER_GPU_VALUES`) with every training
+night's requests done by their deadline (when none is, the smallest). What a platform team does before it
+promises a nightly batch: measure what the pool finishes, then promise no more.
+
+    python bench/tune_policies.py --seeds 3                      # small-h100 behind the gateway, seeds 101-103
     python bench/tune_policies.py --routing service --seeds 1
+    python bench/tune_policies.py --seeds 3 --reserved-backlog   # after the policies
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +74,55 @@ def tune(
     return chosen, tried
 
 
+def size_backlog(
+    setup: sim.Setup, constants: dict[str, Any], workers: int, values: Sequence[int] = sim.BACKLOG_PER_GPU_VALUES
+) -> tuple[int, dict[str, Any]]:
+    """The chosen backlog per reserved GPU of `values`, and what each did on the training nights."""
+    chosen = sim.settings_for(setup.scenario.name, setup.routing, constants)
+    setup, pool = sim.reserved_setup(replace(setup, backlog=1), constants)
+    settings = (("new", chosen["new"]),)
+    tasks = [
+        (replace(setup, seeds=(seed,), backlog=per_gpu * setup.reserved_gpus), seed, settings, chosen)
+        for per_gpu in values
+        for seed in setup.seeds
+    ]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as executor:
+            results = [r[0] for r in executor.map(sim._evaluate_task, tasks)]
+    else:
+        results = [sim._evaluate_task(task)[0] for task in tasks]
+    tried: dict[str, Any] = {}
+    met: list[int] = []
+    seeds = len(setup.seeds)
+    for i, per_gpu in enumerate(values):
+        scores = results[i * seeds : (i + 1) * seeds]
+        mornings = sim.nights(setup, scores)
+        due = sum(n.due for n in mornings)
+        on_time = sum(n.on_time for n in mornings)
+        lasts = [n.last_done_min for n in mornings if n.last_done_min is not None]
+        busy = sum(d.busy_reserved_s for s in scores for d in s.days)
+        seconds = setup.reserved_gpus * sum(s.day_hours * 3600 * len(s.days) for s in scores)
+        if due and on_time == due:
+            met.append(per_gpu)
+        tried[str(per_gpu)] = {
+            "backlog": per_gpu * setup.reserved_gpus,
+            "due": due,
+            "on_time": on_time,
+            "latest_last_done_min_after_deadline": round(max(lasts)) if lasts else None,
+            "last_done_min_after_deadline_by_night": [None if x is None else round(x) for x in lasts],
+            "reserved_busy_fraction": round(busy / seconds, 4),
+        }
+        print(
+            f"  {per_gpu} a reserved GPU ({per_gpu * setup.reserved_gpus} a night): {on_time} of {due} on time, "
+            f"the latest night's last {tried[str(per_gpu)]['latest_last_done_min_after_deadline']} min after "
+            f"08:00, busy {busy / seconds:.1%}",
+            flush=True,
+        )
+    best = max(met) if met else min(values)
+    training = {"seeds": list(setup.seeds), "reserved_gpus": setup.reserved_gpus, "pool_sized": pool}
+    return best, training | {"days": setup.days, "warmup_days": setup.warmup_days, "met": bool(met), "tried": tried}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=sorted(sim.SCENARIOS), default="small-h100")
@@ -78,6 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--policies", default=",".join(p.name for p in sim.POLICIES), help="comma-separated")
     parser.add_argument("--out", type=Path, default=sim.CONSTANTS_FILE)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--reserved-backlog",
+        action="store_true",
+        help="size the reserved target's overnight backlog per reserved GPU instead of tuning the policies",
+    )
     args = parser.parse_args(argv)
     if args.first_seed < 100:
         raise SystemExit("training seeds start at 100 or later: seeds below are held out for scoring")
@@ -89,6 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     constants = sim.load_constants(args.out)
     target = sim.target_from(constants)
     started = time.perf_counter()
+    if args.reserved_backlog:
+        print(f"sizing the reserved pool's backlog on seeds {seeds[0]}-{seeds[-1]}", flush=True)
+        per_gpu, trained = size_backlog(setup, constants, args.workers)
+        constants["reserved"] = {"backlog_per_gpu": per_gpu, "training": trained}
+        args.out.write_text(json.dumps(constants, indent=1, sort_keys=True) + "\n")
+        print(f"  -> {per_gpu} a reserved GPU ({'met' if trained['met'] else 'no value met the deadline'})")
+        print(f"wrote {args.out} in {time.perf_counter() - started:.0f}s")
+        return 0
     print(f"tuning {scenario.name} / {args.routing} on seeds {seeds[0]}-{seeds[-1]}", flush=True)
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
     settings = constants.setdefault("settings", {}).setdefault(scenario.name, {}).setdefault(args.routing, {})

@@ -431,3 +431,38 @@ def test_the_reserved_target_pairs_each_draw_with_its_own_run_without_deferrable
     assert payload["tail_draw_days_missed"]["of"] == 2, text
     assert payload["batch_done_by_deadline"] is None, text
     assert "no deferrable requests due" in text
+
+
+def test_the_backlog_is_sized_per_reserved_gpu_on_training_nights_to_the_largest_finished_by_its_deadline(
+    sim: Any,
+) -> None:
+    """`tune_policies.py --reserved-backlog` keeps the largest backlog a night per reserved GPU that every
+    training night finishes by 08:00; the reserved target then queues that many per GPU of its pool."""
+    spec = importlib.util.spec_from_file_location("tune_policies", ROOT / "bench" / "tune_policies.py")
+    assert spec is not None
+    assert spec.loader is not None
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)  # imports policy_sim: the module the fixture registered
+    # One GPU, a day of warm-up and the night after it, a trickle of interactive work.
+    setup = sim.Setup(
+        replace(sim.SCENARIOS["small-h100"], min_replicas=1),
+        seeds=(3,),
+        days=2,
+        warmup_days=1,
+        reserved_gpus=1,
+        peak_scale=0.02,
+        window=(0.0, 10 * 3600.0),  # the scored day until 10:00: the backlog was due at 08:00
+    )
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        chosen, training = tune.size_backlog(setup, {}, 1, values=(20, 2000))
+    tried = training["tried"]
+    assert (tried["20"]["on_time"], tried["20"]["due"]) == (20, 20), tried
+    assert tried["2000"]["on_time"] < tried["2000"]["due"] == 2000, tried  # one GPU cannot finish it
+    assert tried["2000"]["latest_last_done_min_after_deadline"] > 0, tried
+    assert (chosen, training["met"]) == (20, True), out.getvalue()
+
+    sized, _ = sim.reserved_setup(replace(setup, reserved_gpus=3), {"reserved": {"backlog_per_gpu": chosen}})
+    assert sized.backlog == 3 * chosen
+    given, _ = sim.reserved_setup(replace(setup, backlog=5), {"reserved": {"backlog_per_gpu": chosen}})
+    assert given.backlog == 5

@@ -22,13 +22,14 @@ The rule (the policy simulation implements the same one):
   interactive requests may be among those waiting, takes back its deferrable requests sent before it,
   newest first, until their KV tokens cover the interactive ones' (`to_take_back_on_waiting`): the
   gateway aborts them and sends them again later, from the start. Only requests whose body the
-  gateway kept can be taken back (app.ResendBuffers), and only until the replica answers. A gateway
+  gateway kept can be taken back (app.ResendBuffers), and only until the replica answers (a stream: its first
+  event, since vLLM sends its headers before scheduling it). A gateway
   started with `--take-back-read-seconds 0` instead takes back when it sends an interactive request
   whose KV tokens do not fit beside what the pod has in flight there (`to_take_back`), unless another
   replica has room: that count is of whole sequences from the moment they are sent, while vLLM holds
   the prompt and the tokens produced so far, so it took back twice as often and finished less of the
-  nightly backlogs by their deadline (bench/policy_sim.py --reserved-target, three draws: 668,305 of
-  693,000 by the count, 683,785 on reads, the interactive tails alike);
+  nightly backlogs by their deadline (bench/policy_sim.py --reserved-target at 11,000 a night, three draws:
+  668,305 of 693,000 by the count, 683,785 on reads, the interactive tails alike);
 - where vLLM runs `--scheduling-policy priority`, deferrable chat and completions requests carry
   a larger `priority` number (lower priority) than interactive ones (0); the caller sets none.
 
