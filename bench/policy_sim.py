@@ -488,10 +488,11 @@ BACKLOG_HOURS = (18.0, 22.0)
 
 
 def overnight_backlog(seed: int, days: int, items: int) -> list[Row]:
-    """`items` deferrable rows every evening of days 0..days-2 (the last day's would be due after the
-    trace ends)."""
+    """`items` deferrable rows every evening of days 0..days-1. The last evening's are due after the days
+    simulated, so no deadline of theirs is scored, but they keep that evening's pool as busy as any
+    other's: without them the last scored day's busy share would be the simulation's end, not the lane."""
     rows: list[Row] = []
-    for day in range(days - 1):
+    for day in range(days):
         rng = random.Random(seed * 2_000_003 + day)
         for _ in range(items):
             arrival = day * DAY + rng.uniform(BACKLOG_HOURS[0] * 3600, BACKLOG_HOURS[1] * 3600)

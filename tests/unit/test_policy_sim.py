@@ -466,3 +466,12 @@ def test_the_backlog_is_sized_per_reserved_gpu_on_training_nights_to_the_largest
     assert sized.backlog == 3 * chosen
     given, _ = sim.reserved_setup(replace(setup, backlog=5), {"reserved": {"backlog_per_gpu": chosen}})
     assert given.backlog == 5
+
+
+def test_the_last_evening_has_its_backlog_too_due_after_the_days_simulated(sim: Any) -> None:
+    rows = sim.overnight_backlog(5, 3, 10)
+    evenings = sorted({int(arrival // sim.DAY) for arrival, _, _ in rows})
+    assert evenings == [0, 1, 2], evenings
+    last = [arrival for arrival, _, _ in rows if arrival >= 2 * sim.DAY]
+    assert len(last) == 10
+    assert all(sim.due_by(arrival) > 3 * sim.DAY for arrival in last)  # after the 3 days: never scored
