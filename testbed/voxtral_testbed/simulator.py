@@ -434,7 +434,7 @@ def build_app(engine: Engine) -> web.Application:
         returns its StreamingResponse before the generator runs), then one chunk per word once it has run,
         `data: [DONE]` last. `work` is (prompt tokens, output tokens, priority)."""
         prompt_tokens = work[0]
-        engine.refuse_when_full()  # vLLM refuses before the stream starts; the simulator checks here
+        engine.refuse_when_full()  # a full queue is refused with a 503 the caller can read, not mid-stream
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         await engine.generate(*work)
