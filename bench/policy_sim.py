@@ -1874,6 +1874,16 @@ def _evaluate_task(task: tuple[Setup, int, tuple[tuple[str, float], ...], dict[s
     return evaluate(*task)
 
 
+def first_scores(
+    tasks: Sequence[tuple[Setup, int, tuple[tuple[str, float], ...], dict[str, float]]], workers: int
+) -> list[Score]:
+    """The first setting's score of each task (one run of one seed), on up to `workers` processes."""
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+            return [r[0] for r in pool.map(_evaluate_task, tasks)]
+    return [_evaluate_task(task)[0] for task in tasks]
+
+
 def evaluate_seeds(
     setup: Setup, settings: Sequence[tuple[str, float]], constants: dict[str, float], workers: int = 1
 ) -> list[Score]:
@@ -2094,16 +2104,22 @@ class Night:
     last_done_min: float | None
 
 
+def last_done_after_deadline(day: int, figures: DayFigures) -> float | None:
+    """When the last of the deferrable requests due on the morning of `day` was done, in minutes after their
+    deadline (negative: before; infinite: none was done; None: none was due)."""
+    if not figures.batch_items:
+        return None
+    done = figures.batch_last_done
+    return (done - due_by(day * DAY - 1)) / 60 if math.isfinite(done) else math.inf
+
+
 def nights(setup: Setup, scores: Sequence[Score]) -> list[Night]:
     """The scored mornings of one run per seed (`scores[i]` the run of `setup.seeds[i]`)."""
     out = []
     for seed, score in zip(setup.seeds, scores, strict=True):
         for index, day_figures in enumerate(score.days):
             day = setup.warmup_days + index
-            last = None
-            if day_figures.batch_items:  # none done at all: infinitely late
-                done = day_figures.batch_last_done
-                last = (done - due_by(day * DAY - 1)) / 60 if math.isfinite(done) else math.inf
+            last = last_done_after_deadline(day, day_figures)
             out.append(Night(seed, day, day_figures.batch_items, day_figures.batch_on_time, last))
     return out
 
@@ -2155,11 +2171,7 @@ def reserved_target(
         "again": [replace(without, draw=draws + d) for d in range(draws)],
     }
     tasks = [(run, seed, (("new", value),), constants) for kind in runs for run in runs[kind] for seed in setup.seeds]
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-            results = [r[0] for r in pool.map(_evaluate_task, tasks)]
-    else:
-        results = [_evaluate_task(task)[0] for task in tasks]
+    results = first_scores(tasks, workers)
     seeds = len(setup.seeds)
     # by_kind[kind][seed index] = that seed's scores, one per draw
     by_kind = {
@@ -2195,8 +2207,7 @@ def reserved_target(
             items, on_time, failed = items + w.batch_items, on_time + w.batch_on_time, failed + w.batch_failed
             taken_back += w.batch_taken_back
             kind = day_kind(day, setup.holidays)
-            # The last of the deferrable requests due this morning, in minutes after their deadline (-: before).
-            last = (w.batch_last_done - due_by(day * DAY - 1)) / 60 if w.batch_items else None
+            last = last_done_after_deadline(day, w)
             lines.append(
                 f"  {seed:<6}{f'{day} {kind[:3]}':<10}{pcts[0]:>11.1f}s{pcts[2]:>7.1f}s"
                 f"{pcts[1]:>12.1f}s{pcts[3]:>7.1f}s{busy[0]:>14.0%}{busy[1]:>7.0%}"

@@ -26,7 +26,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -86,11 +85,7 @@ def size_backlog(
         for per_gpu in values
         for seed in setup.seeds
     ]
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as executor:
-            results = [r[0] for r in executor.map(sim._evaluate_task, tasks)]
-    else:
-        results = [sim._evaluate_task(task)[0] for task in tasks]
+    results = sim.first_scores(tasks, workers)
     tried: dict[str, Any] = {}
     met: list[int] = []
     seeds = len(setup.seeds)
