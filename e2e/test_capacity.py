@@ -11,8 +11,6 @@ The pools (e2e/cluster/nodes.yaml): reserved l4-speech, 2 nodes x 2 L4; overflow
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +28,7 @@ from .conftest import (
     service_base_url,
     wait_ready,
 )
+from .metrics import samples
 from .test_reconcile import _quiet
 from .test_suspend import Callers
 
@@ -144,15 +143,9 @@ def column(listing: str, name: str) -> str:
 
 def gpu_seconds(namespace: str, name: str) -> dict[str, float]:
     """The operator's voxtral_operator_gpu_seconds_total per pool for one endpoint (its metrics port)."""
-    with urllib.request.urlopen("http://127.0.0.1:9090/metrics", timeout=5) as response:
-        text = response.read().decode()
-    labels = (f'endpoint="{name}"', f'namespace="{namespace}"')
-    found = {}
-    for line in text.splitlines():
-        if line.startswith("voxtral_operator_gpu_seconds_total{") and all(label in line for label in labels):
-            pool = line.split('pool="', 1)[1].split('"', 1)[0]
-            found[pool] = float(line.rsplit(" ", 1)[1])
-    return found
+    url, metric = "http://127.0.0.1:9090/metrics", "voxtral_operator_gpu_seconds_total"
+    found = samples(url, metric, timeout=5, endpoint=name, namespace=namespace)
+    return {labels["pool"]: value for labels, value in found}
 
 
 def status(kubectl: Kubectl, name: str, namespace: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import pytest
 
 from .conftest import MINI, Kubectl, LocalCluster, delete_endpoint, endpoint_body, eventually, wait_ready
 from .conftest import service_base_url as service_url
+from .metrics import samples
 from .test_lifecycle import _wav
 
 pytestmark = pytest.mark.e2e
@@ -112,12 +113,9 @@ def _waiting_reads(kubectl: Kubectl, name: str, namespace: str) -> dict[str, flo
     selector = f"app.kubernetes.io/name=voxtral-gateway,app.kubernetes.io/instance={name}"
     totals: dict[str, float] = {}
     for pod in kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]:
-        with urllib.request.urlopen(f"http://{pod['status']['podIP']}:9091/metrics", timeout=10) as response:
-            page = response.read().decode()
-        for line in page.splitlines():
-            if line.startswith("voxtral_gateway_waiting_reads_total{"):
-                result = line.split('result="', 1)[1].split('"', 1)[0]
-                totals[result] = totals.get(result, 0.0) + float(line.rsplit(" ", 1)[1])
+        url = f"http://{pod['status']['podIP']}:9091/metrics"
+        for labels, value in samples(url, "voxtral_gateway_waiting_reads_total"):
+            totals[labels["result"]] = totals.get(labels["result"], 0.0) + value
     return totals
 
 

@@ -25,6 +25,7 @@ from .conftest import (
     service_base_url,
     wait_ready,
 )
+from .metrics import samples
 from .test_lifecycle import _calls, _spec_replicas, _wav
 
 pytestmark = pytest.mark.e2e
@@ -248,9 +249,7 @@ def _pods(kubectl: Kubectl, namespace: str, selector: str) -> list[dict[str, Any
 
 def _reports_missing(pod_ip: str) -> bool:
     """Whether a gateway pod's metrics name a Secret it cannot find."""
-    with urllib.request.urlopen(f"http://{pod_ip}:9091/metrics", timeout=10) as response:
-        page = response.read().decode()
-    return any(line.startswith("voxtral_gateway_secret_missing{") for line in page.splitlines())
+    return bool(samples(f"http://{pod_ip}:9091/metrics", "voxtral_gateway_secret_missing"))
 
 
 def test_scale_from_zero_and_suspend(kubectl: Kubectl, namespace: str, unique_name: str) -> None:

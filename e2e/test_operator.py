@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +24,7 @@ from .conftest import (
     eventually,
     wait_ready,
 )
+from .metrics import samples
 
 pytestmark = pytest.mark.e2e
 
@@ -107,13 +107,8 @@ def test_objects_deleted_in_a_watch_gap_are_noticed(
 
 
 def _reconciles(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("voxtral_operator_reconciles_total{")
-    )
+    found = samples(f"http://127.0.0.1:{port}/metrics", "voxtral_operator_reconciles_total", timeout=5)
+    return sum(value for _, value in found)
 
 
 def _helm(*args: str) -> None:
