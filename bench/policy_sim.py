@@ -760,6 +760,7 @@ class GatewayMetrics:
 
 
 WAIT_BIN_S = 0.25  # queue-wait histogram resolution
+LONG_WAIT_S = 5.0  # an interactive wait counted by its hour of arrival (DayFigures.long_waits)
 DRAW_STRIDE = 1_000_003  # between the seeds of two draws of the same seed: far from 7919 * (one seed to the next)
 HOUR = 3600
 WAITING_READ_S = 2  # how often the what-if reads each replica's vLLM metrics (--take-back-on-waiting)
@@ -783,10 +784,14 @@ class DayFigures:
     batch_failed: int = 0  # of them, refused or timed out
     batch_taken_back: int = 0  # times one of them was taken back for an interactive request
     batch_last_done: float = -math.inf  # when the last of them finished (simulation clock)
+    # Interactive requests that waited more than LONG_WAIT_S (or failed), by the hour of the day they arrived:
+    # where in the day a backlog's effect on them would show.
+    long_waits: list[int] = field(default_factory=lambda: [0] * 24)
 
     def add(self, other: DayFigures) -> None:
         for key, count in other.waits.items():
             self.waits[key] = self.waits.get(key, 0) + count
+        self.long_waits = [a + b for a, b in zip(self.long_waits, other.long_waits, strict=True)]
         self.requests += other.requests
         self.failed += other.failed
         self.gpu_s += other.gpu_s
@@ -801,6 +806,14 @@ class DayFigures:
 
 def _bin(wait: float) -> int:
     return 0 if wait <= 0 else 1 + int(wait / WAIT_BIN_S)
+
+
+def record_wait(figures: DayFigures, arrival: float, wait: float) -> None:
+    """One interactive request's wait (a failed one at the timeout) in its arrival day's figures."""
+    key = _bin(wait)
+    figures.waits[key] = figures.waits.get(key, 0) + 1
+    if wait > LONG_WAIT_S:
+        figures.long_waits[int(arrival % DAY // HOUR)] += 1
 
 
 class Cluster:
@@ -991,8 +1004,7 @@ class Cluster:
             self.day(request.due - 1).batch_failed += 1
             return
         figures.failed += 1
-        key = _bin(self.scenario.queue_timeout_s)
-        figures.waits[key] = figures.waits.get(key, 0) + 1
+        record_wait(figures, request.arrival, self.scenario.queue_timeout_s)
 
     def arrive(self, request: Request) -> None:
         if request.deferrable:
@@ -1235,9 +1247,7 @@ class Cluster:
             done.clear()
         if waits:
             for arrival, wait in waits:
-                figures = self.day(arrival)
-                key = _bin(wait)
-                figures.waits[key] = figures.waits.get(key, 0) + 1
+                record_wait(self.day(arrival), arrival, wait)
             waits.clear()
         if self.spare_nodes:
             self.spare_nodes = [t for t in self.spare_nodes if t > now]
@@ -1267,12 +1277,10 @@ class Cluster:
             pending.extend(r for r in pod.queue if not r.admitted and not r.deferrable)
         for request in pending:
             wait = now - request.arrival
-            figures = self.day(request.arrival)
             if wait >= self.scenario.queue_timeout_s:
                 self._fail(request)
             else:
-                key = _bin(wait)
-                figures.waits[key] = figures.waits.get(key, 0) + 1
+                record_wait(self.day(request.arrival), request.arrival, wait)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2147,6 +2155,23 @@ def _pooled(scores: Sequence[Score], index: int) -> DayFigures:
     return day
 
 
+LONG_WAIT_RUNS = ("with_deferrable", "without", "other_draws_without")  # the reserved target's runs, in --json
+
+
+def backlog_hours(hour: int) -> bool:
+    """From the backlog's first arrivals to its deadline: the hours of the day (18:00-08:00) in which it can
+    touch interactive requests directly; the others are the working day's, which it reaches only through
+    the replicas it leaves up or down."""
+    return hour >= BACKLOG_HOURS[0] or hour < DEFERRABLE_DUE_HOUR
+
+
+def long_waits_split(day: DayFigures) -> tuple[int, int]:
+    """(in the backlog's hours, in the others) of a day's interactive requests that waited more than
+    LONG_WAIT_S or failed."""
+    during = sum(count for hour, count in enumerate(day.long_waits) if backlog_hours(hour))
+    return during, sum(day.long_waits) - during
+
+
 def _tails(day: DayFigures) -> tuple[float, float]:
     return percentile(day.waits, 95), percentile(day.waits, 99)
 
@@ -2187,12 +2212,15 @@ def reserved_target(
     missed = missed_by_chance = draw_days_missed = draw_days_missed_by_chance = 0
     busy_with = busy_without = 0.0
     items = on_time = failed = taken_back = 0
+    long_waits = {kind: [0, 0] for kind in runs}  # (the backlog's hours, the others), over every day and draw
     days_out = []
     for s, seed in enumerate(setup.seeds):
         with_scores, without_scores, again_scores = (by_kind[kind][s] for kind in runs)
         for index in range(len(with_scores[0].days)):
             day = setup.warmup_days + index
             w, wo, again = (_pooled(scores, index) for scores in (with_scores, without_scores, again_scores))
+            for kind, pooled_day in zip(runs, (w, wo, again), strict=True):
+                long_waits[kind] = [a + b for a, b in zip(long_waits[kind], long_waits_split(pooled_day), strict=True)]
             kept, kept_by_chance = _day_kept(w, wo), _day_kept(again, wo)
             missed += not kept
             missed_by_chance += not kept_by_chance
@@ -2253,6 +2281,14 @@ def reserved_target(
         f"{draw_days_missed} of {scored_days * draws} draw-days, by chance alone on "
         f"{draw_days_missed_by_chance} of {scored_days * draws}"
     )
+    threshold = f"{LONG_WAIT_S:g} s"
+    lines.append(
+        f"  interactive requests that waited more than {threshold} or failed, {scored_days * draws} draw-days: "
+        f"arriving in the backlog's hours ({BACKLOG_HOURS[0]:02.0f}:00-{DEFERRABLE_DUE_HOUR:02d}:00) "
+        f"{long_waits['with'][0]} with it, {long_waits['without'][0]} without it, {long_waits['again'][0]} in "
+        f"other draws without it; arriving in the working day's {long_waits['with'][1]}, "
+        f"{long_waits['without'][1]}, {long_waits['again'][1]}"
+    )
     if items:
         lines.append(
             f"  deferrable requests done by their deadline: {on_time} of {items} ({failed} failed): "
@@ -2270,6 +2306,11 @@ def reserved_target(
         "batch_taken_back": taken_back,
         "targets_met": {"busy": busy_met, "tails": tails_met, "deadline": done_met if items else None},
         "tail_days_missed": {"with_deferrable": missed, "by_chance_alone": missed_by_chance, "of": scored_days},
+        "long_waits": {
+            "threshold_s": LONG_WAIT_S,
+            "backlog_hours": dict(zip(LONG_WAIT_RUNS, (long_waits[kind][0] for kind in runs), strict=True)),
+            "working_day": dict(zip(LONG_WAIT_RUNS, (long_waits[kind][1] for kind in runs), strict=True)),
+        },
         "tail_draw_days_missed": {
             "with_deferrable": draw_days_missed,
             "by_chance_alone": draw_days_missed_by_chance,

@@ -74,13 +74,13 @@ def test_it_is_the_default_the_spec_gives() -> None:
         (seen(8, 8, 8), replace(BEFORE, last_scale_up=NOW - 5), 3, "scale up paced"),
         (seen(8, 8, 8), replace(BEFORE, last_scale_up=NOW - SCALE_UP_PERIOD_SECONDS), 4, "scale up"),
         # Down to the highest recommendation of the last scaleDownDelaySeconds, all at once.
-        (seen(1, 1, 1, 1, 1), replace(BEFORE, recommendations=((NOW - 200, 5),)), 5, "a higher recommendation"),
+        (seen(1, 1, 1, 1, 1), replace(BEFORE, recommendations=((NOW - 200, 5),)), 5, "more replicas recommended"),
         (seen(1, 1, 1, 1, 1), replace(BEFORE, recommendations=((NOW - 250, 4), (NOW - 100, 2))), 4, "scale down"),
         (seen(1, 1, 1, 1, 1), replace(BEFORE, recommendations=((NOW - 400, 5), (NOW - 100, 2))), 2, "scale down"),
         (seen(0, 0, 0, 0, 0), replace(BEFORE, recommendations=((NOW - 400, 5),)), 1, "scale down"),
         # A restarted operator has no window: it starts one at the replicas there are.
-        (seen(0, 0, 0, 0, 0), State(), 5, "a higher recommendation"),
-        (seen(0, 0, 0, 0, 0), BEFORE, 5, "a higher recommendation"),
+        (seen(0, 0, 0, 0, 0), State(), 5, "more replicas recommended"),
+        (seen(0, 0, 0, 0, 0), BEFORE, 5, "more replicas recommended"),
         # Never down while a ready replica's metrics are missing, nor while replicas load.
         (Observation(replicas=3, ready=3, pods=ready(0, 0)), LOW_WINDOW, 3, "metrics missing from 1 replica"),
         (seen(0, 0, replicas=4), replace(LOW_WINDOW, loading_since=(NOW - 60,) * 2), 4, "loading replica(s) kept"),
@@ -125,6 +125,25 @@ def test_deferrable_work_is_no_demand_but_keeps_the_reserved_pool_up() -> None:
     # Interactive work scales beyond it as always.
     decision = decide(limits, seen(42, 40, 40, gateway=replace(lane, queued_requests=60)), BEFORE, NOW)
     assert decision.replicas > 3, decision.reason
+
+
+def test_the_reserved_pool_goes_only_a_scale_down_delay_after_its_deferrable_work_ends() -> None:
+    """Released at once, the pool went as the morning's interactive load arrived: its count, spread over the
+    whole pool, had recommended fewer replicas than that load needs on fewer (README, Reserved GPUs)."""
+    limits = replace(LIMITS, reserved_replicas=6)
+    lane = gateway(0, deferrable_in_flight_requests=30, deferrable_queued_requests=200)
+    state, now = BEFORE, NOW
+    for _ in range(400):  # an hour and more of deferrable work on the pool, 2 interactive requests in flight
+        decision = decide(limits, seen(6, 6, 6, 6, 6, 2, gateway=lane), state, now)
+        assert decision.replicas == 6, decision.reason
+        state, done, now = decision.state, now, now + 10  # `done`: the work last seen
+    while now < done + limits.scale_down_delay_seconds:  # then none: the pool kept for the delay
+        decision = decide(limits, seen(0, 0, 0, 0, 0, 2, gateway=gateway(0)), state, now)
+        assert decision.replicas == 6, f"{now - done:.0f}s after the deferrable work ended: {decision.reason}"
+        assert "kept for deferrable work" in decision.reason
+        state, now = decision.state, now + 10
+    decision = decide(limits, seen(0, 0, 0, 0, 0, 2, gateway=gateway(0)), state, now)
+    assert decision.replicas == 1, decision.reason  # then to the interactive recommendation, as always
 
 
 def test_zero_and_back_at_the_gateway() -> None:

@@ -431,6 +431,24 @@ def test_the_reserved_target_pairs_each_draw_with_its_own_run_without_deferrable
     assert payload["tail_draw_days_missed"]["of"] == 2, text
     assert payload["batch_done_by_deadline"] is None, text
     assert "no deferrable requests due" in text
+    waits = payload["long_waits"]["backlog_hours"]  # 07:00-08:00 is in them: the same runs count the same
+    assert waits["with_deferrable"] == waits["without"], text
+    assert payload["long_waits"]["working_day"]["with_deferrable"] == 0, text
+
+
+def test_long_waits_are_counted_by_their_hour_of_arrival_and_split_at_the_backlogs_hours(sim: Any) -> None:
+    day = sim.DayFigures()
+    monday = 7 * sim.DAY
+    sim.record_wait(day, monday + 19 * sim.HOUR + 5, 6.0)  # the backlog's hours
+    sim.record_wait(day, monday + 7 * sim.HOUR, 600.0)  # still theirs (a timeout counts)
+    sim.record_wait(day, monday + 12 * sim.HOUR, 30.0)  # the working day's
+    sim.record_wait(day, monday + 12 * sim.HOUR, sim.LONG_WAIT_S)  # not more than the threshold
+    assert sim.long_waits_split(day) == (2, 1)
+    assert sum(day.waits.values()) == 4
+    pooled = sim.DayFigures()
+    pooled.add(day)
+    pooled.add(day)
+    assert sim.long_waits_split(pooled) == (4, 2)
 
 
 def test_the_backlog_is_sized_per_reserved_gpu_on_training_nights_to_the_largest_finished_by_its_deadline(

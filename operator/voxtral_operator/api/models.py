@@ -224,9 +224,9 @@ class AutoscalingSpec(_Model):
         description=(
             "The reserved pool (GPUs paid for whatever happens), with the gateway: while deferrable requests "
             "(service_tier flex) wait or run, the autoscaler keeps up to this many replicas (within "
-            "maxReplicas). Deferrable work is never demand: it never scales beyond the pool (with 0, the "
-            "default, it runs only on replicas interactive work or minReplicas keep); interactive demand "
-            "scales as always."
+            "maxReplicas), and scaleDownDelaySeconds after that work ends. Deferrable work is never demand: "
+            "it never scales beyond the pool (with 0, the default, it runs only on replicas interactive work "
+            "or minReplicas keep); interactive demand scales as always."
         ),
     )
 

@@ -13,8 +13,8 @@ there are) every 15 s, scale-down to the highest recommendation of the last `sca
 (900 s by default). In the simulation (bench/policy_sim.py, README) it used fewer GPU-hours on held-out
 days than the workload policy below at the same tails; simpler won. What the operator adds to HPA's
 rule is shared with the workload policy: scale to and from zero at the gateway, a person's scale kept
-as a floor, the reserved pool kept up for deferrable work, loading replicas kept until ready, no
-scale-down while a ready replica's metrics are missing.
+as a floor, the reserved pool kept up for deferrable work (and released only a scale-down delay after
+it), loading replicas kept until ready, no scale-down while a ready replica's metrics are missing.
 
 **workload** (`_decide_workload`): load counted in replicas' worth of work, not in requests (a
 5-second clip and a 40-minute file are not the same request):
@@ -163,7 +163,8 @@ class Limits:
     target_utilization: float = 0.35  # of KV cache and sequence slots, averaged over ready replicas
     node_retention_seconds: float = 600.0  # a GPU node bills this long after its pod goes
     scale_to_zero_after_seconds: float | None = None  # with the gateway; needs min_replicas 0
-    reserved_replicas: int = 0  # replicas' worth of reserved GPUs: kept up while deferrable work waits
+    reserved_replicas: int = 0  # replicas' worth of reserved GPUs: kept up while deferrable work waits (and a
+    # scale-down delay after)
 
 
 @dataclass(frozen=True)
@@ -879,14 +880,22 @@ def _decide_requests(limits: Limits, seen: Observation, state: State, now: float
         recommended = math.ceil(needed)
     low, high = limits.min_replicas, limits.max_replicas
     recommended = min(max(recommended, low), high)
+    reserved = 0
+    if gateway is not None and gateway.deferrable_pending:
+        reserved = min(limits.reserved_replicas, high)
     # The scale-down window. None yet (a restarted operator, or one switched from the workload policy):
-    # it starts at the replicas there are, so nothing scales down before a window has been seen.
+    # it starts at the replicas there are, so nothing scales down before a window has been seen. The
+    # reserved pool kept up for deferrable work enters it too: when that work ends, the pool's replicas go
+    # only after scaleDownDelaySeconds, as the workload policy's do. Released at once, they went just as
+    # the morning's interactive load arrived: the interactive count, spread over the whole pool, had
+    # recommended fewer replicas than it needs on fewer (bench/policy_sim.py, README).
+    kept = max(recommended, reserved)
     window = [r for r in state.recommendations if r[0] > now - limits.scale_down_delay_seconds]
     if not state.recommendations:
         window = [(now, current)]
-    while window and window[-1][1] <= recommended:
+    while window and window[-1][1] <= kept:
         window.pop()
-    window.append((now, recommended))
+    window.append((now, kept))
     highest = window[0][1]
     person, hold_fields = _hold(limits, seen, state, now)
 
@@ -918,9 +927,6 @@ def _decide_requests(limits: Limits, seen: Observation, state: State, now: float
     if current < low or current > high:
         return decision(min(max(current, low), high), f"replicas {current} outside [{low}, {high}]")
 
-    reserved = 0
-    if gateway is not None and gateway.deferrable_pending:
-        reserved = min(limits.reserved_replicas, high)
     if reserved > current and recommended <= current:
         return decision(reserved, f"scale up: deferrable work waits: the reserved pool's {reserved} replicas kept up")
 
@@ -949,10 +955,11 @@ def _decide_requests(limits: Limits, seen: Observation, state: State, now: float
     down = max(highest, low, 1, reserved)  # only the idle rule above goes to zero
     if down >= current:
         why = "load within target"
-        if reserved >= current > max(highest, low, 1):
+        if reserved >= current > max(recommended, low, 1):
             why = f"deferrable work waits: the reserved pool's {reserved} replicas kept up"
         elif highest >= current > recommended:
-            why = f"a higher recommendation within scaleDownDelaySeconds ({limits.scale_down_delay_seconds:g}s)"
+            delay = limits.scale_down_delay_seconds
+            why = f"more replicas recommended, or kept for deferrable work, within scaleDownDelaySeconds ({delay:g}s)"
         return decision(current, why)
     if seen.missing:
         return decision(current, f"metrics missing from {seen.missing} replica(s): not scaling down")
