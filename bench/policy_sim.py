@@ -2155,7 +2155,8 @@ def _pooled(scores: Sequence[Score], index: int) -> DayFigures:
     return day
 
 
-LONG_WAIT_RUNS = ("with_deferrable", "without", "other_draws_without")  # the reserved target's runs, in --json
+# The reserved target's runs, as --json names them.
+LONG_WAIT_RUNS = {"with": "with_deferrable", "without": "without", "again": "other_draws_without"}
 
 
 def backlog_hours(hour: int) -> bool:
@@ -2308,8 +2309,8 @@ def reserved_target(
         "tail_days_missed": {"with_deferrable": missed, "by_chance_alone": missed_by_chance, "of": scored_days},
         "long_waits": {
             "threshold_s": LONG_WAIT_S,
-            "backlog_hours": dict(zip(LONG_WAIT_RUNS, (long_waits[kind][0] for kind in runs), strict=True)),
-            "working_day": dict(zip(LONG_WAIT_RUNS, (long_waits[kind][1] for kind in runs), strict=True)),
+            "backlog_hours": {LONG_WAIT_RUNS[kind]: long_waits[kind][0] for kind in runs},
+            "working_day": {LONG_WAIT_RUNS[kind]: long_waits[kind][1] for kind in runs},
         },
         "tail_draw_days_missed": {
             "with_deferrable": draw_days_missed,

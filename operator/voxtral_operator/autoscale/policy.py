@@ -782,9 +782,7 @@ def _decide_workload(limits: Limits, seen: Observation, state: State, now: float
 
     # -- the reserved pool: kept up while deferrable work waits, never beyond it for that work -------
     gateway = seen.gateway
-    reserved = 0
-    if gateway is not None and gateway.deferrable_pending:
-        reserved = min(limits.reserved_replicas, high)
+    reserved = _reserved_kept(limits, gateway, high)
     if reserved > current and up <= current:
         why = f"scale up: deferrable work waits: the reserved pool's {reserved} replicas kept up"
         return decision(reserved, why, low_since=None)
@@ -859,6 +857,14 @@ def _decide_workload(limits: Limits, seen: Observation, state: State, now: float
     return decision(current - 1, f"low load for {waited:.0f}s", low_since=low_since, last_scale_down=now)
 
 
+def _reserved_kept(limits: Limits, gateway: GatewaySample | None, high: int) -> int:
+    """The reserved pool's replicas kept up while the gateway has deferrable work waiting or running (within
+    maxReplicas); 0 when it has none."""
+    if gateway is not None and gateway.deferrable_pending:
+        return min(limits.reserved_replicas, high)
+    return 0
+
+
 def _decide_requests(limits: Limits, seen: Observation, state: State, now: float) -> Decision:
     """The requests policy: requests in flight per replica held at `target_active_requests`, with HPA's
     algorithm (module docstring), and the operator's own: scale to and from zero at the gateway, a
@@ -880,9 +886,7 @@ def _decide_requests(limits: Limits, seen: Observation, state: State, now: float
         recommended = math.ceil(needed)
     low, high = limits.min_replicas, limits.max_replicas
     recommended = min(max(recommended, low), high)
-    reserved = 0
-    if gateway is not None and gateway.deferrable_pending:
-        reserved = min(limits.reserved_replicas, high)
+    reserved = _reserved_kept(limits, gateway, high)
     # The scale-down window. None yet (a restarted operator, or one switched from the workload policy):
     # it starts at the replicas there are, so nothing scales down before a window has been seen. The
     # reserved pool kept up for deferrable work enters it too: when that work ends, the pool's replicas go
