@@ -66,6 +66,7 @@ bench: $(STAMP) $(HELM)
 	$(BIN)/python bench/policy_sim.py
 	$(BIN)/python bench/policy_sim.py --reserved-target --seeds 1 --draws 1 --lane-slots-only --plot bench/reserved-pool-slots.svg
 	$(BIN)/python bench/policy_sim.py --reserved-target --seeds 1 --plot bench/reserved-pool.svg
+	$(BIN)/python bench/policy_sim.py --reserved-target --seeds 1 --keep-pool-up --plot bench/reserved-pool-kept.svg
 
 # The image builds, printed rather than run (no Docker engine is assumed): `make images REGISTRY=...`.
 REGISTRY ?= ghcr.io/voxtral-dev

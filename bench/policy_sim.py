@@ -69,7 +69,8 @@ scale-up until a retention period (the cluster autoscaler's unneeded time, 600 s
 Billing: on demand (every GPU-second of a node), or `--reserved-gpus N` (N GPUs paid all day,
 whatever happens; GPUs beyond them on demand; `reserved_busy_fraction` is the share of reserved
 GPU-seconds with a replica serving at least one request). The operator's policy is told the pool
-(`reservedReplicas`): it keeps the pool up while deferrable work waits, never more for it alone.
+(`reservedReplicas`): it keeps the pool up while deferrable work waits, never more for it alone;
+with `--keep-pool-up` all day (`minReplicas` at the pool's size, for a pool not lent to other work).
 `--reserved-target` measures a reserved pool: a working week of warm-up, then a scored week on
 a pool sized for the interactive p95 peak, with an overnight backlog and without it (`--plot FILE`
 draws it), each over `--draws` draws of the simulation's own chance (cold starts, kube-proxy's
@@ -99,6 +100,7 @@ requests are ordered by the gateway alone, as transcriptions are.
     python bench/policy_sim.py --quick --json        # smoke test
     python bench/policy_sim.py --trace calls.csv --warmup-days 7 --json
     python bench/policy_sim.py --reserved-target --seeds 1 --plot bench/reserved-pool.svg
+    python bench/policy_sim.py --reserved-target --keep-pool-up --json
 """
 
 from __future__ import annotations
@@ -1741,6 +1743,7 @@ class Setup:
     take_back_on_reads: bool = True  # each gateway pod takes back on its reads of vLLM's waiting count (False: by
     # its count when an interactive request is sent, the gateway's --take-back-read-seconds 0)
     draw: int = 0  # which stream of cold starts and kube-proxy picks (0 unless a comparison asks for others)
+    keep_pool_up: bool = False  # the operator's policy keeps the reserved pool up all day (minReplicas = the pool)
 
 
 def load_rows(setup: Setup, seed: int) -> tuple[list[Row], list[Row], int, int]:
@@ -1841,7 +1844,8 @@ def evaluate(
             policy = POLICY_BY_NAME[name].make(scenario, engine, value, constants)
             if isinstance(policy, New) and setup.reserved_gpus:
                 reserved = setup.reserved_gpus // engine.gpus
-                policy = replace(policy, limits=replace(policy.limits, reserved_replicas=reserved))
+                floor = max(policy.limits.min_replicas, reserved) if setup.keep_pool_up else policy.limits.min_replicas
+                policy = replace(policy, limits=replace(policy.limits, reserved_replicas=reserved, min_replicas=floor))
             # The new policy learns from the warm-up days; the others keep no memory beyond minutes.
             learns = isinstance(policy, New) and setup.warmup_days > 0
             begin = first * DAY if learns else start - setup.lead_in_s
@@ -2442,6 +2446,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a week on a reserved pool sized for the interactive p95 peak, with an overnight backlog and without",
     )
     parser.add_argument(
+        "--keep-pool-up",
+        action="store_true",
+        help="the operator's policy keeps the reserved pool's replicas up all day (minReplicas = the pool: a pool "
+        "not lent to other work), not only while deferrable work waits",
+    )
+    parser.add_argument(
         "--draws",
         type=int,
         default=RESERVED_DRAWS,
@@ -2480,7 +2490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         take_back=args.take_back,
         take_back_on_waiting=args.take_back_on_waiting,
         take_back_on_reads=args.take_back_on_reads,
+        keep_pool_up=args.keep_pool_up,
     )
+    if args.keep_pool_up and not (args.reserved_gpus or args.reserved_target):
+        parser.error("--keep-pool-up needs a reserved pool (--reserved-gpus or --reserved-target)")
     if args.reserved_target:
         return run_reserved_target(args, setup)
     if args.quick:
@@ -2538,7 +2551,7 @@ def run_reserved_target(args: argparse.Namespace, setup: Setup) -> int:
     setup, sized = reserved_setup(setup, constants)
     text, payload = reserved_target(setup, chosen["new"], chosen, args.workers, args.draws)
     with_score, without_score = payload.pop("_plot")
-    payload = {"backlog": setup.backlog} | payload
+    payload = {"backlog": setup.backlog, "keep_pool_up": setup.keep_pool_up} | payload
     scenario = setup.scenario
     print(
         f"reserved pool: {scenario.model} on {scenario.gpu_type}, routing {setup.routing}; built-in days "
@@ -2551,7 +2564,8 @@ def run_reserved_target(args: argparse.Namespace, setup: Setup) -> int:
         f"({'given' if backlog_given else f'{backlog_per_gpu(constants)} per reserved GPU, sized on training seeds'}; "
         f"10-30 minute recordings) every evening 18:00-22:00, due 08:00; the lane rule "
         f"{'slots + KV cache' if setup.lane_kv else 'slots'}; "
-        f"policy new at {POLICY_BY_NAME['new'].label(chosen['new'])}; "
+        f"policy new at {POLICY_BY_NAME['new'].label(chosen['new'])}"
+        f"{', the pool kept up all day (minReplicas at its size)' if setup.keep_pool_up else ''}; "
         f"{time.perf_counter() - started:.0f}s"
     )
     print(text)

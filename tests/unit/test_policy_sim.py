@@ -49,6 +49,13 @@ def run_main(sim: Any, *argv: str) -> tuple[str, dict[str, Any]]:
     return text, result
 
 
+def first_day_window(sim: Any, hours: tuple[int, int], **setup: Any) -> Any:
+    """Hours of seed 3's first built-in day (a Monday), nothing lived through before them."""
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1)
+    window = (hours[0] * 3600, hours[1] * 3600)
+    return sim.Setup(scenario, seeds=(3,), days=1, warmup_days=0, window=window, **setup)
+
+
 def test_quick_json_ends_with_every_policy_and_the_oracle(sim: Any) -> None:
     text, result = run_main(sim, "--quick", "--json")
     assert set(result) == {"policies", "new", "oracle"}, text
@@ -372,6 +379,24 @@ def test_a_reserved_pool_is_kept_up_while_deferrable_work_waits_and_not_beyond(s
     assert run.hours[1][1] < 3 * 3600, run.hours  # the backlog done, the pool scales down again
 
 
+def test_keep_pool_up_holds_the_reserved_pool_through_a_quiet_night_and_only_with_the_option(sim: Any) -> None:
+    """--keep-pool-up is minReplicas at the pool's size for the operator's policy: a quiet night with no
+    deferrable work keeps every reserved replica up; without the option it scales down to what the load asks."""
+    setup = first_day_window(sim, (2, 4), reserved_gpus=3, deferrable=False)
+    constants = sim.settings_for("small-h100", "gateway", sim.load_constants())
+    up = {}
+    for keep in (True, False):
+        (score,) = sim.evaluate(replace(setup, keep_pool_up=keep), 3, (("new", constants["new"]),), constants)
+        up[keep] = [score.hours[hour][1] / 3600 for hour in (2, 3)]  # replicas up, averaged over the hour
+    assert up[True] == [3.0, 3.0], up
+    assert max(up[False]) < 2.0, up  # a night's trickle asks for one replica
+
+
+def test_keep_pool_up_needs_a_reserved_pool(sim: Any) -> None:
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+        sim.main(["--quick", "--keep-pool-up"])
+
+
 def test_deferrable_arrivals_leave_the_interactive_random_draws_as_they_were(sim: Any) -> None:
     """The reserved-pool target compares a run with deferrable work against one without, day by day:
     interactive requests must pick the same gateway pods, and replicas started alike load as long, in both."""
@@ -415,14 +440,7 @@ def test_the_reserved_target_pairs_each_draw_with_its_own_run_without_deferrable
     """With no deferrable rows, the run "with" deferrable work is the run without it, draw for draw: the
     rule can miss no day. The other draws without deferrable work, judged by the same rule, do miss
     this morning's (their replicas come up at other times): the comparison is not of a run with itself."""
-    setup = sim.Setup(
-        replace(sim.SCENARIOS["small-h100"], min_replicas=1),
-        seeds=(3,),
-        days=1,
-        warmup_days=0,
-        window=(7 * 3600, 8 * 3600),
-        reserved_gpus=2,
-    )
+    setup = first_day_window(sim, (7, 8), reserved_gpus=2)
     constants = sim.settings_for("small-h100", "gateway", sim.load_constants())
     text, payload = sim.reserved_target(setup, constants["new"], constants, 1, draws=2)
     assert payload["tail_days_missed"]["with_deferrable"] == 0, text

@@ -226,7 +226,8 @@ class AutoscalingSpec(_Model):
             "(service_tier flex) wait or run, the autoscaler keeps up to this many replicas (within "
             "maxReplicas), and scaleDownDelaySeconds after that work ends. Deferrable work is never demand: "
             "it never scales beyond the pool (with 0, the default, it runs only on replicas interactive work "
-            "or minReplicas keep); interactive demand scales as always."
+            "or minReplicas keep); interactive demand scales as always. A pool not lent to other work: set "
+            "minReplicas to the same number to keep it up all day."
         ),
     )
 
