@@ -22,6 +22,7 @@ under the same name never receives the Events of its predecessor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
@@ -54,6 +55,7 @@ QUEUE_LIMIT = 1000  # writes waiting; beyond this, events are logged and dropped
 # Writes made at once. One at a time, the Created events of a thousand endpoints took minutes to land
 # (each a round trip, most also a look at the endpoint), long after everything else had settled.
 WRITERS = 8
+CLOSE_SECONDS = 2.0  # on shutdown, queued writes get this long (a write normally takes milliseconds)
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # seconds before each retry of a failed write (the client retries within each)
 MAX_WRITE_ATTEMPTS = len(RETRY_DELAYS) + 1  # a series whose write failed this often is dropped
 # A create later than this after the event first checks the endpoint's uid: a namespace deleted and made
@@ -364,6 +366,17 @@ class EventRecorder:
         if self._queue is not None:
             await self._queue.join()
 
+    async def close(self, grace_seconds: float = CLOSE_SECONDS) -> None:
+        """Shutting down: the queued writes are made, for at most `grace_seconds`, then the writers stop.
+        Left running, they would hold the operator's exit for kopf's 5 s wait on tasks it did not start."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_seconds):
+                await self.drain()
+        workers, self._workers, self._queue = self._workers, [], None
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
 
 _recorders: dict[int, EventRecorder] = {}
 
@@ -377,6 +390,13 @@ def post(client: ApiClient, obj: Mapping[str, Any], type_: str, reason: str, not
         recorder.record(obj, type_, reason, note)
     except RuntimeError:  # no running event loop: nothing can be posted, so say it in the log
         logger.info("event %s %s: %s", type_, reason, note)
+
+
+async def close(client: ApiClient) -> None:
+    """The operator is stopping: make the writes queued through `client` and stop its writers."""
+    recorder = _recorders.pop(id(client), None)
+    if recorder is not None and recorder.client is client:
+        await recorder.close()
 
 
 def forget(client: ApiClient, namespace: str, uid: str | None = None) -> None:

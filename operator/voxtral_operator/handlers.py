@@ -151,10 +151,14 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def close_client(**_: Any) -> None:
-    for task in (STATE.autoscaler_task, STATE.resync_task):
-        if task is not None:
-            task.cancel()
+    # Everything the operator started stops here: kopf would wait 5 s for tasks it did not start.
+    loops = [task for task in (STATE.autoscaler_task, STATE.resync_task) if task is not None]
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
     if STATE._reconciler is not None:
+        await STATE.reconciler.stop()
+        await events.close(STATE.reconciler.client)  # the last events are written before the client goes
         await STATE.reconciler.client.close()
 
 

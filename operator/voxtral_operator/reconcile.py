@@ -212,6 +212,14 @@ class Reconciler:
         work.dirty = False
         work.task = asyncio.get_running_loop().create_task(self._run(key), name=f"reconcile {key[0]}/{key[1]}")
 
+    async def stop(self) -> None:
+        """The operator is stopping: reconciles in flight are abandoned, not left to fail on a closed
+        client and retry (each write is whole, and the next operator's listing reconciles every endpoint)."""
+        running = [work.task for work in self._work.values() if work.task is not None and not work.task.done()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
     def child_observed(self, key: Key, kind: str, name: str) -> None:
         """A child's watch event arrived: the cache is current for it again."""
         self._pending_children.pop((key, (kind, name)), None)

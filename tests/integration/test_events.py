@@ -110,3 +110,37 @@ async def test_the_operator_posts_its_events_as_voxtral_operator(
         assert event["reportingInstance"]
         assert event["regarding"]["uid"] == current["metadata"]["uid"]
     assert sandbox.api.objects_of("v1/events", NS) == []  # nothing from kopf, "Action?"
+
+
+async def test_closing_makes_the_queued_writes_and_stops_the_writers(sandbox: Sandbox, client: ApiClient) -> None:
+    recorder = EventRecorder(client)
+    for number in range(3):
+        recorder.record(ENDPOINT, "Normal", "ScaledReplicasUp", f"replicas {number} -> {number + 1}")
+    await recorder.close()  # no drain first: close makes what is queued
+    assert len(sandbox.api.objects_of(EVENTS, NS)) == 3
+    writers = [t for t in asyncio.all_tasks() if t.get_name().startswith("event writer")]
+    assert writers == []
+
+
+async def test_a_stopped_operator_leaves_kopf_no_task_of_its_own_to_wait_for(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess
+) -> None:
+    """kopf waits 5 s for tasks it did not start before it cancels them; the operator's event writers
+    are stopped at cleanup, so SIGTERM ends it at once (a rollout or a handover is not held up)."""
+    await kube.create(
+        endpoint_path(NS),
+        {
+            **ENDPOINT,
+            "metadata": {"name": "asr", "namespace": NS},
+            "spec": {"model": "mistralai/Voxtral-Mini-3B-2507", "gpu": {"type": "L4-24GB"}},
+        },
+    )
+
+    async def posted() -> list[dict[str, Any]] | None:
+        return sandbox.api.objects_of(EVENTS, NS) or None
+
+    await eventually(posted, timeout=30)  # its event writers are running
+    operator.stop()
+    log = operator.log()
+    assert "Activity 'close_client' succeeded." in log, log[-3000:]
+    assert "Hung tasks stopping is skipped: no tasks given." in log, log[-3000:]

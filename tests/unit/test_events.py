@@ -293,3 +293,19 @@ async def test_a_burst_of_events_is_written_several_at_a_time_each_series_in_ord
     # Every series was created, then its repeat counted: a patch never overtook its create.
     assert len(api.events) == 40
     assert all((event.get("series") or {}).get("count") == 2 for event in api.events.values()), api.events
+
+
+class HangingApi(FakeApi):
+    """An API server that accepts a write and never answers it."""
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> JSON:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_closing_gives_up_on_writes_that_never_end_and_stops_every_writer() -> None:
+    recorder = EventRecorder(HangingApi(), instance="op-0")
+    recorder.record(endpoint(1), "Normal", "Created", "created Deployment")
+    await asyncio.sleep(0)  # a writer has taken the write and waits for the server
+    await asyncio.wait_for(recorder.close(grace_seconds=0.05), timeout=30)
+    assert [t for t in asyncio.all_tasks() if t.get_name().startswith("event writer")] == []
