@@ -74,8 +74,9 @@ with `--keep-pool-up` all day (`minReplicas` at the pool's size, for a pool not 
 `--reserved-target` measures a reserved pool: a working week of warm-up, then a scored week on
 a pool sized for the interactive p95 peak, with an overnight backlog and without it (`--plot FILE`
 draws it), each over `--draws` draws of the simulation's own chance (cold starts, kube-proxy's
-picks; each day's waits pooled over them), and another set of draws without the backlog judged
-against the first by the same rule: how often the per-day tail rule is missed by chance alone.
+picks; each day's waits pooled over them; the run with the backlog and its run without draw the same
+picks and, replica by replica, the same cold starts), and another set of draws without the backlog
+judged against the first by the same rule: how often the per-day tail rule is missed by chance alone.
 
 Metrics each system sees, with its own lag: the operator scrapes every pod every 2 s; HPA reads
 Prometheus (15 s scrape) at its 15 s sync; KubeAI samples its proxy every 10 s and averages 10 min.
@@ -836,6 +837,7 @@ class Cluster:
         draw: int = 0,
         take_back_on_waiting: bool = False,
         take_back_on_reads: bool = False,
+        paired_draws: bool = False,
     ) -> None:
         self.scenario = scenario
         self.engine = engine
@@ -849,6 +851,15 @@ class Cluster:
         # then draws interactive picks and cold starts from the same stream as the run without it does,
         # instead of one shifted by every deferrable arrival (the two are compared day by day).
         self.deferrable_rng = random.Random(seed * 7919 + 29 + draw * DRAW_STRIDE)
+        # `paired_draws`, for runs compared with each other: kube-proxy's picks of interactive requests get
+        # a stream of their own, and each cold start a draw keyed by its day, the replica's place in the
+        # Deployment and how often that place started that day. A run that starts one replica more then
+        # shifts no later draw: the same request goes to the same gateway pod, the same replica the
+        # same morning loads as long, in both runs.
+        self.paired_draws = paired_draws
+        self.draw_key = f"{seed}:{draw}"
+        self.pick_rng = random.Random(seed * 7919 + 41 + draw * DRAW_STRIDE) if paired_draws else self.rng
+        self.starts_by_place: dict[tuple[int, int], int] = {}
         self.pods: list[Replica] = []  # loading or ready: what spec.replicas counts
         self.draining: list[Replica] = []
         self.spare_nodes: list[float] = []  # release times of nodes whose pod left
@@ -953,6 +964,16 @@ class Cluster:
     def gpus_held(self) -> int:
         return (len(self.pods) + len(self.draining) + len(self.spare_nodes)) * self.engine.gpus
 
+    def _cold_start_rng(self, now: float) -> random.Random:
+        """The draws of the cold start of the replica added now: keyed with `paired_draws`, else the
+        cluster's one stream."""
+        if not self.paired_draws:
+            return self.rng
+        place = (int(now // DAY), len(self.pods))
+        started = self.starts_by_place.get(place, 0)
+        self.starts_by_place[place] = started + 1
+        return random.Random(f"{self.draw_key}:{place[0]}:{place[1]}:{started}")
+
     def scale_to(self, replicas: int, now: float) -> None:
         replicas = min(max(replicas, 0), self.scenario.max_replicas)
         while len(self.pods) < replicas:
@@ -960,7 +981,7 @@ class Cluster:
             held = bool(self.spare_nodes) or self.gpus_held() + self.engine.gpus <= self.reserved_gpus
             if self.spare_nodes:
                 self.spare_nodes.remove(max(self.spare_nodes))
-            load = cold_start(self.rng, self.engine, not held, self.weights)
+            load = cold_start(self._cold_start_rng(now), self.engine, not held, self.weights)
             self.pods.append(self._new_pod(now, now + load, not held))
         if len(self.pods) > replicas:
             # A ReplicaSet deletes pods that are not ready first, then the most recently ready.
@@ -1023,7 +1044,7 @@ class Cluster:
         self.last_arrival = request.arrival
         self.day(request.arrival).requests += 1
         if self.routing == "gateway":
-            request.gw = int(self.rng.random() * len(self.held))  # kube-proxy picks a gateway pod
+            request.gw = int(self.pick_rng.random() * len(self.held))  # kube-proxy picks a gateway pod
             if len(self.held[request.gw]) >= self.scenario.gateway_max_queue:
                 self._fail(request)  # 503: the gateway pod's queue is full
                 return
@@ -1035,7 +1056,7 @@ class Cluster:
         if not ready:
             return
         if self.routing == "service":
-            held, rng = self.held[0], self.rng
+            held, rng = self.held[0], self.pick_rng
             while held:
                 request = held.popleft()
                 pod = ready[int(rng.random() * len(ready))]
@@ -1672,6 +1693,7 @@ def simulate(
     draw: int = 0,
     take_back_on_waiting: bool = False,
     take_back_on_reads: bool = False,
+    paired_draws: bool = False,
 ) -> Run:
     """Replay `rows` and the deferrable `batch_rows` (arrivals in [start, end)) through one policy,
     one-second steps."""
@@ -1690,6 +1712,7 @@ def simulate(
         draw,
         take_back_on_waiting,
         take_back_on_reads,
+        paired_draws,
     )
     limit = min(scenario.max_model_len, engine.kv_tokens)
     lanes = [(rows, bisect.bisect_left(rows, (start,)), False)]
@@ -1744,6 +1767,7 @@ class Setup:
     # its count when an interactive request is sent, the gateway's --take-back-read-seconds 0)
     draw: int = 0  # which stream of cold starts and kube-proxy picks (0 unless a comparison asks for others)
     keep_pool_up: bool = False  # the operator's policy keeps the reserved pool up all day (minReplicas = the pool)
+    paired_draws: bool = False  # picks and cold starts keyed, not one stream (Cluster): runs compared day by day
 
 
 def load_rows(setup: Setup, seed: int) -> tuple[list[Row], list[Row], int, int]:
@@ -1865,6 +1889,7 @@ def evaluate(
             setup.draw,
             setup.take_back_on_waiting,
             setup.take_back_on_reads,
+            setup.paired_draws,
         )
         figures = [run.days.get(day, DayFigures()) for day in scored]
         out.append(
@@ -2193,7 +2218,9 @@ def reserved_target(
     seeds and days, each over `draws` draws of the simulation's own chance (cold starts, kube-proxy's
     picks): the pool's busy share, the interactive tails of each day, deferrable work done. A second
     set of draws without deferrable work, judged against the first by the same rule, measures how
-    often the rule is missed by chance alone."""
+    often the rule is missed by chance alone. Each draw's runs with and without deferrable work are paired
+    (`paired_draws`): they differ by what the deferrable work did, not by whose turn a draw was."""
+    setup = replace(setup, paired_draws=True)
     without = replace(setup, deferrable=False)
     runs = {
         "with": [replace(setup, draw=d) for d in range(draws)],

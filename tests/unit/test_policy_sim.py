@@ -436,6 +436,37 @@ def test_another_draw_changes_the_simulations_chance_and_draw_0_is_the_default(s
     assert runs[2][1] != runs[0][1]
 
 
+@pytest.mark.parametrize("paired", [True, False])
+def test_paired_draws_keep_picks_and_cold_starts_when_one_run_started_replicas_the_other_did_not(
+    sim: Any, paired: bool
+) -> None:
+    """Paired, a run that started two replicas an hour earlier and let them go still sends each later request
+    to the same gateway pod, and the replica both start fourth that morning loads as long in both; one stream
+    (the default) shifts both."""
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=8)
+    engine = sim.Engine.of(scenario)
+    runs = []
+    for started_early in (True, False):
+        cluster = sim.Cluster(scenario, engine, "gateway", 5, 0.0, 1, paired_draws=paired)
+        if started_early:
+            cluster.scale_to(3, 100.0)
+            cluster.scale_to(1, 200.0)
+            cluster.step(900.0, 1.0)  # their nodes released: the later starts take new nodes in both runs
+        picks = []
+        for i in range(50):
+            request = sim.Request(3700.0 + i, 30.0, 90)
+            cluster.arrive(request)
+            picks.append(request.gw)
+        cluster.scale_to(4, 3800.0)
+        runs.append((picks, cluster.pods[3].ready_at - 3800.0))
+    assert len(set(runs[1][0])) == scenario.gateway_pods, runs  # the picks do vary
+    if paired:
+        assert runs[0] == runs[1]
+    else:
+        assert runs[0][0] != runs[1][0], runs
+        assert runs[0][1] != runs[1][1], runs
+
+
 def test_the_reserved_target_pairs_each_draw_with_its_own_run_without_deferrable_work(sim: Any) -> None:
     """With no deferrable rows, the run "with" deferrable work is the run without it, draw for draw: the
     rule can miss no day. The other draws without deferrable work, judged by the same rule, do miss
