@@ -1767,7 +1767,9 @@ class Setup:
     # its count when an interactive request is sent, the gateway's --take-back-read-seconds 0)
     draw: int = 0  # which stream of cold starts and kube-proxy picks (0 unless a comparison asks for others)
     keep_pool_up: bool = False  # the operator's policy keeps the reserved pool up all day (minReplicas = the pool)
-    paired_draws: bool = False  # picks and cold starts keyed, not one stream (Cluster): runs compared day by day
+    # Picks and cold starts keyed, not drawn from one stream (Cluster): the runs compared (policy against
+    # policy, with deferrable work against without) meet the same chance wherever they do the same thing.
+    paired_draws: bool = True
 
 
 def load_rows(setup: Setup, seed: int) -> tuple[list[Row], list[Row], int, int]:
@@ -2219,8 +2221,7 @@ def reserved_target(
     picks): the pool's busy share, the interactive tails of each day, deferrable work done. A second
     set of draws without deferrable work, judged against the first by the same rule, measures how
     often the rule is missed by chance alone. Each draw's runs with and without deferrable work are paired
-    (`paired_draws`): they differ by what the deferrable work did, not by whose turn a draw was."""
-    setup = replace(setup, paired_draws=True)
+    (`Setup.paired_draws`): they differ by what the deferrable work did, not by whose turn a draw was."""
     without = replace(setup, deferrable=False)
     runs = {
         "with": [replace(setup, draw=d) for d in range(draws)],
