@@ -61,6 +61,11 @@ Cold starts, as separate paths (`cold_start_paths` prints the figures): a new no
 image pull, weights, load and compile), a node still held from a replica that left (no provisioning,
 the image on the node), and the weights from the hub or from a shared model cache (`--weights`).
 
+Chance, paired: kube-proxy's pick of a gateway pod for each request comes from a stream of picks
+alone, and each cold start from a draw keyed by its day, the replica's place in the Deployment and how
+many times that place started that day; runs compared (policy against policy, with deferrable work
+against without) meet the same chance wherever they do the same thing.
+
 Routing: `gateway` as deployed (two gateway pods, each its own queue of at most 1000, each sending at
 most ceil(256 / 2) requests in flight to a replica, least outstanding work first) or `service`
 (kube-proxy picks a ready pod at random; each vLLM queues on its own). Scale-down drains for
