@@ -858,9 +858,10 @@ class Cluster:
         self.deferrable_rng = random.Random(seed * 7919 + 29 + draw * DRAW_STRIDE)
         # `paired_draws`, for runs compared with each other: kube-proxy's picks of interactive requests get
         # a stream of their own, and each cold start a draw keyed by its day, the replica's place in the
-        # Deployment and how often that place started that day. A run that starts one replica more then
-        # shifts no later draw: the same request goes to the same gateway pod, the same replica the
-        # same morning loads as long, in both runs.
+        # Deployment and how often that place started that day. A replica one run starts and the other
+        # does not then shifts none of the other draws: the same request goes to the same gateway pod,
+        # a place's first start of the day loads as long, in both runs (only that place's later starts
+        # that day part).
         self.paired_draws = paired_draws
         self.draw_key = f"{seed}:{draw}"
         self.pick_rng = random.Random(seed * 7919 + 41 + draw * DRAW_STRIDE) if paired_draws else self.rng

@@ -442,7 +442,7 @@ def test_paired_draws_keep_picks_and_cold_starts_when_one_run_started_replicas_t
 ) -> None:
     """Paired, a run that started two replicas an hour earlier and let them go still sends each later request
     to the same gateway pod, and the replica both start fourth that morning loads as long in both; one stream
-    (the default) shifts both."""
+    (the Cluster's default; Setup pairs) shifts both."""
     scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1, max_replicas=8)
     engine = sim.Engine.of(scenario)
     runs = []
