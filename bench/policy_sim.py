@@ -1588,9 +1588,10 @@ class Oracle:
 class PolicySpec:
     name: str
     knob: str
-    values: tuple[float, ...]  # what bench/tune_policies.py tries, five each
+    values: tuple[float, ...]  # what bench/tune_policies.py tries first, five each; then two halvings
     default: float  # when bench/policy_constants.json has no value
     make: Callable[[Scenario, Engine, float, dict[str, float]], SimPolicy]
+    whole: bool = False  # the knob takes whole numbers only (a CRD integer, a count of replicas)
 
     def label(self, value: float) -> str:
         return f"{self.knob} {value:g}"
@@ -1603,6 +1604,7 @@ POLICIES: tuple[PolicySpec, ...] = (
         (3, 4, 6, 8, 10),
         new_policy.Limits(0, 1).target_active_requests,
         lambda s, e, v, c: New(new_limits(s, e, policy=new_policy.REQUESTS_POLICY, target_active_requests=v)),
+        whole=True,  # targetActiveRequests is an integer in the CRD
     ),
     PolicySpec(
         "workload",
@@ -1635,9 +1637,10 @@ POLICIES: tuple[PolicySpec, ...] = (
     PolicySpec(
         "kubeai",
         "targetRequests",
-        (2, 2.5, 3, 3.5, 4),
+        (1, 2, 3, 4, 5),
         3,
         lambda s, e, v, c: KubeAi(v, max_replicas=s.max_replicas),
+        whole=True,  # an int32 in KubeAI's Model CRD
     ),
     PolicySpec(
         "cron-hpa",
@@ -1645,6 +1648,7 @@ POLICIES: tuple[PolicySpec, ...] = (
         (2, 3, 4, 6, 8),
         6,
         lambda s, e, v, c: ScheduledHpa("kv", c.get("hpa-kv", 0.5), max_replicas=s.max_replicas, working_floor=int(v)),
+        whole=True,
     ),
     PolicySpec(
         "fixed",
@@ -1652,6 +1656,7 @@ POLICIES: tuple[PolicySpec, ...] = (
         (10, 11, 12, 13, 14),
         12,
         lambda s, e, v, c: Static(int(v)),
+        whole=True,
     ),
 )
 POLICY_BY_NAME = {p.name: p for p in POLICIES}
@@ -2032,6 +2037,20 @@ def target_from(constants: dict[str, Any]) -> Target:
     return Target(**constants["target"]) if "target" in constants else Target()
 
 
+def paired_differences(new: Score, others: Sequence[Score]) -> list[str]:
+    """`new`'s GPU-hours less each other policy's, day by day (the same seed-days, the same draws), so the
+    spread of the difference is seen beside its mean: a gap of a few tenths in the pooled figures that
+    swings by several GPU-hours from day to day is no evidence either way."""
+    mine = [new.billed_hours(d) for d in new.days]
+    texts = []
+    for other in others:
+        diffs = [a - other.billed_hours(d) for a, d in zip(mine, other.days, strict=True)]
+        sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        cheaper = sum(1 for x in diffs if x < 0)
+        texts.append(f"{other.policy} {statistics.fmean(diffs):+.1f} ± {sd:.1f}, {cheaper}/{len(diffs)}")
+    return texts
+
+
 def report(
     setup: Setup, scores: Sequence[Score], oracle: Score, oracle_met: bool, target: Target
 ) -> tuple[str, dict[str, Any]]:
@@ -2075,6 +2094,9 @@ def report(
             f"{new_hours:.1f} GPU-h, {'meets' if target.met(new) else 'MISSES'} the target, "
             f"ratio {new_hours / best_hours:.2f}"
         )
+    lines.append("  new minus each, day by day (GPU-h: mean ± sd over the scored days; days new is cheaper):")
+    differences = paired_differences(new, [*(s for s in scores if s is not new), oracle])
+    lines.extend("    " + "; ".join(differences[i : i + 3]) for i in range(0, len(differences), 3))
     lines.append(
         f"  oracle {oracle_hours:.1f} GPU-h ({'meets' if oracle_met else 'misses'} the target); "
         f"new / oracle = {new_hours / oracle_hours if oracle_hours else math.nan:.2f} (goal <= 1.15)"
@@ -2096,7 +2118,7 @@ def report(
 # training seeds (the largest of BACKLOG_PER_GPU_VALUES every training night finishes by its deadline) and
 # writes it to the constants file; this is the value before that.
 RESERVED_BACKLOG_PER_GPU = 1400
-BACKLOG_PER_GPU_VALUES = (1200, 1300, 1400, 1500, 1600)  # the sizing's budget: five values, as for a policy
+BACKLOG_PER_GPU_VALUES = (1200, 1300, 1400, 1500, 1600)  # the sizing's budget: five values, as a policy's first round
 RESERVED_POOL_UTILIZATION = 0.55  # the oracle's share of a replica's KV cache when sizing the pool
 RESERVED_BUSY_TARGET = 0.8  # of the reserved GPU-seconds, over the scored days
 RESERVED_DRAWS = 3  # draws of the simulation's own chance per seed, by default, for the reserved pool's tails

@@ -1,10 +1,13 @@
 """Tune every policy of bench/policy_sim.py on training seeds only, with the same budget, and write the
 chosen constants to bench/policy_constants.json, which the simulator reads.
 
-Each policy has one constant and five values to try (`PolicySpec.values`): the same number of
-simulated days for each. The training seeds (101 on) are never scored; `policy_sim.py` scores on
-seeds 1 on. A value is chosen when every scored training day meets the wait target (per-day p95 and
-p99, failures); among those the cheapest in GPU-hours; when none meets it, the one missing it least.
+Each policy has one constant and five values to try first (`PolicySpec.values`), then two halvings:
+halfway from the value chosen so far toward its tried neighbour that missed the wait target (the
+cheaper one when both did), in whole numbers where the knob takes only those. At most seven values
+each, the same budget for every policy; a halving with nothing new to try is skipped, not spent on
+another policy. The training seeds (101 on) are never scored; `policy_sim.py` scores on seeds 1 on.
+A value is chosen when every scored training day meets the wait target (per-day p95 and p99,
+failures); among those the cheapest in GPU-hours; when none meets it, the one missing it least.
 The schedule floor beside HPA (`cron-hpa`) is tuned after HPA on KV usage, whose target it reuses.
 
 `--reserved-backlog` sizes instead the overnight deferrable backlog of `policy_sim.py --reserved-target`,
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -33,6 +37,31 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import policy_sim as sim  # beside this script
+
+HALVINGS = 2  # after the first five values, for every policy alike
+
+
+def halfway(tried: dict[float, tuple[float, bool]], whole: bool) -> float | None:
+    """The next value to try, from each tried value's (GPU-hours a day, target met): halfway from the
+    cheapest value that met the target toward its nearest tried neighbour that missed it (the cheaper
+    of the two when both did); None when nothing met it, no neighbour missed it, or nothing new lies
+    between them (in whole numbers when `whole`)."""
+    met = [value for value, (_, ok) in tried.items() if ok]
+    if not met:
+        return None
+    best = min(met, key=lambda value: tried[value][0])
+    ordered = sorted(tried)
+    at = ordered.index(best)
+    neighbours = [ordered[i] for i in (at - 1, at + 1) if 0 <= i < len(ordered) and not tried[ordered[i]][1]]
+    if not neighbours:
+        return None
+    toward = min(neighbours, key=lambda value: tried[value][0])
+    low, high = sorted((best, toward))
+    if whole:
+        between = list(range(math.floor(low) + 1, math.ceil(high)))
+        return float(between[len(between) // 2]) if between else None
+    middle = round((low + high) / 2, 6)
+    return middle if low < middle < high else None
 
 
 def tune(
@@ -49,8 +78,23 @@ def tune(
             continue
         settings = [(spec.name, float(value)) for spec in specs for value in spec.values]
         scores = sim.evaluate_seeds(setup, settings, chosen, workers)
+        for _ in range(HALVINGS):
+            more = []
+            for spec in specs:
+                figures = {
+                    s.value: (sum(s.billed_hours(d) for d in s.days), target.met(s))
+                    for s in scores
+                    if s.policy == spec.name
+                }
+                value = halfway(figures, spec.whole)
+                if value is not None:
+                    more.append((spec.name, value))
+            if not more:
+                break
+            print(f"  halving: {', '.join(f'{name} {value:g}' for name, value in more)}", flush=True)
+            scores += sim.evaluate_seeds(setup, more, chosen, workers)
         for spec in specs:
-            own = [s for s in scores if s.policy == spec.name]
+            own = sorted((s for s in scores if s.policy == spec.name), key=lambda s: s.value)
             best, met = sim.choose(own, target)
             chosen[spec.name] = best.value
             tried[spec.name] = {

@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,16 @@ def sim() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules["policy_sim"] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tune(sim: Any) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("tune_policies", ROOT / "bench" / "tune_policies.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports policy_sim: the module the `sim` fixture registered
     return module
 
 
@@ -75,6 +86,17 @@ def test_quick_json_ends_with_every_policy_and_the_oracle(sim: Any) -> None:
         assert figures["reserved_busy_fraction"] is None, name  # on-demand billing
     assert result["oracle"]["gpu_hours"] > 0
     assert "cold starts: new node" in text
+    # new against each other policy and the oracle, day by day: the sign agrees with the pooled figures.
+    paired = {
+        name: (float(mean), int(cheaper), int(days))
+        for name, mean, cheaper, days in re.findall(r"(\S+) ([+-]\d+\.\d) ± \d+\.\d, (\d+)/(\d+)", text)
+    }
+    assert set(paired) == {spec.name for spec in sim.POLICIES} - {"new"} | {"oracle"}, text
+    figures = {**result["policies"], "oracle": result["oracle"]}
+    for name, (mean, cheaper, days) in paired.items():
+        assert 0 <= cheaper <= days, (name, text)
+        gap = result["policies"]["new"]["gpu_hours"] - figures[name]["gpu_hours"]
+        assert abs(gap) < 0.5 or (gap > 0) == (mean > 0), (name, gap, text)
 
 
 def test_the_simulator_runs_the_operators_own_policy(sim: Any) -> None:
@@ -500,16 +522,31 @@ def test_long_waits_are_counted_by_their_hour_of_arrival_and_split_at_the_backlo
     assert sim.long_waits_split(pooled) == (4, 2)
 
 
+def test_tuning_halves_from_the_cheapest_value_that_met_the_target_toward_a_neighbour_that_missed_it(
+    tune: Any,
+) -> None:
+    """After the five values, each policy's search goes halfway toward the cheaper side it has not
+    proven: between the value chosen and a tried neighbour that missed, in whole numbers where the knob
+    takes only those; nothing when no neighbour missed or nothing new lies between."""
+    # The shape of the requests policy's training figures: 6 met, 8 cheaper and missed.
+    figures = {3.0: (107.2, True), 4.0: (86.8, True), 6.0: (67.2, True), 8.0: (60.7, False), 10.0: (65.1, False)}
+    assert tune.halfway(figures, whole=True) == 7.0
+    assert tune.halfway(figures | {7.0: (63.0, True)}, whole=True) is None  # 7.5 is no whole number
+    assert tune.halfway(figures | {7.0: (63.0, True)}, whole=False) == 7.5
+    assert tune.halfway(figures | {7.0: (63.0, False)}, whole=False) == 6.5
+    # Both neighbours missed (more replicas can cost more when waits pile up): the cheaper side.
+    both = {3.0: (98.5, False), 4.0: (80.6, True), 6.0: (70.0, False)}
+    assert tune.halfway(both, whole=False) == 5.0
+    assert tune.halfway({2.0: (70.2, True), 3.0: (71.7, True)}, whole=True) is None  # no neighbour missed
+    assert tune.halfway({0.1: (259.0, False), 0.25: (252.9, False)}, whole=False) is None  # nothing met
+    assert tune.halfway({11.0: (264.0, False), 12.0: (288.0, True)}, whole=True) is None  # nothing between
+
+
 def test_the_backlog_is_sized_per_reserved_gpu_on_training_nights_to_the_largest_finished_by_its_deadline(
-    sim: Any,
+    sim: Any, tune: Any
 ) -> None:
     """`tune_policies.py --reserved-backlog` keeps the largest backlog a night per reserved GPU that every
     training night finishes by 08:00; the reserved target then queues that many per GPU of its pool."""
-    spec = importlib.util.spec_from_file_location("tune_policies", ROOT / "bench" / "tune_policies.py")
-    assert spec is not None
-    assert spec.loader is not None
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)  # imports policy_sim: the module the fixture registered
     # One GPU, a day of warm-up and the night after it, a trickle of interactive work.
     setup = sim.Setup(
         replace(sim.SCENARIOS["small-h100"], min_replicas=1),
