@@ -2514,6 +2514,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="with --reserved-target: draws of cold starts and kube-proxy picks per seed, each day's waits pooled",
     )
     parser.add_argument(
+        "--draw",
+        type=int,
+        default=0,
+        help="the comparison's draw of cold starts and kube-proxy picks (0 by default): what another draw of the "
+        "simulation's own chance changes, on the same days",
+    )
+    parser.add_argument(
         "--plot", type=Path, help=f"with --reserved-target: write the SVG here (e.g. bench/{PLOT_FILE.name})"
     )
     parser.add_argument("--policies", default=",".join(p.name for p in POLICIES), help="comma-separated")
@@ -2525,6 +2532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.draws < 1:
         parser.error(f"--draws must be at least 1, not {args.draws}")
+    if args.draw < 0 or (args.draw and args.reserved_target):
+        parser.error("--draw is a draw number (0 on) for the comparison; --reserved-target takes --draws")
 
     scenario = SCENARIOS[args.scenario]
     holidays = tuple(int(d) for d in args.holidays.split(",") if d.strip())
@@ -2547,6 +2556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         take_back_on_waiting=args.take_back_on_waiting,
         take_back_on_reads=args.take_back_on_reads,
         keep_pool_up=args.keep_pool_up,
+        draw=args.draw,
     )
     if args.keep_pool_up and not (args.reserved_gpus or args.reserved_target):
         parser.error("--keep-pool-up needs a reserved pool (--reserved-gpus or --reserved-target)")
@@ -2590,7 +2600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if setup.backlog:
         rule = "slots + KV cache" if setup.lane_kv else "slots"
         print(f"  {setup.backlog} deferrable items every evening, the lane rule: {rule}")
-    print(f"  cold starts: {cold_start_paths(engine)}")
+    print(f"  cold starts: {cold_start_paths(engine)}" + (f"; draw {setup.draw} of them" if setup.draw else ""))
     print(f"  settings from {args.constants.name if args.constants.exists() else 'the defaults'}; {elapsed:.0f}s")
     print(text)
     if args.json:

@@ -99,6 +99,16 @@ def test_quick_json_ends_with_every_policy_and_the_oracle(sim: Any) -> None:
         assert abs(gap) < 0.5 or (gap > 0) == (mean > 0), (name, gap, text)
 
 
+def test_another_draw_of_chance_is_asked_for_the_comparison_only(sim: Any, capsys: Any) -> None:
+    text, result = run_main(sim, "--quick", "--json", "--draw", "1", "--policies", "new")
+    assert "draw 1 of them" in text
+    assert set(result["policies"]) == {"new"}, text
+    for argv in (["--reserved-target", "--draw", "1"], ["--draw", "-1"]):
+        with pytest.raises(SystemExit):
+            sim.main(argv)
+        assert "--draw is a draw number" in capsys.readouterr().err, argv
+
+
 def test_the_simulator_runs_the_operators_own_policy(sim: Any) -> None:
     assert sim.new_policy is operator_policy
     # The simulation's defaults are the operator's: the spec's for the requests policy (the default).
