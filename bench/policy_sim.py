@@ -1836,9 +1836,12 @@ class Score:
     def per_day(self, pct: float) -> list[float]:
         return [percentile(d.waits, pct) for d in self.days]
 
+    def hours_by_day(self) -> list[float]:
+        return [self.billed_hours(d) for d in self.days]
+
     def summary(self, seeds: int) -> dict[str, Any]:
         pooled = self.pooled
-        hours = [self.billed_hours(d) for d in self.days]
+        hours = self.hours_by_day()
         busy = None
         if self.reserved_gpus:
             busy = round(pooled.busy_reserved_s / (self.reserved_gpus * self.day_hours * 3600 * len(self.days)), 3)
@@ -2003,8 +2006,8 @@ def choose(scores: Sequence[Score], target: Target) -> tuple[Score, bool]:
     """The cheapest setting meeting the target on every day; else the one missing it least."""
     good = [s for s in scores if target.met(s)]
     if good:
-        return min(good, key=lambda s: sum(s.billed_hours(d) for d in s.days)), True
-    return min(scores, key=lambda s: (target.distance(s), sum(s.billed_hours(d) for d in s.days))), False
+        return min(good, key=lambda s: sum(s.hours_by_day())), True
+    return min(scores, key=lambda s: (target.distance(s), sum(s.hours_by_day()))), False
 
 
 ORACLE_UTILIZATIONS = (0.55, 0.7, 0.8, 0.9)
@@ -2041,10 +2044,10 @@ def paired_differences(new: Score, others: Sequence[Score]) -> list[str]:
     """`new`'s GPU-hours less each other policy's, day by day (the same seed-days, the same draws), so the
     spread of the difference is seen beside its mean: a gap of a few tenths in the pooled figures that
     swings by several GPU-hours from day to day is no evidence either way."""
-    mine = [new.billed_hours(d) for d in new.days]
+    mine = new.hours_by_day()
     texts = []
     for other in others:
-        diffs = [a - other.billed_hours(d) for a, d in zip(mine, other.days, strict=True)]
+        diffs = [a - b for a, b in zip(mine, other.hours_by_day(), strict=True)]
         sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
         cheaper = sum(1 for x in diffs if x < 0)
         texts.append(f"{other.policy} {statistics.fmean(diffs):+.1f} ± {sd:.1f}, {cheaper}/{len(diffs)}")
@@ -2062,7 +2065,7 @@ def report(
     oracle_hours = oracle.summary(seeds)["gpu_hours"]
     policies: dict[str, Any] = {}
     for score in [*scores, oracle]:
-        hours = [score.billed_hours(d) for d in score.days]
+        hours = score.hours_by_day()
         mean = statistics.fmean(hours)
         sd = statistics.stdev(hours) if len(hours) > 1 else 0.0
         p95, p99 = score.per_day(95), score.per_day(99)

@@ -81,11 +81,7 @@ def tune(
         for _ in range(HALVINGS):
             more = []
             for spec in specs:
-                figures = {
-                    s.value: (sum(s.billed_hours(d) for d in s.days), target.met(s))
-                    for s in scores
-                    if s.policy == spec.name
-                }
+                figures = {s.value: (sum(s.hours_by_day()), target.met(s)) for s in scores if s.policy == spec.name}
                 value = halfway(figures, spec.whole)
                 if value is not None:
                     more.append((spec.name, value))
@@ -101,8 +97,8 @@ def tune(
                 "met": met,
                 "values": {
                     f"{s.value:g}": {
-                        "gpu_hours_per_day": round(sum(s.billed_hours(d) for d in s.days) / len(s.days), 1),
-                        "gpu_hours_by_day": [round(s.billed_hours(d), 1) for d in s.days],
+                        "gpu_hours_per_day": round(sum(s.hours_by_day()) / len(s.days), 1),
+                        "gpu_hours_by_day": [round(h, 1) for h in s.hours_by_day()],
                         "p95_by_day": s.per_day(95),
                         "p99_by_day": s.per_day(99),
                         "worst_day_p95_s": max(s.per_day(95)),
