@@ -211,6 +211,26 @@ def test_replicas_a_person_asked_for_are_kept_while_they_load(
         delete_endpoint(kubectl, name, namespace)
 
 
+def test_kubectl_scale_is_kept_on_an_endpoint_created_without_replicas(
+    kubectl: Kubectl, local: LocalCluster, namespace: str, unique_name: str
+) -> None:
+    """No `replicas` in the manifest: nobody owns spec.replicas, and the API server records no owner for
+    writes through /scale to it (the autoscaler's or `kubectl scale`'s). The person's scale is still a floor."""
+    name = unique_name
+    body = endpoint_body(name, namespace, minReplicas=1, maxReplicas=2, autoscaling={"scaleDownDelaySeconds": 15})
+    try:
+        kubectl.apply(body)
+        wait_ready(kubectl, name, namespace)
+        local.set_fault(namespace, name, {"loadSeconds": 40})
+        kubectl.run("scale", f"vxe/{name}", "-n", namespace, "--replicas=2")
+        hold = _kept_while_loading(kubectl, name, namespace)
+        assert hold["setBy"] == "a client of /scale", hold
+        eventually(lambda: _spec_replicas(kubectl, name, namespace) == 1, 120, "back to 1 after the hold")
+    finally:
+        local.set_fault(namespace, name, None)
+        delete_endpoint(kubectl, name, namespace)
+
+
 def _kept_while_loading(kubectl: Kubectl, name: str, namespace: str) -> dict[str, Any]:
     """status.scaleHold once it shows, after spec.replicas stayed 2 until both replicas were ready."""
     hold = eventually(

@@ -316,6 +316,73 @@ async def test_what_the_autoscaler_learned_survives_a_restart(
         second.stop()
 
 
+async def test_a_restarted_operator_does_not_take_its_predecessors_scale_for_a_persons(
+    sandbox: Sandbox, kube: Kube, vllm_port: int, tmp_path: Path
+) -> None:
+    """spec.replicas written by the last operator, on a server that names no owner (this one keeps no
+    managedFields): the next one reads its predecessor's write from status.lastScaleDecision and holds
+    no person's floor; the idle endpoint steps down after scaleDownDelaySeconds."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"vllmPort": vllm_port, "scrapeIntervalSeconds": 0.5}))
+    body = endpoint("inherited")
+    body["spec"]["autoscaling"] |= {"targetActiveRequests": 3}
+    first = OperatorProcess(sandbox.kubeconfig, tmp_path / "first.log", "--config", str(config)).start()
+    try:
+        await kube.create(endpoint_path(NS), body)
+        await eventually(lambda: ready_replicas(kube, "inherited"), timeout=30)
+        async with load(pod_ips(sandbox, "inherited"), vllm_port, concurrency=12):
+            # 12 in flight against 3 a replica: maxReplicas (3), written and shown in status.
+            await eventually(lambda: _scaled_and_shown(kube, "inherited", 3), timeout=30)
+            first.stop()  # under load: the scale-up is the last thing it wrote
+    finally:
+        first.stop()
+    assert await _scaled_and_shown(kube, "inherited", 3)
+
+    second = OperatorProcess(sandbox.kubeconfig, tmp_path / "second.log", "--config", str(config)).start()
+    try:
+        seen: list[tuple[int, Any]] = []
+        deadline = asyncio.get_running_loop().time() + 120
+        while not seen or seen[-1][0] != 1:
+            current = await kube.get(endpoint_path(NS, "inherited"))
+            seen.append((int(current["spec"]["replicas"]), (current.get("status") or {}).get("scaleHold")))
+            assert seen[-1][1] is None, f"the predecessor's scale held as a person's: {seen[-1]}"
+            assert asyncio.get_running_loop().time() < deadline, f"never back to 1: {seen[-5:]}"
+            await asyncio.sleep(0.2)
+        current = await kube.get(endpoint_path(NS, "inherited"))
+        assert "scale down" in current["status"]["lastScaleDecision"]["reason"], current["status"]
+
+        # A person's scale through /scale (no time recorded): a floor, and after a restart the same floor,
+        # dated as the last operator showed it, not from the new one's first sight of it.
+        await kube.merge(endpoint_path(NS, "inherited"), {"spec": {"autoscaling": {"scaleDownDelaySeconds": 300}}})
+        await kube.merge(endpoint_path(NS, "inherited") + "/scale", {"spec": {"replicas": 2}})
+        held = await eventually(lambda: _hold_until(kube, "inherited"), timeout=60)
+    finally:
+        second.stop()
+    await asyncio.sleep(1.5)  # a restart in a later second: a floor dated anew would show another setAt
+    third = OperatorProcess(sandbox.kubeconfig, tmp_path / "third.log", "--config", str(config)).start()
+    try:
+        ticks = "voxtral_operator_scrape_duration_seconds_count"
+        await eventually(lambda: asyncio.to_thread(lambda: (third.metric(ticks) or 0) >= 6), timeout=90)
+        current = await kube.get(endpoint_path(NS, "inherited"))
+        shown = current["status"].get("scaleHold")
+        assert shown == held, f"after the restart {shown}, before it {held}"
+        assert current["spec"]["replicas"] == 2
+    finally:
+        third.stop()
+
+
+async def _hold_until(kube: Kube, name: str) -> dict[str, Any] | None:
+    """status.scaleHold once its end is known (all the person's replicas ready)."""
+    hold = ((await kube.get(endpoint_path(NS, name))).get("status") or {}).get("scaleHold")
+    return hold if hold and hold.get("until") else None
+
+
+async def _scaled_and_shown(kube: Kube, name: str, count: int) -> bool:
+    current = await kube.get(endpoint_path(NS, name))
+    shown = ((current.get("status") or {}).get("lastScaleDecision") or {}).get("replicas")
+    return current["spec"].get("replicas") == shown == count
+
+
 async def _logged(path: Path, text: str) -> bool:
     return text in await asyncio.to_thread(path.read_text)
 

@@ -186,6 +186,9 @@ def gateway_sample(pages: list[GatewayPage], seconds_since_last_request: float |
     )
 
 
+UNNAMED_WRITER = "a client other than the autoscaler"
+
+
 @dataclass(frozen=True)
 class ReplicasWriter:
     manager: str  # the field manager, as the writer named itself
@@ -395,27 +398,44 @@ class Autoscaler:
 
     def _manual_scale(self, endpoint: JSON, spec: VoxtralEndpointSpec, state: _EndpointState) -> ManualScale | None:
         """spec.replicas when a person (anyone but this autoscaler) wrote it last: creation, apply, edit or
-        `kubectl scale`. Read from managedFields where the server keeps them; else what differs from the
-        autoscaler's own last write."""
+        `kubectl scale`. Read from managedFields where the server records who owns spec.replicas; else
+        what differs from the autoscaler's own last write."""
         replicas = spec.replicas
         by: str | None = None
         written_at: float | None = None
+        writer = replicas_writer(endpoint)
         if replicas is None:
             pass  # nobody asked for a number: minReplicas is the autoscaler's to start from
-        elif (endpoint.get("metadata") or {}).get("managedFields"):
-            writer = replicas_writer(endpoint)
-            if writer is not None and writer.manager != AUTOSCALER_FIELD_MANAGER:
+        elif writer is not None:
+            if writer.manager != AUTOSCALER_FIELD_MANAGER:
                 by, written_at = writer.shown, writer.at
-        elif replicas != state.written_replicas:
-            by = "a client other than the autoscaler"
+        elif replicas != self._autoscaler_wrote(endpoint, state):
+            # No owner recorded: a server without managedFields, or (a 1.34 server) writes through /scale to a
+            # field nobody owned, which its scale handler records under no manager (an endpoint created without
+            # spec.replicas keeps it unowned through every scale, the autoscaler's and `kubectl scale`'s).
+            by = "a client of /scale" if (endpoint.get("metadata") or {}).get("managedFields") else UNNAMED_WRITER
         if replicas is None or by is None:
             state.person_write = None
             return None
         write = (replicas, by, written_at)
         if state.person_write is None or state.person_write[0] != write:
-            # A write without a time (the scale subresource) dates from when it was first seen.
+            # A write without a time dates from when it was first seen, or, after a restart, from the floor
+            # the last autoscaler showed for it, so that floor ends when it would have.
+            shown = (endpoint.get("status") or {}).get("scaleHold") or {}
+            restarted = written_at is None and state.person_write is None and isinstance(shown, dict)
+            if restarted and shown.get("replicas") == replicas and shown.get("setBy") == by[:128]:
+                written_at = _epoch(shown.get("setAt"))
             state.person_write = (write, written_at if written_at is not None else self.wall_clock())
         return ManualScale(replicas, by, state.person_write[1])
+
+    @staticmethod
+    def _autoscaler_wrote(endpoint: JSON, state: _EndpointState) -> int | None:
+        """The replicas this autoscaler last wrote: remembered since its start, else its last decision
+        shown in status (a restarted operator does not take its predecessor's scale for a person's)."""
+        if state.written_replicas is not None:
+            return state.written_replicas
+        shown = ((endpoint.get("status") or {}).get("lastScaleDecision") or {}).get("replicas")
+        return shown if isinstance(shown, int) else None
 
     async def _reflect(
         self,
