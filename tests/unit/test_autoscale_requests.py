@@ -62,8 +62,13 @@ def test_it_is_the_default_the_spec_gives() -> None:
 @pytest.mark.parametrize(
     ("observation", "state", "replicas", "reason"),
     [
-        # 3 replicas with 8 in flight each at a target of 6: 24 / 6 = 4.
-        (seen(8, 8, 8), BEFORE, 4, "scale up: requests in flight above target"),
+        # 3 replicas with 24 in flight, one of them waiting, at a target of 6: 24 / 6 = 4.
+        (seen(7, 8, 8, waiting=1), BEFORE, 4, "scale up: requests in flight above target"),
+        (seen(8, 8, 7, gateway=gateway(1)), BEFORE, 4, "scale up: requests in flight above target"),
+        # Nothing waiting: a fleet of at most 3 absorbs the spike, unless the 5-minute average asks too.
+        (seen(8, 8, 8), BEFORE, 3, "nothing waiting: 3 replica(s) absorb it"),
+        (seen(8, 8, 8), replace(BEFORE, active_level=24.0), 4, "scale up: requests in flight above target"),
+        (seen(8, 8, 8, 8), BEFORE, 6, "scale up: requests in flight above target"),  # 4 replicas: no longer small
         # Within the 10 % tolerance (6.5 a replica): nothing changes.
         (seen(6.5, 6.5, 6.5), BEFORE, 3, "load within target"),
         # Waiting at vLLM and queued at the gateway count: 6 running + 30 waiting + 24 queued = 60 -> 10,
@@ -71,8 +76,8 @@ def test_it_is_the_default_the_spec_gives() -> None:
         (seen(6, waiting=30, gateway=gateway(24)), BEFORE, 5, "scale up"),
         (seen(6, 6, 6, 6, 6, 6, waiting=100), BEFORE, 12, "scale up"),
         # One scale-up every 15 s.
-        (seen(8, 8, 8), replace(BEFORE, last_scale_up=NOW - 5), 3, "scale up paced"),
-        (seen(8, 8, 8), replace(BEFORE, last_scale_up=NOW - SCALE_UP_PERIOD_SECONDS), 4, "scale up"),
+        (seen(7, 8, 8, waiting=1), replace(BEFORE, last_scale_up=NOW - 5), 3, "scale up paced"),
+        (seen(7, 8, 8, waiting=1), replace(BEFORE, last_scale_up=NOW - SCALE_UP_PERIOD_SECONDS), 4, "scale up"),
         # Down to the highest recommendation of the last scaleDownDelaySeconds, all at once.
         (seen(1, 1, 1, 1, 1), replace(BEFORE, recommendations=((NOW - 200, 5),)), 5, "more replicas recommended"),
         (seen(1, 1, 1, 1, 1), replace(BEFORE, recommendations=((NOW - 250, 4), (NOW - 100, 2))), 4, "scale down"),
@@ -177,11 +182,16 @@ def test_a_persons_scale_is_a_floor_until_ready_and_the_delay() -> None:
 def test_state_survives_serialisation() -> None:
     state = BEFORE
     for second in range(4):
-        state = decide(LIMITS, seen(8 - 2 * second, 8, 8), state, NOW + 20 * second).state
+        state = decide(LIMITS, seen(8 - 2 * second, 8, 8, waiting=1), state, NOW + 20 * second).state
     assert state.recommendations, state
     assert state.last_scale_up is not None, state
+    assert state.active_level > 0, state
     again = State.from_dict(json.loads(json.dumps(state.to_dict())))
-    assert (again.recommendations, again.last_scale_up) == (state.recommendations, state.last_scale_up)
+    assert (again.recommendations, again.last_scale_up, again.active_level) == (
+        state.recommendations,
+        state.last_scale_up,
+        state.active_level,
+    )
     broken = State.from_dict({"recommendations": [[1, 2, 3], "x", [NOW, 4]], "lastScaleUp": "soon"})
     assert (broken.recommendations, broken.last_scale_up) == (((NOW, 4),), None)
 

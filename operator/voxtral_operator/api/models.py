@@ -163,7 +163,8 @@ class AutoscalingSpec(_Model):
             "mode operator only. requests: hold requests in flight per replica (running or waiting at vLLM, "
             "queued at the gateway) at targetActiveRequests, with HPA's algorithm (10 % tolerance, scale-up by "
             "at most max(4, the replicas there are) every 15 s, scale-down to the highest recommendation of "
-            "scaleDownDelaySeconds). workload: a model of KV cache and sequence slots in use with a learned daily "
+            "scaleDownDelaySeconds; up to 3 replicas, a scale-up needs a request waiting or the 5-minute "
+            "average above target). workload: a model of KV cache and sequence slots in use with a learned daily "
             "profile (it used more GPU-hours in the simulation; see the README)."
         ),
     )
