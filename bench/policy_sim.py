@@ -2524,6 +2524,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "simulation's own chance changes, on the same days",
     )
     parser.add_argument(
+        "--at",
+        action="append",
+        default=[],
+        metavar="POLICY=V1,V2",
+        help="the comparison at these settings in place of the tuned ones (repeatable), with each setting's mean "
+        "per-day p95 and p99: what a policy costs at another's tails, on the same days (it chooses nothing)",
+    )
+    parser.add_argument(
         "--plot", type=Path, help=f"with --reserved-target: write the SVG here (e.g. bench/{PLOT_FILE.name})"
     )
     parser.add_argument("--policies", default=",".join(p.name for p in POLICIES), help="comma-separated")
@@ -2563,6 +2571,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.keep_pool_up and not (args.reserved_gpus or args.reserved_target):
         parser.error("--keep-pool-up needs a reserved pool (--reserved-gpus or --reserved-target)")
+    at = settings_at(args.at, parser)
+    if at and (args.reserved_target or args.json):
+        parser.error("--at prints its own table: not with --reserved-target or --json")
     if args.reserved_target:
         return run_reserved_target(args, setup)
     if args.quick:
@@ -2578,6 +2589,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = [(name, chosen[name]) for name in names]
     started = time.perf_counter()
     workers = 1 if args.quick else args.workers
+    if at:
+        print(matched_tails(evaluate_seeds(setup, at, chosen, workers)))
+        print(f"  {time.perf_counter() - started:.0f}s")
+        return 0
     scores = evaluate_seeds(setup, settings, chosen, workers)
     oracle, oracle_met = tune_oracle(setup, target, workers)
     text, payload = report(setup, scores, oracle, oracle_met, target)
@@ -2609,6 +2624,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(payload))
     return 0
+
+
+def settings_at(given: Sequence[str], parser: argparse.ArgumentParser) -> list[tuple[str, float]]:
+    """`--at new=4,5,6 --at kubeai=3`: each policy at each of its values, in the order given."""
+    settings = []
+    for item in given:
+        name, _, values = item.partition("=")
+        if name not in POLICY_BY_NAME or not values:
+            parser.error(f"--at {item!r}: expected POLICY=V1,V2 with POLICY one of {', '.join(POLICY_BY_NAME)}")
+        try:
+            settings += [(name, float(v)) for v in values.split(",")]
+        except ValueError:
+            parser.error(f"--at {item!r}: the values must be numbers")
+    return settings
+
+
+def matched_tails(scores: Sequence[Score]) -> str:
+    """Each setting's GPU-hours beside its tails, pooled and as the mean of the per-day figures."""
+    lines = [
+        "| policy | setting | GPU-h/day | p99 pooled | failed | p95 per day (mean) | p99 per day (mean) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for score in scores:
+        hours, pooled = score.hours_by_day(), score.pooled
+        p95, p99 = score.per_day(95), score.per_day(99)
+        lines.append(
+            f"| {score.policy} | {POLICY_BY_NAME[score.policy].label(score.value)} | {sum(hours) / len(hours):.1f} | "
+            f"{percentile(pooled.waits, 99):.1f} s | {pooled.failed:,} | {sum(p95) / len(p95):.1f} s | "
+            f"{sum(p99) / len(p99):.1f} s |"
+        )
+    return "\n".join(lines)
 
 
 def run_reserved_target(args: argparse.Namespace, setup: Setup) -> int:
