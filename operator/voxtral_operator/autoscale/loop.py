@@ -186,9 +186,6 @@ def gateway_sample(pages: list[GatewayPage], seconds_since_last_request: float |
     )
 
 
-UNNAMED_WRITER = "a client other than the autoscaler"
-
-
 @dataclass(frozen=True)
 class ReplicasWriter:
     manager: str  # the field manager, as the writer named itself
@@ -403,17 +400,17 @@ class Autoscaler:
         replicas = spec.replicas
         by: str | None = None
         written_at: float | None = None
-        writer = replicas_writer(endpoint)
         if replicas is None:
             pass  # nobody asked for a number: minReplicas is the autoscaler's to start from
-        elif writer is not None:
+        elif (writer := replicas_writer(endpoint)) is not None:
             if writer.manager != AUTOSCALER_FIELD_MANAGER:
                 by, written_at = writer.shown, writer.at
         elif replicas != self._autoscaler_wrote(endpoint, state):
             # No owner recorded: a server without managedFields, or (a 1.34 server) writes through /scale to a
             # field nobody owned, which its scale handler records under no manager (an endpoint created without
             # spec.replicas keeps it unowned through every scale, the autoscaler's and `kubectl scale`'s).
-            by = "a client of /scale" if (endpoint.get("metadata") or {}).get("managedFields") else UNNAMED_WRITER
+            recorded = (endpoint.get("metadata") or {}).get("managedFields")
+            by = "a client of /scale" if recorded else "a client other than the autoscaler"
         if replicas is None or by is None:
             state.person_write = None
             return None
