@@ -843,6 +843,7 @@ class Cluster:
         take_back_on_waiting: bool = False,
         take_back_on_reads: bool = False,
         paired_draws: bool = False,
+        scored_from: float = -math.inf,
     ) -> None:
         self.scenario = scenario
         self.engine = engine
@@ -906,6 +907,10 @@ class Cluster:
         self.last_arrival = -math.inf
         self.waits: list[tuple[float, float]] = []
         self.days: dict[int, DayFigures] = {}
+        # What happens before `scored_from` (a lead-in on the scored day itself: --quick's window) is counted
+        # nowhere, so a day's figures cover only the hours its `day_hours` bills.
+        self.scored_from = scored_from
+        self._unscored = DayFigures()
         self.resent = 0
         self.peak = replicas
         self._serial = 0
@@ -916,6 +921,8 @@ class Cluster:
             self.pods.append(pod)
 
     def day(self, at: float) -> DayFigures:
+        if at < self.scored_from:
+            return self._unscored
         key = int(at // DAY)
         figures = self.days.get(key)
         if figures is None:
@@ -1705,6 +1712,7 @@ def simulate(
     take_back_on_waiting: bool = False,
     take_back_on_reads: bool = False,
     paired_draws: bool = False,
+    scored_from: float = -math.inf,
 ) -> Run:
     """Replay `rows` and the deferrable `batch_rows` (arrivals in [start, end)) through one policy,
     one-second steps."""
@@ -1724,6 +1732,7 @@ def simulate(
         take_back_on_waiting,
         take_back_on_reads,
         paired_draws,
+        scored_from,
     )
     limit = min(scenario.max_model_len, engine.kv_tokens)
     lanes = [(rows, bisect.bisect_left(rows, (start,)), False)]
@@ -1906,6 +1915,7 @@ def evaluate(
             setup.take_back_on_waiting,
             setup.take_back_on_reads,
             setup.paired_draws,
+            start,
         )
         figures = [run.days.get(day, DayFigures()) for day in scored]
         out.append(

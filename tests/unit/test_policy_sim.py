@@ -99,6 +99,17 @@ def test_quick_json_ends_with_every_policy_and_the_oracle(sim: Any) -> None:
         assert abs(gap) < 0.5 or (gap > 0) == (mean > 0), (name, gap, text)
 
 
+def test_a_windows_figures_count_only_its_hours_not_the_lead_in_before_it(sim: Any) -> None:
+    # --quick scores 07:00-09:00 of one day, the policies started an hour before: GPU-hours, waits and the
+    # reserved pool's busy share are those two hours', so a fixed pool bills its replicas x 2 h and a
+    # reserved pool is never more than wholly busy.
+    _, result = run_main(sim, "--quick", "--json", "--reserved-gpus", "2", "--policies", "new,fixed")
+    fixed = sim.settings_for("small-h100", "gateway", sim.load_constants())["fixed"]
+    assert result["policies"]["fixed"]["gpu_hours"] == pytest.approx(fixed * 2, abs=0.01), result
+    for name, figures in result["policies"].items():
+        assert 0 < figures["reserved_busy_fraction"] <= 1, (name, figures)
+
+
 def test_another_draw_of_chance_is_asked_for_the_comparison_only(sim: Any, capsys: Any) -> None:
     text, result = run_main(sim, "--quick", "--json", "--draw", "1", "--policies", "new")
     assert "draw 1 of them" in text
