@@ -16,9 +16,9 @@ interactive p95 peak, the largest of five values (`policy_sim.BACKLOG_PER_GPU_VA
 night's requests done by their deadline (when none is, the smallest). What a platform team does before it
 promises a nightly batch: measure what the pool finishes, then promise no more.
 
-    python bench/tune_policies.py --seeds 3                      # small-h100 behind the gateway, seeds 101-103
+    python bench/tune_policies.py                      # small-h100 behind the gateway, seeds 101-109
     python bench/tune_policies.py --routing service --seeds 1
-    python bench/tune_policies.py --seeds 3 --reserved-backlog   # after the policies
+    python bench/tune_policies.py --reserved-backlog --seeds 3   # after the policies (three: 12-day runs)
 """
 
 from __future__ import annotations
@@ -162,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=sorted(sim.SCENARIOS), default="small-h100")
     parser.add_argument("--routing", choices=("service", "gateway"), default="gateway")
-    parser.add_argument("--seeds", type=int, default=1)
+    # Nine, not three: with three the cheapest setting meeting the target on every training day sat at an
+    # edge one Monday decided, and it missed on held-out weeks (README, section 2).
+    parser.add_argument("--seeds", type=int, default=9)
     parser.add_argument("--first-seed", type=int, default=101, help="training seeds start here (scoring: 1 on)")
     parser.add_argument("--days", type=int, default=9)
     parser.add_argument("--warmup-days", type=int, default=5)

@@ -140,11 +140,10 @@ async def test_burst_scales_up_then_back_down_after_the_delay(
     async with load(pod_ips(sandbox, "asr"), vllm_port, concurrency=12):
         # 12 in flight on max-num-seqs 2: ~10 waiting against 2 tolerated (workload), or 12 in flight
         # against 3 a replica (requests) -> scale up at once.
-        await eventually(lambda: _at_least(kube, "asr", 2), timeout=15)
-        current = await kube.get(endpoint_path(NS, "asr"))
-        assert current["status"]["queueDepth"] > 0  # 12 callers, 2 sequences a replica: some always wait
-        decision = current["status"]["lastScaleDecision"]
-        assert up_reason in decision["reason"]
+        # The scale is written before the status that explains it: wait for the decision itself, whose
+        # status write carries the queue it was made on.
+        status = await eventually(lambda: _scaled_up_status(kube, "asr", 2, up_reason), timeout=15)
+        assert status["queueDepth"] > 0, status  # 12 callers, 2 sequences a replica: some waited
 
     # Load stopped: back to minReplicas after scaleDownDelaySeconds.
     await eventually(lambda: _exactly(kube, "asr", 1), timeout=90)
@@ -181,6 +180,14 @@ async def test_serving_is_checked_through_the_service(
     assert condition(leaky, "Degraded")["status"] == "True"
     assert condition(leaky, "Degraded")["reason"] == "AuthNotEnforced"
     assert condition(leaky, "Ready")["status"] == "True"  # pods are up; the endpoint is degraded
+
+
+async def _scaled_up_status(kube: Kube, name: str, count: int, reason: str) -> dict[str, Any] | None:
+    """The endpoint's status once it shows a decision for at least `count` replicas, for `reason`."""
+    current = await kube.get(endpoint_path(NS, name))
+    status = (current or {}).get("status") or {}
+    decision = status.get("lastScaleDecision") or {}
+    return status if decision.get("replicas", 0) >= count and reason in decision.get("reason", "") else None
 
 
 async def _at_least(kube: Kube, name: str, count: int) -> bool:

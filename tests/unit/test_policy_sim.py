@@ -123,24 +123,36 @@ def test_another_draw_of_chance_is_asked_for_the_comparison_only(sim: Any, capsy
 def test_settings_at_given_values_are_compared_with_their_mean_per_day_tails(sim: Any, capsys: Any) -> None:
     _, result = run_main(sim, "--quick", "--json", "--policies", "new,kubeai")
     out = io.StringIO()
+    tuned = sim.settings_for("small-h100", "gateway", sim.load_constants())
+    new, kubeai = f"{tuned['new']:g}", f"{tuned['kubeai']:g}"
     with contextlib.redirect_stdout(out):
-        assert sim.main(["--quick", "--at", "new=6,12", "--at", "kubeai=3"]) == 0
+        assert sim.main(["--quick", "--at", f"new={new},12", "--at", f"kubeai={kubeai}"]) == 0
     lines = [line for line in out.getvalue().splitlines() if line.startswith("| ") and "---" not in line]
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[1:]]
     cells = {(r[0], r[1]): r[2:] for r in rows}
-    settings = [("new", "targetActiveRequests 6"), ("new", "targetActiveRequests 12"), ("kubeai", "targetRequests 3")]
+    settings = [
+        ("new", f"targetActiveRequests {new}"),
+        ("new", "targetActiveRequests 12"),
+        ("kubeai", f"targetRequests {kubeai}"),
+    ]
     assert list(cells) == settings, out.getvalue()
     # At the tuned settings, the same days and draws as the comparison: the same GPU-hours.
-    assert float(cells[("new", "targetActiveRequests 6")][0]) == pytest.approx(
-        result["policies"]["new"]["gpu_hours"], abs=0.05
-    )
-    assert float(cells[("kubeai", "targetRequests 3")][0]) == pytest.approx(
-        result["policies"]["kubeai"]["gpu_hours"], abs=0.05
-    )
+    assert float(cells[settings[0]][0]) == pytest.approx(result["policies"]["new"]["gpu_hours"], abs=0.05)
+    assert float(cells[settings[2]][0]) == pytest.approx(result["policies"]["kubeai"]["gpu_hours"], abs=0.05)
     for argv in (["--quick", "--at", "nope=1"], ["--quick", "--at", "new=six"], ["--quick", "--json", "--at", "new=6"]):
         with pytest.raises(SystemExit):
             sim.main(argv)
         assert "--at" in capsys.readouterr().err, argv
+
+
+def test_the_committed_tuning_of_the_operators_policy_is_its_default(sim: Any) -> None:
+    # The comparison scores `new` at the operator's default settings: the tuning script's choice for the
+    # default scenario and routing is what an endpoint that sets nothing gets, and it was tuned on
+    # training seeds only, never on the held-out ones (1 on) it is scored on.
+    constants = sim.load_constants()
+    assert sim.settings_for("small-h100", "gateway", constants)["new"] == DEFAULT_TARGET_ACTIVE_REQUESTS
+    trained = constants["training"]["small-h100"]["gateway"]["seeds"]
+    assert min(trained) >= 100, trained
 
 
 def test_the_simulator_runs_the_operators_own_policy(sim: Any) -> None:

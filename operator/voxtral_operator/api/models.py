@@ -143,7 +143,7 @@ class AutoscalingPolicy(enum.StrEnum):
     WORKLOAD = "workload"
 
 
-DEFAULT_TARGET_ACTIVE_REQUESTS = 6
+DEFAULT_TARGET_ACTIVE_REQUESTS = 4
 REALTIME_TARGET_SESSION_SHARE = 0.6
 DEFAULT_SCALE_DOWN_DELAY_SECONDS = {AutoscalingPolicy.REQUESTS: 900, AutoscalingPolicy.WORKLOAD: 300}
 
@@ -174,7 +174,7 @@ class AutoscalingSpec(_Model):
         le=4096,
         description=(
             "The requests policy: requests in flight per replica it scales to, at most the replica's maxNumSeqs "
-            "(default 6; a realtime model: 60 % of the sessions a replica holds, each session one request for "
+            "(default 4; a realtime model: 60 % of the sessions a replica holds, each session one request for "
             "its whole length)."
         ),
     )
