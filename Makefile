@@ -63,10 +63,11 @@ bench: $(STAMP) $(HELM)
 	$(BIN)/python bench/gateway_hostile.py
 	$(BIN)/python bench/gateway_queues.py
 	$(BIN)/python bench/realtime.py
+	$(BIN)/python bench/policy_sim.py --first-seed 10 --seeds 6
+	$(BIN)/python bench/policy_sim.py --first-seed 10 --seeds 6 --at new=3,4,5 --at kubeai=2,3 --at hpa-active=4,5
 	$(BIN)/python bench/policy_sim.py
-	$(BIN)/python bench/policy_sim.py --at new=4,5,6 --at kubeai=3,4 --at hpa-active=5,6
 	$(BIN)/python bench/policy_sim.py --first-seed 4 --seeds 6
-	$(BIN)/python bench/policy_sim.py --first-seed 4 --seeds 6 --at new=4,5,6,7 --at kubeai=3,4 --at hpa-active=5,6
+	$(BIN)/python bench/policy_sim.py --reserved-target --first-seed 10 --seeds 3
 	$(BIN)/python bench/policy_sim.py --reserved-target --seeds 1 --draws 1 --lane-slots-only --plot bench/reserved-pool-slots.svg
 	$(BIN)/python bench/policy_sim.py --reserved-target --seeds 1 --plot bench/reserved-pool.svg
 	$(BIN)/python bench/policy_sim.py --reserved-target --seeds 1 --keep-pool-up --plot bench/reserved-pool-kept.svg
