@@ -91,9 +91,11 @@ Policies: `new` (voxtral_operator.autoscale.policy, imported, not copied), HPA o
 operator's KEDA mode renders), a KubeAI-style moving average of active requests, a schedule floor
 for working hours plus HPA on KV usage (KEDA's cron trigger beside a reactive trigger), a fixed pool,
 and a clairvoyant `oracle` (reads the trace ahead, starts replicas one worst-case cold start early,
-pays the same cold starts and billing, tuned to the same wait target): the limit. Each policy's
-constant comes from bench/policy_constants.json, written by bench/tune_policies.py from training
-seeds only; this script scores them.
+pays the same cold starts and billing, tuned to the same wait target): the limit; beside it the same
+rule told only the past (`hindsight`: the exact load of every minute already over, nothing ahead),
+what a perfect measurement without foresight buys. Each policy's constant comes from
+bench/policy_constants.json, written by bench/tune_policies.py from training seeds only; this script
+scores them.
 
 Not modelled: prefix caching, speculative decoding, the audio encoder's own compute, attention cost
 growing with context length, preemption's swap mode and priority scheduling, stragglers and engine
@@ -1568,19 +1570,30 @@ def oracle_need(rows: Sequence[Row], engine: Engine, start: float, end: float, u
 class Oracle:
     """Clairvoyant: reads the trace ahead and has every replica a minute will need started one
     slowest cold start before it; keeps a replica while it is needed within that lead. It pays the
-    cold starts and billing every policy pays; its utilisation is tuned to the same wait target."""
+    cold starts and billing every policy pays; its utilisation is tuned to the same wait target.
+
+    With `foresight` False it is the same rule told only the past (the `hindsight` oracle): the need of
+    every minute already over, exact, and nothing ahead; it keeps the highest need of the last lead, the
+    window the clairvoyant one looks ahead mirrored behind. What a reactive policy with a perfect
+    measurement of the load could do with that rule: the gap between the two is what foresight buys."""
 
     need: list[int]
     start: float
     lead_s: float
     min_replicas: int = 1
     max_replicas: int = 24
+    foresight: bool = True
 
     def tick(self, cluster: Cluster, now: float) -> None:
         if int(now) % 10:
             return
-        first = max(0, int((now - self.start) // ORACLE_BIN_S))
-        last = int((now + self.lead_s - self.start) // ORACLE_BIN_S) + 1
+        minute = int((now - self.start) // ORACLE_BIN_S)
+        if self.foresight:
+            first = max(0, minute)
+            last = int((now + self.lead_s - self.start) // ORACLE_BIN_S) + 1
+        else:  # minutes over only: the current one is still arriving
+            first = max(0, minute - math.ceil(self.lead_s / ORACLE_BIN_S))
+            last = max(0, minute)
         window = self.need[first:last] or [0]
         desired = min(max(max(window), self.min_replicas), self.max_replicas)
         if desired != cluster.replicas:
@@ -1882,11 +1895,11 @@ def evaluate(
     scored = range(int(start // DAY), math.ceil(end / DAY))
     out = []
     for name, value in settings:
-        if name == "oracle":
+        if name in ORACLES:
             lead = cold_start_range(engine, True, setup.weights)[1]
             need = oracle_need(rows, engine, start - setup.lead_in_s, end + lead, value)
             policy: SimPolicy = Oracle(
-                need, start - setup.lead_in_s, lead, scenario.min_replicas, scenario.max_replicas
+                need, start - setup.lead_in_s, lead, scenario.min_replicas, scenario.max_replicas, name == "oracle"
             )
             begin = start - setup.lead_in_s
         else:
@@ -2020,13 +2033,17 @@ def choose(scores: Sequence[Score], target: Target) -> tuple[Score, bool]:
     return min(scores, key=lambda s: (target.distance(s), sum(s.hours_by_day()))), False
 
 
+ORACLES = ("oracle", "hindsight")
 ORACLE_UTILIZATIONS = (0.55, 0.7, 0.8, 0.9)
+# Told only the past, the rule needs headroom for the load that arrives within a cold start.
+HINDSIGHT_UTILIZATIONS = (0.2, 0.3, 0.35, 0.4, 0.45, 0.55, 0.7)
 
 
-def tune_oracle(setup: Setup, target: Target, workers: int) -> tuple[Score, bool]:
-    """The oracle at the highest utilisation meeting the target on the very days scored (it is
-    clairvoyant: tuning it on them is its definition)."""
-    scores = evaluate_seeds(setup, [("oracle", u) for u in ORACLE_UTILIZATIONS], {}, workers)
+def tune_oracle(setup: Setup, target: Target, workers: int, name: str = "oracle") -> tuple[Score, bool]:
+    """An oracle at the highest utilisation meeting the target on the very days scored: it knows the
+    trace (the clairvoyant one ahead, the hindsight one behind), so tuning it on them is its definition."""
+    values = ORACLE_UTILIZATIONS if name == "oracle" else HINDSIGHT_UTILIZATIONS
+    scores = evaluate_seeds(setup, [(name, u) for u in values], {}, workers)
     return choose(scores, target)
 
 
@@ -2065,7 +2082,7 @@ def paired_differences(new: Score, others: Sequence[Score]) -> list[str]:
 
 
 def report(
-    setup: Setup, scores: Sequence[Score], oracle: Score, oracle_met: bool, target: Target
+    setup: Setup, scores: Sequence[Score], oracle: Score, oracle_met: bool, target: Target, hindsight: Score
 ) -> tuple[str, dict[str, Any]]:
     seeds = len(setup.seeds)
     lines = [
@@ -2074,7 +2091,7 @@ def report(
     ]
     oracle_hours = oracle.summary(seeds)["gpu_hours"]
     policies: dict[str, Any] = {}
-    for score in [*scores, oracle]:
+    for score in [*scores, oracle, hindsight]:
         hours = score.hours_by_day()
         mean = statistics.fmean(hours)
         sd = statistics.stdev(hours) if len(hours) > 1 else 0.0
@@ -2083,7 +2100,7 @@ def report(
         met = target.met(score)
         label = (
             f"utilization {score.value:g}"
-            if score.policy == "oracle"
+            if score.policy in ORACLES
             else POLICY_BY_NAME[score.policy].label(score.value)
         )
         ratio = summary["gpu_hours"] / oracle_hours if oracle_hours else math.nan
@@ -2092,7 +2109,7 @@ def report(
             f"{summary['p99_wait_s']:>10.1f}s{min(p95):>6.0f}-{max(p95):<7.0f}s{min(p99):>6.0f}-{max(p99):<7.0f}s"
             f"{summary['failed']:>8}{'met' if met else 'MISSED':>8}{ratio:>9.2f}x"
         )
-        if score.policy != "oracle":
+        if score.policy not in ORACLES:
             policies[score.policy] = summary
     new = next(s for s in scores if s.policy == "new")
     baselines = [s for s in scores if s.policy not in ("new", "workload") and target.met(s)]
@@ -2108,11 +2125,17 @@ def report(
             f"ratio {new_hours / best_hours:.2f}"
         )
     lines.append("  new minus each, day by day (GPU-h: mean ± sd over the scored days; days new is cheaper):")
-    differences = paired_differences(new, [*(s for s in scores if s is not new), oracle])
+    differences = paired_differences(new, [*(s for s in scores if s is not new), oracle, hindsight])
     lines.extend("    " + "; ".join(differences[i : i + 3]) for i in range(0, len(differences), 3))
     lines.append(
         f"  oracle {oracle_hours:.1f} GPU-h ({'meets' if oracle_met else 'misses'} the target); "
         f"new / oracle = {new_hours / oracle_hours if oracle_hours else math.nan:.2f} (goal <= 1.15)"
+    )
+    hindsight_hours = hindsight.summary(seeds)["gpu_hours"]
+    lines.append(
+        f"  hindsight (the oracle's rule told only the past) {hindsight_hours:.1f} GPU-h "
+        f"({'meets' if target.met(hindsight) else 'misses'} the target), "
+        f"{hindsight_hours / oracle_hours if oracle_hours else math.nan:.2f}x the oracle: what foresight buys"
     )
     if setup.reserved_gpus:
         split = ", ".join(
@@ -2605,7 +2628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     scores = evaluate_seeds(setup, settings, chosen, workers)
     oracle, oracle_met = tune_oracle(setup, target, workers)
-    text, payload = report(setup, scores, oracle, oracle_met, target)
+    hindsight, _ = tune_oracle(setup, target, workers, "hindsight")
+    text, payload = report(setup, scores, oracle, oracle_met, target, hindsight)
     elapsed = time.perf_counter() - started
     engine = Engine.of(scenario)
     if setup.trace is not None:

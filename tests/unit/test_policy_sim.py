@@ -9,7 +9,7 @@ import io
 import json
 import re
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -91,8 +91,11 @@ def test_quick_json_ends_with_every_policy_and_the_oracle(sim: Any) -> None:
         name: (float(mean), int(cheaper), int(days))
         for name, mean, cheaper, days in re.findall(r"(\S+) ([+-]\d+\.\d) ± \d+\.\d, (\d+)/(\d+)", text)
     }
-    assert set(paired) == {spec.name for spec in sim.POLICIES} - {"new"} | {"oracle"}, text
+    assert set(paired) == {spec.name for spec in sim.POLICIES} - {"new"} | {"oracle", "hindsight"}, text
     figures = {**result["policies"], "oracle": result["oracle"]}
+    hindsight = re.search(r"hindsight \(the oracle's rule told only the past\) (\d+\.\d) GPU-h", text)
+    assert hindsight is not None, text
+    figures["hindsight"] = {"gpu_hours": float(hindsight.group(1))}
     for name, (mean, cheaper, days) in paired.items():
         assert 0 <= cheaper <= days, (name, text)
         gap = result["policies"]["new"]["gpu_hours"] - figures[name]["gpu_hours"]
@@ -164,6 +167,39 @@ def test_the_simulator_runs_the_operators_own_policy(sim: Any) -> None:
     scenario = sim.SCENARIOS["small-h100"]
     limits = sim.POLICY_BY_NAME["new"].make(scenario, sim.Engine.of(scenario), 8, {}).limits
     assert (limits.policy, limits.target_active_requests) == (str(AutoscalingSpec().policy), 8)
+
+
+def test_the_oracle_starts_replicas_ahead_of_the_load_and_the_hindsight_one_only_after_it(sim: Any) -> None:
+    # The same rule, one told the trace ahead and one only the minutes already over: on a morning ramp
+    # (05:00-07:00 of a built-in Monday) the first extra replica comes a cold start before the minute
+    # that needs it, or after that minute.
+    scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1)
+    day = sim.call_centre_day(3, scenario.peak_rate, day=0)
+    ramp = [(t - 18000, audio, output) for t, audio, output in day if 18000 <= t < 25200]
+    engine = sim.Engine.of(scenario)
+    lead = sim.cold_start_range(engine, True, "hub")[1]
+    need = sim.oracle_need(ramp, engine, 0.0, 7200.0 + lead, 0.7)
+    needed_at = next(i for i, n in enumerate(need) if n > 1) * sim.ORACLE_BIN_S
+    assert needed_at > lead, need  # the ramp starts late enough for an oracle to be early
+
+    @dataclass
+    class Watched:
+        """The oracle, and the replicas there are after each of its ticks."""
+
+        oracle: Any
+        seen: list[tuple[float, int]] = field(default_factory=list)
+
+        def tick(self, cluster: Any, now: float) -> None:
+            self.oracle.tick(cluster, now)
+            self.seen.append((now, cluster.replicas))
+
+    first_up = {}
+    for foresight in (True, False):
+        watched = Watched(sim.Oracle(need, 0.0, lead, 1, scenario.max_replicas, foresight))
+        sim.simulate(ramp, scenario, "gateway", watched, 5, 0.0, 7200.0)
+        first_up[foresight] = next(now for now, replicas in watched.seen if replicas > 1)
+    assert first_up[True] <= needed_at - lead + 10, (first_up, needed_at, lead)
+    assert first_up[False] >= needed_at + sim.ORACLE_BIN_S, (first_up, needed_at)
 
 
 def test_more_replicas_never_raise_the_wait(sim: Any, morning: Rows) -> None:
