@@ -19,6 +19,7 @@ promises a nightly batch: measure what the pool finishes, then promise no more.
     python bench/tune_policies.py                      # small-h100 behind the gateway, seeds 101-109
     python bench/tune_policies.py --routing service --seeds 1
     python bench/tune_policies.py --reserved-backlog --seeds 3   # after the policies (three: 12-day runs)
+    python bench/tune_policies.py --weights cache --out bench/policy_constants-cache.json   # staged weights
 """
 
 from __future__ import annotations
@@ -170,6 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup-days", type=int, default=5)
     parser.add_argument("--holidays", default="8")
     parser.add_argument("--policies", default=",".join(p.name for p in sim.POLICIES), help="comma-separated")
+    parser.add_argument(
+        "--weights",
+        choices=tuple(sim.WEIGHTS_BYTES_PER_S),
+        default="hub",
+        help="where a new replica reads weights (policy_sim.py --weights); other than hub needs its own --out",
+    )
     parser.add_argument("--out", type=Path, default=sim.CONSTANTS_FILE)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument(
@@ -180,11 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.first_seed < 100:
         raise SystemExit("training seeds start at 100 or later: seeds below are held out for scoring")
+    if args.weights != "hub" and args.out.resolve() == sim.CONSTANTS_FILE.resolve():
+        raise SystemExit(f"--weights {args.weights}: write its constants to their own file (--out), not {args.out}")
 
     scenario = sim.SCENARIOS[args.scenario]
     holidays = tuple(int(d) for d in args.holidays.split(",") if d.strip())
     seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
-    setup = sim.Setup(scenario, args.routing, seeds, args.days, args.warmup_days, holidays)
+    setup = sim.Setup(scenario, args.routing, seeds, args.days, args.warmup_days, holidays, weights=args.weights)
     constants = sim.load_constants(args.out)
     target = sim.target_from(constants)
     started = time.perf_counter()
@@ -203,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     constants["target"] = asdict(target)
     settings.update(chosen)
     training = constants.setdefault("training", {}).setdefault(scenario.name, {}).setdefault(args.routing, {})
-    training.update(seeds=list(seeds), days=args.days, warmup_days=args.warmup_days, holidays=list(holidays))
+    training.update(
+        seeds=list(seeds), days=args.days, warmup_days=args.warmup_days, holidays=list(holidays), weights=args.weights
+    )
     training.setdefault("tried", {}).update(tried)
     args.out.write_text(json.dumps(constants, indent=1, sort_keys=True) + "\n")
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f}s")

@@ -158,6 +158,17 @@ def test_the_committed_tuning_of_the_operators_policy_is_its_default(sim: Any) -
     assert min(trained) >= 100, trained
 
 
+def test_the_staged_weights_constants_were_tuned_on_training_seeds_with_staged_weights(sim: Any) -> None:
+    # `make bench` scores every policy with the weights in a shared cache at the constants the same script
+    # chose on the same training seeds with that cold-start path, for every policy the simulator compares.
+    constants = sim.load_constants(sim.CONSTANTS_FILE.with_name("policy_constants-cache.json"))
+    trained = constants["training"]["small-h100"]["gateway"]
+    assert trained["weights"] == "cache", trained.keys()
+    assert min(trained["seeds"]) >= 100, trained["seeds"]
+    assert set(constants["settings"]["small-h100"]["gateway"]) == set(sim.POLICY_BY_NAME)
+    assert set(trained["tried"]) == set(sim.POLICY_BY_NAME)
+
+
 def test_the_simulator_runs_the_operators_own_policy(sim: Any) -> None:
     assert sim.new_policy is operator_policy
     # The simulation's defaults are the operator's: the spec's for the requests policy (the default).
@@ -634,6 +645,13 @@ def test_tuning_halves_from_the_cheapest_value_that_met_the_target_toward_a_neig
     assert tune.halfway({2.0: (70.2, True), 3.0: (71.7, True)}, whole=True) is None  # no neighbour missed
     assert tune.halfway({0.1: (259.0, False), 0.25: (252.9, False)}, whole=False) is None  # nothing met
     assert tune.halfway({11.0: (264.0, False), 12.0: (288.0, True)}, whole=True) is None  # nothing between
+
+
+def test_tuning_for_another_weights_path_refuses_to_overwrite_the_default_constants(tune: Any, sim: Any) -> None:
+    before = sim.CONSTANTS_FILE.read_bytes()
+    with pytest.raises(SystemExit, match="own file"):
+        tune.main(["--weights", "cache"])
+    assert sim.CONSTANTS_FILE.read_bytes() == before
 
 
 def test_the_backlog_is_sized_per_reserved_gpu_on_training_nights_to_the_largest_finished_by_its_deadline(
