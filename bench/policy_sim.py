@@ -2653,7 +2653,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rule = "slots + KV cache" if setup.lane_kv else "slots"
         print(f"  {setup.backlog} deferrable items every evening, the lane rule: {rule}")
     print(f"  cold starts: {cold_start_paths(engine)}" + (f"; draw {setup.draw} of them" if setup.draw else ""))
-    print(f"  settings from {args.constants.name if args.constants.exists() else 'the defaults'}; {elapsed:.0f}s")
+    trained = constants.get("training", {}).get(scenario.name, {}).get(setup.routing, {}).get("weights", "hub")
+    tuned = f" (tuned with weights from {trained})" if trained != setup.weights else ""
+    print(
+        f"  settings from {args.constants.name if args.constants.exists() else 'the defaults'}{tuned}; {elapsed:.0f}s"
+    )
     print(text)
     if args.json:
         print(json.dumps(payload))

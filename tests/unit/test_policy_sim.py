@@ -167,6 +167,14 @@ def test_the_staged_weights_constants_were_tuned_on_training_seeds_with_staged_w
     assert min(trained["seeds"]) >= 100, trained["seeds"]
     assert set(constants["settings"]["small-h100"]["gateway"]) == set(sim.POLICY_BY_NAME)
     assert set(trained["tried"]) == set(sim.POLICY_BY_NAME)
+    # A run with staged weights at the hub's constants says so.
+    mismatched, _ = run_main(sim, "--quick", "--json", "--weights", "cache", "--policies", "new")
+    assert "(tuned with weights from hub)" in mismatched, mismatched
+    cache_file = str(sim.CONSTANTS_FILE.with_name("policy_constants-cache.json"))
+    matched, _ = run_main(
+        sim, "--quick", "--json", "--weights", "cache", "--constants", cache_file, "--policies", "new"
+    )
+    assert "settings from policy_constants-cache.json;" in matched, matched
 
 
 def test_the_simulator_runs_the_operators_own_policy(sim: Any) -> None:
