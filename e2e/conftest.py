@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import openai
 import pytest
 import yaml
 
@@ -231,6 +233,31 @@ def delete_endpoint(kubectl: Kubectl, name: str, namespace: str) -> None:
         timeout=120,
         what=f"children and pods of {name} gone",
     )
+
+
+@contextlib.contextmanager
+def chat_callers(base_url: str, count: int, api_key: str = "unused") -> Iterator[None]:
+    """`count` callers each sending a chat request after the last, until the block ends (a refused or
+    failed request is retried after 0.1 s)."""
+    stop = threading.Event()
+
+    def caller() -> None:
+        client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=30)
+        while not stop.is_set():
+            try:
+                client.chat.completions.create(model=MINI, messages=[{"role": "user", "content": "hi"}])
+            except openai.APIError:
+                stop.wait(0.1)
+
+    callers = [threading.Thread(target=caller, daemon=True) for _ in range(count)]
+    for thread in callers:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in callers:
+            thread.join(timeout=40)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Cold start by path on a real control plane: the cache warmer Job runs to completion before the
 replicas' Deployment exists (the real Job controller, scheduler and node agent run it), the Loading
-condition names the path each replica took, and a failed warmer is named while no replica is created.
+condition names the path each replica took, a failed warmer is named while no replica is created, and the
+autoscaler's default target follows the path.
 
 On the local control plane the warmer's `hf download` is the simulator image's shim: it takes the
 seconds the test asks for (the faults ConfigMap) instead of reaching the hub.
@@ -13,7 +14,17 @@ from typing import Any
 
 import pytest
 
-from .conftest import Kubectl, LocalCluster, condition, delete_endpoint, endpoint_body, eventually, wait_ready
+from .conftest import (
+    Kubectl,
+    LocalCluster,
+    chat_callers,
+    condition,
+    delete_endpoint,
+    endpoint_body,
+    eventually,
+    service_base_url,
+    wait_ready,
+)
 from .test_reconcile import _quiet
 
 pytestmark = pytest.mark.e2e
@@ -170,5 +181,38 @@ def test_the_loading_condition_names_a_cold_download(kubectl: Kubectl, namespace
         assert "downloading the weights from the hub" in loading["message"], loading
         assert condition(endpoint, "WeightsStaged") == {}, "no warmer was asked for"
         assert not _warmer_jobs(kubectl, unique_name, namespace)
+    finally:
+        delete_endpoint(kubectl, unique_name, namespace)
+
+
+def test_replicas_reading_their_weights_from_the_cache_are_scaled_fuller(
+    kubectl: Kubectl, namespace: str, unique_name: str
+) -> None:
+    """Weights preloaded on the model cache and no targetActiveRequests: the next replica reads them from
+    the cache, a shorter cold start, so the autoscaler holds 5 requests in flight a replica, not the hub's 4."""
+    body = endpoint_body(
+        unique_name,
+        namespace,
+        gateway={"enabled": False},
+        weightsSource="preloaded",
+        modelCache={"size": "20Gi", "storageClassName": "filestore-rwx"},
+        minReplicas=1,
+        maxReplicas=2,
+        engine={"maxNumSeqs": 6},  # 12 callers: some wait, which a scale-up of a small fleet needs
+        autoscaling={"scaleDownDelaySeconds": 5},
+    )
+    kubectl.apply(body)
+    try:
+        wait_ready(kubectl, unique_name, namespace, timeout=240)
+        with service_base_url(kubectl, unique_name, namespace) as base_url, chat_callers(base_url, 12):
+
+            def scaled_up() -> dict[str, Any] | None:
+                status = (kubectl.get("vxe", unique_name, namespace) or {}).get("status") or {}
+                decision: dict[str, Any] = status.get("lastScaleDecision") or {}
+                return decision if "scale up" in decision.get("reason", "") else None
+
+            decision = eventually(scaled_up, timeout=120, what="a scale-up under 12 callers")
+        assert "target 5 a replica" in decision["reason"], decision
+        assert "(SharedCache)" in decision["reason"], decision
     finally:
         delete_endpoint(kubectl, unique_name, namespace)

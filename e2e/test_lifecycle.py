@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
 import wave
 from typing import Any
@@ -19,6 +18,7 @@ from .conftest import (
     ROOT,
     Kubectl,
     LocalCluster,
+    chat_callers,
     condition,
     delete_endpoint,
     endpoint_body,
@@ -153,25 +153,8 @@ def test_callers_scaling_and_garbage_collection(kubectl: Kubectl, namespace: str
             eventually(lambda: _spec_replicas(kubectl, name, namespace) == 1, 30, "spec.replicas back to 1")
 
             # A burst: 12 callers on replicas that batch 2 requests each.
-            stop = threading.Event()
-
-            def caller() -> None:
-                client = openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0, timeout=30)
-                while not stop.is_set():
-                    try:
-                        client.chat.completions.create(model=MINI, messages=[{"role": "user", "content": "hi"}])
-                    except openai.APIError:
-                        stop.wait(0.1)
-
-            callers = [threading.Thread(target=caller, daemon=True) for _ in range(12)]
-            for thread in callers:
-                thread.start()
-            try:
+            with chat_callers(base_url, 12, API_KEY):
                 eventually(lambda: _spec_replicas(kubectl, name, namespace) >= 2, 120, "scale up under a burst")
-            finally:
-                stop.set()
-                for thread in callers:
-                    thread.join(timeout=40)
         eventually(lambda: _spec_replicas(kubectl, name, namespace) == 1, 180, "scale down after the burst")
     finally:
         kubectl.run("delete", "vxe", name, "-n", namespace, "--wait=true", "--timeout=120s")

@@ -157,6 +157,23 @@ async def test_burst_scales_up_then_back_down_after_the_delay(
     assert not denied, denied
 
 
+@pytest.mark.parametrize(
+    ("weights", "target"),
+    [({}, 4), ({"weightsSource": "preloaded", "modelCache": {"size": "20Gi"}}, 5)],
+    ids=["from-the-hub", "from-the-model-cache"],
+)
+async def test_the_default_target_follows_where_replicas_read_their_weights(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess, vllm_port: int, weights: dict[str, Any], target: int
+) -> None:
+    # No targetActiveRequests: the operator picks it by the next replica's cold-start path, and says which.
+    body = endpoint("asr", **weights)
+    await kube.create(endpoint_path(NS), body)
+    await eventually(lambda: ready_replicas(kube, "asr"), timeout=30)
+    async with load(pod_ips(sandbox, "asr"), vllm_port, concurrency=12):
+        status = await eventually(lambda: _scaled_up_status(kube, "asr", 2, "requests in flight above"), timeout=30)
+    assert f"target {target} a replica" in status["lastScaleDecision"]["reason"], status["lastScaleDecision"]
+
+
 async def test_serving_is_checked_through_the_service(
     sandbox: Sandbox, kube: Kube, operator: OperatorProcess, vllm_port: int, tmp_path: Path
 ) -> None:

@@ -10,7 +10,12 @@ import pytest
 import yaml
 
 from tests.unit.test_render import CONFIG
-from voxtral_operator.api.models import DEFAULT_TARGET_ACTIVE_REQUESTS, AutoscalingSpec, parse_spec
+from voxtral_operator.api.models import (
+    DEFAULT_TARGET_ACTIVE_REQUESTS,
+    STAGED_TARGET_ACTIVE_REQUESTS,
+    AutoscalingSpec,
+    parse_spec,
+)
 from voxtral_operator.autoscale.loop import policy_limits
 from voxtral_operator.autoscale.policy import (
     REQUESTS_POLICY,
@@ -23,6 +28,7 @@ from voxtral_operator.autoscale.policy import (
     State,
     decide,
 )
+from voxtral_operator.coldstart import COLD_DOWNLOAD, LOCAL_CACHE, SHARED_CACHE
 
 LIMITS = Limits(
     min_replicas=1,
@@ -205,11 +211,29 @@ def test_the_spec_chooses_the_policy_and_its_target() -> None:
     assert (limits.policy, limits.target_active_requests) == ("workload", 9)
 
 
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [("", DEFAULT_TARGET_ACTIVE_REQUESTS), (COLD_DOWNLOAD, 4), (SHARED_CACHE, 5), (LOCAL_CACHE, 5)],
+)
+def test_the_default_target_follows_the_way_the_next_replica_gets_its_weights(path: str, target: int) -> None:
+    # A replica that reads its weights from a cache is ready minutes sooner than one that downloads them,
+    # so its replicas may run fuller: the values bench/tune_policies.py chose for each path.
+    assert STAGED_TARGET_ACTIVE_REQUESTS == 5
+    example = Path(__file__).resolve().parents[2] / "examples" / "small-on-h100.yaml"
+    spec = yaml.safe_load(example.read_text())["spec"]
+    spec["autoscaling"] = {}
+    assert policy_limits(parse_spec(spec), CONFIG, path).target_active_requests == target
+    spec["autoscaling"] = {"targetActiveRequests": 7}  # set: it wins on every path
+    assert policy_limits(parse_spec(spec), CONFIG, path).target_active_requests == 7
+
+
 @pytest.mark.parametrize(("gpu", "sessions", "target"), [("L4-24GB", 10, 6), ("H100-80GB", 57, 34)])
 def test_a_realtime_replica_is_targeted_at_a_share_of_its_sessions(gpu: str, sessions: int, target: int) -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "realtime-on-l4.yaml"
     spec = yaml.safe_load(example.read_text())["spec"] | {"gpu": {"type": gpu}}
     limits = policy_limits(parse_spec(spec), CONFIG)
     assert (limits.max_num_seqs, limits.target_active_requests) == (sessions, target)
+    staged = policy_limits(parse_spec(spec), CONFIG, SHARED_CACHE)  # a session holds its slot whatever the path
+    assert staged.target_active_requests == target
     spec["autoscaling"] = {"targetActiveRequests": 3}  # set: it wins
     assert policy_limits(parse_spec(spec), CONFIG).target_active_requests == 3

@@ -16,7 +16,11 @@ from typing import Any
 
 import pytest
 
-from voxtral_operator.api.models import DEFAULT_TARGET_ACTIVE_REQUESTS, AutoscalingSpec
+from voxtral_operator.api.models import (
+    DEFAULT_TARGET_ACTIVE_REQUESTS,
+    STAGED_TARGET_ACTIVE_REQUESTS,
+    AutoscalingSpec,
+)
 from voxtral_operator.autoscale import policy as operator_policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,6 +171,9 @@ def test_the_staged_weights_constants_were_tuned_on_training_seeds_with_staged_w
     assert min(trained["seeds"]) >= 100, trained["seeds"]
     assert set(constants["settings"]["small-h100"]["gateway"]) == set(sim.POLICY_BY_NAME)
     assert set(trained["tried"]) == set(sim.POLICY_BY_NAME)
+    # What the tuning chose for the operator's policy is the default of an endpoint whose replicas read
+    # their weights from a cache (autoscale/loop.py).
+    assert sim.settings_for("small-h100", "gateway", constants)["new"] == STAGED_TARGET_ACTIVE_REQUESTS
     # A run with staged weights at the hub's constants says so.
     mismatched, _ = run_main(sim, "--quick", "--json", "--weights", "cache", "--policies", "new")
     assert "(tuned with weights from hub)" in mismatched, mismatched

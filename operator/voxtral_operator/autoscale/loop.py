@@ -107,8 +107,10 @@ EventPoster = Callable[[JSON, str, str, str], None]
 ServingSink = Callable[[Key, tuple[bool, str, str]], None]
 
 
-def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
-    """The policy's bounds from the spec, and its priors from the catalog."""
+def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig, start_path: str = "") -> Limits:
+    """The policy's bounds from the spec, and its priors from the catalog. `start_path` is the cold-start
+    path the next replica takes (coldstart.py; "" when unknown: the hub's, the slowest), which the default
+    targetActiveRequests follows."""
     model = resolve.model_profile(spec)
     gpu = resolve.gpu_catalog(config)[spec.gpu.type]
     engine = spec.engine
@@ -125,6 +127,8 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig) -> Limits:
     target_active_requests = spec.autoscaling.target_active_requests
     if target_active_requests is None:
         target_active_requests = models.DEFAULT_TARGET_ACTIVE_REQUESTS
+        if start_path in (coldstart.SHARED_CACHE, coldstart.LOCAL_CACHE):
+            target_active_requests = models.STAGED_TARGET_ACTIVE_REQUESTS
         if model.realtime:
             target_active_requests = max(1, math.floor(models.REALTIME_TARGET_SESSION_SHARE * max_num_seqs))
     return Limits(
@@ -339,8 +343,9 @@ class Autoscaler:
             )
         else:  # most endpoints at most ticks: no task to make
             samples, gateway = [], await self._gateway_sample(key, spec, state, now)
+        start_path = self._start_path(key, endpoint, spec, bool(ready))
         seen = Observation(
-            start_path=self._start_path(key, endpoint, spec, bool(ready)),
+            start_path=start_path,
             manual=self._manual_scale(endpoint, spec, state),
             gateway=gateway,
             replicas=spec.desired_replicas,
@@ -363,7 +368,7 @@ class Autoscaler:
             state.hold_resumed = True
             delay = spec.autoscaling.scale_down_delay
             state.policy = resumed_hold(state.policy, seen.manual, endpoint, delay)
-        decision = decide(policy_limits(spec, self.config), seen, state.policy, self.wall_clock())
+        decision = decide(policy_limits(spec, self.config, start_path), seen, state.policy, self.wall_clock())
         state.policy = decision.state
         await self._save(key, endpoint, state, now)
         namespace, name = key
