@@ -174,6 +174,11 @@ def test_the_staged_weights_constants_were_tuned_on_training_seeds_with_staged_w
     # What the tuning chose for the operator's policy is the default of an endpoint whose replicas read
     # their weights from a cache (autoscale/loop.py).
     assert sim.settings_for("small-h100", "gateway", constants)["new"] == STAGED_TARGET_ACTIVE_REQUESTS
+    # From the node's disk the tuning (of the operator's policy alone) chose the hub's default again.
+    local = sim.load_constants(sim.CONSTANTS_FILE.with_name("policy_constants-local.json"))
+    assert local["training"]["small-h100"]["gateway"]["weights"] == "local"
+    assert min(local["training"]["small-h100"]["gateway"]["seeds"]) >= 100
+    assert sim.settings_for("small-h100", "gateway", local)["new"] == DEFAULT_TARGET_ACTIVE_REQUESTS
     # A run with staged weights at the hub's constants says so.
     mismatched, _ = run_main(sim, "--quick", "--json", "--weights", "cache", "--policies", "new")
     assert "(tuned with weights from hub)" in mismatched, mismatched

@@ -145,9 +145,9 @@ class AutoscalingPolicy(enum.StrEnum):
 
 # The requests policy's target when the spec sets none, by the cold-start path the next replica takes
 # (coldstart.py): what bench/tune_policies.py chose on training seeds for each. A replica that reads its
-# weights from a cache is ready minutes sooner, so replicas can run fuller.
-DEFAULT_TARGET_ACTIVE_REQUESTS = 4  # ColdDownload: the weights from the hub
-STAGED_TARGET_ACTIVE_REQUESTS = 5  # SharedCache or LocalCache: staged in a model cache, or on the node
+# weights and compiled kernels from the model cache is ready minutes sooner, so replicas can run fuller.
+DEFAULT_TARGET_ACTIVE_REQUESTS = 4  # ColdDownload (from the hub) and LocalCache (the node's disk, compiling)
+STAGED_TARGET_ACTIVE_REQUESTS = 5  # SharedCache: weights and compile cache on the model cache volume
 REALTIME_TARGET_SESSION_SHARE = 0.6
 DEFAULT_SCALE_DOWN_DELAY_SECONDS = {AutoscalingPolicy.REQUESTS: 900, AutoscalingPolicy.WORKLOAD: 300}
 
@@ -178,11 +178,10 @@ class AutoscalingSpec(_Model):
         le=4096,
         description=(
             "The requests policy: requests in flight per replica it scales to, at most the replica's maxNumSeqs. "
-            "Default by the way the next replica gets its weights: 4 when it downloads them from the hub, 5 when "
-            "it reads them from a filled modelCache (coldStart.prestageWeights, weightsSource preloaded, or an "
-            "earlier replica's download) or the node's disk, whose shorter cold start lets replicas run fuller; "
-            "a realtime model: 60 % of the sessions a replica holds, each session one request for its whole "
-            "length."
+            "Default by the way the next replica gets its weights: 5 when it reads them from a filled "
+            "modelCache (coldStart.prestageWeights, weightsSource preloaded, or an earlier replica's download), "
+            "whose shorter cold start lets replicas run fuller; else 4; a realtime model: 60 % of the sessions a "
+            "replica holds, each session one request for its whole length."
         ),
     )
     target_queue_depth: int = Field(

@@ -127,7 +127,7 @@ def policy_limits(spec: VoxtralEndpointSpec, config: OperatorConfig, start_path:
     target_active_requests = spec.autoscaling.target_active_requests
     if target_active_requests is None:
         target_active_requests = models.DEFAULT_TARGET_ACTIVE_REQUESTS
-        if start_path in (coldstart.SHARED_CACHE, coldstart.LOCAL_CACHE):
+        if start_path == coldstart.SHARED_CACHE:
             target_active_requests = models.STAGED_TARGET_ACTIVE_REQUESTS
         if model.realtime:
             target_active_requests = max(1, math.floor(models.REALTIME_TARGET_SESSION_SHARE * max_num_seqs))
