@@ -125,7 +125,7 @@ import statistics
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -2004,13 +2004,16 @@ class Target:
     p99_wait_s: float = 60.0
     failed_share: float = 0.001
 
-    def met(self, score: Score) -> bool:
-        return all(
-            percentile(d.waits, 95) <= self.p95_wait_s
-            and percentile(d.waits, 99) <= self.p99_wait_s
-            and d.failed <= self.failed_share * max(1, d.requests)
-            for d in score.days
+    def day_met(self, day: DayFigures) -> bool:
+        return (
+            percentile(day.waits, 95) <= self.p95_wait_s
+            and percentile(day.waits, 99) <= self.p99_wait_s
+            and day.failed <= self.failed_share * max(1, day.requests)
         )
+
+    def met(self, score: Score, skip: Collection[int] = ()) -> bool:
+        """Every scored day meets it (but the days at the indexes in `skip`)."""
+        return all(self.day_met(d) for i, d in enumerate(score.days) if i not in skip)
 
     def distance(self, score: Score) -> float:
         """How far the worst day misses the target (0 when met): to pick the closest setting."""
@@ -2082,8 +2085,51 @@ def paired_differences(new: Score, others: Sequence[Score]) -> list[str]:
     return texts
 
 
+def ceiling_setting(scenario: Scenario) -> tuple[str, float]:
+    """Every replica the endpoint may have (maxReplicas), up all day: a day this misses the target on is
+    beyond what the endpoint can serve, a capacity question no autoscaler answers."""
+    return ("fixed", float(scenario.max_replicas))
+
+
+def day_name(setup: Setup, scores: Score, index: int) -> str:
+    per_seed = len(scores.days) // len(setup.seeds)
+    return f"seed {setup.seeds[index // per_seed]} day {setup.warmup_days + index % per_seed}"
+
+
+def beyond_ceiling(
+    setup: Setup, scores: Sequence[Score], ceiling: Score, target: Target, oracle: Score, hindsight: Score
+) -> list[str]:
+    """Lines for the days even the ceiling misses the target on: which they are, and each policy's verdict
+    and GPU-hours on the other days (empty when there are none)."""
+    beyond = [i for i, day in enumerate(ceiling.days) if not target.day_met(day)]
+    if not beyond:
+        return []
+    rest = len(ceiling.days) - len(beyond)
+    named = ", ".join(
+        f"{day_name(setup, ceiling, i)} ({ceiling.days[i].requests:,} requests, {ceiling.days[i].failed:,} failed)"
+        for i in beyond
+    )
+    lines = [
+        f"  beyond the endpoint's ceiling, {ceiling.value:g} replicas (maxReplicas) up all day missing the target: "
+        f"{named}; on the other {rest} days:"
+    ]
+    verdicts = []
+    for score in [*scores, oracle, hindsight]:
+        hours = [h for i, h in enumerate(score.hours_by_day()) if i not in beyond]
+        p99 = max((p for i, p in enumerate(score.per_day(99)) if i not in beyond), default=0.0)
+        met = "met" if target.met(score, skip=beyond) else f"MISSED (p99 up to {p99:.0f} s)"
+        verdicts.append(f"{score.policy} {statistics.fmean(hours) if hours else 0.0:.1f} GPU-h/day {met}")
+    lines.extend("    " + "; ".join(verdicts[i : i + 3]) for i in range(0, len(verdicts), 3))
+    return lines
+
+
 def report(
-    setup: Setup, scores: Sequence[Score], oracle: Score, hindsight: Score, target: Target
+    setup: Setup,
+    scores: Sequence[Score],
+    oracle: Score,
+    hindsight: Score,
+    target: Target,
+    ceiling: Score | None = None,
 ) -> tuple[str, dict[str, Any]]:
     seeds = len(setup.seeds)
     lines = [
@@ -2138,6 +2184,8 @@ def report(
         f"({'meets' if target.met(hindsight) else 'misses'} the target), "
         f"{hindsight_hours / oracle_hours if oracle_hours else math.nan:.2f}x the oracle: what foresight buys"
     )
+    if ceiling is not None:
+        lines.extend(beyond_ceiling(setup, scores, ceiling, target, oracle, hindsight))
     if setup.reserved_gpus:
         split = ", ".join(
             f"{name} {p['reserved_gpu_hours']:.1f} + {p['overflow_gpu_hours']:.1f}" for name, p in policies.items()
@@ -2627,9 +2675,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(matched_tails(evaluate_seeds(setup, at, chosen, workers)))
         print(f"  {time.perf_counter() - started:.0f}s")
         return 0
-    scores = evaluate_seeds(setup, settings, chosen, workers)
+    ceiling_run = ceiling_setting(scenario)
+    extra = [] if ceiling_run in settings else [ceiling_run]
+    scores = evaluate_seeds(setup, [*settings, *extra], chosen, workers)
+    ceiling = scores[[*settings, *extra].index(ceiling_run)]
+    scores = scores[: len(settings)]
     oracle, hindsight = tune_oracles(setup, target, workers)
-    text, payload = report(setup, scores, oracle, hindsight, target)
+    text, payload = report(setup, scores, oracle, hindsight, target, ceiling)
     elapsed = time.perf_counter() - started
     engine = Engine.of(scenario)
     if setup.trace is not None:

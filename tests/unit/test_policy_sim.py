@@ -711,3 +711,31 @@ def test_the_last_evening_has_its_backlog_too_due_after_the_days_simulated(sim: 
     last = [arrival for arrival, _, _ in rows if arrival >= 2 * sim.DAY]
     assert len(last) == 10
     assert all(sim.due_by(arrival) > 3 * sim.DAY for arrival in last)  # after the 3 days: never scored
+
+
+def test_a_day_beyond_the_endpoints_ceiling_is_named_and_every_policy_judged_without_it(sim: Any) -> None:
+    # Two seeds of two scored days; the fourth day is more than every replica the endpoint may have can
+    # serve. It is named, and each policy's verdict and GPU-hours are given again on the other three.
+    def day(failed: int = 0, gpu_h: float = 10.0) -> Any:
+        waits = {0: 100 - failed, int(600 / sim.WAIT_BIN_S): failed} if failed else {0: 100}
+        return sim.DayFigures(waits=waits, requests=100, failed=failed, gpu_s=gpu_h * 3600)
+
+    def score(policy: str, value: float, *days: Any) -> Any:
+        return sim.Score(policy, value, list(days), 24.0, 0)
+
+    setup = sim.Setup(sim.SCENARIOS["small-h100"], seeds=(7, 8))
+    target = sim.Target()
+    new = score("new", 4, day(), day(), day(), day(failed=30, gpu_h=50))
+    kubeai = score("kubeai", 2, day(), day(failed=5), day(), day(failed=40))
+    oracle = score("oracle", 0.7, day(), day(), day(), day(failed=20))
+    hindsight = score("hindsight", 0.3, day(), day(), day(), day(failed=20))
+    ceiling = score("fixed", 24, day(gpu_h=576), day(gpu_h=576), day(gpu_h=576), day(failed=10, gpu_h=576))
+    text, _ = sim.report(setup, [new, kubeai], oracle, hindsight, target, ceiling)
+    assert "seed 8 day 6 (100 requests, 10 failed); on the other 3 days:" in text, text
+    assert "new 10.0 GPU-h/day met" in text, text
+    assert "kubeai 10.0 GPU-h/day MISSED (p99 up to 600 s)" in text, text
+    assert not target.met(new)  # the table's own verdict is over every day
+    # Without a ceiling run, or when it meets the target every day, nothing more is said.
+    for other in (None, score("fixed", 24, *(day(gpu_h=576) for _ in range(4)))):
+        plain, _ = sim.report(setup, [new, kubeai], oracle, hindsight, target, other)
+        assert "ceiling" not in plain, plain
