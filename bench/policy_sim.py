@@ -2028,9 +2028,10 @@ class Target:
         return worst
 
 
-def choose(scores: Sequence[Score], target: Target) -> tuple[Score, bool]:
-    """The cheapest setting meeting the target on every day; else the one missing it least."""
-    good = [s for s in scores if target.met(s)]
+def choose(scores: Sequence[Score], target: Target, skip: Collection[int] = ()) -> tuple[Score, bool]:
+    """The cheapest setting meeting the target on every day (but those in `skip`); else the one missing it
+    least."""
+    good = [s for s in scores if target.met(s, skip)]
     if good:
         return min(good, key=lambda s: sum(s.hours_by_day())), True
     return min(scores, key=lambda s: (target.distance(s), sum(s.hours_by_day()))), False
@@ -2041,13 +2042,19 @@ def choose(scores: Sequence[Score], target: Target) -> tuple[Score, bool]:
 ORACLES = {"oracle": (0.55, 0.7, 0.8, 0.9), "hindsight": (0.2, 0.3, 0.35, 0.4, 0.45, 0.55, 0.7)}
 
 
-def tune_oracles(setup: Setup, target: Target, workers: int) -> tuple[Score, Score]:
+def tune_oracles(setup: Setup, target: Target, workers: int) -> tuple[Score, Score, list[Score]]:
     """The oracle and the hindsight oracle, each at its highest utilisation meeting the target on the very
-    days scored: each knows the trace (one ahead, one behind), so tuning it on them is its definition."""
+    days scored: each knows the trace (one ahead, one behind), so tuning it on them is its definition.
+    Every utilisation's score comes too, to choose again on fewer days."""
     settings = [(name, u) for name, values in ORACLES.items() for u in values]
-    scores = evaluate_seeds(setup, settings, {}, workers)
-    oracle, _ = choose([s for s in scores if s.policy == "oracle"], target)
-    hindsight, _ = choose([s for s in scores if s.policy == "hindsight"], target)
+    grid = evaluate_seeds(setup, settings, {}, workers)
+    oracle, hindsight = choose_oracles(grid, target)
+    return oracle, hindsight, grid
+
+
+def choose_oracles(grid: Sequence[Score], target: Target, skip: Collection[int] = ()) -> tuple[Score, Score]:
+    oracle, _ = choose([s for s in grid if s.policy == "oracle"], target, skip)
+    hindsight, _ = choose([s for s in grid if s.policy == "hindsight"], target, skip)
     return oracle, hindsight
 
 
@@ -2091,16 +2098,17 @@ def ceiling_setting(scenario: Scenario) -> tuple[str, float]:
     return ("fixed", float(scenario.max_replicas))
 
 
-def day_name(setup: Setup, scores: Score, index: int) -> str:
-    per_seed = len(scores.days) // len(setup.seeds)
+def day_name(setup: Setup, score: Score, index: int) -> str:
+    per_seed = len(score.days) // len(setup.seeds)
     return f"seed {setup.seeds[index // per_seed]} day {setup.warmup_days + index % per_seed}"
 
 
 def beyond_ceiling(
-    setup: Setup, scores: Sequence[Score], ceiling: Score, target: Target, oracle: Score, hindsight: Score
+    setup: Setup, scores: Sequence[Score], ceiling: Score, target: Target, oracle_grid: Sequence[Score]
 ) -> list[str]:
     """Lines for the days even the ceiling misses the target on: which they are, and each policy's verdict
-    and GPU-hours on the other days (empty when there are none)."""
+    and GPU-hours on the other days, the oracles' utilisations chosen again on them (empty when there are
+    no such days)."""
     beyond = [i for i, day in enumerate(ceiling.days) if not target.day_met(day)]
     if not beyond:
         return []
@@ -2114,11 +2122,13 @@ def beyond_ceiling(
         f"{named}; on the other {rest} days:"
     ]
     verdicts = []
+    oracle, hindsight = choose_oracles(oracle_grid, target, beyond)
     for score in [*scores, oracle, hindsight]:
         hours = [h for i, h in enumerate(score.hours_by_day()) if i not in beyond]
         p99 = max((p for i, p in enumerate(score.per_day(99)) if i not in beyond), default=0.0)
         met = "met" if target.met(score, skip=beyond) else f"MISSED (p99 up to {p99:.0f} s)"
-        verdicts.append(f"{score.policy} {statistics.fmean(hours) if hours else 0.0:.1f} GPU-h/day {met}")
+        at = f" (utilization {score.value:g})" if score.policy in ORACLES else ""
+        verdicts.append(f"{score.policy}{at} {statistics.fmean(hours) if hours else 0.0:.1f} GPU-h/day {met}")
     lines.extend("    " + "; ".join(verdicts[i : i + 3]) for i in range(0, len(verdicts), 3))
     return lines
 
@@ -2130,6 +2140,7 @@ def report(
     hindsight: Score,
     target: Target,
     ceiling: Score | None = None,
+    oracle_grid: Sequence[Score] = (),
 ) -> tuple[str, dict[str, Any]]:
     seeds = len(setup.seeds)
     lines = [
@@ -2185,7 +2196,7 @@ def report(
         f"{hindsight_hours / oracle_hours if oracle_hours else math.nan:.2f}x the oracle: what foresight buys"
     )
     if ceiling is not None:
-        lines.extend(beyond_ceiling(setup, scores, ceiling, target, oracle, hindsight))
+        lines.extend(beyond_ceiling(setup, scores, ceiling, target, oracle_grid or (oracle, hindsight)))
     if setup.reserved_gpus:
         split = ", ".join(
             f"{name} {p['reserved_gpu_hours']:.1f} + {p['overflow_gpu_hours']:.1f}" for name, p in policies.items()
@@ -2680,8 +2691,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     scores = evaluate_seeds(setup, [*settings, *extra], chosen, workers)
     ceiling = scores[[*settings, *extra].index(ceiling_run)]
     scores = scores[: len(settings)]
-    oracle, hindsight = tune_oracles(setup, target, workers)
-    text, payload = report(setup, scores, oracle, hindsight, target, ceiling)
+    oracle, hindsight, oracle_grid = tune_oracles(setup, target, workers)
+    text, payload = report(setup, scores, oracle, hindsight, target, ceiling, oracle_grid)
     elapsed = time.perf_counter() - started
     engine = Engine.of(scenario)
     if setup.trace is not None:

@@ -727,13 +727,17 @@ def test_a_day_beyond_the_endpoints_ceiling_is_named_and_every_policy_judged_wit
     target = sim.Target()
     new = score("new", 4, day(), day(), day(), day(failed=30, gpu_h=50))
     kubeai = score("kubeai", 2, day(), day(failed=5), day(), day(failed=40))
-    oracle = score("oracle", 0.7, day(), day(), day(), day(failed=20))
+    oracle = score("oracle", 0.55, day(gpu_h=6), day(gpu_h=6), day(gpu_h=6), day(failed=20))
+    # Fuller replicas: cheaper on the days within the ceiling, worse beyond it.
+    fuller = score("oracle", 0.7, day(gpu_h=5), day(gpu_h=5), day(gpu_h=5), day(failed=80))
     hindsight = score("hindsight", 0.3, day(), day(), day(), day(failed=20))
     ceiling = score("fixed", 24, day(gpu_h=576), day(gpu_h=576), day(gpu_h=576), day(failed=10, gpu_h=576))
-    text, _ = sim.report(setup, [new, kubeai], oracle, hindsight, target, ceiling)
+    assert sim.choose_oracles([oracle, fuller, hindsight], target) == (oracle, hindsight)  # the least miss
+    text, _ = sim.report(setup, [new, kubeai], oracle, hindsight, target, ceiling, [oracle, fuller, hindsight])
     assert "seed 8 day 6 (100 requests, 10 failed); on the other 3 days:" in text, text
     assert "new 10.0 GPU-h/day met" in text, text
     assert "kubeai 10.0 GPU-h/day MISSED (p99 up to 600 s)" in text, text
+    assert "oracle (utilization 0.7) 5.0 GPU-h/day met" in text, text  # chosen again on those days
     assert not target.met(new)  # the table's own verdict is over every day
     # Without a ceiling run, or when it meets the target every day, nothing more is said.
     for other in (None, score("fixed", 24, *(day(gpu_h=576) for _ in range(4)))):
