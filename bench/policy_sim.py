@@ -2687,10 +2687,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {time.perf_counter() - started:.0f}s")
         return 0
     ceiling_run = ceiling_setting(scenario)
-    extra = [] if ceiling_run in settings else [ceiling_run]
-    scores = evaluate_seeds(setup, [*settings, *extra], chosen, workers)
-    ceiling = scores[[*settings, *extra].index(ceiling_run)]
-    scores = scores[: len(settings)]
+    runs = list(dict.fromkeys([*settings, ceiling_run]))  # the ceiling once, even when it is a setting compared
+    by_run = dict(zip(runs, evaluate_seeds(setup, runs, chosen, workers), strict=True))
+    scores, ceiling = [by_run[s] for s in settings], by_run[ceiling_run]
     oracle, hindsight, oracle_grid = tune_oracles(setup, target, workers)
     text, payload = report(setup, scores, oracle, hindsight, target, ceiling, oracle_grid)
     elapsed = time.perf_counter() - started
