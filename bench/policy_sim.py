@@ -93,7 +93,10 @@ for working hours plus HPA on KV usage (KEDA's cron trigger beside a reactive tr
 and a clairvoyant `oracle` (reads the trace ahead, starts replicas one worst-case cold start early,
 pays the same cold starts and billing, tuned to the same wait target): the limit; beside it the same
 rule told only the past (`hindsight`: the exact load of every minute already over, nothing ahead),
-what a perfect measurement without foresight buys. Each policy's constant comes from
+what a perfect measurement without foresight buys. `--foresight` adds a third between them, the
+`forecast` oracle: the exact past and, ahead, each minute's expected load (other draws of the same
+day's rate without its bursts, averaged), what a perfect forecast of the load, not of the requests,
+adds. `--no-bursts` runs the same days without their bursts. Each policy's constant comes from
 bench/policy_constants.json, written by bench/tune_policies.py from training seeds only; this script
 scores them.
 
@@ -108,6 +111,7 @@ requests are ordered by the gateway alone, as transcriptions are.
     python bench/policy_sim.py --quick --json        # smoke test
     python bench/policy_sim.py --trace calls.csv --warmup-days 7 --json
     python bench/policy_sim.py --reserved-target --seeds 1 --plot bench/reserved-pool.svg
+    python bench/policy_sim.py --foresight --first-seed 10 --seeds 6   # what each kind of foresight buys
     python bench/policy_sim.py --reserved-target --keep-pool-up --json
 """
 
@@ -414,8 +418,9 @@ def day_kind(day: int, holidays: Iterable[int] = ()) -> str:
     return "holiday" if day in set(holidays) else WEEKDAYS[day % 7]
 
 
-def _rate_curve(rng: random.Random, peak: float, kind: str = "weekday") -> list[float]:
-    """Arrival rate (requests/s) for every second of one day."""
+def _rate_curve(rng: random.Random, peak: float, kind: str = "weekday", bursts_on: bool = True) -> list[float]:
+    """Arrival rate (requests/s) for every second of one day. Without `bursts_on` the bursts are drawn (the
+    day's other draws stay the same) and left out."""
     level_share, kind_shift, burst_mean = DAY_KINDS[kind]
     level = peak * level_share * rng.uniform(0.9, 1.1)
     shift = rng.uniform(-1200, 1200) + kind_shift
@@ -438,7 +443,7 @@ def _rate_curve(rng: random.Random, peak: float, kind: str = "weekday") -> list[
         h0, h1 = hours[index], hours[index + 1]
         share = shares[index] + (shares[index + 1] - shares[index]) * min(1.0, max(0.0, (second - h0) / (h1 - h0)))
         rate = level * share * noise[second // 300]
-        for start, end, factor in bursts:
+        for start, end, factor in bursts if bursts_on else ():
             if start <= second < end:
                 rate *= factor
         curve.append(rate)
@@ -467,14 +472,18 @@ def _request(rng: random.Random, arrival: float) -> Row:
     return arrival, audio, round(audio * rng.uniform(2.6, 3.4)) + 5
 
 
-def call_centre_day(seed: int, peak: float, day: int = 1, kind: str | None = None) -> list[Row]:
+def call_centre_day(seed: int, peak: float, day: int = 1, kind: str | None = None, bursts: bool = True) -> list[Row]:
     """One day's requests as (arrival_s, audio_s, output_tokens), arrivals from day x 86400 on.
 
     Each (seed, day) is its own day: its own level, timing, noise and bursts; its kind (weekday,
-    saturday, sunday, holiday) from the day of the week unless given."""
+    saturday, sunday, holiday) from the day of the week unless given. Without `bursts`: the same day's
+    level, timing and slow noise, its bursts left out (--no-bursts)."""
     rng = random.Random(seed * 1_000_003 + day)
-    curve = _rate_curve(rng, peak, kind or day_kind(day))
-    offset = day * DAY
+    curve = _rate_curve(rng, peak, kind or day_kind(day), bursts)
+    return _requests(rng, curve, day * DAY)
+
+
+def _requests(rng: random.Random, curve: Sequence[float], offset: float) -> list[Row]:
     out = []
     for second, rate in enumerate(curve):
         for _ in range(_poisson(rng, rate)):
@@ -483,12 +492,22 @@ def call_centre_day(seed: int, peak: float, day: int = 1, kind: str | None = Non
     return out
 
 
-def call_centre_days(seed: int, peak: float, days: int, holidays: Iterable[int] = ()) -> list[Row]:
+def twin_days(seed: int, peak: float, day: int, kind: str, twins: int) -> list[list[Row]]:
+    """`twins` other draws of one day's requests from the same rate curve without its bursts: what a
+    forecast that knew the day's level, timing and slow noise exactly would expect, request by request."""
+    out = []
+    for twin in range(twins):
+        curve = _rate_curve(random.Random(seed * 1_000_003 + day), peak, kind, bursts_on=False)
+        out.append(_requests(random.Random(f"twin {seed} {day} {twin}"), curve, day * DAY))
+    return out
+
+
+def call_centre_days(seed: int, peak: float, days: int, holidays: Iterable[int] = (), bursts: bool = True) -> list[Row]:
     """Days 0..days-1 (day 0 a Monday), with the given days holidays."""
     holidays = set(holidays)
     rows: list[Row] = []
     for day in range(days):
-        rows.extend(call_centre_day(seed, peak, day, day_kind(day, holidays)))
+        rows.extend(call_centre_day(seed, peak, day, day_kind(day, holidays), bursts))
     return rows
 
 
@@ -1544,6 +1563,17 @@ def oracle_need(rows: Sequence[Row], engine: Engine, start: float, end: float, u
     """Replicas each minute of [start, end) needs if every request were admitted on arrival: the KV
     cache its prompt and output hold while it runs (at a half-full replica's step time), over the
     share of a replica's cache the oracle allows itself."""
+    return need_of(kv_token_seconds(rows, engine, start, end), engine, utilization)
+
+
+def need_of(kv_seconds: Sequence[float], engine: Engine, utilization: float) -> list[int]:
+    capacity = engine.kv_tokens * utilization * ORACLE_BIN_S
+    return [math.ceil(k / capacity) for k in kv_seconds]
+
+
+def kv_token_seconds(rows: Sequence[Row], engine: Engine, start: float, end: float) -> list[float]:
+    """The KV cache token-seconds each minute of [start, end) holds if every request were admitted on
+    arrival."""
     bins = math.ceil((end - start) / ORACLE_BIN_S) + 1
     kv_seconds = [0.0] * bins
     step = engine.weights_read_s + 0.5 * engine.kv_tokens * engine.kv_read_s_per_token
@@ -1562,8 +1592,22 @@ def oracle_need(rows: Sequence[Row], engine: Engine, start: float, end: float, u
             edge = min(stop, (index + 1) * ORACLE_BIN_S)
             kv_seconds[index] += held * (edge - t)
             t = edge
-    capacity = engine.kv_tokens * utilization * ORACLE_BIN_S
-    return [math.ceil(k / capacity) for k in kv_seconds]
+    return kv_seconds
+
+
+FORECAST_TWINS = 8  # draws of each day averaged into the forecast oracle's expected load
+
+
+def expected_kv_token_seconds(setup: Setup, seed: int, engine: Engine, start: float, end: float) -> list[float]:
+    """Each minute's KV token-seconds of [start, end) as the day's rate without its bursts makes them on
+    average (FORECAST_TWINS draws): the forecast oracle's view ahead. Built-in days only."""
+    peak = setup.scenario.peak_rate * setup.peak_scale
+    total: list[float] = []
+    for day in range(max(0, int(start // DAY)), min(setup.days, math.ceil(end / DAY))):
+        for rows in twin_days(seed, peak, day, day_kind(day, setup.holidays), FORECAST_TWINS):
+            each = kv_token_seconds(rows, engine, start, end)
+            total = [a + b for a, b in zip(total, each, strict=True)] if total else each
+    return [t / FORECAST_TWINS for t in total] or [0.0] * (math.ceil((end - start) / ORACLE_BIN_S) + 1)
 
 
 @dataclass
@@ -1575,7 +1619,12 @@ class Oracle:
     With `foresight` False it is the same rule told only the past (the `hindsight` oracle): the need of
     every minute already over, exact, and nothing ahead; it keeps the highest need of the last lead, the
     window the clairvoyant one looks ahead mirrored behind. What a reactive policy with a perfect
-    measurement of the load could do with that rule: the gap between the two is what foresight buys."""
+    measurement of the load could do with that rule: the gap between the two is what foresight buys.
+
+    Given `expected` (the `forecast` oracle, `--foresight`), it is told the past as the hindsight oracle
+    is and, ahead, each minute's expected need (the day's rate without its bursts, averaged over other
+    draws of its requests), keeping the higher: what a perfect forecast of the load, not of the requests,
+    adds to a perfect measurement."""
 
     need: list[int]
     start: float
@@ -1583,6 +1632,7 @@ class Oracle:
     min_replicas: int = 1
     max_replicas: int = 24
     foresight: bool = True
+    expected: list[int] | None = None
 
     def tick(self, cluster: Cluster, now: float) -> None:
         if int(now) % 10:
@@ -1595,6 +1645,9 @@ class Oracle:
             first = max(0, minute - math.ceil(self.lead_s / ORACLE_BIN_S))
             last = max(0, minute)
         window = self.need[first:last] or [0]
+        if self.expected is not None:
+            ahead = int((now + self.lead_s - self.start) // ORACLE_BIN_S) + 1
+            window = [*window, *self.expected[max(0, minute) : ahead]]
         desired = min(max(max(window), self.min_replicas), self.max_replicas)
         if desired != cluster.replicas:
             cluster.scale_to(desired, now)
@@ -1792,6 +1845,7 @@ class Setup:
     window: tuple[float, float] | None = None  # (from, to) seconds of the first scored day only: --quick
     lead_in_s: float = 3600.0  # stateless policies start this long before the first scored day
     backlog: int = 0  # deferrable items added every evening to the built-in days
+    bursts: bool = True  # False: the built-in days without their bursts (--no-bursts, a what-if)
     deferrable: bool = True  # False: the deferrable rows are left out (the run to compare against)
     lane_kv: bool = True  # the lane rule bounds deferrable work by the replica's KV cache too (False: slots only)
     take_back: bool = True  # an interactive request that does not fit takes back deferrable ones (False: never)
@@ -1817,7 +1871,7 @@ def load_rows(setup: Setup, seed: int) -> tuple[list[Row], list[Row], int, int]:
         days = last - first + 1
     else:
         peak = setup.scenario.peak_rate * setup.peak_scale
-        rows = call_centre_days(seed, peak, setup.days, setup.holidays)
+        rows = call_centre_days(seed, peak, setup.days, setup.holidays, setup.bursts)
         batch = overnight_backlog(seed, setup.days, setup.backlog)
         first, days = 0, setup.days
     return rows, batch if setup.deferrable else [], first, days
@@ -1894,12 +1948,24 @@ def evaluate(
     start, end = scored_span(setup, first, days)
     scored = range(int(start // DAY), math.ceil(end / DAY))
     out = []
+    forecast_kv: list[float] | None = None  # computed once for every forecast setting
     for name, value in settings:
-        if name in ORACLES:
+        if name in ORACLES or name == FORECAST:
             lead = cold_start_range(engine, True, setup.weights)[1]
             need = oracle_need(rows, engine, start - setup.lead_in_s, end + lead, value)
+            expected = None
+            if name == FORECAST:
+                if forecast_kv is None:
+                    forecast_kv = expected_kv_token_seconds(setup, seed, engine, start - setup.lead_in_s, end + lead)
+                expected = need_of(forecast_kv, engine, value)
             policy: SimPolicy = Oracle(
-                need, start - setup.lead_in_s, lead, scenario.min_replicas, scenario.max_replicas, name == "oracle"
+                need,
+                start - setup.lead_in_s,
+                lead,
+                scenario.min_replicas,
+                scenario.max_replicas,
+                name == "oracle",
+                expected,
             )
             begin = start - setup.lead_in_s
         else:
@@ -2056,6 +2122,48 @@ def choose_oracles(grid: Sequence[Score], target: Target, skip: Collection[int] 
     oracle, _ = choose([s for s in grid if s.policy == "oracle"], target, skip)
     hindsight, _ = choose([s for s in grid if s.policy == "hindsight"], target, skip)
     return oracle, hindsight
+
+
+# The forecast oracle (`--foresight`): the hindsight oracle's past and, ahead, the expected load. Its
+# utilisations are the hindsight oracle's: the same budget.
+FORECAST = "forecast"
+
+
+def foresight_table(setup: Setup, target: Target, chosen: dict[str, float], workers: int) -> str:
+    """What each kind of foresight buys, on the scored days: the clairvoyant oracle (every request ahead),
+    the forecast oracle (the expected load ahead, the exact past), the hindsight oracle (the exact past
+    only), each at its highest utilisation meeting the target there, beside the operator's policy at its
+    tuned setting."""
+    settings = [(name, u) for name, values in ORACLES.items() for u in values]
+    settings += [(FORECAST, u) for u in ORACLES["hindsight"]] + [("new", chosen["new"])]
+    grid = evaluate_seeds(setup, settings, chosen, workers)
+    oracle, hindsight = choose_oracles(grid, target)
+    forecast, _ = choose([s for s in grid if s.policy == FORECAST], target)
+    oracle_hours = sum(oracle.hours_by_day())
+    lines = [
+        "| | what it knows | setting | GPU-h/day | vs oracle | p95 per day | p99 per day | failed | per-day target |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    knows = {
+        "oracle": "every request ahead",
+        FORECAST: "the expected load ahead, the exact past",
+        "hindsight": "the exact past",
+        "new": "its own scrapes",
+    }
+    for score in (oracle, forecast, hindsight, grid[-1]):
+        hours = score.hours_by_day()
+        setting = (
+            POLICY_BY_NAME[score.policy].label(score.value)
+            if score.policy in POLICY_BY_NAME
+            else f"{score.value:.0%} of the KV cache"
+        )
+        p95, p99 = score.per_day(95), score.per_day(99)
+        lines.append(
+            f"| {score.policy} | {knows[score.policy]} | {setting} | {sum(hours) / len(hours):.1f} | "
+            f"{sum(hours) / oracle_hours if oracle_hours else math.nan:.2f} | {min(p95):.0f}-{max(p95):.0f} s | "
+            f"{min(p99):.0f}-{max(p99):.0f} s | {score.pooled.failed:,} | {'met' if target.met(score) else 'not met'} |"
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2567,6 +2675,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reserved-gpus", type=int, default=0, help="GPUs paid all day; beyond them on demand")
     parser.add_argument("--backlog", type=int, default=0, help="deferrable items every evening (built-in days)")
     parser.add_argument(
+        "--foresight",
+        action="store_true",
+        help="what foresight buys: the oracle, a forecast oracle (the expected load ahead, the exact past) and the "
+        "hindsight oracle, each at its highest utilisation meeting the target, beside the operator's policy",
+    )
+    parser.add_argument(
+        "--no-bursts",
+        dest="bursts",
+        action="store_false",
+        help="a what-if: the built-in days without their bursts (the same levels, timing and slow noise): how much "
+        "of the gap to the oracle is the bursts no policy sees coming",
+    )
+    parser.add_argument(
         "--lane-slots-only",
         dest="lane_kv",
         action="store_false",
@@ -2642,7 +2763,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenario = SCENARIOS[args.scenario]
     holidays = tuple(int(d) for d in args.holidays.split(",") if d.strip())
     if args.write_trace:
-        write_trace(args.write_trace, call_centre_days(args.first_seed, scenario.peak_rate, args.days, holidays))
+        rows = call_centre_days(args.first_seed, scenario.peak_rate, args.days, holidays, args.bursts)
+        write_trace(args.write_trace, rows)
         return 0
     setup = Setup(
         scenario,
@@ -2655,6 +2777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.weights,
         args.reserved_gpus,
         backlog=args.backlog,
+        bursts=args.bursts,
         lane_kv=args.lane_kv,
         take_back=args.take_back,
         take_back_on_waiting=args.take_back_on_waiting,
@@ -2662,9 +2785,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep_pool_up=args.keep_pool_up,
         draw=args.draw,
     )
+    if not args.bursts and args.trace:
+        parser.error("--no-bursts takes the bursts out of the built-in days, not out of a --trace")
     if args.keep_pool_up and not (args.reserved_gpus or args.reserved_target):
         parser.error("--keep-pool-up needs a reserved pool (--reserved-gpus or --reserved-target)")
     at = settings_at(args.at, parser)
+    if args.foresight and (args.trace or args.reserved_target or args.json or at):
+        parser.error(
+            "--foresight prints its own table of the built-in days: not with --trace, --reserved-target, --json or --at"
+        )
     if at and (args.reserved_target or args.json):
         parser.error("--at prints its own table: not with --reserved-target or --json")
     if args.reserved_target:
@@ -2686,6 +2815,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(matched_tails(evaluate_seeds(setup, at, chosen, workers)))
         print(f"  {time.perf_counter() - started:.0f}s")
         return 0
+    if args.foresight:
+        print(foresight_table(setup, target, chosen, workers))
+        print(f"  {time.perf_counter() - started:.0f}s")
+        return 0
     ceiling_run = ceiling_setting(scenario)
     runs = list(dict.fromkeys([*settings, ceiling_run]))  # the ceiling once, even when it is a setting compared
     by_run = dict(zip(runs, evaluate_seeds(setup, runs, chosen, workers), strict=True))
@@ -2701,7 +2834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         source = (
             f"built-in days 0-{setup.days - 1} from a Monday, holidays {list(setup.holidays)}, "
-            f"seeds {setup.seeds[0]}-{setup.seeds[-1]}"
+            f"seeds {setup.seeds[0]}-{setup.seeds[-1]}{'' if setup.bursts else ', without their bursts'}"
         )
     billing = f"{setup.reserved_gpus} reserved GPUs, the rest on demand" if setup.reserved_gpus else "on demand"
     print(f"scenario {scenario.name}: {scenario.model} on {scenario.gpu_type}, routing {setup.routing}; {source}")

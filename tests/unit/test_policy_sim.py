@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import random
 import re
 import sys
 from dataclasses import dataclass, field, replace
@@ -200,10 +201,10 @@ def test_the_simulator_runs_the_operators_own_policy(sim: Any) -> None:
     assert (limits.policy, limits.target_active_requests) == (str(AutoscalingSpec().policy), 8)
 
 
-def test_the_oracle_starts_replicas_ahead_of_the_load_and_the_hindsight_one_only_after_it(sim: Any) -> None:
+def test_the_oracles_start_replicas_ahead_of_the_load_ahead_of_the_expected_load_or_after_it(sim: Any) -> None:
     # The same rule, one told the trace ahead and one only the minutes already over: on a morning ramp
     # (05:00-07:00 of a built-in Monday) the first extra replica comes a cold start before the minute
-    # that needs it, or after that minute.
+    # that needs it, or after that minute. The forecast oracle below: ahead of the expected load.
     scenario = replace(sim.SCENARIOS["small-h100"], min_replicas=1)
     day = sim.call_centre_day(3, scenario.peak_rate, day=0)
     ramp = [(t - 18000, audio, output) for t, audio, output in day if 18000 <= t < 25200]
@@ -231,6 +232,28 @@ def test_the_oracle_starts_replicas_ahead_of_the_load_and_the_hindsight_one_only
         first_up[foresight] = next(now for now, replicas in watched.seen if replicas > 1)
     assert first_up[True] <= needed_at - lead + 10, (first_up, needed_at, lead)
     assert first_up[False] >= needed_at + sim.ORACLE_BIN_S, (first_up, needed_at)
+
+    # The forecast oracle: the hindsight oracle's past and, ahead, the load other draws of this day's rate
+    # (without bursts) bring on average. Told a past that never asks for more than one replica, it starts
+    # the second a cold start before the expected load asks for it; the hindsight oracle never does.
+    setup = sim.Setup(scenario, seeds=(3,), days=1, warmup_days=0)
+    expected = sim.need_of(sim.expected_kv_token_seconds(setup, 3, engine, 18000.0, 25200.0 + lead), engine, 0.7)
+    assert len(expected) == len(need)
+    assert expected[0] <= 1 < max(expected), expected  # the ramp is in the expected load
+    expected_at = next(i for i, n in enumerate(expected) if n > 1) * sim.ORACLE_BIN_S
+    flat = [1] * len(need)
+    seen = {}
+    for name, ahead in (("forecast", expected), ("hindsight", None)):
+        watched = Watched(sim.Oracle(flat, 0.0, lead, 1, scenario.max_replicas, False, ahead))
+        sim.simulate(ramp, scenario, "gateway", watched, 5, 0.0, 7200.0)
+        seen[name] = [now for now, replicas in watched.seen if replicas > 1]
+    assert seen["hindsight"] == [], seen["hindsight"][:3]
+    assert seen["forecast"], (expected_at, lead)
+    assert expected_at - lead - sim.ORACLE_BIN_S <= seen["forecast"][0] <= expected_at - lead + 10, (
+        seen["forecast"][0],
+        expected_at,
+        lead,
+    )
 
 
 def test_more_replicas_never_raise_the_wait(sim: Any, morning: Rows) -> None:
@@ -351,6 +374,40 @@ def test_days_of_the_week_and_holidays_differ(sim: Any) -> None:
     assert len(holiday) < len(saturday) < 0.5 * len(monday)
     long_files = [r for r in monday if r[1] >= 1500]
     assert 0.02 < len(long_files) / len(monday) < 0.06  # a few percent of requests are 25-40 minute files
+
+
+def test_what_foresight_buys_is_one_table_of_the_three_oracles_beside_the_policy(
+    sim: Any, capsys: Any, monkeypatch: Any
+) -> None:
+    # One utilisation each keeps the smoke test short; the table is the same code at the full grid.
+    monkeypatch.setattr(sim, "ORACLES", {"oracle": (0.9,), "hindsight": (0.7,)})
+    assert sim.main(["--quick", "--foresight"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    assert [row[0] for row in rows] == ["| oracle", "| forecast", "| hindsight", "| new"], rows
+    assert rows[0][4] == "1.00", rows
+    assert rows[1][2] == "70% of the KV cache", rows  # the forecast tries the hindsight oracle's utilisations
+    assert rows[3][2] == "targetActiveRequests 4", rows
+    for argv in (["--quick", "--foresight", "--json"], ["--quick", "--foresight", "--at", "new=4"]):
+        with pytest.raises(SystemExit):
+            sim.main(argv)
+        assert "--foresight prints its own table" in capsys.readouterr().err, argv
+
+
+def test_days_without_their_bursts_keep_everything_else(sim: Any, capsys: Any) -> None:
+    peak = sim.SCENARIOS["small-h100"].peak_rate
+    with_bursts = sim._rate_curve(random.Random(5), peak)
+    without = sim._rate_curve(random.Random(5), peak, bursts_on=False)
+    raised = [s for s, (a, b) in enumerate(zip(with_bursts, without, strict=True)) if a != b]
+    assert raised, "a weekday of seed 5 has bursts"
+    assert all(with_bursts[s] >= 1.5 * without[s] for s in raised)  # a burst is 1.5-2.5x
+    assert len(raised) < len(without) / 4  # the rest of the day: the same level, timing and noise
+    monday, calm = sim.call_centre_day(5, peak, day=0), sim.call_centre_day(5, peak, day=0, bursts=False)
+    assert len(calm) < len(monday)
+    first = raised[0]
+    assert [r for r in calm if r[0] < first] == [r for r in monday if r[0] < first]
+    with pytest.raises(SystemExit):
+        sim.main(["--quick", "--no-bursts", "--trace", "calls.csv"])
+    assert "--no-bursts takes the bursts out of the built-in days" in capsys.readouterr().err
 
 
 def test_a_trace_with_classes_replays_deterministically(sim: Any, morning: Rows, tmp_path: Path) -> None:
