@@ -71,6 +71,8 @@ bench: $(STAMP) $(HELM)
 	$(BIN)/python bench/policy_sim.py --weights cache --constants bench/policy_constants-cache.json --first-seed 16 --seeds 6
 	$(BIN)/python bench/policy_sim.py --first-seed 22 --seeds 6
 	$(BIN)/python bench/policy_sim.py --weights cache --constants bench/policy_constants-cache.json --first-seed 22 --seeds 6
+	$(BIN)/python bench/policy_sim.py --first-seed 28 --seeds 6
+	$(BIN)/python bench/policy_sim.py --weights cache --constants bench/policy_constants-cache.json --first-seed 28 --seeds 6
 	$(BIN)/python bench/policy_sim.py
 	$(BIN)/python bench/policy_sim.py --first-seed 4 --seeds 6
 	$(BIN)/python bench/policy_sim.py --reserved-target --first-seed 10 --seeds 3
