@@ -2816,6 +2816,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {time.perf_counter() - started:.0f}s")
         return 0
     if args.foresight:
+        bursts = "" if setup.bursts else ", without their bursts"
+        print(
+            f"what foresight buys: {scenario.name}, routing {setup.routing}, weights from {setup.weights}, "
+            f"seeds {setup.seeds[0]}-{setup.seeds[-1]}{bursts}, days {setup.warmup_days}+ scored"
+        )
         print(foresight_table(setup, target, chosen, workers))
         print(f"  {time.perf_counter() - started:.0f}s")
         return 0

@@ -382,7 +382,9 @@ def test_what_foresight_buys_is_one_table_of_the_three_oracles_beside_the_policy
     # One utilisation each keeps the smoke test short; the table is the same code at the full grid.
     monkeypatch.setattr(sim, "ORACLES", {"oracle": (0.9,), "hindsight": (0.7,)})
     assert sim.main(["--quick", "--foresight"]) == 0
-    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    out = capsys.readouterr().out
+    assert out.startswith("what foresight buys: small-h100, routing gateway, weights from hub, seeds 1-1, days"), out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ")][1:]
     assert [row[0] for row in rows] == ["| oracle", "| forecast", "| hindsight", "| new"], rows
     assert rows[0][4] == "1.00", rows
     assert rows[1][2] == "70% of the KV cache", rows  # the forecast tries the hindsight oracle's utilisations
