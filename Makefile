@@ -68,6 +68,7 @@ bench: $(STAMP) $(HELM)
 	$(BIN)/python bench/policy_sim.py --foresight --first-seed 10 --seeds 6
 	$(BIN)/python bench/policy_sim.py --foresight --no-bursts --first-seed 10 --seeds 6
 	$(BIN)/python bench/policy_sim.py --foresight --first-seed 28 --seeds 6
+	$(BIN)/python bench/policy_sim.py --foresight --no-bursts --first-seed 28 --seeds 6
 	$(BIN)/python bench/policy_sim.py --first-seed 16 --seeds 6
 	$(BIN)/python bench/policy_sim.py --weights cache --constants bench/policy_constants-cache.json --first-seed 16 --seeds 6
 	$(BIN)/python bench/policy_sim.py --first-seed 22 --seeds 6
