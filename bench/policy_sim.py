@@ -495,11 +495,8 @@ def _requests(rng: random.Random, curve: Sequence[float], offset: float) -> list
 def twin_days(seed: int, peak: float, day: int, kind: str, twins: int) -> list[list[Row]]:
     """`twins` other draws of one day's requests from the same rate curve without its bursts: what a
     forecast that knew the day's level, timing and slow noise exactly would expect, request by request."""
-    out = []
-    for twin in range(twins):
-        curve = _rate_curve(random.Random(seed * 1_000_003 + day), peak, kind, bursts_on=False)
-        out.append(_requests(random.Random(f"twin {seed} {day} {twin}"), curve, day * DAY))
-    return out
+    curve = _rate_curve(random.Random(seed * 1_000_003 + day), peak, kind, bursts_on=False)
+    return [_requests(random.Random(f"twin {seed} {day} {twin}"), curve, day * DAY) for twin in range(twins)]
 
 
 def call_centre_days(seed: int, peak: float, days: int, holidays: Iterable[int] = (), bursts: bool = True) -> list[Row]:
@@ -1602,12 +1599,11 @@ def expected_kv_token_seconds(setup: Setup, seed: int, engine: Engine, start: fl
     """Each minute's KV token-seconds of [start, end) as the day's rate without its bursts makes them on
     average (FORECAST_TWINS draws): the forecast oracle's view ahead. Built-in days only."""
     peak = setup.scenario.peak_rate * setup.peak_scale
-    total: list[float] = []
+    total = kv_token_seconds([], engine, start, end)  # every minute at zero
     for day in range(max(0, int(start // DAY)), min(setup.days, math.ceil(end / DAY))):
         for rows in twin_days(seed, peak, day, day_kind(day, setup.holidays), FORECAST_TWINS):
-            each = kv_token_seconds(rows, engine, start, end)
-            total = [a + b for a, b in zip(total, each, strict=True)] if total else each
-    return [t / FORECAST_TWINS for t in total] or [0.0] * (math.ceil((end - start) / ORACLE_BIN_S) + 1)
+            total = [a + b for a, b in zip(total, kv_token_seconds(rows, engine, start, end), strict=True)]
+    return [t / FORECAST_TWINS for t in total]
 
 
 @dataclass
@@ -1638,15 +1634,14 @@ class Oracle:
         if int(now) % 10:
             return
         minute = int((now - self.start) // ORACLE_BIN_S)
+        ahead = int((now + self.lead_s - self.start) // ORACLE_BIN_S) + 1  # the minutes to one lead from now
         if self.foresight:
-            first = max(0, minute)
-            last = int((now + self.lead_s - self.start) // ORACLE_BIN_S) + 1
+            first, last = max(0, minute), ahead
         else:  # minutes over only: the current one is still arriving
             first = max(0, minute - math.ceil(self.lead_s / ORACLE_BIN_S))
             last = max(0, minute)
         window = self.need[first:last] or [0]
         if self.expected is not None:
-            ahead = int((now + self.lead_s - self.start) // ORACLE_BIN_S) + 1
             window = [*window, *self.expected[max(0, minute) : ahead]]
         desired = min(max(max(window), self.min_replicas), self.max_replicas)
         if desired != cluster.replicas:
