@@ -533,16 +533,20 @@ class Reconciler:
         value = base64.b64encode(secrets.token_urlsafe(32).encode()).decode()
         body = {**obj, "data": {render.gateway.BACKEND_KEY: value}}
         body["metadata"] = {k: v for k, v in obj["metadata"].items() if k != "annotations"}
-        self._backend_key_created[key] = (uid, time.monotonic(), reported_missing)
+        # Recorded once the server has answered that it exists: a create that failed (the API server
+        # restarting mid-request) is sent again by the retry, not taken as made.
+        made = (uid, time.monotonic(), reported_missing)
         try:
             await self.client.create(resources.SECRETS, key[0], body)
         except ApiError as exc:
             if exc.status == 409:
+                self._backend_key_created[key] = made
                 return None
             if exc.status not in _REFUSALS:
                 raise
             logs.log_child_change(key, "refused", "Secret", name, f"{exc.status} {exc.reason}: {exc.message}")
             raise ChildRefused("ApplyRejected", f"Secret {name}: {exc.status} {exc.reason}: {exc.message}") from exc
+        self._backend_key_created[key] = made
         why = "the gateway reported it missing" if reported_missing else "the gateway's backend key"
         logs.log_child_change(key, "created", "Secret", name, why)
         return "created"

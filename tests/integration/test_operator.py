@@ -11,6 +11,7 @@ import kmock
 import pytest
 
 from voxtral_operator import rbac
+from voxtral_operator.k8s.client import ApiClient
 from voxtral_testbed.apiserver import writes
 from voxtral_testbed.harness import (
     Kube,
@@ -391,6 +392,23 @@ async def test_api_errors_are_retried_until_converged(sandbox: Sandbox, kube: Ku
     await eventually(lambda: ready(kube), timeout=30)
     for path in CHILD_PATHS:
         assert await kube.get(path) is not None, path
+
+
+async def test_a_backend_key_whose_create_failed_is_created_on_the_retry(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess
+) -> None:
+    # The API server fails the create longer than the client retries it (as while it restarts): the
+    # reconcile's retry must send it again, not take it as made. No gateway pod runs here to report
+    # the Secret missing later.
+    failed = ApiClient.__init__.__kwdefaults__["attempts"]
+    sandbox.api["post", kmock.resource("", "v1", "secrets")][:failed] << 500
+    secret = f"/api/v1/namespaces/{NS}/secrets/{NAME}-backend-key"
+
+    await kube.create(endpoint_path(NS), endpoint())
+    await eventually(lambda: ready(kube), timeout=30)
+    await eventually(lambda: kube.get(secret), timeout=30)
+    posts = [r for r in writes(sandbox.api) if r.method == "POST" and "/secrets" in str(r.url)]
+    assert len(posts) == failed + 1, [str(r.url) for r in posts]
 
 
 async def test_two_replicas_with_peering_only_one_acts(sandbox: Sandbox, kube: Kube, tmp_path: Path) -> None:
