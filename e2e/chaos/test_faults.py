@@ -102,6 +102,20 @@ class Fleet:
         if names:
             self.kubectl.run("delete", "vxe", *names, "-n", self.namespace, "--wait=true", "--timeout=120s")
 
+    def operator_log_size(self) -> int:
+        log = self.local.state / "logs" / "operator.log"
+        return log.stat().st_size if log.exists() else 0
+
+    def operator_log_naming(self, since: int, names: set[str], last: int = 60) -> list[str]:
+        """The operator log's last lines from byte `since` that mention one of `names`."""
+        log = self.local.state / "logs" / "operator.log"
+        if not names or not log.exists():
+            return []
+        with log.open("rb") as lines:
+            lines.seek(since)
+            text = lines.read().decode(errors="replace")
+        return [line[:400] for line in text.splitlines() if any(n in line for n in names)][-last:]
+
     def operator_pid(self) -> int:
         return int((self.local.state / "pids" / "operator").read_text())
 
@@ -152,6 +166,8 @@ class Outcome:
     excused: list[Call]
     refused_429: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # The operator's log lines, from the fault on, that name what it wrote after settling: its reasons.
+    late_log: list[str] = field(default_factory=list)
 
     def record(self, local: LocalCluster) -> None:
         row = {
@@ -171,7 +187,11 @@ class Outcome:
         print(f"\n[chaos] {json.dumps(row)}")
 
     def check(self) -> None:
-        assert not self.writes_after, f"{self.scenario}: operator writes after settling: {self.writes_after[:20]}"
+        assert not self.writes_after, (
+            f"{self.scenario}: operator writes after settling: {self.writes_after[:20]}\n"
+            + "the operator's log on them:\n"
+            + "\n".join(self.late_log)
+        )
         assert not self.failed, f"{self.scenario}: requests failed: {self.failed[:5]}"
 
 
@@ -187,6 +207,7 @@ def run_scenario(
     """Inject the fault with callers running; wait until converged and settled; watch 60 s more."""
     kubectl, audit = fleet.kubectl, fleet.audit
     since, started = audit.offset(), time.time()
+    log_since = fleet.operator_log_size()
     with fleet.base_url() as base_url, Callers(base_url).running() as callers:
         fault()
         converged = max(wait_converged(kubectl, ns) for ns in (fleet.namespace, *namespaces))
@@ -207,6 +228,7 @@ def run_scenario(
         refused_429=sum(1 for w in writes if w.code == 429),
         extra=figures(writes),
     )
+    outcome.late_log = fleet.operator_log_naming(log_since, {w.name.split(".")[0] for w in outcome.writes_after})
     outcome.record(fleet.local)
     return outcome
 
