@@ -121,7 +121,8 @@ class Fleet:
 
 
 def unconverged(kubectl: Kubectl, namespace: str) -> list[str]:
-    """What differs from the specs of the namespace's endpoints (empty: converged)."""
+    """What differs from the specs of the namespace's endpoints (empty: converged): "settled" is judged
+    once the world is, or pods still starting (the gateway's) would give the operator reasons to write."""
     problems = []
     deployments = {d["metadata"]["name"]: d for d in kubectl.json("get", "deployments", "-n", namespace)["items"]}
     services = {s["metadata"]["name"] for s in kubectl.json("get", "services", "-n", namespace)["items"]}
@@ -143,6 +144,14 @@ def unconverged(kubectl: Kubectl, namespace: str) -> list[str]:
             problems.append(f"{name}: Deployment replicas {have}, ready {ready}, spec {want}")
         if want and condition(endpoint, "Ready").get("status") != "True":
             problems.append(f"{name}: Ready {condition(endpoint, 'Ready')}")
+        # The gateway runs also while suspended; the operator writes status when it first reads it.
+        if (spec.get("gateway") or {}).get("enabled", True):
+            gateway = deployments.get(f"{name}-gateway")
+            gateway_ready = ((gateway or {}).get("status") or {}).get("readyReplicas") or 0
+            if gateway is None or gateway_ready != gateway["spec"].get("replicas"):
+                problems.append(
+                    f"{name}: gateway Deployment {'missing' if gateway is None else f'ready {gateway_ready}'}"
+                )
     return problems
 
 
