@@ -70,6 +70,7 @@ ACTIONS = {
     "Scaled": "Scale",
     "ScaledReplicasUp": "Scale",
     "ScaledReplicasDown": "Scale",
+    "ScalingLimited": "Scale",
     "InvalidSpec": "Validate",
     "NameConflict": "Apply",
     "ApplyRejected": "Apply",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,57 @@ async def test_burst_scales_up_then_back_down_after_the_delay(
     assert "ScaledReplicasDown" in reasons
     denied = sorted(p for p in request_permissions(_operator_requests(sandbox)) if not rbac.allowed(*p))
     assert not denied, denied
+
+
+async def test_a_load_beyond_max_replicas_is_one_warning_and_a_gauge_until_it_fits(
+    sandbox: Sandbox, kube: Kube, operator: OperatorProcess, vllm_port: int
+) -> None:
+    body = endpoint("capped", maxReplicas=2)
+    body["spec"]["autoscaling"] |= {"policy": "requests", "targetActiveRequests": 3}
+    await kube.create(endpoint_path(NS), body)
+    await eventually(lambda: ready_replicas(kube, "capped"), timeout=30)
+    short = 'endpoint="capped",namespace="speech"'
+
+    async def replicas_short() -> float | None:
+        value = operator.metric("voxtral_operator_replicas_short", short)
+        return value or None
+
+    def limited_events() -> list[dict[str, Any]]:
+        events = sandbox.api.objects_of("events.k8s.io/v1/events", NS)
+        return [e for e in events if e.get("reason") == "ScalingLimited"]
+
+    async with load(pod_ips(sandbox, "capped"), vllm_port, concurrency=24):
+        # About 24 in flight at 3 a replica asks for 8 replicas; maxReplicas holds the endpoint at 2.
+        await eventually(replicas_short, timeout=30)
+
+        async def posted() -> list[dict[str, Any]]:
+            return limited_events()
+
+        await eventually(posted, timeout=15)
+        # Many more ticks at the ceiling (each scrapes both replicas).
+        scrapes = "voxtral_operator_scrape_duration_seconds_count"
+        before = operator.metric(scrapes) or 0.0
+
+        async def ticked() -> bool:
+            return (operator.metric(scrapes) or 0.0) >= before + 16
+
+        await eventually(ticked, timeout=30)
+        assert await spec_replicas(kube, "capped") == 2
+
+    events = limited_events()
+    # One Event for the episode: posted again at every tick it would be a series (count, last seen).
+    assert len(events) == 1, events
+    assert "series" not in events[0], events[0]
+    asked = re.search(r"the load asks for (\d+) replicas and maxReplicas is 2:", events[0]["note"])
+    assert asked is not None, events[0]["note"]
+    assert int(asked.group(1)) > 2, events[0]["note"]
+    assert events[0]["type"] == "Warning"
+
+    # The load gone, the gauge says so at the next tick.
+    async def fits() -> bool:
+        return operator.metric("voxtral_operator_replicas_short", short) == 0.0
+
+    await eventually(fits, timeout=15)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from voxtral_operator.autoscale.policy import (
     State,
     decide,
     prior_work_per_second,
+    replicas_short,
 )
 from voxtral_operator.autoscale.scrape import parse_queue_metrics
 
@@ -380,6 +381,19 @@ def test_a_surge_that_lasts_a_cold_start_is_met_in_full() -> None:
         decision = decide(LIMITS, seen, state, now + second)
         replicas, state = decision.replicas, replace(decision.state, loading_since=())
     assert replicas == 4  # 1.6 replicas' worth at 50 %
+
+
+def test_a_surge_beyond_max_replicas_is_the_replicas_it_asks_for_beyond_them() -> None:
+    limits, state, replicas = replace(LIMITS, max_replicas=3), steady(0.8), 2
+    shorts = []
+    for second in range(0, 2400, 10):
+        seen = Observation(replicas, replicas, pods(*[2.4 / replicas] * replicas))
+        decision = decide(limits, seen, state, NOW + second)
+        replicas, state = decision.replicas, replace(decision.state, loading_since=())
+        shorts.append(replicas_short(limits, decision))
+    assert replicas == 3
+    assert shorts[0] == 0  # the surge not yet counted: the load fits
+    assert shorts[-1] == 2, decision.reason  # 2.4 replicas' worth at 50 % asks for 5
 
 
 def test_capacity_is_learned_from_token_counters_of_saturated_replicas() -> None:

@@ -27,6 +27,7 @@ from voxtral_operator.autoscale.policy import (
     PodSample,
     State,
     decide,
+    replicas_short,
 )
 from voxtral_operator.coldstart import COLD_DOWNLOAD, LOCAL_CACHE, SHARED_CACHE
 
@@ -238,3 +239,26 @@ def test_a_realtime_replica_is_targeted_at_a_share_of_its_sessions(gpu: str, ses
     assert staged.target_active_requests == target
     spec["autoscaling"] = {"targetActiveRequests": 3}  # set: it wins
     assert policy_limits(parse_spec(spec), CONFIG).target_active_requests == 3
+
+
+CEILING_3 = replace(LIMITS, max_replicas=3)
+
+
+@pytest.mark.parametrize(
+    ("observation", "state", "short"),
+    [
+        # 3 replicas, 52 in flight at 6 a replica: 9 asked for, maxReplicas holds the endpoint at 3.
+        (seen(16, 16, 16, waiting=4), BEFORE, 6),
+        # 2 replicas, 36 in flight: 6 asked for, and the scale-up goes to the ceiling at once.
+        (seen(16, 16, waiting=4), BEFORE, 3),
+        # The same while scale-ups are paced: below the ceiling it is on its way, not limited yet.
+        (seen(16, 16, waiting=4), replace(BEFORE, last_scale_up=NOW - 5), 0),
+        # At the ceiling with the load within it, or within the 10 % tolerance HPA keeps: not limited.
+        (seen(6, 6, 6), BEFORE, 0),
+        (seen(6.5, 6.5, 6.5), BEFORE, 0),
+    ],
+)
+def test_the_replicas_the_load_asks_beyond_max_replicas(observation: Observation, state: State, short: int) -> None:
+    decision = decide(CEILING_3, observation, state, NOW)
+    assert decision.replicas <= CEILING_3.max_replicas
+    assert replicas_short(CEILING_3, decision) == short, decision.reason

@@ -304,6 +304,7 @@ def test_dashboard_is_valid_json_with_the_promised_panels() -> None:
         "vllm:num_requests_waiting",
         "voxtral_operator_scale_decisions_total",
         "vllm:time_to_first_token_seconds_bucket",
+        "voxtral_operator_replicas_short",
     ):
         assert series in exprs
 

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from voxtral_operator import coldstart, logs, render
 from voxtral_operator.api import catalog, models, resolve
 from voxtral_operator.api.models import AutoscalingMode, VoxtralEndpointSpec
 from voxtral_operator.autoscale.policy import (
+    Decision,
     GatewaySample,
     Hold,
     Limits,
@@ -35,6 +36,7 @@ from voxtral_operator.autoscale.policy import (
     State,
     decide,
     prior_work_per_second,
+    replicas_short,
 )
 from voxtral_operator.autoscale.scrape import (
     MAX_PROBE_BODY_BYTES,
@@ -65,6 +67,15 @@ SCRAPE_SECONDS = Histogram(
 )
 SCRAPE_ERRORS = Counter("voxtral_operator_scrape_errors_total", "vLLM pod scrapes that failed")
 DECISIONS = Counter("voxtral_operator_scale_decisions_total", "Scale decisions written, by direction", ["direction"])
+REPLICAS_SHORT = Gauge(
+    "voxtral_operator_replicas_short",
+    "Replicas the load asks for beyond maxReplicas while an endpoint is held at it (0: it is not)",
+    ["namespace", "endpoint"],
+)
+SCALING_LIMITED = "ScalingLimited"  # the Event's reason, HPA's word for it
+# A load that stays at maxReplicas or above makes one ScalingLimited Event, not one each time it dips:
+# the episode ends once the load has fit within maxReplicas this long.
+SCALING_LIMITED_CLEAR_SECONDS = 300.0
 # The autoscaler's status fields are its own, under a field manager of their own.
 AUTOSCALER_FIELD_MANAGER = "voxtral-operator-autoscaler"
 # queueDepth changes with every request; status carries it at most this often unless a decision changes.
@@ -234,6 +245,10 @@ class _EndpointState:
     restored: bool = False  # the saved state was looked for
     saved_at: float | None = None  # when the learned state was last saved (or restored)
     saved: JSON = field(default_factory=dict)
+    # The load held at maxReplicas: since when it has fit again (None while it does not), and whether
+    # this episode's Event has been posted.
+    limited: bool = False
+    fits_since: float | None = None
 
 
 @dataclass
@@ -277,6 +292,7 @@ class Autoscaler:
             await self._for_each(keys, self._check_serving, self._check_gateway_secrets)
         for gone in set(self._states) - set(keys):
             del self._states[gone]
+            _forget_short(gone)
         for gone in set(self._specs) - set(keys):
             del self._specs[gone]
 
@@ -328,8 +344,10 @@ class Autoscaler:
             return
         spec = self._valid_spec(key, endpoint.get("spec") or {})
         if spec is None or not spec.autoscaling.enabled:
+            _forget_short(key)
             return  # the reconciler reports invalid specs
         if spec.autoscaling.mode != AutoscalingMode.OPERATOR or spec.suspended:
+            _forget_short(key)
             return  # a suspended endpoint stays at zero whatever its gateway holds
         state = self._states.setdefault(key, _EndpointState())
         now = self.clock()
@@ -368,8 +386,10 @@ class Autoscaler:
             state.hold_resumed = True
             delay = spec.autoscaling.scale_down_delay
             state.policy = resumed_hold(state.policy, seen.manual, endpoint, delay)
-        decision = decide(policy_limits(spec, self.config, start_path), seen, state.policy, self.wall_clock())
+        limits = policy_limits(spec, self.config, start_path)
+        decision = decide(limits, seen, state.policy, self.wall_clock())
         state.policy = decision.state
+        self._note_ceiling(key, endpoint, state, replicas_short(limits, decision), decision, limits, now)
         await self._save(key, endpoint, state, now)
         namespace, name = key
         if decision.replicas == seen.replicas:
@@ -397,6 +417,35 @@ class Autoscaler:
             hold=_hold_status(decision.hold, spec.autoscaling.scale_down_delay),
             cold_starts=decision.state.cold_starts,
         )
+
+    def _note_ceiling(
+        self,
+        key: Key,
+        endpoint: JSON,
+        state: _EndpointState,
+        short: int,
+        decision: Decision,
+        limits: Limits,
+        now: float,
+    ) -> None:
+        """The load held at maxReplicas: the gauge at every tick, a Warning Event once an episode."""
+        REPLICAS_SHORT.labels(*key).set(short)
+        if short:
+            state.fits_since = None
+            if not state.limited:
+                state.limited = True
+                message = (
+                    f"the load asks for {decision.demand_replicas} replicas and maxReplicas is "
+                    f"{limits.max_replicas}: requests wait longer than the target until maxReplicas is "
+                    "raised (with the GPUs for it)"
+                )
+                self.post_event(endpoint, "Warning", SCALING_LIMITED, message)
+                logger.warning("%s/%s: %s", *key, message)
+        elif state.limited:
+            state.fits_since = now if state.fits_since is None else state.fits_since
+            if now - state.fits_since >= SCALING_LIMITED_CLEAR_SECONDS:
+                state.limited, state.fits_since = False, None
+                logger.info("%s/%s: the load fits within maxReplicas again", *key)
 
     def _manual_scale(self, endpoint: JSON, spec: VoxtralEndpointSpec, state: _EndpointState) -> ManualScale | None:
         """spec.replicas when a person (anyone but this autoscaler) wrote it last: creation, apply, edit or
@@ -726,3 +775,8 @@ def _gateway_enabled(spec: dict[str, Any]) -> bool:
     """As the models read it: a spec that does not mention the gateway has one (the API server stores
     the default, but an object read before defaulting, or from another store, may lack the field)."""
     return bool((spec.get("gateway") or {}).get("enabled", True))
+
+
+def _forget_short(key: Key) -> None:
+    with contextlib.suppress(KeyError):
+        REPLICAS_SHORT.remove(*key)

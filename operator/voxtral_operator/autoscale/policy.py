@@ -531,10 +531,19 @@ class Decision:
     explanation: Explanation
     state: State
     hold: Hold | None = None  # a person's scale kept as a floor, when one is
+    demand_replicas: int = 0  # what the load asks for, before minReplicas and maxReplicas bound it
 
     @property
     def reason(self) -> str:
         return str(self.explanation)
+
+
+def replicas_short(limits: Limits, decision: Decision) -> int:
+    """Replicas the load asks for beyond maxReplicas while the endpoint is held at it (0 when it is not):
+    its callers wait longer than the target, and only a higher maxReplicas (and the GPUs) serves them."""
+    if decision.replicas < limits.max_replicas:
+        return 0  # still on its way up (paced, or a step at a time)
+    return max(0, decision.demand_replicas - limits.max_replicas)
 
 
 def _ewma(old: float, new: float, dt: float, window: float) -> float:
@@ -787,7 +796,7 @@ def _decide_workload(limits: Limits, seen: Observation, state: State, now: float
             **hold_fields,
             **more,
         }
-        return Decision(replicas, explanation, replace(state, **fields), person)
+        return Decision(replicas, explanation, replace(state, **fields), person, up)
 
     low, high = limits.min_replicas, limits.max_replicas
     if current < low or current > high:
@@ -904,6 +913,7 @@ def _decide_requests(limits: Limits, seen: Observation, state: State, now: float
         by_level = level / per_replica
         recommended = math.ceil(by_level) if by_level / current - 1 > REQUESTS_TOLERANCE else current
     low, high = limits.min_replicas, limits.max_replicas
+    wanted = recommended
     recommended = min(max(recommended, low), high)
     reserved = _reserved_kept(limits, gateway, high)
     # The scale-down window. None yet (a restarted operator, or one switched from the workload policy):
@@ -946,7 +956,7 @@ def _decide_requests(limits: Limits, seen: Observation, state: State, now: float
             **hold_fields,
             **more,
         }
-        return Decision(replicas, explanation, replace(state, **fields), person)
+        return Decision(replicas, explanation, replace(state, **fields), person, wanted)
 
     if current < low or current > high:
         return decision(min(max(current, low), high), f"replicas {current} outside [{low}, {high}]")
