@@ -106,9 +106,9 @@ cluster-down:
 e2e: $(STAMP) $(HELM)
 ifeq ($(KUBECONFIG),)
 	e2e/cluster/up
-	e2e/cluster/exec $(CURDIR)/$(BIN)/python -m pytest e2e --ignore=e2e/chaos
+	e2e/cluster/exec $(CURDIR)/$(BIN)/python -m pytest e2e --ignore=e2e/chaos --durations=15
 else
-	$(BIN)/python -m pytest e2e --ignore=e2e/chaos
+	$(BIN)/python -m pytest e2e --ignore=e2e/chaos --durations=15
 endif
 
 # Every scenario (each passed three runs in a row on a busy 2-core machine; all eight take ~15 min).
