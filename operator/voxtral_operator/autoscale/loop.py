@@ -278,6 +278,8 @@ class Autoscaler:
                 try:
                     if self.is_active is None or await self.is_active():
                         await self.tick()
+                    else:
+                        REPLICAS_SHORT.clear()  # a standby's last figures would outlive its turn
                 except Exception:  # the loop must outlive any one bad tick
                     logger.exception("autoscaler tick failed")
                 elapsed = self.clock() - started
