@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import textwrap
@@ -12,19 +13,24 @@ from typing import Any
 
 import cel
 import kubernetes_validate
+import promql_parser
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
+import voxtral_operator.autoscale.loop  # registers the autoscaler's metrics
+import voxtral_operator.metrics  # noqa: F401 - registers the operator's metrics
 from voxtral_operator import config as operator_config
 from voxtral_operator import rbac
 from voxtral_operator.config import OperatorConfig
+from voxtral_operator.gateway import metrics as gateway_metrics
 from voxtral_operator.render import render
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "voxtral-operator"
 HELM = os.environ.get("HELM") or str(ROOT / ".tools" / "helm")
 # Kinds that are not part of Kubernetes itself: their own CRDs define them.
-NOT_BUILT_IN = {"ServiceMonitor", "PodMonitor", "KopfPeering", "ClusterKopfPeering"}
+NOT_BUILT_IN = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "KopfPeering", "ClusterKopfPeering"}
 
 pytestmark = pytest.mark.skipif(
     not Path(HELM).exists() and shutil.which("helm") is None, reason="helm not installed (make test installs it)"
@@ -78,6 +84,12 @@ NON_DEFAULT = [
     "--api-versions",
     "monitoring.coreos.com/v1/PodMonitor",
     "--set",
+    "metrics.prometheusRule.enabled=true",
+    "--set",
+    "metrics.prometheusRule.labels.release=kube-prometheus-stack",
+    "--api-versions",
+    "monitoring.coreos.com/v1/PrometheusRule",
+    "--set",
     "operatorConfig.gpuOverrides.L4-24GB.productLabel=nvidia-l4",
     "--set",
     "priorityClassName=system-cluster-critical",
@@ -111,7 +123,8 @@ def test_non_default_values_take_effect() -> None:
     assert "--peering=voxtral-operator" in args
     assert {"--namespace=speech", "--namespace=call-center"} <= set(args)
     assert objects["Deployment"]["spec"]["strategy"]["type"] == "RollingUpdate"
-    assert {"ServiceMonitor", "PodMonitor", "KopfPeering"} <= objects.keys()
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "KopfPeering"} <= objects.keys()
+    assert objects["PrometheusRule"]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     config = operator_config_of(rendered)
     assert config.gpu_overrides["L4-24GB"].product_label == "nvidia-l4"
     assert config.watched_namespaces == ["speech", "call-center"]
@@ -135,10 +148,16 @@ def test_more_than_one_replica_needs_peering() -> None:
     )
 
 
-@pytest.mark.parametrize("monitor", ["serviceMonitor", "podMonitor"])
-def test_notes_say_when_a_monitor_was_skipped_for_want_of_its_crd(monitor: str) -> None:
-    kind = monitor[0].upper() + monitor[1:]
-    assert f"no {kind} was created" in notes("--set", f"metrics.{monitor}.enabled=true")
+@pytest.mark.parametrize(
+    ("monitor", "said"),
+    [
+        ("serviceMonitor", "no ServiceMonitor was created"),
+        ("podMonitor", "no PodMonitor was created"),
+        ("prometheusRule", "PrometheusRule (the Prometheus Operator CRDs): no alerts were created"),
+    ],
+)
+def test_notes_say_when_a_monitor_was_skipped_for_want_of_its_crd(monitor: str, said: str) -> None:
+    assert said in notes("--set", f"metrics.{monitor}.enabled=true")
     assert "Skipped" not in notes()
 
 
@@ -398,3 +417,73 @@ def test_namespaced_mode_refuses_endpoints_outside_the_watched_namespaces() -> N
     assert "only in the namespaces team-a, team-b (chart value watchNamespaces)" in validation["message"]
     opted_out = template("--set", "watchNamespaces={team-a}", "--set", "refuseUnwatchedNamespaces=false")
     assert not [o for o in opted_out if o["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name the operator and the gateways export (a labelled family with no child yet
+    included), as PromQL names them."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    names = {family.name + suffix for family in REGISTRY.collect() for suffix in suffixes.get(family.type, ("",))}
+    names |= {
+        value for value in vars(gateway_metrics).values() if isinstance(value, str) and value.startswith("voxtral_")
+    }
+    return names
+
+
+def promql_checked(expr: str, known: set[str]) -> list[str]:
+    """The expression parsed by a PromQL parser (raises on a syntax error); the voxtral_ names it uses
+    that nothing exports."""
+    promql_parser.parse(expr)
+    return [name for name in re.findall(r"\bvoxtral_[a-z_]+\b", expr) if name not in known]
+
+
+def test_alerts_and_dashboard_queries_parse_and_name_only_metrics_that_exist() -> None:
+    known = exported_metric_names()
+    assert {"voxtral_operator_replicas_short", "voxtral_gateway_requests_total"} <= known
+    (rule,) = [o for o in template(*NON_DEFAULT) if o["kind"] == "PrometheusRule"]
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(alerts) == {
+        "VoxtralOperatorDown",
+        "VoxtralEndpointScalingLimited",
+        "VoxtralEndpointsFailed",
+        "VoxtralGatewaySecretMissing",
+        "VoxtralGatewayErrors",
+    }
+    for name, alert in alerts.items():
+        assert not promql_checked(alert["expr"], known), name
+        assert alert["labels"]["severity"] in {"warning", "critical"}, name
+        assert alert["annotations"]["summary"], name
+        assert alert["annotations"]["description"], name
+    # The operator's own alert names the job of the chart's ServiceMonitor: the metrics Service.
+    service = next(o for o in template(*NON_DEFAULT) if o["kind"] == "Service")
+    assert f'job="{service["metadata"]["name"]}"' in alerts["VoxtralOperatorDown"]["expr"]
+    assert "VoxtralOperatorDown" not in str(
+        template(
+            "--set", "metrics.prometheusRule.enabled=true", "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"
+        )
+    )
+    dashboard = json.loads((CHART / "dashboards" / "voxtral-endpoints.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            assert not promql_checked(target["expr"], known), panel["title"]
+
+
+def test_pod_monitors_select_the_pods_and_ports_the_operator_renders() -> None:
+    monitors = {o["metadata"]["name"]: o for o in template(*NON_DEFAULT) if o["kind"] == "PodMonitor"}
+    endpoint = {
+        "apiVersion": "voxtral.dev/v1alpha1",
+        "kind": "VoxtralEndpoint",
+        "metadata": {"name": "mini", "namespace": "speech", "uid": "0"},
+        "spec": {"model": "mistralai/Voxtral-Mini-3B-2507", "gpu": {"type": "L4-24GB"}},
+    }
+    pods = [o["spec"]["template"] for o in render(endpoint, OperatorConfig()) if o["kind"] == "Deployment"]
+    scraped = {}
+    for name, monitor in monitors.items():
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        (port,) = [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]]
+        (pod,) = [p for p in pods if wanted.items() <= p["metadata"]["labels"].items()]
+        assert port in {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}, name
+        assert monitor["spec"]["podTargetLabels"][0] in pod["metadata"]["labels"], name
+        scraped[pod["metadata"]["labels"]["app.kubernetes.io/component"]] = port
+    # vLLM's /metrics on its API port; the gateway's on its metrics port, never its API port.
+    assert scraped == {"inference-server": "http", "gateway": "metrics"}
