@@ -19,7 +19,7 @@ from collections import defaultdict
 import pytest
 
 from .chaos.audit import AuditLog, Write
-from .chaos.test_faults import unconverged
+from .chaos.test_faults import unconverged, wait_converged
 from .conftest import Kubectl, LocalCluster, endpoint_body, eventually
 from .test_operator import two_peers
 
@@ -30,7 +30,6 @@ PEERING = "voxtral-operator"  # the chart's peering.name
 # its last keepalive is this old, and only then does the other resume (it lists everything again).
 LEASE_SECONDS = 60.0
 TAKEOVER_SECONDS = LEASE_SECONDS + 30.0  # the lease, then the relist and the first write
-CONVERGE_SECONDS = 300.0
 
 
 def _pid(local: LocalCluster, instance: int) -> int:
@@ -94,14 +93,15 @@ def _takeover(kubectl: Kubectl, local: LocalCluster, audit: AuditLog, namespace:
     )
     os.killpg(_pid(local, active), signal.SIGKILL)
     killed_at = time.time()
-    left_at_kill = unconverged(kubectl, namespace)
+    left_at_kill = unconverged(kubectl, namespace, gateways=False)
     assert agent[active] in first_status.user_agent, (
         f"the first status write came from {first_status.user_agent!r}, not the active {agent[active]}"
     )
     assert left_at_kill, "every endpoint converged before the kill: not a takeover mid-burst"
 
-    eventually(lambda: not unconverged(kubectl, namespace), CONVERGE_SECONDS, f"{namespace} converged", 1.0)
-    converged_at = time.time()
+    # Who wrote what is judged here, not quiet after settling: the 40 endpoints' gateway pods, which take
+    # minutes to start on two cores, are not waited for (the fault suite, four endpoints a burst, waits).
+    converged_at = wait_converged(kubectl, namespace, gateways=False)
     time.sleep(3)  # the last writes' audit entries reach the log
     writes = [w for w in audit.writes(since) if w.namespace == namespace]
     by_peer = {instance: [w for w in writes if agent[instance] in w.user_agent] for instance in (active, passive)}

@@ -120,7 +120,7 @@ class Fleet:
         return int((self.local.state / "pids" / "operator").read_text())
 
 
-def unconverged(kubectl: Kubectl, namespace: str) -> list[str]:
+def unconverged(kubectl: Kubectl, namespace: str, *, gateways: bool = True) -> list[str]:
     """What differs from the specs of the namespace's endpoints (empty: converged): "settled" is judged
     once the world is, or pods still starting (the gateway's) would give the operator reasons to write."""
     problems = []
@@ -145,7 +145,7 @@ def unconverged(kubectl: Kubectl, namespace: str) -> list[str]:
         if want and condition(endpoint, "Ready").get("status") != "True":
             problems.append(f"{name}: Ready {condition(endpoint, 'Ready')}")
         # The gateway runs also while suspended; the operator writes status when it first reads it.
-        if (spec.get("gateway") or {}).get("enabled", True):
+        if gateways and (spec.get("gateway") or {}).get("enabled", True):
             gateway = deployments.get(f"{name}-gateway")
             gateway_ready = ((gateway or {}).get("status") or {}).get("readyReplicas") or 0
             if gateway is None or gateway_ready != gateway["spec"].get("replicas"):
@@ -155,8 +155,18 @@ def unconverged(kubectl: Kubectl, namespace: str) -> list[str]:
     return problems
 
 
-def wait_converged(kubectl: Kubectl, namespace: str) -> float:
-    eventually(lambda: not unconverged(kubectl, namespace), CONVERGE_SECONDS, f"{namespace} converged", interval=1.0)
+def wait_converged(kubectl: Kubectl, namespace: str, *, gateways: bool = True) -> float:
+    """When every endpoint of the namespace matched its spec; a failure lists what did not."""
+    left: list[str] = []
+
+    def converged() -> bool:
+        left[:] = unconverged(kubectl, namespace, gateways=gateways)
+        return not left
+
+    try:
+        eventually(converged, CONVERGE_SECONDS, f"{namespace} converged", interval=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; not converged: {left[:10]}") from None
     return time.time()
 
 
