@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,13 +103,16 @@ class Fleet:
         if names:
             self.kubectl.run("delete", "vxe", *names, "-n", self.namespace, "--wait=true", "--timeout=120s")
 
+    @property
+    def operator_log(self) -> Path:
+        return self.local.state / "logs" / "operator.log"  # where e2e/cluster/operator writes it
+
     def operator_log_size(self) -> int:
-        log = self.local.state / "logs" / "operator.log"
-        return log.stat().st_size if log.exists() else 0
+        return self.operator_log.stat().st_size if self.operator_log.exists() else 0
 
     def operator_log_naming(self, since: int, names: set[str], last: int = 60) -> list[str]:
         """The operator log's last lines from byte `since` that mention one of `names`."""
-        log = self.local.state / "logs" / "operator.log"
+        log = self.operator_log
         if not names or not log.exists():
             return []
         with log.open("rb") as lines:

@@ -10,20 +10,11 @@ from prometheus_client import REGISTRY
 from voxtral_operator.autoscale.loop import REPLICAS_SHORT, Autoscaler
 from voxtral_operator.config import OperatorConfig
 from voxtral_operator.k8s.client import ApiClient, Connection
+from voxtral_operator.reconcile import EmptyView
 
 
-class NoEndpoints:
-    def endpoint_keys(self) -> list[tuple[str, str]]:
-        return []
-
-    def endpoint(self, key: tuple[str, str]) -> dict[str, Any] | None:
-        return None
-
-    def pods(self, key: tuple[str, str]) -> list[dict[str, Any]]:
-        return []
-
-    def children(self, key: tuple[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
-        return {}
+class NoEndpoints(EmptyView):
+    """The reconciler's empty view, with the gateway pods the autoscaler also reads."""
 
     def gateway_pods(self, key: tuple[str, str]) -> list[dict[str, Any]]:
         return []

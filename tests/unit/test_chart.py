@@ -37,14 +37,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def render_network_policy(config: OperatorConfig) -> dict[str, Any]:
-    """The NetworkPolicy the operator renders for an endpoint without a gateway (callers meet vLLM)."""
-    endpoint = {
+def mini_endpoint(**spec: Any) -> dict[str, Any]:
+    return {
         "apiVersion": "voxtral.dev/v1alpha1",
         "kind": "VoxtralEndpoint",
         "metadata": {"name": "mini", "namespace": "speech"},
-        "spec": {"model": "mistralai/Voxtral-Mini-3B-2507", "gpu": {"type": "L4-24GB"}, "gateway": {"enabled": False}},
+        "spec": {"model": "mistralai/Voxtral-Mini-3B-2507", "gpu": {"type": "L4-24GB"}, **spec},
     }
+
+
+def render_network_policy(config: OperatorConfig) -> dict[str, Any]:
+    """The NetworkPolicy the operator renders for an endpoint without a gateway (callers meet vLLM)."""
+    endpoint = mini_endpoint(gateway={"enabled": False})
     (policy,) = [obj for obj in render(endpoint, config) if obj["kind"] == "NetworkPolicy"]
     return policy
 
@@ -470,13 +474,7 @@ def test_alerts_and_dashboard_queries_parse_and_name_only_metrics_that_exist() -
 
 def test_pod_monitors_select_the_pods_and_ports_the_operator_renders() -> None:
     monitors = {o["metadata"]["name"]: o for o in template(*NON_DEFAULT) if o["kind"] == "PodMonitor"}
-    endpoint = {
-        "apiVersion": "voxtral.dev/v1alpha1",
-        "kind": "VoxtralEndpoint",
-        "metadata": {"name": "mini", "namespace": "speech", "uid": "0"},
-        "spec": {"model": "mistralai/Voxtral-Mini-3B-2507", "gpu": {"type": "L4-24GB"}},
-    }
-    pods = [o["spec"]["template"] for o in render(endpoint, OperatorConfig()) if o["kind"] == "Deployment"]
+    pods = [o["spec"]["template"] for o in render(mini_endpoint(), OperatorConfig()) if o["kind"] == "Deployment"]
     scraped = {}
     for name, monitor in monitors.items():
         wanted = monitor["spec"]["selector"]["matchLabels"]

@@ -391,7 +391,7 @@ class Autoscaler:
         limits = policy_limits(spec, self.config, start_path)
         decision = decide(limits, seen, state.policy, self.wall_clock())
         state.policy = decision.state
-        self._note_ceiling(key, endpoint, state, replicas_short(limits, decision), decision, limits, now)
+        self._note_ceiling(key, endpoint, state, decision, limits, now)
         await self._save(key, endpoint, state, now)
         namespace, name = key
         if decision.replicas == seen.replicas:
@@ -425,12 +425,12 @@ class Autoscaler:
         key: Key,
         endpoint: JSON,
         state: _EndpointState,
-        short: int,
         decision: Decision,
         limits: Limits,
         now: float,
     ) -> None:
         """The load held at maxReplicas: the gauge at every tick, a Warning Event once an episode."""
+        short = replicas_short(limits, decision)
         REPLICAS_SHORT.labels(*key).set(short)
         if short:
             state.fits_since = None
