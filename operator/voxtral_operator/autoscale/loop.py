@@ -268,6 +268,8 @@ class Autoscaler:
     _specs: dict[Key, tuple[str, VoxtralEndpointSpec | None]] = field(default_factory=dict)  # see _valid_spec
     _session: aiohttp.ClientSession | None = None
     _semaphore: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
+    # The endpoints the replicas_short gauge shows, so one it never showed costs nothing to forget.
+    _shown_short: set[Key] = field(default_factory=set)
 
     async def run_forever(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.scrape_timeout_seconds)
@@ -280,6 +282,7 @@ class Autoscaler:
                         await self.tick()
                     else:
                         REPLICAS_SHORT.clear()  # a standby's last figures would outlive its turn
+                        self._shown_short.clear()
                 except Exception:  # the loop must outlive any one bad tick
                     logger.exception("autoscaler tick failed")
                 elapsed = self.clock() - started
@@ -294,7 +297,7 @@ class Autoscaler:
             await self._for_each(keys, self._check_serving, self._check_gateway_secrets)
         for gone in set(self._states) - set(keys):
             del self._states[gone]
-            _forget_short(gone)
+            self._forget_short(gone)
         for gone in set(self._specs) - set(keys):
             del self._specs[gone]
 
@@ -346,10 +349,10 @@ class Autoscaler:
             return
         spec = self._valid_spec(key, endpoint.get("spec") or {})
         if spec is None or not spec.autoscaling.enabled:
-            _forget_short(key)
+            self._forget_short(key)
             return  # the reconciler reports invalid specs
         if spec.autoscaling.mode != AutoscalingMode.OPERATOR or spec.suspended:
-            _forget_short(key)
+            self._forget_short(key)
             return  # a suspended endpoint stays at zero whatever its gateway holds
         state = self._states.setdefault(key, _EndpointState())
         now = self.clock()
@@ -432,6 +435,7 @@ class Autoscaler:
         """The load held at maxReplicas: the gauge at every tick, a Warning Event once an episode."""
         short = replicas_short(limits, decision)
         REPLICAS_SHORT.labels(*key).set(short)
+        self._shown_short.add(key)
         if short:
             state.fits_since = None
             if not state.limited:
@@ -448,6 +452,16 @@ class Autoscaler:
             if now - state.fits_since >= SCALING_LIMITED_CLEAR_SECONDS:
                 state.limited, state.fits_since = False, None
                 logger.info("%s/%s: the load fits within maxReplicas again", *key)
+
+    def _forget_short(self, key: Key) -> None:
+        """Not autoscaled by this operator now (gone, suspended, another mode): no gauge, and the episode
+        over, so a load held at maxReplicas after a resume is told again."""
+        state = self._states.get(key)
+        if state is not None:
+            state.limited, state.fits_since = False, None
+        if key in self._shown_short:
+            self._shown_short.discard(key)
+            REPLICAS_SHORT.remove(*key)
 
     def _manual_scale(self, endpoint: JSON, spec: VoxtralEndpointSpec, state: _EndpointState) -> ManualScale | None:
         """spec.replicas when a person (anyone but this autoscaler) wrote it last: creation, apply, edit or
@@ -777,8 +791,3 @@ def _gateway_enabled(spec: dict[str, Any]) -> bool:
     """As the models read it: a spec that does not mention the gateway has one (the API server stores
     the default, but an object read before defaulting, or from another store, may lack the field)."""
     return bool((spec.get("gateway") or {}).get("enabled", True))
-
-
-def _forget_short(key: Key) -> None:
-    with contextlib.suppress(KeyError):
-        REPLICAS_SHORT.remove(*key)
