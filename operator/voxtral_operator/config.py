@@ -50,7 +50,6 @@ DEFAULT_ALLOWED_EXTRA_ARGS: tuple[str, ...] = (
     "--dtype",
     "--quantization",
     "--seed",
-    "--disable-log-stats",
     "--max-log-len",
     "--log-level",
     "--uvicorn-log-level",

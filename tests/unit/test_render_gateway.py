@@ -312,7 +312,8 @@ def test_each_gateway_pod_enforces_its_share_of_the_key_limits_and_the_gateway_p
         "enabled": True,
         "replicas": 3,
         "keyLimits": {"requestsPerMinute": 600, "audioSecondsPerMinute": 100, "concurrentRequests": 4},
-        "keys": [{"name": "batch.jobs", "weight": 4, "concurrentRequests": 30}, {"name": "alice"}],
+        # "-legacy": a Secret data key may begin with a dash; the gateway must not read it as an option.
+        "keys": [{"name": "batch.jobs", "weight": 4, "concurrentRequests": 30}, {"name": "alice"}, {"name": "-legacy"}],
     }
     deployment = _objects(gateway=gateway)[("Deployment", "ep-gateway")]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -323,6 +324,7 @@ def test_each_gateway_pod_enforces_its_share_of_the_key_limits_and_the_gateway_p
     assert policies.overrides == {
         "batch.jobs": KeyLimits(4, 200, 33.3333, 10),
         "alice": KeyLimits(1, 200, 33.3333, 2),
+        "-legacy": KeyLimits(1, 200, 33.3333, 2),
     }
     plain = _objects(gateway={"enabled": True})[("Deployment", "ep-gateway")]
     assert not [a for a in plain["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--key-")]
@@ -341,6 +343,11 @@ def test_key_names_are_unique() -> None:
         (["--scheduling-policy", "priority"], "10"),
         (["--scheduling-policy=priority"], "10"),
         (["--scheduling-policy", "fcfs"], None),
+        # Every spelling vLLM's parser takes, and the last of several, as it reads them.
+        (["--scheduling_policy", "priority"], "10"),
+        (["--scheduling-pol", "priority"], "10"),
+        (["--scheduling-policy", "priority", "--scheduling-policy", "fcfs"], None),
+        (["--scheduling-policy", "fcfs", "--scheduling-policy=priority"], "10"),
     ],
 )
 def test_deferrable_requests_carry_a_priority_only_where_vllm_schedules_by_it(

@@ -134,6 +134,7 @@ BYPASSES = [
     pytest.param(["--device-memory-utilization", "0.99"], "--gpu-memory-utilization", id="alias"),
     pytest.param(["--config", "/etc/vllm.yaml"], "--config", id="config-file"),
     pytest.param(["--uds", "/tmp/s"], "--uds", id="unix-socket"),
+    pytest.param(["--disable-log-stats"], "--disable-log-stats", id="metrics-off"),
     pytest.param(["--enforce-eager", "--model=other/model"], "--model", id="model"),
 ]
 

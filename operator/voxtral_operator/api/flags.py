@@ -223,6 +223,8 @@ RESERVED: dict[str, str] = {
     "grpc": "it replaces the HTTP server the probes and callers use",
     "grpc_port": "it opens a listener the NetworkPolicy does not describe",
     "help": "it prints help and exits",
+    "disable_log_stats": "it removes the queue and KV cache gauges from /metrics, which the autoscaler, KEDA's "
+    "query and the gateway's take-back read",
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from voxtral_operator.api import catalog, models
+from voxtral_operator.api import catalog, flags, models
 from voxtral_operator.api.catalog import DEFAULT_MAX_NUM_SEQS
 from voxtral_operator.api.models import KeyLimitsSpec
 from voxtral_operator.api.resolve import Plan
@@ -91,13 +91,12 @@ def certificate(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
 
 
 def priority_scheduling(extra_args: Sequence[str]) -> bool:
-    """Whether vLLM's extra arguments select `--scheduling-policy priority`."""
-    for index, arg in enumerate(extra_args):
-        if arg == "--scheduling-policy=priority":
-            return True
-        if arg == "--scheduling-policy" and index + 1 < len(extra_args) and extra_args[index + 1] == "priority":
-            return True
-    return False
+    """Whether vLLM's extra arguments select `--scheduling-policy priority`, read as vLLM's parser reads
+    them (any spelling it accepts: `--scheduling_policy`, a prefix, `=`; the last one given wins). A
+    spelling missed here would leave vLLM ordering by priority while the gateway neither orders its
+    deferrable work behind interactive work nor refuses a caller's own priority."""
+    chosen = [o.values[-1] for o in flags.parse(extra_args).options if o.dests == {"scheduling_policy"} and o.values]
+    return bool(chosen) and chosen[-1] == "priority"
 
 
 def kv_cache_tokens_per_gateway_pod(plan: Plan) -> int:
@@ -218,7 +217,9 @@ def key_limit_args(plan: Plan) -> list[str]:
         args += [f"--key-{setting}", share]
     for key in gateway.keys:
         settings = [f"weight={key.weight}", *(f"{s}={share}" for s, share in _shares(key, gateway.replicas))]
-        args += ["--key-override", f"{key.name}:{','.join(settings)}"]
+        # One token: a key may be named "-k" (a Secret data key), which as a separate value the gateway's
+        # argument parser would read as an option, and the gateway would not start.
+        args.append(f"--key-override={key.name}:{','.join(settings)}")
     return args
 
 
