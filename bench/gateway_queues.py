@@ -5,7 +5,7 @@ policy and replica choice) on an asyncio loop whose clock is virtual: sleeps adv
 time at once, so an hour of traffic takes seconds. For each seed the same arrivals go through:
 
 - `one queue`: a single dispatcher with a replica's whole `maxNumSeqs` (the baseline);
-- `per-pod, split`: G gateway pods, each its own dispatcher allowed ceil(maxNumSeqs / G) in flight
+- `per-pod, split`: G gateway pods, each its own dispatcher allowed floor(maxNumSeqs / G) in flight
   per replica (what the operator renders), callers reaching a pod through kube-proxy;
 - `per-pod, full`: the same pods, each allowed the whole maxNumSeqs per replica; what a replica
   cannot run at once waits in vLLM's own FCFS queue.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import random
 import selectors
 import statistics
@@ -299,7 +298,7 @@ def run(simulation: Callable[[], Any]) -> Outcome:
 
 CONFIGURATIONS = {
     "one queue": (1, SLOTS),
-    "per-pod, split": (GATEWAY_PODS, math.ceil(SLOTS / GATEWAY_PODS)),
+    "per-pod, split": (GATEWAY_PODS, SLOTS // GATEWAY_PODS),
     "per-pod, full": (GATEWAY_PODS, SLOTS),
 }
 

@@ -67,7 +67,7 @@ many times that place started that day; runs compared (policy against policy, wi
 against without) meet the same chance wherever they do the same thing.
 
 Routing: `gateway` as deployed (two gateway pods, each its own queue of at most 1000, each sending at
-most ceil(256 / 2) requests in flight to a replica, least outstanding work first) or `service`
+most 256 / 2 requests in flight to a replica, least outstanding work first) or `service`
 (kube-proxy picks a ready pod at random; each vLLM queues on its own). Scale-down drains for
 `shutdownTimeoutSeconds` (120 s); requests not started are sent again. The GPU node bills from the
 scale-up until a retention period (the cluster autoscaler's unneeded time, 600 s) after its pod goes.
@@ -225,7 +225,7 @@ class Engine:
     prefill_s_per_token: float
     max_num_seqs: int  # what vLLM runs with
     max_batched_tokens: int
-    gateway_inflight: int  # per replica per gateway pod: ceil(the operator's maxNumSeqs / gateway pods)
+    gateway_inflight: int  # per replica per gateway pod: the operator's maxNumSeqs over the gateway pods, rounded down
     policy_max_num_seqs: int  # what the operator's autoscaler assumes (spec or its default 256)
     weights_bytes: int
     startup_budget_s: float  # the catalog's: the autoscaler's prior
@@ -253,7 +253,7 @@ class Engine:
             prefill_s_per_token=model.weights_bytes / flops,
             max_num_seqs=scenario.max_num_seqs or default_seqs,
             max_batched_tokens=default_tokens,
-            gateway_inflight=max(1, -(-operator_seqs // scenario.gateway_pods)),
+            gateway_inflight=max(1, operator_seqs // scenario.gateway_pods),
             policy_max_num_seqs=operator_seqs,
             weights_bytes=model.weights_bytes,
             startup_budget_s=float(model.startup_budget_seconds),

@@ -118,6 +118,10 @@ SCHEMA_REJECTS = [
     pytest.param({**VALID, "maxReplicas": 0}, id="max-replicas-0"),
     pytest.param({**VALID, "engine": {"gpuMemoryUtilization": 1.5}}, id="utilization-over-1"),
     pytest.param({**VALID, "model": "bad model name"}, id="model-id-pattern"),
+    # apimachinery's decimal kilo is "k": "64K" fails its suffix parsing in the child.
+    pytest.param({**VALID, "resources": {"memory": "64K"}}, id="quantity-capital-k"),
+    pytest.param({**VALID, "modelCache": {"size": "0Gi"}}, id="empty-cache"),
+    pytest.param({**VALID, "modelCache": {"size": "0.0"}}, id="empty-cache-decimal"),
 ]
 
 CEL_REJECTS = [
@@ -137,6 +141,11 @@ CEL_REJECTS = [
         {**VALID, "modelCache": {"accessMode": "ReadWriteOnce"}},
         "ReadWriteOnce model cache cannot be shared",
         id="rwo-cache-multi-replica",
+    ),
+    pytest.param(
+        {**VALID, "engine": {"maxNumSeqs": 1}},
+        "engine.maxNumSeqs must be at least gateway.replicas",
+        id="fewer-sequences-than-gateway-pods",
     ),
     # vLLM's parser would take a leading '-' for a flag and leave --served-model-name without a value.
     pytest.param({**VALID, "servedModelName": "-:"}, "servedModelName may not begin with '-'", id="name-like-a-flag"),

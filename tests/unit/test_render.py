@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -340,8 +341,17 @@ def test_keda_mode_renders_a_scaled_object_on_the_scale_subresource() -> None:
     (trigger,) = scaled["triggers"]
     assert trigger["type"] == "prometheus"
     assert trigger["metadata"]["threshold"] == "3"
-    assert trigger["metadata"]["query"] == (
-        'sum(vllm:num_requests_waiting{namespace="team-a",pod=~"ep-[a-z0-9]+-[a-z0-9]+"})'
-    )
+    query = trigger["metadata"]["query"]
+    selected = re.fullmatch(r'sum\(vllm:num_requests_waiting\{namespace="team-a",pod=~"([^"]+)"\}\)', query)
+    assert selected, query
+    # PromQL anchors the pattern, as fullmatch does: the pool's and the overflow's replicas, no other pods.
+    pods = {
+        "ep-7d9f8b6c5d-x2k4q": True,
+        "ep-overflow-6b8c9d7f4-p9z8w": True,
+        "ep-gateway-5f6d7c8b9-q1w2e": False,
+        "ep-2-7d9f8b6c5d-x2k4q": False,
+        "other-7d9f8b6c5d-x2k4q": False,
+    }
+    assert {pod: bool(re.fullmatch(selected.group(1), pod)) for pod in pods} == pods
     assert "ScaledObject" not in _by_kind(render(_endpoint(), CONFIG))
     assert "ScaledObject" not in _by_kind(render(_endpoint(autoscaling={"mode": "keda", "enabled": False}), CONFIG))

@@ -250,16 +250,6 @@ def test_zero_replicas_by_choice_is_scaled_to_zero_not_pending() -> None:
     assert (status.condition_of(result, status.READY) or {})["reason"] == "ScaledToZero"
 
 
-@pytest.mark.parametrize(("max_num_seqs", "gateways", "each"), [(64, 2, 32), (5, 2, 3), (1, 3, 1), (None, 2, 128)])
-def test_gateway_pods_together_never_exceed_a_replicas_sequence_slots(
-    max_num_seqs: int | None, gateways: int, each: int
-) -> None:
-    engine = {"maxNumSeqs": max_num_seqs} if max_num_seqs else {}
-    deployment = _objects(gateway={"enabled": True, "replicas": gateways}, engine=engine)[("Deployment", "ep-gateway")]
-    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert int(args[args.index("--max-inflight-per-replica") + 1]) == each
-
-
 def test_gateway_pods_split_a_replicas_kv_cache_for_the_deferrable_lane() -> None:
     def kv_tokens(gateways: int) -> int:
         objects = _objects(gateway={"enabled": True, "replicas": gateways})
@@ -362,3 +352,46 @@ def test_deferrable_requests_carry_a_priority_only_where_vllm_schedules_by_it(
     assert (args[args.index("--deferrable-priority") + 1] if "--deferrable-priority" in args else None) == priority
     (vllm,) = _objects(**spec)[("Deployment", "ep")]["spec"]["template"]["spec"]["containers"]
     assert all(arg in vllm["args"] for arg in extra_args)  # the flag reaches vLLM as the endpoint wrote it
+
+
+def _gateway_setting(args: list[str], flag: str) -> int:
+    return int(args[args.index(flag) + 1])
+
+
+@pytest.mark.parametrize(
+    ("seqs", "pods", "share"), [(None, 2, 128), (64, 2, 32), (5, 2, 2), (7, 3, 2), (1, 1, 1), (2, 2, 1)]
+)
+def test_the_gateway_pods_together_send_a_replica_no_more_than_its_max_num_seqs(
+    seqs: int | None, pods: int, share: int
+) -> None:
+    engine = {"maxNumSeqs": seqs} if seqs else {}
+    gateway = _objects(engine=engine, gateway={"enabled": True, "replicas": pods})[("Deployment", "ep-gateway")]
+    args = gateway["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert _gateway_setting(args, "--max-inflight-per-replica") == share
+    assert share * pods <= (seqs or 256)
+
+
+def test_fewer_sequences_than_gateway_pods_is_refused_with_the_numbers() -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        _objects(engine={"maxNumSeqs": 1}, gateway={"enabled": True, "replicas": 2})
+    assert any(
+        p.startswith("spec.engine.maxNumSeqs: 1 is fewer than gateway.replicas (2)") for p in caught.value.problems
+    )
+    assert ("Deployment", "ep") in _objects(engine={"maxNumSeqs": 1}, gateway={"enabled": False})
+
+
+REALTIME = {"model": "mistralai/Voxtral-Mini-4B-Realtime-2602"}
+
+
+def test_each_gateway_pod_admits_its_share_of_a_replicas_realtime_sessions_or_the_spec_is_refused() -> None:
+    def sessions_per_pod(sessions: int, pods: int) -> int:
+        spec = {**REALTIME, "realtime": {"maxSessionsPerReplica": sessions}, "gateway": {"replicas": pods}}
+        args = _objects(**spec)[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["containers"][0]["args"]
+        return _gateway_setting(args, "--realtime-sessions-per-replica")
+
+    assert (sessions_per_pod(5, 2), sessions_per_pod(1, 1), sessions_per_pod(3, 3)) == (2, 1, 1)
+    with pytest.raises(InvalidSpec) as caught:
+        sessions_per_pod(1, 2)
+    assert any(p.startswith("spec.gateway.replicas: 2 gateway pods") for p in caught.value.problems), (
+        caught.value.problems
+    )

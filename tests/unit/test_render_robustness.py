@@ -63,6 +63,14 @@ REFUSED = [
     pytest.param(_endpoint(modelCache={"storageClassName": "ssd-🎙️"}), "spec.modelCache.storageClassName", id="emoji"),
     pytest.param(_endpoint({"name": [["a", 1]]}), "metadata.name", id="name-not-a-string"),
     pytest.param(_endpoint({"name": "Not_A_Label"}), "metadata.name", id="name-not-dns"),
+    # The API server takes "1ep" for the endpoint but would refuse its Services (DNS-1035).
+    pytest.param(_endpoint({"name": "1ep"}), "metadata.name", id="name-starts-with-a-digit"),
+    # Python's "$" matches before a final newline; the API server's patterns do not.
+    pytest.param(_endpoint({"name": "ep\n"}), "metadata.name", id="name-trailing-newline"),
+    pytest.param(_endpoint({"name": "ep", "namespace": "team-a\n"}), "metadata.namespace", id="namespace-newline"),
+    pytest.param(
+        _endpoint(nodePool={"nodeSelector": {"pool\n": "x"}}), "spec.nodePool.nodeSelector", id="selector-key-newline"
+    ),
     pytest.param(_endpoint({"name": "ep", "namespace": {"a": 1}}), "metadata.namespace", id="namespace-object"),
     pytest.param(_endpoint({"name": "ep", "namespace": "Team A"}), "metadata.namespace", id="namespace-not-dns"),
     pytest.param(_endpoint({"name": "ep", "uid": 7}), "metadata.uid", id="uid-number"),

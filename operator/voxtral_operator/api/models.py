@@ -33,6 +33,7 @@ _EXTRA_ARGS_RULE = (
 )
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"  # a Service's name
 # What the API server checks inside the children (apimachinery's validation), so the CRD and
 # `render` refuse up front what would otherwise fail the child's apply. `[.]`, not `\.`: CEL
 # string literals reject `\.`, and these patterns appear in CEL rules too.
@@ -43,7 +44,11 @@ LABEL_VALUE = r"^(" + LABEL_NAME + ")?$"
 LABEL_KEY_MAX = 253 + 1 + 63
 CONFIG_MAP_KEY = r"^[-._a-zA-Z0-9]+$"
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
-QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P)?$"
+# apimachinery's suffixes: decimal kilo is "k" ("K" is refused), binary "Ki".
+_QUANTITY_SUFFIX = r"(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?" + _QUANTITY_SUFFIX
+# A PersistentVolumeClaim's size must be more than zero: a non-zero digit before or after the point.
+POSITIVE_QUANTITY = r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)" + _QUANTITY_SUFFIX
 
 
 def _is_ip_address(text: str) -> bool:
@@ -57,7 +62,7 @@ def _is_ip_address(text: str) -> bool:
 def label_key_problem(key: str) -> str | None:
     """Why the API server would refuse `key` as a label key (or node selector key); None when it would not."""
     prefix, _, name = key.rpartition("/")
-    if not re.match(LABEL_KEY, key) or len(prefix) > 253 or len(name) > 63:
+    if not re.fullmatch(LABEL_KEY, key) or len(prefix) > 253 or len(name) > 63:
         return (
             f"{key!r} is not a valid label key: an optional DNS subdomain prefix and '/', then up to 63 "
             "letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
@@ -67,6 +72,7 @@ def label_key_problem(key: str) -> str | None:
 
 # The gateway is on unless the spec says enabled: false (the API server fills the default in first).
 _GATEWAY_ON = "(!has(self.gateway) || !has(self.gateway.enabled) || self.gateway.enabled)"
+_GATEWAY_REPLICAS = 2  # gateway pods by default
 
 
 def _label_map_rule(what: str) -> dict[str, Any]:
@@ -601,7 +607,9 @@ class GatewaySpec(_Model):
             "directly, with every route it serves (/invocations, /tokenize, /metrics without a key)."
         ),
     )
-    replicas: int = Field(default=2, ge=1, le=20, description="Gateway pods (CPU only), spread across nodes.")
+    replicas: int = Field(
+        default=_GATEWAY_REPLICAS, ge=1, le=20, description="Gateway pods (CPU only), spread across nodes."
+    )
     max_queue: int = Field(default=1000, ge=1, le=100000, description="Requests a gateway pod queues at most.")
     queue_timeout_seconds: int = Field(
         default=600, ge=1, le=86400, description="Longest wait in the queue before 503 with Retry-After."
@@ -650,7 +658,7 @@ class AccessMode(enum.StrEnum):
 
 
 class ModelCacheSpec(_Model):
-    size: str = Field(default="100Gi", pattern=QUANTITY, max_length=32, description="PVC size.")
+    size: str = Field(default="100Gi", pattern=POSITIVE_QUANTITY, max_length=32, description="PVC size.")
     storage_class_name: str | None = Field(
         default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="StorageClass; the cluster default when empty."
     )
@@ -803,6 +811,15 @@ class VoxtralEndpointSpec(_Model):
                     "message": "a ReadWriteOnce model cache cannot be shared by more than one replica; "
                     "use ReadWriteMany or maxReplicas 1",
                     "fieldPath": ".modelCache.accessMode",
+                },
+                {
+                    "rule": "!has(self.engine) || !has(self.engine.maxNumSeqs) || !"
+                    + _GATEWAY_ON
+                    + " || self.engine.maxNumSeqs >= (has(self.gateway) && has(self.gateway.replicas)"
+                    " ? self.gateway.replicas : " + str(_GATEWAY_REPLICAS) + ")",
+                    "message": "engine.maxNumSeqs must be at least gateway.replicas: each gateway pod sends a "
+                    "replica its share of them",
+                    "fieldPath": ".engine.maxNumSeqs",
                 },
                 {
                     "rule": "!has(self.coldStart) || !has(self.coldStart.prestageWeights)"
@@ -961,6 +978,12 @@ class VoxtralEndpointSpec(_Model):
             problems.append(
                 "spec.modelCache.accessMode: a ReadWriteOnce cache cannot be shared by more than one "
                 "replica; use ReadWriteMany or maxReplicas 1"
+            )
+        seqs = self.engine.max_num_seqs
+        if self.gateway.enabled and seqs is not None and seqs < self.gateway.replicas:
+            problems.append(
+                f"spec.engine.maxNumSeqs: {seqs} is fewer than gateway.replicas ({self.gateway.replicas}): each "
+                "gateway pod sends a replica its share of them; raise it or run fewer gateway pods"
             )
         if self.cold_start.prestage_weights and (self.model_cache is None or self.weights_source != WeightsSource.HUB):
             problems.append(

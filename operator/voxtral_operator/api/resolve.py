@@ -193,13 +193,18 @@ def _metadata_problems(endpoint: dict[str, Any]) -> tuple[str, str, str | None, 
         problems.append(f"metadata.name: must be a string, not {type(name).__name__}")
     elif len(name) > MAX_NAME_LENGTH:
         problems.append(f"metadata.name: {name!r} is longer than {MAX_NAME_LENGTH} characters")
-    elif not re.match(models.DNS_LABEL, name):
-        problems.append(f"metadata.name: {name!r} must be a DNS label (lowercase letters, digits and '-')")
+    elif not re.fullmatch(models.DNS_1035_LABEL, name):
+        # The endpoint's Services take its name, and a Service name must start with a letter (DNS-1035);
+        # the API server takes "1ep" for the endpoint itself but would refuse every Service made for it.
+        problems.append(
+            f"metadata.name: {name!r} must be lowercase letters, digits and '-', starting with a letter and "
+            "ending with a letter or digit (its Services are named after it)"
+        )
     if namespace is None or namespace == "":
         namespace = "default"
     elif not isinstance(namespace, str):
         problems.append(f"metadata.namespace: must be a string, not {type(namespace).__name__}")
-    elif len(namespace) > 63 or not re.match(models.DNS_LABEL, namespace):
+    elif len(namespace) > 63 or not re.fullmatch(models.DNS_LABEL, namespace):
         problems.append(f"metadata.namespace: {namespace!r} is not a namespace name (a DNS label)")
     if uid is not None and not isinstance(uid, str):
         problems.append(f"metadata.uid: must be a string, not {type(uid).__name__}")
@@ -471,4 +476,13 @@ def _realtime_plan(
         )
     length = spec.realtime.max_session_seconds or catalog.max_session_seconds(engine.max_model_len)
     plan = RealtimePlan(sessions_per_replica=sessions_per_replica(spec, model, gpu, tp), max_session_seconds=length)
+    pods = spec.gateway.replicas
+    if spec.gateway.enabled and not problems and 0 < plan.sessions_per_replica < pods:
+        # Each gateway pod admits its share of a replica's sessions: with none for some pod, two would
+        # share one sequence and a session would stall behind another for its whole length.
+        problems.append(
+            f"spec.gateway.replicas: {pods} gateway pods, but a replica serves {plan.sessions_per_replica} realtime "
+            "session(s) at a time, and each pod needs its share of at least one; run fewer gateway pods, or give "
+            "each replica more memory for sessions (GPU, tensorParallelSize, maxModelLen)"
+        )
     return plan, problems

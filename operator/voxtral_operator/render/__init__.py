@@ -660,7 +660,8 @@ def scaled_object(plan: Plan, config: OperatorConfig) -> dict[str, Any] | None:
     if not autoscaling.enabled or autoscaling.mode != models.AutoscalingMode.KEDA:
         return None
     # Deployment pods are named <deployment>-<replicaset hash>-<suffix>; PromQL regexes are anchored.
-    pods = f"{plan.name}-[a-z0-9]+-[a-z0-9]+"
+    # The overflow Deployment's replicas wait requests too: demand as much as the pool's.
+    pods = f"{overflow_name(plan.name)}-[a-z0-9]+-[a-z0-9]+|{plan.name}-[a-z0-9]+-[a-z0-9]+"
     query = f'sum(vllm:num_requests_waiting{{namespace="{plan.namespace}",pod=~"{pods}"}})'
     return render_template(
         "scaledobject.yaml.j2",

@@ -130,9 +130,10 @@ def gateway_args(plan: Plan, config: OperatorConfig) -> list[str]:
         str(config.vllm_port),
         "--metrics-port",
         str(config.gateway_metrics_port),
-        # Each gateway pod dispatches on its own: together they never exceed a replica's maxNumSeqs.
+        # Each gateway pod dispatches on its own: together they never exceed a replica's maxNumSeqs (rounded
+        # down; the spec is refused where a pod's share would be none).
         "--max-inflight-per-replica",
-        str(max(1, -(-(spec.engine.max_num_seqs or DEFAULT_MAX_NUM_SEQS) // spec.gateway.replicas))),
+        str(max(1, (spec.engine.max_num_seqs or DEFAULT_MAX_NUM_SEQS) // spec.gateway.replicas)),
         "--max-queue",
         str(spec.gateway.max_queue),
         "--queue-timeout-seconds",
@@ -179,7 +180,7 @@ def realtime_args(plan: Plan) -> list[str]:
         return []
     realtime = plan.spec.realtime
     return [
-        "--realtime-sessions-per-replica",
+        "--realtime-sessions-per-replica",  # rounded down, as the in-flight slots are
         str(max(1, plan.realtime.sessions_per_replica // plan.spec.gateway.replicas)),
         "--realtime-max-session-seconds",
         str(plan.realtime.max_session_seconds),
