@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
@@ -73,9 +74,39 @@ def _cmd_rbac(_: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse: 0 (off) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
+    return port
+
+
+def _liveness_problem(liveness: str, metrics_port: int) -> str | None:
+    """Why kopf could not serve its liveness probe at this URL ('' is off); None when it could."""
+    if not liveness:
+        return None
+    parts = urllib.parse.urlsplit(liveness)
+    try:
+        port = parts.port
+    except ValueError:
+        return f"--liveness {liveness!r}: its port is not a port (1-65535)"
+    if parts.scheme != "http" or not parts.hostname or not port:
+        return f"--liveness {liveness!r}: expected http://HOST:PORT/PATH ('' turns it off)"
+    if port == metrics_port:
+        return f"--liveness {liveness!r}: port {port} is also --metrics-port; give them different ports"
+    return None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from voxtral_operator import runner
 
+    problem = _liveness_problem(args.liveness, args.metrics_port)
+    if problem is not None:
+        raise InputError(problem)
     config = read_config(args.config)
     problem = runner.credentials_problem()
     if problem is not None:
@@ -166,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="kopf liveness endpoint URL ('' = off)",
     )
-    p.add_argument("--metrics-port", type=int, default=9090, metavar="PORT", help="Prometheus metrics port (0 = off)")
+    p.add_argument("--metrics-port", type=_port, default=9090, metavar="PORT", help="Prometheus metrics port (0 = off)")
     p.add_argument("--peering", default=None, metavar="NAME", help="KopfPeering name: several replicas, one active")
     p.add_argument("--priority", type=int, default=None, help="peering priority (default: random)")
     p.add_argument(

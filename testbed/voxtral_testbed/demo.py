@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from voxtral_operator.api.models import DEFAULT_SCALE_DOWN_DELAY_SECONDS, AutoscalingPolicy
 from voxtral_testbed.harness import Kube, OperatorProcess, condition, endpoint_path, eventually, free_port
 from voxtral_testbed.sandbox import Behaviour, PodBehaviour, Sandbox
 
@@ -157,7 +158,7 @@ async def _demo(examples: list[Path]) -> int:
         config.write_text(
             yaml.safe_dump({"vllmPort": vllm_port, "scrapeIntervalSeconds": 1.0, "namespacePolicies": [policy]})
         )
-        _say(f"API server stand-in at {sandbox.url}; operator log: {log}")
+        _say(f"API server stand-in at {sandbox.url}; operator log: {log} (removed when the demo ends well)")
         operator = OperatorProcess(sandbox.kubeconfig, log, "--config", str(config)).start()
         try:
             started = time.monotonic()
@@ -343,7 +344,9 @@ async def _burst(sandbox: Sandbox, kube: Kube, vllm_port: int) -> None:
         )
 
     started = time.monotonic()
-    async with aiohttp.ClientSession() as session:
+    # A new connection for each request: the Service balances connections, not requests, so callers
+    # that kept theirs would never reach the replicas added for them.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         callers = [asyncio.create_task(caller(session)) for _ in range(12)]
         while time.monotonic() - started < 12:
             _say(line(await status(), time.monotonic() - started))
@@ -352,7 +355,8 @@ async def _burst(sandbox: Sandbox, kube: Kube, vllm_port: int) -> None:
         await asyncio.gather(*callers, return_exceptions=True)
     _say(
         "load stopped. Scale-down waits: the endpoint goes down to the most replicas it asked for over the last\n"
-        "scaleDownDelaySeconds (5 s here, 300 s by default); the operator's log shows each decision."
+        f"scaleDownDelaySeconds (5 s here, {DEFAULT_SCALE_DOWN_DELAY_SECONDS[AutoscalingPolicy.REQUESTS]} s by "
+        "default); its Events below show each decision."
     )
     stopped = time.monotonic()
     while time.monotonic() - stopped < 8:

@@ -152,6 +152,12 @@ def test_more_than_one_replica_needs_peering() -> None:
     )
 
 
+def test_one_port_for_both_liveness_and_metrics_is_refused() -> None:
+    result = helm("template", "t", str(CHART), "--set", "liveness.port=9090")
+    assert result.returncode != 0
+    assert "liveness.port and metrics.port are both 9090" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("monitor", "said"),
     [

@@ -112,6 +112,28 @@ def test_run_without_a_kubeconfig_is_one_line_and_exits(tmp_path: Path) -> None:
     assert "KUBECONFIG" in line
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--metrics-port", "99999"), "99999 is not a port (0-65535)"),
+        (("--metrics-port", "-1"), "-1 is not a port (0-65535)"),
+        (("--liveness", "notaurl"), "expected http://HOST:PORT/PATH"),
+        (("--liveness", "http://127.0.0.1:70000/healthz"), "its port is not a port"),
+        (("--liveness", "http://127.0.0.1:9090/healthz"), "port 9090 is also --metrics-port"),
+    ],
+)
+def test_run_refuses_ports_it_could_not_serve_on_before_anything_starts(
+    tmp_path: Path, options: tuple[str, ...], message: str
+) -> None:
+    # Checked before the credentials: a newcomer's typo is named, not an internal error from kopf.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env.update(KUBECONFIG=str(tmp_path / "missing-kubeconfig"), HOME=str(tmp_path))
+    result = run("run", *options, env=env)
+    assert result.returncode == cli.EXIT_USAGE, (result.returncode, result.stderr)
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+
+
 # --- empty input --------------------------------------------------------------------------
 
 

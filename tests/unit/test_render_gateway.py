@@ -125,14 +125,25 @@ def test_the_gateway_reads_exactly_the_secrets_it_needs() -> None:
         },
     ]
     pod = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]
-    by_volume = {v["name"]: v["secret"] for v in pod["volumes"]}
+    by_volume = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
     assert sorted(s["secretName"] for s in by_volume.values()) == ["callers", "ep-backend-key", "ep-tls", "old-key"]
     assert all(s["optional"] is True and s["defaultMode"] == 0o440 for s in by_volume.values())
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
     (container,) = pod["containers"]
-    mounts = {m["mountPath"]: by_volume[m["name"]]["secretName"] for m in container["volumeMounts"]}
-    assert all(m["readOnly"] for m in container["volumeMounts"])
+    secret_mounts = [m for m in container["volumeMounts"] if m["name"] in by_volume]
+    mounts = {m["mountPath"]: by_volume[m["name"]]["secretName"] for m in secret_mounts}
+    assert all(m["readOnly"] for m in secret_mounts)
     assert mounts == {f"/var/run/voxtral/secrets/{name}": name for name in mounts.values()}
+    # The root is read-only; Python's ssl loads a certificate only from files, which the gateway writes to
+    # tempfile's directory: /tmp where no TMPDIR is set, a small memory-backed volume here.
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert not [e for e in container.get("env") or [] if e["name"] in ("TMPDIR", "TEMP", "TMP")]
+    (scratch,) = [m for m in container["volumeMounts"] if m["name"] not in by_volume]
+    assert scratch["mountPath"] == "/tmp" and not scratch.get("readOnly")
+    (scratch_volume,) = [v for v in pod["volumes"] if v["name"] == scratch["name"]]
+    assert scratch_volume["emptyDir"]["medium"] == "Memory"
+    plain = _objects(**GATEWAY)[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]
+    assert all("emptyDir" not in v for v in plain["volumes"]), "no writable volume a gateway without TLS needs"
     args = container["args"]
     assert args[args.index("--secrets-dir") + 1] == "/var/run/voxtral/secrets"
     pairs = list(itertools.pairwise(args))
@@ -283,7 +294,7 @@ def test_a_certificate_from_cert_manager_when_the_endpoint_names_an_issuer() -> 
     args = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--tls-secret") + 1] == "ep-gateway-tls"
     volumes = objects[("Deployment", "ep-gateway")]["spec"]["template"]["spec"]["volumes"]
-    assert "ep-gateway-tls" in [v["secret"]["secretName"] for v in volumes]
+    assert "ep-gateway-tls" in [v["secret"]["secretName"] for v in volumes if "secret" in v]
 
 
 @pytest.mark.parametrize("tls", [{}, {"secretName": "a", "issuerRef": {"name": "b"}}])

@@ -257,8 +257,16 @@ def _meta(plan: Plan, name: str) -> dict[str, Any]:
     return {"name": name, "namespace": plan.namespace, "labels": standard_labels(plan.name)}
 
 
+# Python's ssl loads a certificate only from files: the gateway writes the pair it read from the TLS
+# Secret to a temporary directory, which a read-only root has none of. Memory-backed: the key stays off disk.
+TLS_SCRATCH_DIR = "/tmp"
+
+
 def gateway_deployment(plan: Plan, config: OperatorConfig) -> dict[str, Any]:
     volumes, mounts = secret_volumes(plan)
+    if plan.spec.gateway.tls is not None:
+        volumes.append({"name": "tls-scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+        mounts.append({"name": "tls-scratch", "mountPath": TLS_SCRATCH_DIR})
     return render_template(
         "gateway-deployment.yaml.j2",
         {
