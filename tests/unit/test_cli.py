@@ -131,7 +131,8 @@ def test_run_refuses_ports_it_could_not_serve_on_before_anything_starts(
     result = run("run", *options, env=env)
     assert result.returncode == cli.EXIT_USAGE, (result.returncode, result.stderr)
     assert message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "internal error" not in result.stderr, result.stderr
 
 
 # --- empty input --------------------------------------------------------------------------
