@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from voxtral_operator.gateway.app import STEPS, Gateway, Settings, serve_api
-from voxtral_operator.gateway.connections import Limits
+from voxtral_operator.gateway.connections import READ_BUFSIZE, GuardedServer, Limits
 from voxtral_operator.gateway.dispatch import Dispatcher
 from voxtral_operator.gateway.sources import CallerKeys, Sources
 from voxtral_testbed.harness import eventually, free_port
@@ -287,3 +287,37 @@ async def test_connections_beyond_the_cap_are_closed() -> None:
             async with asyncio.timeout(15):
                 assert (await reader.readline()).startswith(b"HTTP/1.1 503")  # served: no replica yet
             writer.close()
+
+
+async def test_a_connection_whose_body_is_not_read_buffers_little_of_it() -> None:
+    # A request waiting in the queue has its body read no further than its prefix: what the connection takes
+    # off the socket meanwhile is bounded by the server's small read buffer (twice it, and one socket read).
+    seen: list[web.BaseRequest] = []
+    release = asyncio.Event()
+
+    async def unread(request: web.BaseRequest) -> web.StreamResponse:
+        seen.append(request)
+        await asyncio.wait_for(release.wait(), 30)
+        return web.Response(text="ok")
+
+    server = GuardedServer(unread, Limits(idle_timeout=60), access_log=None)
+    runner = web.ServerRunner(server, shutdown_timeout=1, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    size = 16 * 1024 * 1024
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % size)
+        writer.write(b"a" * size)  # more than the loopback socket buffers hold: the sender blocks
+        await eventually(lambda: asyncio.sleep(0, bool(seen)), timeout=15)
+        stream = seen[0].content
+        assert stream.get_read_buffer_limits() == (READ_BUFSIZE, 2 * READ_BUFSIZE)
+        # aiohttp stops reading the socket in the read that takes it past twice the buffer: nothing more comes.
+        await eventually(lambda: asyncio.sleep(0, stream.total_bytes > 2 * READ_BUFSIZE), timeout=15)
+        assert stream.total_bytes <= 2 * READ_BUFSIZE + 256 * 1024, f"buffered {stream.total_bytes} bytes unread"
+    finally:
+        release.set()
+        writer.close()
+        await runner.cleanup()

@@ -16,6 +16,8 @@ import yaml
 from voxtral_operator.api import flags
 from voxtral_operator.api.resolve import InvalidSpec, resolve
 from voxtral_operator.config import OperatorConfig
+from voxtral_operator.gateway.app import Settings
+from voxtral_operator.gateway.connections import PER_CONNECTION_BYTES, Limits
 from voxtral_operator.render import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -355,3 +357,23 @@ def test_keda_mode_renders_a_scaled_object_on_the_scale_subresource() -> None:
     assert {pod: bool(re.fullmatch(selected.group(1), pod)) for pod in pods} == pods
     assert "ScaledObject" not in _by_kind(render(_endpoint(), CONFIG))
     assert "ScaledObject" not in _by_kind(render(_endpoint(autoscaling={"mode": "keda", "enabled": False}), CONFIG))
+
+
+def test_the_gateways_memory_limit_holds_its_budgets_and_every_connections_buffer() -> None:
+    objects = render(_endpoint(), CONFIG)
+    (gateway,) = [obj for obj in objects if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "ep-gateway"]
+    (container,) = gateway["spec"]["template"]["spec"]["containers"]
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi"), limit
+    args = container["args"]
+    for flag in ("--max-connections", "--json-buffer-mb", "--resend-buffer-mb"):
+        assert flag not in args, f"{flag} is rendered: the budget below assumes its default"
+    settings, idle = Settings(), 70 * 2**20
+    # JSON bodies read whole peak at about twice their budget; kept bodies once theirs.
+    needed = (
+        idle
+        + 2 * settings.json_buffer_bytes
+        + settings.resend_buffer_bytes
+        + Limits().max_connections * PER_CONNECTION_BYTES
+    )
+    assert needed <= int(limit[:-2]) * 2**30, f"{needed / 2**20:.0f} MiB needed, limit {limit}"

@@ -5,6 +5,7 @@
   (aiohttp's keep-alive timer, which also runs from the moment a connection opens);
 - a request's head must be complete within `header_timeout` of its first byte;
 - no lingering read of an unread body after the answer, no decompression of request bodies;
+- a small read buffer (`READ_BUFSIZE`): a connection whose request waits in the queue holds little of its body;
 - what aiohttp logs about a connection (a malformed request, a handler's failure) names the
   exception's type only: its text may quote a header, and a header may hold a key.
 """
@@ -38,6 +39,13 @@ class _TypeOnly(logging.Filter):
 # The logger aiohttp's connection handlers log to (instead of aiohttp.server).
 connection_logger = logging.getLogger("voxtral_operator.gateway.connections")
 connection_logger.addFilter(_TypeOnly())
+
+
+# What a connection buffers of a body the gateway has not read yet: aiohttp stops reading the socket at twice
+# this (its default, 256 KiB, let each queued upload hold about 830 KiB). One socket read (up to 256 KiB)
+# may land on top, and a queued request holds its 64 KiB prefix: PER_CONNECTION_BYTES at most in all.
+READ_BUFSIZE = 16 * 1024
+PER_CONNECTION_BYTES = 16 * 1024 + 64 * 1024 + 2 * READ_BUFSIZE + 256 * 1024  # objects, prefix, buffer, a read
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,7 @@ class GuardedServer(web.Server):
             logger=connection_logger,
             lingering_time=0,  # an answered request's unread body is not drained: the connection closes
             auto_decompress=False,  # request bodies with a content coding are refused, never inflated
+            read_bufsize=READ_BUFSIZE,
             **kwargs,
         )
 
