@@ -28,7 +28,11 @@ from tests.integration.test_gateway import (
     wav,
 )
 from voxtral_operator.gateway import metrics as names
-from voxtral_testbed.harness import Kube, eventually
+from voxtral_operator.gateway.app import Gateway as InProcessGateway
+from voxtral_operator.gateway.app import Settings, serve_api
+from voxtral_operator.gateway.dispatch import Dispatcher
+from voxtral_operator.gateway.sources import Sources
+from voxtral_testbed.harness import Kube, eventually, free_port
 from voxtral_testbed.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
@@ -489,3 +493,58 @@ async def test_the_simulator_starts_waiting_requests_lowest_priority_first(
     interactive = asyncio.create_task(chat("interactive", 0))
     await asyncio.gather(running, deferred, interactive)
     assert finished == ["running", "interactive", "deferred"], finished
+
+
+async def test_a_deferrable_body_reserves_its_resend_buffer_when_dispatched_not_while_it_waits() -> None:
+    # In this process, so the pod's budget and the replica's retractable requests can be read directly.
+    size = 1_000_000
+    gates: list[asyncio.Event] = []
+
+    async def answer(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        await request.read()
+        gate = asyncio.Event()
+        gates.append(gate)
+        await asyncio.wait_for(gate.wait(), 30)
+        return aiohttp.web.json_response({})
+
+    backend = aiohttp.web.Application(client_max_size=10 * size)
+    backend.router.add_route("*", "/{tail:.*}", answer)
+    backend_runner = aiohttp.web.AppRunner(backend, access_log=None)
+    await backend_runner.setup()
+    backend_port = free_port()
+    await aiohttp.web.TCPSite(backend_runner, "127.0.0.1", backend_port).start()
+    sources = Sources()
+    sources.set_backends([f"127.0.0.1:{backend_port}"])
+    dispatcher = Dispatcher(max_inflight=2, max_queue=10, queue_timeout=30)  # one deferrable slot
+    settings = Settings(body_timeout=10, max_upload_bytes=5 * size, resend_buffer_bytes=int(2.5 * size))
+    gateway = InProcessGateway(sources, dispatcher, settings)
+    runner, port = await serve_api(gateway, "127.0.0.1", 0, shutdown_timeout=1)
+    address = f"127.0.0.1:{backend_port}"
+    body = b'{"service_tier": "flex", "prompt": "' + b"a" * (size - 40) + b'"}'
+    requests: list[asyncio.Task[Any]] = []
+    try:
+        async with aiohttp.ClientSession() as client:
+            for count in (1, 2, 3):  # the first one dispatched, the next two wait
+                requests.append(asyncio.create_task(client.post(f"http://127.0.0.1:{port}/v1/completions", data=body)))
+                await eventually(lambda: asyncio.sleep(0, len(gates) + dispatcher.waiting == count), timeout=15)
+            held = gateway.resend_buffers.held
+            assert held == len(body), f"{held} bytes reserved with one body dispatched and two waiting"
+            for finished in (1, 2):  # the third one is dispatched into a budget with room for it
+                gates[finished - 1].set()
+                await eventually(lambda finished=finished: asyncio.sleep(0, len(gates) > finished), timeout=15)
+            retractable = len(dispatcher.replicas[address].retractable)
+            assert retractable == 1, f"{retractable} retractable: the third body went out unkept"
+            assert gateway.resend_buffers.held == len(body)
+            gates[2].set()
+            for request in requests:
+                async with await request as response:
+                    assert response.status == 200, await response.text()
+        assert gateway.resend_buffers.held == 0
+    finally:
+        for gate in gates:
+            gate.set()
+        for request in requests:
+            request.cancel()
+        await runner.cleanup()
+        await gateway.close()
+        await backend_runner.cleanup()

@@ -650,13 +650,10 @@ class Gateway:
         lane: str = lanes.INTERACTIVE,
     ) -> web.StreamResponse:
         with self.resend_buffers.lease() as kept:
-            # A deferrable request can be taken back (aborted, sent again later) if its body can be sent again.
-            resendable = lane == lanes.DEFERRABLE and (
-                not framing.has_body
-                or body.complete
-                or kept.reserve(framing.length if framing.length is not None else body.limit)
-            )
-            body.keep = resendable and framing.has_body and not body.complete
+            # A deferrable request can be taken back (aborted, sent again later) if its body can be sent again:
+            # one that streams is kept when its size fits the budget as it is dispatched (not while it waits).
+            resendable = lane == lanes.DEFERRABLE and (not framing.has_body or body.complete)
+            reserve = framing.length if framing.length is not None else body.limit
             arrived = time.monotonic()
             exclude: frozenset[str] = frozenset()
             attempt = 0
@@ -670,6 +667,9 @@ class Gateway:
                 except Rejected as exc:
                     kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"
                     return error_response(exc.status, str(exc), exc.code, kind=kind, retry_after=exc.retry_after)
+                if lane == lanes.DEFERRABLE and not resendable and not body.started:
+                    resendable = kept.reserve(reserve)
+                    body.keep = resendable
                 try:
                     if attempt == 1 and not taken_back:
                         self.metrics.queue_wait.observe(time.monotonic() - arrived)
