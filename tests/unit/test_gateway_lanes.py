@@ -462,3 +462,16 @@ def test_realtime_handshakes_held_at_zero_count_in_the_queue_the_policy_reads() 
         lanes={INTERACTIVE: lane, DEFERRABLE: lane},
     )
     assert gateway_sample([page], seconds_since_last_request=1.0).queued_requests == 2
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+def test_a_json_body_not_in_utf8_is_refused(encoding: str) -> None:
+    # Python's json.loads (so vLLM) reads these too, but the gateway's search for service_tier and priority
+    # is in UTF-8 bytes: a caller's own priority would pass it.
+    body = json.dumps({"messages": [], "priority": -100}).encode(encoding)
+    json.loads(body)  # what a replica would read
+    refused = lanes.utf8_json(body)
+    assert isinstance(refused, Refusal), (encoding, body[:8])
+    assert (refused.status, refused.code) == (400, "json_not_utf8")
+    for utf8 in (b'{"priority": -100}', b" \r\n{}", b"\xef\xbb\xbf{}", b"{", b""):
+        assert lanes.utf8_json(utf8) is None, utf8

@@ -540,6 +540,8 @@ class Gateway:
             if len(prefix) > limit:
                 return refusal_response(request, self._too_large(limit)), key
         boundary = multipart_boundary(content_type)
+        if framing.has_body and boundary is None and (encoding := lanes.utf8_json(prefix)) is not None:
+            return refusal_response(request, encoding), key
         late = lanes.LATE_FIELD
         if (
             framing.has_body

@@ -200,6 +200,23 @@ _LATE_TIER = Refusal(
 )
 
 
+_NOT_UTF8 = Refusal(
+    400,
+    "Bad request: the JSON body is not UTF-8 (a UTF-16 or UTF-32 byte order mark, or NUL in its first bytes); "
+    "send it as UTF-8",
+    "json_not_utf8",
+)
+
+
+def utf8_json(prefix: bytes) -> Refusal | None:
+    """A refusal for a JSON body in UTF-16 or UTF-32, which Python's json.loads (so vLLM) reads as well: the
+    gateway reads `service_tier` and `priority` in UTF-8 bytes and would miss them there. RFC 8259 asks for
+    UTF-8; such a body starts with a byte order mark or has a NUL among its first four bytes."""
+    if prefix.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in prefix[:4]:
+        return _NOT_UTF8
+    return None
+
+
 @dataclass(frozen=True)
 class Tier:
     """What the body says of its lane, and what to watch for in the part of it not read yet."""
