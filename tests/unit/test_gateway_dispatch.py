@@ -165,6 +165,27 @@ async def test_a_replica_leaving_keeps_its_in_flight_requests_counted() -> None:
     assert (await dispatcher.acquire(SHORT)).address == "b:1"
 
 
+async def test_a_replica_ready_again_keeps_the_requests_still_in_flight_on_it() -> None:
+    # Its readiness flapped (one probe missed): the requests sent before are still running there.
+    dispatcher = Dispatcher(max_inflight=2)
+    dispatcher.set_replicas(["a:1"])
+    first = [await dispatcher.acquire(SHORT) for _ in range(2)]  # a is full
+    dispatcher.set_replicas([])
+    dispatcher.set_replicas(["a:1"])
+    snapshot = dispatcher.snapshot()
+    assert snapshot.inflight == 2, snapshot
+    assert snapshot.replicas == {"a:1": (2, 10.0)}, snapshot.replicas
+    queued = asyncio.create_task(dispatcher.acquire(SHORT))
+    await asyncio.sleep(0.05)
+    assert not queued.done(), "dispatched beside the two still in flight on a full replica"
+    first[0].release()
+    lease = await asyncio.wait_for(queued, 5)
+    assert lease.address == "a:1"
+    for done in (first[1], lease):
+        done.release()
+    assert dispatcher.snapshot().inflight == 0
+
+
 async def test_exclusion_retries_on_another_replica() -> None:
     dispatcher = Dispatcher()
     dispatcher.set_replicas(["a:1", "b:1"])

@@ -254,8 +254,17 @@ class Dispatcher:
                 replica.gone = True
                 if replica.inflight:
                     self._gone[id(replica)] = replica
+        returning = {replica.address: replica for replica in self._gone.values() if replica.address in wanted}
         for address in wanted:
-            self.replicas.setdefault(address, Replica(address))
+            if address in self.replicas:
+                continue
+            replica = returning.get(address)
+            if replica is None:
+                replica = Replica(address)
+            else:  # ready again with requests still in flight there (a readiness probe missed): they count
+                del self._gone[id(replica)]
+                replica.gone = False
+            self.replicas[address] = replica
         self._pump()
         self._wake_all()  # held and queued ones re-read which timeout applies
 
