@@ -370,3 +370,50 @@ async def test_a_full_queue_pushes_out_the_longest_flows_newest_request() -> Non
     order = await serve_one_at_a_time(running, burst[:2] + late, 3)
     assert sorted(order) == ["a", "a", "b"]
     assert dispatcher.snapshot().inflight == 0
+
+
+async def test_a_request_refused_or_pushed_out_of_a_full_queue_is_charged_nothing() -> None:
+    now = [0.0]
+    limits = KeyLimits(requests_per_minute=3)
+    dispatcher = Dispatcher(
+        max_inflight=1, max_queue=1, queue_timeout=60, key_policies=KeyPolicies(limits), clock=lambda: now[0]
+    )
+    dispatcher.set_replicas(["a:1"])
+    running = await dispatcher.acquire(SHORT, key="a")  # charged: 1 of the minute's 3
+    queued = asyncio.create_task(dispatcher.acquire(SHORT, key="a"))  # charged: 2
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull):
+        await dispatcher.acquire(SHORT, key="a")  # refused: not charged
+    running.release()
+    (await queued).release()
+    try:
+        third = await dispatcher.acquire(SHORT, key="a")  # the minute's third: passes
+    except RateLimited as exc:
+        pytest.fail(f"the minute's third request refused: the queue_full refusal was charged ({exc})")
+    with pytest.raises(RateLimited):
+        await dispatcher.acquire(SHORT, key="a")  # and a fourth is over the limit
+    third.release()
+
+
+async def test_a_request_pushed_out_of_a_full_queue_is_refunded() -> None:
+    now = [0.0]
+    dispatcher = Dispatcher(
+        max_inflight=1,
+        max_queue=2,
+        queue_timeout=60,
+        key_policies=KeyPolicies(KeyLimits(requests_per_minute=3)),
+        clock=lambda: now[0],
+    )
+    dispatcher.set_replicas(["a:1"])
+    running = await dispatcher.acquire(SHORT, key="a")
+    burst = await queue_burst(dispatcher, "b", 2)  # b charged 2 of its minute's 3
+    late = await queue_burst(dispatcher, "c", 1)  # pushes out b's newest
+    with pytest.raises(QueueFull, match="this key has the most"):
+        await burst[1]
+    order = await serve_one_at_a_time(running, [burst[0], *late], 2)
+    assert sorted(order) == ["b", "c"]
+    for served in range(2):  # b used one of its three: two more pass
+        try:
+            (await dispatcher.acquire(SHORT, key="b")).release()
+        except RateLimited as exc:
+            pytest.fail(f"b's request {served + 2} of 3 refused: the one pushed out was charged ({exc})")

@@ -39,7 +39,7 @@ from typing import Any
 
 from voxtral_operator.gateway import lanes
 from voxtral_operator.gateway.flows import DeficitRoundRobin, FairnessPolicy, FlowQueue
-from voxtral_operator.gateway.limits import KeyLimiter, KeyPolicies
+from voxtral_operator.gateway.limits import KeyLimiter, KeyLimits, KeyPolicies
 from voxtral_operator.gateway.metrics import Snapshot
 from voxtral_operator.gateway.work import Work
 
@@ -192,6 +192,7 @@ class _Waiter:
     order: int
     lane: str = lanes.INTERACTIVE
     wakeup: asyncio.Future[None] | None = field(default=None)
+    charged: KeyLimits | None = None  # the limits its key was charged under (refunded if it is pushed out)
 
     @property
     def cost(self) -> float:
@@ -322,9 +323,10 @@ class Dispatcher:
         deferrable = lane == lanes.DEFERRABLE
         queue = self._deferred if deferrable else self._queue
         limits = self.key_policies.of(tenant)
-        if not exclude and arrived is None:
+        first = not exclude and arrived is None  # charged once placed (a refused request is charged nothing)
+        if first:
             active = self._active[key] + self._queue.waiting(key) + self._deferred.waiting(key)
-            refusal = self._limiter.admit(key, limits, work.audio_seconds, active, self._clock())
+            refusal = self._limiter.admit(key, limits, work.audio_seconds, active, self._clock(), charge=False)
             if refusal is not None:
                 self.limited[(key, refusal.limit)] += 1
                 raise RateLimited(
@@ -335,6 +337,8 @@ class Dispatcher:
         if not queue and not self._queue:
             replica = self._choose(lane, work, exclude)
             if replica is not None:
+                if first:
+                    self._limiter.charge(key, limits, work.audio_seconds, self._clock())
                 return self._lease(replica, work, key, lane)
         if len(queue) >= (self.max_deferrable_queue if deferrable else self.max_queue):
             self._make_room(queue, key, self.max_deferrable_queue if deferrable else self.max_queue)
@@ -342,6 +346,9 @@ class Dispatcher:
         since = time.monotonic() if arrived is None else arrived
         waiter = _Waiter(work, exclude, since, loop.create_future(), key, next(self._arrivals), lane)
         queue.push(key, waiter, limits.weight)
+        if first:
+            self._limiter.charge(key, limits, work.audio_seconds, self._clock())
+            waiter.charged = limits
         try:
             while not waiter.future.done():
                 held = not self.replicas
@@ -392,6 +399,8 @@ class Dispatcher:
             raise QueueFull(f"the endpoint's queue is full ({bound} requests waiting); retry later")
         victim = longest.newest()
         queue.remove(victim.key, victim)
+        if victim.charged is not None:  # refused after all: charged nothing
+            self._limiter.refund(victim.key, victim.charged, victim.work.audio_seconds, self._clock())
         self.limited[(victim.key, QUEUE_FULL)] += 1  # its own acquire() counts it as a failure of its lane
         victim.future.set_exception(
             QueueFull(

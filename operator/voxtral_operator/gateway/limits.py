@@ -118,8 +118,11 @@ class KeyLimiter:
             bucket = self._buckets[(key, limit)] = TokenBucket.per_minute(amount, now)
         return bucket
 
-    def admit(self, key: str, limits: KeyLimits, audio_seconds: float, active: int, now: float) -> Refusal | None:
-        """Charge one request of `audio_seconds` to the key, or say which limit refuses it (nothing charged).
+    def admit(
+        self, key: str, limits: KeyLimits, audio_seconds: float, active: int, now: float, *, charge: bool = True
+    ) -> Refusal | None:
+        """Charge one request of `audio_seconds` to the key (unless `charge` is False: `charge` it once it is
+        placed), or say which limit refuses it (nothing charged).
 
         `active`: the key's requests queued or in flight on this pod now.
         """
@@ -137,6 +140,26 @@ class KeyLimiter:
         if longest is not None and longest[0] > 1e-9:  # float dust is not a wait
             wait, limit, bucket = longest
             return Refusal(limit, max(1, math.ceil(wait)), bucket.capacity)
-        for _, amount, bucket in wanted:
-            bucket.take(amount, now)
+        if charge:
+            self.charge(key, limits, audio_seconds, now)
         return None
+
+    def _wanted(self, key: str, limits: KeyLimits, audio_seconds: float, now: float) -> list[tuple[float, TokenBucket]]:
+        wanted: list[tuple[float, TokenBucket]] = []
+        if limits.requests_per_minute is not None:
+            wanted.append((1.0, self._bucket(key, REQUESTS_PER_MINUTE, limits.requests_per_minute, now)))
+        if limits.audio_seconds_per_minute is not None and audio_seconds > 0:
+            bucket = self._bucket(key, AUDIO_SECONDS_PER_MINUTE, limits.audio_seconds_per_minute, now)
+            wanted.append((audio_seconds, bucket))
+        return wanted
+
+    def charge(self, key: str, limits: KeyLimits, audio_seconds: float, now: float) -> None:
+        """Take one request of `audio_seconds` from the key's buckets (admitted: queued or dispatched)."""
+        for amount, bucket in self._wanted(key, limits, audio_seconds, now):
+            bucket.take(amount, now)
+
+    def refund(self, key: str, limits: KeyLimits, audio_seconds: float, now: float) -> None:
+        """Give back what `charge` took for a request refused after all (pushed out of a full queue)."""
+        for amount, bucket in self._wanted(key, limits, audio_seconds, now):
+            bucket.take(-amount, now)
+            bucket.tokens = min(bucket.capacity, bucket.tokens)
