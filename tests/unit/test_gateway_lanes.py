@@ -129,7 +129,7 @@ def test_a_multipart_body_names_its_lane_in_a_field() -> None:
     tier = lanes.multipart_tier(head, "XyZ", complete=False)
     assert isinstance(tier, lanes.Tier)
     assert tier.lane == INTERACTIVE
-    assert tier.watch == (b'name="service_tier"',)
+    assert tier.watch == (b"service_tier",)
     unknown = lanes.multipart_tier(multipart(("service_tier", b"scale"), ("file", b"x")), "XyZ", complete=True)
     assert isinstance(unknown, Refusal)
     assert unknown.code == "invalid_service_tier"
@@ -475,3 +475,26 @@ def test_a_json_body_not_in_utf8_is_refused(encoding: str) -> None:
     assert (refused.status, refused.code) == (400, "json_not_utf8")
     for utf8 in (b'{"priority": -100}', b" \r\n{}", b"\xef\xbb\xbf{}", b"{", b""):
         assert lanes.utf8_json(utf8) is None, utf8
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [b'form-data; name="service_tier"', b"form-data; name=service_tier", b'form-data; NAME="service_tier"',
+     b'Form-Data ; Name = "service_tier"'],
+)  # fmt: skip
+def test_a_multipart_tier_field_is_read_however_its_part_spells_it(disposition: bytes) -> None:
+    # aiohttp and python-multipart (vLLM's) read parameter names in any case and token values unquoted.
+    body = b"--XyZ\r\ncontent-disposition: " + disposition + b"\r\n\r\nflex\r\n" + multipart(("file", b"RIFF"))
+    assert lanes.multipart_tier(body, "XyZ", complete=True) == lanes.Tier(DEFERRABLE), disposition
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [b'form-data; name="service_tier"; name="model"', b"form-data; name*=UTF-8''service_tier",
+     b'form-data; name="service_tier', b"form-data; name=\"service_\xc3\xa9\""],
+)  # fmt: skip
+def test_a_multipart_part_whose_name_could_be_read_two_ways_is_refused(disposition: bytes) -> None:
+    body = b"--XyZ\r\nContent-Disposition: " + disposition + b"\r\n\r\nflex\r\n" + multipart(("file", b"RIFF"))
+    refused = lanes.multipart_tier(body, "XyZ", complete=True)
+    assert isinstance(refused, Refusal), (disposition, refused)
+    assert refused.status == 400

@@ -14,7 +14,9 @@ from voxtral_operator.gateway.work import (
     audio_seconds,
     estimate,
     flac_seconds,
+    form_boundary,
     mp3_seconds,
+    multipart_boundary,
     multipart_file,
     wav_seconds,
 )
@@ -155,3 +157,25 @@ def test_cost_grows_with_audio_and_output() -> None:
 
 def test_empty_body() -> None:
     assert estimate("", b"", None) == Work(0.0, 0)
+
+
+@pytest.mark.parametrize(
+    "content_type,read",
+    [
+        ("multipart/form-data; boundary=XyZ", (True, "XyZ")),
+        ('Multipart/Form-Data; BOUNDARY="a b:c"', (True, "a b:c")),
+        ("multipart/form-data; charset=utf-8; Boundary=q", (True, "q")),
+        ("application/json", (False, None)),
+        ("multipart/form-data", (True, None)),  # missing
+        ("multipart/form-data; boundary=a; boundary=b", (True, None)),  # which one?
+        ("multipart/form-data; boundary=\udcff\udcfeabc", (True, None)),  # bytes 0xff 0xfe, as aiohttp decodes them
+        ("multipart/form-data; boundary=café", (True, None)),
+        ("multipart/form-data; boundary=" + "a" * 71, (True, None)),
+        ('multipart/form-data; boundary="ends in a space "', (True, None)),
+        ("multipart/form-data; boundary=a;b", (True, None)),
+    ],
+)
+def test_a_multipart_boundary_is_read_only_when_unambiguous(content_type: str, read: tuple[bool, str | None]) -> None:
+    assert form_boundary(content_type) == read
+    assert multipart_boundary(content_type) == read[1]
+    estimate(content_type, b"--\xff\xfeabc\r\n\r\n", 100)  # never raises, whatever the boundary

@@ -48,7 +48,14 @@ from voxtral_operator.gateway.realtime import (
 )
 from voxtral_operator.gateway.realtime import ROUTE as REALTIME_ROUTE
 from voxtral_operator.gateway.sources import ANONYMOUS, LiveSettings, Sources
-from voxtral_operator.gateway.work import MAX_TOKENS, PREFIX_BYTES, Work, estimate, multipart_boundary
+from voxtral_operator.gateway.work import (
+    MAX_TOKENS,
+    PREFIX_BYTES,
+    Work,
+    estimate,
+    form_boundary,
+    multipart_boundary,
+)
 
 logger = logging.getLogger("voxtral_operator.gateway")
 
@@ -527,6 +534,13 @@ class Gateway:
         if route in AUDIO_ROUTES and content_type.split(";")[0].strip().lower() != "multipart/form-data":
             refusal = Refusal(
                 415, "Unsupported media type: audio routes take multipart/form-data", "unsupported_media_type"
+            )
+            return refusal_response(request, refusal), key
+        if form_boundary(content_type) == (True, None):
+            refusal = Refusal(
+                400,
+                "Bad request: the multipart boundary is missing, repeated, or not 1-70 of RFC 2046's characters",
+                "bad_request",
             )
             return refusal_response(request, refusal), key
         prefix = b""

@@ -62,6 +62,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from voxtral_operator.gateway.framing import Refusal
+from voxtral_operator.gateway.work import form_parts
 
 INTERACTIVE = "interactive"
 DEFERRABLE = "deferrable"
@@ -253,26 +254,32 @@ def json_tier(prefix: bytes, complete: bool) -> Tier | Refusal:
     return lane if isinstance(lane, Refusal) else Tier(lane)
 
 
-def _field_name(name: str) -> bytes:
-    return b'name="' + name.encode() + b'"'
+TIER_FIELD = b"service_tier"  # watched for in the rest of a multipart body, however its part names it
+_AMBIGUOUS_PART = Refusal(
+    400,
+    "Bad request: a multipart part's Content-Disposition is repeated, malformed or not ASCII",
+    "bad_request",
+)
 
 
 def multipart_tier(prefix: bytes, boundary: str, complete: bool) -> Tier | Refusal:
     """The lane of a multipart body from its `service_tier` field (which must precede the file part
-    when the body is longer than what was read)."""
-    delimiter = b"\r\n--" + boundary.encode()
-    marker = _field_name("service_tier")
-    start = prefix.find(marker)
-    if start < 0:
-        return Tier(INTERACTIVE, watch=() if complete else (marker,))
-    if prefix.find(marker, start + 1) >= 0:
+    when the body is longer than what was read). Part headers are read as aiohttp and python-multipart
+    read them (names in any case, values quoted or not); what they could read otherwise is refused."""
+    parts = form_parts(prefix, boundary)
+    fields = [part.fields for part in parts]
+    if any(found is None for found in fields):
+        return _AMBIGUOUS_PART
+    tiers = [part for part in parts if part.fields is not None and part.fields.get("name") == "service_tier"]
+    if not tiers:
+        return Tier(INTERACTIVE, watch=() if complete else (TIER_FIELD,))
+    if len(tiers) > 1:
         return Refusal(400, "Bad request: more than one service_tier field", "invalid_service_tier")
-    data = prefix.find(b"\r\n\r\n", start)
-    end = prefix.find(delimiter, data + 4) if data >= 0 else -1
-    if end < 0:
+    part = tiers[0]
+    if part.data_end < 0:
         return _LATE_TIER
     try:
-        value = prefix[data + 4 : end].decode("ascii").strip()
+        value = prefix[part.data_start : part.data_end].decode("ascii").strip()
     except UnicodeDecodeError:
         return _unknown_tier("(not ASCII)")
     lane = lane_of_tier(value)

@@ -221,16 +221,95 @@ class FilePart:
     offset: int  # where the file's bytes start in the body
 
 
-def multipart_boundary(content_type: str) -> str | None:
+# RFC 2046's bchars: a boundary is 1-70 of these, not ending in a space.
+_BCHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
+
+
+def _parameters(text: str) -> dict[str, str] | None:
+    """`; name=value` parameters (names in lower case, values unquoted), or None when one is malformed, repeated,
+    or in RFC 2231's extended form (`name*=`): what the gateway could read otherwise than the replica."""
+    found: dict[str, str] = {}
+    for item in text.split(";"):
+        if not item.strip():
+            continue
+        name, equals, value = item.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if not equals or not name or name.endswith("*") or name in found:
+            return None
+        if value.startswith('"'):
+            if len(value) < 2 or not value.endswith('"') or '"' in value[1:-1] or "\\" in value:
+                return None
+            value = value[1:-1]
+        elif not value or any(c in value for c in ' "\\'):
+            return None
+        found[name] = value
+    return found
+
+
+def form_boundary(content_type: str) -> tuple[bool, str | None]:
+    """(whether the body is multipart/form-data, its boundary: None when missing, repeated or not 1-70 of
+    RFC 2046's characters, which the gateway refuses rather than guess at)."""
     media, _, params = content_type.partition(";")
     if media.strip().lower() != "multipart/form-data":
+        return False, None
+    found = _parameters(params)
+    boundary = found.get("boundary") if found is not None else None
+    if boundary is None or not 1 <= len(boundary) <= 70 or boundary.endswith(" "):
+        return True, None
+    if not set(boundary) <= _BCHARS:
+        return True, None
+    return True, boundary
+
+
+def multipart_boundary(content_type: str) -> str | None:
+    """The boundary of a multipart/form-data body, if it has one the gateway can read unambiguously."""
+    return form_boundary(content_type)[1]
+
+
+def part_fields(headers: bytes) -> dict[str, str] | None:
+    """A multipart part's Content-Disposition parameters (`name`, `filename`: names in any case, values quoted
+    or not), {} when it has none, or None when they are ambiguous (repeated, malformed, not ASCII)."""
+    try:
+        text = headers.decode("ascii")
+    except UnicodeDecodeError:
         return None
-    match = re.search(r'boundary="?([^";]+)"?', params)
-    return match.group(1) if match else None
+    found: dict[str, str] | None = {}
+    seen = False
+    for line in text.split("\r\n"):
+        name, colon, value = line.partition(":")
+        if colon and name.strip().lower() == "content-disposition":
+            if seen:
+                return None
+            seen = True
+            kind, _, params = value.partition(";")
+            found = _parameters(params) if kind.strip().lower() == "form-data" else None
+    return found
 
 
-_DISPOSITION_FIELD = re.compile(rb'(?i)\bname="([^"]*)"')
-_DISPOSITION_FILENAME = re.compile(rb'(?i)\bfilename="([^"]*)"')
+@dataclass(frozen=True)
+class FormPart:
+    fields: dict[str, str] | None  # part_fields of its headers
+    data_start: int  # where its data starts in the body
+    data_end: int  # where its data ends (the next delimiter), -1: not within what was read
+
+
+def form_parts(prefix: bytes, boundary: str) -> list[FormPart]:
+    """The parts of a multipart body whose headers are within its first bytes `prefix`, in order."""
+    delimiter = b"--" + boundary.encode("ascii")
+    parts: list[FormPart] = []
+    position = prefix.find(delimiter)
+    while position >= 0:
+        headers_start = position + len(delimiter) + 2
+        if prefix[headers_start - 2 : headers_start] != b"\r\n":
+            break  # the closing delimiter (`--`), or not read that far
+        headers_end = prefix.find(b"\r\n\r\n", headers_start)
+        if headers_end < 0:
+            break
+        data_start = headers_end + 4
+        end = prefix.find(b"\r\n" + delimiter, data_start)
+        parts.append(FormPart(part_fields(prefix[headers_start:headers_end]), data_start, end))
+        position = end + 2 if end >= 0 else -1
+    return parts
 
 
 def multipart_file(prefix: bytes, boundary: str) -> FilePart | None:
@@ -244,13 +323,12 @@ def multipart_file(prefix: bytes, boundary: str) -> FilePart | None:
             return None
         headers = prefix[headers_start:headers_end]
         data_start = headers_end + 4
-        field = _DISPOSITION_FIELD.search(headers)
-        if field and field.group(1) == b"file":
-            filename = _DISPOSITION_FILENAME.search(headers)
+        fields = part_fields(headers) or {}
+        if fields.get("name") == "file":
             media = re.search(rb"(?im)^content-type:\s*([^\r\n]+)", headers)
             end = prefix.find(b"\r\n" + delimiter, data_start)
             return FilePart(
-                filename=filename.group(1).decode(errors="replace") if filename else "",
+                filename=fields.get("filename", ""),
                 media_type=media.group(1).decode(errors="replace").strip() if media else "",
                 head=prefix[data_start : end if end >= 0 else len(prefix)],
                 offset=data_start,
