@@ -526,7 +526,9 @@ async def test_a_deferrable_body_reserves_its_resend_buffer_when_dispatched_not_
         async with aiohttp.ClientSession() as client:
             for count in (1, 2, 3):  # the first one dispatched, the next two wait
                 requests.append(asyncio.create_task(client.post(f"http://127.0.0.1:{port}/v1/completions", data=body)))
-                await eventually(lambda: asyncio.sleep(0, len(gates) + dispatcher.waiting == count), timeout=15)
+                await eventually(
+                    lambda count=count: asyncio.sleep(0, len(gates) + dispatcher.waiting == count), timeout=15
+                )
             held = gateway.resend_buffers.held
             assert held == len(body), f"{held} bytes reserved with one body dispatched and two waiting"
             for finished in (1, 2):  # the third one is dispatched into a budget with room for it

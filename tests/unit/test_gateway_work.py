@@ -160,7 +160,7 @@ def test_empty_body() -> None:
 
 
 @pytest.mark.parametrize(
-    "content_type,read",
+    ("content_type", "read"),
     [
         ("multipart/form-data; boundary=XyZ", (True, "XyZ")),
         ('Multipart/Form-Data; BOUNDARY="a b:c"', (True, "a b:c")),

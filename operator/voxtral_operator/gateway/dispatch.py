@@ -259,13 +259,11 @@ class Dispatcher:
         for address in wanted:
             if address in self.replicas:
                 continue
-            replica = returning.get(address)
-            if replica is None:
-                replica = Replica(address)
-            else:  # ready again with requests still in flight there (a readiness probe missed): they count
-                del self._gone[id(replica)]
-                replica.gone = False
-            self.replicas[address] = replica
+            back = returning.get(address)
+            if back is not None:  # ready again with requests still in flight there (a probe missed): they count
+                del self._gone[id(back)]
+                back.gone = False
+            self.replicas[address] = back if back is not None else Replica(address)
         self._pump()
         self._wake_all()  # held and queued ones re-read which timeout applies
 
