@@ -1,6 +1,7 @@
 """Realtime sessions through `voxtral-operator gateway` as a process: WebSocket /v1/realtime relayed to
 the vLLM simulator (which speaks vLLM's realtime protocol), keys checked at the handshake, admission
-per replica by open sessions, holding at zero replicas, the bounds, drain and suspend."""
+per replica by open sessions, holding at zero replicas, the bounds, drain and suspend, per-key limits,
+and handshakes that end early (the caller leaving, a suspend, a replica refusing, a malformed upgrade)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +147,13 @@ async def test_keys_are_checked_at_the_handshake_and_other_websocket_paths_are_r
     assert await raw_status(gateway.port, "GET /v1/models HTTP/1.1") == 200
     # Nothing was accepted by a replica for the refused handshakes.
     assert await gateway.metric(session, realtime.SESSIONS_TOTAL, 'outcome="admitted"') == 0
+    # A key offered as the only subprotocol (no "realtime") is taken, and neither it nor a wrong one is logged.
+    async with session.ws_connect(_ws(gateway), protocols=(f"{realtime.KEY_SUBPROTOCOL_PREFIX}caller-key-two",)) as ws:
+        await _created(ws)
+    wrong = (f"{realtime.KEY_SUBPROTOCOL_PREFIX}logged-wrong-key",)
+    assert (await _refusal(session, _ws(gateway), protocols=wrong)).status == 401
+    lines = gateway.log_path.read_text().splitlines()
+    assert [line for line in lines if "caller-key-two" in line or "logged-wrong-key" in line] == []
 
 
 async def test_sessions_are_admitted_per_replica_and_refused_beyond_with_retry_after(
@@ -333,3 +343,258 @@ def gateway_rss(gateway: Gateway) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+# --- handshakes that end early, and per-key limits ---------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _gated_replica() -> AsyncIterator[tuple[int, asyncio.Event, list[str]]]:
+    """A replica whose upgrade waits until the test sets the gate (a busy vLLM, a slow network). `seen`
+    gets "reached" as a handshake arrives and "closed" when a session accepted by it ends."""
+    gate = asyncio.Event()
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append("reached")
+        await gate.wait()
+        ws = web.WebSocketResponse()
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the gateway may have gone meanwhile
+            await ws.prepare(request)
+            await ws.send_str(json.dumps({"type": "session.created", "id": "sess-gated", "created": 0}))
+            async for _ in ws:
+                pass
+            seen.append("closed")
+        return ws
+
+    app = web.Application()
+    app.router.add_get(realtime.ROUTE, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield port, gate, seen
+    finally:
+        await runner.cleanup()
+
+
+async def _saw(seen: list[str], what: str) -> bool:
+    return what in seen
+
+
+async def _keys(kube: Kube) -> None:
+    await put_secret(kube, "callers", {"alice": CALLER_KEY, "bob": "caller-key-two"})
+    await put_secret(kube, "vllm-key", {"api-key": BACKEND_KEY})
+
+
+async def _metric_becomes(gateway: Gateway, session: aiohttp.ClientSession, name: str, labels: str = "") -> float:
+    """The metric's value once it is not 0 (or 0 after 20 s)."""
+    seen = [0.0]
+
+    async def check() -> bool:
+        seen.append(await gateway.metric(session, name, labels))
+        return seen[-1] != 0
+
+    with contextlib.suppress(AssertionError):
+        await eventually(check, timeout=20, interval=0.1)
+    return seen[-1]
+
+
+async def _metric_falls_to_zero(gateway: Gateway, session: aiohttp.ClientSession, name: str) -> None:
+    seen = [0.0]
+
+    async def check() -> bool:
+        seen.append(await gateway.metric(session, name))
+        return seen[-1] == 0
+
+    with contextlib.suppress(AssertionError):
+        await eventually(check, timeout=20, interval=0.1)
+    assert seen[-1] == 0, f"{name} stayed {seen[-1]:g} for 20s"
+
+
+async def _handshake(
+    session: aiohttp.ClientSession, gateway: Gateway, headers: Mapping[str, str], *, valid: bool = True
+) -> tuple[int, dict[str, Any] | None, Mapping[str, str]]:
+    """An upgrade request as plain HTTP, to read a refusal's body: (status, JSON body, headers); no body
+    is read from a 101. `valid`: with RFC 6455's Sec-WebSocket-Key and -Version, else only the Upgrade."""
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
+    if valid:
+        upgrade |= {"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+    async with session.get(gateway.url + realtime.ROUTE, headers={**upgrade, **headers}) as response:
+        body = await response.json() if response.status != 101 else None
+        return response.status, body, response.headers
+
+
+async def test_a_caller_leaving_while_the_gateway_connects_gives_the_replica_slot_back(
+    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], tmp_path: Path
+) -> None:
+    async with _gated_replica() as (port, gate, seen):
+        await _keys(kube)
+        await put_slice(kube, "mini-0", port)
+        gateway = await _gateway(
+            gateways, sandbox, tmp_path, session,
+            "--realtime-sessions-per-replica", "1", "--realtime-full-wait-seconds", "1",
+        )  # fmt: skip
+        leaving = asyncio.ensure_future(session.ws_connect(_ws(gateway), headers=auth()))
+        await eventually(lambda: _saw(seen, "reached"), timeout=15, interval=0.05)
+        # The session holds the replica's slot from its placement, and the gauge shows it.
+        assert await gateway.metric(session, realtime.SESSIONS_OPEN) == 1
+        leaving.cancel()  # the caller gives up while the gateway waits for the replica: its connection closes
+        with contextlib.suppress(asyncio.CancelledError):
+            await leaving
+        await _metric_falls_to_zero(gateway, session, realtime.SESSIONS_OPEN)
+        gate.set()
+        try:
+            ws = await session.ws_connect(_ws(gateway), headers=auth())
+        except aiohttp.WSServerHandshakeError as exc:
+            pytest.fail(f"the next caller got {exc.status}: the slot of the caller who left was kept")
+        await _created(ws)
+        await ws.close()
+
+
+async def test_a_suspend_while_the_gateway_connects_refuses_the_handshake_and_closes_the_replica(
+    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], tmp_path: Path
+) -> None:
+    async with _gated_replica() as (port, gate, seen):
+        await _keys(kube)
+        await put_slice(kube, "mini-0", port)
+        gateway = await _gateway(
+            gateways, sandbox, tmp_path, session,
+            "--realtime-sessions-per-replica", "1", "--realtime-full-wait-seconds", "60",
+        )  # fmt: skip
+        attempt = asyncio.ensure_future(session.ws_connect(_ws(gateway), headers=auth()))
+        await eventually(lambda: _saw(seen, "reached"), timeout=15, interval=0.05)
+        # A second caller waits for room behind the first.
+        waiting = asyncio.ensure_future(session.ws_connect(_ws(gateway), headers=auth()))
+        await eventually(lambda: gateway.metric(session, realtime.SESSIONS_HELD), timeout=15, interval=0.05)
+        await put_endpoint(kube, suspended=True)
+
+        async def suspended() -> bool:
+            return await raw_status(gateway.port, "GET /v1/models HTTP/1.1") == 503
+
+        await eventually(suspended, timeout=15, interval=0.1)  # the gateway follows the suspend
+        gate.set()  # only now does the replica accept the gateway's socket
+        statuses = []
+        for handshake in (attempt, waiting):
+            try:
+                ws = await asyncio.wait_for(handshake, 30)
+            except aiohttp.WSServerHandshakeError as exc:
+                statuses.append(exc.status)
+            else:
+                statuses.append(101)
+                await ws.close()
+        assert statuses == [503, 503], f"the handshakes (connecting, held) got {statuses} on a suspended endpoint"
+        await _metric_falls_to_zero(gateway, session, realtime.SESSIONS_OPEN)
+        await eventually(lambda: _saw(seen, "closed"), timeout=15, interval=0.05)
+        assert await gateway.metric(session, realtime.SESSIONS_TOTAL, 'outcome="admitted"') == 0
+
+
+async def test_a_replica_refusing_the_socket_answers_502_at_once_rather_than_holding(
+    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], tmp_path: Path
+) -> None:
+    await _keys(kube)
+    await put_slice(kube, "mini-0", free_port())  # ready, but nothing listens: every socket is refused
+    gateway = await _gateway(gateways, sandbox, tmp_path, session)
+    try:
+        async with asyncio.timeout(30):  # the hold timeout is far longer
+            status, body, _ = await _handshake(session, gateway, auth())
+    except TimeoutError:
+        pytest.fail("no answer within 30s: the handshake is held for a replica not tried yet")
+    assert (status, body and body["error"]["code"]) == (502, "backend_unreachable"), (status, body)
+    assert await gateway.metric(session, realtime.SESSIONS_TOTAL, 'outcome="refused_unreachable"') == 1
+    assert await gateway.metric(session, realtime.SESSIONS_OPEN) == 0
+
+
+async def test_a_malformed_upgrade_is_answered_400_without_touching_a_replica(
+    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], simulators: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    ports = await _world(kube, session, simulators)
+    gateway = await _gateway(gateways, sandbox, tmp_path, session)
+    # Upgrade: websocket without Sec-WebSocket-Key and -Version is not a handshake (RFC 6455 4.2.1).
+    status, body, _ = await _handshake(session, gateway, auth(), valid=False)
+    assert (status, body and body["error"]) == (
+        400,
+        {"message": "Bad request: not a valid WebSocket handshake", "type": "invalid_request_error", "param": None,
+         "code": "bad_request"},
+    ), (status, body)  # fmt: skip
+    async with session.get(f"http://127.0.0.1:{ports[0]}/metrics") as response:
+        page = await response.text()
+    reached = [line for line in page.splitlines() if line.startswith("vllm:websocket_connections_total")]
+    assert reached == ["vllm:websocket_connections_total 0.0"], reached
+    assert await gateway.metric(session, realtime.SESSIONS_TOTAL, 'outcome="admitted"') == 0
+
+
+async def test_an_append_is_metered_by_its_parsed_type_however_its_json_spells_it(
+    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], simulators: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    await _world(kube, session, simulators)
+    gateway = await _gateway(gateways, sandbox, tmp_path, session)
+    audio = base64.b64encode(b"\0\0" * 16000 * 2).decode()  # 2 s of PCM16
+    async with session.ws_connect(_ws(gateway), headers=auth()) as ws:
+        await _created(ws)
+        await ws.send_str(json.dumps({"type": "session.update", "model": MODEL}))
+        # JSON-equal to {"type": "input_audio_buffer.append", ...} ("\u005f" is "_"): the replica transcribes it.
+        await ws.send_str('{"type": "input\\u005faudio_buffer.append", "audio": "' + audio + '"}')
+        await ws.send_str(json.dumps({"type": "input_audio_buffer.commit", "final": True}))
+        async with asyncio.timeout(20):
+            while (event := json.loads((await ws.receive()).data))["type"] != "transcription.done":
+                assert event["type"] != "error", event
+    assert event["usage"]["prompt_tokens"] > 0, event
+    alice = key_id(CALLER_KEY.encode())
+    seconds = await _metric_becomes(gateway, session, names.USAGE_AUDIO_SECONDS_TOTAL, f'key_id="{alice}"')
+    assert seconds == pytest.approx(2.0), f"2 s transcribed ({event['usage']}), {seconds} s metered"
+
+
+async def test_per_key_limits_apply_to_sessions_at_the_handshake_and_to_their_audio(
+    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], simulators: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A session is one request holding one of its key's concurrent slots for its life; its appends are
+    charged to the key's audio-seconds. Alice: 1 concurrent, 1 a minute; Bob also 1 audio-second a minute."""
+    await _world(kube, session, simulators)
+    gateway = await _gateway(
+        gateways, sandbox, tmp_path, session, "--realtime-sessions-per-replica", "4",
+        "--key-concurrent-requests", "1", "--key-requests-per-minute", "1",
+        "--key-override", "bob:audio-seconds-per-minute=1",
+    )  # fmt: skip
+    first = await session.ws_connect(_ws(gateway), headers=auth())
+    await _created(first)
+    status, body, headers = await _handshake(session, gateway, auth())
+    assert (status, headers.get("Retry-After")) == (429, "1"), (status, body)
+    assert body is not None
+    assert body["error"]["type"] == "rate_limit_error", body
+    assert body["error"]["code"] == "rate_limit_exceeded", body
+    assert "concurrent requests" in body["error"]["message"], body
+    # Another key is not limited by Alice's session.
+    bob = await session.ws_connect(_ws(gateway), headers=auth("caller-key-two"))
+    await _created(bob)
+    await first.close()
+
+    async def refused_per_minute() -> bool:
+        status, body, _ = await _handshake(session, gateway, auth())
+        assert status == 429, f"Alice's second session in a minute got {status}"
+        assert body is not None
+        return "requests per minute" in body["error"]["message"]
+
+    # Once her first session has ended its slot is free, and her requests per minute refuse the next.
+    await eventually(refused_per_minute, timeout=20, interval=0.1)
+    # Bob's appends are charged to his audio-seconds: 2 x 0.5 s pass, the third is over and closes the session.
+    half_second = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\0\0" * 8000).decode()})
+    await bob.send_str(json.dumps({"type": "session.update", "model": MODEL}))
+    for _ in range(3):
+        await bob.send_str(half_second)
+    try:
+        closed = await _until_closed(bob)
+    except TimeoutError:
+        await bob.close()
+        pytest.fail("Bob's session stayed open 15s after 1.5 s of audio against his 1 a minute")
+    assert bob.close_code == realtime.POLICY, closed
+    assert (closed.extra or "").startswith("this key's audio seconds per minute reached; retry in "), closed
+    bob_id = key_id(b"caller-key-two")
+    assert await gateway.metric(session, names.USAGE_AUDIO_SECONDS_TOTAL, f'key_id="{bob_id}"') == pytest.approx(1.0)
+    assert await gateway.metric(session, realtime.SESSIONS_CLOSED_TOTAL, 'reason="key_limit"') == 1
+    # The refused handshakes never reached a replica.
+    assert await gateway.metric(session, realtime.SESSIONS_TOTAL, 'outcome="admitted"') == 2

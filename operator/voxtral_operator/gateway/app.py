@@ -339,7 +339,12 @@ class Gateway:
         self.fault_at: Callable[[str], None] | None = None
         if settings.realtime is not None:
             self.realtime = RealtimeSessions(
-                settings.realtime, self.metrics, self.session, sources.backend_key_for, lambda: dispatcher.hold_timeout
+                settings.realtime,
+                self.metrics,
+                self.session,
+                sources.backend_key_for,
+                lambda: dispatcher.hold_timeout,
+                dispatcher,
             )
             sources.on_backends.append(self.realtime.set_replicas)
             self.realtime.set_replicas(sources.backends)
@@ -624,6 +629,9 @@ class Gateway:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             refusal = Refusal(426, f"{REALTIME_ROUTE} takes a WebSocket upgrade", "upgrade_required")
             return refusal_response(request, refusal), ANONYMOUS
+        if not web.WebSocketResponse().can_prepare(request).ok:  # RFC 6455's headers: no replica is touched
+            refusal = Refusal(400, "Bad request: not a valid WebSocket handshake", "bad_request")
+            return refusal_response(request, refusal), ANONYMOUS
         if self.sources.misconfigured:
             refusal = Refusal(503, "endpoint misconfigured: a Secret it needs is missing; its operator is told",
                               "endpoint_misconfigured")  # fmt: skip
@@ -636,11 +644,10 @@ class Gateway:
         try:
             if refusing is not None:
                 raise Refused(refusing.status, str(refusing), refusing.code, refusing.retry_after)
-            return await self.realtime.serve(request, key), key
+            return await self.realtime.serve(request, key, self._tenant(key)), key
         except Refused as exc:
-            response = error_response(
-                exc.status, str(exc), exc.code, kind="service_unavailable", retry_after=exc.retry_after
-            )
+            kind = "rate_limit_error" if exc.status == 429 else "service_unavailable"
+            response = error_response(exc.status, str(exc), exc.code, kind=kind, retry_after=exc.retry_after)
             response.force_close()
             request.protocol.close()
             return response, key

@@ -39,7 +39,7 @@ from typing import Any
 
 from voxtral_operator.gateway import lanes
 from voxtral_operator.gateway.flows import DeficitRoundRobin, FairnessPolicy, FlowQueue
-from voxtral_operator.gateway.limits import KeyLimiter, KeyLimits, KeyPolicies
+from voxtral_operator.gateway.limits import KeyLimiter, KeyLimits, KeyPolicies, Refusal
 from voxtral_operator.gateway.metrics import Snapshot
 from voxtral_operator.gateway.work import Work
 
@@ -326,12 +326,7 @@ class Dispatcher:
             active = self._active[key] + self._queue.waiting(key) + self._deferred.waiting(key)
             refusal = self._limiter.admit(key, limits, work.audio_seconds, active, self._clock(), charge=False)
             if refusal is not None:
-                self.limited[(key, refusal.limit)] += 1
-                raise RateLimited(
-                    f"Rate limit reached for key {key} on {refusal.limit.replace('_', ' ')}: {refusal.allowed:g} "
-                    f"on this gateway pod; retry in {refusal.retry_after}s",
-                    refusal.retry_after,
-                )
+                raise self._rate_limited(key, refusal)
         if not queue and not self._queue:
             replica = self._choose(lane, work, exclude)
             if replica is not None:
@@ -388,6 +383,36 @@ class Dispatcher:
             queue.remove(key, waiter)
             if waiter.wakeup is not None and not waiter.wakeup.done():
                 waiter.wakeup.cancel()
+
+    def _rate_limited(self, key: str, refusal: Refusal) -> RateLimited:
+        """The answer to a limiter's refusal, counted."""
+        self.limited[(key, refusal.limit)] += 1
+        return RateLimited(
+            f"Rate limit reached for key {key} on {refusal.limit.replace('_', ' ')}: {refusal.allowed:g} "
+            f"on this gateway pod; retry in {refusal.retry_after}s",
+            refusal.retry_after,
+        )
+
+    # --- realtime sessions: the same per-key limits ---------------------------------------------
+
+    def open_session(self, key: str, tenant: str | None) -> None:
+        """Charge a realtime session to its key as one request that holds one of the key's concurrent slots
+        until `close_session`; raises RateLimited (nothing charged)."""
+        active = self._active[key] + self._queue.waiting(key) + self._deferred.waiting(key)
+        refusal = self._limiter.admit(key, self.key_policies.of(tenant), 0.0, active, self._clock())
+        if refusal is not None:
+            raise self._rate_limited(key, refusal)
+        self._active[key] += 1
+
+    def close_session(self, key: str) -> None:
+        self._active[key] -= 1
+        if self._active[key] <= 0:
+            del self._active[key]
+
+    def charge_session_audio(self, key: str, tenant: str | None, audio_seconds: float) -> RateLimited | None:
+        """Charge the audio of a session's append to its key, or the refusal (counted, nothing charged)."""
+        refusal = self._limiter.admit_audio(key, self.key_policies.of(tenant), audio_seconds, self._clock())
+        return None if refusal is None else self._rate_limited(key, refusal)
 
     def _make_room(self, queue: FlowQueue[_Waiter], key: str, bound: int) -> None:
         """Push out the newest request of the longest flow for this key's request, or raise QueueFull."""

@@ -163,3 +163,15 @@ class KeyLimiter:
         for amount, bucket in self._wanted(key, limits, audio_seconds, now):
             bucket.take(-amount, now)
             bucket.tokens = min(bucket.capacity, bucket.tokens)
+
+    def admit_audio(self, key: str, limits: KeyLimits, audio_seconds: float, now: float) -> Refusal | None:
+        """Charge `audio_seconds` alone to the key (a realtime session's append), or say the audio limit
+        refuses them (nothing charged)."""
+        if limits.audio_seconds_per_minute is None or audio_seconds <= 0:
+            return None
+        bucket = self._bucket(key, AUDIO_SECONDS_PER_MINUTE, limits.audio_seconds_per_minute, now)
+        wait = bucket.wait(audio_seconds, now)
+        if wait > 1e-9:
+            return Refusal(AUDIO_SECONDS_PER_MINUTE, max(1, math.ceil(wait)), bucket.capacity)
+        bucket.take(audio_seconds, now)
+        return None

@@ -3,17 +3,20 @@
 The HTTP side (app.py) has checked the caller's key on the upgrade request (the `Authorization`
 header, or for browsers, which cannot set headers on a WebSocket, the subprotocol token
 `openai-insecure-api-key.KEY` beside `realtime`, as OpenAI's realtime API takes it) and the endpoint's
-state (suspended, stopping). Here the session is admitted (sessions.py): placed on the replica with
-the fewest open sessions, held while no replica has room (at zero replicas up to the hold timeout,
-when all are full up to `full_wait`), else refused with 503 and Retry-After. Only then is the
-caller's upgrade accepted, so a caller refused or held never holds a replica's slot.
+state (suspended, stopping). Here the key's limits are checked (a session is one request holding one of
+the key's concurrent slots for its life; its appends are charged as audio-seconds), then the session is
+admitted (sessions.py): placed on the replica with the fewest open sessions, held while no replica has
+room (at zero replicas up to the hold timeout, when all are full up to `full_wait`), else refused with
+503 and Retry-After; 502 once every ready replica has refused the socket. Only then is the caller's
+upgrade accepted, so a caller refused or held never holds a replica's slot.
 
 Messages are relayed as they are (text or binary), each bounded: the caller's frame size (1009
 beyond), its message rate (1008), its silence (1001 after the idle time), the session's length (1008);
 a caller that does not read its transcription within `slow_reader_seconds` is closed (1008) rather
-than buffered for: the gateway holds at most the socket's write buffer per session. Closes the
-gateway decides carry a reason; a replica leaving gives its sessions the drain time, then 1012.
-Audio-seconds sent are metered per caller key, tokens from `transcription.done`'s usage.
+than buffered for: the gateway holds at most the socket's write buffer per session; a session whose
+key runs out of audio-seconds per minute is closed (1008). Closes the gateway decides carry a reason;
+a replica leaving gives its sessions the drain time, then 1012. Audio-seconds sent are metered per
+caller key, tokens from `transcription.done`'s usage.
 """
 
 from __future__ import annotations
@@ -31,10 +34,22 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from prometheus_client import Counter, Gauge, Histogram
 
+from voxtral_operator.gateway.dispatch import Dispatcher, RateLimited
 from voxtral_operator.gateway.metrics import GatewayMetrics
 from voxtral_operator.gateway.sessions import Admission, Wait
 
 logger = logging.getLogger("voxtral_operator.gateway")
+
+
+class _NoOfferedProtocols(logging.Filter):
+    """aiohttp warns of a handshake whose subprotocols the server does not speak, listing them: they may
+    hold the caller's key (`openai-insecure-api-key.KEY`), so that warning is not logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("%s: Client protocols")
+
+
+logging.getLogger("aiohttp.websocket").addFilter(_NoOfferedProtocols())
 
 ROUTE = "/v1/realtime"
 SUBPROTOCOL = "realtime"
@@ -79,6 +94,10 @@ class Refused(Exception):
         self.code = code
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[type[Refused], tuple[int, str, str, int | None]]:
+        # copy.copy rebuilds an exception from its args, which hold only the message here.
+        return Refused, (self.status, str(self), self.code, self.retry_after)
+
 
 def offered_key(protocols: str) -> str | None:
     """The key a browser sends as a subprotocol (`realtime, openai-insecure-api-key.KEY`), if any."""
@@ -105,7 +124,7 @@ class _Metrics:
         self.closed = Counter(
             SESSIONS_CLOSED_TOTAL.removesuffix("_total"),
             "Realtime sessions ended, by why (caller, replica, idle, too_long, rate, too_big, slow_reader, "
-            "drained, suspended, stopping, replica_failed).",
+            "drained, suspended, stopping, replica_failed, key_limit).",
             ["reason"],
             registry=registry,
         )
@@ -144,8 +163,10 @@ class RealtimeSessions:
         session: Callable[[], aiohttp.ClientSession],
         backend_key: Callable[[str], str | None],
         hold_timeout: Callable[[], float],
+        key_limits: Dispatcher,
     ) -> None:
         self.settings = settings
+        self.key_limits = key_limits  # the HTTP routes' per-key limits, which sessions are charged against too
         self.admission = Admission(settings.sessions_per_replica)
         self.metrics = _Metrics(metrics)
         self._client = session
@@ -154,6 +175,7 @@ class RealtimeSessions:
         self._changed = asyncio.Event()
         self._sessions: set[_Session] = set()
         self._refusing: Refused | None = None
+        self._closing: tuple[int, str, str] | None = None  # how sessions close while refusing
         self._drains: set[asyncio.Task[None]] = set()
 
     # --- the replica set and the endpoint's state ---------------------------------------------
@@ -178,6 +200,7 @@ class RealtimeSessions:
     def refuse(self, refusal: Refused | None, close: tuple[int, str, str] | None = None) -> None:
         """New handshakes get `refusal` (None: admit again); open sessions are closed with `close`."""
         self._refusing = refusal
+        self._closing = close if refusal is not None else None
         if close is not None:
             for session in list(self._sessions):
                 session.end(*close)
@@ -204,6 +227,7 @@ class RealtimeSessions:
         """A replica for a new session, waiting while there is no room; raises Refused."""
         found = self.admission.admit(None, exclude)
         if isinstance(found, str):
+            self._publish()
             return found
         arrived = time.monotonic()
         ticket = self.admission.hold()
@@ -263,10 +287,21 @@ class RealtimeSessions:
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
         )
 
-    async def serve(self, request: web.BaseRequest, key: str) -> web.StreamResponse:
-        """Admit, connect to the replica, accept the caller's upgrade, relay until either side ends."""
+    async def serve(self, request: web.BaseRequest, key: str, tenant: str | None) -> web.StreamResponse:
+        """Check the key's limits, admit, connect to the replica, accept the caller's upgrade, relay until
+        either side ends."""
         if self._refusing is not None:
             raise copy.copy(self._refusing)
+        try:
+            self.key_limits.open_session(key, tenant)
+        except RateLimited as exc:
+            raise Refused(exc.status, str(exc), exc.code, exc.retry_after) from None
+        try:
+            return await self._serve(request, key, tenant)
+        finally:
+            self.key_limits.close_session(key)
+
+    async def _serve(self, request: web.BaseRequest, key: str, tenant: str | None) -> web.StreamResponse:
         exclude: frozenset[str] = frozenset()
         backend: aiohttp.ClientWebSocketResponse | None = None
         address = ""
@@ -276,37 +311,45 @@ class RealtimeSessions:
                 async with asyncio.timeout(self.settings.connect_timeout):
                     backend = await self._connect(address)
                 break
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except BaseException as exc:
+                # Whatever ends the attempt (the caller leaving cancels this handler) gives the slot back.
+                self._ended(address)
+                if not isinstance(exc, aiohttp.ClientError | TimeoutError):
+                    raise
                 logger.warning("replica %s refused a realtime session (%s)", address, type(exc).__name__)
-                self.admission.close(address)
-                self._publish()
-                self._wake()
                 exclude |= {address}
+                if self.admission.choose(exclude) is Wait.NO_REPLICA:
+                    break  # every ready replica failed: answer now rather than hold for one to appear
         if backend is None:
             self.metrics.sessions.labels("refused_unreachable").inc()
             raise Refused(502, "No replica of the endpoint accepted the session", "backend_unreachable", None)
-        self.metrics.sessions.labels("admitted").inc()
-        self._publish()
-        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        caller = web.WebSocketResponse(
-            protocols=(SUBPROTOCOL,) if SUBPROTOCOL in offered else (),
-            max_msg_size=self.settings.max_frame_bytes,
-            autoping=True,
-            autoclose=False,
-        )
         try:
+            if self._refusing is not None:  # suspended or stopping while connecting: not upgraded
+                raise copy.copy(self._refusing)
+            offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+            caller = web.WebSocketResponse(
+                protocols=(SUBPROTOCOL,) if SUBPROTOCOL in offered else (),
+                max_msg_size=self.settings.max_frame_bytes,
+                autoping=True,
+                autoclose=False,
+            )
             await caller.prepare(request)
         except BaseException:
             self._ended(address)
             await _close_backend(backend)
             raise
+        self.metrics.sessions.labels("admitted").inc()
         task = asyncio.current_task()
         assert task is not None
         session = _Session(address, caller, task)
         self._sessions.add(session)
         label = "caller"
         try:
-            label = await self._relay(session, backend, key)
+            if self._closing is not None:  # suspended or stopping during the upgrade: closed as the others were
+                code, reason, label = self._closing
+                await self._close(caller, code, reason)
+            else:
+                label = await self._relay(session, backend, key, tenant)
         except asyncio.CancelledError:
             if session.closing is None:
                 label = session.ended  # the caller left, perhaps as the relay was closing it for a reason
@@ -333,11 +376,13 @@ class RealtimeSessions:
             async with asyncio.timeout(5.0):
                 await caller.close(code=code, message=reason.encode()[:120])
 
-    async def _relay(self, session: _Session, backend: aiohttp.ClientWebSocketResponse, key: str) -> str:
+    async def _relay(
+        self, session: _Session, backend: aiohttp.ClientWebSocketResponse, key: str, tenant: str | None
+    ) -> str:
         """Both directions until one ends; returns why (a metric label)."""
         caller = session.caller
         settings = self.settings
-        upstream = asyncio.ensure_future(self._from_caller(caller, backend, key))
+        upstream = asyncio.ensure_future(self._from_caller(caller, backend, key, tenant))
         downstream = asyncio.ensure_future(self._from_replica(caller, backend, key))
         try:
             async with asyncio.timeout(settings.max_session_seconds):
@@ -363,7 +408,7 @@ class RealtimeSessions:
         return label
 
     async def _from_caller(
-        self, caller: web.WebSocketResponse, backend: aiohttp.ClientWebSocketResponse, key: str
+        self, caller: web.WebSocketResponse, backend: aiohttp.ClientWebSocketResponse, key: str, tenant: str | None
     ) -> tuple[int, str, str]:
         settings = self.settings
         budget = settings.messages_per_second * RATE_WINDOW_SECONDS  # a token bucket over the window
@@ -380,8 +425,16 @@ class RealtimeSessions:
                 refilled = now
                 if message.type == WSMsgType.TEXT:
                     data: str = message.data
-                    if '"input_audio_buffer.append"' in data:
-                        audio_seconds += _audio_seconds(data)
+                    appended = _appended_seconds(data)
+                    if appended:
+                        over = self.key_limits.charge_session_audio(key, tenant, appended)
+                        if over is not None:
+                            # Closed rather than the append dropped with an `error` event: a gap in the audio
+                            # would silently change the transcription, and vLLM's protocol has no error code
+                            # a client would know to resend on. The reason names the limit and the wait.
+                            reason = f"this key's audio seconds per minute reached; retry in {over.retry_after}s"
+                            return POLICY, reason, "key_limit"
+                        audio_seconds += appended
                     await backend.send_str(data)
                 elif message.type == WSMsgType.BINARY:
                     await backend.send_bytes(message.data)
@@ -450,13 +503,16 @@ async def _close_backend(backend: aiohttp.ClientWebSocketResponse) -> None:
             await backend.close()
 
 
-def _audio_seconds(data: str) -> float:
-    """Seconds of PCM16 16 kHz audio in an append event, from its base64 length (not decoded)."""
+def _appended_seconds(data: str) -> float:
+    """Seconds of PCM16 16 kHz audio in a caller's text message if it is an append (by its parsed type, as
+    the replica reads it), from its base64 length (not decoded); 0 for any other message."""
     try:
         event = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
+        return 0.0  # the replica answers it `invalid_json`
+    if not isinstance(event, dict) or event.get("type") != "input_audio_buffer.append":
         return 0.0
-    audio = event.get("audio") if isinstance(event, dict) else None
+    audio = event.get("audio")
     if not isinstance(audio, str):
         return 0.0
     padding = len(audio) - len(audio.rstrip("="))
