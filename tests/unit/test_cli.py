@@ -369,3 +369,20 @@ def test_the_gateway_refuses_a_read_interval_that_is_no_interval(seconds: str) -
     result = run("gateway", *args, "--take-back-read-seconds", seconds)
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert f"--take-back-read-seconds must be 0 or more seconds, not {seconds}" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--queue-timeout-seconds", "nan", "--queue-timeout-seconds must be a positive number, not nan"),
+        ("--max-upload-mb", "nan", "--max-upload-mb must be a positive number, not nan"),
+        ("--realtime-max-session-seconds", "inf", "--realtime-max-session-seconds must be a positive number, not inf"),
+        ("--json-buffer-mb", "nan", "--json-buffer-mb must be 0 or more, not nan"),
+        ("--resend-buffer-mb", "-1", "--resend-buffer-mb must be 0 or more, not -1"),
+    ],
+)
+def test_the_gateway_refuses_numbers_that_bound_nothing(flag: str, value: str, message: str) -> None:
+    args = ("--namespace", "ns", "--endpoint", "ep", "--backend-service", "ep-vllm")
+    result = run("gateway", *args, flag, value)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert message in result.stderr, result.stderr

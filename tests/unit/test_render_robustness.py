@@ -104,6 +104,11 @@ REFUSED = [
     pytest.param(_endpoint(engine={"allowedMediaDomains": ["169.254.169.254"]}), "spec.engine", id="media-ip"),
     pytest.param(_endpoint(engine={"allowedMediaDomains": ["localhost"]}), "spec.engine", id="media-localhost"),
     pytest.param(_endpoint(engine={"allowedMediaDomains": ["kubernetes"]}), "spec.engine", id="media-bare-name"),
+    # The API server knows the JSON names and types only: what it would refuse, render refuses too.
+    pytest.param(_endpoint(min_replicas=2), "spec.min_replicas: unknown key (did you mean minReplicas?)", id="snake"),
+    pytest.param(_endpoint(suspended="yes"), "spec.suspended", id="string-for-a-boolean"),
+    pytest.param(_endpoint(minReplicas="2"), "spec.minReplicas", id="string-for-an-integer"),
+    pytest.param(_endpoint(minReplicas=True), "spec.minReplicas", id="boolean-for-an-integer"),
 ]
 
 

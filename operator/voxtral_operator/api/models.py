@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -1101,4 +1102,6 @@ class VoxtralEndpointStatus(_Model):
 
 
 def parse_spec(spec: dict[str, Any]) -> VoxtralEndpointSpec:
-    return VoxtralEndpointSpec.model_validate(spec)
+    """A spec as the API server would take it: its JSON names only (not the models' snake_case) and JSON's
+    types as they are ("2" is no integer, "yes" no boolean), so `render` refuses what `kubectl apply` would."""
+    return VoxtralEndpointSpec.model_validate_json(json.dumps(spec), strict=True, by_alias=True, by_name=False)

@@ -60,11 +60,11 @@ def spec_of(args: argparse.Namespace) -> Spec:
         ("--realtime-slow-reader-seconds", args.realtime_slow_reader_seconds),
         ("--realtime-max-frame-bytes", args.realtime_max_frame_bytes),
     ):
-        if value <= 0:
-            raise UsageError(f"{name} must be positive, not {value:g}")
+        if not (math.isfinite(value) and value > 0):  # NaN passes every comparison
+            raise UsageError(f"{name} must be a positive number, not {value:g}")
     for name, size in (("--json-buffer-mb", args.json_buffer_mb), ("--resend-buffer-mb", args.resend_buffer_mb)):
-        if size < 0:
-            raise UsageError(f"{name} must not be negative, not {size:g}")
+        if not (math.isfinite(size) and size >= 0):
+            raise UsageError(f"{name} must be 0 or more, not {size:g}")
     if not (math.isfinite(args.take_back_read_seconds) and args.take_back_read_seconds >= 0):
         raise UsageError(f"--take-back-read-seconds must be 0 or more seconds, not {args.take_back_read_seconds:g}")
     if args.kv_cache_tokens_per_replica < 0:
