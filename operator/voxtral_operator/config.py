@@ -237,7 +237,10 @@ class OperatorConfig(_Config):
         return self.default_policy
 
     # What one GPU of each type costs an hour, shown by `voxtral-operator hardware` (no unit conversion).
-    gpu_hourly_prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    # A GPU-hour at most 10,000 (of any currency): beyond, costs overflow to inf, which JSON cannot carry.
+    gpu_hourly_prices: dict[str, Annotated[float, Field(ge=0, le=10_000, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
     currency: str = "USD"
     # Operator log lines: "text" for people, "json" (one object a line) for log pipelines.
     log_format: Literal["text", "json"] = "text"

@@ -89,6 +89,11 @@ CONFIG_MISTAKES = [
     pytest.param("- vllmImage: x\n", "expected a mapping of settings, found a list", id="not-a-mapping"),
     pytest.param("vllmImage: [unclosed\n", "line 2, column 1", id="bad-yaml"),
     pytest.param("vllmPort: 1\nvllmPort: 2\n", "line 2, column 1: duplicate key 'vllmPort'", id="duplicate-key"),
+    pytest.param(
+        "gpuHourlyPrices: {L4-24GB: 1e308}\n",
+        "gpuHourlyPrices.L4-24GB: Input should be less than or equal to 10000",
+        id="price-json-cannot-total",
+    ),
 ]
 
 
