@@ -8,6 +8,8 @@ import logging
 import os
 import random
 import socket
+import sys
+import urllib.parse
 
 import kopf
 import prometheus_client
@@ -44,6 +46,20 @@ def credentials_problem() -> str | None:
     )
 
 
+def _unusable_liveness_port(liveness: str) -> str | None:
+    """Why kopf could not listen at the liveness URL (a port in use); None when it could. Checked before
+    kopf starts, which would end in its traceback: a bind and release, so another may take it between."""
+    if not liveness:
+        return None
+    parts = urllib.parse.urlsplit(liveness)
+    host, port = parts.hostname or "0.0.0.0", parts.port or 80
+    try:
+        with socket.create_server((host, port)):
+            return None
+    except OSError as exc:
+        return f"--liveness {liveness}: cannot listen there ({os.strerror(exc.errno) if exc.errno else exc})"
+
+
 def run_operator(args: argparse.Namespace, config: OperatorConfig) -> int:
     STATE.config = config
     namespaces = list(args.namespace) or list(config.watched_namespaces)
@@ -67,8 +83,19 @@ def run_operator(args: argparse.Namespace, config: OperatorConfig) -> int:
         ", ".join(namespaces) if namespaces else "all namespaces",
         f"peering {args.peering} at priority {STATE.peering_priority}" if args.peering else "standalone",
     )
+    busy = _unusable_liveness_port(args.liveness)
+    if busy is not None:
+        print(f"error: {busy}", file=sys.stderr)
+        return 1
     if args.metrics_port:
-        prometheus_client.start_http_server(args.metrics_port)
+        try:
+            prometheus_client.start_http_server(args.metrics_port)
+        except OSError as exc:
+            print(
+                f"error: --metrics-port {args.metrics_port}: cannot listen there ({exc.strerror or exc})",
+                file=sys.stderr,
+            )
+            return 1
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,

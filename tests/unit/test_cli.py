@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +139,34 @@ def test_run_refuses_ports_it_could_not_serve_on_before_anything_starts(
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert "internal error" not in result.stderr, result.stderr
+
+
+KUBECONFIG_NOWHERE = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+@pytest.mark.parametrize("which", ["liveness", "metrics"])
+def test_run_names_a_port_already_taken_and_exits(tmp_path: Path, which: str) -> None:
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG_NOWHERE)  # credentials that load; never reached
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env.update(KUBECONFIG=str(tmp_path / "kubeconfig"), HOME=str(tmp_path))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        if which == "liveness":
+            options = ("--liveness", f"http://127.0.0.1:{port}/healthz", "--metrics-port", "0")
+        else:
+            options = ("--liveness", "", "--metrics-port", str(port))
+        result = run("run", *options, env=env)
+    assert result.returncode == cli.EXIT_FAILED, (result.returncode, result.stderr)
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert f"{port}" in error, error
+    assert error.endswith("cannot listen there (Address already in use)"), error
+    assert "Traceback" not in result.stderr, result.stderr
 
 
 # --- empty input --------------------------------------------------------------------------
