@@ -57,7 +57,8 @@ def _unusable_liveness_port(liveness: str) -> str | None:
         with socket.create_server((host, port)):
             return None
     except OSError as exc:
-        return f"--liveness {liveness}: cannot listen there ({os.strerror(exc.errno) if exc.errno else exc})"
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        return f"--liveness {liveness}: cannot listen there ({why})"
 
 
 def run_operator(args: argparse.Namespace, config: OperatorConfig) -> int:
@@ -91,10 +92,8 @@ def run_operator(args: argparse.Namespace, config: OperatorConfig) -> int:
         try:
             prometheus_client.start_http_server(args.metrics_port)
         except OSError as exc:
-            print(
-                f"error: --metrics-port {args.metrics_port}: cannot listen there ({exc.strerror or exc})",
-                file=sys.stderr,
-            )
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            print(f"error: --metrics-port {args.metrics_port}: cannot listen there ({why})", file=sys.stderr)
             return 1
     asyncio.run(
         kopf.operator(
