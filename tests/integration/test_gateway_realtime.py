@@ -426,18 +426,33 @@ async def _handshake(
         return response.status, body, response.headers
 
 
-async def test_a_caller_leaving_while_the_gateway_connects_gives_the_replica_slot_back(
-    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], tmp_path: Path
-) -> None:
+@contextlib.asynccontextmanager
+async def _a_caller_connecting(
+    sandbox: Sandbox,
+    kube: Kube,
+    session: aiohttp.ClientSession,
+    gateways: list[Gateway],
+    tmp_path: Path,
+    full_wait_seconds: int,
+) -> AsyncIterator[tuple[Gateway, asyncio.Event, list[str], asyncio.Future[aiohttp.ClientWebSocketResponse]]]:
+    """A gateway admitting one session a replica, in front of a gated replica, and a caller's handshake
+    placed on it: the gateway is connecting to the replica, which waits for the gate."""
     async with _gated_replica() as (port, gate, seen):
         await _keys(kube)
         await put_slice(kube, "mini-0", port)
         gateway = await _gateway(
             gateways, sandbox, tmp_path, session,
-            "--realtime-sessions-per-replica", "1", "--realtime-full-wait-seconds", "1",
+            "--realtime-sessions-per-replica", "1", "--realtime-full-wait-seconds", str(full_wait_seconds),
         )  # fmt: skip
-        leaving = asyncio.ensure_future(session.ws_connect(_ws(gateway), headers=auth()))
+        handshake = asyncio.ensure_future(session.ws_connect(_ws(gateway), headers=auth()))
         await eventually(lambda: _saw(seen, "reached"), timeout=15, interval=0.05)
+        yield gateway, gate, seen, handshake
+
+
+async def test_a_caller_leaving_while_the_gateway_connects_gives_the_replica_slot_back(
+    sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], tmp_path: Path
+) -> None:
+    async with _a_caller_connecting(sandbox, kube, session, gateways, tmp_path, 1) as (gateway, gate, _, leaving):
         # The session holds the replica's slot from its placement, and the gauge shows it.
         assert await gateway.metric(session, realtime.SESSIONS_OPEN) == 1
         leaving.cancel()  # the caller gives up while the gateway waits for the replica: its connection closes
@@ -456,15 +471,7 @@ async def test_a_caller_leaving_while_the_gateway_connects_gives_the_replica_slo
 async def test_a_suspend_while_the_gateway_connects_refuses_the_handshake_and_closes_the_replica(
     sandbox: Sandbox, kube: Kube, session: aiohttp.ClientSession, gateways: list[Gateway], tmp_path: Path
 ) -> None:
-    async with _gated_replica() as (port, gate, seen):
-        await _keys(kube)
-        await put_slice(kube, "mini-0", port)
-        gateway = await _gateway(
-            gateways, sandbox, tmp_path, session,
-            "--realtime-sessions-per-replica", "1", "--realtime-full-wait-seconds", "60",
-        )  # fmt: skip
-        attempt = asyncio.ensure_future(session.ws_connect(_ws(gateway), headers=auth()))
-        await eventually(lambda: _saw(seen, "reached"), timeout=15, interval=0.05)
+    async with _a_caller_connecting(sandbox, kube, session, gateways, tmp_path, 60) as (gateway, gate, seen, attempt):
         # A second caller waits for room behind the first.
         waiting = asyncio.ensure_future(session.ws_connect(_ws(gateway), headers=auth()))
         await eventually(lambda: gateway.metric(session, realtime.SESSIONS_HELD), timeout=15, interval=0.05)

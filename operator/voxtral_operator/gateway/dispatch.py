@@ -323,7 +323,7 @@ class Dispatcher:
         limits = self.key_policies.of(tenant)
         first = not exclude and arrived is None  # charged once placed (a refused request is charged nothing)
         if first:
-            active = self._active[key] + self._queue.waiting(key) + self._deferred.waiting(key)
+            active = self._held_by(key)
             refusal = self._limiter.admit(key, limits, work.audio_seconds, active, self._clock(), charge=False)
             if refusal is not None:
                 raise self._rate_limited(key, refusal)
@@ -384,6 +384,10 @@ class Dispatcher:
             if waiter.wakeup is not None and not waiter.wakeup.done():
                 waiter.wakeup.cancel()
 
+    def _held_by(self, key: str) -> int:
+        """The key's requests (and realtime sessions) queued or in flight on this pod: its concurrency."""
+        return self._active[key] + self._queue.waiting(key) + self._deferred.waiting(key)
+
     def _rate_limited(self, key: str, refusal: Refusal) -> RateLimited:
         """The answer to a limiter's refusal, counted."""
         self.limited[(key, refusal.limit)] += 1
@@ -398,7 +402,7 @@ class Dispatcher:
     def open_session(self, key: str, tenant: str | None) -> None:
         """Charge a realtime session to its key as one request that holds one of the key's concurrent slots
         until `close_session`; raises RateLimited (nothing charged)."""
-        active = self._active[key] + self._queue.waiting(key) + self._deferred.waiting(key)
+        active = self._held_by(key)
         refusal = self._limiter.admit(key, self.key_policies.of(tenant), 0.0, active, self._clock())
         if refusal is not None:
             raise self._rate_limited(key, refusal)

@@ -128,50 +128,55 @@ class KeyLimiter:
         """
         if limits.concurrent_requests is not None and active >= limits.concurrent_requests:
             return Refusal(CONCURRENT_REQUESTS, CONCURRENCY_RETRY_AFTER, limits.concurrent_requests)
+        wanted = self._wanted(key, limits, audio_seconds, now)
+        refusal = _longest_wait(wanted, now)
+        if refusal is None and charge:
+            _take(wanted, now)
+        return refusal
+
+    def _wanted(
+        self, key: str, limits: KeyLimits, audio_seconds: float, now: float, *, requests: bool = True
+    ) -> list[tuple[str, float, TokenBucket]]:
+        """(limit, amount, bucket) of what one request of `audio_seconds` takes (`requests`: one request too)."""
         wanted: list[tuple[str, float, TokenBucket]] = []
-        if limits.requests_per_minute is not None:
+        if requests and limits.requests_per_minute is not None:
             bucket = self._bucket(key, REQUESTS_PER_MINUTE, limits.requests_per_minute, now)
             wanted.append((REQUESTS_PER_MINUTE, 1.0, bucket))
         if limits.audio_seconds_per_minute is not None and audio_seconds > 0:
             bucket = self._bucket(key, AUDIO_SECONDS_PER_MINUTE, limits.audio_seconds_per_minute, now)
             wanted.append((AUDIO_SECONDS_PER_MINUTE, audio_seconds, bucket))
-        waits = [(bucket.wait(amount, now), limit, bucket) for limit, amount, bucket in wanted]
-        longest = max(waits, key=lambda entry: entry[0], default=None)
-        if longest is not None and longest[0] > 1e-9:  # float dust is not a wait
-            wait, limit, bucket = longest
-            return Refusal(limit, max(1, math.ceil(wait)), bucket.capacity)
-        if charge:
-            self.charge(key, limits, audio_seconds, now)
-        return None
-
-    def _wanted(self, key: str, limits: KeyLimits, audio_seconds: float, now: float) -> list[tuple[float, TokenBucket]]:
-        wanted: list[tuple[float, TokenBucket]] = []
-        if limits.requests_per_minute is not None:
-            wanted.append((1.0, self._bucket(key, REQUESTS_PER_MINUTE, limits.requests_per_minute, now)))
-        if limits.audio_seconds_per_minute is not None and audio_seconds > 0:
-            bucket = self._bucket(key, AUDIO_SECONDS_PER_MINUTE, limits.audio_seconds_per_minute, now)
-            wanted.append((audio_seconds, bucket))
         return wanted
 
     def charge(self, key: str, limits: KeyLimits, audio_seconds: float, now: float) -> None:
         """Take one request of `audio_seconds` from the key's buckets (admitted: queued or dispatched)."""
-        for amount, bucket in self._wanted(key, limits, audio_seconds, now):
-            bucket.take(amount, now)
+        _take(self._wanted(key, limits, audio_seconds, now), now)
 
     def refund(self, key: str, limits: KeyLimits, audio_seconds: float, now: float) -> None:
         """Give back what `charge` took for a request refused after all (pushed out of a full queue)."""
-        for amount, bucket in self._wanted(key, limits, audio_seconds, now):
+        for _, amount, bucket in self._wanted(key, limits, audio_seconds, now):
             bucket.take(-amount, now)
             bucket.tokens = min(bucket.capacity, bucket.tokens)
 
     def admit_audio(self, key: str, limits: KeyLimits, audio_seconds: float, now: float) -> Refusal | None:
         """Charge `audio_seconds` alone to the key (a realtime session's append), or say the audio limit
         refuses them (nothing charged)."""
-        if limits.audio_seconds_per_minute is None or audio_seconds <= 0:
-            return None
-        bucket = self._bucket(key, AUDIO_SECONDS_PER_MINUTE, limits.audio_seconds_per_minute, now)
-        wait = bucket.wait(audio_seconds, now)
-        if wait > 1e-9:
-            return Refusal(AUDIO_SECONDS_PER_MINUTE, max(1, math.ceil(wait)), bucket.capacity)
-        bucket.take(audio_seconds, now)
-        return None
+        wanted = self._wanted(key, limits, audio_seconds, now, requests=False)
+        refusal = _longest_wait(wanted, now)
+        if refusal is None:
+            _take(wanted, now)
+        return refusal
+
+
+def _take(wanted: list[tuple[str, float, TokenBucket]], now: float) -> None:
+    for _, amount, bucket in wanted:
+        bucket.take(amount, now)
+
+
+def _longest_wait(wanted: list[tuple[str, float, TokenBucket]], now: float) -> Refusal | None:
+    """The refusal of the limit whose bucket makes the longest wait for its amount; None when none does."""
+    waits = [(bucket.wait(amount, now), limit, bucket) for limit, amount, bucket in wanted]
+    longest = max(waits, key=lambda entry: entry[0], default=None)
+    if longest is not None and longest[0] > 1e-9:  # float dust is not a wait
+        wait, limit, bucket = longest
+        return Refusal(limit, max(1, math.ceil(wait)), bucket.capacity)
+    return None
