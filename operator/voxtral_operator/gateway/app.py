@@ -54,7 +54,6 @@ from voxtral_operator.gateway.work import (
     Work,
     estimate,
     form_boundary,
-    multipart_boundary,
 )
 
 logger = logging.getLogger("voxtral_operator.gateway")
@@ -541,7 +540,8 @@ class Gateway:
                 415, "Unsupported media type: audio routes take multipart/form-data", "unsupported_media_type"
             )
             return refusal_response(request, refusal), key
-        if form_boundary(content_type) == (True, None):
+        is_form, boundary = form_boundary(content_type)
+        if is_form and boundary is None:
             refusal = Refusal(
                 400,
                 "Bad request: the multipart boundary is missing, repeated, or not 1-70 of RFC 2046's characters",
@@ -558,7 +558,6 @@ class Gateway:
                 return refusal_response(request, exc.refusal), key
             if len(prefix) > limit:
                 return refusal_response(request, self._too_large(limit)), key
-        boundary = multipart_boundary(content_type)
         if framing.has_body and boundary is None and (encoding := lanes.utf8_json(prefix)) is not None:
             return refusal_response(request, encoding), key
         late = lanes.LATE_FIELD
