@@ -23,6 +23,9 @@ class Write:
     name: str
     code: int
     user_agent: str = ""  # which operator process (peers share one ServiceAccount)
+    # When the API server took the request in. A busy server may complete a request a second or more
+    # after it was sent, so "who was sending when" (a killed peer, a takeover) is judged by this time.
+    received_at: float = 0.0
 
     def __str__(self) -> str:
         return f"{self.verb} {self.resource} {self.namespace}/{self.name} -> {self.code}"
@@ -76,6 +79,7 @@ class AuditLog:
                     name=ref.get("name", ""),
                     code=int((event.get("responseStatus") or {}).get("code", 0)),
                     user_agent=event.get("userAgent", ""),
+                    received_at=_seconds(event.get("requestReceivedTimestamp") or event["stageTimestamp"]),
                 )
             )
         return found
