@@ -560,12 +560,13 @@ async def test_per_key_limits_apply_to_sessions_at_the_handshake_and_to_their_au
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """A session is one request holding one of its key's concurrent slots for its life; its appends are
-    charged to the key's audio-seconds. Alice: 1 concurrent, 1 a minute; Bob also 1 audio-second a minute."""
+    charged to the key's audio-seconds. Alice: 1 concurrent, 1 a minute; Bob 10 a minute and 0.5 audio-seconds
+    (its refill to the 0.1 s a new session needs takes 12 s, far longer than the test's steps)."""
     await _world(kube, session, simulators)
     gateway = await _gateway(
         gateways, sandbox, tmp_path, session, "--realtime-sessions-per-replica", "4",
         "--key-concurrent-requests", "1", "--key-requests-per-minute", "1",
-        "--key-override", "bob:audio-seconds-per-minute=1",
+        "--key-override", "bob:audio-seconds-per-minute=0.5,requests-per-minute=10",
     )  # fmt: skip
     first = await session.ws_connect(_ws(gateway), headers=auth())
     await _created(first)
@@ -588,20 +589,27 @@ async def test_per_key_limits_apply_to_sessions_at_the_handshake_and_to_their_au
 
     # Once her first session has ended its slot is free, and her requests per minute refuse the next.
     await eventually(refused_per_minute, timeout=20, interval=0.1)
-    # Bob's appends are charged to his audio-seconds: 2 x 0.5 s pass, the third is over and closes the session.
-    half_second = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\0\0" * 8000).decode()})
+    # Bob's appends are charged to his audio-seconds: 2 x 0.25 s pass, the third is over and closes the session.
+    quarter = base64.b64encode(b"\0\0" * 4000).decode()
+    quarter_second = json.dumps({"type": "input_audio_buffer.append", "audio": quarter})
     await bob.send_str(json.dumps({"type": "session.update", "model": MODEL}))
     for _ in range(3):
-        await bob.send_str(half_second)
+        await bob.send_str(quarter_second)
     try:
         closed = await _until_closed(bob)
     except TimeoutError:
         await bob.close()
-        pytest.fail("Bob's session stayed open 15s after 1.5 s of audio against his 1 a minute")
+        pytest.fail("Bob's session stayed open 15s after 0.75 s of audio against his 0.5 a minute")
     assert bob.close_code == realtime.POLICY, closed
     assert (closed.extra or "").startswith("this key's audio seconds per minute reached; retry in "), closed
     bob_id = key_id(b"caller-key-two")
-    assert await gateway.metric(session, names.USAGE_AUDIO_SECONDS_TOTAL, f'key_id="{bob_id}"') == pytest.approx(1.0)
+    assert await gateway.metric(session, names.USAGE_AUDIO_SECONDS_TOTAL, f'key_id="{bob_id}"') == pytest.approx(0.5)
     assert await gateway.metric(session, realtime.SESSIONS_CLOSED_TOTAL, 'reason="key_limit"') == 1
+    # With his audio spent, Bob's next session is refused at the handshake, not opened to be closed.
+    status, body, headers = await _handshake(session, gateway, auth("caller-key-two"))
+    assert status == 429, f"Bob's session with no audio left got {status}: {body}"
+    assert body is not None
+    assert "audio seconds per minute" in body["error"]["message"], body
+    assert int(headers["Retry-After"]) >= 1, headers
     # The refused handshakes never reached a replica.
     assert await gateway.metric(session, realtime.SESSIONS_TOTAL, 'outcome="admitted"') == 2

@@ -44,6 +44,10 @@ from voxtral_operator.gateway.metrics import Snapshot
 from voxtral_operator.gateway.work import Work
 
 QUEUE_FULL = "queue_full"  # the limit a 429 for a full queue is counted under
+# A realtime session opens only while its key has audio left for one append of this length (a 100 ms
+# chunk): a key whose audio-seconds are spent is refused at the handshake with a Retry-After, not given
+# a replica's session slot that its first append would close.
+SESSION_AUDIO_PROBE_SECONDS = 0.1
 
 
 class Rejected(Exception):
@@ -401,11 +405,12 @@ class Dispatcher:
 
     def open_session(self, key: str, tenant: str | None) -> None:
         """Charge a realtime session to its key as one request that holds one of the key's concurrent slots
-        until `close_session`; raises RateLimited (nothing charged)."""
-        active = self._held_by(key)
-        refusal = self._limiter.admit(key, self.key_policies.of(tenant), 0.0, active, self._clock())
+        until `close_session`; raises RateLimited (nothing charged), also while the key's audio is spent."""
+        limits, now = self.key_policies.of(tenant), self._clock()
+        refusal = self._limiter.admit(key, limits, SESSION_AUDIO_PROBE_SECONDS, self._held_by(key), now, charge=False)
         if refusal is not None:
             raise self._rate_limited(key, refusal)
+        self._limiter.charge(key, limits, 0.0, now)  # the request; its audio is charged append by append
         self._active[key] += 1
 
     def close_session(self, key: str) -> None:
