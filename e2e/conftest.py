@@ -78,6 +78,22 @@ def condition(endpoint: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     return {}
 
 
+def whole_events_end(audit_log: Path) -> int:
+    """Where the next whole event of the audit log starts: just past its last newline. The API server may
+    be half-way through writing a long event when the size is read, and a read from the middle of a line
+    is not JSON."""
+    with audit_log.open("rb") as log:
+        position = log.seek(0, 2)
+        while position > 0:
+            step = min(65536, position)
+            log.seek(position - step)
+            newline = log.read(step).rfind(b"\n")
+            if newline >= 0:
+                return position - step + newline + 1
+            position -= step
+        return 0
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     user: str
@@ -132,7 +148,7 @@ class LocalCluster:
         return [e for e in entries if e.user == OPERATOR_USER and e.verb in writes], offset
 
     def audit_offset(self) -> int:
-        return self.audit_log.stat().st_size
+        return whole_events_end(self.audit_log)
 
     def operator(self, action: str, instance: int = 1, release: tuple[str, str] | None = None) -> None:
         """e2e/cluster/operator: the local cluster's release, or `release` (name, namespace) another one's."""

@@ -76,14 +76,15 @@ def scaled_by_hand(name: str, namespace: str, most: int, node_pool: dict[str, An
 
 
 def gpu_work(name: str, namespace: str, replicas: int, priority_class: str | None = None) -> dict[str, Any]:
-    """Other work on the reserved L4 nodes: 2 GPUs a pod, a 5 s preStop so its preemption is visible."""
+    """Other work on the reserved L4 nodes: 2 GPUs a pod, a 15 s preStop so its preemption is visible
+    (the operator's status write, and a poll, must land inside it on a busy machine)."""
     pod_spec: dict[str, Any] = {
         "nodeSelector": {"pool": "l4-speech"},
         "tolerations": [
             {"key": "dedicated", "operator": "Equal", "value": "speech", "effect": "NoSchedule"},
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
         ],
-        "terminationGracePeriodSeconds": 20,
+        "terminationGracePeriodSeconds": 30,
         "containers": [
             {
                 "name": "work",
@@ -93,7 +94,7 @@ def gpu_work(name: str, namespace: str, replicas: int, priority_class: str | Non
                     "requests": {"cpu": "100m", "memory": "128Mi", "nvidia.com/gpu": "2"},
                     "limits": {"memory": "256Mi", "nvidia.com/gpu": "2"},
                 },
-                "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+                "lifecycle": {"preStop": {"sleep": {"seconds": 15}}},
             }
         ],
     }

@@ -29,7 +29,7 @@ from .test_reconcile import _quiet
 
 pytestmark = pytest.mark.e2e
 
-DOWNLOAD_SECONDS = 8
+DOWNLOAD_SECONDS = 20  # long enough that a status write and a poll land inside it on a busy machine
 
 
 def _epoch(text: str) -> float:

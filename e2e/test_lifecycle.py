@@ -183,8 +183,14 @@ def test_replicas_a_person_asked_for_are_kept_while_they_load(
         assert hold["setBy"] == "kubectl-client-side-apply", hold
         assert time.monotonic() - applied > 15, "the replicas loaded before the delay passed: nothing was proven"
         # All ready, 15 s more, then the idle endpoint steps down to what its load needs.
-        eventually(lambda: _spec_replicas(kubectl, name, namespace) == 1, 120, "back to 1 after the hold")
-        assert "scaleHold" not in kubectl.get("vxe", name, namespace)["status"]
+        # The autoscaler writes /scale and then its status (the hold dropped): two writes, each awaited.
+        eventually(
+            lambda: (lambda e: e.get("spec", {}).get("replicas") == 1 and "scaleHold" not in e.get("status", {}))(
+                kubectl.get("vxe", name, namespace) or {}
+            ),
+            120,
+            "back to 1 replica, and no scaleHold in status, after the hold",
+        )
 
         kubectl.run("scale", f"vxe/{name}", "-n", namespace, "--replicas=2")
         hold = _kept_while_loading(kubectl, name, namespace)

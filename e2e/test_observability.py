@@ -44,12 +44,20 @@ def test_operator_log_names_the_endpoint_and_each_child_change(
     kubectl.apply(endpoint_body(name, namespace))
     try:
         wait_ready(kubectl, name, namespace)
-        with log.open(errors="replace") as lines:
-            lines.seek(start)
-            ours = [line for line in lines if f"{namespace}/{name}" in line]
-        assert any(f"created Deployment {name}" in line for line in ours), ours
-        assert any("-> Ready" in line for line in ours), ours
-        assert all(line[:4].isdigit() and (" INFO " in line or " WARNING " in line) for line in ours), ours
+
+        def ours() -> list[str]:
+            with log.open(errors="replace") as lines:
+                lines.seek(start)
+                return [line for line in lines if f"{namespace}/{name}" in line]
+
+        # The phase is logged once its status write has returned, which may be after `wait` saw it.
+        ours_now = eventually(
+            lambda: (lambda found: found if any("-> Ready" in line for line in found) else None)(ours()),
+            30,
+            "the operator's log line of the endpoint becoming Ready",
+        )
+        assert any(f"created Deployment {name}" in line for line in ours_now), ours_now
+        assert all(line[:4].isdigit() and (" INFO " in line or " WARNING " in line) for line in ours_now), ours_now
     finally:
         delete_endpoint(kubectl, name, namespace)
 

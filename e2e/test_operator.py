@@ -125,13 +125,35 @@ def _helm(*args: str) -> None:
     assert result.returncode == 0, f"helm upgrade {' '.join(args)}: {result.stderr}"
 
 
+PAUSE_LINES = ("Pausing operations", "Resuming operations")  # kopf's peering, as it logs them
+
+
+def _log_sizes(local: LocalCluster) -> dict[str, int]:
+    logs = {name: local.state / "logs" / f"{name}.log" for name in ("operator", "operator-2")}
+    return {name: path.stat().st_size if path.exists() else 0 for name, path in logs.items()}
+
+
+def _paused_peer(local: LocalCluster, since: dict[str, int]) -> str | None:
+    """The peer whose last pause or resume line since `since` is a pause, if one is paused."""
+    for name, offset in since.items():
+        with (local.state / "logs" / f"{name}.log").open(errors="replace") as log:
+            log.seek(offset)
+            last = [line for line in log if any(word in line for word in PAUSE_LINES)][-1:]
+        if last and PAUSE_LINES[0] in last[0]:
+            return name
+    return None
+
+
 @contextlib.contextmanager
 def two_peers(local: LocalCluster) -> Iterator[None]:
-    """Peering on, the operator restarted so and a second one started; one standalone operator after."""
+    """Peering on, the operator restarted so and a second one started, and one of them paused (it has
+    read the peering object: not a guess by time); one standalone operator after."""
     _helm("--set", "peering.enabled=true")
     try:
+        since = _log_sizes(local)
         local.operator("restart", 1)
         local.operator("start", 2)
+        eventually(lambda: _paused_peer(local, since), 90, "one of the two peered operators logging its pause")
         yield
     finally:
         local.operator("stop", 2)
@@ -144,7 +166,6 @@ def two_peers(local: LocalCluster) -> Iterator[None]:
 def test_two_peered_operators_one_acts(kubectl: Kubectl, local: LocalCluster, namespace: str, unique_name: str) -> None:
     name = unique_name
     with two_peers(local):
-        time.sleep(5)  # peers see each other through the peering object, then the lower priority pauses
         before = (_reconciles(9090), _reconciles(9190))
         kubectl.apply(endpoint_body(name, namespace))
         wait_ready(kubectl, name, namespace)

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..conftest import OPERATOR_USER
+from ..conftest import OPERATOR_USER, whole_events_end
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
@@ -41,21 +41,8 @@ class AuditLog:
         self.user = user
 
     def offset(self) -> int:
-        """Where the next whole event starts: just past the log's last newline. The API server may be
-        half-way through writing a long event when the size is read, and a read from the middle of a
-        line is not JSON."""
-        with self.path.open("rb") as log:
-            end = log.seek(0, 2)
-            position = end
-            while position > 0:
-                step = min(65536, position)
-                log.seek(position - step)
-                chunk = log.read(step)
-                newline = chunk.rfind(b"\n")
-                if newline >= 0:
-                    return position - step + newline + 1
-                position -= step
-            return 0
+        """Where the next whole event starts (see `whole_events_end`)."""
+        return whole_events_end(self.path)
 
     def writes(self, since: int) -> list[Write]:
         """The operator's completed writes from byte offset `since`, refused ones (429, 404...) included."""
