@@ -80,6 +80,11 @@ SCALING_LIMITED_CLEAR_SECONDS = 300.0
 AUTOSCALER_FIELD_MANAGER = "voxtral-operator-autoscaler"
 # queueDepth changes with every request; status carries it at most this often unless a decision changes.
 QUEUE_DEPTH_STATUS_INTERVAL = 10.0
+NOT_ANSWERING = "NotAnswering"  # the Serving reason of a check that got no answer, or a wrong one
+# A check that got no answer is told only once this many in a row got none, like a readiness probe's
+# failureThreshold: one slow answer on a busy node is not an outage, and Serving (and Degraded)
+# flapping on it would rewrite status twice and alert for nothing. A wrong key answer is told at once.
+SERVING_FAILURES_TO_REPORT = 3
 
 
 class EndpointSource(Protocol):
@@ -252,6 +257,27 @@ class _EndpointState:
 
 
 @dataclass
+class ServingDebounce:
+    """What a Serving check's result makes the condition say: an answer at once, no answer only at the
+    SERVING_FAILURES_TO_REPORT-th check in a row without one (None: say nothing new yet)."""
+
+    unanswered: dict[Key, int] = field(default_factory=dict)
+
+    def observe(self, key: Key, result: tuple[bool, str, str]) -> tuple[bool, str, str] | None:
+        ok, reason, message = result
+        if ok or reason != NOT_ANSWERING:
+            self.unanswered.pop(key, None)
+            return result
+        count = self.unanswered[key] = self.unanswered.get(key, 0) + 1
+        if count < SERVING_FAILURES_TO_REPORT:
+            return None
+        return ok, reason, f"{message} ({SERVING_FAILURES_TO_REPORT} checks in a row)"
+
+    def forget(self, key: Key) -> None:
+        self.unanswered.pop(key, None)
+
+
+@dataclass
 class Autoscaler:
     client: ApiClient
     config: OperatorConfig
@@ -270,6 +296,7 @@ class Autoscaler:
     _semaphore: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
     # The endpoints the replicas_short gauge shows, so one it never showed costs nothing to forget.
     _shown_short: set[Key] = field(default_factory=set)
+    _serving: ServingDebounce = field(default_factory=ServingDebounce)
 
     async def run_forever(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.scrape_timeout_seconds)
@@ -298,6 +325,8 @@ class Autoscaler:
         for gone in set(self._states) - set(keys):
             del self._states[gone]
             self._forget_short(gone)
+        for gone in set(self._serving.unanswered) - set(keys):
+            self._serving.forget(gone)
         for gone in set(self._specs) - set(keys):
             del self._specs[gone]
 
@@ -561,6 +590,7 @@ class Autoscaler:
         ready = ((endpoint or {}).get("status") or {}).get("readyReplicas") or 0
         cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
         if endpoint is None or not ready or not cluster_ip or cluster_ip == "None" or self.serving_sink is None:
+            self._serving.forget(key)  # checks without an answer count in a row while there is one to get
             return
         spec = endpoint.get("spec") or {}
         auth_spec = spec.get("auth") or {}
@@ -582,7 +612,7 @@ class Autoscaler:
                 )
             ).status
         except (TimeoutError, aiohttp.ClientError, ReadLimitExceeded) as exc:
-            self.serving_sink(key, (False, "NotAnswering", f"GET {url}: {exc.__class__.__name__}"))
+            self._serving_result(key, (False, NOT_ANSWERING, f"GET {url}: {exc.__class__.__name__}"))
             return
         if code == (401 if auth else 200):
             note = ""
@@ -594,13 +624,18 @@ class Autoscaler:
                     "; vLLM enforces the API key under /v1 only: /invocations and /tokenize answer without it "
                     "(gateway.enabled closes them)"
                 )
-            self.serving_sink(key, (True, "Answering", f"GET /v1/models through the Service: {code}{note}"))
+            self._serving_result(key, (True, "Answering", f"GET /v1/models through the Service: {code}{note}"))
         elif code == 200:
-            self.serving_sink(key, (False, "AuthNotEnforced", "the Service answers /v1 without an API key"))
+            self._serving_result(key, (False, "AuthNotEnforced", "the Service answers /v1 without an API key"))
         elif code == 401:
-            self.serving_sink(key, (False, "UnexpectedAuth", "the Service wants an API key the spec does not set"))
+            self._serving_result(key, (False, "UnexpectedAuth", "the Service wants an API key the spec does not set"))
         else:
-            self.serving_sink(key, (False, "NotAnswering", f"GET /v1/models through the Service: {code}"))
+            self._serving_result(key, (False, NOT_ANSWERING, f"GET /v1/models through the Service: {code}"))
+
+    def _serving_result(self, key: Key, result: tuple[bool, str, str]) -> None:
+        told = self._serving.observe(key, result)
+        if told is not None and self.serving_sink is not None:
+            self.serving_sink(key, told)
 
     async def _restore(self, key: Key, state: _EndpointState, now: float) -> None:
         """Pick up what an earlier operator learned about this endpoint (its ConfigMap), once."""
