@@ -14,6 +14,9 @@ venv="$root/.venv/bin"
 export PYTHONPATH="$root/operator:$root/testbed${PYTHONPATH:+:$PYTHONPATH}"
 ADMIN_KUBECONFIG="$state/admin.kubeconfig"
 OPERATOR_KUBECONFIG="$state/operator.kubeconfig"
+# kubectl's discovery and OpenAPI cache, keyed by server address only: every local cluster is at
+# 127.0.0.1:6443, so a cache in the home directory is shared by clusters (and runs) that differ.
+export KUBECACHEDIR="$state/kube-cache"
 API_SERVER=https://127.0.0.1:6443
 POD_CIDR=10.244.0.0/16
 SERVICE_CIDR=10.96.0.0/16
