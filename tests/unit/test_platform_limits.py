@@ -265,3 +265,25 @@ def test_the_readmes_admission_policy_example_is_valid_for_kubernetes_1_34() -> 
     assert [d["kind"] for d in documents] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     for document in documents:
         kubernetes_validate.validate(document, "1.34", strict=True)
+
+
+@pytest.mark.parametrize(
+    "extra_args",
+    [
+        pytest.param(["--hf-token=hf_TOKEN_VALUE"], id="not-allowed-by-the-platform"),
+        pytest.param(["--api-key=hf_TOKEN_VALUE"], id="owned-by-the-operator"),
+        pytest.param(["--no-such-token=hf_TOKEN_VALUE"], id="unknown"),
+        pytest.param(["--enforce-eager=hf_TOKEN_VALUE"], id="switch-with-a-value"),
+        pytest.param(["--enable-p=hf_TOKEN_VALUE"], id="ambiguous"),
+        pytest.param(["--enforce-eager", "hf_TOKEN_VALUE"], id="stray-value"),
+    ],
+)
+def test_a_refused_extra_argument_is_named_without_its_value(extra_args: list[str]) -> None:
+    """The refusal goes to status, an Event and the operator's log, read by more people than the spec:
+    it names the argument by index and flag, never its value (which may be a token)."""
+    with pytest.raises(InvalidSpec) as caught:
+        resolve(_endpoint(engine={"extraArgs": extra_args}), OperatorConfig())
+    problems = caught.value.problems
+    assert problems, "refused with no reason"
+    assert all(p.startswith("spec.engine.extraArgs") for p in problems), problems
+    assert not any("hf_TOKEN_VALUE" in p for p in problems), problems

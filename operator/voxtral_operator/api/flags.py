@@ -158,29 +158,29 @@ def parse(args: Sequence[str], known: Table | None = None) -> Parsed:
             if any(c.isspace() for c in token):
                 parsed.positionals.append((index, token))  # argparse reads it as a positional
             else:
-                parsed.problems.append((index, f"{args[index]!r} is not a vllm serve {table().version} flag"))
+                parsed.problems.append((index, f"{shown(args[index])} is not a vllm serve {table().version} flag"))
             continue
         dests = frozenset(options[m][0] for m in matches)
         if len(dests) > 1:
             if position < len(tokens) and not _looks_like_option(tokens[position][1]):
                 position += 1  # its value, whichever option argparse would pick
             parsed.options.append(Option(index, args[index], dests))
-            shown = ", ".join(sorted(matches)[:6])
-            parsed.problems.append((index, f"{args[index]!r} is ambiguous in vLLM's parser: it could be {shown}"))
+            could_be = ", ".join(sorted(matches)[:6])
+            parsed.problems.append((index, f"{shown(args[index])} is ambiguous in vLLM's parser: it could be {could_be}"))
             continue
         nargs = options[matches[0]][1]
         values: list[str] = []
         if sep or attached:
             values.append(explicit if sep else attached or "")
             if nargs == 0:
-                parsed.problems.append((index, f"{args[index]!r} takes no value"))
+                parsed.problems.append((index, f"{shown(args[index])} takes no value"))
         elif nargs is None or nargs == "+" or (isinstance(nargs, int) and nargs > 0):
             wanted = 1 if nargs in (None, "+") else int(nargs)
             while len(values) < wanted and position < len(tokens) and not _looks_like_option(tokens[position][1]):
                 values.append(tokens[position][1])
                 position += 1
             if len(values) < wanted:
-                parsed.problems.append((index, f"{args[index]!r} needs a value"))
+                parsed.problems.append((index, f"{shown(args[index])} needs a value"))
         if nargs in ("*", "+") or (nargs == "?" and not values):
             while position < len(tokens) and not _looks_like_option(tokens[position][1]):
                 values.append(tokens[position][1])
@@ -228,6 +228,14 @@ RESERVED: dict[str, str] = {
 }
 
 
+def shown(token: str) -> str:
+    """A flag as an error message may quote it: its name, never its value. Messages about a spec go to
+    status, Events and logs, which more people read than the spec, and a value may be a token
+    (`--hf-token=...`)."""
+    name, sep, _ = token.partition("=")
+    return repr(name + ("=..." if sep else ""))
+
+
 def refused_dests() -> dict[str, str]:
     """Every destination an extra argument may never reach, with the reason."""
     owned = {dest: f"the operator owns it; {hint}" for dest, hint in OWNED.items()}
@@ -243,10 +251,10 @@ def extra_arg_problems(extra_args: Sequence[str]) -> list[str]:
     problems: list[str] = []
     for option in parsed.options:
         for dest in sorted(option.dests & refused.keys()):
-            problems.append(f"[{option.index}] {option.token!r} sets {known.flag(dest)} ({refused[dest]})")
+            problems.append(f"[{option.index}] {shown(option.token)} sets {known.flag(dest)} ({refused[dest]})")
     reported = {option.index for option in parsed.options if option.dests & refused.keys()}
     problems += [f"[{index}] {message}" for index, message in parsed.problems if index not in reported]
-    problems += [f"[{index}] {token!r} is neither a flag nor the value of one" for index, token in parsed.positionals]
+    problems += [f"[{index}] a value (not shown) is neither a flag nor the value of one" for index, _ in parsed.positionals]
     return problems
 
 
