@@ -166,7 +166,8 @@ def parse(args: Sequence[str], known: Table | None = None) -> Parsed:
                 position += 1  # its value, whichever option argparse would pick
             parsed.options.append(Option(index, args[index], dests))
             could_be = ", ".join(sorted(matches)[:6])
-            parsed.problems.append((index, f"{shown(args[index])} is ambiguous in vLLM's parser: it could be {could_be}"))
+            ambiguous = f"{shown(args[index])} is ambiguous in vLLM's parser: it could be {could_be}"
+            parsed.problems.append((index, ambiguous))
             continue
         nargs = options[matches[0]][1]
         values: list[str] = []
@@ -254,7 +255,8 @@ def extra_arg_problems(extra_args: Sequence[str]) -> list[str]:
             problems.append(f"[{option.index}] {shown(option.token)} sets {known.flag(dest)} ({refused[dest]})")
     reported = {option.index for option in parsed.options if option.dests & refused.keys()}
     problems += [f"[{index}] {message}" for index, message in parsed.problems if index not in reported]
-    problems += [f"[{index}] a value (not shown) is neither a flag nor the value of one" for index, _ in parsed.positionals]
+    stray = "a value (not shown) is neither a flag nor the value of one"
+    problems += [f"[{index}] {stray}" for index, _ in parsed.positionals]
     return problems
 
 

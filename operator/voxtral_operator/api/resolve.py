@@ -270,8 +270,8 @@ def platform_problems(
     for option in flags.parse(spec.engine.extra_args).options:
         for dest in sorted(option.dests - allowed_dests):
             problems.append(
-                f"spec.engine.extraArgs[{option.index}]: {flags.shown(option.token)} ({flags.table().flag(dest)}) is not "
-                "allowed by the platform (operator config allowedExtraArgs)"
+                f"spec.engine.extraArgs[{option.index}]: {flags.shown(option.token)} ({flags.table().flag(dest)}) "
+                "is not allowed by the platform (operator config allowedExtraArgs)"
             )
     for index, domain in enumerate(spec.engine.allowed_media_domains):
         if not config.media_domain_allowed(domain):
