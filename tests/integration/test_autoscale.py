@@ -392,6 +392,51 @@ async def test_what_the_autoscaler_learned_survives_a_restart(
         second.stop()
 
 
+async def test_a_configmap_named_like_the_saved_state_but_not_the_endpoints_is_left_untouched(
+    sandbox: Sandbox, kube: Kube, vllm_port: int, tmp_path: Path
+) -> None:
+    """`squatter-autoscaler` made by someone else: the endpoint `squatter` neither restores it nor saves
+    into it (an apply would take it over, with an owner reference that garbage-collects it), and says so.
+    `learner` beside it, under the same load, shows that a save was due."""
+    config = tmp_path / "config.yaml"
+    settings = {"vllmPort": vllm_port, "scrapeIntervalSeconds": 0.5, "autoscalerStateSaveSeconds": 1}
+    config.write_text(yaml.safe_dump(settings))
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "squatter-autoscaler", "namespace": NS, "labels": {"team": "billing"}},
+        "data": {"state.json": '{"days": []}', "owner": "billing"},
+    }
+    await kube.create(f"/api/v1/namespaces/{NS}/configmaps", foreign)
+    log = tmp_path / "operator.log"
+    operator = OperatorProcess(sandbox.kubeconfig, log, "--config", str(config)).start()
+    try:
+        await kube.create(endpoint_path(NS), endpoint("squatter"))
+        await kube.create(endpoint_path(NS), endpoint("learner"))
+        await eventually(lambda: ready_replicas(kube, "squatter"), timeout=60)
+        await eventually(lambda: ready_replicas(kube, "learner"), timeout=60)
+
+        async def learned(name: str) -> bool:
+            found = await kube.get(f"/api/v1/namespaces/{NS}/configmaps/{name}-autoscaler")
+            state = yaml.safe_load(((found or {}).get("data") or {}).get("state.json") or "{}")
+            return bool(state.get("capacity"))
+
+        async with load(pod_ips(sandbox, "squatter") + pod_ips(sandbox, "learner"), vllm_port, concurrency=8):
+            await eventually(lambda: learned("learner"), timeout=60)
+            await asyncio.sleep(3)  # three save intervals more for the squatter's learned state
+        conflict = "ConfigMap squatter-autoscaler exists and is not owned by this endpoint"
+        await eventually(lambda: _logged(log, conflict), timeout=30)
+    finally:
+        operator.stop()
+    kept = await kube.get(f"/api/v1/namespaces/{NS}/configmaps/squatter-autoscaler")
+    assert kept is not None, "the foreign ConfigMap is gone"
+    assert kept["data"] == foreign["data"], kept["data"]
+    assert not kept["metadata"].get("ownerReferences"), kept["metadata"]
+    assert "squatter: restored the autoscaler's learned state" not in log.read_text()
+    events = [e for e in sandbox.api.objects_of("events.k8s.io/v1/events", NS) if e.get("reason") == "NameConflict"]
+    assert any(conflict in e.get("note", "") and e["regarding"]["name"] == "squatter" for e in events), events
+
+
 async def test_a_restarted_operator_does_not_take_its_predecessors_scale_for_a_persons(
     sandbox: Sandbox, kube: Kube, vllm_port: int, tmp_path: Path
 ) -> None:

@@ -250,10 +250,20 @@ class _EndpointState:
     restored: bool = False  # the saved state was looked for
     saved_at: float | None = None  # when the learned state was last saved (or restored)
     saved: JSON = field(default_factory=dict)
+    # NAME-autoscaler exists and is not this endpoint's: neither read nor written (looked at again when
+    # a save is due, as it may be an earlier endpoint's of the same name, not yet garbage-collected).
+    foreign_state: bool = False
     # The load held at maxReplicas: since when it has fit again (None while it does not), and whether
     # this episode's Event has been posted.
     limited: bool = False
     fits_since: float | None = None
+
+
+def _state_owned_by(config_map: JSON, endpoint: JSON) -> bool:
+    """The saved-state ConfigMap is this endpoint's: an owner reference to its uid (the one `_save` writes)."""
+    uid = (endpoint.get("metadata") or {}).get("uid")
+    references = (config_map.get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(reference.get("uid") == uid for reference in references)
 
 
 @dataclass
@@ -386,7 +396,7 @@ class Autoscaler:
         state = self._states.setdefault(key, _EndpointState())
         now = self.clock()
         if not state.restored:
-            await self._restore(key, state, now)
+            await self._restore(key, endpoint, state, now)
         ready = [p for p in self.view.pods(key) if p.get("ready") and p.get("ip") and not p.get("deleting")]
         if ready:
             samples, gateway = await asyncio.gather(
@@ -637,7 +647,7 @@ class Autoscaler:
         if told is not None and self.serving_sink is not None:
             self.serving_sink(key, told)
 
-    async def _restore(self, key: Key, state: _EndpointState, now: float) -> None:
+    async def _restore(self, key: Key, endpoint: JSON, state: _EndpointState, now: float) -> None:
         """Pick up what an earlier operator learned about this endpoint (its ConfigMap), once."""
         try:
             saved = await self.client.get(resources.CONFIG_MAPS, key[0], state_config_map_name(key[1]))
@@ -645,6 +655,9 @@ class Autoscaler:
             logger.warning("cannot read the saved autoscaler state of %s/%s: %s", *key, exc)
             return  # looked for again on the next tick
         state.restored, state.saved_at = True, now
+        if saved is not None and not _state_owned_by(saved, endpoint):
+            self._refuse_foreign_state(key, endpoint, state)
+            return
         raw = ((saved or {}).get("data") or {}).get(STATE_KEY)
         if not raw:
             return
@@ -659,6 +672,16 @@ class Autoscaler:
             days = len(state.policy.days)
             logger.info("%s/%s: restored the autoscaler's learned state (%d day(s) of profile)", *key, days)
 
+    def _refuse_foreign_state(self, key: Key, endpoint: JSON, state: _EndpointState) -> None:
+        state.foreign_state = True
+        message = (
+            f"ConfigMap {state_config_map_name(key[1])} exists and is not owned by this endpoint; it is left "
+            "untouched, and what the autoscaler learns is not saved across operator restarts: remove it or "
+            "rename the endpoint"
+        )
+        logger.warning("%s/%s: %s", *key, message)
+        self.post_event(endpoint, "Warning", "NameConflict", message)
+
     async def _save(self, key: Key, endpoint: JSON, state: _EndpointState, now: float) -> None:
         """Save what took long to learn, at most every autoscalerStateSaveSeconds and only when it changed."""
         if state.saved_at is not None and now - state.saved_at < self.config.autoscaler_state_save_seconds:
@@ -668,6 +691,19 @@ class Autoscaler:
             if state.saved_at is None:
                 state.saved_at = now  # count the interval from the first look
             return
+        if state.foreign_state:
+            # Another's ConfigMap is never taken over (an endpoint author could otherwise have the operator
+            # overwrite, and garbage-collect, any ConfigMap named NAME-autoscaler); it may be gone by now.
+            try:
+                found = await self.client.get(resources.CONFIG_MAPS, key[0], state_config_map_name(key[1]))
+            except ApiError as exc:
+                logger.warning("cannot read the saved autoscaler state of %s/%s: %s", *key, exc)
+                state.saved_at = now  # looked at again when the next save is due
+                return
+            if found is not None and not _state_owned_by(found, endpoint):
+                state.saved_at = now
+                return
+            state.foreign_state = False
         meta = endpoint.get("metadata") or {}
         config_map = {
             "apiVersion": "v1",
