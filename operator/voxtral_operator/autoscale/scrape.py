@@ -76,13 +76,15 @@ REQUEST_SUCCESS = "vllm:request_success_total"
 # Realtime models only: open WebSocket sessions, each holding an engine slot for its life.
 WEBSOCKETS_ACTIVE = "vllm:websocket_connections_active"
 _SUMMED = (WAITING, RUNNING, PROMPT_TOKENS, GENERATION_TOKENS, REQUEST_SUCCESS, WEBSOCKETS_ACTIVE)
+_QUEUE_NAMES = frozenset({*_SUMMED, KV_CACHE_USAGE})
 
 
 # What a pod may report: pods are not trusted, so a value no real page holds (NaN, infinite,
 # negative, beyond any real count) is skipped, and a page with more matching samples than any real
 # page has is not read to its end (the parse is bounded in CPU whatever the pod sends).
 MAX_SAMPLE_VALUE = 1e15
-MAX_SAMPLES = 20_000
+MAX_SAMPLES = 20_000  # of the series read (a gateway's page has a usage series per key, not counted)
+MAX_LABELS_CHARS = 8192  # a sample's `{...}` longer than this is no real page's: skipped unread
 
 
 class TooManySamples(Exception):
@@ -92,17 +94,25 @@ class TooManySamples(Exception):
 @functools.cache
 def _sample_line(prefix: str) -> re.Pattern[str]:
     """A sample line whose name starts with `prefix`: name, labels (to the line's last brace), value."""
-    return re.compile(r"^(" + re.escape(prefix) + r"[^\s{]*)(\{[^\n]*\})?[ \t]+(\S+)", re.MULTILINE)
+    # Possessive where nothing is to be given back: a long run that does not parse fails in one pass.
+    return re.compile(r"^(" + re.escape(prefix) + r"[^\s{]*+)(\{[^\n]*\})?[ \t]++(\S++)", re.MULTILINE)
 
 
-def _samples(text: str, prefix: str) -> Iterator[tuple[str, str, float]]:
-    """(name, labels text, value) of each sample line of a Prometheus text page whose name starts with
-    `prefix`; lines that do not parse, and values no real page holds, are skipped. The scan of the
-    other lines runs in the regex engine. Raises TooManySamples past MAX_SAMPLES matching lines."""
-    for seen, match in enumerate(_sample_line(prefix).finditer(text), 1):
+def _samples(text: str, prefix: str, names: frozenset[str]) -> Iterator[tuple[str, str, float]]:
+    """(name, labels text, value) of each sample line of a Prometheus text page whose name is one of
+    `names` (all starting with `prefix`); lines that do not parse, and values no real page holds, are
+    skipped. The scan of the other lines runs in the regex engine. Raises TooManySamples past
+    MAX_SAMPLES lines of `names`."""
+    seen = 0
+    for match in _sample_line(prefix).finditer(text):
+        name, labels, text_value = match.groups()
+        if name not in names:
+            continue
+        seen += 1
         if seen > MAX_SAMPLES:
             raise TooManySamples(f"more than {MAX_SAMPLES} {prefix}* samples")
-        name, labels, text_value = match.groups()
+        if labels is not None and len(labels) > MAX_LABELS_CHARS:
+            continue
         try:
             value = float(text_value)  # a timestamp may follow the value
         except ValueError:
@@ -167,9 +177,7 @@ def parse_queue_metrics(text: str) -> QueueSample | None:
     totals = dict.fromkeys(_SUMMED, 0.0)
     kv_total = kv_count = 0.0
     seen = set()
-    for name, _, value in _samples(text, "vllm:"):
-        if name not in totals and name != KV_CACHE_USAGE:
-            continue
+    for name, _, value in _samples(text, "vllm:", _QUEUE_NAMES):
         seen.add(name)
         if name == KV_CACHE_USAGE:
             if value > 1:  # a fraction of the cache
@@ -228,10 +236,18 @@ _LANE_FIELDS = {
     gateway_metrics.LANE_INFLIGHT_REQUESTS: "in_flight",
     gateway_metrics.LANE_INFLIGHT_AUDIO_SECONDS: "in_flight_audio_seconds",
 }
+_GATEWAY_NAMES = frozenset(
+    {*_GATEWAY_SUMMED, *_LANE_FIELDS, gateway_metrics.SECRET_MISSING, gateway_metrics.REQUESTS_TOTAL}
+)
+
+
+# A label starts where a word does (not inside one: a long run of word characters was tried from each
+# of its characters, quadratic), and its value is read without giving anything back.
+_LABEL = re.compile(r'(?<!\w)(\w+)="((?:[^"\\]|\\.)*+)"')
 
 
 def _labels(text: str) -> dict[str, str]:
-    return dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', text))
+    return dict(_LABEL.findall(text))
 
 
 def parse_gateway_metrics(text: str) -> GatewayPage | None:
@@ -241,7 +257,7 @@ def parse_gateway_metrics(text: str) -> GatewayPage | None:
     seen = set()
     missing: set[tuple[str, str]] = set()
     lanes: dict[str, dict[str, float]] = {}
-    for name, labels_text, value in _samples(text, "voxtral_gateway_"):
+    for name, labels_text, value in _samples(text, "voxtral_gateway_", _GATEWAY_NAMES):
         if name in _LANE_FIELDS:
             lane = _labels(labels_text).get("lane", "")
             if lane in gateway_metrics.LANE_NAMES:
