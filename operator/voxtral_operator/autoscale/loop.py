@@ -259,6 +259,19 @@ class _EndpointState:
     fits_since: float | None = None
 
 
+def requests_moved(
+    last: Mapping[str, float], answered: Mapping[str, float], present: set[str]
+) -> tuple[bool, dict[str, float]]:
+    """Whether inference went through the gateway pods since the last look, and the counts to compare
+    with at the next: each pod that answered against its own last answer (a pod seen for the first time
+    against 0). A pod that missed a look keeps its last count: a missed scrape is not traffic, or one
+    gateway pod timing out now and then would keep an idle endpoint from ever scaling to zero. Pods
+    gone are forgotten."""
+    moved = any(last.get(name, 0.0) != count for name, count in answered.items())
+    kept = {name: count for name, count in last.items() if name in present and name not in answered}
+    return moved, kept | dict(answered)
+
+
 def _state_owned_by(config_map: JSON, endpoint: JSON) -> bool:
     """The saved-state ConfigMap is this endpoint's: an owner reference to its uid (the one `_save` writes)."""
     uid = (endpoint.get("metadata") or {}).get("uid")
@@ -740,10 +753,11 @@ class Autoscaler:
         if not answered:
             state.gateway_pages = []
             return None
+        present = {str(p.get("name")) for p in self.view.gateway_pods(key)}
         counts = {name: page.work_requests for name, page in answered.items()}
-        if state.last_request_at is None or any(state.gateway_requests.get(n) != c for n, c in counts.items()):
+        moved, state.gateway_requests = requests_moved(state.gateway_requests, counts, present)
+        if state.last_request_at is None or moved:
             state.last_request_at = now  # traffic since the last look (or the first look: count from now)
-        state.gateway_requests = counts
         state.gateway_pages = list(answered.values())
         return gateway_sample(state.gateway_pages, now - state.last_request_at)
 
