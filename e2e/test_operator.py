@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -125,22 +126,50 @@ def _helm(*args: str) -> None:
     assert result.returncode == 0, f"helm upgrade {' '.join(args)}: {result.stderr}"
 
 
+PEERING = "voxtral-operator"  # the chart's peering.name
 PAUSE_LINES = ("Pausing operations", "Resuming operations")  # kopf's peering, as it logs them
+LOG_NAMES = {1: "operator", 2: "operator-2"}  # as e2e/cluster/operator names its instances
 
 
-def _log_sizes(local: LocalCluster) -> dict[str, int]:
-    logs = {name: local.state / "logs" / f"{name}.log" for name in ("operator", "operator-2")}
-    return {name: path.stat().st_size if path.exists() else 0 for name, path in logs.items()}
+def pid_of(local: LocalCluster, instance: int) -> int:
+    return int((local.state / "pids" / LOG_NAMES[instance]).read_text())
 
 
-def _paused_peer(local: LocalCluster, since: dict[str, int]) -> str | None:
-    """The peer whose last pause or resume line since `since` is a pause, if one is paused."""
-    for name, offset in since.items():
-        with (local.state / "logs" / f"{name}.log").open(errors="replace") as log:
-            log.seek(offset)
-            last = [line for line in log if any(word in line for word in PAUSE_LINES)][-1:]
-        if last and PAUSE_LINES[0] in last[0]:
-            return name
+def identity_of(local: LocalCluster, instance: int) -> str:
+    """The peering identity an operator process announces (and sends in its User-Agent)."""
+    return f"{socket.gethostname()}/{pid_of(local, instance)}"
+
+
+def peers(kubectl: Kubectl) -> dict[str, int]:
+    """Live peers of the peering object: identity -> priority."""
+    peering = kubectl.json("get", "clusterkopfpeering", PEERING)
+    return {identity: int(info.get("priority", 0)) for identity, info in (peering.get("status") or {}).items()}
+
+
+def _log_sizes(local: LocalCluster) -> dict[int, int]:
+    paths = {instance: local.state / "logs" / f"{name}.log" for instance, name in LOG_NAMES.items()}
+    return {instance: path.stat().st_size if path.exists() else 0 for instance, path in paths.items()}
+
+
+def _paused(local: LocalCluster, instance: int, since: int) -> bool:
+    """kopf starts a peered operator paused and logs each change: paused unless its last word is resuming."""
+    with (local.state / "logs" / f"{LOG_NAMES[instance]}.log").open(errors="replace") as log:
+        log.seek(since)
+        last = [line for line in log if any(word in line for word in PAUSE_LINES)][-1:]
+    return not last or PAUSE_LINES[0] in last[0]
+
+
+def _one_acting(local: LocalCluster, since: dict[int, int]) -> tuple[int, int] | None:
+    """(acting, paused) instances once both are in the peering object, the lower priority paused and the
+    higher one resumed; else None."""
+    identities = {instance: identity_of(local, instance) for instance in LOG_NAMES}
+    seen = peers(local.kubectl)
+    if not set(identities.values()) <= seen.keys():
+        return None
+    acting = max(identities, key=lambda instance: seen[identities[instance]])
+    paused = 3 - acting
+    if _paused(local, paused, since[paused]) and not _paused(local, acting, since[acting]):
+        return acting, paused
     return None
 
 
@@ -153,7 +182,7 @@ def two_peers(local: LocalCluster) -> Iterator[None]:
         since = _log_sizes(local)
         local.operator("restart", 1)
         local.operator("start", 2)
-        eventually(lambda: _paused_peer(local, since), 90, "one of the two peered operators logging its pause")
+        eventually(lambda: _one_acting(local, since), 90, "both peers in the peering object, the lower one paused")
         yield
     finally:
         local.operator("stop", 2)

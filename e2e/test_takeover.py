@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 import uuid
 from collections import defaultdict
@@ -21,30 +20,14 @@ import pytest
 from .chaos.audit import AuditLog, Write
 from .chaos.test_faults import unconverged, wait_converged
 from .conftest import Kubectl, LocalCluster, endpoint_body, eventually
-from .test_operator import two_peers
+from .test_operator import identity_of, peers, pid_of, two_peers
 
 pytestmark = pytest.mark.e2e
 BURST = 40  # suspended endpoints created at once: children and status, no GPU
-PEERING = "voxtral-operator"  # the chart's peering.name
 # kopf's peering lease (settings.peering.lifetime): a peer killed without a word is presumed dead once
 # its last keepalive is this old, and only then does the other resume (it lists everything again).
 LEASE_SECONDS = 60.0
 TAKEOVER_SECONDS = LEASE_SECONDS + 30.0  # the lease, then the relist and the first write
-
-
-def _pid(local: LocalCluster, instance: int) -> int:
-    name = "operator" if instance == 1 else f"operator-{instance}"  # as e2e/cluster/operator names them
-    return int((local.state / "pids" / name).read_text())
-
-
-def _identity(local: LocalCluster, instance: int) -> str:
-    return f"{socket.gethostname()}/{_pid(local, instance)}"
-
-
-def _peers(kubectl: Kubectl) -> dict[str, int]:
-    """Live peers of the peering object: identity -> priority."""
-    peering = kubectl.json("get", "clusterkopfpeering", PEERING)
-    return {identity: int(info.get("priority", 0)) for identity, info in (peering.get("status") or {}).items()}
 
 
 def _endpoint_of(write: Write, names: list[str]) -> str | None:
@@ -69,13 +52,9 @@ def test_takeover_after_the_active_replica_is_killed_mid_burst(kubectl: Kubectl,
 
 
 def _takeover(kubectl: Kubectl, local: LocalCluster, audit: AuditLog, namespace: str, names: list[str]) -> None:
-    identities = {instance: _identity(local, instance) for instance in (1, 2)}
-    peers = eventually(
-        lambda: (lambda seen: seen if set(identities.values()) <= set(seen) else None)(_peers(kubectl)),
-        60,
-        f"both operators {sorted(identities.values())} in the peering object",
-    )
-    active = max(identities, key=lambda instance: peers[identities[instance]])
+    identities = {instance: identity_of(local, instance) for instance in (1, 2)}
+    priorities = peers(kubectl)  # both in it: two_peers waited for that, and for the lower one's pause
+    active = max(identities, key=lambda instance: priorities[identities[instance]])
     passive = 3 - active
     agent = {instance: f"({identities[instance]})" for instance in identities}
 
@@ -90,7 +69,7 @@ def _takeover(kubectl: Kubectl, local: LocalCluster, audit: AuditLog, namespace:
         "the active operator's first status write",
         interval=0.05,
     )
-    os.killpg(_pid(local, active), signal.SIGKILL)
+    os.killpg(pid_of(local, active), signal.SIGKILL)
     killed_at = time.time()
     left_at_kill = unconverged(kubectl, namespace, gateways=False)
     assert agent[active] in first_status.user_agent, (
