@@ -268,7 +268,7 @@ BAD_INPUTS = [
     pytest.param(
         {"engine": {"extraArgs": ["--enforce-eager", "--tensor-parallel-size=2"]}},
         "spec.engine.extraArgs",
-        "--tensor-parallel-size=2",
+        "'--tensor-parallel-size=...' sets --tensor-parallel-size",
         id="owned-flag",
     ),
     pytest.param(
