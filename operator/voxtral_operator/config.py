@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from voxtral_operator.api import flags
@@ -219,6 +219,28 @@ class OperatorConfig(_Config):
             if dest in refused:
                 raise ValueError(f"{flag!r} cannot be allowed: {refused[dest]}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policies_start_from_the_default(cls, data: Any) -> Any:
+        """A namespace policy's keys it does not set are defaultPolicy's, not the built-in ones: a policy
+        written to grant one namespace H100s must not open, there, the node pools defaultPolicy fences."""
+        if not isinstance(data, dict):
+            return data
+        policies_key = next((k for k in ("namespacePolicies", "namespace_policies") if k in data), None)
+        default_raw = next((data[k] for k in ("defaultPolicy", "default_policy") if k in data), None)
+        if policies_key is None or default_raw is None or not isinstance(data[policies_key], list):
+            return data  # no policy, or a default that is the built-in one
+        try:
+            default = NamespacePolicy.model_validate(default_raw)
+            policies = [NamespacePolicy.model_validate(policy) for policy in data[policies_key]]
+        except ValidationError:
+            return data  # the fields' own validation says what is wrong, where
+        merged = [
+            {**default.model_dump(), **{name: getattr(policy, name) for name in policy.model_fields_set}}
+            for policy in policies
+        ]
+        return {**data, policies_key: merged}
 
     def allowed_extra_dests(self) -> frozenset[str]:
         return frozenset(d for d in map(flags.dest_of_flag, self.allowed_extra_args) if d is not None)

@@ -48,3 +48,13 @@ def test_limits_that_cannot_hold_are_refused_at_install(values: list[str], field
     result = helm("template", "vx", str(CHART), *values)
     assert result.returncode != 0
     assert field in result.stderr
+
+
+def test_a_node_selector_fence_given_to_the_chart_is_the_whole_fence() -> None:
+    """Helm merges a map given in values into the chart's own: the chart holds no default node selector
+    map, so the one given is the whole allow-list, with no `*` left beside it."""
+    config = operator_config_of(
+        template("--set-json", 'operatorConfig.defaultPolicy.nodeSelector={"pool": ["l4-shared"]}')
+    )
+    assert config.default_policy.node_selector == {"pool": ["l4-shared"]}
+    assert OperatorConfig().default_policy.node_selector == {"*": ["*"]}, "unset, any node selector is allowed"

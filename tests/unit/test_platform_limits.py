@@ -287,3 +287,33 @@ def test_a_refused_extra_argument_is_named_without_its_value(extra_args: list[st
     assert problems, "refused with no reason"
     assert all(p.startswith("spec.engine.extraArgs") for p in problems), problems
     assert not any("hf_TOKEN_VALUE" in p for p in problems), problems
+
+
+FENCED = OperatorConfig.model_validate(
+    {
+        "defaultPolicy": {
+            "gpuTypes": ["L4-24GB"],
+            "nodeSelector": {"pool": ["l4-shared"]},
+            "tolerations": [{"key": "dedicated", "value": "shared"}],
+        },
+        # Written to grant team-a H100s, and nothing else.
+        "namespacePolicies": [{"namespaces": ["team-a"], "gpuTypes": ["H100-80GB"]}],
+    }
+)
+OTHER_TEAMS_POOL = {
+    "nodeSelector": {"pool": "h100-team-b"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "team-b", "effect": "NoSchedule"}],
+}
+
+
+@pytest.mark.parametrize("namespace", ["team-a", "other"])
+def test_a_namespace_policy_keeps_the_default_policys_fences_it_does_not_restate(namespace: str) -> None:
+    endpoint = _endpoint(namespace, nodePool=OTHER_TEAMS_POOL)
+    _refused(endpoint, FENCED, "spec.nodePool.nodeSelector", "h100-team-b")
+    _refused(endpoint, FENCED, "spec.nodePool.tolerations[0]", "team-b")
+
+
+def test_a_namespace_policy_grants_what_it_sets() -> None:
+    spec = {"gpu": {"type": "H100-80GB"}, "nodePool": {"nodeSelector": {"pool": "l4-shared"}}}
+    resolve(_endpoint("team-a", **spec), FENCED)
+    _refused(_endpoint("other", **spec), FENCED, "spec.gpu.type", "H100-80GB")
