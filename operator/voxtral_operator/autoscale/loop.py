@@ -37,6 +37,7 @@ from voxtral_operator.autoscale.policy import (
     decide,
     prior_work_per_second,
     replicas_short,
+    restored_within,
 )
 from voxtral_operator.autoscale.scrape import (
     MAX_PROBE_BODY_BYTES,
@@ -253,6 +254,7 @@ class _EndpointState:
     # NAME-autoscaler exists and is not this endpoint's: neither read nor written (looked at again when
     # a save is due, as it may be an earlier endpoint's of the same name, not yet garbage-collected).
     foreign_state: bool = False
+    restored_unchecked: bool = False  # read back from the ConfigMap, not yet held to this endpoint's limits
     # The load held at maxReplicas: since when it has fit again (None while it does not), and whether
     # this episode's Event has been posted.
     limited: bool = False
@@ -444,6 +446,9 @@ class Autoscaler:
             delay = spec.autoscaling.scale_down_delay
             state.policy = resumed_hold(state.policy, seen.manual, endpoint, delay)
         limits = policy_limits(spec, self.config, start_path)
+        if state.restored_unchecked:
+            state.restored_unchecked = False
+            state.policy = restored_within(state.policy, limits)
         decision = decide(limits, seen, state.policy, self.wall_clock())
         state.policy = decision.state
         self._note_ceiling(key, endpoint, state, decision, limits, now)
@@ -681,6 +686,7 @@ class Autoscaler:
             return
         if isinstance(learned, dict):
             state.policy = State.from_dict({k: v for k, v in learned.items() if k in SAVED_FIELDS})
+            state.restored_unchecked = True
             state.saved = {k: v for k, v in learned.items() if k in SAVED_FIELDS}
             days = len(state.policy.days)
             logger.info("%s/%s: restored the autoscaler's learned state (%d day(s) of profile)", *key, days)

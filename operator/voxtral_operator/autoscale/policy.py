@@ -79,6 +79,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from voxtral_operator import coldstart
 from voxtral_operator.api.catalog import DEFAULT_MAX_NUM_SEQS
 from voxtral_operator.api.models import DEFAULT_TARGET_ACTIVE_REQUESTS
 
@@ -544,6 +545,51 @@ def replicas_short(limits: Limits, decision: Decision) -> int:
     if decision.replicas < limits.max_replicas:
         return 0  # still on its way up (paced, or a step at a time)
     return max(0, decision.demand_replicas - limits.max_replicas)
+
+
+# What a restored state may hold (its ConfigMap is editable by whoever may edit ConfigMaps in the
+# namespace): learned figures within these factors of their priors, the rest relearned from the prior.
+RESTORED_CAPACITY_RANGE = 100.0
+RESTORED_WORK_PER_REQUEST_RANGE = 1000.0
+RESTORED_COLD_START_RANGE = 10.0  # of the catalog's startup budget
+COLD_START_PATHS = frozenset({coldstart.COLD_DOWNLOAD, coldstart.SHARED_CACHE, coldstart.LOCAL_CACHE})
+
+
+def restored_within(state: State, limits: Limits) -> State:
+    """A state read back from its ConfigMap, kept to what a run could have learned: a learned figure out
+    of range (not finite, not positive, or far from its prior) falls back to the prior, the level into
+    its range, and the profile's bins to replicas' worth of demand within maxReplicas. Without this a
+    hand-edited state could crash every tick (infinite bins) or hold maxReplicas with no load."""
+
+    def within(value: float | None, prior: float, factor: float) -> float | None:
+        if value is None or not math.isfinite(value) or not prior / factor <= value <= prior * factor:
+            return None
+        return value
+
+    budget = limits.cold_start_seconds
+    cold_starts = {
+        path: seconds
+        for path, seconds in state.cold_starts.items()
+        if path in COLD_START_PATHS and within(seconds, budget, RESTORED_COLD_START_RANGE) is not None
+    }
+    ceiling = float(max(limits.max_replicas, 1))
+
+    def bin_value(value: float | None) -> float | None:
+        return None if value is None or not math.isfinite(value) else min(max(value, 0.0), ceiling)
+
+    days = tuple(tuple(bin_value(v) for v in day) for day in state.days)
+    return replace(
+        state,
+        capacity=within(state.capacity, limits.prior_work_per_second, RESTORED_CAPACITY_RANGE),
+        work_per_request=within(state.work_per_request, PRIOR_WORK_PER_REQUEST, RESTORED_WORK_PER_REQUEST_RANGE),
+        cold_start=within(state.cold_start, budget, RESTORED_COLD_START_RANGE),
+        cold_starts=cold_starts,
+        level=min(max(state.level, LEVEL_RANGE[0]), LEVEL_RANGE[1]) if math.isfinite(state.level) else 1.0,
+        days=days,
+        profile=tuple(_profile_bin(days, i) for i in range(PROFILE_BINS)) if days else EMPTY_BINS,
+        bin_total=state.bin_total if math.isfinite(state.bin_total) and state.bin_total >= 0 else 0.0,
+        bin_seconds=state.bin_seconds if math.isfinite(state.bin_seconds) and state.bin_seconds >= 0 else 0.0,
+    )
 
 
 def _ewma(old: float, new: float, dt: float, window: float) -> float:
