@@ -24,8 +24,9 @@ class Rule:
     verbs: tuple[str, ...]
     why: str
     # "namespaced": a Role in each watched namespace (namespaced mode) or the ClusterRole (all namespaces);
-    # "cluster": always the ClusterRole (what kopf needs to start); "all-namespaces": cluster-wide mode only.
-    scope: Literal["namespaced", "cluster", "all-namespaces"] = "namespaced"
+    # "cluster": always the ClusterRole (what kopf needs to start); "all-namespaces": cluster-wide mode only;
+    # "watched-namespaces": namespaced mode only, in each watched namespace's Role.
+    scope: Literal["namespaced", "cluster", "all-namespaces", "watched-namespaces"] = "namespaced"
 
 
 RULES: tuple[Rule, ...] = (
@@ -84,7 +85,14 @@ RULES: tuple[Rule, ...] = (
         "kopf, when watching named namespaces; namespace labels for namespace policies",
         scope="cluster",
     ),
-    Rule("kopf.dev", ("kopfpeerings",), ("get", "list", "watch", "patch"), "kopf peering, namespaced mode"),
+    # Not cluster-wide: other kopf operators keep their peering in KopfPeerings of their own namespaces.
+    Rule(
+        "kopf.dev",
+        ("kopfpeerings",),
+        ("get", "list", "watch", "patch"),
+        "kopf peering, namespaced mode",
+        scope="watched-namespaces",
+    ),
     Rule(
         "kopf.dev",
         ("clusterkopfpeerings",),
@@ -138,7 +146,12 @@ def clusterrole_template() -> str:
         "kind: Role\n"
         "metadata:\n"
         '  name: {{ include "voxtral-operator.fullname" $ }}\n'
-        "  namespace: {{ . }}\n" + labels + "rules:\n" + _rules_yaml("namespaced") + "---\n"
+        "  namespace: {{ . }}\n"
+        + labels
+        + "rules:\n"
+        + _rules_yaml("namespaced")
+        + _rules_yaml("watched-namespaces")
+        + "---\n"
         "apiVersion: rbac.authorization.k8s.io/v1\n"
         "kind: RoleBinding\n"
         "metadata:\n"

@@ -284,11 +284,17 @@ def test_namespaced_mode_grants_roles_in_the_watched_namespaces_only() -> None:
             "name": role["metadata"]["name"],
         }
         assert bindings[namespace]["subjects"][0]["namespace"] == "voxtral-system"
-    # Everything the operator may do somewhere is granted in one of the two modes' objects.
+    # Everything the operator may do somewhere is granted in one of the two modes' objects, but each mode's
+    # peering only in its own: cluster-wide, other kopf operators' KopfPeerings in their namespaces are not
+    # this operator's to patch.
+    peerings = ("get", "list", "watch", "patch")
     all_namespaces = _grants(by_kind(template())["ClusterRole"]["rules"])
-    assert all_namespaces == cluster_wide | _grants(roles["team-a"]["rules"]) | {
-        ("kopf.dev", "clusterkopfpeerings", verb) for verb in ("get", "list", "watch", "patch")
-    }
+    assert all_namespaces == (
+        cluster_wide
+        | {grant for grant in _grants(roles["team-a"]["rules"]) if grant[1] != "kopfpeerings"}
+        | {("kopf.dev", "clusterkopfpeerings", verb) for verb in peerings}
+    )
+    assert not [grant for grant in all_namespaces if grant[1] == "kopfpeerings"], "KopfPeerings in every namespace"
 
 
 BAD_VALUES = [
