@@ -753,13 +753,14 @@ class Autoscaler:
         """The gateways' queues summed (each pod queues on its own); None without a gateway or an answer."""
         if not spec.gateway.enabled:
             return None
-        pods = [p for p in self.view.gateway_pods(key) if p.get("ip") and p.get("ready") and not p.get("deleting")]
+        listed = self.view.gateway_pods(key)
+        pods = [p for p in listed if p.get("ip") and p.get("ready") and not p.get("deleting")]
         pages = await asyncio.gather(*(self._scrape_gateway(p["ip"]) for p in pods)) if pods else []
         answered = {str(p["name"]): page for p, page in zip(pods, pages, strict=True) if page is not None}
         if not answered:
             state.gateway_pages = []
             return None
-        present = {str(p.get("name")) for p in self.view.gateway_pods(key)}
+        present = {str(p["name"]) for p in listed}
         counts = {name: page.work_requests for name, page in answered.items()}
         moved, state.gateway_requests = requests_moved(state.gateway_requests, counts, present)
         if state.last_request_at is None or moved:
